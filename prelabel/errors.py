@@ -1,0 +1,56 @@
+"""One exception root for everything prelabel raises on purpose.
+
+Errors a user sees name the file, the line and the field, and say what to do.
+"""
+from __future__ import annotations
+
+
+class PrelabelError(Exception):
+    """Root of every error prelabel raises deliberately."""
+
+
+class JobFileError(PrelabelError):
+    """A job file that cannot be run: bad YAML, unknown key, wrong type, missing input."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.path, self.line, self.field = path, line, field
+        where = ":".join(str(p) for p in (path, line) if p is not None)
+        prefix = f"{where}: " if where else ""
+        field_part = f"{field}: " if field else ""
+        super().__init__(f"{prefix}{field_part}{message}")
+
+
+class InputError(PrelabelError):
+    """One unusable input record (kept as a row in the report, never stops the batch)."""
+
+    def __init__(self, message: str, *, line: int, field: str | None = None) -> None:
+        self.line, self.field, self.reason = line, field, message
+        super().__init__(f"line {line}: {field + ': ' if field else ''}{message}")
+
+
+class StoreError(PrelabelError):
+    """The store refused an operation (unknown job, schema mismatch)."""
+
+
+class LLMError(PrelabelError):
+    """A request that failed for good after the retry policy gave up.
+
+    Carries what a report needs: the status (if any), the attempts and the cause.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+        self.status, self.attempts = status, attempts
+        super().__init__(message)
+
+
+class OutputValidationError(PrelabelError):
+    """Model output that failed validation after every re-ask; keeps the raw text."""
+
+    def __init__(self, message: str, *, raw: str | None, attempts: int) -> None:
+        self.raw, self.attempts = raw, attempts
+        super().__init__(message)
+
+
+class BudgetExhausted(PrelabelError):
+    """Raised inside the engine when a request would pass a hard budget cap."""

@@ -1,0 +1,42 @@
+"""What tokens cost: one table, USD per million tokens; a job file may override it per model.
+
+Prices are list prices for standard (non-batch) requests as published by OpenAI; check them against
+your contract. A model absent here costs 0 in reports unless the job sets ``model.price``; a job with
+``max_cost_usd`` on such a model is refused (a cap on a cost that cannot be computed is no cap).
+"""
+from __future__ import annotations
+
+from .config import Price
+
+PRICES: dict[str, Price] = {
+    "gpt-4o-mini": Price(input_per_mtok=0.15, output_per_mtok=0.60),
+    "gpt-4o": Price(input_per_mtok=2.50, output_per_mtok=10.00),
+    "gpt-4.1": Price(input_per_mtok=2.00, output_per_mtok=8.00),
+    "gpt-4.1-mini": Price(input_per_mtok=0.40, output_per_mtok=1.60),
+    "gpt-4.1-nano": Price(input_per_mtok=0.10, output_per_mtok=0.40),
+    "gpt-5": Price(input_per_mtok=1.25, output_per_mtok=10.00),
+    "gpt-5-mini": Price(input_per_mtok=0.25, output_per_mtok=2.00),
+    "gpt-5-nano": Price(input_per_mtok=0.05, output_per_mtok=0.40),
+    "gpt-4-turbo": Price(input_per_mtok=10.00, output_per_mtok=30.00),
+    "gpt-3.5-turbo": Price(input_per_mtok=0.50, output_per_mtok=1.50),
+    "o3-mini": Price(input_per_mtok=1.10, output_per_mtok=4.40),
+    "o4-mini": Price(input_per_mtok=1.10, output_per_mtok=4.40),
+}
+
+
+def price_for(model: str, override: Price | None = None) -> Price | None:
+    if override is not None:
+        return override
+    if model in PRICES:
+        return PRICES[model]
+    # Dated snapshots ("gpt-4o-mini-2024-07-18") cost what their family costs.
+    for name in sorted(PRICES, key=len, reverse=True):
+        if model.startswith(name + "-"):
+            return PRICES[name]
+    return None
+
+
+def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float:
+    if price is None:
+        return 0.0
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
