@@ -1,0 +1,29 @@
+"""The draft: what prelabel says about one item, in the shape every output starts from."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Final states of an item (the store also has ``pending``, ``leased`` and ``stopped``).
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+
+@dataclass(slots=True)
+class Draft:
+    id: str
+    text: str
+    task: str
+    label: str | None
+    confidence: float | None
+    needs_review: bool
+    flags: list[str]
+    model: str
+    prompt_version: str
+    usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    cost_usd: float = 0.0
+    error: str | None = None
+    review_priority: float = 0.0
+    state: str = DONE
+    line: int | None = None  # line of the input file the item came from
+
+    def to_record(self) -> dict:
+        return asdict(self)

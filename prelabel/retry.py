@@ -1,0 +1,64 @@
+"""The one policy for transient failures: 429, 5xx, timeouts and dropped connections.
+
+Decisions are values computed from what the failure said (status, headers), so they are tested
+without a network or a clock; ``prelabel.llm`` carries them out with tenacity. The SDK's own retries
+are set to zero so that nothing else retries underneath this policy.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Mapping
+
+from .ratelimit import parse_duration
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 120.0  # a server asking for longer is treated as asking for this
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a failed attempt told us, independent of the client library."""
+
+    status: int | None        # None for a timeout or a connection error
+    headers: Mapping[str, str]
+    code: str | None = None    # OpenAI's error code, e.g. "insufficient_quota"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    retry: bool
+    delay: float
+    reason: str
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: retry-after-ms first (precise), then retry-after."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    return parse_duration(headers.get("retry-after"))
+
+
+def decide(failure: Failure, attempt: int, *, max_retries: int, base: float, cap: float,
+           rng: random.Random) -> RetryDecision:
+    """``attempt`` counts from 1 (the attempt that just failed)."""
+    if failure.status is not None and failure.status not in RETRYABLE_STATUS:
+        return RetryDecision(False, 0.0, f"status {failure.status} is not transient")
+    if failure.code == "insufficient_quota":
+        return RetryDecision(False, 0.0, "quota exhausted: retrying cannot help")
+    if attempt > max_retries:
+        return RetryDecision(False, 0.0, f"gave up after {attempt} attempts")
+    # Full jitter spreads retries out; a server's retry-after is a floor, never shortened.
+    backoff = rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+    asked = retry_after(failure.headers)
+    if asked is not None:
+        delay = min(asked, MAX_RETRY_AFTER_S) + rng.uniform(0, min(0.25, base))
+        reason = f"server asked to wait {asked:.3g}s"
+    else:
+        delay, reason = backoff, "backoff"
+    label = "timeout" if failure.status is None else f"status {failure.status}"
+    return RetryDecision(True, delay, f"{label}: {reason}")
