@@ -1,0 +1,134 @@
+"""The LLM engine: one chat request at a time, paced, retried, cached.
+
+It owns the transient-failure retries (``prelabel.retry`` decides, tenacity carries it out), the
+pacing (``prelabel.ratelimit``) and cache look-ups. The SDK's own retries are off. Responses are
+read from the raw body without building the SDK's pydantic models: on a busy worker that parsing
+is most of the CPU a request costs.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import openai
+from tenacity import AsyncRetrying, retry_if_exception
+
+from .completion import Completion
+from .config import Engine as EngineSettings
+from .config import ModelSpec
+from .errors import LLMError
+from .ratelimit import RateLimiter
+from .retry import Failure, RetryDecision, decide
+
+
+def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:
+    """The production client: aiohttp transport, SDK retries off (prelabel.retry owns them)."""
+    return openai.AsyncOpenAI(api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
+                              timeout=model.timeout_s, http_client=openai.DefaultAioHttpClient())
+
+
+@dataclass(slots=True)
+class EngineStats:
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    server_errors: int = 0
+    timeouts: int = 0
+    cache_hits: int = 0
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, failure: Failure, decision: RetryDecision, cause: Exception, attempt: int) -> None:
+        super().__init__(decision.reason)
+        self.failure, self.decision, self.cause, self.attempt = failure, decision, cause, attempt
+
+
+def cache_key(request: dict) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class LLMEngine:
+    def __init__(self, client: openai.AsyncOpenAI, model: ModelSpec, settings: EngineSettings,
+                 cache_get: Callable[[str], dict | None], *,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        self.client, self.model, self.settings = client, model, settings
+        self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
+        self.stats = EngineStats()
+        self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
+        self._rng = rng or random.Random()
+
+    def request(self, messages: list[dict], response_format: dict | None, max_tokens: int) -> dict:
+        body = {"model": self.model.name, "messages": messages, "temperature": self.model.temperature,
+                "max_tokens": max_tokens}
+        if response_format is not None:
+            body["response_format"] = response_format
+        if self.model.logprobs:
+            body["logprobs"] = True
+        if self.model.seed is not None:
+            body["seed"] = self.model.seed
+        return body
+
+    async def complete(self, request: dict, prompt_tokens: int) -> tuple[Completion, str]:
+        """The completion for ``request`` and its cache key; raises LLMError when it fails for good."""
+        key = cache_key(request)
+        cached = self._cache_get(key)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return Completion.from_cache(cached), key
+        booked = prompt_tokens + request.get("max_tokens", 0)
+        retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),
+                                 wait=lambda state: state.outcome.exception().decision.delay,
+                                 sleep=self._sleep, reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.stats.retries += 1
+                    completion = await self._attempt(request, booked, attempt.retry_state.attempt_number)
+        except _AttemptFailed as e:
+            raise LLMError(f"request failed: {e.decision.reason}: {e.cause}", status=e.failure.status,
+                           attempts=e.attempt) from e.cause
+        self.limiter.refund(booked - completion.prompt_tokens - completion.completion_tokens, self._clock())
+        return completion, key
+
+    async def _attempt(self, request: dict, booked: int, attempt: int) -> Completion:
+        # The pause may grow while we wait (another request got a 429): wait until it holds.
+        delay = self.limiter.reserve(booked, self._clock())
+        while delay > 0:
+            await self._sleep(delay)
+            now = self._clock()
+            delay = self.limiter.paused_until - now
+        self.stats.requests += 1
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(**request)
+        except openai.APIStatusError as e:
+            self.limiter.observe(e.response.headers, self._clock())
+            failure = Failure(e.status_code, e.response.headers, getattr(e, "code", None))
+            if e.status_code == 429:
+                self.stats.rate_limited += 1
+            elif e.status_code >= 500:
+                self.stats.server_errors += 1
+            raise self._failed(failure, attempt, e) from e
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            self.stats.timeouts += 1
+            raise self._failed(Failure(None, {}), attempt, e) from e
+        self.limiter.observe(raw.headers, self._clock())
+        try:
+            return Completion.from_response(json.loads(raw.content))
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            # A 200 with a body that is not a chat completion: a broken proxy; treat it as a 502.
+            raise self._failed(Failure(502, raw.headers), attempt, e) from e
+
+    def _failed(self, failure: Failure, attempt: int, cause: Exception) -> _AttemptFailed:
+        decision = decide(failure, attempt, max_retries=self.model.max_retries,
+                          base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng)
+        if decision.retry and failure.status == 429:
+            # Everyone waits, not just this request: the window is shared.
+            self.limiter.pause(decision.delay, self._clock())
+        return _AttemptFailed(failure, decision, cause, attempt)

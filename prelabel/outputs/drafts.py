@@ -1,0 +1,18 @@
+"""drafts.jsonl: one record per item, least certain first."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from .atomic import atomic_writer
+
+
+def write_drafts(records: Iterable[dict], out_dir: Path) -> int:
+    n = 0
+    with atomic_writer(out_dir / "drafts.jsonl") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False))
+            handle.write("\n")
+            n += 1
+    return n

@@ -1,0 +1,88 @@
+"""The queue's front door: submit a job file (idempotently), or every new job file in a spool folder."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import JobSpec
+from .errors import JobFileError, PrelabelError
+from .inputs import read_items
+from .jobfile import file_sha256, job_identity, load_job
+from .pricing import price_for
+from .store import JobRecord, Store
+from .tasks import Task, build_task, fixed_prompt_tokens
+from .tokens import TokenCounter
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job_id: str
+    created: bool     # False: the same job was queued before (resumed, not duplicated)
+    items: int
+    input_errors: int
+    resumed: int = 0  # items stopped by budget or failed that went back to pending
+
+
+def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[JobSpec, Task]:
+    """Load and check everything a job needs before any item is read or any request is made."""
+    spec = load_job(job_path, input_path=input_path, out_dir=out_dir)
+    task = build_task(spec)
+    if spec.budget.max_cost_usd is not None and price_for(spec.model.name, spec.model.price) is None:
+        raise JobFileError(f"no price is known for model {spec.model.name!r}, so max_cost_usd cannot be "
+                           "enforced: set model.price {input_per_mtok: ..., output_per_mtok: ...}",
+                           path=str(job_path), field="model.price")
+    if spec.budget.max_input_tokens is not None:
+        counter = TokenCounter(spec.model.name)
+        fixed = fixed_prompt_tokens(task, counter.count)
+        if fixed >= spec.budget.max_input_tokens:
+            raise JobFileError(f"the prompt without the item is already {fixed} tokens; raise it above that",
+                               path=str(job_path), field="budget.max_input_tokens")
+    return spec, task
+
+
+def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False) -> Submitted:
+    spec, task = prepare(job_path, input_path=input_path, out_dir=out_dir)
+    input_sha = file_sha256(spec.input.path)
+    job_id = job_identity(spec, input_sha, task.prompt_version)
+    if new:
+        job_id = f"{job_id}-{uuid.uuid4().hex[:6]}"
+    spec_json = spec.model_dump(mode="json")
+    existing = store.get_job(job_id)
+    if existing is not None:
+        # Same work again: take the new run settings (a raised budget), and go on where it stopped.
+        store.update_job_spec(job_id, spec_json, str(job_path))
+        resumed = store.resume_stopped(job_id) + store.retry_failed(job_id)
+        counts = store.counts(job_id)
+        return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed)
+    record = JobRecord(job_id, spec.name, spec_json, str(job_path), input_sha, task.prompt_version,
+                       "queued", 0.0, 0, 0.0)
+    items = store.create_job(record, read_items(spec.input))
+    return Submitted(job_id, True, items, len(store.input_errors(job_id)))
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    path: Path
+    job_id: str | None
+    error: str | None
+
+
+def submit_spool(store: Store, folder: str | Path) -> list[SpoolEntry]:
+    """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever).
+
+    A file that fails is recorded with its error and not tried again until its content changes.
+    """
+    entries = []
+    for path in sorted(Path(folder).glob("*.yaml")):
+        digest = file_sha256(path)
+        key = str(path.resolve())
+        if store.spool_seen(key, digest):
+            continue
+        try:
+            job_id, error = submit(store, path).job_id, None
+        except PrelabelError as e:
+            job_id, error = None, str(e)
+        store.spool_record(key, digest, job_id, error)
+        entries.append(SpoolEntry(path, job_id, error))
+    return entries

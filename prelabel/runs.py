@@ -1,0 +1,120 @@
+"""Running queued jobs end to end: build each job's task and engine, run it, write its outputs.
+
+This is what ``prelabel run`` and ``prelabel work`` share; the CLI only parses arguments, reads the
+environment and shows progress.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import EXIT_BUDGET, EXIT_ITEMS_FAILED, EXIT_JOB_ERROR, EXIT_OK, Engine, JobSpec
+from .errors import JobFileError
+from .llm import LLMEngine, make_client
+from .outputs.drafts import write_drafts
+from .outputs.labelstudio import write_labelstudio
+from .outputs.report import build_report, write_report
+from .store import Store
+from .tasks import build_task
+from .worker import JobRunner, RunResult, dead_local_owners
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where requests go when the job file does not say: from the environment, read by the CLI."""
+
+    api_key: str | None
+    base_url: str | None
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    job_id: str
+    exit_code: int
+    run: RunResult | None
+    report: dict | None
+    out_dir: Path | None
+
+
+def exit_code_for(report: dict) -> int:
+    by_state = report["by_state"]
+    if by_state.get("stopped"):
+        return EXIT_BUDGET
+    if by_state.get("failed"):
+        return EXIT_ITEMS_FAILED
+    if report["input_errors"]["count"]:
+        return EXIT_JOB_ERROR
+    return EXIT_OK
+
+
+def export(store: Store, job_id: str) -> tuple[dict, Path]:
+    """Write the job's outputs (atomically) from what the store holds; returns the report."""
+    job = store.get_job(job_id)
+    spec = JobSpec.model_validate(job.spec)
+    out_dir = Path(spec.output.dir)
+    if "jsonl" in spec.output.formats:
+        write_drafts(store.iter_records(job_id), out_dir)
+    report = build_report(store, job_id)
+    if "labelstudio" in spec.output.formats:
+        report["labelstudio"] = write_labelstudio(store.iter_records(job_id), out_dir, spec.task,
+                                                  f"{spec.model.name}|{job.prompt_version}")
+    write_report(report, out_dir)
+    return report, out_dir
+
+
+async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engine, owner: str,
+                  on_start: Callable[[JobRunner], None] | None = None, client=None) -> JobOutcome:
+    job = store.get_job(job_id)
+    spec = JobSpec.model_validate(job.spec)
+    task = build_task(spec)
+    if task.prompt_version != job.prompt_version:
+        raise JobFileError(f"the prompt template changed since job {job_id} was submitted "
+                           f"({job.prompt_version} -> {task.prompt_version}); submit the job file again",
+                           field="task.prompt")
+    own_client = client is None
+    if own_client:
+        client = make_client(spec.model, api_key=endpoint.api_key, base_url=spec.model.base_url or endpoint.base_url)
+    try:
+        engine = LLMEngine(client, spec.model, settings, store.cache_get)
+        runner = JobRunner(store, job, spec, task, engine, settings, owner)
+        store.set_status(job_id, "running")
+        if on_start:
+            on_start(runner)
+        result = await runner.run()
+    finally:
+        if own_client:
+            await client.close()
+    busy = result.counts.get("pending", 0) + result.counts.get("leased", 0)
+    if busy:  # another worker still holds items of this job: it writes the outputs when it ends
+        return JobOutcome(job_id, EXIT_OK, result, None, None)
+    store.set_status(job_id, "budget_stopped" if result.budget_stopped else "done")
+    report, out_dir = export(store, job_id)
+    return JobOutcome(job_id, exit_code_for(report), result, report, out_dir)
+
+
+def reclaim_dead(store: Store) -> int:
+    """Leases of workers on this host whose process is gone go back to the queue at once."""
+    return store.reclaim(dead_local_owners(store.leased_owners()))
+
+
+async def drain(store: Store, endpoint: Endpoint, settings: Engine, owner: str,
+                on_start: Callable[[JobRunner], None] | None = None,
+                on_outcome: Callable[[JobOutcome], None] | None = None) -> list[JobOutcome]:
+    """Run every job with work left until none has any (a cron tick's ``work --once``)."""
+    outcomes, tried = [], set()
+    reclaim_dead(store)
+    while True:
+        runnable = [j for j in store.runnable_jobs(time.time()) if j not in tried]
+        if not runnable:
+            return outcomes
+        job_id = runnable[0]
+        tried.add(job_id)
+        try:
+            outcome = await run_job(store, job_id, endpoint, settings, owner, on_start)
+        except JobFileError as e:
+            outcome = JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": str(e)}, None)
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)

@@ -1,0 +1,18 @@
+"""Where jobs, items, results, usage and cached responses live."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import FINAL_STATES, ItemResult, JobRecord, LeasedItem, RunStats, Store, UsageRow
+from .sqlite import SQLiteStore
+
+__all__ = ["FINAL_STATES", "ItemResult", "JobRecord", "LeasedItem", "RunStats", "SQLiteStore", "Store",
+           "UsageRow", "open_store"]
+
+
+def open_store(url: str | Path) -> Store:
+    """A store from a path (SQLite) or, later, a ``postgresql://`` URL."""
+    text = str(url)
+    if text.startswith(("postgres://", "postgresql://")):
+        raise NotImplementedError("the PostgreSQL store is not built yet; use a SQLite path")
+    return SQLiteStore(text.removeprefix("sqlite:///"))

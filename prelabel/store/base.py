@@ -1,0 +1,117 @@
+"""The store's interface: jobs, items and their leases, results, the usage ledger, the response cache.
+
+Item states: ``pending`` -> ``leased`` (with an owner and an expiry) -> ``done`` | ``failed`` |
+``skipped``; ``stopped`` when a budget stopped the job (back to ``pending`` when it is resubmitted).
+A lease whose owner died is taken again after it expires, or at once by a worker on the same host
+that sees the owner's process is gone. SQLite is the embedded implementation; others follow the
+same contract (see tests/integration/test_store.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol
+
+PENDING, LEASED, STOPPED = "pending", "leased", "stopped"
+FINAL_STATES = ("done", "failed", "skipped")
+ALL_STATES = (PENDING, LEASED, *FINAL_STATES, STOPPED)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    name: str
+    spec: dict           # the resolved JobSpec as JSON
+    job_file: str | None
+    input_sha256: str
+    prompt_version: str
+    status: str          # queued, running, done, budget_stopped, failed
+    created_at: float
+    spent_tokens: int
+    spent_cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedItem:
+    seq: int
+    item_id: str
+    line: int
+    text: str
+
+
+@dataclass(slots=True)
+class UsageRow:
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    cached: bool
+
+
+@dataclass(slots=True)
+class ItemResult:
+    """Everything one item's processing produced, committed together or not at all."""
+
+    seq: int
+    state: str
+    priority: float
+    record: dict
+    usage: list[UsageRow] = field(default_factory=list)
+    cache: list[tuple[str, dict]] = field(default_factory=list)  # (key, completion)
+    release: bool = False  # True: the item goes back to pending (stopped by budget mid-way)
+
+
+@dataclass(frozen=True, slots=True)
+class InputErrorRow:
+    line: int
+    field: str | None
+    message: str
+
+
+@dataclass(slots=True)
+class RunStats:
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    server_errors: int = 0
+    timeouts: int = 0
+    cache_hits: int = 0
+    wall_s: float = 0.0
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+
+    # jobs
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+    def list_jobs(self) -> list[JobRecord]: ...
+    def create_job(self, job: JobRecord, items: Iterable["object"]) -> int: ...
+    def update_job_spec(self, job_id: str, spec: dict, job_file: str | None) -> None: ...
+    def set_status(self, job_id: str, status: str) -> None: ...
+    def runnable_jobs(self, now: float) -> list[str]: ...
+
+    # items
+    def lease(self, job_id: str, owner: str, limit: int, now: float, lease_s: float) -> list[LeasedItem]: ...
+    def renew(self, owner: str, now: float, lease_s: float) -> None: ...
+    def release(self, owner: str) -> int: ...
+    def reclaim(self, owners: Iterable[str]) -> int: ...
+    def leased_owners(self) -> list[str]: ...
+    def complete(self, job_id: str, owner: str, results: list[ItemResult]) -> None: ...
+    def stop_remaining(self, job_id: str) -> int: ...
+    def resume_stopped(self, job_id: str) -> int: ...
+    def retry_failed(self, job_id: str) -> int: ...
+
+    # reading
+    def counts(self, job_id: str) -> dict[str, int]: ...
+    def flag_counts(self, job_id: str) -> dict[str, int]: ...
+    def iter_records(self, job_id: str) -> Iterator[dict]: ...
+    def input_errors(self, job_id: str) -> list[InputErrorRow]: ...
+    def usage_totals(self, job_id: str) -> dict: ...
+    def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None: ...
+    def run_totals(self, job_id: str) -> dict: ...
+
+    # cache
+    def cache_get(self, key: str) -> dict | None: ...
+
+    # spool
+    def spool_seen(self, path: str, sha256: str) -> bool: ...
+    def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None) -> None: ...

@@ -1,0 +1,221 @@
+"""The embedded store: SQLite in WAL mode, safe for several worker processes on one host.
+
+Every multi-row change runs in one ``BEGIN IMMEDIATE`` transaction: two workers never lease the same
+item, and a result, its usage and its cached responses are committed together, so a crash loses no
+finished work and pays for none twice.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import InputError, StoreError
+from .base import InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats
+
+_QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files(__package__).joinpath("sqlite.sql").read_text(encoding="utf-8")
+    parts = _QUERY.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+
+
+Q = _load_queries()
+_INGEST_BATCH = 5000
+
+
+def _job(row: tuple) -> JobRecord:
+    return JobRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9])
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(Q["schema"])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self):
+        return _Transaction(self._db)
+
+    # jobs ---------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute(Q["get_job"], (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list_jobs(self) -> list[JobRecord]:
+        return [_job(row) for row in self._db.execute(Q["list_jobs"])]
+
+    def create_job(self, job: JobRecord, items: Iterable) -> int:
+        """Insert the job and stream its items in (``RawItem`` or ``InputError`` values).
+
+        Returns the number of items. Items go in in batches, each its own transaction, so memory stays
+        flat; the job row is written last, so a job a worker can see is always complete.
+        """
+        seq, now = 0, time.time()
+        batch: list = []
+
+        def flush() -> None:
+            with self._tx():
+                for entry in batch:
+                    if isinstance(entry, InputError):
+                        self._db.execute(Q["insert_input_error"], (job.id, entry.line, entry.field, entry.reason))
+                        continue
+                    cur = self._db.execute(Q["insert_item"], (job.id, entry[0], entry[1].item_id,
+                                                              entry[1].line, entry[1].text))
+                    if cur.rowcount == 0:
+                        self._db.execute(Q["insert_input_error"], (
+                            job.id, entry[1].line, None, f"duplicate id {entry[1].item_id!r}: kept the first"))
+            batch.clear()
+
+        if self.get_job(job.id) is not None:
+            raise StoreError(f"job {job.id} exists")
+        for entry in items:
+            if isinstance(entry, InputError):
+                batch.append(entry)
+            else:
+                batch.append((seq, entry))
+                seq += 1
+            if len(batch) >= _INGEST_BATCH:
+                flush()
+        flush()
+        with self._tx():
+            self._db.execute(Q["insert_job"], (job.id, job.name, json.dumps(job.spec), job.job_file,
+                                               job.input_sha256, job.prompt_version, now, now))
+        return seq
+
+    def update_job_spec(self, job_id: str, spec: dict, job_file: str | None) -> None:
+        self._db.execute("UPDATE jobs SET spec = ?, job_file = ?, updated_at = ? WHERE id = ?",
+                         (json.dumps(spec), job_file, time.time(), job_id))
+
+    def set_status(self, job_id: str, status: str) -> None:
+        self._db.execute("UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), job_id))
+
+    def runnable_jobs(self, now: float) -> list[str]:
+        return [row[0] for row in self._db.execute(Q["runnable_jobs"], (now,))]
+
+    # items --------------------------------------------------------------------------------------
+
+    def lease(self, job_id: str, owner: str, limit: int, now: float, lease_s: float) -> list[LeasedItem]:
+        with self._tx():
+            rows = self._db.execute(Q["lease"], (owner, now + lease_s, job_id, job_id, job_id, now, limit)).fetchall()
+        return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
+
+    def renew(self, owner: str, now: float, lease_s: float) -> None:
+        self._db.execute(Q["renew"], (now + lease_s, owner))
+
+    def release(self, owner: str) -> int:
+        return self._db.execute(Q["release"], (owner,)).rowcount
+
+    def reclaim(self, owners: Iterable[str]) -> int:
+        with self._tx():
+            return sum(self._db.execute(Q["release"], (owner,)).rowcount for owner in owners)
+
+    def leased_owners(self) -> list[str]:
+        return [row[0] for row in self._db.execute(Q["leased_owners"])]
+
+    def complete(self, job_id: str, owner: str, results: list[ItemResult]) -> None:
+        now = time.time()
+        tokens, cost = 0, 0.0
+        with self._tx():
+            for result in results:
+                if result.release:
+                    self._db.execute(Q["unlease_item"], (job_id, result.seq, owner))
+                else:
+                    self._db.execute(Q["finish_item"], (result.state, result.priority,
+                                                        json.dumps(result.record, ensure_ascii=False),
+                                                        job_id, result.seq, owner))
+                for usage in result.usage:
+                    self._db.execute(Q["insert_usage"], (job_id, result.seq, now, usage.model, usage.prompt_tokens,
+                                                         usage.completion_tokens, usage.cost_usd, int(usage.cached)))
+                    if not usage.cached:
+                        tokens += usage.prompt_tokens + usage.completion_tokens
+                        cost += usage.cost_usd
+                for key, completion in result.cache:
+                    self._db.execute(Q["insert_cache"], (key, json.dumps(completion, ensure_ascii=False), now))
+            self._db.execute(Q["add_spent"], (tokens, cost, now, job_id))
+
+    def stop_remaining(self, job_id: str) -> int:
+        return self._db.execute(Q["stop_remaining"], (job_id,)).rowcount
+
+    def resume_stopped(self, job_id: str) -> int:
+        return self._db.execute(Q["resume_stopped"], (job_id,)).rowcount
+
+    def retry_failed(self, job_id: str) -> int:
+        return self._db.execute(Q["retry_failed"], (job_id,)).rowcount
+
+    # reading ------------------------------------------------------------------------------------
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        return dict(self._db.execute(Q["counts"], (job_id,)).fetchall())
+
+    def flag_counts(self, job_id: str) -> dict[str, int]:
+        return dict(self._db.execute(Q["flag_counts"], (job_id,)).fetchall())
+
+    def iter_records(self, job_id: str) -> Iterator[dict]:
+        # A cursor of its own, read in pages: a million records never sit in memory at once.
+        cursor = self._db.cursor()
+        cursor.execute(Q["records"], (job_id,))
+        while page := cursor.fetchmany(1000):
+            for (raw,) in page:
+                yield json.loads(raw)
+
+    def input_errors(self, job_id: str) -> list[InputErrorRow]:
+        return [InputErrorRow(*row) for row in self._db.execute(Q["input_errors"], (job_id,))]
+
+    def usage_totals(self, job_id: str) -> dict:
+        n, prompt, completion, cost, cached = self._db.execute(Q["usage_totals"], (job_id,)).fetchone()
+        # Tokens and cost are what was billed; answers from the cache cost nothing.
+        return {"requests_billed": n - cached, "cached_answers": cached, "prompt_tokens": prompt,
+                "completion_tokens": completion, "cost_usd": round(cost, 6)}
+
+    def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None:
+        self._db.execute(Q["insert_run"], (job_id, owner, started, time.time(), stats.requests, stats.retries,
+                                           stats.rate_limited, stats.server_errors, stats.timeouts,
+                                           stats.cache_hits, stats.wall_s))
+
+    def run_totals(self, job_id: str) -> dict:
+        row = self._db.execute(Q["run_totals"], (job_id,)).fetchone()
+        keys = ("runs", "requests", "retries", "rate_limited", "server_errors", "timeouts", "cache_hits", "wall_s")
+        return dict(zip(keys, row))
+
+    # cache --------------------------------------------------------------------------------------
+
+    def cache_get(self, key: str) -> dict | None:
+        row = self._db.execute(Q["get_cache"], (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # spool --------------------------------------------------------------------------------------
+
+    def spool_seen(self, path: str, sha256: str) -> bool:
+        return self._db.execute(Q["spool_seen"], (path, sha256)).fetchone() is not None
+
+    def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None) -> None:
+        self._db.execute(Q["spool_record"], (path, sha256, job_id, error, time.time()))
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` takes the write lock up front, so concurrent writers queue, not deadlock."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,188 @@
+-- The SQLite store's schema and queries. Each query starts with "-- name: NAME".
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    job_file TEXT,
+    input_sha256 TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'queued',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    spent_tokens INTEGER NOT NULL DEFAULT 0,
+    spent_cost REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS items (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    lease_owner TEXT,
+    lease_expires REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    priority REAL,
+    result TEXT,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_item_id ON items (job_id, item_id);
+CREATE INDEX IF NOT EXISTS items_state ON items (job_id, state, seq);
+CREATE INDEX IF NOT EXISTS items_review ON items (job_id, priority DESC, seq) WHERE result IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_owner ON items (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS input_errors (
+    job_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    field TEXT,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS input_errors_job ON input_errors (job_id, line);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    cached INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_job ON usage (job_id);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    response TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    requests INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    rate_limited INTEGER NOT NULL,
+    server_errors INTEGER NOT NULL,
+    timeouts INTEGER NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    wall_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spool (
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    job_id TEXT,
+    error TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (path, sha256)
+);
+
+-- name: insert_job
+INSERT INTO jobs (id, name, spec, job_file, input_sha256, prompt_version, status, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?);
+
+-- name: insert_item
+INSERT INTO items (job_id, seq, item_id, line, text) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (job_id, item_id) DO NOTHING;
+
+-- name: insert_input_error
+INSERT INTO input_errors (job_id, line, field, message) VALUES (?, ?, ?, ?);
+
+-- name: get_job
+SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost
+FROM jobs WHERE id = ?;
+
+-- name: list_jobs
+SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost
+FROM jobs ORDER BY created_at;
+
+-- name: runnable_jobs
+SELECT j.id FROM jobs j
+WHERE EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
+   OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < ?)
+ORDER BY j.created_at;
+
+-- name: lease
+UPDATE items SET state = 'leased', lease_owner = ?, lease_expires = ?, attempts = attempts + 1
+WHERE job_id = ? AND seq IN (
+    SELECT seq FROM items WHERE job_id = ? AND state = 'pending'
+    UNION ALL
+    SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?
+    ORDER BY seq LIMIT ?)
+RETURNING seq, item_id, line, text;
+
+-- name: renew
+UPDATE items SET lease_expires = ? WHERE lease_owner = ? AND state = 'leased';
+
+-- name: release
+UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+WHERE lease_owner = ? AND state = 'leased';
+
+-- name: leased_owners
+SELECT DISTINCT lease_owner FROM items WHERE state = 'leased' AND lease_owner IS NOT NULL;
+
+-- name: finish_item
+UPDATE items SET state = ?, priority = ?, result = ?, lease_owner = NULL, lease_expires = NULL
+WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?;
+
+-- name: unlease_item
+UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?;
+
+-- name: insert_usage
+INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: add_spent
+UPDATE jobs SET spent_tokens = spent_tokens + ?, spent_cost = spent_cost + ?, updated_at = ? WHERE id = ?;
+
+-- name: insert_cache
+INSERT INTO cache (key, response, created_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING;
+
+-- name: get_cache
+SELECT response FROM cache WHERE key = ?;
+
+-- name: stop_remaining
+UPDATE items SET state = 'stopped', lease_owner = NULL, lease_expires = NULL
+WHERE job_id = ? AND state = 'pending';
+
+-- name: resume_stopped
+UPDATE items SET state = 'pending' WHERE job_id = ? AND state = 'stopped';
+
+-- name: retry_failed
+UPDATE items SET state = 'pending', result = NULL, priority = NULL WHERE job_id = ? AND state = 'failed';
+
+-- name: counts
+SELECT state, count(*) FROM items WHERE job_id = ? GROUP BY state;
+
+-- name: flag_counts
+SELECT f.value, count(*) FROM items i, json_each(i.result, '$.flags') f
+WHERE i.job_id = ? AND i.result IS NOT NULL GROUP BY f.value;
+
+-- name: records
+SELECT result FROM items WHERE job_id = ? AND result IS NOT NULL ORDER BY priority DESC, seq;
+
+-- name: input_errors
+SELECT line, field, message FROM input_errors WHERE job_id = ? ORDER BY line;
+
+-- name: usage_totals
+SELECT count(*), coalesce(sum(prompt_tokens * (1 - cached)), 0), coalesce(sum(completion_tokens * (1 - cached)), 0),
+       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0)
+FROM usage WHERE job_id = ?;
+
+-- name: insert_run
+INSERT INTO runs (job_id, owner, started, ended, requests, retries, rate_limited, server_errors, timeouts,
+                  cache_hits, wall_s)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: run_totals
+SELECT count(*), coalesce(sum(requests), 0), coalesce(sum(retries), 0), coalesce(sum(rate_limited), 0),
+       coalesce(sum(server_errors), 0), coalesce(sum(timeouts), 0), coalesce(sum(cache_hits), 0),
+       coalesce(sum(wall_s), 0)
+FROM runs WHERE job_id = ?;
+
+-- name: spool_seen
+SELECT 1 FROM spool WHERE path = ? AND sha256 = ?;
+
+-- name: spool_record
+INSERT INTO spool (path, sha256, job_id, error, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING;

@@ -1,0 +1,223 @@
+"""The worker: runs one job's items through its task, under its budget, and records every outcome.
+
+A producer leases items from the store in batches; ``max_concurrency`` consumers each take one item at
+a time through the task (request, validate, re-ask); finished items are group-committed with their
+usage and cached responses. A budget refusal stops the leasing, hands unstarted items back, and marks
+the rest of the job as stopped by budget.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
+from .completion import Completion
+from .config import Engine as EngineSettings
+from .config import JobSpec
+from .draft import DONE, FAILED, SKIPPED, Draft
+from .errors import LLMError
+from .llm import LLMEngine
+from .pricing import price_for
+from .review import FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, REFUSAL, REQUEST_FAILED, TRUNCATED_INPUT, verdict
+from .store import ItemResult, JobRecord, LeasedItem, RunStats, Store, UsageRow
+from .tasks import InvalidOutput, Task, fixed_prompt_tokens, reask_messages
+from .tokens import TOKENS_PER_MESSAGE, TokenCounter
+
+
+def worker_id() -> str:
+    """host:pid:nonce — a worker on the same host can tell when the owner of a lease is dead."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def dead_local_owners(owners: list[str]) -> list[str]:
+    host, dead = socket.gethostname(), []
+    for owner in owners:
+        parts = owner.rsplit(":", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            dead.append(owner)
+        except PermissionError:
+            pass  # alive, someone else's
+    return dead
+
+
+@dataclass(slots=True)
+class Progress:
+    total: int = 0
+    finished: int = 0        # items finished by this run
+    already: int = 0         # items finished before it started
+    tokens: int = 0
+    cost: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class RunResult:
+    job_id: str
+    budget_stopped: bool
+    stats: RunStats
+    counts: dict[str, int]
+
+
+class JobRunner:
+    def __init__(self, store: Store, job: JobRecord, spec: JobSpec, task: Task, engine: LLMEngine,
+                 settings: EngineSettings, owner: str) -> None:
+        self.store, self.job, self.spec, self.task, self.engine = store, job, spec, task, engine
+        self.settings, self.owner = settings, owner
+        self.counter = TokenCounter(spec.model.name)
+        self.gate = BudgetGate(spec.budget.max_total_tokens, spec.budget.max_cost_usd,
+                               price_for(spec.model.name, spec.model.price), job.spent_tokens, job.spent_cost)
+        # The item text is the only part of the prompt that varies: count the rest once.
+        self.fixed_tokens = fixed_prompt_tokens(task, self.counter.count)
+        self.progress = Progress()
+        self._results: list[ItemResult] = []
+        self._budget_hit = asyncio.Event()
+
+    async def run(self) -> RunResult:
+        started_wall, started_mono = time.time(), time.monotonic()
+        counts = self.store.counts(self.job.id)
+        self.progress.total = sum(counts.values())
+        self.progress.already = sum(counts.get(s, 0) for s in ("done", "failed", "skipped"))
+        queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.settings.lease_batch)
+        workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.max_concurrency)]
+        helpers = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._heartbeat())]
+        try:
+            await self._produce(queue)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers + helpers:
+                task.cancel()
+            await asyncio.gather(*workers, *helpers, return_exceptions=True)
+            self._flush()
+            self.store.release(self.owner)  # anything unstarted goes back to the queue
+        if self._budget_hit.is_set():
+            self.store.stop_remaining(self.job.id)
+        stats = RunStats(**{name: getattr(self.engine.stats, name) for name in
+                            ("requests", "retries", "rate_limited", "server_errors", "timeouts", "cache_hits")},
+                         wall_s=round(time.monotonic() - started_mono, 3))
+        self.store.add_run(self.job.id, self.owner, started_wall, stats)
+        counts = self.store.counts(self.job.id)
+        return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts)
+
+    async def _produce(self, queue: asyncio.Queue) -> None:
+        while not self._budget_hit.is_set():
+            items = self.store.lease(self.job.id, self.owner, self.settings.lease_batch, time.time(),
+                                     self.settings.lease_s)
+            if not items:
+                return
+            for item in items:
+                if self._budget_hit.is_set():
+                    return
+                await queue.put(item)
+
+    async def _consume(self, queue: asyncio.Queue) -> None:
+        while (item := await queue.get()) is not None:
+            if self._budget_hit.is_set():
+                continue  # left leased; released at the end of the run
+            try:
+                result = await self.process(item)
+            except Exception as e:  # a bug on one item must not stop the batch: record it, go on
+                result = self._result(item, FAILED, None, None, [REQUEST_FAILED], [], [],
+                                      error=f"internal error: {type(e).__name__}: {e}")
+            self._results.append(result)
+            if result.release:
+                self._budget_hit.set()
+            else:
+                self.progress.finished += 1
+            if len(self._results) >= self.settings.commit_every:
+                self._flush()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_s)
+            self._flush()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            self.store.renew(self.owner, time.time(), self.settings.lease_s)
+
+    def _flush(self) -> None:
+        if self._results:
+            batch, self._results = self._results, []
+            self.store.complete(self.job.id, self.owner, batch)
+
+    async def process(self, item: LeasedItem) -> ItemResult:
+        """One item through the task: fit the budget, ask, validate, re-ask; never raises."""
+        spec, flags = self.spec, []
+        usage: list[UsageRow] = []
+        cache: list[tuple[str, dict]] = []
+        text, text_tokens = item.text, self.counter.count(item.text)
+        fit = fit_input(text_tokens, self.fixed_tokens, spec.budget.max_input_tokens, spec.budget.on_overflow)
+        if fit.action == SKIP:
+            return self._result(item, SKIPPED, None, None, [INPUT_TOO_LONG], usage, cache,
+                                error=f"input is {text_tokens} tokens; the prompt would pass budget.max_input_tokens")
+        if fit.action == TRUNCATE:
+            text, text_tokens = self.counter.truncate(text, fit.max_text_tokens), fit.max_text_tokens
+            flags.append(TRUNCATED_INPUT)
+
+        messages = self.task.messages(text)
+        prompt_tokens = self.fixed_tokens + text_tokens
+        error, completion = None, None
+        for _ in range(1 + spec.task.max_reasks):
+            reservation = self.gate.reserve(prompt_tokens, spec.budget.max_output_tokens)
+            if reservation is None:
+                return ItemResult(item.seq, "pending", 0.0, {}, usage, cache, release=True)
+            request = self.engine.request(messages, self.task.response_format(), spec.budget.max_output_tokens)
+            try:
+                completion, key = await self.engine.complete(request, prompt_tokens)
+            except LLMError as e:
+                self.gate.release(reservation)
+                return self._result(item, FAILED, None, None, flags + [REQUEST_FAILED], usage, cache, error=str(e))
+            self._account(reservation, completion, key, usage, cache)
+            if completion.refusal:
+                return self._result(item, DONE, None, None, flags + [REFUSAL], usage, cache,
+                                    error=f"refused: {completion.refusal}")
+            try:
+                output = self.task.parse(completion)
+            except InvalidOutput as e:
+                error = str(e)
+                messages = messages + reask_messages(completion.content, error)
+                prompt_tokens += self.counter.count(completion.content or "") + self.counter.count(
+                    messages[-1]["content"]) + 2 * TOKENS_PER_MESSAGE
+                continue
+            if completion.finish_reason == "length":
+                flags.append(FINISH_LENGTH)
+            return self._result(item, DONE, output.label, output.confidence, flags + output.flags, usage, cache)
+        if completion is not None and completion.finish_reason == "length":
+            flags.append(FINISH_LENGTH)
+        return self._result(item, FAILED, None, None, flags + [INVALID_OUTPUT], usage, cache,
+                            error=f"invalid output after {spec.task.max_reasks} re-asks: {error}")
+
+    def _account(self, reservation: Reservation, completion: Completion, key: str,
+                 usage: list[UsageRow], cache: list) -> None:
+        cost = self.gate.settle(reservation, completion.prompt_tokens, completion.completion_tokens,
+                                charged=not completion.cached)
+        usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
+                              completion.completion_tokens, cost, completion.cached))
+        if not completion.cached:
+            cache.append((key, completion.to_cache()))
+            self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
+            self.progress.cost += cost
+
+    def _result(self, item: LeasedItem, state: str, label: str | None, confidence: float | None,
+                flags: list[str], usage: list[UsageRow], cache: list, error: str | None = None) -> ItemResult:
+        v = verdict(label, confidence, flags, self.spec.review.min_confidence)
+        draft = Draft(
+            id=item.item_id, text=item.text, task=self.task.kind, label=label,
+            confidence=None if confidence is None else round(confidence, 6), needs_review=v.needs_review,
+            flags=v.flags, model=self.spec.model.name, prompt_version=self.task.prompt_version,
+            usage={"prompt_tokens": sum(u.prompt_tokens for u in usage),
+                   "completion_tokens": sum(u.completion_tokens for u in usage)},
+            cost_usd=round(sum(u.cost_usd for u in usage), 8), error=error, review_priority=v.priority,
+            state=state, line=item.line)
+        return ItemResult(item.seq, state, v.priority, draft.to_record(), usage, cache)
