@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+import httpx
 import openai
 from tenacity import AsyncRetrying, retry_if_exception
 
@@ -22,14 +23,39 @@ from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import ModelSpec
 from .errors import LLMError
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, rate_headers
 from .retry import Failure, RetryDecision, decide
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+_NO_COOKIES = _NoCookies()
+
+
+class _ApiHttpClient(openai.DefaultAioHttpClient):
+    """The SDK's aiohttp transport, keeping no cookies: an API client needs none, and httpx's
+    cookie bookkeeping on every response was a tenth of the worker's CPU."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, value) -> None:
+        return None
 
 
 def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:
     """The production client: aiohttp transport, SDK retries off (prelabel.retry owns them)."""
+    http_client = _ApiHttpClient()
     return openai.AsyncOpenAI(api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
-                              timeout=model.timeout_s, http_client=openai.DefaultAioHttpClient())
+                              timeout=model.timeout_s, http_client=http_client)
 
 
 @dataclass(slots=True)
@@ -82,20 +108,30 @@ class LLMEngine:
             self.stats.cache_hits += 1
             return Completion.from_cache(cached), key
         booked = prompt_tokens + request.get("max_tokens", 0)
-        retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),
-                                 wait=lambda state: state.outcome.exception().decision.delay,
-                                 sleep=self._sleep, reraise=True)
         try:
-            async for attempt in retrying:
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        self.stats.retries += 1
-                    completion = await self._attempt(request, booked, attempt.retry_state.attempt_number)
+            try:
+                completion = await self._attempt(request, booked, 1)
+            except _AttemptFailed as first:
+                # Most requests succeed at once; tenacity takes over only when one did not.
+                if not first.decision.retry:
+                    raise
+                completion = await self._retry(request, booked, first)
         except _AttemptFailed as e:
             raise LLMError(f"request failed: {e.decision.reason}: {e.cause}", status=e.failure.status,
                            attempts=e.attempt) from e.cause
         self.limiter.refund(booked - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion, key
+
+    async def _retry(self, request: dict, booked: int, first: _AttemptFailed) -> Completion:
+        retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),
+                                 wait=lambda state: state.outcome.exception().decision.delay,
+                                 sleep=self._sleep, reraise=True)
+        await self._sleep(first.decision.delay)
+        async for attempt in retrying:
+            with attempt:
+                self.stats.retries += 1
+                return await self._attempt(request, booked, attempt.retry_state.attempt_number + 1)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def _attempt(self, request: dict, booked: int, attempt: int) -> Completion:
         # The pause may grow while we wait (another request got a 429): wait until it holds.
@@ -106,10 +142,13 @@ class LLMEngine:
             delay = self.limiter.paused_until - now
         self.stats.requests += 1
         try:
-            raw = await self.client.chat.completions.with_raw_response.create(**request)
+            # The SDK's client does auth, base URL, timeouts and error mapping; the body goes as built
+            # (create() would re-walk it through its TypedDicts, half the CPU of a request).
+            raw = await self.client.post("/chat/completions", body=request, cast_to=httpx.Response)
         except openai.APIStatusError as e:
-            self.limiter.observe(e.response.headers, self._clock())
-            failure = Failure(e.status_code, e.response.headers, getattr(e, "code", None))
+            headers = rate_headers(e.response.headers.raw)
+            self.limiter.observe(headers, self._clock())
+            failure = Failure(e.status_code, headers, getattr(e, "code", None))
             if e.status_code == 429:
                 self.stats.rate_limited += 1
             elif e.status_code >= 500:
@@ -118,12 +157,13 @@ class LLMEngine:
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
             self.stats.timeouts += 1
             raise self._failed(Failure(None, {}), attempt, e) from e
-        self.limiter.observe(raw.headers, self._clock())
+        headers = rate_headers(raw.headers.raw)
+        self.limiter.observe(headers, self._clock())
         try:
             return Completion.from_response(json.loads(raw.content))
         except (ValueError, KeyError, IndexError, TypeError) as e:
             # A 200 with a body that is not a chat completion: a broken proxy; treat it as a 502.
-            raise self._failed(Failure(502, raw.headers), attempt, e) from e
+            raise self._failed(Failure(502, headers), attempt, e) from e
 
     def _failed(self, failure: Failure, attempt: int, cause: Exception) -> _AttemptFailed:
         decision = decide(failure, attempt, max_retries=self.model.max_retries,

@@ -61,7 +61,9 @@ class RateLimiter:
         self.paused_until = max(self.paused_until, now + seconds)
 
     def observe(self, headers: Mapping[str, str], now: float) -> None:
-        """Adopt the limits the server reports, and wait out a window it says is used up."""
+        """Adopt the limits the server reports, and wait out a window it says is used up.
+
+        ``headers`` holds lower-case names (see ``rate_headers``)."""
         limit = _int(headers.get("x-ratelimit-limit-requests"))
         if limit and limit > 0:
             self.rpm = min(self.configured_rpm, limit)
@@ -73,3 +75,15 @@ class RateLimiter:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
                     self.pause(reset, now)
+
+
+def rate_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The rate-limit and retry headers of a response, lower-cased, in one pass over the raw list.
+
+    (httpx's case-insensitive ``get`` walks every header on each call; a response has twenty.)"""
+    picked = {}
+    for name, value in raw:
+        name = name.lower()
+        if name.startswith((b"x-ratelimit-", b"retry-after")):
+            picked[name.decode("latin-1")] = value.decode("latin-1")
+    return picked
