@@ -153,10 +153,11 @@ def _result_id(record_id: str, from_name: str) -> str:
 
 def to_task(record: dict, model_version: str) -> dict:
     """One Label Studio task for one draft; with no prediction when the draft has no label."""
+    # Review fields sit in ``data``: the Data Manager filters and sorts on data columns, not on meta.
     task = {
-        "data": {TEXT: record["text"], "ref_id": record["id"]},
-        "meta": {"flags": list(record.get("flags") or []),
-                 "needs_review": record.get("needs_review"),
+        "data": {TEXT: record["text"], "ref_id": record["id"],
+                 "flags": ", ".join(record.get("flags") or []),
+                 "needs_review": bool(record.get("needs_review")),
                  "review_priority": record.get("review_priority")},
         "predictions": [],
     }

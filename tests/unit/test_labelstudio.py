@@ -117,8 +117,8 @@ def test_an_unknown_task_kind_is_refused():
 def test_task_for_a_labeled_record():
     task = to_task(record(label="negative", confidence=0.42, flags=["low_confidence"],
                           needs_review=True, review_priority=0.58), MV)
-    assert task["data"] == {"text": "text number 1", "ref_id": "item-1"}
-    assert task["meta"] == {"flags": ["low_confidence"], "needs_review": True, "review_priority": 0.58}
+    assert task["data"] == {"text": "text number 1", "ref_id": "item-1", "flags": "low_confidence",
+                            "needs_review": True, "review_priority": 0.58}
     [pred] = task["predictions"]
     assert pred["model_version"] == MV and pred["score"] == 0.42
     [result] = pred["result"]
