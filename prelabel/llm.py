@@ -12,7 +12,6 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import httpx
@@ -25,6 +24,7 @@ from .config import ModelSpec
 from .errors import LLMError
 from .ratelimit import RateLimiter, rate_headers
 from .retry import Failure, RetryDecision, decide
+from .stats import RunStats
 
 
 class _NoCookies(httpx.Cookies):
@@ -51,21 +51,20 @@ class _ApiHttpClient(openai.DefaultAioHttpClient):
         return None
 
 
+_PATH = "/chat/completions"
+try:  # internal to the SDK (pinned below 3); its absence only costs some CPU
+    from openai._models import FinalRequestOptions
+
+    _OPTIONS = FinalRequestOptions.construct(method="post", url=_PATH, json_data={})
+except (ImportError, AttributeError, TypeError):
+    _OPTIONS = None
+
+
 def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:
     """The production client: aiohttp transport, SDK retries off (prelabel.retry owns them)."""
     http_client = _ApiHttpClient()
     return openai.AsyncOpenAI(api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
                               timeout=model.timeout_s, http_client=http_client)
-
-
-@dataclass(slots=True)
-class EngineStats:
-    requests: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    server_errors: int = 0
-    timeouts: int = 0
-    cache_hits: int = 0
 
 
 class _AttemptFailed(Exception):
@@ -85,7 +84,7 @@ class LLMEngine:
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
         self.client, self.model, self.settings = client, model, settings
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
-        self.stats = EngineStats()
+        self.stats = RunStats()
         self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
         self._rng = rng or random.Random()
 
@@ -142,9 +141,7 @@ class LLMEngine:
             delay = self.limiter.paused_until - now
         self.stats.requests += 1
         try:
-            # The SDK's client does auth, base URL, timeouts and error mapping; the body goes as built
-            # (create() would re-walk it through its TypedDicts, half the CPU of a request).
-            raw = await self.client.post("/chat/completions", body=request, cast_to=httpx.Response)
+            raw = await self._send(request)
         except openai.APIStatusError as e:
             headers = rate_headers(e.response.headers.raw)
             self.limiter.observe(headers, self._clock())
@@ -165,10 +162,19 @@ class LLMEngine:
             # A 200 with a body that is not a chat completion: a broken proxy; treat it as a 502.
             raise self._failed(Failure(502, headers), attempt, e) from e
 
+    async def _send(self, body: dict) -> httpx.Response:
+        """POST through the SDK's client: it does auth, base URL (Azure deployments too), timeouts and
+        error mapping. The body goes as built: ``create()`` would re-walk it through the SDK's
+        TypedDicts, half the CPU of a request; the options are copied from one template for the same
+        reason."""
+        if _OPTIONS is None:  # an SDK without the internal options model: the public path
+            return await self.client.post(_PATH, body=body, cast_to=httpx.Response)
+        return await self.client.request(httpx.Response, _OPTIONS.model_copy(update={"json_data": body}))
+
     def _failed(self, failure: Failure, attempt: int, cause: Exception) -> _AttemptFailed:
         decision = decide(failure, attempt, max_retries=self.model.max_retries,
                           base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng)
         if decision.retry and failure.status == 429:
             # Everyone waits, not just this request: the window is shared.
-            self.limiter.pause(decision.delay, self._clock())
+            self.limiter.pause(decision.server_wait or decision.delay, self._clock())
         return _AttemptFailed(failure, decision, cause, attempt)

@@ -30,6 +30,7 @@ class RetryDecision:
     retry: bool
     delay: float
     reason: str
+    server_wait: float | None = None  # what retry-after asked, for pausing every request, not just this one
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -56,9 +57,11 @@ def decide(failure: Failure, attempt: int, *, max_retries: int, base: float, cap
     backoff = rng.uniform(0, min(cap, base * 2 ** (attempt - 1)))
     asked = retry_after(failure.headers)
     if asked is not None:
-        delay = min(asked, MAX_RETRY_AFTER_S) + rng.uniform(0, min(0.25, base))
+        # A little jitter (a tenth of the wait) keeps the retried requests from landing together.
+        asked = min(asked, MAX_RETRY_AFTER_S)
+        delay = asked + rng.uniform(0, min(0.1 * asked, base))
         reason = f"server asked to wait {asked:.3g}s"
     else:
         delay, reason = backoff, "backoff"
     label = "timeout" if failure.status is None else f"status {failure.status}"
-    return RetryDecision(True, delay, f"{label}: {reason}")
+    return RetryDecision(True, delay, f"{label}: {reason}", asked)

@@ -23,7 +23,8 @@ from .errors import LLMError
 from .llm import LLMEngine
 from .pricing import price_for
 from .review import FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, REFUSAL, REQUEST_FAILED, TRUNCATED_INPUT, verdict
-from .store import ItemResult, JobRecord, LeasedItem, RunStats, Store, UsageRow
+from .stats import RunStats
+from .store import ItemResult, JobRecord, LeasedItem, Store, UsageRow
 from .tasks import InvalidOutput, Task, fixed_prompt_tokens, reask_messages
 from .tokens import TOKENS_PER_MESSAGE, TokenCounter
 
@@ -101,9 +102,8 @@ class JobRunner:
             self.store.release(self.owner)  # anything unstarted goes back to the queue
         if self._budget_hit.is_set():
             self.store.stop_remaining(self.job.id)
-        stats = RunStats(**{name: getattr(self.engine.stats, name) for name in
-                            ("requests", "retries", "rate_limited", "server_errors", "timeouts", "cache_hits")},
-                         wall_s=round(time.monotonic() - started_mono, 3))
+        stats = self.engine.stats
+        stats.wall_s = round(time.monotonic() - started_mono, 3)
         self.store.add_run(self.job.id, self.owner, started_wall, stats)
         counts = self.store.counts(self.job.id)
         return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import FINAL_STATES, ItemResult, JobRecord, LeasedItem, RunStats, Store, UsageRow
+from ..errors import StoreError
 from .sqlite import SQLiteStore
 
 __all__ = ["FINAL_STATES", "ItemResult", "JobRecord", "LeasedItem", "RunStats", "SQLiteStore", "Store",
@@ -14,5 +15,5 @@ def open_store(url: str | Path) -> Store:
     """A store from a path (SQLite) or, later, a ``postgresql://`` URL."""
     text = str(url)
     if text.startswith(("postgres://", "postgresql://")):
-        raise NotImplementedError("the PostgreSQL store is not built yet; use a SQLite path")
+        raise StoreError("the PostgreSQL store is not available in this version; use a SQLite path")
     return SQLiteStore(text.removeprefix("sqlite:///"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
+from ..stats import RunStats
+
 PENDING, LEASED, STOPPED = "pending", "leased", "stopped"
 FINAL_STATES = ("done", "failed", "skipped")
 ALL_STATES = (PENDING, LEASED, *FINAL_STATES, STOPPED)
@@ -65,17 +67,6 @@ class InputErrorRow:
     line: int
     field: str | None
     message: str
-
-
-@dataclass(slots=True)
-class RunStats:
-    requests: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    server_errors: int = 0
-    timeouts: int = 0
-    cache_hits: int = 0
-    wall_s: float = 0.0
 
 
 class Store(Protocol):
