@@ -72,5 +72,9 @@ class BudgetGate:
         self.spent_cost += cost
         return cost
 
+    def sync(self, spent_tokens: int, spent_cost: float) -> None:
+        """Take the job's spend as the store has it: other workers on the same job spend too."""
+        self.spent_tokens, self.spent_cost = spent_tokens, spent_cost
+
     def release(self, reservation: Reservation) -> None:
         self.settle(reservation, 0, 0, charged=False)

@@ -158,7 +158,7 @@ class LLMEngine:
         self.limiter.observe(headers, self._clock())
         try:
             return Completion.from_response(json.loads(raw.content))
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             # A 200 with a body that is not a chat completion: a broken proxy; treat it as a 502.
             raise self._failed(Failure(502, headers), attempt, e) from e
 

@@ -41,7 +41,7 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
     batch: list[str] = []
 
     def flush() -> None:
-        # Batched encoding runs in tiktoken's threads: a million items plan in seconds.
+        # Batched encoding runs in tiktoken's threads (a million items: about a minute on two cores).
         for n in map(len, counter.encoding.encode_ordinary_batch(batch)):
             fit = fit_input(n, fixed, spec.budget.max_input_tokens, spec.budget.on_overflow)
             if fit.action == SKIP:

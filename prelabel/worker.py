@@ -110,6 +110,10 @@ class JobRunner:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._budget_hit.is_set():
+            # Commit what is finished, then read the job's spend: it includes other workers'.
+            self._flush()
+            job = self.store.get_job(self.job.id)
+            self.gate.sync(job.spent_tokens, job.spent_cost)
             items = self.store.lease(self.job.id, self.owner, self.settings.lease_batch, time.time(),
                                      self.settings.lease_s)
             if not items:

@@ -30,6 +30,12 @@ def test_gate_refuses_what_would_pass_the_cap_counting_in_flight():
     assert gate.reserve(10, 0) is not None
 
 
+def test_gate_takes_the_stores_spend():
+    gate = BudgetGate(max_tokens=100, max_cost=None, price=None)
+    gate.sync(90, 0.0)  # another worker spent 90
+    assert gate.reserve(5, 10) is None and gate.reserve(5, 5) is not None
+
+
 def test_gate_cost_cap_and_cache_hits_are_free():
     gate = BudgetGate(None, max_cost=0.001, price=Price(input_per_mtok=1.0, output_per_mtok=1.0))
     r = gate.reserve(500, 400)
