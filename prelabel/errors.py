@@ -33,6 +33,14 @@ class StoreError(PrelabelError):
     """The store refused an operation (unknown job, schema mismatch)."""
 
 
+class JobExists(StoreError):
+    """The job is in the store already (another process may be submitting it right now)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} exists")
+
+
 class LLMError(PrelabelError):
     """A request that failed for good after the retry policy gave up.
 

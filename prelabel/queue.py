@@ -1,18 +1,22 @@
 """The queue's front door: submit a job file (idempotently), or every new job file in a spool folder."""
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import JobSpec
-from .errors import JobFileError, PrelabelError
+from .errors import JobExists, JobFileError, PrelabelError
 from .inputs import read_items
 from .jobfile import file_sha256, job_identity, load_job
 from .pricing import price_for
 from .store import JobRecord, Store
 from .tasks import Task, build_task, fixed_prompt_tokens
 from .tokens import TokenCounter
+
+
+INGEST_STALE_S = 120.0  # a submission that wrote nothing for this long is taken to be dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,12 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
         job_id = f"{job_id}-{uuid.uuid4().hex[:6]}"
     spec_json = spec.model_dump(mode="json")
     existing = store.get_job(job_id)
+    if existing is not None and existing.status == "ingesting":
+        if time.time() - existing.updated_at < INGEST_STALE_S:
+            # Another process is submitting this very job now (two ticks on one spool file).
+            return Submitted(job_id, False, 0, 0)
+        store.discard_job(job_id)  # its submitter died half-way: start it over
+        existing = None
     if existing is not None:
         # Same work again: take the new run settings (a raised budget), and go on where it stopped.
         store.update_job_spec(job_id, spec_json, str(job_path))
@@ -56,8 +66,11 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
         counts = store.counts(job_id)
         return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed)
     record = JobRecord(job_id, spec.name, spec_json, str(job_path), input_sha, task.prompt_version,
-                       "queued", 0.0, 0, 0.0)
-    items = store.create_job(record, read_items(spec.input))
+                       "ingesting", 0.0, 0, 0.0)
+    try:
+        items = store.create_job(record, read_items(spec.input))
+    except JobExists:
+        return Submitted(job_id, False, 0, 0)  # another process won the race to submit it
     return Submitted(job_id, True, items, len(store.input_errors(job_id)))
 
 

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import InputError, StoreError
+from ..errors import InputError, JobExists, StoreError
 from .base import InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -31,7 +31,8 @@ _INGEST_BATCH = 5000
 
 
 def _job(row: tuple) -> JobRecord:
-    return JobRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9])
+    return JobRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                     row[10])
 
 
 class SQLiteStore:
@@ -61,29 +62,40 @@ class SQLiteStore:
         return [_job(row) for row in self._db.execute(Q["list_jobs"])]
 
     def create_job(self, job: JobRecord, items: Iterable) -> int:
-        """Insert the job and stream its items in (``RawItem`` or ``InputError`` values).
+        """Claim the job, stream its items in (``RawItem`` or ``InputError`` values), open it to workers.
 
-        Returns the number of items. Items go in in batches, each its own transaction, so memory stays
-        flat; the job row is written last, so a job a worker can see is always complete.
+        The job row goes in first, as ``ingesting``: a second submitter of the same job (two cron
+        ticks on one spool file) fails at once with ``JobExists`` instead of racing this one, and
+        workers do not see the job until every item is in. Items go in in batches, each its own
+        transaction, so memory stays flat. Returns the number of items stored (duplicates excluded).
         """
-        seq, now = 0, time.time()
-        batch: list = []
+        now = time.time()
+        try:
+            with self._tx():
+                self._db.execute(Q["insert_job"], (job.id, job.name, json.dumps(job.spec), job.job_file,
+                                                   job.input_sha256, job.prompt_version, now, now))
+        except sqlite3.IntegrityError:
+            raise JobExists(job.id) from None
+        seq, stored, batch = 0, 0, []
 
-        def flush() -> None:
+        def flush() -> int:
+            added = 0
             with self._tx():
                 for entry in batch:
                     if isinstance(entry, InputError):
                         self._db.execute(Q["insert_input_error"], (job.id, entry.line, entry.field, entry.reason))
                         continue
-                    cur = self._db.execute(Q["insert_item"], (job.id, entry[0], entry[1].item_id,
-                                                              entry[1].line, entry[1].text))
-                    if cur.rowcount == 0:
+                    position, item = entry
+                    if self._db.execute(Q["insert_item"], (job.id, position, item.item_id, item.line,
+                                                           item.text)).rowcount:
+                        added += 1
+                    else:
                         self._db.execute(Q["insert_input_error"], (
-                            job.id, entry[1].line, None, f"duplicate id {entry[1].item_id!r}: kept the first"))
+                            job.id, item.line, None, f"duplicate id {item.item_id!r}: kept the first"))
+                self._db.execute(Q["ingest_progress"], (time.time(), job.id))
             batch.clear()
+            return added
 
-        if self.get_job(job.id) is not None:
-            raise StoreError(f"job {job.id} exists")
         for entry in items:
             if isinstance(entry, InputError):
                 batch.append(entry)
@@ -91,12 +103,17 @@ class SQLiteStore:
                 batch.append((seq, entry))
                 seq += 1
             if len(batch) >= _INGEST_BATCH:
-                flush()
-        flush()
+                stored += flush()
+        stored += flush()
+        self.set_status(job.id, "queued")
+        return stored
+
+    def discard_job(self, job_id: str) -> None:
+        """Remove a job whose submission died half-way, so that it can be submitted again."""
         with self._tx():
-            self._db.execute(Q["insert_job"], (job.id, job.name, json.dumps(job.spec), job.job_file,
-                                               job.input_sha256, job.prompt_version, now, now))
-        return seq
+            for statement in Q["discard_job"].split(";"):
+                if statement.strip():
+                    self._db.execute(statement, (job_id,))
 
     def update_job_spec(self, job_id: str, spec: dict, job_file: str | None) -> None:
         self._db.execute("UPDATE jobs SET spec = ?, job_file = ?, updated_at = ? WHERE id = ?",
@@ -130,23 +147,25 @@ class SQLiteStore:
 
     def complete(self, job_id: str, owner: str, results: list[ItemResult]) -> None:
         now = time.time()
+        finished, released, usage, cache = [], [], [], []
         tokens, cost = 0, 0.0
+        for r in results:
+            if r.release:
+                released.append((job_id, r.seq, owner))
+            else:
+                finished.append((r.state, r.priority, json.dumps(r.record, ensure_ascii=False), job_id, r.seq, owner))
+            for u in r.usage:
+                usage.append((job_id, r.seq, now, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd,
+                              int(u.cached)))
+                if not u.cached:
+                    tokens += u.prompt_tokens + u.completion_tokens
+                    cost += u.cost_usd
+            cache.extend((key, json.dumps(completion, ensure_ascii=False), now) for key, completion in r.cache)
         with self._tx():
-            for result in results:
-                if result.release:
-                    self._db.execute(Q["unlease_item"], (job_id, result.seq, owner))
-                else:
-                    self._db.execute(Q["finish_item"], (result.state, result.priority,
-                                                        json.dumps(result.record, ensure_ascii=False),
-                                                        job_id, result.seq, owner))
-                for usage in result.usage:
-                    self._db.execute(Q["insert_usage"], (job_id, result.seq, now, usage.model, usage.prompt_tokens,
-                                                         usage.completion_tokens, usage.cost_usd, int(usage.cached)))
-                    if not usage.cached:
-                        tokens += usage.prompt_tokens + usage.completion_tokens
-                        cost += usage.cost_usd
-                for key, completion in result.cache:
-                    self._db.execute(Q["insert_cache"], (key, json.dumps(completion, ensure_ascii=False), now))
+            self._db.executemany(Q["finish_item"], finished)
+            self._db.executemany(Q["unlease_item"], released)
+            self._db.executemany(Q["insert_usage"], usage)
+            self._db.executemany(Q["insert_cache"], cache)
             self._db.execute(Q["add_spent"], (tokens, cost, now, job_id))
 
     def stop_remaining(self, job_id: str) -> int:

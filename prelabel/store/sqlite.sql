@@ -79,7 +79,15 @@ CREATE TABLE IF NOT EXISTS spool (
 
 -- name: insert_job
 INSERT INTO jobs (id, name, spec, job_file, input_sha256, prompt_version, status, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?);
+VALUES (?, ?, ?, ?, ?, ?, 'ingesting', ?, ?);
+
+-- name: ingest_progress
+UPDATE jobs SET updated_at = ? WHERE id = ?;
+
+-- name: discard_job
+DELETE FROM items WHERE job_id = ?;
+DELETE FROM input_errors WHERE job_id = ?;
+DELETE FROM jobs WHERE id = ?;
 
 -- name: insert_item
 INSERT INTO items (job_id, seq, item_id, line, text) VALUES (?, ?, ?, ?, ?)
@@ -89,17 +97,20 @@ ON CONFLICT (job_id, item_id) DO NOTHING;
 INSERT INTO input_errors (job_id, line, field, message) VALUES (?, ?, ?, ?);
 
 -- name: get_job
-SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost
+SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
+       updated_at
 FROM jobs WHERE id = ?;
 
 -- name: list_jobs
-SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost
+SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
+       updated_at
 FROM jobs ORDER BY created_at;
 
 -- name: runnable_jobs
 SELECT j.id FROM jobs j
-WHERE EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
-   OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < ?)
+WHERE j.status != 'ingesting'
+  AND (EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
+       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < ?))
 ORDER BY j.created_at;
 
 -- name: lease

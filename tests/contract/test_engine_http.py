@@ -18,7 +18,7 @@ from httpx_aiohttp import AiohttpTransport
 from prelabel.completion import Completion
 from prelabel.config import Engine, ModelSpec
 from prelabel.errors import LLMError
-from prelabel.llm import LLMEngine, cache_key, make_client
+from prelabel.llm import LLMEngine, encode_request, make_client
 
 BASE = "https://api.test/v1"
 KEY = "sk-test"
@@ -352,7 +352,7 @@ async def test_a_cache_hit_makes_no_request(client, fake):
         completion, key = await engine.complete(request, prompt_tokens=21)
         assert mock.calls.call_count == 0
 
-    assert key == cache_key(request) and asked == [key]
+    assert key == encode_request(request)[1] and asked == [key]
     assert completion.cached is True and completion.content == '{"label": "negative"}'
     assert completion.logprobs == [("negative", -0.1)]
     assert engine.stats.cache_hits == 1 and engine.stats.requests == 0
@@ -364,7 +364,7 @@ async def test_a_cache_miss_is_looked_up_by_the_request_key(client, api, fake):
     engine = make_engine(client, fake, cache_get=lambda key: asked.append(key))
     request = engine.request(MESSAGES, SCHEMA, 32)
     completion, key = await engine.complete(request, prompt_tokens=21)
-    assert asked == [key] == [cache_key(request)]
+    assert asked == [key] == [encode_request(request)[1]]
     assert completion.cached is False and engine.stats.cache_hits == 0
 
 
