@@ -26,6 +26,20 @@ class PromptTemplate:
     system: string.Template
     user: string.Template
 
+    def bind(self, **fields: str):
+        """A function of the item's text alone, with everything else rendered once."""
+        system = self.render(**fields, text="")[0]
+        if system != self.render(**fields, text="\x00")[0]:  # the system part shows the item too
+            return lambda text: self.render(**fields, text=text)
+        user = self.user
+
+        def messages(text: str) -> list[dict]:
+            try:
+                return [system, {"role": "user", "content": user.substitute(fields, text=text).strip()}]
+            except KeyError as e:
+                raise JobFileError(f"prompt template {self.name!r} uses ${e.args[0]}, which this task does not fill") from None
+        return messages
+
     def render(self, **fields: str) -> list[dict]:
         try:
             return [{"role": "system", "content": self.system.substitute(fields).strip()},

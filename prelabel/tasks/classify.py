@@ -24,12 +24,13 @@ class ClassifyTask:
             "labels": "\n".join(f"- {name}: {definition}" for name, definition in spec.labels.items()),
             "guidelines": f"\nGuidelines:\n{guidelines.strip()}\n" if guidelines else "",
         }
+        self._messages = template.bind(**self._fields)
         self._format = {"type": "json_schema", "json_schema": {"name": "classification", "strict": True, "schema": {
             "type": "object", "properties": {"label": {"type": "string", "enum": self.labels}},
             "required": ["label"], "additionalProperties": False}}}
 
     def messages(self, text: str) -> list[dict]:
-        return self.template.render(text=text, **self._fields)
+        return self._messages(text)
 
     def fixed_tokens(self, count) -> int:
         return sum(count(m["content"]) for m in self.messages(""))

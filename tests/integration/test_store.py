@@ -1,0 +1,364 @@
+"""The store contract, against a real SQLite file (WAL mode) in tmp_path."""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from prelabel.errors import InputError, JobExists, StoreError
+from prelabel.inputs import RawItem
+from prelabel.store import ItemResult, JobRecord, RunStats, SQLiteStore, UsageRow
+
+OWNER_A, OWNER_B = "host-a:1:aaaaaa", "host-b:2:bbbbbb"
+T0 = 1_000_000.0  # a hand-picked "now": leases are tested without a clock
+
+
+def job_record(job_id: str = "job-1") -> JobRecord:
+    spec = {"model": {"name": "m"}, "task": {"kind": "classify"},
+            "budget": {"max_total_tokens": None, "max_cost_usd": None}}
+    return JobRecord(job_id, "t", spec, "job.yaml", "0" * 64, "classify@abc", "queued", 0.0, 0, 0.0)
+
+
+def raw_items(n: int, start_line: int = 1) -> list[RawItem]:
+    return [RawItem(start_line + i, f"id{i}", f"text {i}") for i in range(n)]
+
+
+def result(seq: int, *, state: str = "done", priority: float = 0.5, flags: list[str] | None = None,
+           usage: list[UsageRow] | None = None, cache: list | None = None, release: bool = False) -> ItemResult:
+    record = {"id": f"id{seq}", "seq": seq, "label": "positive", "flags": flags or [], "review_priority": priority}
+    return ItemResult(seq, state, priority, record, usage or [], cache or [], release)
+
+
+def usage(prompt: int = 10, completion: int = 2, cost: float = 0.001, cached: bool = False) -> UsageRow:
+    return UsageRow("m", prompt, completion, cost, cached)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store" / "prelabel.db"
+
+
+@pytest.fixture
+def store(db_path: Path):
+    s = SQLiteStore(db_path)
+    yield s
+    s.close()
+
+
+def item_state(db_path: Path, seq: int, job_id: str = "job-1") -> tuple:
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT state, lease_owner, result FROM items WHERE job_id = ? AND seq = ?",
+                          (job_id, seq)).fetchone()
+
+
+# --- jobs and ingest --------------------------------------------------------------------------
+
+def test_create_job_stores_items_and_input_errors_and_reopens(store, db_path):
+    entries = [RawItem(1, "a", "first"), InputError("malformed JSON", line=2),
+               RawItem(3, "b", "second"), InputError("text is empty", line=4, field="text")]
+    assert store.create_job(job_record(), entries) == 2
+    job = store.get_job("job-1")
+    assert job.status == "queued" and job.spent_tokens == 0 and job.spec["model"]["name"] == "m"
+    assert job.created_at > 0
+    assert store.counts("job-1") == {"pending": 2}
+    assert [(e.line, e.field, e.message) for e in store.input_errors("job-1")] == [
+        (2, None, "malformed JSON"), (4, "text", "text is empty")]
+    assert [j.id for j in store.list_jobs()] == ["job-1"]
+    store.close()
+    again = SQLiteStore(db_path)  # the file, not the connection, holds it all
+    try:
+        assert again.counts("job-1") == {"pending": 2}
+        assert again.get_job("nope") is None
+    finally:
+        again.close()
+
+
+def test_creating_the_same_job_twice_is_refused(store):
+    store.create_job(job_record(), raw_items(2))
+    with pytest.raises(StoreError):
+        store.create_job(job_record(), raw_items(2))
+
+
+def test_duplicate_ids_become_input_errors_and_the_first_is_kept(store):
+    entries = [RawItem(1, "a", "kept"), RawItem(2, "b", "other"), RawItem(3, "a", "dropped")]
+    store.create_job(job_record(), entries)
+    assert store.counts("job-1") == {"pending": 2}
+    errors = store.input_errors("job-1")
+    assert [(e.line, e.field) for e in errors] == [(3, None)]
+    assert "duplicate id 'a'" in errors[0].message
+    texts = {item.item_id: item.text for item in store.lease("job-1", OWNER_A, 10, T0, 60)}
+    assert texts == {"a": "kept", "b": "other"}
+
+
+def test_create_job_returns_the_number_of_items_stored_not_counting_duplicates(store):
+    entries = [RawItem(1, "a", "kept"), RawItem(2, "b", "other"), RawItem(3, "a", "dropped")]
+    assert store.create_job(job_record(), entries) == 2
+
+
+def test_many_items_go_in_across_ingest_batches(store):
+    n = 12_000  # more than one ingest batch (5000)
+    entries = (RawItem(i + 1, str(i), f"t{i}") for i in range(n))
+    store.create_job(job_record(), entries)
+    assert store.counts("job-1") == {"pending": n}
+
+
+# --- leases -----------------------------------------------------------------------------------
+
+def test_lease_takes_lowest_seq_first_up_to_the_limit(store):
+    store.create_job(job_record(), raw_items(10))
+    first = store.lease("job-1", OWNER_A, 4, T0, 60)
+    assert [i.seq for i in first] == [0, 1, 2, 3]
+    assert (first[0].item_id, first[0].line, first[0].text) == ("id0", 1, "text 0")
+    assert store.counts("job-1") == {"pending": 6, "leased": 4}
+    assert store.leased_owners() == [OWNER_A]
+
+
+def test_two_owners_never_get_the_same_item(store):
+    store.create_job(job_record(), raw_items(10))
+    a = store.lease("job-1", OWNER_A, 6, T0, 60)
+    b = store.lease("job-1", OWNER_B, 6, T0, 60)
+    assert len(a) == 6 and len(b) == 4
+    assert not {i.seq for i in a} & {i.seq for i in b}
+    assert store.lease("job-1", OWNER_A, 6, T0, 60) == []
+    assert sorted(store.leased_owners()) == sorted([OWNER_A, OWNER_B])
+
+
+def test_lease_s_is_honoured_and_expired_leases_are_retaken(store, db_path):
+    store.create_job(job_record(), raw_items(3))
+    store.lease("job-1", OWNER_A, 3, T0, lease_s=10)
+    assert store.lease("job-1", OWNER_B, 3, T0 + 9.9, 60) == []  # still A's
+    assert store.runnable_jobs(T0 + 9.9) == []
+    assert store.runnable_jobs(T0 + 10.1) == ["job-1"]
+    retaken = store.lease("job-1", OWNER_B, 3, T0 + 10.1, 60)
+    assert [i.seq for i in retaken] == [0, 1, 2]
+    assert item_state(db_path, 0)[:2] == ("leased", OWNER_B)
+
+
+def test_renew_extends_only_the_owners_leases(store):
+    store.create_job(job_record(), raw_items(4))
+    store.lease("job-1", OWNER_A, 2, T0, 10)
+    store.lease("job-1", OWNER_B, 2, T0, 10)
+    store.renew(OWNER_A, T0 + 5, 10)  # A's now expire at T0 + 15, B's still at T0 + 10
+    taken = store.lease("job-1", "host-c:3:cccccc", 4, T0 + 12, 60)
+    assert [i.seq for i in taken] == [2, 3]
+
+
+def test_release_and_reclaim_hand_leases_back(store):
+    store.create_job(job_record(), raw_items(6))
+    store.lease("job-1", OWNER_A, 3, T0, 60)
+    store.lease("job-1", OWNER_B, 3, T0, 60)
+    assert store.release(OWNER_A) == 3
+    assert store.counts("job-1") == {"pending": 3, "leased": 3}
+    assert store.release(OWNER_A) == 0
+    assert store.reclaim([OWNER_B, "nobody:9:zzzzzz"]) == 3
+    assert store.counts("job-1") == {"pending": 6}
+    assert store.leased_owners() == []
+
+
+# --- results ----------------------------------------------------------------------------------
+
+def test_complete_commits_result_usage_and_cache_together(store, db_path):
+    store.create_job(job_record(), raw_items(3))
+    store.lease("job-1", OWNER_A, 3, T0, 60)
+    store.complete("job-1", OWNER_A, [
+        result(0, usage=[usage(100, 5, 0.01)], cache=[("k0", {"content": "x"})]),
+        result(1, state="failed", usage=[usage(50, 0, 0.0)]),
+    ])
+    state, owner, raw = item_state(db_path, 0)
+    assert (state, owner) == ("done", None) and '"label": "positive"' in raw
+    assert store.counts("job-1") == {"done": 1, "failed": 1, "leased": 1}
+    assert store.cache_get("k0") == {"content": "x"}
+    assert store.cache_get("k-unknown") is None
+    job = store.get_job("job-1")
+    assert job.spent_tokens == 155 and job.spent_cost == pytest.approx(0.01)
+
+
+def test_complete_is_all_or_nothing(store, db_path):
+    store.create_job(job_record(), raw_items(2))
+    store.lease("job-1", OWNER_A, 2, T0, 60)
+    unserialisable = result(1)
+    unserialisable.record["bad"] = {1, 2}  # json.dumps fails half-way through the batch
+    with pytest.raises(TypeError):
+        store.complete("job-1", OWNER_A, [result(0, usage=[usage()], cache=[("k0", {"a": 1})]), unserialisable])
+    assert store.counts("job-1") == {"leased": 2}
+    assert store.usage_totals("job-1")["requests_billed"] == 0
+    assert store.cache_get("k0") is None
+    assert store.get_job("job-1").spent_tokens == 0
+    store.complete("job-1", OWNER_A, [result(0), result(1)])  # the connection is usable afterwards
+    assert store.counts("job-1") == {"done": 2}
+
+
+def test_a_result_for_a_lost_lease_is_not_applied(store, db_path):
+    store.create_job(job_record(), raw_items(1))
+    store.lease("job-1", OWNER_A, 1, T0, lease_s=1)
+    store.lease("job-1", OWNER_B, 1, T0 + 2, 60)  # A's lease expired and B took the item
+    late = result(0)
+    late.record["label"] = "from-A"
+    store.complete("job-1", OWNER_A, [late])
+    assert item_state(db_path, 0)[:2] == ("leased", OWNER_B)
+    store.complete("job-1", OWNER_B, [result(0)])
+    state, owner, raw = item_state(db_path, 0)
+    assert state == "done" and "from-A" not in raw
+    # nor after a release: the item went back to pending, A's answer must not finish it
+    store.create_job(job_record("job-2"), raw_items(1))
+    store.lease("job-2", OWNER_A, 1, T0, 60)
+    store.release(OWNER_A)
+    store.complete("job-2", OWNER_A, [result(0)])
+    assert store.counts("job-2") == {"pending": 1}
+
+
+def test_a_released_result_goes_back_to_pending(store):
+    store.create_job(job_record(), raw_items(2))
+    store.lease("job-1", OWNER_A, 2, T0, 60)
+    store.complete("job-1", OWNER_A, [result(0), result(1, state="pending", release=True)])
+    assert store.counts("job-1") == {"done": 1, "pending": 1}
+    assert [i.seq for i in store.lease("job-1", OWNER_B, 5, T0, 60)] == [1]
+
+
+def test_stop_remaining_and_resume_stopped_and_retry_failed(store):
+    store.create_job(job_record(), raw_items(6))
+    store.lease("job-1", OWNER_A, 3, T0, 60)
+    store.complete("job-1", OWNER_A, [result(0), result(1, state="failed")])  # seq 2 stays leased
+    assert store.stop_remaining("job-1") == 3
+    assert store.counts("job-1") == {"done": 1, "failed": 1, "leased": 1, "stopped": 3}
+    assert store.lease("job-1", OWNER_B, 10, T0, 60) == []  # stopped items are not leased
+    assert store.runnable_jobs(T0) == []
+    assert store.resume_stopped("job-1") == 3
+    assert store.retry_failed("job-1") == 1
+    assert store.counts("job-1") == {"done": 1, "leased": 1, "pending": 4}
+    assert store.runnable_jobs(T0) == ["job-1"]
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def test_counts_flags_and_records_least_certain_first(store):
+    store.create_job(job_record(), raw_items(5))
+    store.lease("job-1", OWNER_A, 5, T0, 60)
+    store.complete("job-1", OWNER_A, [
+        result(0, priority=0.1), result(1, priority=2.0, flags=["refusal"]),
+        result(2, priority=0.9, flags=["low_confidence"]), result(3, priority=0.9, flags=["low_confidence"]),
+    ])
+    assert store.counts("job-1") == {"done": 4, "leased": 1}
+    assert store.flag_counts("job-1") == {"low_confidence": 2, "refusal": 1}
+    records = list(store.iter_records("job-1"))
+    assert [r["seq"] for r in records] == [1, 2, 3, 0]  # priority desc, then input order
+    assert store.counts("nope") == {} and list(store.iter_records("nope")) == []
+
+
+def test_iter_records_pages_through_many(store):
+    n = 2500  # more than one page (1000)
+    store.create_job(job_record(), raw_items(n))
+    leased = store.lease("job-1", OWNER_A, n, T0, 60)
+    store.complete("job-1", OWNER_A, [result(i.seq, priority=i.seq / n) for i in leased])
+    seqs = [r["seq"] for r in store.iter_records("job-1")]
+    assert seqs == list(range(n - 1, -1, -1))
+
+
+def test_usage_totals_exclude_cached_tokens(store):
+    store.create_job(job_record(), raw_items(3))
+    store.lease("job-1", OWNER_A, 3, T0, 60)
+    store.complete("job-1", OWNER_A, [
+        result(0, usage=[usage(100, 10, 0.002), usage(120, 8, 0.003)]),  # a re-ask: two billed requests
+        result(1, usage=[usage(100, 10, 0.0, cached=True)]),
+        result(2, usage=[usage(90, 9, 0.001)]),
+    ])
+    assert store.usage_totals("job-1") == {"requests_billed": 3, "cached_answers": 1, "prompt_tokens": 310,
+                                           "completion_tokens": 27, "cost_usd": 0.006}
+    assert store.get_job("job-1").spent_tokens == 337
+    assert store.usage_totals("nope") == {"requests_billed": 0, "cached_answers": 0, "prompt_tokens": 0,
+                                          "completion_tokens": 0, "cost_usd": 0}
+
+
+def test_runs_are_summed(store):
+    store.create_job(job_record(), raw_items(1))
+    store.add_run("job-1", OWNER_A, T0, RunStats(requests=5, retries=2, rate_limited=1, server_errors=1,
+                                                  timeouts=0, cache_hits=3, wall_s=1.5))
+    store.add_run("job-1", OWNER_B, T0, RunStats(requests=1, wall_s=0.5))
+    assert store.run_totals("job-1") == {"runs": 2, "requests": 6, "retries": 2, "rate_limited": 1,
+                                         "server_errors": 1, "timeouts": 0, "cache_hits": 3, "wall_s": 2.0}
+
+
+def test_input_errors_are_per_job_and_in_line_order(store):
+    store.create_job(job_record(), [InputError("b", line=9), RawItem(1, "a", "x"), InputError("a", line=4)])
+    store.create_job(job_record("job-2"), [InputError("other", line=1)])
+    assert [e.line for e in store.input_errors("job-1")] == [4, 9]
+    assert [e.message for e in store.input_errors("job-2")] == ["other"]
+
+
+def test_spool_remembers_path_and_content(store):
+    assert not store.spool_seen("/s/a.yaml", "sha1")
+    store.spool_record("/s/a.yaml", "sha1", "job-1", None)
+    store.spool_record("/s/a.yaml", "sha1", "job-1", None)  # recording twice is harmless
+    store.spool_record("/s/b.yaml", "sha9", None, "bad yaml")
+    assert store.spool_seen("/s/a.yaml", "sha1")
+    assert store.spool_seen("/s/b.yaml", "sha9")
+    assert not store.spool_seen("/s/a.yaml", "sha2")  # changed content: a new submission
+    assert not store.spool_seen("/s/c.yaml", "sha1")
+
+
+# --- two processes on one file ----------------------------------------------------------------
+
+def _lease_until_empty(path: str, owner: str, start, out) -> None:
+    store = SQLiteStore(path)
+    start.wait(30)
+    taken: list[int] = []
+    while batch := store.lease("job-1", owner, 3, T0, 600):
+        taken += [item.seq for item in batch]
+        # finish half of them so writers interleave leases and completions
+        store.complete("job-1", owner, [result(item.seq) for item in batch if item.seq % 2 == 0])
+        # a worker does something between leases; without a pause SQLite's busy handler (which sleeps
+        # and retries) can lose every race to a writer in a tight loop, and one process gets nothing
+        time.sleep(0.001)
+    store.close()
+    out.put((owner, taken))
+
+
+def test_two_processes_lease_disjoint_sets_that_cover_everything(store, db_path):
+    n = 600
+    store.create_job(job_record(), raw_items(n))
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_lease_until_empty, args=(str(db_path), owner, start, out))
+             for owner in (OWNER_A, OWNER_B)]
+    for p in procs:
+        p.start()
+    start.set()
+    taken = dict(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    a, b = set(taken[OWNER_A]), set(taken[OWNER_B])
+    assert len(a) == len(taken[OWNER_A]) and len(b) == len(taken[OWNER_B])  # nobody got one twice
+    assert not a & b
+    assert a | b == set(range(n))
+    assert a and b, "both processes should have leased something"
+    assert store.counts("job-1") == {"done": n // 2, "leased": n // 2}
+
+
+def test_a_concurrent_create_of_the_same_job_fails_cleanly(store, db_path):
+    # Two cron ticks submitting one spool file at once: the second create starts while the first one
+    # is still reading its input. The loser must fail at once with the store's error, write nothing,
+    # and leave the winner's job, which workers do not see until all of it is in.
+    other = SQLiteStore(db_path)
+    outcome = {}
+
+    def input_that_races():
+        items = raw_items(3)
+        yield items[0]
+        assert store.runnable_jobs(0.0) == []  # half-ingested: not for workers yet
+        with pytest.raises(JobExists):
+            store.create_job(job_record(), raw_items(3))  # the other tick loses the race
+        outcome["loser_raised"] = True
+        yield from items[1:]
+
+    try:
+        assert other.create_job(job_record(), input_that_races()) == 3
+    finally:
+        other.close()
+    assert outcome["loser_raised"]
+    assert store.input_errors("job-1") == []
+    assert store.counts("job-1") == {"pending": 3}
+    assert store.get_job("job-1").status == "queued" and store.runnable_jobs(0.0) == ["job-1"]
