@@ -31,50 +31,68 @@ class Reservation:
     cost: float
 
 
-class BudgetGate:
-    """Hard caps on total tokens and cost for one job.
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """A request does not fit what this worker holds: ask the store for at least this much more."""
 
-    A request reserves its worst case (prompt tokens + max output tokens) before it is sent and
-    settles to the usage the server reports; a request whose worst case would pass a cap is refused,
-    so the caps hold even with many requests in flight.
+    tokens: int
+    cost: float
+
+
+class BudgetGate:
+    """One worker's side of a job's hard caps on tokens and cost.
+
+    The store hands out the job's budget in slices (``grant``), atomically across workers, so that
+    what all of them hold plus what is spent never passes a cap. A request reserves its worst case
+    (prompt tokens + max output tokens) from this worker's slices before it is sent, and settles to
+    the usage the server reports. A request that does not fit gets a ``Shortfall``: the worker asks
+    the store for more; a request that still does not fit waits while others are in flight (they
+    usually settle below their worst case), and is not sent once none is.
     """
 
-    def __init__(self, max_tokens: int | None, max_cost: float | None, price: Price | None,
-                 spent_tokens: int = 0, spent_cost: float = 0.0) -> None:
+    def __init__(self, max_tokens: int | None, max_cost: float | None, price: Price | None) -> None:
         self.max_tokens, self.max_cost, self.price = max_tokens, max_cost, price
-        self.spent_tokens, self.spent_cost = spent_tokens, spent_cost
-        self.reserved_tokens, self.reserved_cost = 0, 0.0
-        self.refused = False
+        self.granted_tokens, self.granted_cost = 0, 0.0  # slices held from the store, this run
+        self.used_tokens, self.used_cost = 0, 0.0        # reserved or spent out of them
+        self.in_flight = 0                                # reservations not settled yet
+
+    @property
+    def capped(self) -> bool:
+        return self.max_tokens is not None or self.max_cost is not None
+
+    def _worst_case(self, prompt_tokens: int, max_output_tokens: int) -> tuple[int, float]:
+        return prompt_tokens + max_output_tokens, cost_usd(self.price, prompt_tokens, max_output_tokens)
+
+    def shortfall(self, prompt_tokens: int, max_output_tokens: int) -> Shortfall | None:
+        tokens, cost = self._worst_case(prompt_tokens, max_output_tokens)
+        short_tokens = self.used_tokens + tokens - self.granted_tokens if self.max_tokens is not None else 0
+        short_cost = self.used_cost + cost - self.granted_cost if self.max_cost is not None else 0.0
+        if short_tokens > 0 or short_cost > 1e-12:
+            return Shortfall(max(0, short_tokens), max(0.0, short_cost))
+        return None
+
+    def grant(self, tokens: int, cost: float) -> None:
+        self.granted_tokens += tokens
+        self.granted_cost += cost
 
     def reserve(self, prompt_tokens: int, max_output_tokens: int) -> Reservation | None:
-        tokens = prompt_tokens + max_output_tokens
-        cost = cost_usd(self.price, prompt_tokens, max_output_tokens)
-        over_tokens = (self.max_tokens is not None
-                       and self.spent_tokens + self.reserved_tokens + tokens > self.max_tokens)
-        over_cost = (self.max_cost is not None
-                     and self.spent_cost + self.reserved_cost + cost > self.max_cost + 1e-12)
-        if over_tokens or over_cost:
-            self.refused = True
+        if self.shortfall(prompt_tokens, max_output_tokens) is not None:
             return None
-        self.reserved_tokens += tokens
-        self.reserved_cost += cost
+        tokens, cost = self._worst_case(prompt_tokens, max_output_tokens)
+        self.used_tokens += tokens
+        self.used_cost += cost
+        self.in_flight += 1
         return Reservation(tokens, cost)
 
-    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int,
-               charged: bool = True) -> float:
-        """Replace the reservation by what was spent; returns the cost charged (0 for a cache hit)."""
-        self.reserved_tokens -= reservation.tokens
-        self.reserved_cost -= reservation.cost
-        if not charged:
-            return 0.0
+    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> float:
+        """Replace the reservation by what was spent; returns the cost."""
         cost = cost_usd(self.price, prompt_tokens, completion_tokens)
-        self.spent_tokens += prompt_tokens + completion_tokens
-        self.spent_cost += cost
+        self.used_tokens += prompt_tokens + completion_tokens - reservation.tokens
+        self.used_cost += cost - reservation.cost
+        self.in_flight -= 1
         return cost
 
-    def sync(self, spent_tokens: int, spent_cost: float) -> None:
-        """Take the job's spend as the store has it: other workers on the same job spend too."""
-        self.spent_tokens, self.spent_cost = spent_tokens, spent_cost
-
     def release(self, reservation: Reservation) -> None:
-        self.settle(reservation, 0, 0, charged=False)
+        self.used_tokens -= reservation.tokens
+        self.used_cost -= reservation.cost
+        self.in_flight -= 1

@@ -106,7 +106,7 @@ def cmd_run(args) -> int:
         async def go():
             _install_sigterm()
             async with _maybe_simulator(args.simulate) as sim_url:
-                endpoint = Endpoint(_endpoint().api_key, sim_url) if sim_url else _endpoint()
+                endpoint = Endpoint("sk-simulator", sim_url, override=True) if sim_url else _endpoint()
                 reclaim_dead(store)
                 return await _with_progress(
                     lambda on_start: run_job(store, sub.job_id, endpoint, Engine(), worker_id(), on_start),

@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import httpx
@@ -96,6 +97,13 @@ class _AttemptFailed(Exception):
         self.failure, self.decision, self.cause, self.attempt = failure, decision, cause, attempt
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    body: bytes                  # what is sent
+    key: str                     # its cache key
+    cached: Completion | None    # the stored answer, if any: then nothing is sent
+
+
 def encode_request(request: dict) -> tuple[bytes, str]:
     """The request body as sent, and its cache key: one serialisation serves both."""
     body = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
@@ -125,27 +133,34 @@ class LLMEngine:
             body["seed"] = self.model.seed
         return body
 
-    async def complete(self, request: dict, prompt_tokens: int) -> tuple[Completion, str]:
-        """The completion for ``request`` and its cache key; raises LLMError when it fails for good."""
+    def prepare(self, request: dict) -> Prepared:
+        """Serialise the request once, and look for its answer in the cache."""
         body, key = encode_request(request)
         cached = self._cache_get(key)
         if cached is not None:
             self.stats.cache_hits += 1
-            return Completion.from_cache(cached), key
-        booked = prompt_tokens + request.get("max_tokens", 0)
+            return Prepared(body, key, Completion.from_cache(cached))
+        return Prepared(body, key, None)
+
+    async def send(self, prepared: Prepared, booked_tokens: int) -> Completion:
+        """Send it, paced and retried; raises LLMError when it fails for good.
+
+        ``booked_tokens`` is the request's worst case (prompt + max output) for the token pacing;
+        what the usage shows was not used is given back.
+        """
         try:
             try:
-                completion = await self._attempt(body, booked, 1)
+                completion = await self._attempt(prepared.body, booked_tokens, 1)
             except _AttemptFailed as first:
                 # Most requests succeed at once; tenacity takes over only when one did not.
                 if not first.decision.retry:
                     raise
-                completion = await self._retry(body, booked, first)
+                completion = await self._retry(prepared.body, booked_tokens, first)
         except _AttemptFailed as e:
             raise LLMError(f"request failed: {e.decision.reason}: {e.cause}", status=e.failure.status,
                            attempts=e.attempt) from e.cause
-        self.limiter.refund(booked - completion.prompt_tokens - completion.completion_tokens, self._clock())
-        return completion, key
+        self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
+        return completion
 
     async def _retry(self, body: bytes, booked: int, first: _AttemptFailed) -> Completion:
         retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),

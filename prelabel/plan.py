@@ -35,7 +35,7 @@ class Plan:
 
 def make_plan(spec: JobSpec, task: Task) -> Plan:
     counter = TokenCounter(spec.model.name)
-    fixed = fixed_prompt_tokens(task, counter.count)
+    fixed = fixed_prompt_tokens(task, counter)
     expected_out = min(task.expected_output_tokens(counter.count), spec.budget.max_output_tokens)
     plan = Plan(prompt_version=task.prompt_version)
     batch: list[str] = []

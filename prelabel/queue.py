@@ -38,7 +38,7 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[Job
                            path=str(job_path), field="model.price")
     if spec.budget.max_input_tokens is not None:
         counter = TokenCounter(spec.model.name)
-        fixed = fixed_prompt_tokens(task, counter.count)
+        fixed = fixed_prompt_tokens(task, counter)
         if fixed >= spec.budget.max_input_tokens:
             raise JobFileError(f"the prompt without the item is already {fixed} tokens; raise it above that",
                                path=str(job_path), field="budget.max_input_tokens")

@@ -23,10 +23,18 @@ from .worker import JobRunner, RunResult, dead_local_owners
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where requests go when the job file does not say: from the environment, read by the CLI."""
+    """Where requests go: from the environment (read by the CLI), unless the job file says.
+
+    ``override`` makes ``base_url`` win over the job file's: the built-in simulator of ``--simulate``
+    must answer every request, whatever endpoint the job names.
+    """
 
     api_key: str | None
     base_url: str | None
+    override: bool = False
+
+    def url_for(self, spec: JobSpec) -> str | None:
+        return self.base_url if self.override else (spec.model.base_url or self.base_url)
 
 
 @dataclass(slots=True)
@@ -75,7 +83,7 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
                            field="task.prompt")
     own_client = client is None
     if own_client:
-        client = make_client(spec.model, api_key=endpoint.api_key, base_url=spec.model.base_url or endpoint.base_url)
+        client = make_client(spec.model, api_key=endpoint.api_key, base_url=endpoint.url_for(spec))
     try:
         engine = LLMEngine(client, spec.model, settings, store.cache_get)
         runner = JobRunner(store, job, spec, task, engine, settings, owner)

@@ -8,6 +8,7 @@ the rest of the job as stopped by budget.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
@@ -21,7 +22,7 @@ from .config import JobSpec
 from .draft import DONE, FAILED, SKIPPED, Draft
 from .errors import LLMError
 from .llm import LLMEngine
-from .pricing import price_for
+from .pricing import cost_usd, price_for
 from .review import FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, REFUSAL, REQUEST_FAILED, TRUNCATED_INPUT, verdict
 from .stats import RunStats
 from .store import ItemResult, JobRecord, LeasedItem, Store, UsageRow
@@ -74,12 +75,17 @@ class JobRunner:
         self.settings, self.owner = settings, owner
         self.counter = TokenCounter(spec.model.name)
         self.gate = BudgetGate(spec.budget.max_total_tokens, spec.budget.max_cost_usd,
-                               price_for(spec.model.name, spec.model.price), job.spent_tokens, job.spent_cost)
+                               price_for(spec.model.name, spec.model.price))
         # The item text is the only part of the prompt that varies: count the rest once.
-        self.fixed_tokens = fixed_prompt_tokens(task, self.counter.count)
+        self.fixed_tokens = fixed_prompt_tokens(task, self.counter)
+        # Tokens an endpoint counts beyond our estimate: until the first answer says, assume the
+        # response schema is counted in full (OpenAI counts structured-output schemas as prompt).
+        self.prompt_slack = self.counter.count(json.dumps(task.response_format() or ""))
+        self._slack_seen = False
         self.progress = Progress()
         self._results: list[ItemResult] = []
         self._budget_hit = asyncio.Event()
+        self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
 
     async def run(self) -> RunResult:
         started_wall, started_mono = time.time(), time.monotonic()
@@ -110,10 +116,6 @@ class JobRunner:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._budget_hit.is_set():
-            # Commit what is finished, then read the job's spend: it includes other workers'.
-            self._flush()
-            job = self.store.get_job(self.job.id)
-            self.gate.sync(job.spent_tokens, job.spent_cost)
             items = self.store.lease(self.job.id, self.owner, self.settings.lease_batch, time.time(),
                                      self.settings.lease_s)
             if not items:
@@ -166,34 +168,52 @@ class JobRunner:
             return self._result(item, SKIPPED, None, None, [INPUT_TOO_LONG], usage, cache,
                                 error=f"input is {text_tokens} tokens; the prompt would pass budget.max_input_tokens")
         if fit.action == TRUNCATE:
-            text, text_tokens = self.counter.truncate(text, fit.max_text_tokens), fit.max_text_tokens
+            text, text_tokens = self._truncate(text, fit.max_text_tokens)
             flags.append(TRUNCATED_INPUT)
 
         messages = self.task.messages(text)
         prompt_tokens = self.fixed_tokens + text_tokens
+        max_out = spec.budget.max_output_tokens
         error, completion = None, None
         for _ in range(1 + spec.task.max_reasks):
-            reservation = self.gate.reserve(prompt_tokens, spec.budget.max_output_tokens)
-            if reservation is None:
-                return ItemResult(item.seq, "pending", 0.0, {}, usage, cache, release=True)
-            request = self.engine.request(messages, self.task.response_format(), spec.budget.max_output_tokens)
-            try:
-                completion, key = await self.engine.complete(request, prompt_tokens)
-            except LLMError as e:
-                self.gate.release(reservation)
-                return self._result(item, FAILED, None, None, flags + [REQUEST_FAILED], usage, cache, error=str(e))
-            self._account(reservation, completion, key, usage, cache)
+            prepared = self.engine.prepare(self.engine.request(messages, self.task.response_format(), max_out))
+            completion = prepared.cached
+            if completion is not None:  # answered before: free, and needs no budget
+                usage.append(UsageRow(completion.model or spec.model.name, completion.prompt_tokens,
+                                      completion.completion_tokens, 0.0, True))
+            else:
+                estimate = prompt_tokens + self.prompt_slack
+                reservation = await self._reserve(estimate, max_out)
+                if reservation is None:
+                    return ItemResult(item.seq, "pending", 0.0, {}, usage, cache, release=True)
+                try:
+                    completion = await self.engine.send(prepared, estimate + max_out)
+                except LLMError as e:
+                    self.gate.release(reservation)
+                    self._settled.set()
+                    return self._result(item, FAILED, None, None, flags + [REQUEST_FAILED], usage, cache,
+                                        error=str(e))
+                self._account(reservation, completion, usage)
+                # What the endpoint counts beyond our estimate (a schema, other framing) is learned.
+                self.prompt_slack = max(self.prompt_slack if self._slack_seen else 0,
+                                        completion.prompt_tokens - prompt_tokens)
+                self._slack_seen = True
             if completion.refusal:
+                if not completion.cached:
+                    cache.append((prepared.key, completion.to_cache()))
                 return self._result(item, DONE, None, None, flags + [REFUSAL], usage, cache,
                                     error=f"refused: {completion.refusal}")
             try:
                 output = self.task.parse(completion)
             except InvalidOutput as e:
+                # Not cached: a later run of this item must be free to get a better answer.
                 error = str(e)
                 messages = messages + reask_messages(completion.content, error)
                 prompt_tokens += self.counter.count(completion.content or "") + self.counter.count(
                     messages[-1]["content"]) + 2 * TOKENS_PER_MESSAGE
                 continue
+            if not completion.cached:
+                cache.append((prepared.key, completion.to_cache()))
             if completion.finish_reason == "length":
                 flags.append(FINISH_LENGTH)
             return self._result(item, DONE, output.label, output.confidence, flags + output.flags, usage, cache)
@@ -202,16 +222,48 @@ class JobRunner:
         return self._result(item, FAILED, None, None, flags + [INVALID_OUTPUT], usage, cache,
                             error=f"invalid output after {spec.task.max_reasks} re-asks: {error}")
 
-    def _account(self, reservation: Reservation, completion: Completion, key: str,
-                 usage: list[UsageRow], cache: list) -> None:
-        cost = self.gate.settle(reservation, completion.prompt_tokens, completion.completion_tokens,
-                                charged=not completion.cached)
+    def _truncate(self, text: str, max_text_tokens: int) -> tuple[str, int]:
+        """Cut the text to fit, then check the whole prompt: tokens can merge across the boundary."""
+        limit = self.spec.budget.max_input_tokens
+        while True:
+            text = self.counter.truncate(text, max_text_tokens)
+            total = self.counter.count_messages(self.task.messages(text))
+            if total <= limit or max_text_tokens <= 0:
+                return text, max_text_tokens
+            max_text_tokens -= total - limit
+
+    async def _reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
+        """Reserve a request's worst case, taking another slice of the job's budget when needed.
+
+        None means the budget is spent: nothing in flight will free room for this request."""
+        while True:
+            reservation = self._try_reserve(prompt_tokens, max_out)
+            if reservation is not None or self.gate.in_flight == 0:
+                return reservation
+            self._settled.clear()
+            await self._settled.wait()
+
+    def _try_reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
+        need = self.gate.shortfall(prompt_tokens, max_out)
+        if need is not None:
+            # Ask for enough for a round of requests, not just this one: fewer trips to the store.
+            per_request = prompt_tokens + max_out
+            round_ = 2 * self.spec.model.max_concurrency
+            budget = self.spec.budget
+            granted = self.store.hold_budget(
+                self.job.id, self.owner, max(need.tokens, per_request * round_),
+                max(need.cost, cost_usd(self.gate.price, prompt_tokens, max_out) * round_),
+                budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s)
+            self.gate.grant(*granted)
+        return self.gate.reserve(prompt_tokens, max_out)
+
+    def _account(self, reservation: Reservation, completion: Completion, usage: list[UsageRow]) -> None:
+        cost = self.gate.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
+        self._settled.set()
         usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
-                              completion.completion_tokens, cost, completion.cached))
-        if not completion.cached:
-            cache.append((key, completion.to_cache()))
-            self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
-            self.progress.cost += cost
+                              completion.completion_tokens, cost, False))
+        self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
+        self.progress.cost += cost
 
     def _result(self, item: LeasedItem, state: str, label: str | None, confidence: float | None,
                 flags: list[str], usage: list[UsageRow], cache: list, error: str | None = None) -> ItemResult:

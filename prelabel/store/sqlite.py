@@ -133,13 +133,34 @@ class SQLiteStore:
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
     def renew(self, owner: str, now: float, lease_s: float) -> None:
-        self._db.execute(Q["renew"], (now + lease_s, owner))
+        with self._tx():
+            self._db.execute(Q["renew"], (now + lease_s, owner))
+            self._db.execute(Q["renew_holds"], (now + lease_s, owner))
 
     def release(self, owner: str) -> int:
-        return self._db.execute(Q["release"], (owner,)).rowcount
+        with self._tx():
+            self._db.execute(Q["drop_holds"], (owner,))
+            return self._db.execute(Q["release"], (owner,)).rowcount
+
+    def hold_budget(self, job_id: str, owner: str, tokens: int, cost: float, max_tokens: int | None,
+                    max_cost: float | None, now: float, lease_s: float) -> tuple[int, float]:
+        """Grant up to (tokens, cost) of the job's budget to ``owner``, atomically across workers:
+        spent + every live hold never passes a cap. A hold expires with its owner's leases."""
+        with self._tx():
+            spent_tokens, spent_cost = self._db.execute(Q["job_spent"], (job_id,)).fetchone()
+            held_tokens, held_cost = self._db.execute(Q["holds"], (job_id, now)).fetchone()
+            if max_tokens is not None:
+                tokens = max(0, min(tokens, max_tokens - spent_tokens - held_tokens))
+            if max_cost is not None:
+                cost = max(0.0, min(cost, max_cost - spent_cost - held_cost))
+            self._db.execute(Q["add_hold"], (job_id, owner, tokens, cost, now + lease_s))
+        return tokens, cost
 
     def reclaim(self, owners: Iterable[str]) -> int:
+        owners = list(owners)
         with self._tx():
+            for owner in owners:
+                self._db.execute(Q["drop_holds"], (owner,))
             return sum(self._db.execute(Q["release"], (owner,)).rowcount for owner in owners)
 
     def leased_owners(self) -> list[str]:
@@ -167,6 +188,7 @@ class SQLiteStore:
             self._db.executemany(Q["insert_usage"], usage)
             self._db.executemany(Q["insert_cache"], cache)
             self._db.execute(Q["add_spent"], (tokens, cost, now, job_id))
+            self._db.execute(Q["spend_hold"], (tokens, cost, job_id, owner))  # held -> spent
 
     def stop_remaining(self, job_id: str) -> int:
         return self._db.execute(Q["stop_remaining"], (job_id,)).rowcount

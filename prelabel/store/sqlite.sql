@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS runs (
     cache_hits INTEGER NOT NULL,
     wall_s REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS budget_holds (
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (job_id, owner)
+);
 CREATE TABLE IF NOT EXISTS spool (
     path TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -197,3 +205,23 @@ SELECT 1 FROM spool WHERE path = ? AND sha256 = ?;
 
 -- name: spool_record
 INSERT INTO spool (path, sha256, job_id, error, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING;
+
+-- name: job_spent
+SELECT spent_tokens, spent_cost FROM jobs WHERE id = ?;
+
+-- name: holds
+SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds WHERE job_id = ? AND expires >= ?;
+
+-- name: add_hold
+INSERT INTO budget_holds (job_id, owner, tokens, cost, expires) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (job_id, owner) DO UPDATE SET tokens = tokens + excluded.tokens, cost = cost + excluded.cost,
+                                          expires = excluded.expires;
+
+-- name: spend_hold
+UPDATE budget_holds SET tokens = max(0, tokens - ?), cost = max(0, cost - ?) WHERE job_id = ? AND owner = ?;
+
+-- name: renew_holds
+UPDATE budget_holds SET expires = ? WHERE owner = ?;
+
+-- name: drop_holds
+DELETE FROM budget_holds WHERE owner = ?;

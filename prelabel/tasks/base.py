@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..completion import Completion
-from ..tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING
+from ..tokens import TokenCounter
 
 
 class InvalidOutput(ValueError):
@@ -30,9 +30,6 @@ class Task(Protocol):
 
     def messages(self, text: str) -> list[dict]: ...
 
-    def fixed_tokens(self, count) -> int:
-        """Tokens of the prompt without the item's text (``count`` is a text -> tokens function)."""
-
     def response_format(self) -> dict: ...
 
     def parse(self, completion: Completion) -> TaskOutput: ...
@@ -47,6 +44,13 @@ def reask_messages(content: str | None, error: str) -> list[dict]:
             {"role": "user", "content": f"That answer is invalid: {error}. Answer again with valid JSON only."}]
 
 
-def fixed_prompt_tokens(task: Task, count) -> int:
-    """Tokens of a request without the item's text, framing included: counted once per job."""
-    return TOKENS_REPLY_PRIMING + TOKENS_PER_MESSAGE * len(task.messages("")) + task.fixed_tokens(count)
+_SENTINEL = "x"
+
+
+def fixed_prompt_tokens(task: Task, counter: TokenCounter) -> int:
+    """Tokens of a request besides the item's text, framing included: counted once per job.
+
+    Counted around a one-token stand-in rather than an empty text, because the template's own
+    tokens split differently with nothing between them.
+    """
+    return counter.count_messages(task.messages(_SENTINEL)) - counter.count(_SENTINEL)

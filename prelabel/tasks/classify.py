@@ -32,9 +32,6 @@ class ClassifyTask:
     def messages(self, text: str) -> list[dict]:
         return self._messages(text)
 
-    def fixed_tokens(self, count) -> int:
-        return sum(count(m["content"]) for m in self.messages(""))
-
     def expected_output_tokens(self, count) -> int:
         return max(count(json.dumps({"label": label})) for label in self.labels)
 

@@ -256,9 +256,6 @@ def test_run_simulate_needs_no_endpoint_and_says_it_is_a_stand_in(env, job_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="BUG: runs.run_job prefers model.base_url from the job file over the endpoint "
-                          "cli.cmd_run builds for --simulate, so `run --simulate` still calls the job's endpoint",
-                   strict=True)
 def test_run_simulate_never_calls_the_job_files_endpoint(sim, env, job_dir):
     # `sim` plays the real, paid endpoint named in the job file
     job = write_job(job_dir, base_url=sim.url)

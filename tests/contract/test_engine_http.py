@@ -94,8 +94,16 @@ def make_engine(client, fake: FakeTime, spec: ModelSpec = FAST, settings: Engine
                      rng=rng or random.Random(0))
 
 
+async def send(engine: LLMEngine, request: dict) -> tuple[Completion, str]:
+    """What the worker does: look in the cache, else send (prompt 21 tokens + max_tokens booked)."""
+    prepared = engine.prepare(request)
+    if prepared.cached is not None:
+        return prepared.cached, prepared.key
+    return await engine.send(prepared, 21 + request["max_tokens"]), prepared.key
+
+
 async def complete(engine: LLMEngine) -> Completion:
-    completion, _ = await engine.complete(engine.request(MESSAGES, SCHEMA, 32), prompt_tokens=21)
+    completion, _ = await send(engine, engine.request(MESSAGES, SCHEMA, 32))
     return completion
 
 
@@ -105,7 +113,7 @@ async def test_sends_the_built_body_and_the_key(client, api, fake):
     route = api.post("/chat/completions").mock(return_value=ok())
     engine = make_engine(client, fake, ModelSpec(name="gpt-4o-mini", temperature=0.2, seed=7))
     request = engine.request(MESSAGES, SCHEMA, 32)
-    await engine.complete(request, prompt_tokens=21)
+    await send(engine, request)
 
     sent = route.calls.last.request
     assert json.loads(sent.content) == request == {
@@ -118,7 +126,7 @@ async def test_sends_the_built_body_and_the_key(client, api, fake):
 async def test_optional_fields_are_left_out(client, api, fake):
     route = api.post("/chat/completions").mock(return_value=ok())
     engine = make_engine(client, fake, ModelSpec(name="m", logprobs=False))
-    await engine.complete(engine.request(MESSAGES, None, 8), prompt_tokens=21)
+    await send(engine, engine.request(MESSAGES, None, 8))
     assert set(json.loads(route.calls.last.request.content)) == {"model", "messages", "temperature", "max_tokens"}
 
 
@@ -349,7 +357,7 @@ async def test_a_cache_hit_makes_no_request(client, fake):
     with respx.mock(base_url=BASE, assert_all_mocked=True) as mock:
         engine = make_engine(client, fake, cache_get=cache_get)
         request = engine.request(MESSAGES, SCHEMA, 32)
-        completion, key = await engine.complete(request, prompt_tokens=21)
+        completion, key = await send(engine, request)
         assert mock.calls.call_count == 0
 
     assert key == encode_request(request)[1] and asked == [key]
@@ -363,7 +371,7 @@ async def test_a_cache_miss_is_looked_up_by_the_request_key(client, api, fake):
     asked: list[str] = []
     engine = make_engine(client, fake, cache_get=lambda key: asked.append(key))
     request = engine.request(MESSAGES, SCHEMA, 32)
-    completion, key = await engine.complete(request, prompt_tokens=21)
+    completion, key = await send(engine, request)
     assert asked == [key] == [encode_request(request)[1]]
     assert completion.cached is False and engine.stats.cache_hits == 0
 

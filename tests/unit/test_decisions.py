@@ -2,7 +2,7 @@
 import math
 import random
 
-from prelabel.budget import SKIP, TRUNCATE, BudgetGate, fit_input
+from prelabel.budget import SKIP, TRUNCATE, BudgetGate, Shortfall, fit_input
 from prelabel.config import Price
 from prelabel.confidence import span_probability
 from prelabel.ratelimit import RateLimiter, parse_duration
@@ -20,27 +20,31 @@ def test_fit_input():
     assert fit_input(100, 20, 40, "skip").action == SKIP
 
 
-def test_gate_refuses_what_would_pass_the_cap_counting_in_flight():
+def test_gate_spends_only_what_the_store_granted_counting_in_flight():
     gate = BudgetGate(max_tokens=100, max_cost=None, price=None)
+    assert gate.shortfall(30, 20) == Shortfall(50, 0.0)   # holds nothing yet: ask the store
+    assert gate.reserve(30, 20) is None and gate.in_flight == 0
+    gate.grant(100, 0.0)
     first = gate.reserve(30, 20)
-    assert first is not None
-    assert gate.reserve(30, 20) is not None      # 100 reserved: exactly at the cap
-    assert gate.reserve(1, 0) is None and gate.refused
-    gate.settle(first, 30, 5)                    # used less than booked: room again
-    assert gate.reserve(10, 0) is not None
+    assert first is not None and gate.reserve(30, 20) is not None   # 100 in flight: all of it
+    assert gate.shortfall(1, 0) == Shortfall(1, 0.0)
+    gate.settle(first, 30, 5)                              # used less than booked: room again
+    assert gate.shortfall(10, 0) is None and gate.reserve(10, 0) is not None
 
 
-def test_gate_takes_the_stores_spend():
-    gate = BudgetGate(max_tokens=100, max_cost=None, price=None)
-    gate.sync(90, 0.0)  # another worker spent 90
-    assert gate.reserve(5, 10) is None and gate.reserve(5, 5) is not None
+def test_gate_without_caps_never_asks():
+    gate = BudgetGate(None, None, None)
+    assert not gate.capped and gate.shortfall(10**9, 10**9) is None
 
 
-def test_gate_cost_cap_and_cache_hits_are_free():
+def test_gate_cost_cap():
     gate = BudgetGate(None, max_cost=0.001, price=Price(input_per_mtok=1.0, output_per_mtok=1.0))
+    gate.grant(0, 0.001)
     r = gate.reserve(500, 400)
-    assert r is not None and gate.reserve(200, 0) is None
-    assert gate.settle(r, 500, 400, charged=False) == 0.0 and gate.spent_cost == 0
+    assert r is not None and gate.shortfall(200, 0).cost > 0
+    assert gate.settle(r, 500, 100) == 0.0006 and gate.shortfall(300, 0) is None
+    gate.release(gate.reserve(300, 0))
+    assert abs(gate.used_cost - 0.0006) < 1e-12
 
 
 def test_limiter_paces_evenly_and_adopts_server_limits():
