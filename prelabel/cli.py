@@ -15,11 +15,12 @@ from . import __version__
 from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
 from .errors import JobFileError, PrelabelError
 from .plan import format_plan, make_plan
-from .progress import show
 from .queue import prepare, submit, submit_spool
-from .runs import Endpoint, JobOutcome, drain, exit_code_for, export, reclaim_dead, run_job
+from .outputs.export import exit_code_for, export
 from .store import open_store
-from .worker import worker_id
+
+# The commands that talk to an endpoint import the LLM stack (the SDK alone takes most of a second)
+# when they run: `status`, `plan` and `submit` start at once.
 
 log = logging.getLogger("prelabel")
 
@@ -31,11 +32,13 @@ def default_db() -> str:
     return str(data / "prelabel" / "prelabel.db")
 
 
-def _endpoint() -> Endpoint:
+def _endpoint():
+    from .runs import Endpoint
+
     return Endpoint(api_key=os.environ.get("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL"))
 
 
-def _say(outcome: JobOutcome) -> None:
+def _say(outcome) -> None:
     if outcome.report is None:
         print(f"{outcome.job_id}: this worker's share is done; another worker is finishing the job")
         return
@@ -57,6 +60,8 @@ def _say(outcome: JobOutcome) -> None:
 
 async def _with_progress(coro_factory, quiet: bool):
     """Run a job coroutine, drawing progress for whichever job is running."""
+    from .progress import show
+
     shown: list[asyncio.Task] = []
 
     def on_start(runner) -> None:
@@ -98,9 +103,13 @@ def _install_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
+    from .runs import Endpoint, reclaim_dead, run_job
+    from .worker import worker_id
+
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out)  # a bad job file stops here
     store = open_store(args.db)
     try:
-        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new)
+        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)
 
         async def go():
@@ -120,9 +129,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out)
     store = open_store(args.db)
     try:
-        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new)
+        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
     finally:
         store.close()
     state = "queued" if sub.created else f"already queued ({sub.resumed} items resumed)"
@@ -132,6 +142,9 @@ def cmd_submit(args) -> int:
 
 
 def cmd_work(args) -> int:
+    from .runs import drain
+    from .worker import worker_id
+
     store = open_store(args.db)
     try:
         async def go():

@@ -93,7 +93,7 @@ def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
         f"prompt tokens:       {plan.prompt_tokens:,}",
         f"completion tokens:   ~{plan.completion_tokens_expected:,} expected, {plan.completion_tokens_max:,} at most",
         f"cost:                ~{money(plan.cost_expected_usd)} expected, {money(plan.cost_max_usd)} at most",
-        f"re-asks (invalid output) and retries may add to these; the caps below are enforced while running",
+        "re-asks (invalid output) and retries may add to these; the caps below are enforced while running",
         f"budget:              max_total_tokens={spec.budget.max_total_tokens}  max_cost_usd={spec.budget.max_cost_usd}",
         f"fits the budget:     {'yes' if plan.fits else 'NO: ' + '; '.join(plan.reasons)}",
         "",

@@ -45,8 +45,10 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[Job
     return spec, task
 
 
-def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False) -> Submitted:
-    spec, task = prepare(job_path, input_path=input_path, out_dir=out_dir)
+def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False,
+           prepared: tuple[JobSpec, Task] | None = None) -> Submitted:
+    """Queue a job; ``prepared`` is what ``prepare`` returned for the same arguments, if it ran."""
+    spec, task = prepared or prepare(job_path, input_path=input_path, out_dir=out_dir)
     input_sha = file_sha256(spec.input.path)
     job_id = job_identity(spec, input_sha, task.prompt_version)
     if new:

@@ -10,12 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import EXIT_BUDGET, EXIT_ITEMS_FAILED, EXIT_JOB_ERROR, EXIT_OK, Engine, JobSpec
+from .config import EXIT_JOB_ERROR, EXIT_OK, Engine, JobSpec
 from .errors import JobFileError
 from .llm import LLMEngine, make_client
-from .outputs.drafts import write_drafts
-from .outputs.labelstudio import write_labelstudio
-from .outputs.report import build_report, write_report
+from .outputs.export import exit_code_for, export
 from .store import Store
 from .tasks import build_task
 from .worker import JobRunner, RunResult, dead_local_owners
@@ -44,32 +42,6 @@ class JobOutcome:
     run: RunResult | None
     report: dict | None
     out_dir: Path | None
-
-
-def exit_code_for(report: dict) -> int:
-    by_state = report["by_state"]
-    if by_state.get("stopped"):
-        return EXIT_BUDGET
-    if by_state.get("failed"):
-        return EXIT_ITEMS_FAILED
-    if report["input_errors"]["count"]:
-        return EXIT_JOB_ERROR
-    return EXIT_OK
-
-
-def export(store: Store, job_id: str) -> tuple[dict, Path]:
-    """Write the job's outputs (atomically) from what the store holds; returns the report."""
-    job = store.get_job(job_id)
-    spec = JobSpec.model_validate(job.spec)
-    out_dir = Path(spec.output.dir)
-    if "jsonl" in spec.output.formats:
-        write_drafts(store.iter_records(job_id), out_dir)
-    report = build_report(store, job_id)
-    if "labelstudio" in spec.output.formats:
-        report["labelstudio"] = write_labelstudio(store.iter_records(job_id), out_dir, spec.task,
-                                                  f"{spec.model.name}|{job.prompt_version}")
-    write_report(report, out_dir)
-    return report, out_dir
 
 
 async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engine, owner: str,

@@ -83,6 +83,9 @@ class JobRunner:
         self.prompt_slack = self.counter.count(json.dumps(task.response_format() or ""))
         self._slack_seen = False
         self.progress = Progress()
+        # Lease about two rounds of work at a time: enough to keep every request slot busy, little
+        # enough that several workers share a job evenly and a dead one strands few items.
+        self.lease_batch = min(settings.lease_batch, 2 * spec.model.max_concurrency)
         self._results: list[ItemResult] = []
         self._budget_hit = asyncio.Event()
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
@@ -92,7 +95,7 @@ class JobRunner:
         counts = self.store.counts(self.job.id)
         self.progress.total = sum(counts.values())
         self.progress.already = sum(counts.get(s, 0) for s in ("done", "failed", "skipped"))
-        queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.settings.lease_batch)
+        queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.lease_batch)
         workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.max_concurrency)]
         helpers = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._heartbeat())]
         try:
@@ -106,18 +109,17 @@ class JobRunner:
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
             self._flush()
             self.store.release(self.owner)  # anything unstarted goes back to the queue
+            stats = self.engine.stats       # recorded for an interrupted run too
+            stats.wall_s = round(time.monotonic() - started_mono, 3)
+            self.store.add_run(self.job.id, self.owner, started_wall, stats)
         if self._budget_hit.is_set():
             self.store.stop_remaining(self.job.id)
-        stats = self.engine.stats
-        stats.wall_s = round(time.monotonic() - started_mono, 3)
-        self.store.add_run(self.job.id, self.owner, started_wall, stats)
         counts = self.store.counts(self.job.id)
         return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts)
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._budget_hit.is_set():
-            items = self.store.lease(self.job.id, self.owner, self.settings.lease_batch, time.time(),
-                                     self.settings.lease_s)
+            items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s)
             if not items:
                 return
             for item in items:

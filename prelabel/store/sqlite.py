@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import InputError, JobExists, StoreError
+from ..errors import InputError, JobExists
 from .base import InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
