@@ -1,9 +1,9 @@
 """The LLM engine: one chat request at a time, paced, retried, cached.
 
 It owns the transient-failure retries (``prelabel.retry`` decides, tenacity carries it out), the
-pacing (``prelabel.ratelimit``) and cache look-ups. The SDK's own retries are off. Responses are
-read from the raw body without building the SDK's pydantic models: on a busy worker that parsing
-is most of the CPU a request costs.
+pacing (``prelabel.ratelimit``) and cache look-ups; the SDK client it sends through comes from
+``prelabel.client``, with the SDK's own retries off. Responses are read from the raw body into a
+``Completion`` without building the SDK's pydantic models.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-import httpx
 import openai
 from tenacity import AsyncRetrying, retry_if_exception
 
+from .client import request_template, send_json
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import ModelSpec
@@ -26,78 +26,6 @@ from .errors import LLMError
 from .ratelimit import RateLimiter, rate_headers
 from .retry import Failure, RetryDecision, decide
 from .stats import RunStats
-
-
-class _NoCookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        return None
-
-
-_NO_COOKIES = _NoCookies()
-
-
-class _ApiHttpClient(openai.DefaultAioHttpClient):
-    """The SDK's aiohttp transport without the httpx client layers an API client does not use.
-
-    No cookies (their bookkeeping on every response was a tenth of the worker's CPU), and ``send``
-    goes straight to the transport: no httpx auth flow (the SDK sends the key as a header), no
-    redirects (the API does not redirect a POST), no event hooks. The SDK's timeouts travel in the
-    request's extensions, which the transport honours.
-    """
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, value) -> None:
-        return None
-
-    async def send(self, request: httpx.Request, *, stream: bool = False, **_: object) -> httpx.Response:
-        response = await self._transport_for_url(request.url).handle_async_request(request)
-        response.request = request
-        if not stream:
-            try:
-                await response.aread()
-            except BaseException:
-                await response.aclose()
-                raise
-        return response
-
-
-_PATH = "chat/completions"
-try:  # internal to the SDK (pinned below 3); without it requests take the public path, at more CPU
-    from openai._models import FinalRequestOptions
-except ImportError:
-    FinalRequestOptions = None
-
-
-def _request_template(client: openai.AsyncOpenAI):
-    """Request options built once: a parsed absolute URL spares the SDK and httpx from joining and
-    re-parsing the base URL on every request (a sixth of a request's CPU)."""
-    if FinalRequestOptions is None:
-        return None
-    url = client.base_url.join(_PATH)
-    return FinalRequestOptions.construct(method="post", url=url, json_data=b"",
-                                         headers={name: openai.Omit() for name in _REQUEST_HEADERS})
-
-
-# The SDK's client-telemetry headers (platform, runtime, retry count, timeout). An air-gapped labeling
-# worker has no reason to describe its host to the endpoint, and each header is handled six times on
-# the way out: without them a request costs an eighth less CPU.
-_PLATFORM_HEADERS = ("X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
-                     "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async")
-_REQUEST_HEADERS = ("X-Stainless-Retry-Count", "X-Stainless-Read-Timeout")
-
-
-def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:
-    """The production client: aiohttp transport, SDK retries off (prelabel.retry owns them)."""
-    return openai.AsyncOpenAI(api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
-                              timeout=model.timeout_s, http_client=_ApiHttpClient(),
-                              default_headers={name: openai.Omit() for name in _PLATFORM_HEADERS})
 
 
 class _AttemptFailed(Exception):
@@ -127,7 +55,7 @@ class LLMEngine:
         self.client, self.model, self.settings = client, model, settings
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
         self.stats = RunStats()
-        self._template = _request_template(client)
+        self._template = request_template(client)
         self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
         self._rng = rng or random.Random()
 
@@ -191,7 +119,7 @@ class LLMEngine:
             delay = self.limiter.paused_until - now
         self.stats.requests += 1
         try:
-            raw = await self._send(body)
+            raw = await send_json(self.client, self._template, body)
         except openai.APIStatusError as e:
             headers = rate_headers(e.response.headers.raw)
             self.limiter.observe(headers, self._clock())
@@ -211,16 +139,6 @@ class LLMEngine:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             # A 200 with a body that is not a chat completion: a broken proxy; treat it as a 502.
             raise self._failed(Failure(502, headers), attempt, e) from e
-
-    async def _send(self, body: bytes) -> httpx.Response:
-        """POST through the SDK's client: it does auth, base URL, timeouts and error mapping.
-
-        The body goes as serialised once: ``create()`` would re-walk it through the SDK's TypedDicts
-        and serialise it again, half the CPU of a request; the options are copied from one template
-        for the same reason."""
-        if self._template is None:
-            return await self.client.post("/" + _PATH, body=json.loads(body), cast_to=httpx.Response)
-        return await self.client.request(httpx.Response, self._template.model_copy(update={"json_data": body}))
 
     def _failed(self, failure: Failure, attempt: int, cause: Exception) -> _AttemptFailed:
         decision = decide(failure, attempt, max_retries=self.model.max_retries,

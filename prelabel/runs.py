@@ -12,7 +12,8 @@ from typing import Callable
 
 from .config import EXIT_JOB_ERROR, EXIT_OK, Engine, JobSpec
 from .errors import JobFileError
-from .llm import LLMEngine, make_client
+from .client import make_client
+from .llm import LLMEngine
 from .outputs.export import exit_code_for, export
 from .store import Store
 from .tasks import build_task

@@ -81,7 +81,7 @@ class JobRunner:
         # Tokens an endpoint counts beyond our estimate: until the first answer says, assume the
         # response schema is counted in full (OpenAI counts structured-output schemas as prompt).
         self.prompt_slack = self.counter.count(json.dumps(task.response_format() or ""))
-        self._slack_seen = False
+        self._slack_learned = False
         self.progress = Progress()
         # Lease about two rounds of work at a time: enough to keep every request slot busy, little
         # enough that several workers share a job evenly and a dead one strands few items.
@@ -196,10 +196,7 @@ class JobRunner:
                     return self._result(item, FAILED, None, None, flags + [REQUEST_FAILED], usage, cache,
                                         error=str(e))
                 self._account(reservation, completion, usage)
-                # What the endpoint counts beyond our estimate (a schema, other framing) is learned.
-                self.prompt_slack = max(self.prompt_slack if self._slack_seen else 0,
-                                        completion.prompt_tokens - prompt_tokens)
-                self._slack_seen = True
+                self._learn_slack(prompt_tokens, completion.prompt_tokens)
             if completion.refusal:
                 if not completion.cached:
                     cache.append((prepared.key, completion.to_cache()))
@@ -223,6 +220,13 @@ class JobRunner:
             flags.append(FINISH_LENGTH)
         return self._result(item, FAILED, None, None, flags + [INVALID_OUTPUT], usage, cache,
                             error=f"invalid output after {spec.task.max_reasks} re-asks: {error}")
+
+    def _learn_slack(self, estimated: int, billed: int) -> None:
+        """The most the endpoint has billed beyond our estimate (a schema, its own framing); it is
+        added to every reservation, so that the caps hold on endpoints that count differently."""
+        observed = max(0, billed - estimated)
+        self.prompt_slack = max(self.prompt_slack, observed) if self._slack_learned else observed
+        self._slack_learned = True
 
     def _truncate(self, text: str, max_text_tokens: int) -> tuple[str, int]:
         """Cut the text to fit, then check the whole prompt: tokens can merge across the boundary."""

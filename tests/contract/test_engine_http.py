@@ -18,7 +18,8 @@ from httpx_aiohttp import AiohttpTransport
 from prelabel.completion import Completion
 from prelabel.config import Engine, ModelSpec
 from prelabel.errors import LLMError
-from prelabel.llm import LLMEngine, encode_request, make_client
+from prelabel.client import make_client
+from prelabel.llm import LLMEngine, encode_request
 
 BASE = "https://api.test/v1"
 KEY = "sk-test"
