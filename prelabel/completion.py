@@ -15,6 +15,7 @@ class Completion:
     completion_tokens: int
     model: str
     cached: bool = False
+    usage_reported: bool = True  # False: the endpoint sent no usage; the counts are prelabel's own
 
     def to_cache(self) -> dict:
         return {"content": self.content, "refusal": self.refusal, "finish_reason": self.finish_reason,
@@ -37,5 +38,7 @@ class Completion:
         if lp and lp.get("content"):
             logprobs = [(t["token"], t["logprob"]) for t in lp["content"]]
         usage = body.get("usage") or {}
+        reported = "prompt_tokens" in usage and "completion_tokens" in usage
         return cls(message.get("content"), message.get("refusal"), choice.get("finish_reason"), logprobs,
-                   usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), body.get("model", ""))
+                   usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, body.get("model", ""),
+                   usage_reported=reported)

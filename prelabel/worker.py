@@ -195,8 +195,12 @@ class JobRunner:
                     self._settled.set()
                     return self._result(item, FAILED, None, None, flags + [REQUEST_FAILED], usage, cache,
                                         error=str(e))
+                if completion.usage_reported:
+                    self._learn_slack(prompt_tokens, completion.prompt_tokens)
+                else:  # some servers send no usage: charge our own count, so the caps still hold
+                    completion.prompt_tokens = estimate
+                    completion.completion_tokens = self.counter.count(completion.content or completion.refusal or "")
                 self._account(reservation, completion, usage)
-                self._learn_slack(prompt_tokens, completion.prompt_tokens)
             if completion.refusal:
                 if not completion.cached:
                     cache.append((prepared.key, completion.to_cache()))

@@ -421,3 +421,11 @@ async def test_respx_default_mocker_does_not_see_the_aiohttp_transport():
             assert route.call_count == 0
     finally:
         await client.close()
+
+
+async def test_a_response_without_usage_says_so(client, api, fake):
+    body = chat_body()
+    body.pop("usage")
+    api.post("/chat/completions").mock(return_value=httpx.Response(200, json=body))
+    completion = await complete(make_engine(client, fake))
+    assert completion.usage_reported is False and completion.prompt_tokens == 0

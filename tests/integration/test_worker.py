@@ -439,3 +439,22 @@ async def test_the_api_key_is_never_written_anywhere(tmp_path, job_dir):
     assert any(p.name == "secret.db" for p in files) and any(p.name == "drafts.jsonl" for p in files)
     for path in files:
         assert key.encode() not in path.read_bytes(), f"the API key is in {path}"
+
+
+async def test_an_endpoint_that_reports_no_usage_is_charged_our_count(store, job_dir, monkeypatch):
+    # Some OpenAI-compatible servers send no usage; the caps must still count something real.
+    from prelabel.completion import Completion
+    real = Completion.from_response.__func__
+
+    def without_usage(cls, body):
+        body = dict(body)
+        body.pop("usage", None)
+        return real(cls, body)
+
+    monkeypatch.setattr(Completion, "from_response", classmethod(without_usage))
+    async with simulator() as (_, url):
+        job = write_job(job_dir, items=items(3), base_url=url)
+        outcome = await run(store, job, url)
+    usage = outcome.report["usage"]
+    assert outcome.report["by_state"] == {"done": 3}
+    assert usage["prompt_tokens"] > 3 * 50 and usage["completion_tokens"] >= 3
