@@ -118,6 +118,7 @@ class Engine(BaseModel):
     commit_interval_s: float = 0.05  # ...or after this long, whichever comes first
     lease_batch: int = 256           # items taken from the store at a time
     poll_s: float = 5.0              # `work` without --once: wait between empty polls
+    outage_after: int = 10           # items in a row failing for good stop the run (nothing is lost)
 
 
 EXIT_OK = 0
@@ -126,3 +127,4 @@ EXIT_USAGE = 2          # the command line itself (argparse)
 EXIT_JOB_ERROR = 3      # a job file or input that cannot be run; bad input lines after the run
 EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again to resume
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
+EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost

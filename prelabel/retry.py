@@ -65,3 +65,23 @@ def decide(failure: Failure, attempt: int, *, max_retries: int, base: float, cap
         delay, reason = backoff, "backoff"
     label = "timeout" if failure.status is None else f"status {failure.status}"
     return RetryDecision(True, delay, f"{label}: {reason}", asked)
+
+
+class Outage:
+    """Items in a row whose requests failed for good: past ``threshold`` the endpoint is down (or the
+    key is wrong, or the model gone), and failing every remaining item would help nobody.
+
+    Pure bookkeeping; the worker stops the run and puts the items of the streak back in the queue.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.streak: list[int] = []  # the items (store seq) that failed since the last success
+
+    def failed(self, seq: int) -> bool:
+        """Record a failed item; True when the streak says the endpoint is down."""
+        self.streak.append(seq)
+        return len(self.streak) >= self.threshold
+
+    def succeeded(self) -> None:
+        self.streak.clear()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import EXIT_JOB_ERROR, EXIT_OK, Engine, JobSpec
+from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_UNAVAILABLE, Engine, JobSpec
 from .errors import JobFileError
 from .client import make_client
 from .llm import LLMEngine
@@ -67,6 +67,12 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
     finally:
         if own_client:
             await client.close()
+    if result.outage is not None:
+        store.set_status(job_id, "queued")
+        message = (f"the endpoint kept failing ({settings.outage_after} items in a row after every retry), last: "
+                   f"{result.outage}. The run stopped and those items are back in the queue with the rest: "
+                   "nothing is lost. Fix the endpoint (or key, or model name) and run again.")
+        return JobOutcome(job_id, EXIT_UNAVAILABLE, result, {"error": message}, None)
     busy = result.counts.get("pending", 0) + result.counts.get("leased", 0)
     if busy:  # another worker still holds items of this job: it writes the outputs when it ends
         return JobOutcome(job_id, EXIT_OK, result, None, None)

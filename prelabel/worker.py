@@ -23,6 +23,7 @@ from .draft import DONE, FAILED, SKIPPED, Draft
 from .errors import LLMError
 from .llm import LLMEngine
 from .pricing import cost_usd, price_for
+from .retry import Outage
 from .review import FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, REFUSAL, REQUEST_FAILED, TRUNCATED_INPUT, verdict
 from .stats import RunStats
 from .store import ItemResult, JobRecord, LeasedItem, Store, UsageRow
@@ -66,6 +67,7 @@ class RunResult:
     budget_stopped: bool
     stats: RunStats
     counts: dict[str, int]
+    outage: str | None = None  # the run stopped because the endpoint kept failing: the last error
 
 
 class JobRunner:
@@ -88,6 +90,9 @@ class JobRunner:
         self.lease_batch = min(settings.lease_batch, 2 * spec.model.max_concurrency)
         self._results: list[ItemResult] = []
         self._budget_hit = asyncio.Event()
+        self.outage = Outage(settings.outage_after)
+        self._endpoint_down = asyncio.Event()
+        self.last_error: str | None = None
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
 
     async def run(self) -> RunResult:
@@ -112,24 +117,30 @@ class JobRunner:
             stats = self.engine.stats       # recorded for an interrupted run too
             stats.wall_s = round(time.monotonic() - started_mono, 3)
             self.store.add_run(self.job.id, self.owner, started_wall, stats)
-        if self._budget_hit.is_set():
+        if self._endpoint_down.is_set():
+            self.store.requeue(self.job.id, self.outage.streak)  # they failed with the endpoint, not alone
+        elif self._budget_hit.is_set():
             self.store.stop_remaining(self.job.id)
         counts = self.store.counts(self.job.id)
-        return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts)
+        return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts,
+                         self.last_error if self._endpoint_down.is_set() else None)
+
+    def _stopping(self) -> bool:
+        return self._budget_hit.is_set() or self._endpoint_down.is_set()
 
     async def _produce(self, queue: asyncio.Queue) -> None:
-        while not self._budget_hit.is_set():
+        while not self._stopping():
             items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s)
             if not items:
                 return
             for item in items:
-                if self._budget_hit.is_set():
+                if self._stopping():
                     return
                 await queue.put(item)
 
     async def _consume(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
-            if self._budget_hit.is_set():
+            if self._stopping():
                 continue  # left leased; released at the end of the run
             try:
                 result = await self.process(item)
@@ -137,9 +148,9 @@ class JobRunner:
                 result = self._result(item, FAILED, None, None, [REQUEST_FAILED], [], [],
                                       error=f"internal error: {type(e).__name__}: {e}")
             self._results.append(result)
-            if result.release:
+            if result.release and not self._endpoint_down.is_set():
                 self._budget_hit.set()
-            else:
+            elif not result.release:
                 self.progress.finished += 1
             if len(self._results) >= self.settings.commit_every:
                 self._flush()
@@ -193,8 +204,14 @@ class JobRunner:
                 except LLMError as e:
                     self.gate.release(reservation)
                     self._settled.set()
+                    if self._endpoint_down.is_set():  # caught in an outage: back to the queue
+                        return ItemResult(item.seq, "pending", 0.0, {}, usage, cache, release=True)
+                    if self.outage.failed(item.seq):
+                        self.last_error = str(e)
+                        self._endpoint_down.set()
                     return self._result(item, FAILED, None, None, flags + [REQUEST_FAILED], usage, cache,
                                         error=str(e))
+                self.outage.succeeded()
                 if completion.usage_reported:
                     self._learn_slack(prompt_tokens, completion.prompt_tokens)
                 else:  # some servers send no usage: charge our own count, so the caps still hold

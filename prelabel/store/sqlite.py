@@ -196,6 +196,11 @@ class SQLiteStore:
     def resume_stopped(self, job_id: str) -> int:
         return self._db.execute(Q["resume_stopped"], (job_id,)).rowcount
 
+    def requeue(self, job_id: str, seqs: Iterable[int]) -> int:
+        """Failed items back to pending (an outage caught them: they did not fail on their own)."""
+        with self._tx():
+            return sum(self._db.execute(Q["requeue_item"], (job_id, seq)).rowcount for seq in seqs)
+
     def retry_failed(self, job_id: str) -> int:
         return self._db.execute(Q["retry_failed"], (job_id,)).rowcount
 

@@ -168,6 +168,10 @@ WHERE job_id = ? AND state = 'pending';
 -- name: resume_stopped
 UPDATE items SET state = 'pending' WHERE job_id = ? AND state = 'stopped';
 
+-- name: requeue_item
+UPDATE items SET state = 'pending', result = NULL, priority = NULL, lease_owner = NULL, lease_expires = NULL
+WHERE job_id = ? AND seq = ? AND state = 'failed';
+
 -- name: retry_failed
 UPDATE items SET state = 'pending', result = NULL, priority = NULL WHERE job_id = ? AND state = 'failed';
 

@@ -274,3 +274,20 @@ def test_a_budget_stop_exits_4_and_says_to_raise_the_budget(sim, env, job_dir):
     assert db_counts(Path(env["PRELABEL_DB"])) == {"stopped": 12}
     report = json.loads((job_dir / "out" / "report.json").read_text())
     assert report["budget"]["stopped_items"] == 12 and report["by_state"] == {"stopped": 12}
+
+
+@pytest.mark.slow
+def test_a_dead_endpoint_stops_the_run_with_exit_6_and_loses_nothing(env, tmp_path):
+    # Nothing listens on the port: every request fails for good. The run stops after a streak of
+    # failed items instead of failing the whole job, and a later run (or cron tick) starts over.
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: a port nothing listens on
+    env = {**env, "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+    job = write_job(tmp_path / "job", items=unique_items(60))
+    job.write_text(job.read_text().replace("max_retries: 4", "max_retries: 0"))
+    done = prelabel("run", str(job), "-q", env=env)
+    assert done.returncode == 6, done.stderr
+    assert "kept failing" in done.stderr and "nothing is lost" in done.stderr
+    assert db_counts(Path(env["PRELABEL_DB"])) == {"pending": 60}

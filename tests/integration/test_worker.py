@@ -40,9 +40,10 @@ def store(tmp_path: Path):
     s.close()
 
 
-async def run(store, job: Path, url: str, *, key: str = "sk-test", new: bool = False) -> JobOutcome:
+async def run(store, job: Path, url: str, *, key: str = "sk-test", new: bool = False,
+              settings: Engine = None) -> JobOutcome:
     job_id = submit(store, job, new=new).job_id
-    return await run_job(store, job_id, Endpoint(key, url), ENGINE, OWNER)
+    return await run_job(store, job_id, Endpoint(key, url), settings or ENGINE, OWNER)
 
 
 def set_retries(job: Path, n: int) -> None:
@@ -165,11 +166,13 @@ async def test_5xx_and_429_lose_no_item_and_retries_are_counted(store, job_dir):
     assert outcome.report["usage"]["requests_billed"] == 14
 
 
-async def test_an_endpoint_that_always_fails_fails_the_items_not_the_run(store, job_dir):
+async def test_items_that_fail_for_good_are_recorded_and_the_run_goes_on(store, job_dir):
+    # Failures below the outage threshold (scattered ones, in life) fail their items, not the run.
     async with simulator(error_rate=1.0) as (sim, url):
         job = write_job(job_dir, base_url=url)
         set_retries(job, 1)
-        outcome = await run(store, job, url)
+        outcome = await run(store, job, url, settings=Engine(retry_base_s=0.001, retry_max_s=0.01,
+                                                              commit_interval_s=0.01, outage_after=1000))
     assert sim.stats.requests == 12 * 2  # one try and one retry each
     assert outcome.report["by_state"] == {"failed": 12}
     records = drafts(job_dir / "out")
@@ -458,3 +461,18 @@ async def test_an_endpoint_that_reports_no_usage_is_charged_our_count(store, job
     usage = outcome.report["usage"]
     assert outcome.report["by_state"] == {"done": 3}
     assert usage["prompt_tokens"] > 3 * 50 and usage["completion_tokens"] >= 3
+
+
+async def test_an_endpoint_that_keeps_failing_stops_the_run_and_loses_nothing(store, job_dir):
+    # Every request fails for good (5xx after the retries): after `outage_after` items in a row the run
+    # stops; the items of the streak go back to pending with the rest, none stays failed.
+    from prelabel.config import EXIT_UNAVAILABLE
+    async with simulator(error_rate=1.0) as (sim, url):
+        job = write_job(job_dir, items=items(40), base_url=url, concurrency=2)
+        set_retries(job, 1)
+        outcome = await run(store, job, url, settings=Engine(retry_base_s=0.001, retry_max_s=0.002,
+                                                              commit_interval_s=0.01, outage_after=5))
+    assert outcome.exit_code == EXIT_UNAVAILABLE and "kept failing" in outcome.report["error"]
+    counts = store.counts(outcome.job_id)
+    assert counts == {"pending": 40}
+    assert sim.stats.requests < 40  # it did not go on asking for every item
