@@ -1,0 +1,301 @@
+"""The simulator's HTTP side: OpenAI's endpoints on aiohttp, latency, limits, 5xx, statistics."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import itertools
+import json
+import math
+import random
+import signal
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..tokens import TokenCounter
+from .answers import (JSON_OBJECT_SCHEMA, MODEL_ID, REFUSAL, REFUSE_MARKER, Chooser, dumps, embedding, instance,
+                      last_user_text, sentiment, serialize, token_logprobs)
+from .limits import Window, duration
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    latency_s: float = 0.2  # mean time before a 200/5xx answer
+    jitter_s: float = 0.0  # uniform +/- around latency_s (never below 0)
+    rpm: int | None = None  # None = unlimited
+    tpm: int | None = None  # prompt tokens + max_tokens, as OpenAI estimates
+    window: str = "second"  # "second": limit/60 per rolling 1 s, as OpenAI enforces; "minute"
+    error_rate: float = 0.0  # share of admitted requests answered 500/502/503
+    logprobs: bool = True  # False: an endpoint that never returns logprobs
+    invalid_rate: float = 0.0  # share of JSON answers that break the schema
+    seed: int = 0
+    track_contents: bool = True  # count requests per last user message (tests); off for benchmarks
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    ok: int = 0
+    rate_limited: int = 0
+    server_errors: int = 0
+    by_content: collections.Counter = field(default_factory=collections.Counter)
+
+
+class Simulator:
+    """The server: ``start()`` it on a loopback port and point the OpenAI SDK at the URL."""
+
+    def __init__(self, config: SimConfig = SimConfig()) -> None:
+        if config.window not in ("second", "minute"):
+            raise ValueError(f"window must be 'second' or 'minute', not {config.window!r}")
+        self.config = config
+        self.stats = SimStats()
+        span = 1.0 if config.window == "second" else 60.0
+        self._windows = {kind: Window(limit, span) for kind, limit in
+                         (("requests", config.rpm), ("tokens", config.tpm)) if limit}
+        # One stream per kind of draw, so turning one on does not reshuffle the others.
+        self._error_rng = random.Random(f"{config.seed}:errors")
+        self._invalid_rng = random.Random(f"{config.seed}:invalid")
+        self._sample_rng = random.Random(f"{config.seed}:sample")
+        self._jitter_rng = random.Random(f"{config.seed}:jitter")
+        self._clock = time.monotonic  # tests swap in a hand-driven clock
+        self._counters: dict[str, TokenCounter] = {}
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application()
+        self.app.add_routes([
+            web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/embeddings", self._embeddings),
+            web.get("/v1/models", self._models),
+            web.get("/_sim/stats", self._stats),
+            web.post("/_sim/reset", self._reset),
+        ])
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        await self._counter(MODEL_ID)  # load the BPE ranks before the first request arrives
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        return f"http://{host}:{self._runner.addresses[0][1]}/v1"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        self.stats.requests += 1
+        body = await _json_body(request)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not (isinstance(messages, list) and messages
+                and all(isinstance(m, dict) for m in messages)):
+            return self._invalid("'messages' must be a non-empty array of objects", "messages")
+        try:
+            n = int(body.get("n") or 1)
+            max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+            max_tokens = None if max_tokens is None else int(max_tokens)
+            temperature = body.get("temperature")
+            temperature = 1.0 if temperature is None else float(temperature)  # OpenAI's default
+            top_k = min(20, int(body.get("top_logprobs") or 0))
+        except (TypeError, ValueError):
+            return self._invalid("n, max_tokens, temperature, top_logprobs must be numbers", None)
+        if not 1 <= n <= 128 or (max_tokens is not None and max_tokens < 1):
+            return self._invalid("'n' must be from 1 to 128 and 'max_tokens' at least 1", None)
+        model = str(body.get("model") or MODEL_ID)
+        counter = await self._counter(model)
+        prompt_tokens = counter.count_messages(messages)
+        text = last_user_text(messages)
+        if self.config.track_contents:
+            self.stats.by_content[text] += 1
+        if failure := await self._gate(prompt_tokens + (max_tokens or 0), model):
+            return failure
+
+        if REFUSE_MARKER in text:
+            message = {"role": "assistant", "content": None, "refusal": REFUSAL}
+            choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": "stop"}
+                       for i in range(n)]
+            completion_tokens = n * counter.count(REFUSAL)
+        else:
+            want_logprobs = body.get("logprobs") is True and self.config.logprobs
+            choices, completion_tokens = [], 0
+            seed = body.get("seed")
+            for index in range(n):
+                rng = None
+                if temperature > 0:  # a request seed makes sampling repeatable, as OpenAI tries to
+                    rng = (self._sample_rng if seed is None
+                           else random.Random(f"{seed}:{text}:{index}"))
+                content, spans = self._content(body.get("response_format"),
+                                               Chooser(text, self.config.seed, rng))
+                tokens = counter.encoding.encode_ordinary(content)
+                finish_reason = "stop"
+                if max_tokens is not None and len(tokens) > max_tokens:
+                    tokens, finish_reason = tokens[:max_tokens], "length"
+                    content = counter.encoding.decode_bytes(tokens).decode("utf-8", "ignore")
+                completion_tokens += len(tokens)
+                logprobs = None
+                if want_logprobs:
+                    logprobs = token_logprobs(counter.encoding, content, tokens, spans, top_k)
+                message = {"role": "assistant", "content": content, "refusal": None}
+                choices.append({"index": index, "message": message, "logprobs": logprobs,
+                                "finish_reason": finish_reason})
+        self.stats.ok += 1
+        return self._respond(200, {
+            "id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion",
+            "created": int(time.time()), "model": model, "system_fingerprint": "fp_simulator",
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        self.stats.requests += 1
+        body = await _json_body(request)
+        inputs = body.get("input") if isinstance(body, dict) else None
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        if not (isinstance(inputs, list) and inputs and all(isinstance(t, str) for t in inputs)):
+            return self._invalid("'input' must be a string or a non-empty array of strings",
+                                 "input")
+        model = str(body.get("model") or MODEL_ID)
+        counter = await self._counter(model)
+        tokens = sum(counter.count(t) for t in inputs)
+        if failure := await self._gate(tokens, model):
+            return failure
+        as_base64 = body.get("encoding_format") == "base64"  # the SDK asks for it by default
+        data = []
+        for index, text in enumerate(inputs):
+            vector: Any = embedding(text)
+            if as_base64:
+                vector = base64.b64encode(array("f", vector).tobytes()).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        self.stats.ok += 1
+        return self._respond(200, {"object": "list", "data": data, "model": model,
+                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return self._respond(200, {"object": "list", "data": [
+            {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "prelabel-simulator"}]})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        stats = self.stats
+        payload: dict[str, Any] = {
+            "requests": stats.requests, "ok": stats.ok, "rate_limited": stats.rate_limited,
+            "server_errors": stats.server_errors,
+            "by_content_max": max(stats.by_content.values(), default=0)}
+        if request.query.get("contents") == "1":
+            payload["by_content"] = [[text, count] for text, count in stats.by_content.items()]
+        return self._respond(200, payload)
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.stats.requests = self.stats.ok = self.stats.rate_limited = self.stats.server_errors = 0
+        self.stats.by_content.clear()
+        for window in self._windows.values():
+            window.clear()
+        return self._respond(200, {"reset": True})
+
+    # --- the steps of a request -----------------------------------------------------------
+
+    async def _counter(self, model: str) -> TokenCounter:
+        counter = self._counters.get(model)
+        if counter is None:  # a new encoding takes ~0.3 s to load: not on the event loop
+            counter = self._counters[model] = await asyncio.to_thread(TokenCounter, model)
+        return counter
+
+    async def _gate(self, tokens: int, model: str) -> web.Response | None:
+        """What stands between a request and its answer, in OpenAI's order: limits, latency, 5xx."""
+        if rejection := self._admit(tokens, model):
+            return rejection  # at once: a 429 costs OpenAI no model time either
+        config = self.config
+        delay = config.latency_s
+        if config.jitter_s:
+            delay += self._jitter_rng.uniform(-config.jitter_s, config.jitter_s)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not config.error_rate or self._error_rng.random() >= config.error_rate:
+            return None
+        self.stats.server_errors += 1
+        return self._respond(self._error_rng.choice((500, 502, 503)), {"error": {
+            "message": "The server had an error while processing your request. (simulator)",
+            "type": "server_error", "param": None, "code": None}})
+
+    def _admit(self, tokens: int, model: str) -> web.Response | None:
+        """None when the request fits every window (and is counted in); else the 429 to send."""
+        now = self._clock()
+        costs = {"requests": 1, "tokens": tokens}
+        waits = {kind: wait for kind, window in self._windows.items()
+                 if (wait := window.wait_for(costs[kind], now)) > 0}
+        if not waits:
+            for kind, window in self._windows.items():
+                window.add(costs[kind], now)
+            return None
+        self.stats.rate_limited += 1
+        kind = "requests" if "requests" in waits else "tokens"
+        window, wait = self._windows[kind], max(waits.values())
+        unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+        message = (f"Rate limit reached for {unit} on {model}: Limit {window.per_minute}, "
+                   f"Used {window.used}, Requested {costs[kind]}. Please try again in "
+                   f"{duration(wait)}. (simulator)")
+        error = {"message": message, "type": kind, "param": None, "code": "rate_limit_exceeded"}
+        return self._respond(429, {"error": error}, {
+            "retry-after": str(max(1, math.ceil(wait))),  # whole seconds, for clients without -ms
+            "retry-after-ms": str(math.ceil(wait * 1000))})
+
+    def _content(self, response_format: Any, chooser: Chooser) -> tuple[str, list]:
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind not in ("json_schema", "json_object"):
+            return f"Simulated reply ({sentiment(chooser.text)}).", []
+        schema = (response_format.get("json_schema") or {}).get("schema") or JSON_OBJECT_SCHEMA
+        rate = self.config.invalid_rate
+        invalid = bool(rate) and self._invalid_rng.random() < rate
+        truncate = invalid and self._invalid_rng.random() < 0.5
+        content, spans, broken = serialize(instance(schema, schema, chooser),
+                                            break_enum=invalid and not truncate)
+        if invalid and not broken:  # truncation drawn, or no enum to break
+            content = content[: max(1, len(content) // 2)]
+        return content, spans
+
+    def _invalid(self, message: str, param: str | None) -> web.Response:
+        return self._respond(400, {"error": {"message": message, "type": "invalid_request_error",
+                                             "param": param, "code": None}})
+
+    def _respond(self, status: int, payload: dict, extra: dict | None = None) -> web.Response:
+        now = self._clock()
+        headers = {"Content-Type": "application/json",
+                   "x-request-id": f"req_sim{next(self._ids):012d}"}
+        for kind, window in self._windows.items():
+            headers[f"x-ratelimit-limit-{kind}"] = str(window.per_minute)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining(now))
+            headers[f"x-ratelimit-reset-{kind}"] = duration(window.reset_in(now))
+        if extra:
+            headers.update(extra)
+        return web.Response(status=status, body=dumps(payload).encode(), headers=headers)
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except ValueError:  # bad JSON or bad UTF-8: answered like a body without messages
+        return None
+
+
+def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run a simulator until SIGINT/SIGTERM (for ``prelabel simulate``)."""
+    asyncio.run(_serve(config, host, port))
+
+
+async def _serve(config: SimConfig, host: str, port: int) -> None:
+    simulator = Simulator(config)
+    url = await simulator.start(host, port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    print(f"prelabel simulator (a stand-in, not a model) listening on {url}", flush=True)
+    try:
+        await stopping.wait()
+    finally:
+        await simulator.stop()
