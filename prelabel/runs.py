@@ -63,7 +63,11 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
         store.set_status(job_id, "running")
         if on_start:
             on_start(runner)
-        result = await runner.run()
+        try:
+            result = await runner.run()
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C): what is left waits in the queue
+            store.set_status(job_id, "queued")
+            raise
     finally:
         if own_client:
             await client.close()
