@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .errors import LLMError
 from .ratelimit import RateLimiter, rate_headers
 from .retry import Failure, RetryDecision, decide
 from .stats import RunStats
+
+log = logging.getLogger(__name__)
 
 
 class _AttemptFailed(Exception):
@@ -122,7 +125,7 @@ class LLMEngine:
             raw = await send_json(self.client, self._template, body)
         except openai.APIStatusError as e:
             headers = rate_headers(e.response.headers.raw)
-            self.limiter.observe(headers, self._clock())
+            self._observe(headers)
             failure = Failure(e.status_code, headers, getattr(e, "code", None))
             if e.status_code == 429:
                 self.stats.rate_limited += 1
@@ -133,16 +136,27 @@ class LLMEngine:
             self.stats.timeouts += 1
             raise self._failed(Failure(None, {}), attempt, e) from e
         headers = rate_headers(raw.headers.raw)
-        self.limiter.observe(headers, self._clock())
+        self._observe(headers)
         try:
             return Completion.from_response(json.loads(raw.content))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             # A 200 with a body that is not a chat completion: a broken proxy; treat it as a 502.
             raise self._failed(Failure(502, headers), attempt, e) from e
 
+    def _observe(self, headers: dict[str, str]) -> None:
+        limits = (self.limiter.rpm, self.limiter.tpm)
+        self.limiter.observe(headers, self._clock())
+        if (self.limiter.rpm, self.limiter.tpm) != limits:
+            log.info("the server reports lower limits: pacing to %d requests and %d tokens a minute",
+                     self.limiter.rpm, self.limiter.tpm)
+
     def _failed(self, failure: Failure, attempt: int, cause: Exception) -> _AttemptFailed:
         decision = decide(failure, attempt, max_retries=self.model.max_retries,
                           base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng)
+        if decision.retry:
+            log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
+        else:
+            log.warning("request failed for good after %d attempt(s): %s: %s", attempt, decision.reason, cause)
         if decision.retry and failure.status == 429:
             # Everyone waits, not just this request: the window is shared.
             self.limiter.pause(decision.server_wait or decision.delay, self._clock())
