@@ -116,11 +116,10 @@ class SQLiteStore:
                     self._db.execute(statement, (job_id,))
 
     def update_job_spec(self, job_id: str, spec: dict, job_file: str | None) -> None:
-        self._db.execute("UPDATE jobs SET spec = ?, job_file = ?, updated_at = ? WHERE id = ?",
-                         (json.dumps(spec), job_file, time.time(), job_id))
+        self._db.execute(Q["update_job_spec"], (json.dumps(spec), job_file, time.time(), job_id))
 
     def set_status(self, job_id: str, status: str) -> None:
-        self._db.execute("UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), job_id))
+        self._db.execute(Q["set_status"], (status, time.time(), job_id))
 
     def runnable_jobs(self, now: float) -> list[str]:
         return [row[0] for row in self._db.execute(Q["runnable_jobs"], (now,))]

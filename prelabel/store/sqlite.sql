@@ -89,6 +89,12 @@ CREATE TABLE IF NOT EXISTS spool (
 INSERT INTO jobs (id, name, spec, job_file, input_sha256, prompt_version, status, created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, 'ingesting', ?, ?);
 
+-- name: update_job_spec
+UPDATE jobs SET spec = ?, job_file = ?, updated_at = ? WHERE id = ?;
+
+-- name: set_status
+UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?;
+
 -- name: ingest_progress
 UPDATE jobs SET updated_at = ? WHERE id = ?;
 
