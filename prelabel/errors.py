@@ -50,15 +50,3 @@ class LLMError(PrelabelError):
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
         self.status, self.attempts = status, attempts
         super().__init__(message)
-
-
-class OutputValidationError(PrelabelError):
-    """Model output that failed validation after every re-ask; keeps the raw text."""
-
-    def __init__(self, message: str, *, raw: str | None, attempts: int) -> None:
-        self.raw, self.attempts = raw, attempts
-        super().__init__(message)
-
-
-class BudgetExhausted(PrelabelError):
-    """Raised inside the engine when a request would pass a hard budget cap."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from .config import InputSpec
@@ -96,9 +95,4 @@ def _read_csv(spec: InputSpec) -> Iterator[RawItem | InputError]:
             yield _item(record, line_no, spec)
 
 
-def count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
-
-
-__all__ = ["RawItem", "read_items", "count_lines"]
+__all__ = ["RawItem", "read_items"]

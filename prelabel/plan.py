@@ -30,7 +30,6 @@ class Plan:
     fits: bool = True
     reasons: list[str] = field(default_factory=list)
     prompt_version: str = ""
-    price_known: bool = True
 
 
 def make_plan(spec: JobSpec, task: Task) -> Plan:
@@ -66,7 +65,6 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
     flush()
 
     price = price_for(spec.model.name, spec.model.price)
-    plan.price_known = price is not None
     if price is not None:
         plan.cost_expected_usd = cost_usd(price, plan.prompt_tokens, plan.completion_tokens_expected)
         plan.cost_max_usd = cost_usd(price, plan.prompt_tokens, plan.completion_tokens_max)

@@ -15,7 +15,6 @@ from ..stats import RunStats
 
 PENDING, LEASED, STOPPED = "pending", "leased", "stopped"
 FINAL_STATES = ("done", "failed", "skipped")
-ALL_STATES = (PENDING, LEASED, *FINAL_STATES, STOPPED)
 
 
 @dataclass(frozen=True, slots=True)
