@@ -32,12 +32,27 @@ class JobRecord:
     updated_at: float = 0.0
 
 
+LABEL, AUGMENT, VARIANT = "label", "augment", "variant"  # what the worker does with an item
+
+
 @dataclass(frozen=True, slots=True)
 class LeasedItem:
     seq: int
     item_id: str
     line: int
     text: str
+    kind: str = LABEL
+    payload: str | None = None  # JSON; parsed by the stage that handles the kind
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """An item made from a finished one: an augmentation unit, or a variant to be rechecked."""
+
+    item_id: str
+    text: str
+    kind: str
+    payload: dict | None = None
 
 
 @dataclass(slots=True)
@@ -56,10 +71,12 @@ class ItemResult:
     seq: int
     state: str
     priority: float
-    record: dict
+    records: list[dict]  # its drafts: one for most items, several for instruction pairs, none for a unit
     usage: list[UsageRow] = field(default_factory=list)
     cache: list[tuple[str, dict]] = field(default_factory=list)  # (key, completion)
     release: bool = False  # True: the item goes back to pending (stopped by budget mid-way)
+    spawn: list[Spawn] = field(default_factory=list)  # items made from this one
+    summary: dict | None = None  # what a unit without drafts reports (augmentation counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +114,9 @@ class Store(Protocol):
 
     # reading
     def counts(self, job_id: str) -> dict[str, int]: ...
+    def kind_counts(self, job_id: str) -> dict[str, dict[str, int]]: ...
+    def unit_results(self, job_id: str) -> Iterator[dict]: ...
+    def item_texts(self, job_id: str) -> Iterator[str]: ...
     def flag_counts(self, job_id: str) -> dict[str, int]: ...
     def iter_records(self, job_id: str) -> Iterator[dict]: ...
     def input_errors(self, job_id: str) -> list[InputErrorRow]: ...

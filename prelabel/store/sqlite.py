@@ -45,6 +45,16 @@ class SQLiteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(Q["schema"])
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store made by an earlier version up to this schema, once, in one transaction."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        if "kind" not in columns:  # before drafts had their own table
+            with self._tx():
+                for statement in Q["migrate_1"].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
 
     def close(self) -> None:
         self._db.close()
@@ -167,13 +177,18 @@ class SQLiteStore:
 
     def complete(self, job_id: str, owner: str, results: list[ItemResult]) -> None:
         now = time.time()
-        finished, released, usage, cache = [], [], [], []
+        finished, released, usage, cache, drafts, cleared, spawned = [], [], [], [], [], [], []
         tokens, cost = 0, 0.0
         for r in results:
             if r.release:
                 released.append((job_id, r.seq, owner))
             else:
-                finished.append((r.state, r.priority, json.dumps(r.record, ensure_ascii=False), job_id, r.seq, owner))
+                summary = json.dumps(r.summary, ensure_ascii=False) if r.summary is not None else None
+                finished.append((r.state, r.priority, summary, job_id, r.seq, owner))
+                cleared.append((job_id, r.seq, job_id, r.seq, owner))
+                drafts.extend((job_id, r.seq, idx, record["review_priority"], json.dumps(record, ensure_ascii=False),
+                               job_id, r.seq, owner) for idx, record in enumerate(r.records))
+                spawned.extend((r.seq, s) for s in r.spawn)
             for u in r.usage:
                 usage.append((job_id, r.seq, now, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd,
                               int(u.cached)))
@@ -182,12 +197,30 @@ class SQLiteStore:
                     cost += u.cost_usd
             cache.extend((key, json.dumps(completion, ensure_ascii=False), now) for key, completion in r.cache)
         with self._tx():
+            # Drafts and children first: they are written only while the lease is still ours.
+            self._db.executemany(Q["clear_drafts"], cleared)
+            self._db.executemany(Q["insert_draft"], drafts)
+            if spawned:
+                self._spawn(job_id, owner, spawned)
             self._db.executemany(Q["finish_item"], finished)
             self._db.executemany(Q["unlease_item"], released)
             self._db.executemany(Q["insert_usage"], usage)
             self._db.executemany(Q["insert_cache"], cache)
             self._db.execute(Q["add_spent"], (tokens, cost, now, job_id))
             self._db.execute(Q["spend_hold"], (tokens, cost, job_id, owner))  # held -> spent
+
+    def _spawn(self, job_id: str, owner: str, spawned: list) -> None:
+        """New items made from finished ones (augmentation), in the finishing transaction: a crash
+        before it commits makes none, and a retaken parent makes the same ids again, kept once."""
+        seq = self._db.execute(Q["next_seq"], (job_id,)).fetchone()[0]
+        for parent, child in spawned:
+            owned = self._db.execute(Q["owns_item"], (job_id, parent, owner)).fetchone()
+            if owned is None:
+                continue
+            payload = json.dumps(child.payload, ensure_ascii=False) if child.payload is not None else None
+            if self._db.execute(Q["spawn_item"], (job_id, seq, child.item_id, child.text, child.kind, payload,
+                                                  job_id, parent)).rowcount:
+                seq += 1
 
     def stop_remaining(self, job_id: str) -> int:
         return self._db.execute(Q["stop_remaining"], (job_id,)).rowcount
@@ -198,15 +231,38 @@ class SQLiteStore:
     def requeue(self, job_id: str, seqs: Iterable[int]) -> int:
         """Failed items back to pending (an outage caught them: they did not fail on their own)."""
         with self._tx():
-            return sum(self._db.execute(Q["requeue_item"], (job_id, seq)).rowcount for seq in seqs)
+            n = 0
+            for seq in seqs:
+                self._db.execute(Q["requeue_drafts"], (job_id, seq, job_id, seq))
+                n += self._db.execute(Q["requeue_item"], (job_id, seq)).rowcount
+            return n
 
     def retry_failed(self, job_id: str) -> int:
-        return self._db.execute(Q["retry_failed"], (job_id,)).rowcount
+        with self._tx():
+            self._db.execute(Q["retry_drafts"], (job_id, job_id))
+            return self._db.execute(Q["retry_failed"], (job_id,)).rowcount
 
     # reading ------------------------------------------------------------------------------------
 
     def counts(self, job_id: str) -> dict[str, int]:
         return dict(self._db.execute(Q["counts"], (job_id,)).fetchall())
+
+    def kind_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for kind, state, n in self._db.execute(Q["kind_counts"], (job_id,)):
+            counts.setdefault(kind, {})[state] = n
+        return counts
+
+    def item_texts(self, job_id: str) -> Iterator[str]:
+        cursor = self._db.cursor()
+        cursor.execute(Q["item_texts"], (job_id,))
+        while page := cursor.fetchmany(1000):
+            for (text,) in page:
+                yield text
+
+    def unit_results(self, job_id: str) -> Iterator[dict]:
+        for (raw,) in self._db.execute(Q["unit_results"], (job_id,)):
+            yield json.loads(raw)
 
     def flag_counts(self, job_id: str) -> dict[str, int]:
         return dict(self._db.execute(Q["flag_counts"], (job_id,)).fetchall())

@@ -25,12 +25,24 @@ CREATE TABLE IF NOT EXISTS items (
     lease_expires REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     priority REAL,
-    result TEXT,
+    result TEXT,              -- what a unit without drafts reports (an augment unit's counts)
+    kind TEXT NOT NULL DEFAULT 'label',  -- label | augment | variant: what the worker does with it
+    parent_seq INTEGER,       -- the item it was made from (augment units, variants)
+    payload TEXT,             -- JSON the worker needs for it (the step; the carried label)
     PRIMARY KEY (job_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_item_id ON items (job_id, item_id);
 CREATE INDEX IF NOT EXISTS items_state ON items (job_id, state, seq);
-CREATE INDEX IF NOT EXISTS items_review ON items (job_id, priority DESC, seq) WHERE result IS NOT NULL;
+-- One row per draft: most items make one; instruction generation makes several.
+CREATE TABLE IF NOT EXISTS drafts (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    priority REAL NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq, idx)
+);
+CREATE INDEX IF NOT EXISTS drafts_review ON drafts (job_id, priority DESC, seq, idx);
 CREATE INDEX IF NOT EXISTS items_owner ON items (lease_owner) WHERE lease_owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS input_errors (
     job_id TEXT NOT NULL,
@@ -99,12 +111,24 @@ UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?;
 UPDATE jobs SET updated_at = ? WHERE id = ?;
 
 -- name: discard_job
+DELETE FROM drafts WHERE job_id = ?;
 DELETE FROM items WHERE job_id = ?;
 DELETE FROM input_errors WHERE job_id = ?;
 DELETE FROM jobs WHERE id = ?;
 
 -- name: insert_item
 INSERT INTO items (job_id, seq, item_id, line, text) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (job_id, item_id) DO NOTHING;
+
+-- name: next_seq
+SELECT coalesce(max(seq), -1) + 1 FROM items WHERE job_id = ?;
+
+-- name: owns_item
+SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?;
+
+-- name: spawn_item
+INSERT INTO items (job_id, seq, item_id, line, text, kind, parent_seq, payload)
+SELECT ?, ?, ?, line, ?, ?, seq, ? FROM items WHERE job_id = ? AND seq = ?
 ON CONFLICT (job_id, item_id) DO NOTHING;
 
 -- name: insert_input_error
@@ -134,7 +158,7 @@ WHERE job_id = ? AND seq IN (
     UNION ALL
     SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?
     ORDER BY seq LIMIT ?)
-RETURNING seq, item_id, line, text;
+RETURNING seq, item_id, line, text, kind, payload;
 
 -- name: renew
 UPDATE items SET lease_expires = ? WHERE lease_owner = ? AND state = 'leased';
@@ -145,6 +169,15 @@ WHERE lease_owner = ? AND state = 'leased';
 
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM items WHERE state = 'leased' AND lease_owner IS NOT NULL;
+
+-- name: clear_drafts
+DELETE FROM drafts WHERE job_id = ? AND seq = ?
+  AND EXISTS (SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?);
+
+-- name: insert_draft
+INSERT INTO drafts (job_id, seq, idx, priority, record)
+SELECT ?, ?, ?, ?, ? WHERE EXISTS (
+    SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?);
 
 -- name: finish_item
 UPDATE items SET state = ?, priority = ?, result = ?, lease_owner = NULL, lease_expires = NULL
@@ -174,6 +207,14 @@ WHERE job_id = ? AND state = 'pending';
 -- name: resume_stopped
 UPDATE items SET state = 'pending' WHERE job_id = ? AND state = 'stopped';
 
+-- name: requeue_drafts
+DELETE FROM drafts WHERE job_id = ? AND seq = ?
+  AND EXISTS (SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'failed');
+
+-- name: retry_drafts
+DELETE FROM drafts WHERE job_id = ?
+  AND seq IN (SELECT seq FROM items WHERE job_id = ? AND state = 'failed');
+
 -- name: requeue_item
 UPDATE items SET state = 'pending', result = NULL, priority = NULL, lease_owner = NULL, lease_expires = NULL
 WHERE job_id = ? AND seq = ? AND state = 'failed';
@@ -184,12 +225,29 @@ UPDATE items SET state = 'pending', result = NULL, priority = NULL WHERE job_id 
 -- name: counts
 SELECT state, count(*) FROM items WHERE job_id = ? GROUP BY state;
 
+-- name: kind_counts
+SELECT kind, state, count(*) FROM items WHERE job_id = ? GROUP BY kind, state;
+
+-- name: item_texts
+SELECT text FROM items WHERE job_id = ? AND kind != 'augment';
+
+-- name: unit_results
+SELECT result FROM items WHERE job_id = ? AND kind = 'augment' AND result IS NOT NULL;
+
 -- name: flag_counts
-SELECT f.value, count(*) FROM items i, json_each(i.result, '$.flags') f
-WHERE i.job_id = ? AND i.result IS NOT NULL GROUP BY f.value;
+SELECT f.value, count(*) FROM drafts d, json_each(d.record, '$.flags') f
+WHERE d.job_id = ? GROUP BY f.value;
 
 -- name: records
-SELECT result FROM items WHERE job_id = ? AND result IS NOT NULL ORDER BY priority DESC, seq;
+SELECT record FROM drafts WHERE job_id = ? ORDER BY priority DESC, seq, idx;
+
+-- name: migrate_1
+ALTER TABLE items ADD COLUMN kind TEXT NOT NULL DEFAULT 'label';
+ALTER TABLE items ADD COLUMN parent_seq INTEGER;
+ALTER TABLE items ADD COLUMN payload TEXT;
+INSERT INTO drafts (job_id, seq, idx, priority, record)
+SELECT job_id, seq, 0, coalesce(priority, 0), result FROM items WHERE result IS NOT NULL;
+UPDATE items SET result = NULL WHERE result IS NOT NULL;
 
 -- name: input_errors
 SELECT line, field, message FROM input_errors WHERE job_id = ? ORDER BY line;

@@ -10,7 +10,7 @@ import pytest
 
 from prelabel.errors import InputError, JobExists, StoreError
 from prelabel.inputs import RawItem
-from prelabel.store import ItemResult, JobRecord, RunStats, SQLiteStore, UsageRow
+from prelabel.store import AUGMENT, ItemResult, JobRecord, RunStats, Spawn, SQLiteStore, UsageRow
 
 OWNER_A, OWNER_B = "host-a:1:aaaaaa", "host-b:2:bbbbbb"
 T0 = 1_000_000.0  # a hand-picked "now": leases are tested without a clock
@@ -29,7 +29,7 @@ def raw_items(n: int, start_line: int = 1) -> list[RawItem]:
 def result(seq: int, *, state: str = "done", priority: float = 0.5, flags: list[str] | None = None,
            usage: list[UsageRow] | None = None, cache: list | None = None, release: bool = False) -> ItemResult:
     record = {"id": f"id{seq}", "seq": seq, "label": "positive", "flags": flags or [], "review_priority": priority}
-    return ItemResult(seq, state, priority, record, usage or [], cache or [], release)
+    return ItemResult(seq, state, priority, [record], usage or [], cache or [], release)
 
 
 def usage(prompt: int = 10, completion: int = 2, cost: float = 0.001, cached: bool = False) -> UsageRow:
@@ -50,7 +50,8 @@ def store(db_path: Path):
 
 def item_state(db_path: Path, seq: int, job_id: str = "job-1") -> tuple:
     with sqlite3.connect(db_path) as db:
-        return db.execute("SELECT state, lease_owner, result FROM items WHERE job_id = ? AND seq = ?",
+        return db.execute("SELECT state, lease_owner, (SELECT group_concat(record) FROM drafts d "
+                          "WHERE d.job_id = i.job_id AND d.seq = i.seq) FROM items i WHERE job_id = ? AND seq = ?",
                           (job_id, seq)).fetchone()
 
 
@@ -180,7 +181,7 @@ def test_complete_is_all_or_nothing(store, db_path):
     store.create_job(job_record(), raw_items(2))
     store.lease("job-1", OWNER_A, 2, T0, 60)
     unserialisable = result(1)
-    unserialisable.record["bad"] = {1, 2}  # json.dumps fails half-way through the batch
+    unserialisable.records[0]["bad"] = {1, 2}  # json.dumps fails half-way through the batch
     with pytest.raises(TypeError):
         store.complete("job-1", OWNER_A, [result(0, usage=[usage()], cache=[("k0", {"a": 1})]), unserialisable])
     assert store.counts("job-1") == {"leased": 2}
@@ -196,7 +197,7 @@ def test_a_result_for_a_lost_lease_is_not_applied(store, db_path):
     store.lease("job-1", OWNER_A, 1, T0, lease_s=1)
     store.lease("job-1", OWNER_B, 1, T0 + 2, 60)  # A's lease expired and B took the item
     late = result(0)
-    late.record["label"] = "from-A"
+    late.records[0]["label"] = "from-A"
     store.complete("job-1", OWNER_A, [late])
     assert item_state(db_path, 0)[:2] == ("leased", OWNER_B)
     store.complete("job-1", OWNER_B, [result(0)])
@@ -362,3 +363,50 @@ def test_a_concurrent_create_of_the_same_job_fails_cleanly(store, db_path):
     assert store.input_errors("job-1") == []
     assert store.counts("job-1") == {"pending": 3}
     assert store.get_job("job-1").status == "queued" and store.runnable_jobs(0.0) == ["job-1"]
+
+
+# --- several drafts per item, spawned items, migration ----------------------------------------
+
+def test_an_item_may_finish_with_several_drafts_ordered_by_priority(store):
+    store.create_job(job_record(), raw_items(2))
+    store.lease("job-1", OWNER_A, 2, T0, 60)
+    pairs = ItemResult(0, "done", 0.9, [{"id": "id0#1", "review_priority": 0.2, "flags": []},
+                                        {"id": "id0#2", "review_priority": 0.9, "flags": ["x"]}])
+    store.complete("job-1", OWNER_A, [pairs, result(1, priority=0.5)])
+    assert [r["id"] for r in store.iter_records("job-1")] == ["id0#2", "id1", "id0#1"]
+    assert store.flag_counts("job-1") == {"x": 1}
+
+
+def test_spawned_items_are_made_once_with_the_result_that_made_them(store):
+    store.create_job(job_record(), raw_items(2))
+    store.lease("job-1", OWNER_A, 2, T0, 60)
+    first = result(0)
+    first.spawn = [Spawn("id0~1", "text 0", AUGMENT, {"step": 0})]
+    store.complete("job-1", OWNER_A, [first])
+    again = result(0)  # a stale worker finishing the same item again makes nothing more
+    again.spawn = [Spawn("id0~1", "text 0", AUGMENT, {"step": 0})]
+    store.complete("job-1", OWNER_B, [again])
+    leased = store.lease("job-1", OWNER_A, 10, T0, 60)
+    assert [(i.item_id, i.kind, i.payload) for i in leased] == [("id0~1", AUGMENT, '{"step": 0}')]
+    assert store.kind_counts("job-1") == {"label": {"done": 1, "leased": 1}, "augment": {"leased": 1}}
+    summary = ItemResult(leased[0].seq, "done", 0.0, [], summary={"step": "noise", "made": 2})
+    store.complete("job-1", OWNER_A, [summary])
+    assert list(store.unit_results("job-1")) == [{"step": "noise", "made": 2}]
+    assert sorted(store.item_texts("job-1")) == ["text 0", "text 1"]
+
+
+def test_a_store_from_before_drafts_had_their_own_table_is_migrated(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE items (job_id TEXT NOT NULL, seq INTEGER NOT NULL, item_id TEXT NOT NULL,
+                line INTEGER NOT NULL, text TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+                lease_owner TEXT, lease_expires REAL, attempts INTEGER NOT NULL DEFAULT 0, priority REAL,
+                result TEXT, PRIMARY KEY (job_id, seq));
+            INSERT INTO items (job_id, seq, item_id, line, text, state, priority, result)
+            VALUES ('job-1', 0, 'a', 1, 'hello', 'done', 0.4, '{"id": "a", "flags": ["f"]}');
+        """)
+    migrated = SQLiteStore(path)
+    assert list(migrated.iter_records("job-1")) == [{"id": "a", "flags": ["f"]}]
+    assert migrated.flag_counts("job-1") == {"f": 1}
+    migrated.close()
