@@ -14,7 +14,8 @@ import openai
 from .config import ModelSpec
 
 
-_PATH = "chat/completions"
+CHAT_PATH = "chat/completions"
+EMBEDDINGS_PATH = "embeddings"
 try:  # internal to the SDK (pinned below 3); without it requests take the public path, at more CPU
     from openai._models import FinalRequestOptions
 except ImportError:
@@ -76,23 +77,23 @@ def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) 
                               default_headers={name: openai.Omit() for name in _PLATFORM_HEADERS})
 
 
-def request_template(client: openai.AsyncOpenAI):
+def request_template(client: openai.AsyncOpenAI, path: str = CHAT_PATH):
     """Request options built once: a parsed absolute URL spares the SDK and httpx from joining and
     re-parsing the base URL on every request (a sixth of a request's CPU)."""
     if FinalRequestOptions is None:
         return None
-    url = client.base_url.join(_PATH)
+    url = client.base_url.join(path)
     return FinalRequestOptions.construct(method="post", url=url, json_data=b"",
                                          headers={name: openai.Omit() for name in _REQUEST_HEADERS})
 
 
-async def send_json(client: openai.AsyncOpenAI, template, body: bytes) -> httpx.Response:
-    """POST a serialised chat request through the SDK's client: it does auth, base URL, timeouts
-    and error mapping (4xx/5xx raise ``openai.APIStatusError``).
+async def send_json(client: openai.AsyncOpenAI, template, body: bytes, path: str = CHAT_PATH) -> httpx.Response:
+    """POST a serialised request (chat; embeddings by ``path``) through the SDK's client: it does
+    auth, base URL, timeouts and error mapping (4xx/5xx raise ``openai.APIStatusError``).
 
     The body goes as serialised once: ``create()`` would re-walk it through the SDK's TypedDicts
     and serialise it again, half the CPU of a request; the options come from ``request_template``.
     """
     if template is None:
-        return await client.post("/" + _PATH, body=json.loads(body), cast_to=httpx.Response)
+        return await client.post("/" + path, body=json.loads(body), cast_to=httpx.Response)
     return await client.request(httpx.Response, template.model_copy(update={"json_data": body}))

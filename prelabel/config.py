@@ -5,7 +5,7 @@ Library code takes these values as arguments; only the CLI reads the environment
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,25 +49,85 @@ class ModelSpec(Strict):
     price: Price | None = None  # overrides prelabel.pricing for this model
 
 
-class ClassifyTask(Strict):
-    kind: Literal["classify"]
-    labels: dict[str, str]  # label -> definition
+_LABEL_NAME = r"^\S(.*\S)?$"  # no leading or trailing space: a label is compared exactly
+
+
+class _TaskBase(Strict):
+    """What every task kind shares: its prompt, guidelines, few-shot examples and re-asks."""
+
     guidelines: Path | None = None
     prompt: str | None = None  # a template under prompts/ or a path; default: the kind's
     max_reasks: int = Field(1, ge=0, le=5)
+    examples: Path | None = None  # JSONL: text plus the gold answer in the kind's shape
+    example_selection: Literal["fixed", "similar", "diverse"] = "fixed"
+    max_examples: int = Field(3, ge=0, le=50)  # shown per item (fewer when the budget trims them)
+    # ``similar`` ranks examples by the endpoint's /v1/embeddings with this model; without one,
+    # by a lexical similarity that needs no model.
+    embedding_model: str | None = None
+
+
+class _LabelledTask(_TaskBase):
+    labels: dict[str, str]  # label -> definition
+    # Near-misses the model may write for a label (besides case and spacing), normalised and flagged.
+    aliases: dict[str, list[str]] = {}
+
+    @field_validator("labels")
+    @classmethod
+    def _named(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"label name {name!r} is empty or has leading/trailing spaces")
+        return labels
+
+    @model_validator(mode="after")
+    def _aliases_name_labels(self):
+        for name in self.aliases:
+            if name not in self.labels:
+                raise ValueError(f"aliases: {name!r} is not one of the labels {list(self.labels)}")
+        return self
+
+
+class ClassifyTask(_LabelledTask):
+    kind: Literal["classify"]
 
     @field_validator("labels")
     @classmethod
     def _two_or_more(cls, labels: dict[str, str]) -> dict[str, str]:
         if len(labels) < 2:
             raise ValueError("a classification needs at least two labels")
-        for name in labels:
-            if not name.strip():
-                raise ValueError("a label name cannot be empty")
         return labels
 
 
-TaskSpec = ClassifyTask  # becomes a union discriminated by ``kind`` as task kinds are added
+class MultilabelTask(_LabelledTask):
+    kind: Literal["multilabel"]
+
+    @field_validator("labels")
+    @classmethod
+    def _one_or_more(cls, labels: dict[str, str]) -> dict[str, str]:
+        if not labels:
+            raise ValueError("a multi-label task needs at least one label")
+        return labels
+
+
+class NerTask(_LabelledTask):
+    kind: Literal["ner"]
+
+    @field_validator("labels")
+    @classmethod
+    def _one_or_more(cls, labels: dict[str, str]) -> dict[str, str]:
+        if not labels:
+            raise ValueError("an NER task needs at least one entity type under labels")
+        return labels
+
+
+class InstructTask(_TaskBase):
+    kind: Literal["instruct"]
+    n: int = Field(3, ge=1, le=20)  # pairs generated from each passage
+    # Set: each item's field is an instruction and only the response is generated.
+    instruction_field: str | None = None
+
+
+TaskSpec = Annotated[Union[ClassifyTask, MultilabelTask, NerTask, InstructTask], Field(discriminator="kind")]
 
 
 class BudgetSpec(Strict):
@@ -80,11 +140,128 @@ class BudgetSpec(Strict):
 
 class ReviewSpec(Strict):
     min_confidence: float = Field(0.7, ge=0, le=1)
+    # logprobs: the probability the model gave its answer; consistency: the share of ``samples``
+    # answers (one request, n choices, at ``sample_temperature``) that agree; both: the lower.
+    confidence: Literal["logprobs", "consistency", "both"] = "logprobs"
+    samples: int = Field(5, ge=2, le=20)
+    sample_temperature: float = Field(0.8, gt=0, le=2)
 
 
 class OutputSpec(Strict):
     dir: Path | None = None  # default: out/<name> beside the job file
-    formats: list[Literal["jsonl", "labelstudio"]] = ["jsonl", "labelstudio"]
+    formats: list[Literal["jsonl", "labelstudio", "openai_finetune"]] = ["jsonl", "labelstudio"]
+    val_fraction: float = Field(0.0, ge=0, lt=1)  # openai_finetune: share of sources held out
+    include_flagged: bool = False                 # openai_finetune: flagged drafts go in too
+
+
+# ISO 639-1 codes and the English names the translation prompt uses (pivot and source languages).
+LANGUAGES: dict[str, str] = dict(entry.split(" ", 1) for entry in (
+    "aa Afar|ab Abkhazian|ae Avestan|af Afrikaans|ak Akan|am Amharic|an Aragonese|ar Arabic|as Assamese|"
+    "av Avaric|ay Aymara|az Azerbaijani|ba Bashkir|be Belarusian|bg Bulgarian|bi Bislama|bm Bambara|"
+    "bn Bengali|bo Tibetan|br Breton|bs Bosnian|ca Catalan|ce Chechen|ch Chamorro|co Corsican|cr Cree|"
+    "cs Czech|cu Church Slavic|cv Chuvash|cy Welsh|da Danish|de German|dv Divehi|dz Dzongkha|ee Ewe|"
+    "el Greek|en English|eo Esperanto|es Spanish|et Estonian|eu Basque|fa Persian|ff Fulah|fi Finnish|"
+    "fj Fijian|fo Faroese|fr French|fy Western Frisian|ga Irish|gd Scottish Gaelic|gl Galician|gn Guarani|"
+    "gu Gujarati|gv Manx|ha Hausa|he Hebrew|hi Hindi|ho Hiri Motu|hr Croatian|ht Haitian Creole|"
+    "hu Hungarian|hy Armenian|hz Herero|ia Interlingua|id Indonesian|ie Interlingue|ig Igbo|ii Sichuan Yi|"
+    "ik Inupiaq|io Ido|is Icelandic|it Italian|iu Inuktitut|ja Japanese|jv Javanese|ka Georgian|kg Kongo|"
+    "ki Kikuyu|kj Kuanyama|kk Kazakh|kl Kalaallisut|km Khmer|kn Kannada|ko Korean|kr Kanuri|ks Kashmiri|"
+    "ku Kurdish|kv Komi|kw Cornish|ky Kyrgyz|la Latin|lb Luxembourgish|lg Ganda|li Limburgish|ln Lingala|"
+    "lo Lao|lt Lithuanian|lu Luba-Katanga|lv Latvian|mg Malagasy|mh Marshallese|mi Maori|mk Macedonian|"
+    "ml Malayalam|mn Mongolian|mr Marathi|ms Malay|mt Maltese|my Burmese|na Nauru|nb Norwegian Bokmal|"
+    "nd North Ndebele|ne Nepali|ng Ndonga|nl Dutch|nn Norwegian Nynorsk|no Norwegian|nr South Ndebele|"
+    "nv Navajo|ny Chichewa|oc Occitan|oj Ojibwa|om Oromo|or Odia|os Ossetian|pa Punjabi|pi Pali|pl Polish|"
+    "ps Pashto|pt Portuguese|qu Quechua|rm Romansh|rn Rundi|ro Romanian|ru Russian|rw Kinyarwanda|"
+    "sa Sanskrit|sc Sardinian|sd Sindhi|se Northern Sami|sg Sango|sh Serbo-Croatian|si Sinhala|sk Slovak|"
+    "sl Slovenian|sm Samoan|sn Shona|so Somali|sq Albanian|sr Serbian|ss Swati|st Southern Sotho|"
+    "su Sundanese|sv Swedish|sw Swahili|ta Tamil|te Telugu|tg Tajik|th Thai|ti Tigrinya|tk Turkmen|"
+    "tl Tagalog|tn Tswana|to Tonga|tr Turkish|ts Tsonga|tt Tatar|tw Twi|ty Tahitian|ug Uyghur|uk Ukrainian|"
+    "ur Urdu|uz Uzbek|ve Venda|vi Vietnamese|vo Volapuk|wa Walloon|wo Wolof|xh Xhosa|yi Yiddish|"
+    "yo Yoruba|za Zhuang|zh Chinese|zu Zulu").split("|"))
+
+
+def _language(code: str) -> str:
+    if code not in LANGUAGES:
+        raise ValueError(f"{code!r} is not an ISO 639-1 language code (two lower-case letters, e.g. de, fr)")
+    return code
+
+
+class SynonymStep(Strict):
+    """WordNet synonyms (nlpaug, offline) for a share of the words that may change."""
+
+    kind: Literal["synonym"]
+    n: int = Field(1, ge=1, le=20)             # variants per source
+    aug_p: float = Field(0.15, gt=0, le=1)     # share of the words replaced (at least one)
+
+
+class NoiseStep(Strict):
+    """Typing noise (nlpaug, offline); each variant applies every op in ``ops``, in order."""
+
+    kind: Literal["noise"]
+    n: int = Field(1, ge=1, le=20)
+    # keyboard: a neighbouring key for one letter; swap: two adjacent letters; word_swap: two adjacent words
+    ops: list[Literal["keyboard", "swap", "word_swap"]] = Field(["keyboard"], min_length=1)
+    aug_p: float = Field(0.1, gt=0, le=1)      # share of the words each op touches (at least one)
+
+    @field_validator("ops")
+    @classmethod
+    def _once_each(cls, ops: list[str]) -> list[str]:
+        if len(set(ops)) != len(ops):
+            raise ValueError("an op is listed twice")
+        return ops
+
+
+class ParaphraseStep(Strict):
+    """Rewrites by the job's model: ``n`` paraphrases in one request."""
+
+    kind: Literal["paraphrase"]
+    n: int = Field(1, ge=1, le=10)
+
+
+class BackTranslationStep(Strict):
+    """By the job's model: into each pivot language and back, one variant per pivot."""
+
+    kind: Literal["back_translation"]
+    via: list[str] = Field(min_length=1, max_length=10)
+
+    @field_validator("via")
+    @classmethod
+    def _languages(cls, via: list[str]) -> list[str]:
+        for code in via:
+            _language(code)
+        if len(set(via)) != len(via):
+            raise ValueError("a pivot language is listed twice")
+        return via
+
+
+AugmentStep = Annotated[Union[SynonymStep, NoiseStep, ParaphraseStep, BackTranslationStep],
+                        Field(discriminator="kind")]
+
+
+class AugmentSpec(Strict):
+    """Variants of each labelled item, carrying its label (made by the ``augment`` package)."""
+
+    steps: list[AugmentStep] = Field(min_length=1)
+    seed: int = 0                  # same seed, same input: the same local (synonym, noise) variants
+    recheck: bool = False          # label each variant again and flag label_drift where it differs
+    include_flagged: bool = False  # also make variants of originals flagged for review
+    # A variant whose word-bigram Jaccard similarity to its source or to a sibling variant reaches
+    # this is a near duplicate and dropped (augment.dedupe); exact duplicates always are.
+    near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
+    source_lang: str = "en"        # the items' language: back-translation returns to it
+
+    @field_validator("source_lang")
+    @classmethod
+    def _source_language(cls, code: str) -> str:
+        return _language(code)
+
+    @model_validator(mode="after")
+    def _pivots_differ_from_source(self) -> "AugmentSpec":
+        for i, step in enumerate(self.steps):
+            if isinstance(step, BackTranslationStep) and self.source_lang in step.via:
+                raise ValueError(f"steps.{i}.via: {self.source_lang!r} is the source language "
+                                 f"(source_lang); a pivot must differ from it")
+        return self
 
 
 class JobSpec(Strict):
@@ -95,6 +272,7 @@ class JobSpec(Strict):
     budget: BudgetSpec = BudgetSpec()
     review: ReviewSpec = ReviewSpec()
     output: OutputSpec = OutputSpec()
+    augment: AugmentSpec | None = None
 
     @model_validator(mode="after")
     def _budget_fits_output(self) -> "JobSpec":
@@ -119,6 +297,9 @@ class Engine(BaseModel):
     lease_batch: int = 256           # items taken from the store at a time
     poll_s: float = 5.0              # `work` without --once: wait between empty polls
     outage_after: int = 10           # items in a row failing for good stop the run (nothing is lost)
+    embed_batch: int = 128           # texts per /v1/embeddings request...
+    embed_batch_tokens: int = 250_000  # ...and tokens (OpenAI allows 2048 inputs, 300k tokens)
+    embed_max_input_tokens: int = 8191  # one input's limit at OpenAI's embedding models: cut to it
 
 
 EXIT_OK = 0

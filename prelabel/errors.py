@@ -50,3 +50,8 @@ class LLMError(PrelabelError):
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
         self.status, self.attempts = status, attempts
         super().__init__(message)
+
+
+class EmbeddingsUnavailable(LLMError):
+    """The endpoint has no /v1/embeddings, or not for this model: ``similar`` examples fall back to
+    lexical similarity."""

@@ -39,9 +39,25 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
+_TAGS = frozenset({"classify", "multilabel", "ner", "instruct", "synonym", "noise", "paraphrase", "back_translation"})
+
+
+def _plain_loc(loc: tuple) -> tuple:
+    """The field's path as the user wrote it: without validator names, nor the ``kind`` pydantic
+    inserts after a tagged union (``task.ner.labels`` is ``task.labels`` in the file)."""
+    plain: list = []
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        if part in _TAGS and plain and (plain[-1] == "task" or isinstance(plain[-1], int)):
+            continue
+        plain.append(part)
+    return tuple(plain)
+
+
 def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) -> JobFileError:
     first = err.errors()[0]
-    loc = tuple(part for part in first["loc"] if not (isinstance(part, str) and part.startswith("function-")))
+    loc = _plain_loc(first["loc"])
     field = ".".join(str(part) for part in loc) or None
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -67,8 +83,9 @@ def _resolve(spec: JobSpec, base: Path, input_override: Path | None, out_overrid
 
     inp = spec.input.model_copy(update={"path": absolute(input_override) if input_override else absolute(spec.input.path)})
     task = spec.task
-    if getattr(task, "guidelines", None) is not None:
-        task = task.model_copy(update={"guidelines": absolute(task.guidelines)})
+    if getattr(task, "instruction_field", None):  # the item's text is its instruction
+        inp = inp.model_copy(update={"text_field": task.instruction_field})
+    task = task.model_copy(update={"guidelines": absolute(task.guidelines), "examples": absolute(task.examples)})
     out_dir = out_override.resolve() if out_override else absolute(spec.output.dir or Path("out") / spec.name)
     output = spec.output.model_copy(update={"dir": out_dir})
     return spec.model_copy(update={"input": inp, "task": task, "output": output})
@@ -110,10 +127,11 @@ def _check_files(spec: JobSpec, path: Path, lines: dict[tuple, int]) -> None:
     if not spec.input.path.is_file():
         raise JobFileError(f"input file not found: {spec.input.path}", path=str(path),
                            line=lines.get(("input", "path")), field="input.path")
-    guidelines = getattr(spec.task, "guidelines", None)
-    if guidelines is not None and not guidelines.is_file():
-        raise JobFileError(f"guidelines file not found: {guidelines}", path=str(path),
-                           line=lines.get(("task", "guidelines")), field="task.guidelines")
+    for name in ("guidelines", "examples"):
+        file = getattr(spec.task, name)
+        if file is not None and not file.is_file():
+            raise JobFileError(f"{name} file not found: {file}", path=str(path),
+                               line=lines.get(("task", name)), field=f"task.{name}")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -128,7 +146,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 # raising a budget and submitting again resumes the same job instead of starting anew.
 _IDENTITY_FIELDS = ("name", "task", "input.text_field", "input.id_field", "model.name",
                     "model.temperature", "model.seed", "budget.max_input_tokens", "budget.on_overflow",
-                    "budget.max_output_tokens")
+                    "budget.max_output_tokens", "review.confidence", "review.samples",
+                    "review.sample_temperature", "augment")
 
 
 def job_identity(spec: JobSpec, input_sha256: str, prompt_version: str) -> str:
@@ -140,7 +159,8 @@ def job_identity(spec: JobSpec, input_sha256: str, prompt_version: str) -> str:
         for part in dotted.split("."):
             value = value[part]
         picked[dotted] = value
-    if picked["task"].get("guidelines"):
-        picked["task"]["guidelines"] = file_sha256(Path(picked["task"]["guidelines"]))
+    for name in ("guidelines", "examples"):  # their content, not where they are
+        if picked["task"].get(name):
+            picked["task"][name] = file_sha256(Path(picked["task"][name]))
     blob = json.dumps({"spec": picked, "input": input_sha256, "prompt": prompt_version}, sort_keys=True)
     return f"{spec.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

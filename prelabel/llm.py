@@ -1,32 +1,35 @@
-"""The LLM engine: one chat request at a time, paced, retried, cached.
+"""The LLM engine: chat requests and embeddings, paced, retried, cached.
 
 It owns the transient-failure retries (``prelabel.retry`` decides, tenacity carries it out), the
 pacing (``prelabel.ratelimit``) and cache look-ups; the SDK client it sends through comes from
 ``prelabel.client``, with the SDK's own retries off. Responses are read from the raw body into a
-``Completion`` without building the SDK's pydantic models.
+``Completion`` (or vectors) without building the SDK's pydantic models.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
 import random
 import time
+from array import array
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 
 import openai
 from tenacity import AsyncRetrying, retry_if_exception
 
-from .client import request_template, send_json
+from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import ModelSpec
-from .errors import LLMError
+from .errors import EmbeddingsUnavailable, LLMError
 from .ratelimit import RateLimiter, rate_headers
 from .retry import Failure, RetryDecision, decide
 from .stats import RunStats
+from .tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,91 @@ def encode_request(request: dict) -> tuple[bytes, str]:
     return body, hashlib.sha256(body).hexdigest()
 
 
+# Statuses that mean "no embeddings here" (no route, unknown model, method not allowed): not a
+# transient failure, and nothing to retry; ``similar`` examples use lexical similarity instead.
+NO_EMBEDDINGS_STATUS = frozenset({404, 405, 501})
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEmbeddings:
+    """Texts to embed, looked up in the cache: what is missing costs ``tokens_to_send``."""
+
+    model: str
+    keys: list[str]                   # each text's cache key
+    vectors: list[array | None]       # float32, from the cache; None: to be fetched
+    texts: list[str]                  # as sent: cut to the endpoint's input limit
+    tokens: list[int]                 # estimated tokens of each text to fetch (0 when cached)
+
+    @property
+    def tokens_to_send(self) -> int:
+        return sum(self.tokens)
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """One vector per text (None where a request failed), what was billed, and what to cache."""
+
+    vectors: list[array | None]
+    prompt_tokens: int                       # billed for the requests that were answered
+    to_store: list[tuple[str, dict] | None]  # a new cache entry per text; None: it came from the cache
+    error: LLMError | None = None            # the first failure (EmbeddingsUnavailable: none here)
+
+
+def embedding_batches(tokens: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:
+    """Positions grouped into requests of at most ``max_texts`` texts and ``max_tokens`` tokens
+    (a text larger than that goes alone)."""
+    batches: list[list[int]] = []
+    current, size = [], 0
+    for position, count in enumerate(tokens):
+        if current and (len(current) >= max_texts or size + count > max_tokens):
+            batches.append(current)
+            current, size = [], 0
+        current.append(position)
+        size += count
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _vector(value: Any) -> array:
+    """A float32 vector from base64 (what we ask for) or a JSON list (servers that ignore that)."""
+    vector = array("f")
+    if isinstance(value, str):
+        vector.frombytes(base64.b64decode(value, validate=True))
+    elif isinstance(value, list):
+        vector.fromlist([float(x) for x in value])
+    if not vector:
+        raise ValueError("an embedding is empty or neither base64 nor a list of numbers")
+    return vector
+
+
+def _encoded(vector: array) -> str:
+    return base64.b64encode(vector.tobytes()).decode("ascii")
+
+
+def parse_embeddings(content: bytes, count: int) -> tuple[list[array], int | None]:
+    """The vectors of an embeddings response in input order, and the prompt tokens it reports."""
+    body = json.loads(content)
+    data = sorted(body["data"], key=lambda d: d["index"])
+    if [d["index"] for d in data] != list(range(count)):
+        raise ValueError(f"expected {count} embeddings indexed 0..{count - 1}")
+    vectors = [_vector(d["embedding"]) for d in data]
+    if len({len(v) for v in vectors}) != 1:
+        raise ValueError("embeddings of different lengths in one response")
+    usage = body.get("usage") or {}
+    reported = usage.get("prompt_tokens")
+    return vectors, reported if isinstance(reported, int) else None
+
+
+def _completion(content: bytes) -> Completion:
+    return Completion.from_response(json.loads(content))
+
+
+class _Endpoint(NamedTuple):
+    path: str
+    template: Any  # from client.request_template
+
+
 class LLMEngine:
     def __init__(self, client: openai.AsyncOpenAI, model: ModelSpec, settings: EngineSettings,
                  cache_get: Callable[[str], dict | None], *,
@@ -58,13 +146,19 @@ class LLMEngine:
         self.client, self.model, self.settings = client, model, settings
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
         self.stats = RunStats()
-        self._template = request_template(client)
+        self._chat = _Endpoint(CHAT_PATH, request_template(client))
+        self._embeddings = _Endpoint(EMBEDDINGS_PATH, request_template(client, EMBEDDINGS_PATH))
         self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
         self._rng = rng or random.Random()
 
-    def request(self, messages: list[dict], response_format: dict | None, max_tokens: int) -> dict:
-        body = {"model": self.model.name, "messages": messages, "temperature": self.model.temperature,
+    def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
+                temperature: float | None = None) -> dict:
+        """A chat request; ``n`` > 1 asks several samples at once (``max_tokens`` is per sample)."""
+        body = {"model": self.model.name, "messages": messages,
+                "temperature": self.model.temperature if temperature is None else temperature,
                 "max_tokens": max_tokens}
+        if n > 1:
+            body["n"] = n
         if response_format is not None:
             body["response_format"] = response_format
         if self.model.logprobs:
@@ -88,21 +182,92 @@ class LLMEngine:
         ``booked_tokens`` is the request's worst case (prompt + max output) for the token pacing;
         what the usage shows was not used is given back.
         """
+        completion = await self._call(self._chat, prepared.body, booked_tokens, _completion)
+        self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
+        return completion
+
+    def prepare_embeddings(self, texts: Sequence[str], model: str) -> PreparedEmbeddings:
+        """Look each text up in the cache (per model and text), and count what would be sent.
+
+        Counted with the embedding model's encoding: the caller reserves ``tokens_to_send`` from
+        the budget before ``embed``, as it reserves a chat request's worst case before ``send``.
+        """
+        counter = TokenCounter(model)
+        limit = self.settings.embed_max_input_tokens
+        keys, vectors, sent, tokens = [], [], [], []
+        for text in texts:
+            key = encode_request({"model": model, "input": text})[1]
+            stored = self._cache_get(key)
+            keys.append(key)
+            if stored is not None:
+                vectors.append(_vector(stored["embedding"]))
+                sent.append(text)
+                tokens.append(0)
+                continue
+            ids = counter.encoding.encode_ordinary(text)
+            vectors.append(None)
+            sent.append(counter.encoding.decode(ids[:limit]) if len(ids) > limit else text)
+            tokens.append(min(len(ids), limit))
+        return PreparedEmbeddings(model, keys, vectors, sent, tokens)
+
+    async def embed(self, prepared: PreparedEmbeddings) -> Embeddings:
+        """Fetch the vectors the cache did not have, in batches, paced and retried like chat.
+
+        Never raises for a failed request: the result carries the first failure (its texts and
+        the rest get no vector) beside the tokens already billed, so the caller's budget stays
+        exact. ``EmbeddingsUnavailable`` means the endpoint has none for this model.
+        """
+        positions: dict[str, list[int]] = {}  # a text asked twice is fetched once
+        for position, vector in enumerate(prepared.vectors):
+            if vector is None:
+                positions.setdefault(prepared.keys[position], []).append(position)
+        firsts = [same[0] for same in positions.values()]
+        result = Embeddings(list(prepared.vectors), 0, [None] * len(prepared.vectors))
+        settings = self.settings
+        for batch in embedding_batches([prepared.tokens[p] for p in firsts], settings.embed_batch,
+                                       settings.embed_batch_tokens):
+            batch = [firsts[i] for i in batch]
+            body = encode_request({"model": prepared.model, "input": [prepared.texts[p] for p in batch],
+                                   "encoding_format": "base64"})[0]
+            booked = sum(prepared.tokens[p] for p in batch)
+            try:
+                vectors, billed = await self._call(self._embeddings, body, booked,
+                                                   lambda content, n=len(batch): parse_embeddings(content, n))
+            except LLMError as e:
+                error = e
+                if e.status in NO_EMBEDDINGS_STATUS:
+                    error = EmbeddingsUnavailable(f"no embeddings for model {prepared.model!r} at this endpoint: {e}",
+                                                  status=e.status, attempts=e.attempts)
+                    error.__cause__ = e.__cause__
+                log.warning("embeddings failed: %s", error)
+                result.error = error
+                return result
+            billed = booked if billed is None else billed  # no usage reported: charge our own count
+            self.limiter.refund(booked - billed, self._clock())
+            result.prompt_tokens += billed
+            for first, vector in zip(batch, vectors):
+                entry = (prepared.keys[first], {"embedding": _encoded(vector)})
+                for position in positions[prepared.keys[first]]:
+                    result.vectors[position] = vector
+                    result.to_store[position] = entry
+        return result
+
+    async def _call(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any]) -> Any:
+        """One request through the retry policy: the parsed answer, or LLMError once it gives up."""
         try:
             try:
-                completion = await self._attempt(prepared.body, booked_tokens, 1)
+                return await self._attempt(endpoint, body, booked, 1, parse)
             except _AttemptFailed as first:
                 # Most requests succeed at once; tenacity takes over only when one did not.
                 if not first.decision.retry:
                     raise
-                completion = await self._retry(prepared.body, booked_tokens, first)
+                return await self._retry(endpoint, body, booked, parse, first)
         except _AttemptFailed as e:
             raise LLMError(f"request failed: {e.decision.reason}: {e.cause}", status=e.failure.status,
                            attempts=e.attempt) from e.cause
-        self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
-        return completion
 
-    async def _retry(self, body: bytes, booked: int, first: _AttemptFailed) -> Completion:
+    async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any],
+                     first: _AttemptFailed) -> Any:
         retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),
                                  wait=lambda state: state.outcome.exception().decision.delay,
                                  sleep=self._sleep, reraise=True)
@@ -110,10 +275,11 @@ class LLMEngine:
         async for attempt in retrying:
             with attempt:
                 self.stats.retries += 1
-                return await self._attempt(body, booked, attempt.retry_state.attempt_number + 1)
+                return await self._attempt(endpoint, body, booked, attempt.retry_state.attempt_number + 1, parse)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
-    async def _attempt(self, body: bytes, booked: int, attempt: int) -> Completion:
+    async def _attempt(self, endpoint: _Endpoint, body: bytes, booked: int, attempt: int,
+                       parse: Callable[[bytes], Any]) -> Any:
         # The pause may grow while we wait (another request got a 429): wait until it holds.
         delay = self.limiter.reserve(booked, self._clock())
         while delay > 0:
@@ -122,7 +288,7 @@ class LLMEngine:
             delay = self.limiter.paused_until - now
         self.stats.requests += 1
         try:
-            raw = await send_json(self.client, self._template, body)
+            raw = await send_json(self.client, endpoint.template, body, endpoint.path)
         except openai.APIStatusError as e:
             headers = rate_headers(e.response.headers.raw)
             self._observe(headers)
@@ -138,9 +304,9 @@ class LLMEngine:
         headers = rate_headers(raw.headers.raw)
         self._observe(headers)
         try:
-            return Completion.from_response(json.loads(raw.content))
+            return parse(raw.content)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            # A 200 with a body that is not a chat completion: a broken proxy; treat it as a 502.
+            # A 200 with a body that is not the answer asked for: a broken proxy; treat it as a 502.
             raise self._failed(Failure(502, headers), attempt, e) from e
 
     def _observe(self, headers: dict[str, str]) -> None:

@@ -300,6 +300,13 @@ class SQLiteStore:
         row = self._db.execute(Q["get_cache"], (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def cache_put(self, entries: Iterable[tuple[str, dict]]) -> None:
+        """Entries not tied to an item's result (a job's example embeddings)."""
+        now = time.time()
+        rows = [(key, json.dumps(value, ensure_ascii=False), now) for key, value in entries]
+        with self._tx():
+            self._db.executemany(Q["insert_cache"], rows)
+
     # spool --------------------------------------------------------------------------------------
 
     def spool_seen(self, path: str, sha256: str) -> bool:

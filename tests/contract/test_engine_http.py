@@ -5,9 +5,11 @@ so backoff and retry-after are asserted exactly and nothing sleeps for real.
 """
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
+from array import array
 
 import httpx
 import openai
@@ -17,9 +19,9 @@ from httpx_aiohttp import AiohttpTransport
 
 from prelabel.completion import Completion
 from prelabel.config import Engine, ModelSpec
-from prelabel.errors import LLMError
+from prelabel.errors import EmbeddingsUnavailable, LLMError
 from prelabel.client import make_client
-from prelabel.llm import LLMEngine, encode_request
+from prelabel.llm import LLMEngine, embedding_batches, encode_request
 
 BASE = "https://api.test/v1"
 KEY = "sk-test"
@@ -429,3 +431,146 @@ async def test_a_response_without_usage_says_so(client, api, fake):
     api.post("/chat/completions").mock(return_value=httpx.Response(200, json=body))
     completion = await complete(make_engine(client, fake))
     assert completion.usage_reported is False and completion.prompt_tokens == 0
+
+
+# --- embeddings -------------------------------------------------------------------------------------
+
+EMBED_MODEL = "text-embedding-3-small"
+
+
+def embeddings_body(vectors: list[list[float]], *, tokens: int | None = None, as_base64: bool = True) -> dict:
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(array("f", v).tobytes()).decode() if as_base64 else v}
+            for i, v in enumerate(vectors)]
+    body = {"object": "list", "data": data, "model": EMBED_MODEL}
+    if tokens is not None:
+        body["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return body
+
+
+def echo_embeddings(request: httpx.Request) -> httpx.Response:
+    """A vector per input that says which input it was: [its length, 1]; 3 tokens per input billed."""
+    inputs = json.loads(request.content)["input"]
+    return httpx.Response(200, json=embeddings_body([[float(len(t)), 1.0] for t in inputs], tokens=3 * len(inputs)))
+
+
+def inputs_sent(route) -> list[list[str]]:
+    return [json.loads(call.request.content)["input"] for call in route.calls]
+
+
+async def test_embeddings_request_shape_vectors_usage_and_cache_entries(client, api, fake):
+    route = api.post("/embeddings").mock(side_effect=echo_embeddings)
+    engine = make_engine(client, fake)
+    prepared = engine.prepare_embeddings(["I love it", "broken"], EMBED_MODEL)
+    assert prepared.tokens_to_send == 4 and prepared.vectors == [None, None]
+    result = await engine.embed(prepared)
+
+    assert json.loads(route.calls.last.request.content) == {
+        "model": EMBED_MODEL, "input": ["I love it", "broken"], "encoding_format": "base64"}
+    assert result.error is None and result.prompt_tokens == 6
+    assert [list(v) for v in result.vectors] == [[9.0, 1.0], [6.0, 1.0]]
+    assert [key for key, _ in result.to_store] == prepared.keys
+    assert array("f", base64.b64decode(result.to_store[0][1]["embedding"])) == result.vectors[0]
+
+
+async def test_embeddings_are_batched_and_a_repeated_text_is_fetched_once(client, api, fake):
+    route = api.post("/embeddings").mock(side_effect=echo_embeddings)
+    engine = make_engine(client, fake, settings=Engine(embed_batch=2))
+    texts = ["a", "bb", "a", "ccc", "dddd"]
+    result = await engine.embed(engine.prepare_embeddings(texts, EMBED_MODEL))
+    assert inputs_sent(route) == [["a", "bb"], ["ccc", "dddd"]]
+    assert [v[0] for v in result.vectors] == [1.0, 2.0, 1.0, 3.0, 4.0]
+    assert result.to_store[0] == result.to_store[2] and result.prompt_tokens == 12
+
+
+def test_embedding_batches_close_at_the_text_or_token_limit():
+    assert embedding_batches([5, 5, 5, 20, 1], max_texts=3, max_tokens=10) == [[0, 1], [2], [3], [4]]
+    assert embedding_batches([1] * 5, max_texts=2, max_tokens=100) == [[0, 1], [2, 3], [4]]
+    assert embedding_batches([], max_texts=2, max_tokens=100) == []
+
+
+async def test_cached_embeddings_are_not_sent(client, api, fake):
+    route = api.post("/embeddings").mock(side_effect=echo_embeddings)
+    stored = {"embedding": base64.b64encode(array("f", [0.5, 0.25]).tobytes()).decode()}
+    hit = encode_request({"model": EMBED_MODEL, "input": "seen"})[1]
+    engine = make_engine(client, fake, cache_get=lambda key: stored if key == hit else None)
+    prepared = engine.prepare_embeddings(["seen", "new"], EMBED_MODEL)
+    assert prepared.tokens == [0, 1]
+    result = await engine.embed(prepared)
+    assert inputs_sent(route) == [["new"]]
+    assert list(result.vectors[0]) == [0.5, 0.25] and result.to_store[0] is None and result.to_store[1] is not None
+
+    everything_cached = make_engine(client, fake, cache_get=lambda key: stored)
+    result = await everything_cached.embed(everything_cached.prepare_embeddings(["x", "y"], EMBED_MODEL))
+    assert route.call_count == 1 and result.prompt_tokens == 0 and result.error is None
+
+
+@pytest.mark.parametrize("status", [404, 405, 501])
+async def test_an_endpoint_without_embeddings_says_so_at_once(client, api, fake, status):
+    route = api.post("/embeddings").mock(return_value=error(status, "model_not_found"))
+    engine = make_engine(client, fake)
+    result = await engine.embed(engine.prepare_embeddings(["a", "b"], EMBED_MODEL))
+    assert isinstance(result.error, EmbeddingsUnavailable) and result.error.status == status
+    assert isinstance(result.error.__cause__, openai.APIStatusError)
+    assert route.call_count == 1 and fake.sleeps == [] and result.vectors == [None, None]
+    assert result.prompt_tokens == 0
+
+
+async def test_embeddings_429_is_retried_by_the_same_policy(client, api, fake):
+    route = api.post("/embeddings").mock(side_effect=[
+        error(429, "rate_limit_exceeded", {"retry-after-ms": "1500"}), echo_embeddings])
+    engine = make_engine(client, fake)
+    result = await engine.embed(engine.prepare_embeddings(["a"], EMBED_MODEL))
+    assert result.error is None and list(result.vectors[0]) == [1.0, 1.0]
+    assert route.call_count == 2 and engine.stats.rate_limited == 1 and engine.stats.retries == 1
+    assert len(fake.sleeps) == 1 and 1.5 <= fake.sleeps[0] <= 1.5 * 1.1 + 1e-9
+
+
+async def test_a_failed_batch_keeps_what_came_before_and_its_usage(client, api, fake):
+    api.post("/embeddings").mock(side_effect=[echo_embeddings] + [error(500)] * 3)
+    engine = make_engine(client, fake, FAST.model_copy(update={"max_retries": 2}), Engine(embed_batch=2))
+    result = await engine.embed(engine.prepare_embeddings(["a", "b", "c", "d", "e"], EMBED_MODEL))
+    assert type(result.error) is LLMError and result.error.status == 500 and result.error.attempts == 3
+    assert [v is not None for v in result.vectors] == [True, True, False, False, False]
+    assert result.prompt_tokens == 6 and result.to_store[2:] == [None, None, None]
+
+
+async def test_a_list_of_floats_and_no_usage_are_accepted(client, api, fake):
+    api.post("/embeddings").mock(return_value=httpx.Response(200, json=embeddings_body([[0.1, 0.2]], as_base64=False)))
+    engine = make_engine(client, fake)
+    prepared = engine.prepare_embeddings(["two words"], EMBED_MODEL)
+    result = await engine.embed(prepared)
+    assert list(result.vectors[0]) == pytest.approx([0.1, 0.2])
+    assert result.prompt_tokens == prepared.tokens_to_send == 2  # our own count is charged
+
+
+@pytest.mark.parametrize("body", [embeddings_body([[1.0], [2.0]]), embeddings_body([]), {"data": [{"index": 0}]},
+                                  {"data": [{"index": 0, "embedding": "not base64!"}]}, {"object": "list"}])
+async def test_a_200_that_is_not_the_embeddings_asked_for_is_retried(client, api, fake, body):
+    route = api.post("/embeddings").mock(side_effect=[httpx.Response(200, json=body), echo_embeddings])
+    engine = make_engine(client, fake)
+    result = await engine.embed(engine.prepare_embeddings(["a"], EMBED_MODEL))
+    assert result.error is None and route.call_count == 2 and engine.stats.retries == 1
+
+
+async def test_a_long_text_is_cut_to_the_models_input_limit(client, api, fake):
+    route = api.post("/embeddings").mock(side_effect=echo_embeddings)
+    engine = make_engine(client, fake, settings=Engine(embed_max_input_tokens=4))
+    prepared = engine.prepare_embeddings(["one two three four five six seven"], EMBED_MODEL)
+    assert prepared.tokens == [4]
+    await engine.embed(prepared)
+    assert inputs_sent(route) == [["one two three four"]]
+
+
+async def test_the_production_client_posts_embeddings_to_the_embeddings_path(fake):
+    spec = ModelSpec(name="gpt-4o-mini", rpm=10_000_000, tpm=1_000_000_000)
+    client = make_client(spec, api_key=KEY, base_url=BASE)
+    try:
+        with respx.mock(base_url=BASE, using="httpx") as mock:
+            route = mock.post("/embeddings").mock(side_effect=echo_embeddings)
+            engine = make_engine(client, fake, spec)
+            result = await engine.embed(engine.prepare_embeddings(["hello"], EMBED_MODEL))
+        assert result.error is None and list(result.vectors[0]) == [5.0, 1.0]
+        assert route.calls.last.request.headers["authorization"] == f"Bearer {KEY}"
+    finally:
+        await client.close()
