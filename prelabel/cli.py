@@ -210,8 +210,16 @@ def cmd_export(args) -> int:
         if store.get_job(args.job_id) is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
             return EXIT_JOB_ERROR
-        report, out_dir = export(store, args.job_id)
+        report, out_dir = export(store, args.job_id, include_flagged=args.include_flagged,
+                                 val_fraction=args.val_fraction)
         print(f"wrote {out_dir}", file=sys.stderr)
+        if "openai_finetune" in report:
+            ft = report["openai_finetune"]
+            sides = [side for side in ("train", "validation") if side in ft]
+            print("  " + "; ".join(f"{name}: {ft[side]['examples']:,} examples from {ft[side]['sources']:,} sources"
+                                   for name, side in zip(ft["files"], sides)), file=sys.stderr)
+            for warning in ft["warnings"]:
+                print(f"  warning: {warning}", file=sys.stderr)
         return exit_code_for(report)
     finally:
         store.close()
@@ -225,6 +233,16 @@ def cmd_simulate(args) -> int:
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking),
           host=args.host, port=args.port)
     return EXIT_OK
+
+
+def _fraction(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not 0 <= f < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number in [0, 1)")
+    return f
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", cmd_export, "write a job's outputs again from the store")
     p.add_argument("job_id")
+    p.add_argument("--include-flagged", action=argparse.BooleanOptionalAction, default=None,
+                   help="openai_finetune: drafts flagged for review go in too (overrides output.include_flagged)")
+    p.add_argument("--val-fraction", type=_fraction, metavar="F",
+                   help="openai_finetune: share of source items held out for validation, 0 <= F < 1 "
+                        "(overrides output.val_fraction)")
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")
