@@ -1,0 +1,35 @@
+"""Augmentation for prelabel: variants of labelled items that carry their source's label.
+
+Local kinds (``synonym``: WordNet via nlpaug; ``noise``: nlpaug's typing noise) run here, offline,
+synchronously: call them off the event loop. LLM kinds (``paraphrase``, ``back_translation``) are pure
+request builders and parsers; the job's engine sends the requests. Also: dropping duplicates, and
+finding NER spans again in a variant. This package never imports the worker.
+"""
+from __future__ import annotations
+
+from .carry import relocate_spans
+from .dedupe import Deduper, normalize, similarity
+from .llm import (llm_requests, paraphrase_request, parse_paraphrases, parse_translation, prompt_versions,
+                  translate_request)
+from .protect import protected_spans, protected_tokens_intact
+from .wordnet import WordNetMissing, check_wordnet
+
+__all__ = ["Deduper", "WordNetMissing", "check_wordnet", "llm_requests", "local_variants", "normalize",
+           "paraphrase_request", "parse_paraphrases", "parse_translation", "prompt_versions",
+           "protected_spans", "protected_tokens_intact", "relocate_spans", "similarity", "translate_request"]
+
+
+def local_variants(step, text: str, protected: list[tuple[int, int]], seed: int) -> list[str]:
+    """Up to ``step.n`` variants of ``text`` for a ``synonym`` or ``noise`` step, none equal to the text
+    or to each other. ``protected`` character spans (labelled entities) are never touched, nor are
+    stopwords, numbers and capitalised words. The same (seed, step, text) gives the same variants,
+    in any thread. Raises WordNetMissing (with the install hint) for a synonym step without WordNet."""
+    if step.kind == "synonym":
+        from .synonym import synonym_variants  # nlpaug is imported only when used
+
+        return synonym_variants(step, text, protected, seed)
+    if step.kind == "noise":
+        from .noise import noise_variants
+
+        return noise_variants(step, text, protected, seed)
+    raise ValueError(f"{step.kind!r} is not a local augmentation (synonym, noise)")
