@@ -16,29 +16,47 @@ class Completion:
     model: str
     cached: bool = False
     usage_reported: bool = True  # False: the endpoint sent no usage; the counts are prelabel's own
+    # Every choice as (content, logprobs), the first one included: n > 1 asks several samples.
+    samples: list[tuple[str | None, list[tuple[str, float]] | None]] | None = None
+
+    def all_samples(self) -> list[tuple[str | None, list[tuple[str, float]] | None]]:
+        return self.samples if self.samples else [(self.content, self.logprobs)]
 
     def to_cache(self) -> dict:
         return {"content": self.content, "refusal": self.refusal, "finish_reason": self.finish_reason,
                 "logprobs": self.logprobs, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "model": self.model}
+                "completion_tokens": self.completion_tokens, "model": self.model,
+                "samples": self.samples}
 
     @classmethod
     def from_cache(cls, data: dict) -> "Completion":
         logprobs = [tuple(pair) for pair in data["logprobs"]] if data.get("logprobs") else None
+        samples = None
+        if data.get("samples"):
+            samples = [(content, [tuple(p) for p in lp] if lp else None) for content, lp in data["samples"]]
         return cls(data["content"], data["refusal"], data["finish_reason"], logprobs,
-                   data["prompt_tokens"], data["completion_tokens"], data["model"], cached=True)
+                   data["prompt_tokens"], data["completion_tokens"], data["model"], cached=True,
+                   samples=samples)
 
     @classmethod
     def from_response(cls, body: dict) -> "Completion":
         """From the JSON body of a chat.completion (parsed once, without building SDK models)."""
-        choice = body["choices"][0]
+        choices = body["choices"]
+        choice = choices[0]
         message = choice.get("message") or {}
-        logprobs = None
-        lp = choice.get("logprobs")
-        if lp and lp.get("content"):
-            logprobs = [(t["token"], t["logprob"]) for t in lp["content"]]
+        logprobs = _logprobs(choice)
+        samples = None
+        if len(choices) > 1:
+            samples = [((c.get("message") or {}).get("content"), _logprobs(c)) for c in choices]
         usage = body.get("usage") or {}
         reported = "prompt_tokens" in usage and "completion_tokens" in usage
         return cls(message.get("content"), message.get("refusal"), choice.get("finish_reason"), logprobs,
                    usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, body.get("model", ""),
-                   usage_reported=reported)
+                   usage_reported=reported, samples=samples)
+
+
+def _logprobs(choice: dict) -> list[tuple[str, float]] | None:
+    lp = choice.get("logprobs")
+    if lp and lp.get("content"):
+        return [(t["token"], t["logprob"]) for t in lp["content"]]
+    return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 # Final states of an item (the store also has ``pending``, ``leased`` and ``stopped``).
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
@@ -12,7 +13,7 @@ class Draft:
     id: str
     text: str
     task: str
-    label: str | None
+    label: Any  # the task kind's shape: str, list[str], spans, or an instruction pair
     confidence: float | None
     needs_review: bool
     flags: list[str]
@@ -24,6 +25,10 @@ class Draft:
     review_priority: float = 0.0
     state: str = DONE
     line: int | None = None  # line of the input file the item came from
+    source_id: str | None = None      # the input item it derives from (itself for an original)
+    scores: dict[str, float] | None = None  # per-label confidence, where the kind has several
+    augmentation: dict | None = None  # a variant: how it was made ({"kind": ..., parameters})
+    carried_label: Any = None         # a variant: the label carried over from its source
 
     def to_record(self) -> dict:
         # Not dataclasses.asdict: it deep-copies every value, and this runs once per item.
@@ -31,3 +36,12 @@ class Draft:
 
 
 _FIELDS = tuple(f.name for f in fields(Draft))
+
+
+def same_label(kind: str, a: Any, b: Any) -> bool:
+    """Whether a re-checked label agrees with the carried one (spans by text and type, not offsets)."""
+    if kind == "multilabel":
+        return set(a or ()) == set(b or ())
+    if kind == "ner":
+        return sorted((s["text"], s["label"]) for s in a or ()) == sorted((s["text"], s["label"]) for s in b or ())
+    return a == b

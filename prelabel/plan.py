@@ -26,6 +26,7 @@ class Plan:
     completion_tokens_max: int = 0
     cost_expected_usd: float | None = None
     cost_max_usd: float | None = None
+    augment_requests: int = 0  # of the requests above, those augmentation makes (rewrites, re-checks)
     first_prompt: list[dict] = field(default_factory=list)
     fits: bool = True
     reasons: list[str] = field(default_factory=list)
@@ -35,8 +36,11 @@ class Plan:
 def make_plan(spec: JobSpec, task: Task) -> Plan:
     counter = TokenCounter(spec.model.name)
     fixed = fixed_prompt_tokens(task, counter)
-    expected_out = min(task.expected_output_tokens(counter.count), spec.budget.max_output_tokens)
+    samples = task.samples
+    expected_out = min(task.expected_output_tokens(counter.count), spec.budget.max_output_tokens) * samples
+    max_out = spec.budget.max_output_tokens * samples
     plan = Plan(prompt_version=task.prompt_version)
+    augmenting = _AugmentPlan(spec, counter, fixed, expected_out, max_out) if spec.augment else None
     batch: list[str] = []
 
     def flush() -> None:
@@ -49,7 +53,9 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
             plan.truncated += fit.action == TRUNCATE
             plan.prompt_tokens += fixed + fit.max_text_tokens
             plan.completion_tokens_expected += expected_out
-            plan.completion_tokens_max += spec.budget.max_output_tokens
+            plan.completion_tokens_max += max_out
+            if augmenting:
+                augmenting.add(plan, fit.max_text_tokens)
         batch.clear()
 
     for entry in read_items(spec.input):
@@ -79,6 +85,42 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
     return plan
 
 
+class _AugmentPlan:
+    """Augmentation's share, at most: every original gets its variants and none is dropped."""
+
+    def __init__(self, spec: JobSpec, counter: TokenCounter, fixed: int, expected_out: int, max_out: int) -> None:
+        import augment  # only for jobs that augment
+
+        self.spec, self.fixed, self.expected_out, self.max_out = spec, fixed, expected_out, max_out
+        sentinel = "x"
+        self.paraphrase_fixed = counter.count_messages(augment.paraphrase_request(sentinel, 1, [])[0]) - 1
+        self.translate_fixed = counter.count_messages(augment.translate_request(sentinel, "de", [])[0]) - 1
+
+    def add(self, plan: Plan, text_tokens: int) -> None:
+        variants = 0
+        for step in self.spec.augment.steps:
+            if step.kind == "paraphrase":
+                requests, prompt, out = 1, self.paraphrase_fixed + text_tokens, step.n * (2 * text_tokens + 32)
+                variants += step.n
+            elif step.kind == "back_translation":
+                requests = 2 * len(step.via)
+                prompt = requests * (self.translate_fixed + text_tokens)
+                out = requests * (2 * text_tokens + 32)
+                variants += len(step.via)
+            else:
+                variants += step.n
+                continue
+            plan.augment_requests += requests
+            plan.prompt_tokens += prompt
+            plan.completion_tokens_expected += out // 2  # a rewrite is about as long as its text
+            plan.completion_tokens_max += out
+        if self.spec.augment.recheck:
+            plan.augment_requests += variants
+            plan.prompt_tokens += variants * (self.fixed + text_tokens)
+            plan.completion_tokens_expected += variants * self.expected_out
+            plan.completion_tokens_max += variants * self.max_out
+
+
 def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
     def money(value: float | None) -> str:
         return "unknown (no price for this model)" if value is None else f"${value:,.4f}"
@@ -88,7 +130,8 @@ def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
         f"model:               {spec.model.name}   prompt: {plan.prompt_version}",
         f"items:               {plan.items:,}" + (f"   (+{plan.input_errors} bad input lines)" if plan.input_errors else ""),
         f"truncated / skipped: {plan.truncated:,} / {plan.skipped:,}   (budget.max_input_tokens)",
-        f"prompt tokens:       {plan.prompt_tokens:,}",
+        f"prompt tokens:       {plan.prompt_tokens:,}" + (
+            f"   (incl. {plan.augment_requests:,} augmentation requests, at most)" if spec.augment else ""),
         f"completion tokens:   ~{plan.completion_tokens_expected:,} expected, {plan.completion_tokens_max:,} at most",
         f"cost:                ~{money(plan.cost_expected_usd)} expected, {money(plan.cost_max_usd)} at most",
         "re-asks (invalid output) and retries may add to these; the caps below are enforced while running",

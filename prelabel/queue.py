@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import JobSpec
-from .errors import JobExists, JobFileError, PrelabelError
+from .errors import InputError, JobExists, JobFileError, PrelabelError
+from .examples import load_examples
 from .inputs import read_items
 from .jobfile import file_sha256, job_identity, load_job
 from .pricing import price_for
@@ -36,6 +37,9 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[Job
         raise JobFileError(f"no price is known for model {spec.model.name!r}, so max_cost_usd cannot be "
                            "enforced: set model.price {input_per_mtok: ..., output_per_mtok: ...}",
                            path=str(job_path), field="model.price")
+    _check_text_field(spec, job_path)
+    if spec.task.examples is not None:  # a gold answer outside the schema fails here, naming its line
+        load_examples(spec.task.examples, spec.task, task)
     if spec.budget.max_input_tokens is not None:
         counter = TokenCounter(spec.model.name)
         fixed = fixed_prompt_tokens(task, counter)
@@ -43,6 +47,17 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[Job
             raise JobFileError(f"the prompt without the item is already {fixed} tokens; raise it above that",
                                path=str(job_path), field="budget.max_input_tokens")
     return spec, task
+
+
+def _check_text_field(spec: JobSpec, job_path) -> None:
+    """A text field absent from the first record is the job's mistake, not each line's."""
+    first = next(iter(read_items(spec.input)), None)
+    if isinstance(first, InputError) and first.field == spec.input.text_field and (
+            "missing" in first.reason or "has no column" in first.reason):
+        field = "task.instruction_field" if getattr(spec.task, "instruction_field", None) else "input.text_field"
+        raise JobFileError(f"{spec.input.path} has no field {spec.input.text_field!r} "
+                           f"(its first record, line {first.line}); set {field} to the field that holds the text",
+                           path=str(job_path), field=field)
 
 
 def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False,

@@ -17,6 +17,7 @@ from .llm import LLMEngine
 from .outputs.export import exit_code_for, export
 from .store import Store
 from .tasks import build_task
+from .tokens import TokenCounter
 from .worker import JobRunner, RunResult, dead_local_owners
 
 
@@ -59,7 +60,11 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
         client = make_client(spec.model, api_key=endpoint.api_key, base_url=endpoint.url_for(spec))
     try:
         engine = LLMEngine(client, spec.model, settings, store.cache_get)
-        runner = JobRunner(store, job, spec, task, engine, settings, owner)
+        variants = None
+        if spec.augment is not None and spec.augment.steps:
+            from .variants import VariantStage  # imports nlpaug's side only for jobs that augment
+            variants = VariantStage(spec, task, TokenCounter(spec.model.name), lambda: store.item_texts(job_id))
+        runner = JobRunner(store, job, spec, task, engine, settings, owner, variants)
         store.set_status(job_id, "running")
         if on_start:
             on_start(runner)

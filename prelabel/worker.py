@@ -8,10 +8,12 @@ the rest of the job as stopped by budget.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
 import time
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -19,16 +21,21 @@ from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import JobSpec
-from .draft import DONE, FAILED, SKIPPED, Draft
-from .errors import LLMError
-from .llm import LLMEngine
+from .draft import DONE, FAILED, SKIPPED, Draft, same_label
+from .errors import EmbeddingsUnavailable, LLMError
+from .examples import ExampleSelector, PromptFitter, load_examples
+from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
 from .retry import Outage
-from .review import FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, REFUSAL, REQUEST_FAILED, TRUNCATED_INPUT, verdict
+from .review import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REFUSAL, REQUEST_FAILED,
+                     TRUNCATED_INPUT, verdict)
 from .stats import RunStats
-from .store import ItemResult, JobRecord, LeasedItem, Store, UsageRow
-from .tasks import InvalidOutput, Task, fixed_prompt_tokens, reask_messages
+from .store import AUGMENT, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
+from .tasks import InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
 from .tokens import TOKENS_PER_MESSAGE, TokenCounter
+
+
+log = logging.getLogger(__name__)
 
 
 def worker_id() -> str:
@@ -72,8 +79,9 @@ class RunResult:
 
 class JobRunner:
     def __init__(self, store: Store, job: JobRecord, spec: JobSpec, task: Task, engine: LLMEngine,
-                 settings: EngineSettings, owner: str) -> None:
+                 settings: EngineSettings, owner: str, variants=None) -> None:
         self.store, self.job, self.spec, self.task, self.engine = store, job, spec, task, engine
+        self.variants = variants  # the augmentation stage (prelabel.variants), when the job augments
         self.settings, self.owner = settings, owner
         self.counter = TokenCounter(spec.model.name)
         self.gate = BudgetGate(spec.budget.max_total_tokens, spec.budget.max_cost_usd,
@@ -89,11 +97,25 @@ class JobRunner:
         # enough that several workers share a job evenly and a dead one strands few items.
         self.lease_batch = min(settings.lease_batch, 2 * spec.model.max_concurrency)
         self._results: list[ItemResult] = []
+        self._active = 0  # items handed to consumers and not yet finished
         self._budget_hit = asyncio.Event()
         self.outage = Outage(settings.outage_after)
         self._endpoint_down = asyncio.Event()
         self.last_error: str | None = None
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
+        self.selector = self.fitter = None
+        self.embedding_model: str | None = None
+        self._vectors: dict[int, object] = {}  # item seq -> its embedding, for ``similar`` examples
+        self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings): booked with the next
+        t = spec.task
+        examples = load_examples(t.examples, t, task) if t.examples and t.max_examples else []
+        if examples:
+            self.selector = ExampleSelector(examples, t.example_selection, t.max_examples, task.answer_labels)
+            self.fitter = PromptFitter(task, self.counter, examples, spec.budget.max_input_tokens,
+                                       spec.budget.on_overflow)
+            if t.example_selection == "similar" and t.embedding_model:
+                self.embedding_model = t.embedding_model
+                self._example_texts = [e.text for e in examples]
 
     async def run(self) -> RunResult:
         started_wall, started_mono = time.time(), time.monotonic()
@@ -104,6 +126,12 @@ class JobRunner:
         workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.max_concurrency)]
         helpers = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._heartbeat())]
         try:
+            if self.embedding_model:
+                vectors = await self._embed(self._example_texts)
+                if vectors is not None and all(v is not None for v in vectors):
+                    self.selector.set_vectors(vectors)
+                else:
+                    self.embedding_model = None
             await self._produce(queue)
             for _ in workers:
                 await queue.put(None)
@@ -132,22 +160,40 @@ class JobRunner:
         while not self._stopping():
             items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s)
             if not items:
-                return
+                if self.variants is None or not (self._active or self._results):
+                    return  # everything finished was committed before this lease: nothing more will come
+                # Items in flight may yet spawn work (augmentation): wait for them to be committed.
+                await asyncio.sleep(self.settings.commit_interval_s)
+                self._flush()
+                continue
+            if self.embedding_model:
+                vectors = await self._embed([item.text for item in items])
+                if vectors is not None:
+                    self._vectors.update((item.seq, v) for item, v in zip(items, vectors) if v is not None)
             for item in items:
                 if self._stopping():
                     return
+                self._active += 1
                 await queue.put(item)
 
     async def _consume(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
             if self._stopping():
+                self._active -= 1
                 continue  # left leased; released at the end of the run
             try:
                 result = await self.process(item)
             except Exception as e:  # a bug on one item must not stop the batch: record it, go on
-                result = self._result(item, FAILED, None, None, [REQUEST_FAILED], [], [],
-                                      error=f"internal error: {type(e).__name__}: {e}")
+                error = f"internal error: {type(e).__name__}: {e}"
+                if item.kind == AUGMENT:
+                    result = ItemResult(item.seq, FAILED, 0.0, [], summary={"error": error})
+                else:
+                    result = self._result(item, _Labelled(FAILED, [], [REQUEST_FAILED], error), [], [])
+            if self._side_usage:
+                result.usage.extend(self._side_usage)
+                self._side_usage = []
             self._results.append(result)
+            self._active -= 1
             if result.release and not self._endpoint_down.is_set():
                 self._budget_hit.set()
             elif not result.release:
@@ -171,60 +217,61 @@ class JobRunner:
             self.store.complete(self.job.id, self.owner, batch)
 
     async def process(self, item: LeasedItem) -> ItemResult:
-        """One item through the task: fit the budget, ask, validate, re-ask; never raises."""
-        spec, flags = self.spec, []
+        """One item through its stage: label it (or re-check a variant), or make variants; never raises."""
         usage: list[UsageRow] = []
         cache: list[tuple[str, dict]] = []
-        text, text_tokens = item.text, self.counter.count(item.text)
-        fit = fit_input(text_tokens, self.fixed_tokens, spec.budget.max_input_tokens, spec.budget.on_overflow)
-        if fit.action == SKIP:
-            return self._result(item, SKIPPED, None, None, [INPUT_TOO_LONG], usage, cache,
-                                error=f"input is {text_tokens} tokens; the prompt would pass budget.max_input_tokens")
-        if fit.action == TRUNCATE:
-            text, text_tokens = self._truncate(text, fit.max_text_tokens)
-            flags.append(TRUNCATED_INPUT)
+        try:
+            if item.kind == AUGMENT:
+                spawn, records, summary = await self.variants.make(
+                    item, functools.partial(self._ask, item.seq), usage, cache, self.draft)
+                priority = max((r["review_priority"] for r in records), default=0.0)
+                return ItemResult(item.seq, DONE, priority, records, usage, cache, spawn=spawn, summary=summary)
+            labelled = await self._label(item, usage, cache)
+        except _BudgetSpent:
+            return ItemResult(item.seq, "pending", 0.0, [], usage, cache, release=True)
+        except _RequestFailed as e:
+            if item.kind == AUGMENT:
+                return ItemResult(item.seq, FAILED, 0.0, [], usage, cache, summary={"error": e.error})
+            return self._result(item, _Labelled(FAILED, [], e.flags + [REQUEST_FAILED], e.error), usage, cache)
+        return self._result(item, labelled, usage, cache)
 
-        messages = self.task.messages(text)
-        prompt_tokens = self.fixed_tokens + text_tokens
-        max_out = spec.budget.max_output_tokens
+    async def _label(self, item: LeasedItem, usage: list[UsageRow], cache: list) -> "_Labelled":
+        """Fit the budget, ask, validate, re-ask."""
+        spec, flags = self.spec, []
+        text, text_tokens = item.text, self.counter.count(item.text)
+        if self.fitter is not None:  # few-shot examples: chosen for the item, trimmed to the budget
+            fit = self.fitter.fit(text, text_tokens, self.selector.select(text, self._vectors.pop(item.seq, None)))
+            flags += fit.flags
+            messages, prompt_tokens, action, room, guidelines = (
+                fit.messages, fit.prompt_tokens, fit.action, fit.max_text_tokens, fit.guidelines)
+        else:
+            fit = fit_input(text_tokens, self.fixed_tokens, spec.budget.max_input_tokens, spec.budget.on_overflow)
+            messages, prompt_tokens, action, room, guidelines = (
+                None, self.fixed_tokens + text_tokens, fit.action, fit.max_text_tokens, True)
+        if action == SKIP:
+            return _Labelled(SKIPPED, [], flags + [INPUT_TOO_LONG],
+                             f"input is {text_tokens} tokens; the prompt would pass budget.max_input_tokens")
+        if action == TRUNCATE:
+            text, _ = self._truncate(text, room, guidelines)
+            flags.append(TRUNCATED_INPUT)
+            messages = self.task.messages(text, (), guidelines)
+            prompt_tokens = self.counter.count_messages(messages)
+        if messages is None:
+            messages = self.task.messages(text)
         error, completion = None, None
         for _ in range(1 + spec.task.max_reasks):
-            prepared = self.engine.prepare(self.engine.request(messages, self.task.response_format(), max_out))
-            completion = prepared.cached
-            if completion is not None:  # answered before: free, and needs no budget
-                usage.append(UsageRow(completion.model or spec.model.name, completion.prompt_tokens,
-                                      completion.completion_tokens, 0.0, True))
-            else:
-                estimate = prompt_tokens + self.prompt_slack
-                reservation = await self._reserve(estimate, max_out)
-                if reservation is None:
-                    return ItemResult(item.seq, "pending", 0.0, {}, usage, cache, release=True)
-                try:
-                    completion = await self.engine.send(prepared, estimate + max_out)
-                except LLMError as e:
-                    self.gate.release(reservation)
-                    self._settled.set()
-                    if self._endpoint_down.is_set():  # caught in an outage: back to the queue
-                        return ItemResult(item.seq, "pending", 0.0, {}, usage, cache, release=True)
-                    if self.outage.failed(item.seq):
-                        self.last_error = str(e)
-                        self._endpoint_down.set()
-                    return self._result(item, FAILED, None, None, flags + [REQUEST_FAILED], usage, cache,
-                                        error=str(e))
-                self.outage.succeeded()
-                if completion.usage_reported:
-                    self._learn_slack(prompt_tokens, completion.prompt_tokens)
-                else:  # some servers send no usage: charge our own count, so the caps still hold
-                    completion.prompt_tokens = estimate
-                    completion.completion_tokens = self.counter.count(completion.content or completion.refusal or "")
-                self._account(reservation, completion, usage)
+            try:
+                prepared, completion = await self._ask(item.seq, messages, self.task.response_format(), prompt_tokens, usage,
+                                                       self.task.samples, self.task.temperature)
+            except _RequestFailed as e:
+                e.flags = flags
+                raise
             if completion.refusal:
                 if not completion.cached:
                     cache.append((prepared.key, completion.to_cache()))
-                return self._result(item, DONE, None, None, flags + [REFUSAL], usage, cache,
-                                    error=f"refused: {completion.refusal}")
+                return _Labelled(DONE, [], flags + [REFUSAL], f"refused: {completion.refusal}")
             try:
-                output = self.task.parse(completion)
+                outputs = self.task.parse(completion, text)
             except InvalidOutput as e:
                 # Not cached: a later run of this item must be free to get a better answer.
                 error = str(e)
@@ -236,11 +283,49 @@ class JobRunner:
                 cache.append((prepared.key, completion.to_cache()))
             if completion.finish_reason == "length":
                 flags.append(FINISH_LENGTH)
-            return self._result(item, DONE, output.label, output.confidence, flags + output.flags, usage, cache)
+            return _Labelled(DONE, outputs, flags, None)
         if completion is not None and completion.finish_reason == "length":
             flags.append(FINISH_LENGTH)
-        return self._result(item, FAILED, None, None, flags + [INVALID_OUTPUT], usage, cache,
-                            error=f"invalid output after {spec.task.max_reasks} re-asks: {error}")
+        return _Labelled(FAILED, [], flags + [INVALID_OUTPUT],
+                         f"invalid output after {spec.task.max_reasks} re-asks: {error}")
+
+    async def _ask(self, seq: int, messages: list[dict], response_format: dict | None, prompt_tokens: int,
+                   usage: list[UsageRow], samples: int = 1, temperature: float | None = None,
+                   max_out: int | None = None) -> tuple[Prepared, Completion]:
+        """One request, from the cache or under the budget; every stage asks through this.
+
+        Raises ``_BudgetSpent`` (the item goes back to the queue) or ``_RequestFailed``."""
+        max_out = max_out or self.spec.budget.max_output_tokens
+        prepared = self.engine.prepare(self.engine.request(messages, response_format, max_out, samples, temperature))
+        completion = prepared.cached
+        if completion is not None:  # answered before: free, and needs no budget
+            usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
+                                  completion.completion_tokens, 0.0, True))
+            return prepared, completion
+        estimate = prompt_tokens + self.prompt_slack
+        reservation = await self._reserve(estimate, max_out * samples)
+        if reservation is None:
+            raise _BudgetSpent()
+        try:
+            completion = await self.engine.send(prepared, estimate + max_out * samples)
+        except LLMError as e:
+            self.gate.release(reservation)
+            self._settled.set()
+            if self._endpoint_down.is_set():  # caught in an outage: back to the queue
+                raise _BudgetSpent() from None
+            if self.outage.failed(seq):
+                self.last_error = str(e)
+                self._endpoint_down.set()
+            raise _RequestFailed(str(e)) from None
+        self.outage.succeeded()
+        if completion.usage_reported:
+            self._learn_slack(prompt_tokens, completion.prompt_tokens)
+        else:  # some servers send no usage: charge our own count, so the caps still hold
+            completion.prompt_tokens = estimate
+            completion.completion_tokens = sum(self.counter.count(content or "")
+                                               for content, _ in completion.all_samples())
+        self._account(reservation, completion, usage)
+        return prepared, completion
 
     def _learn_slack(self, estimated: int, billed: int) -> None:
         """The most the endpoint has billed beyond our estimate (a schema, its own framing); it is
@@ -249,15 +334,38 @@ class JobRunner:
         self.prompt_slack = max(self.prompt_slack, observed) if self._slack_learned else observed
         self._slack_learned = True
 
-    def _truncate(self, text: str, max_text_tokens: int) -> tuple[str, int]:
+    def _truncate(self, text: str, max_text_tokens: int, guidelines: bool = True) -> tuple[str, int]:
         """Cut the text to fit, then check the whole prompt: tokens can merge across the boundary."""
         limit = self.spec.budget.max_input_tokens
         while True:
             text = self.counter.truncate(text, max_text_tokens)
-            total = self.counter.count_messages(self.task.messages(text))
+            total = self.counter.count_messages(self.task.messages(text, (), guidelines))
             if total <= limit or max_text_tokens <= 0:
                 return text, max_text_tokens
             max_text_tokens -= total - limit
+
+    async def _embed(self, texts: list[str]) -> list | None:
+        """Embeddings for ``similar`` examples, under the budget; None (lexical similarity from then
+        on, for an endpoint without embeddings) when they cannot be had."""
+        prepared = self.engine.prepare_embeddings(texts, self.embedding_model)
+        reservation = None
+        if prepared.tokens_to_send:
+            reservation = await self._reserve(prepared.tokens_to_send, 0)
+            if reservation is None:
+                self._budget_hit.set()
+                return None
+        result = await self.engine.embed(prepared)
+        if reservation is not None:
+            cost = self.gate.settle(reservation, result.prompt_tokens, 0)
+            self._settled.set()
+            self._side_usage.append(UsageRow(self.embedding_model, result.prompt_tokens, 0, cost, False))
+        self.store.cache_put([entry for entry in result.to_store if entry])
+        if isinstance(result.error, EmbeddingsUnavailable):
+            log.warning("the endpoint has no embeddings (%s): similar examples by lexical similarity", result.error)
+            self.embedding_model = None
+        elif result.error is not None:
+            log.warning("embeddings failed for some items (%s): lexical similarity for those", result.error)
+        return result.vectors
 
     async def _reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
         """Reserve a request's worst case, taking another slice of the job's budget when needed.
@@ -292,15 +400,55 @@ class JobRunner:
         self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
         self.progress.cost += cost
 
-    def _result(self, item: LeasedItem, state: str, label: str | None, confidence: float | None,
-                flags: list[str], usage: list[UsageRow], cache: list, error: str | None = None) -> ItemResult:
-        v = verdict(label, confidence, flags, self.spec.review.min_confidence)
-        draft = Draft(
-            id=item.item_id, text=item.text, task=self.task.kind, label=label,
-            confidence=None if confidence is None else round(confidence, 6), needs_review=v.needs_review,
-            flags=v.flags, model=self.spec.model.name, prompt_version=self.task.prompt_version,
+    def _result(self, item: LeasedItem, labelled: "_Labelled", usage: list[UsageRow], cache: list) -> ItemResult:
+        """The item's drafts (one per output; one without a label when there is none), and what
+        it spawns: variants to make from an original that deserves them."""
+        carried = json.loads(item.payload) if item.kind == VARIANT else None
+        records = []
+        for i, output in enumerate(labelled.outputs or [TaskOutput(None, None)]):
+            flags = labelled.flags + output.flags
+            if carried is not None and output.label is not None and not same_label(
+                    self.task.kind, output.label, carried["label"]):
+                flags.append(LABEL_DRIFT)
+            draft_id = f"{item.item_id}#{output.suffix}" if output.suffix else item.item_id
+            records.append(self.draft(draft_id, item, output, flags, labelled.state, labelled.error,
+                                      usage if i == 0 else (), carried))  # usage counted once, on the first
+        spawn = []
+        if self.variants is not None and item.kind == LABEL and labelled.state == DONE:
+            spawn = self.variants.units(item, records)
+        priority = max(r["review_priority"] for r in records)
+        return ItemResult(item.seq, labelled.state, priority, records, usage, cache, spawn=spawn)
+
+    def draft(self, draft_id: str, item: LeasedItem, output: TaskOutput, flags: list[str], state: str,
+              error: str | None, usage, carried: dict | None = None, text: str | None = None) -> dict:
+        """One draft record; ``carried`` says what a variant carries from its source."""
+        v = verdict(output.label, output.confidence, flags, self.spec.review.min_confidence)
+        return Draft(
+            id=draft_id, text=item.text if text is None else text, task=self.task.kind, label=output.label,
+            confidence=None if output.confidence is None else round(output.confidence, 6),
+            needs_review=v.needs_review, flags=v.flags, model=self.spec.model.name,
+            prompt_version=self.task.prompt_version,
             usage={"prompt_tokens": sum(u.prompt_tokens for u in usage),
                    "completion_tokens": sum(u.completion_tokens for u in usage)},
             cost_usd=round(sum(u.cost_usd for u in usage), 8), error=error, review_priority=v.priority,
-            state=state, line=item.line)
-        return ItemResult(item.seq, state, v.priority, draft.to_record(), usage, cache)
+            state=state, line=item.line, source_id=carried["source_id"] if carried else item.item_id,
+            scores=output.scores, augmentation=carried["augmentation"] if carried else None,
+            carried_label=carried["label"] if carried else None).to_record()
+
+
+@dataclass(slots=True)
+class _Labelled:
+    state: str
+    outputs: list[TaskOutput]
+    flags: list[str]
+    error: str | None
+
+
+class _BudgetSpent(Exception):
+    """Nothing in flight will free room for the request: the item goes back to the queue."""
+
+
+class _RequestFailed(Exception):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error, self.flags = error, []

@@ -16,7 +16,7 @@ def build_report(store: Store, job_id: str) -> dict:
     counts = store.counts(job_id)
     errors = store.input_errors(job_id)
     spec = job.spec
-    return {
+    report = {
         "job_id": job.id,
         "name": job.name,
         "model": spec["model"]["name"],
@@ -36,6 +36,28 @@ def build_report(store: Store, job_id: str) -> dict:
                                     for e in errors[:MAX_LISTED_INPUT_ERRORS]]},
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if spec.get("augment"):
+        report["augmentation"] = augmentation_summary(store, job_id)
+    return report
+
+
+def augmentation_summary(store: Store, job_id: str) -> dict:
+    """Variants made and dropped, by step kind and reason; units that could make none, with why."""
+    by_kind = store.kind_counts(job_id)
+    made: dict[str, int] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    errors: dict[str, int] = {}
+    for unit in store.unit_results(job_id):
+        step = unit.get("step", "?")
+        made[step] = made.get(step, 0) + unit.get("made", 0)
+        for reason, n in (unit.get("dropped") or {}).items():
+            dropped.setdefault(step, {})
+            dropped[step][reason] = dropped[step].get(reason, 0) + n
+        if unit.get("error"):
+            key = f"{step}: {unit['error'][:200]}"
+            errors[key] = errors.get(key, 0) + 1
+    return {"units": by_kind.get("augment", {}), "rechecked": by_kind.get("variant", {}),
+            "variants_made": made, "variants_dropped": dropped, "unit_errors": errors}
 
 
 def write_report(report: dict, out_dir: Path) -> None:

@@ -1,0 +1,140 @@
+"""The augmentation stage: variants of finished items, made by the ``augment`` package, tied to
+their source and carrying its label.
+
+An original that deserves variants spawns one augment unit per step (in the transaction that
+finishes it). A unit makes its step's variants (locally off the event loop, or through the job's
+LLM), drops duplicates, and either writes them as drafts with the carried label or, with
+``recheck``, spawns them as items the job's task labels again; a new label that differs from the
+carried one is flagged ``label_drift``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Callable, Iterable
+
+import augment
+
+from .errors import PrelabelError
+from .store import AUGMENT, VARIANT, Spawn
+from .tasks import InvalidOutput, TaskOutput
+
+
+LOCAL_KINDS = ("synonym", "noise")
+
+
+class VariantStage:
+    """What an augment unit does; one per job run. ``existing`` yields the texts already in the job,
+    read once, so a variant equal to another item is dropped."""
+
+    def __init__(self, spec, task, counter, existing: Callable[[], Iterable[str]]) -> None:
+        self.aug, self.task, self.counter = spec.augment, task, counter
+        self.max_output_tokens = spec.budget.max_output_tokens
+        self._existing = existing
+        self._deduper: augment.Deduper | None = None
+        self._versions = augment.prompt_versions()
+
+    def units(self, item, records: list[dict]) -> list[Spawn]:
+        """One augment unit per step for an original that deserves variants (labelled, and unflagged
+        unless the job asks for variants of flagged ones too)."""
+        record = records[0]
+        if len(records) != 1 or record["label"] is None or record["state"] != "done":
+            return []
+        if record["needs_review"] and not self.aug.include_flagged:
+            return []
+        return [Spawn(f"{item.item_id}~{i + 1}", item.text, AUGMENT,
+                      {"step": i, "source_id": item.item_id, "label": record["label"],
+                       "confidence": record["confidence"]})
+                for i in range(len(self.aug.steps))]
+
+    async def make(self, item, ask, usage: list, cache: list, draft) -> tuple[list[Spawn], list[dict], dict]:
+        """Make one unit's variants: spawned for a re-check, or written as drafts carrying the label."""
+        unit = json.loads(item.payload)
+        step = self.aug.steps[unit["step"]]
+        label = unit["label"]
+        spans = label if self.task.kind == "ner" else []
+        summary = {"step": step.kind, "source_id": unit["source_id"], "made": 0, "dropped": {}}
+        try:
+            texts = await self._texts(step, item.text, spans, unit, ask, usage, cache)
+        except (InvalidOutput, PrelabelError) as e:  # unusable rewrite, or WordNet missing: none from this unit
+            return [], [], {**summary, "error": str(e)}
+        deduper = await self._dedupe_state()
+        dropped: dict[str, int] = {}
+        spawn, records = [], []
+        admitted: list[str] = []
+        for k, text in enumerate(texts, 1):
+            reason = deduper.admit(text, source=item.text, siblings=admitted)
+            carried = label
+            if reason is None and spans:
+                carried = augment.relocate_spans(spans, text, source=item.text)
+                if carried is None:
+                    reason = "entity_lost"
+            if reason is not None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            admitted.append(text)
+            deduper.add_existing(text)
+            payload = {"source_id": unit["source_id"], "label": carried, "augmentation": self._how(step, unit)}
+            variant_id = f"{item.item_id}.{k}"
+            if self.aug.recheck:
+                spawn.append(Spawn(variant_id, text, VARIANT, payload))
+            else:
+                output = TaskOutput(carried, unit["confidence"])
+                records.append(draft(variant_id, item, output, [], "done", None, (), payload, text=text))
+        return spawn, records, {**summary, "made": len(admitted), "dropped": dropped}
+
+    def _how(self, step, unit: dict) -> dict:
+        """What a variant records of how it was made: enough to make it again."""
+        how = {"kind": step.kind, **step.model_dump(mode="json", exclude={"kind"})}
+        if step.kind in LOCAL_KINDS:
+            how["seed"] = _seed(self.aug.seed, unit["source_id"], unit["step"])
+        else:
+            how["prompt_version"] = self._versions["paraphrase" if step.kind == "paraphrase" else "translate"]
+        return how
+
+    async def _texts(self, step, text: str, spans: list[dict], unit: dict, ask, usage, cache) -> list[str]:
+        protected = [(s["start"], s["end"]) for s in spans]
+        terms = sorted({s["text"] for s in spans})
+        if step.kind in LOCAL_KINDS:
+            # Seeded per source and step, so a variant does not depend on which worker made it or when.
+            seed = _seed(self.aug.seed, unit["source_id"], unit["step"])
+            return await asyncio.to_thread(augment.local_variants, step, text, protected, seed)
+        if step.kind == "paraphrase":
+            messages, fmt = augment.paraphrase_request(text, step.n, terms)
+            content = await self._ask(ask, messages, fmt, step.n * self._room(text), usage, cache)
+            return augment.parse_paraphrases(content, step.n)
+        variants = []  # back-translation: through each pivot language and back
+        for lang in step.via:
+            messages, fmt = augment.translate_request(text, lang, terms)
+            pivot = augment.parse_translation(await self._ask(ask, messages, fmt, self._room(text), usage, cache))
+            messages, fmt = augment.translate_request(pivot, self.aug.source_lang, terms)
+            variants.append(augment.parse_translation(
+                await self._ask(ask, messages, fmt, self._room(pivot), usage, cache)))
+        return variants
+
+    def _room(self, text: str) -> int:
+        """Output tokens for one rewrite of ``text``: twice its length, for languages that take more."""
+        return 2 * self.counter.count(text) + 32
+
+    async def _ask(self, ask, messages: list[dict], fmt: dict, max_out: int, usage: list, cache: list) -> str:
+        prepared, completion = await ask(messages, fmt, self.counter.count_messages(messages), usage,
+                                         max_out=max_out)
+        if completion.refusal or not completion.content:
+            raise InvalidOutput(f"no rewrite: {completion.refusal or 'empty answer'}")
+        if not completion.cached:
+            cache.append((prepared.key, completion.to_cache()))
+        return completion.content
+
+    async def _dedupe_state(self) -> "augment.Deduper":
+        if self._deduper is None:
+            deduper = augment.Deduper(self.aug.near_duplicate_threshold)
+            for text in await asyncio.to_thread(list, self._existing()):
+                deduper.add_existing(text)
+            self._deduper = deduper
+        return self._deduper
+
+
+def _seed(seed: int, source_id: str, step: int) -> int:
+    digest = hashlib.blake2b(f"{seed}\0{source_id}\0{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1

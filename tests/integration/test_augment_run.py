@@ -1,0 +1,73 @@
+"""Augmentation inside a labeling run: variants tied to their source, deduplicated, re-checked."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prelabel.config import EXIT_OK
+from prelabel.store import SQLiteStore
+from tests.conftest import write_job
+from tests.integration.test_worker import ENGINE, drafts, run, simulator
+
+AUGMENT = """augment:
+  recheck: {recheck}
+  seed: 7
+  steps:
+    - {{kind: noise, n: 2, ops: [keyboard, swap]}}
+    - {{kind: paraphrase, n: 2}}
+    - {{kind: back_translation, via: [de, fr]}}
+"""
+TEXTS = ["My package arrived late and broken, please help",
+         "I love the new app, great work and thanks",
+         "Where is my refund? I want it fixed again",
+         "The order was sent to the wrong city"]
+
+
+def job(job_dir: Path, url: str, recheck: bool) -> Path:
+    items = [{"id": f"s{k}", "text": t} for k, t in enumerate(TEXTS)]
+    return write_job(job_dir, items=items, base_url=url, extra=AUGMENT.format(recheck=str(recheck).lower()),
+                     budget="max_output_tokens: 256")
+
+
+async def test_variants_carry_their_source_and_label_and_are_rechecked(tmp_path, job_dir):
+    store = SQLiteStore(tmp_path / "p.db")
+    async with simulator() as (sim, url):
+        outcome = await run(store, job(job_dir, url, True), url)
+    assert outcome.exit_code == EXIT_OK, outcome.report
+    records = drafts(job_dir / "out")
+    originals = {r["id"]: r for r in records if r["augmentation"] is None}
+    variants = [r for r in records if r["augmentation"] is not None]
+    assert set(originals) == {f"s{k}" for k in range(4)}
+    assert variants, "no variants were made"
+    kinds = {v["augmentation"]["kind"] for v in variants}
+    assert kinds == {"noise", "paraphrase", "back_translation"}
+    for v in variants:
+        source = originals[v["source_id"]]
+        assert v["carried_label"] == source["label"]
+        assert v["label"] is not None  # re-checked by the job's task
+        assert ("label_drift" in v["flags"]) == (v["label"] != v["carried_label"])
+        assert v["id"].startswith(source["id"] + "~")
+    texts = [r["text"] for r in records]
+    assert len(texts) == len(set(texts)), "an exact duplicate reached the output"
+    summary = outcome.report["augmentation"]
+    made = sum(summary["variants_made"].values())
+    assert made == len(variants)
+    # Run again: everything is answered from the store, nothing is asked or made twice.
+    before = sim.stats.requests
+    async with simulator() as (sim2, url2):
+        again = await run(store, job(job_dir, url2, True), url2)
+    assert again.exit_code == EXIT_OK and sim2.stats.requests == 0
+    assert len(drafts(job_dir / "out")) == len(records)
+    assert before > 0
+    store.close()
+
+
+async def test_without_recheck_variants_are_written_with_the_carried_label(tmp_path, job_dir):
+    store = SQLiteStore(tmp_path / "p.db")
+    async with simulator() as (sim, url):
+        outcome = await run(store, job(job_dir, url, False), url)
+    assert outcome.exit_code == EXIT_OK
+    variants = [r for r in drafts(job_dir / "out") if r["augmentation"]]
+    assert variants and all(v["label"] == v["carried_label"] for v in variants)
+    assert all("label_drift" not in v["flags"] for v in variants)
+    store.close()
