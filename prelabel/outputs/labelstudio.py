@@ -45,13 +45,17 @@ def _attr(value: str, what: str) -> str:
     return f'"{escaped}"'
 
 
+def _options(task, tag: str) -> list[str]:
+    """One option per label, its definition as the hover hint."""
+    return [f"    <{tag} value={_attr(label, 'label')} hint={_attr(hint, f'definition of {label!r}')}/>"
+            for label, hint in task.labels.items()]
+
+
 def _classify_controls(task) -> list[str]:
-    choices = [f"    <Choice value={_attr(label, 'label')} hint={_attr(hint, f'definition of {label!r}')}/>"
-               for label, hint in task.labels.items()]
     return ['  <Header value="Choose the label that fits the text"/>',
             f'  <Text name="{TEXT}" value="${TEXT}"/>',
             f'  <Choices name="label" toName="{TEXT}" choice="single-radio" showInline="true">',
-            *choices,
+            *_options(task, "Choice"),
             "  </Choices>"]
 
 
@@ -62,6 +66,62 @@ def _classify_results(record: dict) -> list[dict]:
              "type": "choices", "value": {"choices": [record["label"]]}}]
 
 
+def _multilabel_controls(task) -> list[str]:
+    return ['  <Header value="Choose every label that applies (or none)"/>',
+            f'  <Text name="{TEXT}" value="${TEXT}"/>',
+            f'  <Choices name="labels" toName="{TEXT}" choice="multiple" showInline="true">',
+            *_options(task, "Choice"),
+            "  </Choices>"]
+
+
+def _multilabel_results(record: dict) -> list[dict]:
+    # An empty answer has no result: Label Studio shows "nothing chosen" for it anyway.
+    if not record.get("label"):
+        return []
+    return [{"id": _result_id(record["id"], "labels"), "from_name": "labels", "to_name": TEXT,
+             "type": "choices", "value": {"choices": list(record["label"])}}]
+
+
+def _ner_controls(task) -> list[str]:
+    return ['  <Header value="Mark every entity; fix or delete the drafted ones"/>',
+            f'  <Labels name="label" toName="{TEXT}">',
+            *_options(task, "Label"),
+            "  </Labels>",
+            f'  <Text name="{TEXT}" value="${TEXT}"/>']
+
+
+def _ner_results(record: dict) -> list[dict]:
+    results = []
+    for span in record.get("label") or []:
+        value = {"start": span["start"], "end": span["end"], "text": span["text"], "labels": [span["label"]]}
+        result = {"id": _result_id(record["id"], f"label/{span['start']}/{span['end']}/{span['label']}"),
+                  "from_name": "label", "to_name": TEXT, "type": "labels", "value": value}
+        if span.get("score") is not None:
+            # Label Studio's docs put a region's score in value; its editor reads it on the result.
+            value["score"] = result["score"] = span["score"]
+        results.append(result)
+    return results
+
+
+def _instruct_controls(task) -> list[str]:
+    source = "instruction" if getattr(task, "instruction_field", None) else "passage"
+    return [f'  <Header value="Check the pair against the {source}: edit it, or reject the task"/>',
+            f'  <Text name="{TEXT}" value="${TEXT}"/>',
+            '  <Header value="Instruction" size="5"/>',
+            f'  <TextArea name="instruction" toName="{TEXT}" editable="true" maxSubmissions="1" rows="2"/>',
+            '  <Header value="Response" size="5"/>',
+            f'  <TextArea name="response" toName="{TEXT}" editable="true" maxSubmissions="1" rows="8"/>']
+
+
+def _instruct_results(record: dict) -> list[dict]:
+    pair = record.get("label")
+    if not isinstance(pair, dict):
+        return []
+    return [{"id": _result_id(record["id"], name), "from_name": name, "to_name": TEXT,
+             "type": "textarea", "value": {"text": [pair[name]]}}
+            for name in ("instruction", "response") if isinstance(pair.get(name), str) and pair[name].strip()]
+
+
 @dataclass(frozen=True)
 class _Kind:
     """How one task kind appears in Label Studio: its controls, and a draft's results for them."""
@@ -70,11 +130,11 @@ class _Kind:
     results: Callable[[dict], list[dict]]
 
 
-# New kinds (multi-label Choices choice="multiple", NER <Labels> over Text, TextArea for
-# instruction pairs) are one entry each here; parse_config and validate_prediction already
-# understand all three control tags.
 _KINDS: dict[str, _Kind] = {
     "classify": _Kind(controls=_classify_controls, results=_classify_results),
+    "multilabel": _Kind(controls=_multilabel_controls, results=_multilabel_results),
+    "ner": _Kind(controls=_ner_controls, results=_ner_results),
+    "instruct": _Kind(controls=_instruct_controls, results=_instruct_results),
 }
 
 
@@ -171,17 +231,18 @@ def to_task(record: dict, model_version: str) -> dict:
     return task
 
 
-def validate_prediction(prediction: dict, schema: ConfigSchema) -> list[str]:
-    """Why Label Studio would not show this prediction; empty when it would."""
+def validate_prediction(prediction: dict, schema: ConfigSchema, text: str | None = None) -> list[str]:
+    """Why Label Studio would not show this prediction; empty when it would.
+
+    With the task's ``text``, a span must also cover exactly the text it claims (Label Studio would
+    highlight the offsets and keep the stale text, silently)."""
     errors = []
     version = prediction.get("model_version")
     if not isinstance(version, str) or not version.strip():
         errors.append(f"model_version must be a non-empty string, got {version!r}")
     score = prediction.get("score")
-    if score is not None:  # null is how Label Studio itself stores "no score"
-        if (isinstance(score, bool) or not isinstance(score, (int, float))
-                or not math.isfinite(score) or not 0 <= score <= 1):
-            errors.append(f"score must be a number in [0, 1], got {score!r}")
+    if score is not None and not _unit_number(score):  # null is how Label Studio stores "no score"
+        errors.append(f"score must be a number in [0, 1], got {score!r}")
     results = prediction.get("result")
     if not isinstance(results, list) or not results:
         errors.append("result must be a non-empty list")
@@ -197,11 +258,11 @@ def validate_prediction(prediction: dict, schema: ConfigSchema) -> list[str]:
         elif rid in seen_ids:
             errors.append(f"result[{i}].id {rid!r} is used twice")
         seen_ids.add(rid)
-        errors.extend(f"result[{i}]: {e}" for e in _result_errors(result, schema))
+        errors.extend(f"result[{i}]: {e}" for e in _result_errors(result, schema, text))
     return errors
 
 
-def _result_errors(result: dict, schema: ConfigSchema) -> list[str]:
+def _result_errors(result: dict, schema: ConfigSchema, text: str | None = None) -> list[str]:
     from_name, to_name, kind = result.get("from_name"), result.get("to_name"), result.get("type")
     control = schema.controls.get(from_name)
     if control is None:
@@ -228,10 +289,31 @@ def _result_errors(result: dict, schema: ConfigSchema) -> list[str]:
     elif not control.multiple and len(values) > 1:
         errors.append(f"control {from_name!r} admits one value, got {len(values)}")
     if control.type == "labels":
-        start, end = value.get("start"), value.get("end")
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
-            errors.append(f"a span needs integer start < end, got start={start!r} end={end!r}")
+        errors.extend(_span_errors(value, text))
     return errors
+
+
+def _span_errors(value: dict, text: str | None) -> list[str]:
+    start, end = value.get("start"), value.get("end")
+    if (isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int)
+            or not isinstance(end, int) or not 0 <= start < end):
+        return [f"a span needs integer start < end, got start={start!r} end={end!r}"]
+    errors = []
+    score = value.get("score")
+    if score is not None and not _unit_number(score):
+        errors.append(f"a span's score must be a number in [0, 1], got {score!r}")
+    if text is not None:
+        if end > len(text):
+            errors.append(f"span end {end} is past the end of the text ({len(text)} characters)")
+        elif value.get("text") is not None and value["text"] != text[start:end]:
+            errors.append(f"span text {value['text']!r} is not the text at {start}:{end} "
+                          f"({text[start:end]!r})")
+    return errors
+
+
+def _unit_number(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and 0 <= value <= 1)
 
 
 # --- the files --------------------------------------------------------------------------------
@@ -258,7 +340,7 @@ def write_labelstudio(records: Iterable[dict], out_dir: Path, task, model_versio
             ls_task = to_task(record, model_version)
             kept = []
             for prediction in ls_task["predictions"]:
-                errors = validate_prediction(prediction, schema)
+                errors = validate_prediction(prediction, schema, record["text"])
                 if errors:
                     counts["rejected_predictions"] += 1
                     room = MAX_REJECTIONS_KEPT - len(rejections)

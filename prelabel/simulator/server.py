@@ -20,6 +20,7 @@ from ..tokens import TokenCounter
 from .answers import (JSON_OBJECT_SCHEMA, MODEL_ID, REFUSAL, REFUSE_MARKER, Chooser, dumps, embedding, instance,
                       last_user_text, sentiment, serialize, token_logprobs)
 from .limits import Window, duration
+from .rewrite import rewrite_answer
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,11 @@ class Simulator:
                 if temperature > 0:  # a request seed makes sampling repeatable, as OpenAI tries to
                     rng = (self._sample_rng if seed is None
                            else random.Random(f"{seed}:{text}:{index}"))
-                content, spans = self._content(body.get("response_format"),
-                                               Chooser(text, self.config.seed, rng))
+                content = rewrite_answer(body.get("response_format"), messages[0].get("content") or "", text, index)
+                spans = []
+                if content is None:
+                    content, spans = self._content(body.get("response_format"),
+                                                   Chooser(text, self.config.seed, rng))
                 tokens = counter.encoding.encode_ordinary(content)
                 finish_reason = "stop"
                 if max_tokens is not None and len(tokens) > max_tokens:

@@ -3,16 +3,27 @@ from __future__ import annotations
 
 from ..config import JobSpec
 from ..prompts import load_template
-from .base import InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
+from .base import Example, InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
 from .classify import ClassifyTask
+from .instruct import InstructTask
+from .multilabel import MultilabelTask
+from .ner import NerTask
 
-_KINDS = {"classify": ClassifyTask}
+_KINDS = {"classify": ClassifyTask, "multilabel": MultilabelTask, "ner": NerTask, "instruct": InstructTask}
 
-__all__ = ["InvalidOutput", "Task", "TaskOutput", "build_task", "fixed_prompt_tokens", "reask_messages"]
+__all__ = ["Example", "InvalidOutput", "Task", "TaskOutput", "build_task", "fixed_prompt_tokens",
+           "reask_messages"]
+
+
+def default_prompt(task_spec) -> str:
+    """The template a kind uses unless the job names one."""
+    if task_spec.kind == "instruct" and task_spec.instruction_field is not None:
+        return "instruct_response"
+    return task_spec.kind
 
 
 def build_task(spec: JobSpec) -> Task:
     task_spec = spec.task
-    template = load_template(task_spec.prompt or task_spec.kind)
+    template = load_template(task_spec.prompt or default_prompt(task_spec))
     guidelines = task_spec.guidelines.read_text(encoding="utf-8") if task_spec.guidelines else None
-    return _KINDS[task_spec.kind](task_spec, template, guidelines)
+    return _KINDS[task_spec.kind](task_spec, template, guidelines, spec.review)

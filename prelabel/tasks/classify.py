@@ -1,54 +1,100 @@
-"""Single-label classification (sentiment is a classify job with three labels)."""
+"""Single-label classification (sentiment is a classify job with three labels).
+
+Label: one label name. Confidence: the probability of the label's tokens (logprobs); with
+consistency, the winning label's share of the samples (a tie goes to the first sample's label), and
+``scores`` holds every label's share.
+"""
 from __future__ import annotations
 
-import json
 import re
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from ..completion import Completion
-from ..confidence import span_probability
+from ..confidence import LOGPROBS, combine, span_probability, vote
 from ..config import ClassifyTask as ClassifySpec
+from ..config import ReviewSpec
 from ..prompts import PromptTemplate
-from .base import InvalidOutput, TaskOutput
+from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
+from .answer import common_flags, dumps, load_object, valid_samples
+from .base import Example, TaskOutput
+from .labels import LabelSet, labels_field
+from .request import Request
 
 _LABEL_VALUE = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    label: str
+    probability: float | None
+    flags: list[str]
+
+
 class ClassifyTask:
     kind = "classify"
+    measures_confidence = True
 
-    def __init__(self, spec: ClassifySpec, template: PromptTemplate, guidelines: str | None) -> None:
+    def __init__(self, spec: ClassifySpec, template: PromptTemplate, guidelines: str | None,
+                 review: ReviewSpec) -> None:
         self.labels = list(spec.labels)
+        self.label_set = LabelSet(spec.labels, spec.aliases)
         self.template = template
         self.prompt_version = template.version
-        self._fields = {
-            "labels": "\n".join(f"- {name}: {definition}" for name, definition in spec.labels.items()),
-            "guidelines": f"\nGuidelines:\n{guidelines.strip()}\n" if guidelines else "",
-        }
-        self._messages = template.bind(**self._fields)
+        self.mode = review.confidence
+        self.samples = 1 if self.mode == LOGPROBS else review.samples
+        self.temperature = None if self.mode == LOGPROBS else review.sample_temperature
+        self._request = Request(template, guidelines, labels=labels_field(spec.labels))
         self._format = {"type": "json_schema", "json_schema": {"name": "classification", "strict": True, "schema": {
             "type": "object", "properties": {"label": {"type": "string", "enum": self.labels}},
             "required": ["label"], "additionalProperties": False}}}
 
-    def messages(self, text: str) -> list[dict]:
-        return self._messages(text)
-
-    def expected_output_tokens(self, count) -> int:
-        return max(count(json.dumps({"label": label})) for label in self.labels)
+    def messages(self, text: str, examples: Sequence[Example] = (), guidelines: bool = True) -> list[dict]:
+        return self._request.messages(text, [(e.text, self._answer(e.answer)) for e in examples], guidelines)
 
     def response_format(self) -> dict:
         return self._format
 
-    def parse(self, completion: Completion) -> TaskOutput:
-        content = completion.content or ""
-        try:
-            data = json.loads(content)
-        except json.JSONDecodeError as e:
-            raise InvalidOutput(f"not JSON ({e.msg})") from None
-        label = data.get("label") if isinstance(data, dict) else None
-        if label not in self.labels:
-            raise InvalidOutput(f"label {label!r} is not one of {self.labels}")
+    def expected_output_tokens(self, count) -> int:
+        return max(count(dumps({"label": label})) for label in self.labels)
+
+    def parse(self, completion: Completion, text: str = "") -> list[TaskOutput]:
+        answers: list[_Answer] = valid_samples(completion.all_samples(), self._read)
+        winner, shares = vote([a.label for a in answers])
+        probability = next(a.probability for a in answers if a.label == winner)
+        several = len(answers) > 1
+        flags = common_flags([a.flags for a in answers])
+        if several and shares[winner] < 1.0:
+            flags.append(SAMPLES_DISAGREE)
+        confidence = combine(self.mode, probability, shares[winner] if several else None)
+        scores = None
+        if several and self.mode != LOGPROBS:
+            scores = {name: round(share, 6) for name, share in shares.items()}
+        return [TaskOutput(winner, confidence, flags, scores)]
+
+    def _read(self, content: str | None, logprobs) -> _Answer:
+        data = load_object(content)
+        label, normalized = self.label_set.resolve(data.get("label"))
         match = _LABEL_VALUE.search(content)
-        confidence = None
+        probability = None
         if match:
-            confidence = span_probability(completion.logprobs, content, match.start(1), match.end(1))
-        return TaskOutput(label, confidence)
+            probability = span_probability(logprobs, content, match.start(1), match.end(1))
+        return _Answer(label, probability, [LABEL_NORMALIZED] if normalized else [])
+
+    # --- gold answers --------------------------------------------------------------------------
+
+    def check_answer(self, answer: Any) -> str | None:
+        return self.label_set.check(answer)
+
+    def answer_labels(self, answer: Any) -> set[str]:
+        return {answer}
+
+    def finetune_messages(self, record: dict) -> list[dict] | None:
+        label = record.get("label")
+        if self.check_answer(label) is not None:
+            return None
+        return [*self.messages(record["text"]), {"role": "assistant", "content": self._answer(label)}]
+
+    @staticmethod
+    def _answer(label: str) -> str:
+        return dumps({"label": label})

@@ -15,7 +15,12 @@ import openai
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from prelabel.completion import Completion
+from prelabel.config import JobSpec
+from prelabel.review import verdict
 from prelabel.simulator import SimConfig, Simulator
+from prelabel.simulator.answers import Chooser
+from prelabel.tasks import build_task
 from prelabel.tokens import TokenCounter
 
 pytestmark = pytest.mark.asyncio
@@ -366,3 +371,94 @@ async def test_serve_prints_its_address_answers_and_stops_on_sigterm():
         process.terminate()
         code = await asyncio.wait_for(process.wait(), timeout=10)
     assert code == 0
+
+
+# --- the task kinds, as prelabel asks for them ------------------------------------------------
+
+NER_TEXTS = ["José Müller joined Siemens in Zürich last spring.",
+             "Müller says Zürich is quieter than Berlin, but José Müller still misses Berlin.",
+             "Great talk by Satya Nadella at Microsoft Build in Seattle 👍🏽",
+             "Zoë Martín flew from São Paulo to Lisbon with TAP Air Portugal.",
+             "No names here, just a quiet afternoon with tea."]
+
+
+def kind_task(kind: str, review: dict | None = None, **task):
+    labels = {"multilabel": {"billing": "b", "bug": "x", "how_to": "h", "account": "a"},
+              "ner": {"PER": "p", "ORG": "o", "LOC": "l"},
+              "classify": {"positive": "p", "negative": "n", "neutral": "x"}}.get(kind)
+    spec = {"kind": kind, **({"labels": labels} if labels else {}), **task}
+    return build_task(JobSpec.model_validate({"name": "t", "input": {"path": "x.jsonl"},
+                                              "model": {"name": "sim-1"}, "task": spec,
+                                              "review": review or {}}))
+
+
+async def answer(client, task, text: str, seed: int | None = None) -> list:
+    reply = await client.chat.completions.create(
+        model="sim-1", messages=task.messages(text), response_format=task.response_format(), logprobs=True,
+        n=task.samples, temperature=0 if task.temperature is None else task.temperature, seed=seed)
+    return task.parse(Completion.from_response(reply.model_dump()), text)
+
+
+async def test_ner_answers_name_real_mentions_that_prelabel_finds():
+    task = kind_task("ner")
+    async with running() as (_, client):
+        outputs = [(await answer(client, task, text))[0] for text in NER_TEXTS]
+        again = (await answer(client, task, NER_TEXTS[1]))[0]
+    found = {s["text"] for out in outputs for s in out.label}
+    assert {"José Müller", "Zürich", "Satya Nadella", "Zoë Martín", "São Paulo"} <= found
+    for text, out in zip(NER_TEXTS, outputs):
+        assert "span_not_found" not in out.flags
+        assert all(s["text"] == text[s["start"]:s["end"]] and 0 < s["score"] <= 1 for s in out.label)
+    assert [s["text"] for s in outputs[1].label].count("Berlin") == 2  # every occurrence
+    assert outputs[-1].label == [] and outputs[-1].confidence > 0.99
+    assert again == outputs[1]  # temperature 0: the same answer
+
+
+async def test_multilabel_answers_zero_to_three_distinct_labels():
+    task = kind_task("multilabel")
+    async with running() as (_, client):
+        outputs = [(await answer(client, task, f"ticket {i} about my account"))[0] for i in range(30)]
+    sizes = {len(out.label) for out in outputs}
+    assert sizes <= {0, 1, 2, 3} and len(sizes) >= 3
+    assert all("account" in out.label for out in outputs)  # the label the text names
+    assert all(len(set(out.label)) == len(out.label) for out in outputs)
+    assert all(out.confidence is not None for out in outputs)
+
+
+async def test_instruct_answers_are_grounded_and_not_the_passage():
+    passage = ("Honeybees communicate the location of food with a waggle dance. The angle of the dance "
+               "shows the direction of the food relative to the sun.")
+    pairs_task = kind_task("instruct", n=3)
+    response_task = kind_task("instruct", instruction_field="question")
+    async with running() as (_, client):
+        pairs = await answer(client, pairs_task, passage)
+        [response] = await answer(client, response_task, "How do I reset my router?")
+    assert [o.suffix for o in pairs] == ["1", "2", "3"]
+    passage_words = set(re.findall(r"\w+", passage))
+    for out in pairs:
+        assert out.label["instruction"] and out.label["response"]
+        assert set(re.findall(r"\w+", out.label["response"])) & passage_words
+        assert "verbatim_source" not in out.flags and "empty_output" not in out.flags
+    assert response.label["instruction"] == "How do I reset my router?"
+    assert "router" in response.label["response"] and response.flags == []
+
+
+@pytest.mark.parametrize("kind", ["classify", "multilabel", "ner"])
+async def test_unsure_items_disagree_and_rank_first(kind):
+    def item(i: int) -> str:
+        return f"Anna Berg wrote from Oslo about the delivery, ticket {i}."
+
+    # Items the simulated model is sure of (it is less sure of about a quarter of items, whose
+    # samples then disagree too, as a real model's would), and items marked unsure.
+    task = kind_task(kind, {"confidence": "consistency", "samples": 6})
+    sure = [item(i) for i in range(200)
+            if Chooser(task.messages(item(i))[-1]["content"], 0, None).confidence > 0.98][:8]
+    unsure = [f"{item(i)} [[unsure]]" for i in range(4)]
+    verdicts = {}
+    async with running() as (_, client):
+        for i, text in enumerate(sure + unsure):
+            [out] = await answer(client, task, text, seed=i)
+            verdicts[text] = verdict(out.label, out.confidence, out.flags, 0.7)
+    ranked = sorted(verdicts, key=lambda t: -verdicts[t].priority)
+    assert set(ranked[:len(unsure)]) == set(unsure)
+    assert all("samples_disagree" in verdicts[t].flags and verdicts[t].needs_review for t in unsure)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from prelabel.config import ClassifyTask
+from prelabel.config import ClassifyTask, InstructTask, MultilabelTask, NerTask
 from prelabel.outputs.labelstudio import (
     CONFIG_FILE,
     TASKS_FILE,
@@ -108,8 +108,8 @@ def test_parse_config_refuses_broken_configs(xml, message):
 
 
 def test_an_unknown_task_kind_is_refused():
-    with pytest.raises(ValueError, match="no Label Studio export for task kind 'ner'"):
-        to_task(record(task="ner"), MV)
+    with pytest.raises(ValueError, match="no Label Studio export for task kind 'summarize'"):
+        to_task(record(task="summarize"), MV)
 
 
 # --- tasks --------------------------------------------------------------------------------------
@@ -314,3 +314,102 @@ def test_write_refuses_an_empty_model_version(tmp_path):
     with pytest.raises(ValueError, match="model_version"):
         write_labelstudio([record()], tmp_path, TASK, "")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- other task kinds ---------------------------------------------------------------------------
+
+
+TOPICS = {"billing": "money matters", "bug": "something is broken", "how_to": "asks how"}
+TYPES = {"PER": "a person", "LOC": "a place"}
+NER_TEXT = "José Müller 👍🏽 moved to Zürich."
+
+
+def ner_record(spans, **kw) -> dict:
+    return record(task="ner", text=NER_TEXT, label=spans, **kw)
+
+
+def span(start, end, label, score=None, text=None) -> dict:
+    return {"start": start, "end": end, "text": NER_TEXT[start:end] if text is None else text,
+            "label": label, "score": score}
+
+
+def test_multilabel_config_and_predictions():
+    schema = parse_config(labeling_config(MultilabelTask(kind="multilabel", labels=TOPICS)))
+    control = schema.controls["labels"]
+    assert control.type == "choices" and control.multiple and control.values == frozenset(TOPICS)
+    task = to_task(record(task="multilabel", label=["billing", "bug"], confidence=0.6), MV)
+    [pred] = task["predictions"]
+    assert pred["score"] == 0.6
+    assert pred["result"][0]["value"] == {"choices": ["billing", "bug"]}
+    assert validate_prediction(pred, schema) == []
+    # Nothing chosen is what Label Studio shows with no prediction: none is written.
+    assert to_task(record(task="multilabel", label=[]), MV)["predictions"] == []
+    bad = to_task(record(task="multilabel", label=["billing", "shipping"]), MV)["predictions"][0]
+    assert any("'shipping' is not an option" in e for e in validate_prediction(bad, schema))
+
+
+def test_ner_config_has_labels_over_the_text():
+    import xml.etree.ElementTree as ET
+
+    xml = labeling_config(NerTask(kind="ner", labels=TYPES))
+    root = ET.fromstring(xml)
+    assert {l.get("value"): l.get("hint") for l in root.iter("Label")} == TYPES
+    schema = parse_config(xml)
+    assert schema.controls["label"].type == "labels" and schema.controls["label"].to_name == "text"
+
+
+def test_ner_predictions_are_one_region_per_span_with_its_score():
+    schema = parse_config(labeling_config(NerTask(kind="ner", labels=TYPES)))
+    spans = [span(0, 11, "PER", 0.9), span(24, 30, "LOC")]
+    assert [NER_TEXT[s["start"]:s["end"]] for s in spans] == ["José Müller", "Zürich"]
+    task = to_task(ner_record(spans, confidence=0.9), MV)
+    [pred] = task["predictions"]
+    first, second = pred["result"]
+    assert first["type"] == "labels" and first["from_name"] == "label" and first["to_name"] == "text"
+    assert first["value"] == {"start": 0, "end": 11, "text": "José Müller", "labels": ["PER"], "score": 0.9}
+    assert first["score"] == 0.9 and "score" not in second and "score" not in second["value"]
+    assert first["id"] != second["id"]
+    assert validate_prediction(pred, schema, NER_TEXT) == []
+    assert to_task(ner_record([]), MV)["predictions"] == []
+
+
+def test_ner_validation_checks_the_text_under_each_span():
+    schema = parse_config(labeling_config(NerTask(kind="ner", labels=TYPES)))
+    shifted = to_task(ner_record([span(1, 12, "PER", text="José Müller")]), MV)["predictions"][0]
+    assert any("is not the text at 1:12" in e for e in validate_prediction(shifted, schema, NER_TEXT))
+    past = to_task(ner_record([span(24, 40, "LOC", text="Zürich")]), MV)["predictions"][0]
+    assert any("past the end" in e for e in validate_prediction(past, schema, NER_TEXT))
+    scored = to_task(ner_record([span(0, 4, "PER", score=1.2)]), MV)["predictions"][0]
+    assert any("span's score" in e for e in validate_prediction(scored, schema, NER_TEXT))
+    flipped = to_task(ner_record([span(4, 4, "PER")]), MV)["predictions"][0]
+    assert any("start < end" in e for e in validate_prediction(flipped, schema, NER_TEXT))
+
+
+def test_write_drops_a_span_that_does_not_match_its_text(tmp_path):
+    task = NerTask(kind="ner", labels=TYPES)
+    records = [ner_record([span(0, 11, "PER")]), ner_record([span(0, 11, "PER", text="Jose Muller")], id="item-2")]
+    summary = write_labelstudio(records, tmp_path, task, MV)
+    assert summary["predictions"] == 1 and summary["rejected_predictions"] == 1
+    assert "Jose Muller" in summary["rejections"][0]
+    written = json.loads((tmp_path / TASKS_FILE).read_text(encoding="utf-8"))
+    assert written[0]["data"]["text"] == NER_TEXT
+
+
+@pytest.mark.parametrize("spec", [InstructTask(kind="instruct", n=2),
+                                  InstructTask(kind="instruct", instruction_field="question")])
+def test_instruct_pairs_are_two_text_areas(spec):
+    schema = parse_config(labeling_config(spec))
+    for name in ("instruction", "response"):
+        control = schema.controls[name]
+        assert control.type == "textarea" and control.values is None and not control.multiple
+    pair = {"instruction": "Where does the Rhine rise?", "response": "In the Swiss Alps."}
+    task = to_task(record(task="instruct", label=pair, confidence=None, id="P01#1"), MV)
+    [pred] = task["predictions"]
+    assert "score" not in pred
+    assert [(r["from_name"], r["type"], r["value"]) for r in pred["result"]] == [
+        ("instruction", "textarea", {"text": [pair["instruction"]]}),
+        ("response", "textarea", {"text": [pair["response"]]})]
+    assert validate_prediction(pred, schema) == []
+    half = to_task(record(task="instruct", label={"instruction": "Q?", "response": " "}), MV)
+    assert [r["from_name"] for r in half["predictions"][0]["result"]] == ["instruction"]
+    assert to_task(record(task="instruct", label=None), MV)["predictions"] == []

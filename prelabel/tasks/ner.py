@@ -1,0 +1,136 @@
+"""Named entities: the model names each mention and its type; prelabel finds the offsets.
+
+Label: spans ``{"start", "end", "text", "label", "score"}`` in the item's text (prelabel.spans has
+the rules: repeated mentions, accents, overlaps). A span's score is the probability the model gave
+the mention's text and its type (their tokens' joint probability); with consistency, the share of
+samples that hold the same span (start, end, type), spans held by at least half being kept.
+``confidence``: the least sure span; for no entities, the probability of closing the list empty.
+Flags: ``span_not_found`` (a mention not in the text, dropped), ``span_conflict`` (overlaps kept).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..completion import Completion
+from ..confidence import LOGPROBS, span_probability, vote_parts
+from ..config import NerTask as NerSpec
+from ..config import ReviewSpec
+from ..prompts import PromptTemplate
+from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
+from ..spans import Mention, Span, locate, overlapping
+from .answer import common_flags, dumps, empty_array_close, load_object, string_values, valid_samples
+from .base import Example, InvalidOutput, TaskOutput
+from .labels import LabelSet, labels_field
+from .request import Request
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    spans: dict[tuple[int, int, str], float | None]  # (start, end, type) -> its probability
+    empty: float | None
+    flags: list[str]
+
+
+class NerTask:
+    kind = "ner"
+    measures_confidence = True
+
+    def __init__(self, spec: NerSpec, template: PromptTemplate, guidelines: str | None,
+                 review: ReviewSpec) -> None:
+        self.labels = list(spec.labels)
+        self.label_set = LabelSet(spec.labels, spec.aliases)
+        self.template = template
+        self.prompt_version = template.version
+        self.mode = review.confidence
+        self.samples = 1 if self.mode == LOGPROBS else review.samples
+        self.temperature = None if self.mode == LOGPROBS else review.sample_temperature
+        self._request = Request(template, guidelines, labels=labels_field(spec.labels))
+        entity = {"type": "object",
+                  "properties": {"text": {"type": "string"}, "type": {"type": "string", "enum": self.labels}},
+                  "required": ["text", "type"], "additionalProperties": False}
+        self._format = {"type": "json_schema", "json_schema": {"name": "entities", "strict": True, "schema": {
+            "type": "object", "properties": {"entities": {"type": "array", "items": entity}},
+            "required": ["entities"], "additionalProperties": False}}}
+
+    def messages(self, text: str, examples: Sequence[Example] = (), guidelines: bool = True) -> list[dict]:
+        return self._request.messages(text, [(e.text, self._answer(e.answer)) for e in examples], guidelines)
+
+    def response_format(self) -> dict:
+        return self._format
+
+    def expected_output_tokens(self, count) -> int:
+        typical = max(self.labels, key=len)
+        return count(dumps({"entities": [{"text": "Firstname Lastname", "type": typical}] * 3}))
+
+    def parse(self, completion: Completion, text: str) -> list[TaskOutput]:
+        answers: list[_Answer] = valid_samples(completion.all_samples(),
+                                               lambda content, logprobs: self._read(content, logprobs, text))
+        decided = vote_parts([(a.spans, a.empty) for a in answers], self.mode)
+        spans = [Span(start, end, text[start:end], label, None if score is None else round(score, 6))
+                 for (start, end, label), score in sorted(decided.parts.items())]
+        flags = common_flags([a.flags for a in answers])
+        if overlapping(spans):
+            flags.append(SPAN_CONFLICT)
+        if not decided.agree:
+            flags.append(SAMPLES_DISAGREE)
+        return [TaskOutput([s.as_label() for s in spans], decided.confidence, flags)]
+
+    def _read(self, content: str | None, logprobs, text: str) -> _Answer:
+        data = load_object(content)
+        entities = data.get("entities")
+        if not isinstance(entities, list):
+            raise InvalidOutput('"entities" must be a list (empty when there are none)')
+        texts, types = string_values(content, "text"), string_values(content, "type")
+        priced = len(texts) == len(types) == len(entities)
+        flags: list[str] = []
+        mentions = []
+        for i, entity in enumerate(entities):
+            if not isinstance(entity, dict) or not isinstance(entity.get("text"), str):
+                raise InvalidOutput(f'entities[{i}] must be an object with a string "text" and a "type"')
+            label, normalized = self.label_set.resolve(entity.get("type"))
+            if normalized:
+                flags.append(LABEL_NORMALIZED)
+            score = None
+            if priced and texts[i][0] == entity["text"]:
+                p_text = span_probability(logprobs, content, texts[i][1], texts[i][2])
+                p_type = span_probability(logprobs, content, types[i][1], types[i][2])
+                score = None if p_text is None or p_type is None else p_text * p_type
+            mentions.append(Mention(entity["text"], label, score))
+        located = locate(text, mentions)
+        if located.missing:
+            flags.append(SPAN_NOT_FOUND)
+        empty = None
+        if not entities and (close := empty_array_close(content, "entities")) is not None:
+            empty = span_probability(logprobs, content, close, close + 1)
+        return _Answer({(s.start, s.end, s.label): s.score for s in located.spans}, empty, flags)
+
+    # --- gold answers --------------------------------------------------------------------------
+
+    def check_answer(self, answer: Any) -> str | None:
+        """A list of {"text", "label"} (offsets, if any, are not needed: mentions are shown)."""
+        if not isinstance(answer, list):
+            return f'an NER answer is a list of {{"text", "label"}} spans, got {answer!r}'
+        for i, span in enumerate(answer):
+            if not isinstance(span, dict) or not isinstance(span.get("text"), str) or not span["text"].strip():
+                return f'span {i} needs a non-empty "text"'
+            if error := self.label_set.check(span.get("label")):
+                return f"span {i}: {error}"
+        return None
+
+    def answer_labels(self, answer: Any) -> set[str]:
+        return {span["label"] for span in answer}
+
+    def finetune_messages(self, record: dict) -> list[dict] | None:
+        spans = record.get("label")
+        if self.check_answer(spans) is not None:
+            return None
+        return [*self.messages(record["text"]), {"role": "assistant", "content": self._answer(spans)}]
+
+    @staticmethod
+    def _answer(spans: list[dict]) -> str:
+        """Each (mention, type) once, in order of first appearance: the answer the prompt asks for
+        (every occurrence of a listed mention is labelled)."""
+        ordered = sorted(spans, key=lambda s: s.get("start", 0))
+        mentions = dict.fromkeys((s["text"], s["label"]) for s in ordered)
+        return dumps({"entities": [{"text": t, "type": label} for t, label in mentions]})
