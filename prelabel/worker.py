@@ -189,6 +189,7 @@ class JobRunner:
                     result = ItemResult(item.seq, FAILED, 0.0, [], summary={"error": error})
                 else:
                     result = self._result(item, _Labelled(FAILED, [], [REQUEST_FAILED], error), [], [])
+            self.progress.total += len(result.spawn)  # augmentation adds work as it goes
             if self._side_usage:
                 result.usage.extend(self._side_usage)
                 self._side_usage = []
@@ -271,7 +272,7 @@ class JobRunner:
                     cache.append((prepared.key, completion.to_cache()))
                 return _Labelled(DONE, [], flags + [REFUSAL], f"refused: {completion.refusal}")
             try:
-                outputs = self.task.parse(completion, text)
+                outputs = self.task.parse(completion, item.text)
             except InvalidOutput as e:
                 # Not cached: a later run of this item must be free to get a better answer.
                 error = str(e)
@@ -422,7 +423,8 @@ class JobRunner:
     def draft(self, draft_id: str, item: LeasedItem, output: TaskOutput, flags: list[str], state: str,
               error: str | None, usage, carried: dict | None = None, text: str | None = None) -> dict:
         """One draft record; ``carried`` says what a variant carries from its source."""
-        v = verdict(output.label, output.confidence, flags, self.spec.review.min_confidence)
+        v = verdict(output.label, output.confidence, flags, self.spec.review.min_confidence,
+                    self.task.measures_confidence)
         return Draft(
             id=draft_id, text=item.text if text is None else text, task=self.task.kind, label=output.label,
             confidence=None if output.confidence is None else round(output.confidence, 6),
