@@ -74,6 +74,8 @@ class _LabelledTask(_TaskBase):
     @field_validator("labels")
     @classmethod
     def _named(cls, labels: dict[str, str]) -> dict[str, str]:
+        if not labels:
+            raise ValueError("at least one label is needed (for ner: the entity types)")
         for name in labels:
             if not name.strip() or name != name.strip():
                 raise ValueError(f"label name {name!r} is empty or has leading/trailing spaces")
@@ -101,23 +103,9 @@ class ClassifyTask(_LabelledTask):
 class MultilabelTask(_LabelledTask):
     kind: Literal["multilabel"]
 
-    @field_validator("labels")
-    @classmethod
-    def _one_or_more(cls, labels: dict[str, str]) -> dict[str, str]:
-        if not labels:
-            raise ValueError("a multi-label task needs at least one label")
-        return labels
-
 
 class NerTask(_LabelledTask):
-    kind: Literal["ner"]
-
-    @field_validator("labels")
-    @classmethod
-    def _one_or_more(cls, labels: dict[str, str]) -> dict[str, str]:
-        if not labels:
-            raise ValueError("an NER task needs at least one entity type under labels")
-        return labels
+    kind: Literal["ner"]  # labels: the entity types
 
 
 class InstructTask(_TaskBase):

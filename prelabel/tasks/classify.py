@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..completion import Completion
 from ..confidence import LOGPROBS, combine, span_probability, vote
-from ..config import ClassifyTask as ClassifySpec
-from ..config import ReviewSpec
-from ..prompts import PromptTemplate
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import common_flags, dumps, load_object, valid_samples
-from .base import Example, TaskOutput
-from .labels import LabelSet, labels_field
-from .request import Request
+from .base import TaskOutput
+from .labelled import LabelledTask
 
 _LABEL_VALUE = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
@@ -31,29 +27,13 @@ class _Answer:
     flags: list[str]
 
 
-class ClassifyTask:
+class ClassifyTask(LabelledTask):
     kind = "classify"
-    measures_confidence = True
+    format_name = "classification"
 
-    def __init__(self, spec: ClassifySpec, template: PromptTemplate, guidelines: str | None,
-                 review: ReviewSpec) -> None:
-        self.labels = list(spec.labels)
-        self.label_set = LabelSet(spec.labels, spec.aliases)
-        self.template = template
-        self.prompt_version = template.version
-        self.mode = review.confidence
-        self.samples = 1 if self.mode == LOGPROBS else review.samples
-        self.temperature = None if self.mode == LOGPROBS else review.sample_temperature
-        self._request = Request(template, guidelines, labels=labels_field(spec.labels))
-        self._format = {"type": "json_schema", "json_schema": {"name": "classification", "strict": True, "schema": {
-            "type": "object", "properties": {"label": {"type": "string", "enum": self.labels}},
-            "required": ["label"], "additionalProperties": False}}}
-
-    def messages(self, text: str, examples: Sequence[Example] = (), guidelines: bool = True) -> list[dict]:
-        return self._request.messages(text, [(e.text, self._answer(e.answer)) for e in examples], guidelines)
-
-    def response_format(self) -> dict:
-        return self._format
+    def _schema(self) -> dict:
+        return {"type": "object", "properties": {"label": {"type": "string", "enum": self.labels}},
+                "required": ["label"], "additionalProperties": False}
 
     def expected_output_tokens(self, count) -> int:
         return max(count(dumps({"label": label})) for label in self.labels)
@@ -89,12 +69,5 @@ class ClassifyTask:
     def answer_labels(self, answer: Any) -> set[str]:
         return {answer}
 
-    def finetune_messages(self, record: dict) -> list[dict] | None:
-        label = record.get("label")
-        if self.check_answer(label) is not None:
-            return None
-        return [*self.messages(record["text"]), {"role": "assistant", "content": self._answer(label)}]
-
-    @staticmethod
-    def _answer(label: str) -> str:
+    def _answer(self, label: str) -> str:
         return dumps({"label": label})

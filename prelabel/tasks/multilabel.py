@@ -9,18 +9,15 @@ consistency, the agreement on leaving every label out).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..completion import Completion
-from ..confidence import LOGPROBS, span_probability, vote_parts
+from ..confidence import span_probability, vote_parts
 from ..config import MultilabelTask as MultilabelSpec
-from ..config import ReviewSpec
-from ..prompts import PromptTemplate
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import array_strings, common_flags, dumps, load_object, valid_samples
-from .base import Example, InvalidOutput, TaskOutput
-from .labels import LabelSet, labels_field
-from .request import Request
+from .base import InvalidOutput, TaskOutput
+from .labelled import LabelledTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,31 +27,18 @@ class _Answer:
     flags: list[str]
 
 
-class MultilabelTask:
+class MultilabelTask(LabelledTask):
     kind = "multilabel"
-    measures_confidence = True
+    format_name = "multilabel"
 
-    def __init__(self, spec: MultilabelSpec, template: PromptTemplate, guidelines: str | None,
-                 review: ReviewSpec) -> None:
-        self.labels = list(spec.labels)
-        self.label_set = LabelSet(spec.labels, spec.aliases)
+    def __init__(self, spec: MultilabelSpec, template, guidelines, review) -> None:
+        super().__init__(spec, template, guidelines, review)
         self._order = {name: i for i, name in enumerate(self.labels)}
-        self.template = template
-        self.prompt_version = template.version
-        self.mode = review.confidence
-        self.samples = 1 if self.mode == LOGPROBS else review.samples
-        self.temperature = None if self.mode == LOGPROBS else review.sample_temperature
-        self._request = Request(template, guidelines, labels=labels_field(spec.labels))
-        self._format = {"type": "json_schema", "json_schema": {"name": "multilabel", "strict": True, "schema": {
-            "type": "object",
-            "properties": {"labels": {"type": "array", "items": {"type": "string", "enum": self.labels}}},
-            "required": ["labels"], "additionalProperties": False}}}
 
-    def messages(self, text: str, examples: Sequence[Example] = (), guidelines: bool = True) -> list[dict]:
-        return self._request.messages(text, [(e.text, self._answer(e.answer)) for e in examples], guidelines)
-
-    def response_format(self) -> dict:
-        return self._format
+    def _schema(self) -> dict:
+        return {"type": "object",
+                "properties": {"labels": {"type": "array", "items": {"type": "string", "enum": self.labels}}},
+                "required": ["labels"], "additionalProperties": False}
 
     def expected_output_tokens(self, count) -> int:
         typical = sorted(self.labels, key=len, reverse=True)[:2]  # two labels, the longer ones
@@ -103,12 +87,6 @@ class MultilabelTask:
 
     def answer_labels(self, answer: Any) -> set[str]:
         return set(answer)
-
-    def finetune_messages(self, record: dict) -> list[dict] | None:
-        labels = record.get("label")
-        if self.check_answer(labels) is not None:
-            return None
-        return [*self.messages(record["text"]), {"role": "assistant", "content": self._answer(labels)}]
 
     def _answer(self, labels: list[str]) -> str:
         return dumps({"labels": sorted(dict.fromkeys(labels), key=self._order.__getitem__)})

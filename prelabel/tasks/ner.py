@@ -10,19 +10,15 @@ Flags: ``span_not_found`` (a mention not in the text, dropped), ``span_conflict`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..completion import Completion
-from ..confidence import LOGPROBS, span_probability, vote_parts
-from ..config import NerTask as NerSpec
-from ..config import ReviewSpec
-from ..prompts import PromptTemplate
+from ..confidence import span_probability, vote_parts
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
 from ..spans import Mention, Span, locate, overlapping
 from .answer import common_flags, dumps, empty_array_close, load_object, string_values, valid_samples
-from .base import Example, InvalidOutput, TaskOutput
-from .labels import LabelSet, labels_field
-from .request import Request
+from .base import InvalidOutput, TaskOutput
+from .labelled import LabelledTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,32 +28,16 @@ class _Answer:
     flags: list[str]
 
 
-class NerTask:
+class NerTask(LabelledTask):
     kind = "ner"
-    measures_confidence = True
+    format_name = "entities"
 
-    def __init__(self, spec: NerSpec, template: PromptTemplate, guidelines: str | None,
-                 review: ReviewSpec) -> None:
-        self.labels = list(spec.labels)
-        self.label_set = LabelSet(spec.labels, spec.aliases)
-        self.template = template
-        self.prompt_version = template.version
-        self.mode = review.confidence
-        self.samples = 1 if self.mode == LOGPROBS else review.samples
-        self.temperature = None if self.mode == LOGPROBS else review.sample_temperature
-        self._request = Request(template, guidelines, labels=labels_field(spec.labels))
+    def _schema(self) -> dict:
         entity = {"type": "object",
                   "properties": {"text": {"type": "string"}, "type": {"type": "string", "enum": self.labels}},
                   "required": ["text", "type"], "additionalProperties": False}
-        self._format = {"type": "json_schema", "json_schema": {"name": "entities", "strict": True, "schema": {
-            "type": "object", "properties": {"entities": {"type": "array", "items": entity}},
-            "required": ["entities"], "additionalProperties": False}}}
-
-    def messages(self, text: str, examples: Sequence[Example] = (), guidelines: bool = True) -> list[dict]:
-        return self._request.messages(text, [(e.text, self._answer(e.answer)) for e in examples], guidelines)
-
-    def response_format(self) -> dict:
-        return self._format
+        return {"type": "object", "properties": {"entities": {"type": "array", "items": entity}},
+                "required": ["entities"], "additionalProperties": False}
 
     def expected_output_tokens(self, count) -> int:
         typical = max(self.labels, key=len)
@@ -121,14 +101,7 @@ class NerTask:
     def answer_labels(self, answer: Any) -> set[str]:
         return {span["label"] for span in answer}
 
-    def finetune_messages(self, record: dict) -> list[dict] | None:
-        spans = record.get("label")
-        if self.check_answer(spans) is not None:
-            return None
-        return [*self.messages(record["text"]), {"role": "assistant", "content": self._answer(spans)}]
-
-    @staticmethod
-    def _answer(spans: list[dict]) -> str:
+    def _answer(self, spans: list[dict]) -> str:
         """Each (mention, type) once, in order of first appearance: the answer the prompt asks for
         (every occurrence of a listed mention is labelled)."""
         ordered = sorted(spans, key=lambda s: s.get("start", 0))

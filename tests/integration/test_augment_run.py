@@ -1,13 +1,12 @@
 """Augmentation inside a labeling run: variants tied to their source, deduplicated, re-checked."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prelabel.config import EXIT_OK
 from prelabel.store import SQLiteStore
 from tests.conftest import write_job
-from tests.integration.test_worker import ENGINE, drafts, run, simulator
+from tests.integration.test_worker import drafts, run, simulator
 
 AUGMENT = """augment:
   recheck: {recheck}
