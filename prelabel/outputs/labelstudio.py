@@ -221,6 +221,13 @@ def to_task(record: dict, model_version: str) -> dict:
                  "review_priority": record.get("review_priority")},
         "predictions": [],
     }
+    data = task["data"]
+    if record.get("source_id") not in (None, record["id"]):  # an instruction pair, a variant
+        data["source_id"] = record["source_id"]
+    if record.get("augmentation"):  # what the variant was made by, and the label it came with
+        data["augmentation"] = record["augmentation"]["kind"]
+        carried = record.get("carried_label")
+        data["carried_label"] = carried if isinstance(carried, str) else json.dumps(carried, ensure_ascii=False)
     results = _kind(record["task"]).results(record)
     if results:
         prediction: dict = {"model_version": model_version}

@@ -127,6 +127,15 @@ def test_task_for_a_labeled_record():
     assert len(result["id"]) == 10
 
 
+def test_a_variant_shows_its_source_how_it_was_made_and_the_label_it_carried():
+    variant = record(2, label="negative", source_id="item-1", carried_label="positive",
+                     augmentation={"kind": "paraphrase", "n": 2}, flags=["label_drift"])
+    data = to_task(variant, MV)["data"]
+    assert (data["source_id"], data["augmentation"], data["carried_label"]) == ("item-1", "paraphrase", "positive")
+    original = to_task(record(1, source_id="item-1"), MV)["data"]
+    assert "source_id" not in original and "augmentation" not in original
+
+
 def test_result_ids_are_stable_and_distinct_between_items():
     a1, a2, b = (prediction_of(record(i))["result"][0]["id"] for i in (1, 1, 2))
     assert a1 == a2 != b
