@@ -96,6 +96,8 @@ class JobRunner:
         # Lease about two rounds of work at a time: enough to keep every request slot busy, little
         # enough that several workers share a job evenly and a dead one strands few items.
         self.lease_batch = min(settings.lease_batch, 2 * spec.model.max_concurrency)
+        # With augmentation, a quarter of each lease is the newest work (variants being made).
+        self.lease_newest = self.lease_batch // 4 if variants is not None else 0
         self._results: list[ItemResult] = []
         self._active = 0  # items handed to consumers and not yet finished
         self._budget_hit = asyncio.Event()
@@ -158,7 +160,8 @@ class JobRunner:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
-            items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s)
+            items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s,
+                                     self.lease_newest)
             if not items:
                 if self.variants is None or not (self._active or self._results):
                     return  # everything finished was committed before this lease: nothing more will come

@@ -136,9 +136,13 @@ class SQLiteStore:
 
     # items --------------------------------------------------------------------------------------
 
-    def lease(self, job_id: str, owner: str, limit: int, now: float, lease_s: float) -> list[LeasedItem]:
+    def lease(self, job_id: str, owner: str, limit: int, now: float, lease_s: float,
+              newest: int = 0) -> list[LeasedItem]:
+        """Up to ``limit`` items: expired leases first, else the oldest pending items, of which
+        ``newest`` are taken from the newest end instead (spawned work)."""
         with self._tx():
-            rows = self._db.execute(Q["lease"], (owner, now + lease_s, job_id, job_id, job_id, now, limit)).fetchall()
+            rows = self._db.execute(Q["lease"], (owner, now + lease_s, job_id, job_id, now, limit, job_id,
+                                                 limit - newest, job_id, newest, limit)).fetchall()
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
     def renew(self, owner: str, now: float, lease_s: float) -> None:

@@ -152,12 +152,17 @@ WHERE j.status != 'ingesting'
 ORDER BY j.created_at;
 
 -- name: lease
+-- The oldest pending items, a share of the newest (items spawned by finished ones, so augmentation
+-- keeps pace with labeling instead of waiting for the end), and expired leases.
 UPDATE items SET state = 'leased', lease_owner = ?, lease_expires = ?, attempts = attempts + 1
-WHERE job_id = ? AND seq IN (
-    SELECT seq FROM items WHERE job_id = ? AND state = 'pending'
+WHERE job_id = ? AND seq IN (SELECT seq FROM (
+    SELECT seq FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?
+                     ORDER BY seq LIMIT ?)
     UNION ALL
-    SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?
-    ORDER BY seq LIMIT ?)
+    SELECT seq FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' ORDER BY seq LIMIT ?)
+    UNION
+    SELECT seq FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' ORDER BY seq DESC LIMIT ?))
+  LIMIT ?)
 RETURNING seq, item_id, line, text, kind, payload;
 
 -- name: renew

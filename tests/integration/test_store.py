@@ -410,3 +410,11 @@ def test_a_store_from_before_drafts_had_their_own_table_is_migrated(tmp_path):
     assert list(migrated.iter_records("job-1")) == [{"id": "a", "flags": ["f"]}]
     assert migrated.flag_counts("job-1") == {"f": 1}
     migrated.close()
+
+
+def test_a_lease_may_take_a_share_of_the_newest_items(store):
+    store.create_job(job_record(), raw_items(10))
+    leased = store.lease("job-1", OWNER_A, 4, T0, 60, newest=1)
+    assert [i.seq for i in leased] == [0, 1, 2, 9]
+    store.lease("job-1", OWNER_A, 10, T0 + 100, 60)  # A's leases expired: retaken first, within the limit
+    assert len(store.lease("job-1", OWNER_B, 3, T0 + 200, 60, newest=1)) == 3
