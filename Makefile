@@ -40,6 +40,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/augment_rate.py
 
 clean:
 	rm -rf $(VENV) .prelabel jobs/examples/out
