@@ -24,16 +24,44 @@ def make_items(path: Path, n: int, seed: int = 1) -> None:
             f.write(json.dumps({"id": f"b{i}", "text": f"{text} #{i}"}) + "\n")
 
 
+# What ``--with`` adds to the benchmark job: the core's figures must hold with each of these.
+VARIANTS = {
+    "base": ("", ""),
+    # n = 5 samples per request, at a temperature, for the share that agree
+    "consistency": ("", "review: {confidence: consistency, samples: 5}\n"),
+    # three of 200 examples per item, the closest by TF-IDF (no embeddings endpoint)
+    "similar": (", examples: {examples}, example_selection: similar, max_examples: 3", ""),
+    # the same by the endpoint's /v1/embeddings, batched per lease and cached
+    "similar-embeddings": (", examples: {examples}, example_selection: similar, max_examples: 3, "
+                           "embedding_model: text-embedding-3-small", ""),
+    # two synonym and one noise variant of every item, made off the event loop while labeling goes on
+    "augment": ("", "augment: {seed: 7, steps: [{kind: synonym, n: 2}, {kind: noise, n: 1}]}\n"),
+}
+
+
+def write_examples(path: Path, n: int = 200) -> None:
+    rng = random.Random(7)
+    with open(path, "w") as f:
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 16)))
+            label = ("positive", "negative", "neutral")[i % 3]
+            f.write(json.dumps({"text": f"{text} (example {i})", "label": label}) + "\n")
+
+
 def write_job(folder: Path, data: Path, *, rpm: int, tpm: int = 100_000_000, concurrency: int = 32,
-              budget: str = "") -> Path:
+              budget: str = "", variant: str = "base") -> Path:
+    task_extra, extra = VARIANTS[variant]
+    if "{examples}" in task_extra:
+        write_examples(folder / "examples.jsonl")
+        task_extra = task_extra.format(examples=folder / "examples.jsonl")
     job = folder / "job.yaml"
     job.write_text(
         "name: bench\n"
         f"input: {{path: {data}, text_field: text, id_field: id}}\n"
         f"model: {{name: gpt-4o-mini, rpm: {rpm}, tpm: {tpm}, max_concurrency: {concurrency}, max_retries: 8}}\n"
-        "task: {kind: classify, labels: {positive: pleased, negative: unhappy, neutral: no attitude}}\n"
+        f"task: {{kind: classify, labels: {{positive: pleased, negative: unhappy, neutral: no attitude}}{task_extra}}}\n"
         f"budget: {{max_output_tokens: 16{', ' + budget if budget else ''}}}\n"
-        f"output: {{dir: {folder / 'out'}, formats: [jsonl]}}\n")
+        f"output: {{dir: {folder / 'out'}, formats: [jsonl]}}\n" + extra)
     return job
 
 

@@ -2,6 +2,8 @@
 
     python bench/throughput.py            # all scenarios (about 3 minutes)
     python bench/throughput.py cpu        # one: ceiling | storm | cpu | startup
+    python bench/throughput.py ceiling cpu --with consistency   # the same job with one feature on:
+                                          # consistency | similar | similar-embeddings | augment
 
 ceiling: 3,000 items, 200 ms latency, the server allows 100 requests/s per rolling second (6000 RPM,
          as OpenAI enforces it) and the job says rpm 6000: achieved share of the ceiling, lost items, 429s.
@@ -28,18 +30,22 @@ from prelabel.store import open_store  # noqa: E402
 from prelabel.tokens import TokenCounter  # noqa: E402
 
 
+VARIANT = "base"
+
+
 def run(n: int, sim_args: list[str], rpm: int, concurrency: int = 32) -> dict:
     with tempfile.TemporaryDirectory() as tmp, simulator(*sim_args) as url:
         folder = Path(tmp)
         make_items(folder / "items.jsonl", n)
-        job = write_job(folder, folder / "items.jsonl", rpm=rpm, concurrency=concurrency)
+        job = write_job(folder, folder / "items.jsonl", rpm=rpm, concurrency=concurrency, variant=VARIANT)
         store = open_store(folder / "bench.db")
         job_id = submit(store, job).job_id
         TokenCounter("gpt-4o-mini")  # the one-time tokenizer load (~1 s) is measured apart, in startup()
         cpu0, t0 = cpu_seconds(), now()
         outcome = asyncio.run(run_job(store, job_id, Endpoint("sk-bench", url), Engine(), "bench:1:x"))
         wall, cpu = now() - t0, cpu_seconds() - cpu0
-        counts = store.counts(job_id)
+        counts = store.kind_counts(job_id).get("label", {})  # the labeling, not the work augmentation adds
+        variants = sum(1 for r in store.iter_records(job_id) if r.get("augmentation"))
         stats = outcome.run.stats
         server = sim_stats(url)
         store.close()
@@ -47,7 +53,8 @@ def run(n: int, sim_args: list[str], rpm: int, concurrency: int = 32) -> dict:
             "failed": counts.get("failed", 0), "wall_s": round(wall, 2), "items_per_s": round(n / wall, 1),
             "cpu_s": round(cpu, 2), "cpu_s_per_1000": round(cpu / n * 1000, 3), "requests": stats.requests,
             "retries": stats.retries, "rate_limited": stats.rate_limited, "server_errors": stats.server_errors,
-            "share_429": round(stats.rate_limited / max(1, stats.requests), 4), "server_saw": server}
+            "share_429": round(stats.rate_limited / max(1, stats.requests), 4), "variants": variants,
+            "server_saw": server}
 
 
 def ceiling() -> dict:
@@ -83,6 +90,11 @@ def startup() -> dict:
 SCENARIOS = {"ceiling": ceiling, "storm": storm, "cpu": cpu, "startup": startup}
 
 if __name__ == "__main__":
-    print(f"# {machine()}")
-    for name in sys.argv[1:] or list(SCENARIOS):
+    args = sys.argv[1:]
+    if "--with" in args:
+        at = args.index("--with")
+        VARIANT = args[at + 1]
+        del args[at:at + 2]
+    print(f"# {machine()}  --with {VARIANT}")
+    for name in args or list(SCENARIOS):
         print(name, json.dumps(SCENARIOS[name]()), flush=True)
