@@ -476,3 +476,21 @@ async def test_an_endpoint_that_keeps_failing_stops_the_run_and_loses_nothing(st
     counts = store.counts(outcome.job_id)
     assert counts == {"pending": 40}
     assert sim.stats.requests < 40  # it did not go on asking for every item
+
+
+async def test_items_whose_samples_disagree_come_first_in_the_drafts(store, job_dir):
+    data = items(20)
+    for k in (3, 11, 17):  # the simulator scatters the samples of these
+        data[k]["text"] += " [[unsure]]"
+    extra = "review: {confidence: consistency, samples: 10, sample_temperature: 1.0}\n"
+    async with simulator() as (sim, url):
+        outcome = await run(store, write_job(job_dir, items=data, base_url=url, extra=extra), url)
+    assert outcome.exit_code == EXIT_OK
+    records = drafts(job_dir / "out")
+    rank = {r["id"]: n for n, r in enumerate(records)}
+    marked = [rank[i] for i in ("i3", "i11", "i17")]
+    # Ahead of every item whose samples mostly agree (some unmarked items are unsure by themselves).
+    assert max(marked) < min(rank[r["id"]] for r in records if r["confidence"] > 0.5)
+    assert max(marked) < 5
+    assert all("samples_disagree" in records[n]["flags"] and records[n]["scores"] for n in marked)
+    assert sim.stats.requests == 20  # ten samples in one request (n=10) per item
