@@ -23,7 +23,7 @@ from .config import Engine as EngineSettings
 from .config import JobSpec
 from .draft import DONE, FAILED, SKIPPED, Draft, same_label
 from .errors import EmbeddingsUnavailable, LLMError
-from .examples import ExampleSelector, PromptFitter, load_examples
+from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
 from .retry import Outage
@@ -105,19 +105,8 @@ class JobRunner:
         self._endpoint_down = asyncio.Event()
         self.last_error: str | None = None
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
-        self.selector = self.fitter = None
-        self.embedding_model: str | None = None
-        self._vectors: dict[int, object] = {}  # item seq -> its embedding, for ``similar`` examples
         self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings): booked with the next
-        t = spec.task
-        examples = load_examples(t.examples, t, task) if t.examples and t.max_examples else []
-        if examples:
-            self.selector = ExampleSelector(examples, t.example_selection, t.max_examples, task.answer_labels)
-            self.fitter = PromptFitter(task, self.counter, examples, spec.budget.max_input_tokens,
-                                       spec.budget.on_overflow)
-            if t.example_selection == "similar" and t.embedding_model:
-                self.embedding_model = t.embedding_model
-                self._example_texts = [e.text for e in examples]
+        self.fewshot = FewShot.for_job(spec, task, self.counter)
 
     async def run(self) -> RunResult:
         started_wall, started_mono = time.time(), time.monotonic()
@@ -128,12 +117,8 @@ class JobRunner:
         workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.max_concurrency)]
         helpers = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._heartbeat())]
         try:
-            if self.embedding_model:
-                vectors = await self._embed(self._example_texts)
-                if vectors is not None and all(v is not None for v in vectors):
-                    self.selector.set_vectors(vectors)
-                else:
-                    self.embedding_model = None
+            if self.fewshot:
+                await self.fewshot.start(self._embed)
             await self._produce(queue)
             for _ in workers:
                 await queue.put(None)
@@ -169,10 +154,8 @@ class JobRunner:
                 await asyncio.sleep(self.settings.commit_interval_s)
                 self._flush()
                 continue
-            if self.embedding_model:
-                vectors = await self._embed([item.text for item in items])
-                if vectors is not None:
-                    self._vectors.update((item.seq, v) for item, v in zip(items, vectors) if v is not None)
+            if self.fewshot:
+                await self.fewshot.add(items, self._embed)
             for item in items:
                 if self._stopping():
                     return
@@ -243,8 +226,8 @@ class JobRunner:
         """Fit the budget, ask, validate, re-ask."""
         spec, flags = self.spec, []
         text, text_tokens = item.text, self.counter.count(item.text)
-        if self.fitter is not None:  # few-shot examples: chosen for the item, trimmed to the budget
-            fit = self.fitter.fit(text, text_tokens, self.selector.select(text, self._vectors.pop(item.seq, None)))
+        if self.fewshot:  # examples chosen for the item, trimmed with the prompt to the budget
+            fit = self.fewshot.fit(item, text_tokens)
             flags += fit.flags
             messages, prompt_tokens, action, room, guidelines = (
                 fit.messages, fit.prompt_tokens, fit.action, fit.max_text_tokens, fit.guidelines)
@@ -348,28 +331,27 @@ class JobRunner:
                 return text, max_text_tokens
             max_text_tokens -= total - limit
 
-    async def _embed(self, texts: list[str]) -> list | None:
-        """Embeddings for ``similar`` examples, under the budget; None (lexical similarity from then
-        on, for an endpoint without embeddings) when they cannot be had."""
-        prepared = self.engine.prepare_embeddings(texts, self.embedding_model)
+    async def _embed(self, texts: list[str], model: str) -> tuple[list | None, bool]:
+        """Embeddings under the budget: (one vector or None per text, whether the endpoint has any)."""
+        prepared = self.engine.prepare_embeddings(texts, model)
         reservation = None
         if prepared.tokens_to_send:
             reservation = await self._reserve(prepared.tokens_to_send, 0)
             if reservation is None:
                 self._budget_hit.set()
-                return None
+                return None, True
         result = await self.engine.embed(prepared)
         if reservation is not None:
-            cost = self.gate.settle(reservation, result.prompt_tokens, 0)
+            cost = self.gate.settle(reservation, result.prompt_tokens, 0)  # at the chat price: on the safe side
             self._settled.set()
-            self._side_usage.append(UsageRow(self.embedding_model, result.prompt_tokens, 0, cost, False))
+            self._side_usage.append(UsageRow(model, result.prompt_tokens, 0, cost, False))
         self.store.cache_put([entry for entry in result.to_store if entry])
         if isinstance(result.error, EmbeddingsUnavailable):
             log.warning("the endpoint has no embeddings (%s): similar examples by lexical similarity", result.error)
-            self.embedding_model = None
-        elif result.error is not None:
+            return None, False
+        if result.error is not None:
             log.warning("embeddings failed for some items (%s): lexical similarity for those", result.error)
-        return result.vectors
+        return result.vectors, True
 
     async def _reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
         """Reserve a request's worst case, taking another slice of the job's budget when needed.

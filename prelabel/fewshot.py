@@ -1,0 +1,52 @@
+"""Few-shot examples for one run: chosen for each item (by the endpoint's embeddings when the job
+names an embedding model, else lexically), then trimmed with the rest of the prompt to the budget.
+
+The embedding requests themselves go through the worker (``embed``), which owns the budget.
+"""
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Sequence
+
+from .examples import ExampleSelector, Fit, PromptFitter, load_examples
+from .store import LeasedItem
+
+# texts -> (one vector or None per text, whether the endpoint has embeddings at all)
+Embed = Callable[[list[str], str], Awaitable[tuple[list | None, bool]]]
+
+
+class FewShot:
+    def __init__(self, spec, task, counter) -> None:
+        t = spec.task
+        self.examples = load_examples(t.examples, t, task)
+        self.selector = ExampleSelector(self.examples, t.example_selection, t.max_examples, task.answer_labels)
+        self.fitter = PromptFitter(task, counter, self.examples, spec.budget.max_input_tokens,
+                                   spec.budget.on_overflow)
+        self.embedding_model = t.embedding_model if t.example_selection == "similar" else None
+        self._vectors: dict[int, object] = {}  # item seq -> its embedding, until the item is fitted
+
+    @classmethod
+    def for_job(cls, spec, task, counter) -> "FewShot | None":
+        t = spec.task
+        return cls(spec, task, counter) if t.examples is not None and t.max_examples else None
+
+    async def start(self, embed: Embed) -> None:
+        """Embed the examples once; without all their vectors, rank lexically for the whole run."""
+        if self.embedding_model:
+            vectors, available = await embed([e.text for e in self.examples], self.embedding_model)
+            if available and vectors is not None and all(v is not None for v in vectors):
+                self.selector.set_vectors(vectors)
+            else:
+                self.embedding_model = None
+
+    async def add(self, items: Sequence[LeasedItem], embed: Embed) -> None:
+        """Embed a leased batch in one request (an item left without a vector is ranked lexically)."""
+        if self.embedding_model:
+            vectors, available = await embed([item.text for item in items], self.embedding_model)
+            if not available:
+                self.embedding_model = None
+            elif vectors is not None:
+                self._vectors.update((item.seq, v) for item, v in zip(items, vectors) if v is not None)
+
+    def fit(self, item: LeasedItem, text_tokens: int) -> Fit:
+        examples = self.selector.select(item.text, self._vectors.pop(item.seq, None))
+        return self.fitter.fit(item.text, text_tokens, examples)
