@@ -263,6 +263,13 @@ class JobSpec(Strict):
     augment: AugmentSpec | None = None
 
     @model_validator(mode="after")
+    def _augment_has_a_label_to_carry(self) -> "JobSpec":
+        if self.augment is not None and self.task.kind == "instruct":
+            raise ValueError("augment: variants carry their source's label, and instruct drafts have none "
+                             "(augment the passages in a labelling job instead)")
+        return self
+
+    @model_validator(mode="after")
     def _budget_fits_output(self) -> "JobSpec":
         b = self.budget
         if b.max_total_tokens is not None and b.max_total_tokens < b.max_output_tokens:

@@ -259,7 +259,7 @@ class SQLiteStore:
 
     def item_texts(self, job_id: str) -> Iterator[str]:
         cursor = self._db.cursor()
-        cursor.execute(Q["item_texts"], (job_id,))
+        cursor.execute(Q["item_texts"], (job_id, job_id, job_id))
         while page := cursor.fetchmany(1000):
             for (text,) in page:
                 yield text

@@ -234,7 +234,11 @@ SELECT state, count(*) FROM items WHERE job_id = ? GROUP BY state;
 SELECT kind, state, count(*) FROM items WHERE job_id = ? GROUP BY kind, state;
 
 -- name: item_texts
-SELECT text FROM items WHERE job_id = ? AND kind != 'augment';
+SELECT text FROM items WHERE job_id = ? AND kind != 'augment'
+UNION ALL  -- variants written as drafts only (no re-check)
+SELECT json_extract(record, '$.text') FROM drafts
+WHERE job_id = ? AND json_extract(record, '$.augmentation') IS NOT NULL
+  AND seq IN (SELECT seq FROM items WHERE job_id = ? AND kind = 'augment');
 
 -- name: unit_results
 SELECT result FROM items WHERE job_id = ? AND kind = 'augment' AND result IS NOT NULL;

@@ -70,3 +70,19 @@ async def test_without_recheck_variants_are_written_with_the_carried_label(tmp_p
     assert variants and all(v["label"] == v["carried_label"] for v in variants)
     assert all("label_drift" not in v["flags"] for v in variants)
     store.close()
+
+
+def test_the_texts_a_job_holds_include_variants_written_as_drafts(tmp_path):
+    from prelabel.store import AUGMENT, ItemResult, Spawn
+    from tests.integration.test_store import job_record, raw_items
+
+    store = SQLiteStore(tmp_path / "p.db")
+    store.create_job(job_record(), raw_items(1))
+    store.lease("job-1", "a:1:x", 1, 0.0, 60)
+    store.complete("job-1", "a:1:x", [ItemResult(0, "done", 0.1, [{"id": "id0", "review_priority": 0.1}],
+                                                 spawn=[Spawn("id0~1", "text 0", AUGMENT, {"step": 0})])])
+    [unit] = store.lease("job-1", "a:1:x", 1, 0.0, 60)
+    variant = {"id": "id0~1.1", "text": "a variant", "augmentation": {"kind": "noise"}, "review_priority": 0.0}
+    store.complete("job-1", "a:1:x", [ItemResult(unit.seq, "done", 0.0, [variant], summary={"made": 1})])
+    assert sorted(store.item_texts("job-1")) == ["a variant", "text 0"]
+    store.close()

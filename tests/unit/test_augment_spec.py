@@ -55,8 +55,15 @@ def test_unknown_parameter_names_the_field(job_dir: Path):
     job = write_job(job_dir, extra="augment:\n  steps:\n    - {kind: synonym, n: 2, aug_q: 0.2}\n")
     with pytest.raises(JobFileError) as e:
         load_job(job)
-    assert e.value.field.startswith("augment.steps.0") and e.value.field.endswith("aug_q")
+    assert e.value.field == "augment.steps.0.aug_q"  # as written in the file: no union tag in the path
     assert e.value.line == 9 and "unknown key" in str(e.value)
+
+
+def test_instruct_jobs_have_no_label_to_carry_onto_variants(job_dir: Path):
+    job = write_job(job_dir, extra="augment:\n  steps:\n    - {kind: noise}\n")
+    job.write_text(job.read_text().replace("task: {kind: classify, labels: {", "task: {kind: instruct, n: 2}\n#"))
+    with pytest.raises(JobFileError, match="instruct drafts have none"):
+        load_job(job)
 
 
 @pytest.mark.parametrize("step, where", [
