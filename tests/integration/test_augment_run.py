@@ -86,3 +86,29 @@ def test_the_texts_a_job_holds_include_variants_written_as_drafts(tmp_path):
     store.complete("job-1", "a:1:x", [ItemResult(unit.seq, "done", 0.0, [variant], summary={"made": 1})])
     assert sorted(store.item_texts("job-1")) == ["a variant", "text 0"]
     store.close()
+
+
+async def test_ner_variants_keep_every_entity_at_offsets_that_hold(tmp_path, job_dir):
+    texts = ["José Müller moved from Zürich to Berlin and said the old city was quiet",
+             "Siemens sent a new team to Paris, then Siemens sent another one to Paris",
+             "Great talk by Satya Nadella at Microsoft in Seattle 👍🏽 thanks again"]
+    items = [{"id": f"e{k}", "text": t} for k, t in enumerate(texts)]
+    job = write_job(job_dir, items=items, base_url=None, budget="max_output_tokens: 256",
+                    extra=AUGMENT.format(recheck="true"))
+    job.write_text(job.read_text().replace(
+        "task: {kind: classify, labels: {", "task: {kind: ner, labels: {PER: person, ORG: organisation, LOC: place}}\n#"))
+    store = SQLiteStore(tmp_path / "p.db")
+    async with simulator() as (sim, url):
+        outcome = await run(store, job, url)
+    assert outcome.exit_code == EXIT_OK, outcome.report
+    records = drafts(job_dir / "out")
+    sources = {r["id"]: r for r in records if not r["augmentation"]}
+    variants = [r for r in records if r["augmentation"]]
+    assert variants
+    for v in variants:
+        carried = v["carried_label"]
+        assert sorted((s["text"], s["label"]) for s in carried) == sorted(
+            (s["text"], s["label"]) for s in sources[v["source_id"]]["label"])  # none lost
+        for span in carried + (v["label"] or []):
+            assert v["text"][span["start"]:span["end"]] == span["text"]
+    store.close()
