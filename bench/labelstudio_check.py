@@ -8,6 +8,10 @@ script creates a throwaway project from ``labelstudio_config.xml``, imports
 * the task count, and the order (task ids follow the file: least certain first);
 * every task that had a prediction has exactly one stored, with the same model_version, score
   and result, valid against the config as Label Studio holds it; tasks without one have none;
+* each result, matched by id, field by field for every task kind: a classify or multi-label
+  result's choices, an NER span's start, end, text, labels and score (and its text is the stored
+  task text at start:end), an instruct pair's textarea values; a coverage line per result type
+  says what the file exercised (e.g. how many multi-label results have several choices);
 * reviewers will see them pre-filled: the project has ``show_collab_predictions`` on,
   ``reveal_preannotations_interactively`` off and ``model_version`` equal to the file's single
   model_version. The label stream serves only predictions whose model_version equals the
@@ -139,15 +143,66 @@ def list_tasks(client: Client, project_id: int) -> list[dict]:
         page += 1
 
 
+def _score_differs(got, want) -> bool:
+    return (want is None) != (got is None) or (want is not None and abs(got - want) > 1e-9)
+
+
 def same_prediction(stored: dict, expected: dict) -> list[str]:
     problems = []
-    for key in ("model_version", "result"):
-        if stored.get(key) != expected.get(key):
-            problems.append(f"{key} is {stored.get(key)!r}, the file has {expected.get(key)!r}")
-    want, got = expected.get("score"), stored.get("score")
-    if (want is None) != (got is None) or (want is not None and abs(got - want) > 1e-9):
-        problems.append(f"score is {got!r}, the file has {want!r}")
+    if stored.get("model_version") != expected.get("model_version"):
+        problems.append(f"model_version is {stored.get('model_version')!r}, "
+                        f"the file has {expected.get('model_version')!r}")
+    if _score_differs(stored.get("score"), expected.get("score")):
+        problems.append(f"score is {stored.get('score')!r}, the file has {expected.get('score')!r}")
+    return problems + result_differences(stored.get("result") or [], expected.get("result") or [])
+
+
+def result_differences(stored: list[dict], expected: list[dict]) -> list[str]:
+    """Each result of the file against the stored one of the same id, field by field, so a
+    mismatch names what changed: a span's start/end/text/labels, the choices, a textarea's text."""
+    problems = []
+    got_by_id = {r.get("id"): r for r in stored}
+    if len(got_by_id) != len(stored):
+        problems.append("stored results repeat an id")
+    for want in expected:
+        rid, got = want.get("id"), got_by_id.pop(want.get("id"), None)
+        if got is None:
+            problems.append(f"result {rid}: missing ({want.get('type')} {want.get('value')!r})")
+            continue
+        for key in sorted((set(want) | set(got)) - {"value", "score"}):
+            if got.get(key) != want.get(key):
+                problems.append(f"result {rid}: {key} is {got.get(key)!r}, the file has {want.get(key)!r}")
+        if _score_differs(got.get("score"), want.get("score")):
+            problems.append(f"result {rid}: score is {got.get('score')!r}, the file has {want.get('score')!r}")
+        got_value, want_value = got.get("value") or {}, want.get("value") or {}
+        for key in sorted(set(want_value) | set(got_value)):
+            differs = (_score_differs(got_value.get(key), want_value.get(key)) if key == "score"
+                       else got_value.get(key) != want_value.get(key))
+            if differs:
+                problems.append(f"result {rid}: value.{key} is {got_value.get(key)!r}, "
+                                f"the file has {want_value.get(key)!r}")
+    problems.extend(f"result {rid}: not in the file ({r.get('type')} {r.get('value')!r})"
+                    for rid, r in got_by_id.items())
     return problems
+
+
+def coverage(predictions: list[dict]) -> str:
+    """What the stored predictions exercise, per result type, so a pass is not a vacuous one."""
+    results = [r for p in predictions for r in p.get("result") or []]
+    parts = []
+    choices = [r["value"].get("choices") or [] for r in results if r.get("type") == "choices"]
+    if choices:
+        parts.append(f"{len(choices)} choices results ({sum(len(c) > 1 for c in choices)} with several choices)")
+    spans = [r for r in results if r.get("type") == "labels"]
+    if spans:
+        labels = sorted({label for r in spans for label in r["value"].get("labels") or []})
+        parts.append(f"{len(spans)} NER spans ({', '.join(labels)}; "
+                     f"{sum(r.get('score') is not None for r in spans)} with a score)")
+    texts = [r for r in results if r.get("type") == "textarea"]
+    if texts:
+        names = sorted({r.get("from_name") for r in texts})
+        parts.append(f"{len(texts)} textarea values ({', '.join(names)})")
+    return "; ".join(parts) or "no results"
 
 
 def walk_label_stream(client: Client, pid: int, file_tasks: list[dict], expected: dict) -> list[str]:
@@ -217,6 +272,7 @@ def check(client: Client, out_dir: Path, keep: bool) -> list[str]:
         # Stored: exactly the file's prediction on each task, none elsewhere.
         tasks = list_tasks(client, pid)
         ref_of = {t["id"]: t["data"].get("ref_id") for t in tasks}
+        text_of = {t["data"].get("ref_id"): t["data"].get("text") for t in tasks}
         if len(tasks) != len(file_tasks):
             problems.append(f"project has {len(tasks)} tasks, the file has {len(file_tasks)}")
         in_id_order = [ref_of[i] for i in sorted(ref_of)]
@@ -236,12 +292,15 @@ def check(client: Client, out_dir: Path, keep: bool) -> list[str]:
                 problems.extend(f"{ref}: {e}" for e in same_prediction(got[0], want))
 
         # Displayable: valid against the config as Label Studio holds it (a default Label Studio
-        # stores an invalid prediction and returns it unchanged; it just never renders).
+        # stores an invalid prediction and returns it unchanged; it just never renders), spans
+        # against the task text as it stores it.
         project = client.call("GET", f"/api/projects/{pid}")
         schema = parse_config(project["label_config"])
         for ref, got in stored.items():
             for p in got:
-                problems.extend(f"{ref}: stored prediction: {e}" for e in validate_prediction(p, schema))
+                problems.extend(f"{ref}: stored prediction: {e}"
+                                for e in validate_prediction(p, schema, text_of.get(ref)))
+        print(f"stored: {coverage([p for got in stored.values() for p in got])}")
 
         # Visible: the project settings that select what reviewers see, then what the UI gets.
         print(f"project settings: show_collab_predictions={project.get('show_collab_predictions')} "
