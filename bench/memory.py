@@ -2,6 +2,7 @@
 
     python bench/memory.py                      # 1,000,000 items, the run stopped by budget after ~20,000
     python bench/memory.py --items 100000 --run-items 5000
+    python bench/memory.py --with consistency    # or similar, similar-embeddings, augment
 
 Each step is ``python -m prelabel ...`` in its own process, as a user runs it, with the store
 (PRELABEL_DB) and the input in a temporary folder:
@@ -34,7 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import machine, make_items, simulator  # noqa: E402
+from bench.harness import VARIANTS, machine, make_items, simulator  # noqa: E402
+from bench.harness import write_job as harness_write_job  # noqa: E402
 
 LIMIT_MB = 300.0
 
@@ -70,16 +72,11 @@ class Step:
     stderr: str
 
 
-def write_job(folder: Path, data: Path, *, budget: str = "") -> Path:
-    """Like bench.harness.write_job, with the Label Studio output too (export writes both)."""
-    job = folder / "job.yaml"
-    job.write_text(
-        "name: bench-memory\n"
-        f"input: {{path: {data}, text_field: text, id_field: id}}\n"
-        "model: {name: gpt-4o-mini, rpm: 10000000, tpm: 1000000000, max_concurrency: 32, max_retries: 8}\n"
-        "task: {kind: classify, labels: {positive: pleased, negative: unhappy, neutral: no attitude}}\n"
-        f"budget: {{max_output_tokens: 16{', ' + budget if budget else ''}}}\n"
-        f"output: {{dir: {folder / 'out'}, formats: [jsonl, labelstudio]}}\n")
+def write_job(folder: Path, data: Path, *, budget: str = "", variant: str = "base") -> Path:
+    """bench.harness.write_job, with the Label Studio output too (export writes both)."""
+    job = harness_write_job(folder, data, rpm=10_000_000, tpm=1_000_000_000, budget=budget, variant=variant)
+    job.write_text(job.read_text().replace("name: bench\n", "name: bench-memory\n")
+                   .replace("formats: [jsonl]", "formats: [jsonl, labelstudio]"))
     return job
 
 
@@ -117,7 +114,7 @@ def _done(job_id: str, env: dict) -> int:
     return rows[0].get("done", 0)
 
 
-def bench(n: int, run_items: int) -> list[Step]:
+def bench(n: int, run_items: int, variant: str = "base") -> list[Step]:
     with tempfile.TemporaryDirectory(prefix="prelabel-mem-") as tmp, simulator("--latency-ms", "0") as url:
         folder = Path(tmp)
         data = folder / "items.jsonl"
@@ -128,7 +125,7 @@ def bench(n: int, run_items: int) -> list[Step]:
         env = {**os.environ, "PRELABEL_DB": str(folder / "bench.db"), "OPENAI_BASE_URL": url,
                "OPENAI_API_KEY": "sk-bench"}
 
-        job = write_job(folder, data)
+        job = write_job(folder, data, variant=variant)
         plan = measure("plan", ["plan", str(job)], env, folder, n)
         _check(plan, 0)
         items = _number(r"items:\s+([\d,]+)", plan.stdout)
@@ -138,7 +135,7 @@ def bench(n: int, run_items: int) -> list[Step]:
         print(f"# plan: {per_item:.1f} tokens per item; budget.max_total_tokens {cap:,} for ~{run_items:,} items",
               flush=True)
 
-        job = write_job(folder, data, budget=f"max_total_tokens: {cap}")
+        job = write_job(folder, data, budget=f"max_total_tokens: {cap}", variant=variant)
         steps = [plan]
         submit = measure("submit", ["submit", str(job)], env, folder, n)
         _check(submit, 0)
@@ -153,7 +150,7 @@ def bench(n: int, run_items: int) -> list[Step]:
         export = measure("export", ["export", job_id], env, folder, run.items)
         _check(export, 4)  # the stopped items make it exit 4 too
         written = sum(1 for _ in open(folder / "out" / "drafts.jsonl"))
-        if written != run.items:
+        if written != run.items and variant != "augment":  # variants are drafts too
             raise SystemExit(f"export wrote {written} drafts, the store has {run.items} done")
         steps.append(export)
         print(f"# db {(folder / 'bench.db').stat().st_size / 2**20:.0f} MB; this script's own peak "
@@ -170,9 +167,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--run-items", type=int, default=20_000, help="items the run step does before its budget stops it")
+    parser.add_argument("--with", dest="variant", choices=list(VARIANTS), default="base",
+                        help="the same job with one feature on (see bench/harness.py)")
     args = parser.parse_args()
-    print(f"# {machine()}", flush=True)
-    steps = bench(args.items, min(args.run_items, args.items))
+    print(f"# {machine()}  --with {args.variant}", flush=True)
+    steps = bench(args.items, min(args.run_items, args.items), args.variant)
     print(f"{'step':<8} {'items':>10} {'wall s':>8} {'peak RSS MB':>12} {'ru_maxrss MB':>13}")
     for s in steps:
         print(f"{s.name:<8} {s.items:>10,} {s.wall_s:>8.1f} {s.peak_mb:>12.1f} {s.maxrss_mb:>13.1f}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from .budget import SKIP, TRUNCATE, fit_input
 from .config import JobSpec
 from .errors import InputError
+from .examples import load_examples
 from .inputs import read_items
 from .pricing import cost_usd, price_for
 from .tasks import Task, fixed_prompt_tokens
@@ -35,7 +36,7 @@ class Plan:
 
 def make_plan(spec: JobSpec, task: Task) -> Plan:
     counter = TokenCounter(spec.model.name)
-    fixed = fixed_prompt_tokens(task, counter)
+    fixed = fixed_prompt_tokens(task, counter) + _examples_tokens(spec, task, counter)
     samples = task.samples
     expected_out = min(task.expected_output_tokens(counter.count), spec.budget.max_output_tokens) * samples
     max_out = spec.budget.max_output_tokens * samples
@@ -83,6 +84,19 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
         plan.fits = False
         plan.reasons.append(f"expected ${plan.cost_expected_usd:.4f} > budget.max_cost_usd ${budget.max_cost_usd}")
     return plan
+
+
+def _examples_tokens(spec: JobSpec, task: Task, counter: TokenCounter) -> int:
+    """What few-shot examples add to a prompt: ``max_examples`` of average length."""
+    t = spec.task
+    if t.examples is None or not t.max_examples:
+        return 0
+    examples = load_examples(t.examples, t, task)
+    if not examples:
+        return 0
+    bare = counter.count_messages(task.messages("x", (), guidelines=False))
+    each = sum(counter.count_messages(task.messages("x", [e], guidelines=False)) - bare for e in examples)
+    return round(each / len(examples) * min(t.max_examples, len(examples)))
 
 
 class _AugmentPlan:
