@@ -50,6 +50,10 @@ class WordNetMissing(PrelabelError):
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(HINT + (f" ({detail})" if detail else ""))
+        self.detail = detail
+
+    def __reduce__(self):  # raised in the augmentation process, re-raised in the worker's
+        return type(self), (self.detail,)
 
 
 def install(source: Path = DEBIAN_DIR, data_dir: Path = DATA_DIR) -> Path:

@@ -37,11 +37,3 @@ class Draft:
 
 _FIELDS = tuple(f.name for f in fields(Draft))
 
-
-def same_label(kind: str, a: Any, b: Any) -> bool:
-    """Whether a re-checked label agrees with the carried one (spans by text and type, not offsets)."""
-    if kind == "multilabel":
-        return set(a or ()) == set(b or ())
-    if kind == "ner":
-        return sorted((s["text"], s["label"]) for s in a or ()) == sorted((s["text"], s["label"]) for s in b or ())
-    return a == b

@@ -1,10 +1,13 @@
 """Few-shot examples for one run: chosen for each item (by the endpoint's embeddings when the job
 names an embedding model, else lexically), then trimmed with the rest of the prompt to the budget.
 
-The embedding requests themselves go through the worker (``embed``), which owns the budget.
+The embedding requests themselves go through the worker (``embed``), which owns the budget. A
+leased batch is embedded in one request while the batch before it is being labelled; an item waits
+for its batch's vectors only if they are not there yet.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Awaitable, Callable, Sequence
 
 from .examples import ExampleSelector, Fit, PromptFitter, load_examples
@@ -23,6 +26,7 @@ class FewShot:
                                    spec.budget.on_overflow)
         self.embedding_model = t.embedding_model if t.example_selection == "similar" else None
         self._vectors: dict[int, object] = {}  # item seq -> its embedding, until the item is fitted
+        self._batches: dict[int, asyncio.Future] = {}  # item seq -> its batch's embedding request
 
     @classmethod
     def for_job(cls, spec, task, counter) -> "FewShot | None":
@@ -38,15 +42,29 @@ class FewShot:
             else:
                 self.embedding_model = None
 
-    async def add(self, items: Sequence[LeasedItem], embed: Embed) -> None:
-        """Embed a leased batch in one request (an item left without a vector is ranked lexically)."""
+    def add(self, items: Sequence[LeasedItem], embed: Embed) -> None:
+        """Start embedding a leased batch in one request (an item left without a vector is ranked
+        lexically)."""
         if self.embedding_model:
-            vectors, available = await embed([item.text for item in items], self.embedding_model)
-            if not available:
-                self.embedding_model = None
-            elif vectors is not None:
-                self._vectors.update((item.seq, v) for item, v in zip(items, vectors) if v is not None)
+            batch = asyncio.ensure_future(self._embed_batch(items, embed, self.embedding_model))
+            self._batches.update((item.seq, batch) for item in items)
 
-    def fit(self, item: LeasedItem, text_tokens: int) -> Fit:
+    async def _embed_batch(self, items: Sequence[LeasedItem], embed: Embed, model: str) -> None:
+        vectors, available = await embed([item.text for item in items], model)
+        if not available:
+            self.embedding_model = None
+        elif vectors is not None:
+            self._vectors.update((item.seq, v) for item, v in zip(items, vectors) if v is not None)
+
+    async def fit(self, item: LeasedItem, text_tokens: int) -> Fit:
+        batch = self._batches.pop(item.seq, None)
+        if batch is not None:
+            await asyncio.shield(batch)  # several items wait on one request: none may cancel it
         examples = self.selector.select(item.text, self._vectors.pop(item.seq, None))
         return self.fitter.fit(item.text, text_tokens, examples)
+
+    def close(self) -> None:
+        """Cancel embedding requests of a run that stops."""
+        for batch in set(self._batches.values()):
+            batch.cancel()
+        self._batches.clear()

@@ -2,8 +2,9 @@
 their source and carrying its label.
 
 An original that deserves variants spawns one augment unit per step (in the transaction that
-finishes it). A unit makes its step's variants (locally off the event loop, or through the job's
-LLM), drops duplicates, and either writes them as drafts with the carried label or, with
+finishes it). A unit makes its step's variants (synonym and noise in a process of their own, so
+that nlpaug's pure-Python work never holds the worker's event loop; paraphrase and back-translation
+through the job's LLM), drops duplicates, and either writes them as drafts with the carried label or, with
 ``recheck``, spawns them as items the job's task labels again; a new label that differs from the
 carried one is flagged ``label_drift``.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable
 
 import augment
@@ -30,10 +33,15 @@ class VariantStage:
 
     def __init__(self, spec, task, counter, existing: Callable[[], Iterable[str]]) -> None:
         self.aug, self.task, self.counter = spec.augment, task, counter
-        self.max_output_tokens = spec.budget.max_output_tokens
         self._existing = existing
         self._deduper: augment.Deduper | None = None
         self._versions = augment.prompt_versions()
+        self._pool: ProcessPoolExecutor | None = None  # for the local steps, started when first needed
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def units(self, item, records: list[dict]) -> list[Spawn]:
         """One augment unit per step for an original that deserves variants (labelled, and unflagged
@@ -53,7 +61,7 @@ class VariantStage:
         unit = json.loads(item.payload)
         step = self.aug.steps[unit["step"]]
         label = unit["label"]
-        spans = label if self.task.kind == "ner" else []
+        spans = self.task.label_spans(label)
         summary = {"step": step.kind, "source_id": unit["source_id"], "made": 0, "dropped": {}}
         try:
             texts = await self._texts(step, item.text, spans, unit, ask, usage, cache)
@@ -99,7 +107,12 @@ class VariantStage:
         if step.kind in LOCAL_KINDS:
             # Seeded per source and step, so a variant does not depend on which worker made it or when.
             seed = _seed(self.aug.seed, unit["source_id"], unit["step"])
-            return await asyncio.to_thread(augment.local_variants, step, text, protected, seed)
+            if self._pool is None:
+                # One process beside the event loop's: the GIL would otherwise make labeling wait on
+                # nlpaug. Spawned, not forked: the worker's loop, sockets and store stay its own.
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, augment.local_variants, step, text, protected, seed)
         if step.kind == "paraphrase":
             messages, fmt = augment.paraphrase_request(text, step.n, terms)
             content = await self._ask(ask, messages, fmt, step.n * self._room(text), usage, cache)

@@ -21,7 +21,7 @@ from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import JobSpec
-from .draft import DONE, FAILED, SKIPPED, Draft, same_label
+from .draft import DONE, FAILED, SKIPPED, Draft
 from .errors import EmbeddingsUnavailable, LLMError
 from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
@@ -105,6 +105,8 @@ class JobRunner:
         self._endpoint_down = asyncio.Event()
         self.last_error: str | None = None
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
+        self._requests = asyncio.Semaphore(spec.model.max_concurrency)  # model.max_concurrency in flight
+        self._units: asyncio.Queue[LeasedItem | None] = asyncio.Queue()  # augment units waiting
         self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings): booked with the next
         self.fewshot = FewShot.for_job(spec, task, self.counter)
 
@@ -115,17 +117,27 @@ class JobRunner:
         self.progress.already = sum(counts.get(s, 0) for s in ("done", "failed", "skipped"))
         queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.lease_batch)
         workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.max_concurrency)]
+        # Augment units have consumers of their own: they wait on the augmentation process, and must
+        # not take the slots labeling needs. (Requests in flight are bounded by ``_requests``.)
+        units_at_once = self.settings.augment_slots if self.variants else 0
+        workers += [asyncio.create_task(self._consume(self._units)) for _ in range(units_at_once)]
         helpers = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._heartbeat())]
         try:
             if self.fewshot:
                 await self.fewshot.start(self._embed)
             await self._produce(queue)
-            for _ in workers:
+            for _ in range(self.spec.model.max_concurrency):
                 await queue.put(None)
+            for _ in range(units_at_once):
+                self._units.put_nowait(None)
             await asyncio.gather(*workers)
         finally:
             for task in workers + helpers:
                 task.cancel()
+            if self.fewshot:
+                self.fewshot.close()
+            if self.variants:
+                self.variants.close()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
             self._flush()
             self.store.release(self.owner)  # anything unstarted goes back to the queue
@@ -145,8 +157,11 @@ class JobRunner:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
+            # Newest work (augment units, variants) while the units waiting are few: labeling never
+            # waits for augmentation to catch up.
+            newest = self.lease_newest if self._units.qsize() < self.settings.augment_slots else 0
             items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s,
-                                     self.lease_newest)
+                                     newest)
             if not items:
                 if self.variants is None or not (self._active or self._results):
                     return  # everything finished was committed before this lease: nothing more will come
@@ -155,12 +170,15 @@ class JobRunner:
                 self._flush()
                 continue
             if self.fewshot:
-                await self.fewshot.add(items, self._embed)
+                self.fewshot.add(items, self._embed)
             for item in items:
                 if self._stopping():
                     return
                 self._active += 1
-                await queue.put(item)
+                if item.kind == AUGMENT:
+                    self._units.put_nowait(item)  # bounded by the lease above
+                else:
+                    await queue.put(item)
 
     async def _consume(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
@@ -227,7 +245,7 @@ class JobRunner:
         spec, flags = self.spec, []
         text, text_tokens = item.text, self.counter.count(item.text)
         if self.fewshot:  # examples chosen for the item, trimmed with the prompt to the budget
-            fit = self.fewshot.fit(item, text_tokens)
+            fit = await self.fewshot.fit(item, text_tokens)
             flags += fit.flags
             messages, prompt_tokens, action, room, guidelines = (
                 fit.messages, fit.prompt_tokens, fit.action, fit.max_text_tokens, fit.guidelines)
@@ -294,7 +312,8 @@ class JobRunner:
         if reservation is None:
             raise _BudgetSpent()
         try:
-            completion = await self.engine.send(prepared, estimate + max_out * samples)
+            async with self._requests:
+                completion = await self.engine.send(prepared, estimate + max_out * samples)
         except LLMError as e:
             self.gate.release(reservation)
             self._settled.set()
@@ -393,8 +412,8 @@ class JobRunner:
         records = []
         for i, output in enumerate(labelled.outputs or [TaskOutput(None, None)]):
             flags = labelled.flags + output.flags
-            if carried is not None and output.label is not None and not same_label(
-                    self.task.kind, output.label, carried["label"]):
+            if carried is not None and output.label is not None and not self.task.same_label(
+                    output.label, carried["label"]):
                 flags.append(LABEL_DRIFT)
             draft_id = f"{item.item_id}#{output.suffix}" if output.suffix else item.item_id
             records.append(self.draft(draft_id, item, output, flags, labelled.state, labelled.error,

@@ -258,11 +258,17 @@ class SQLiteStore:
         return counts
 
     def item_texts(self, job_id: str) -> Iterator[str]:
-        cursor = self._db.cursor()
-        cursor.execute(Q["item_texts"], (job_id, job_id, job_id))
-        while page := cursor.fetchmany(1000):
-            for (text,) in page:
-                yield text
+        """Every text in the job (items and variants), streamed over a connection of its own: the
+        caller may read it in another thread while this one commits."""
+        db = self._db if self.path == ":memory:" else sqlite3.connect(self.path, timeout=30.0)
+        try:
+            cursor = db.execute(Q["item_texts"], (job_id, job_id, job_id))
+            while page := cursor.fetchmany(1000):
+                for (text,) in page:
+                    yield text
+        finally:
+            if db is not self._db:
+                db.close()
 
     def unit_results(self, job_id: str) -> Iterator[dict]:
         for (raw,) in self._db.execute(Q["unit_results"], (job_id,)):

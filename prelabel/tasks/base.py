@@ -59,6 +59,12 @@ class Task(Protocol):
     def answer_labels(self, answer: Any) -> set[str]:
         """The labels a gold answer uses (``diverse`` example selection covers as many as it can)."""
 
+    def same_label(self, a: Any, b: Any) -> bool:
+        """Whether two labels say the same (a variant's re-check against the label it carried)."""
+
+    def label_spans(self, label: Any) -> list[dict]:
+        """The spans a label marks in its text (kept intact, and found again, in a variant)."""
+
     def response_format(self) -> dict: ...
 
     def parse(self, completion: Completion, text: str) -> list[TaskOutput]:

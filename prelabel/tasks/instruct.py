@@ -161,6 +161,12 @@ class InstructTask:
     def answer_labels(self, answer: Any) -> set[str]:
         return set()
 
+    def same_label(self, a: Any, b: Any) -> bool:
+        return a == b
+
+    def label_spans(self, label: Any) -> list[dict]:
+        return []
+
     def finetune_messages(self, record: dict) -> list[dict] | None:
         """The pair as the assistant's training turn: the instruction alone, as a user would ask.
 

@@ -47,6 +47,14 @@ class LabelledTask:
     def check_answer(self, answer: Any) -> str | None:
         raise NotImplementedError
 
+    def same_label(self, a: Any, b: Any) -> bool:
+        """Whether two labels say the same (a variant's re-check against the label it carried)."""
+        return a == b
+
+    def label_spans(self, label: Any) -> list[dict]:
+        """The spans a label marks in its text (kept intact, and found again, in a variant)."""
+        return []
+
     def finetune_messages(self, record: dict) -> list[dict] | None:
         """The task's own prompt for the draft's text, answered with its label."""
         label = record.get("label")

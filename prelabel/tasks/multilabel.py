@@ -88,5 +88,8 @@ class MultilabelTask(LabelledTask):
     def answer_labels(self, answer: Any) -> set[str]:
         return set(answer)
 
+    def same_label(self, a: Any, b: Any) -> bool:
+        return set(a or ()) == set(b or ())
+
     def _answer(self, labels: list[str]) -> str:
         return dumps({"labels": sorted(dict.fromkeys(labels), key=self._order.__getitem__)})

@@ -101,6 +101,13 @@ class NerTask(LabelledTask):
     def answer_labels(self, answer: Any) -> set[str]:
         return {span["label"] for span in answer}
 
+    def same_label(self, a: Any, b: Any) -> bool:
+        """The same mentions with the same types; offsets differ between a variant and its source."""
+        return sorted((s["text"], s["label"]) for s in a or ()) == sorted((s["text"], s["label"]) for s in b or ())
+
+    def label_spans(self, label: Any) -> list[dict]:
+        return list(label or ())
+
     def _answer(self, spans: list[dict]) -> str:
         """Each (mention, type) once, in order of first appearance: the answer the prompt asks for
         (every occurrence of a listed mention is labelled)."""

@@ -292,3 +292,12 @@ def test_prompt_versions_and_request_counts():
     assert augment.llm_requests(ParaphraseStep(kind="paraphrase", n=3)) == 1
     assert augment.llm_requests(BackTranslationStep(kind="back_translation", via=["de", "fr"])) == 4
     assert augment.llm_requests(SYNONYM) == 0 and augment.llm_requests(NOISE_STEPS[0]) == 0
+
+
+def test_wordnet_missing_crosses_a_process_boundary_intact():
+    import pickle
+
+    from augment import WordNetMissing
+
+    error = WordNetMissing("no index.sense")
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
