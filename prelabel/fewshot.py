@@ -45,7 +45,7 @@ class FewShot:
     def add(self, items: Sequence[LeasedItem], embed: Embed) -> None:
         """Start embedding a leased batch in one request (an item left without a vector is ranked
         lexically)."""
-        if self.embedding_model:
+        if self.embedding_model and items:
             batch = asyncio.ensure_future(self._embed_batch(items, embed, self.embedding_model))
             self._batches.update((item.seq, batch) for item in items)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import socket
 import time
-import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -170,7 +170,7 @@ class JobRunner:
                 self._flush()
                 continue
             if self.fewshot:
-                self.fewshot.add(items, self._embed)
+                self.fewshot.add([item for item in items if item.kind != AUGMENT], self._embed)
             for item in items:
                 if self._stopping():
                     return
@@ -232,7 +232,7 @@ class JobRunner:
                 priority = max((r["review_priority"] for r in records), default=0.0)
                 return ItemResult(item.seq, DONE, priority, records, usage, cache, spawn=spawn, summary=summary)
             labelled = await self._label(item, usage, cache)
-        except _BudgetSpent:
+        except _Requeue:
             return ItemResult(item.seq, "pending", 0.0, [], usage, cache, release=True)
         except _RequestFailed as e:
             if item.kind == AUGMENT:
@@ -299,7 +299,7 @@ class JobRunner:
                    max_out: int | None = None) -> tuple[Prepared, Completion]:
         """One request, from the cache or under the budget; every stage asks through this.
 
-        Raises ``_BudgetSpent`` (the item goes back to the queue) or ``_RequestFailed``."""
+        Raises ``_Requeue`` or ``_RequestFailed``."""
         max_out = max_out or self.spec.budget.max_output_tokens
         prepared = self.engine.prepare(self.engine.request(messages, response_format, max_out, samples, temperature))
         completion = prepared.cached
@@ -310,7 +310,7 @@ class JobRunner:
         estimate = prompt_tokens + self.prompt_slack
         reservation = await self._reserve(estimate, max_out * samples)
         if reservation is None:
-            raise _BudgetSpent()
+            raise _Requeue()
         try:
             async with self._requests:
                 completion = await self.engine.send(prepared, estimate + max_out * samples)
@@ -318,7 +318,7 @@ class JobRunner:
             self.gate.release(reservation)
             self._settled.set()
             if self._endpoint_down.is_set():  # caught in an outage: back to the queue
-                raise _BudgetSpent() from None
+                raise _Requeue() from None
             if self.outage.failed(seq):
                 self.last_error = str(e)
                 self._endpoint_down.set()
@@ -450,8 +450,9 @@ class _Labelled:
     error: str | None
 
 
-class _BudgetSpent(Exception):
-    """Nothing in flight will free room for the request: the item goes back to the queue."""
+class _Requeue(Exception):
+    """The item goes back to the queue: the budget is spent (nothing in flight will free room for
+    its request), or the endpoint is down."""
 
 
 class _RequestFailed(Exception):
