@@ -10,13 +10,14 @@ from __future__ import annotations
 from .carry import relocate_spans
 from .dedupe import Deduper, normalize, similarity
 from .llm import (llm_requests, paraphrase_request, parse_paraphrases, parse_translation, prompt_versions,
-                  translate_request)
+                  rewrite_tokens, translate_request)
 from .protect import protected_spans, protected_tokens_intact
 from .wordnet import WordNetMissing, check_wordnet
 
 __all__ = ["Deduper", "WordNetMissing", "check_wordnet", "llm_requests", "local_variants", "normalize",
            "paraphrase_request", "parse_paraphrases", "parse_translation", "prompt_versions",
-           "protected_spans", "protected_tokens_intact", "relocate_spans", "similarity", "translate_request"]
+           "protected_spans", "protected_tokens_intact", "relocate_spans", "rewrite_tokens", "similarity",
+           "translate_request"]
 
 
 def local_variants(step, text: str, protected: list[tuple[int, int]], seed: int) -> list[str]:

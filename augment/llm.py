@@ -86,6 +86,11 @@ def parse_translation(content: str) -> str:
     return found.strip()
 
 
+def rewrite_tokens(text_tokens: int) -> int:
+    """Output tokens to allow for one rewrite of a text: twice its length, for languages that take more."""
+    return 2 * text_tokens + 32
+
+
 def llm_requests(step) -> int:
     """Requests one source costs for a step: paraphrase 1, back-translation 2 per pivot, local 0."""
     if step.kind == "paraphrase":

@@ -104,7 +104,7 @@ def _install_sigterm() -> None:
 
 def cmd_run(args) -> int:
     from .runs import Endpoint, reclaim_dead, run_job
-    from .worker import worker_id
+    from .owners import worker_id
 
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out)  # a bad job file stops here
     store = open_store(args.db)
@@ -143,7 +143,7 @@ def cmd_submit(args) -> int:
 
 def cmd_work(args) -> int:
     from .runs import drain
-    from .worker import worker_id
+    from .owners import worker_id
 
     store = open_store(args.db)
     try:

@@ -229,6 +229,7 @@ AugmentStep = Annotated[Union[SynonymStep, NoiseStep, ParaphraseStep, BackTransl
 class AugmentSpec(Strict):
     """Variants of each labelled item, carrying its label (made by the ``augment`` package)."""
 
+    source_lang: str = "en"        # the items' language: back-translation returns to it
     steps: list[AugmentStep] = Field(min_length=1)
     seed: int = 0                  # same seed, same input: the same local (synonym, noise) variants
     recheck: bool = False          # label each variant again and flag label_drift where it differs
@@ -236,20 +237,21 @@ class AugmentSpec(Strict):
     # A variant whose word-bigram Jaccard similarity to its source or to a sibling variant reaches
     # this is a near duplicate and dropped (augment.dedupe); exact duplicates always are.
     near_duplicate_threshold: float = Field(0.9, gt=0, le=1)
-    source_lang: str = "en"        # the items' language: back-translation returns to it
 
     @field_validator("source_lang")
     @classmethod
     def _source_language(cls, code: str) -> str:
         return _language(code)
 
-    @model_validator(mode="after")
-    def _pivots_differ_from_source(self) -> "AugmentSpec":
-        for i, step in enumerate(self.steps):
-            if isinstance(step, BackTranslationStep) and self.source_lang in step.via:
-                raise ValueError(f"steps.{i}.via: {self.source_lang!r} is the source language "
-                                 f"(source_lang); a pivot must differ from it")
-        return self
+    @field_validator("steps")
+    @classmethod
+    def _pivots_differ_from_source(cls, steps: list, info) -> list:
+        source = info.data.get("source_lang", "en")  # validated first: declared first
+        for i, step in enumerate(steps):
+            if isinstance(step, BackTranslationStep) and source in step.via:
+                raise ValueError(f"step {i}: via lists {source!r}, the source language (source_lang); "
+                                 f"a pivot must differ from it")
+        return steps
 
 
 class JobSpec(Strict):

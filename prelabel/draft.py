@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .review import verdict
+
 # Final states of an item (the store also has ``pending``, ``leased`` and ``stopped``).
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
@@ -37,3 +39,21 @@ class Draft:
 
 _FIELDS = tuple(f.name for f in fields(Draft))
 
+
+
+def draft_record(spec, task, draft_id: str, item, output, flags: list[str], state: str, error: str | None,
+                 usage, carried: dict | None = None, text: str | None = None) -> dict:
+    """One draft of ``item`` (a leased item) as a record: ``output`` is what the task made of it,
+    ``usage`` the requests it cost (each with prompt_tokens, completion_tokens, cost_usd), and
+    ``carried`` what a variant carries from its source (``text``: the variant's)."""
+    v = verdict(output.label, output.confidence, flags, spec.review.min_confidence, task.measures_confidence)
+    return Draft(
+        id=draft_id, text=item.text if text is None else text, task=task.kind, label=output.label,
+        confidence=None if output.confidence is None else round(output.confidence, 6),
+        needs_review=v.needs_review, flags=v.flags, model=spec.model.name, prompt_version=task.prompt_version,
+        usage={"prompt_tokens": sum(u.prompt_tokens for u in usage),
+               "completion_tokens": sum(u.completion_tokens for u in usage)},
+        cost_usd=round(sum(u.cost_usd for u in usage), 8), error=error, review_priority=v.priority,
+        state=state, line=item.line, source_id=carried["source_id"] if carried else item.item_id,
+        scores=output.scores, augmentation=carried["augmentation"] if carried else None,
+        carried_label=carried["label"] if carried else None).to_record()

@@ -65,7 +65,7 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
     elif kind == "missing":
         message = "required field is missing"
     else:
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], (dict, list)):
             message += f" (got {first['input']!r})"
     more = len(err.errors()) - 1

@@ -105,27 +105,24 @@ class _AugmentPlan:
     def __init__(self, spec: JobSpec, counter: TokenCounter, fixed: int, expected_out: int, max_out: int) -> None:
         import augment  # only for jobs that augment
 
+        self.augment = augment
         self.spec, self.fixed, self.expected_out, self.max_out = spec, fixed, expected_out, max_out
         sentinel = "x"
-        self.paraphrase_fixed = counter.count_messages(augment.paraphrase_request(sentinel, 1, [])[0]) - 1
-        self.translate_fixed = counter.count_messages(augment.translate_request(sentinel, "de", [])[0]) - 1
+        self.prompt_fixed = {
+            "paraphrase": counter.count_messages(augment.paraphrase_request(sentinel, 1, [])[0]) - 1,
+            "back_translation": counter.count_messages(augment.translate_request(sentinel, "de", [])[0]) - 1}
 
     def add(self, plan: Plan, text_tokens: int) -> None:
         variants = 0
         for step in self.spec.augment.steps:
-            if step.kind == "paraphrase":
-                requests, prompt, out = 1, self.paraphrase_fixed + text_tokens, step.n * (2 * text_tokens + 32)
-                variants += step.n
-            elif step.kind == "back_translation":
-                requests = 2 * len(step.via)
-                prompt = requests * (self.translate_fixed + text_tokens)
-                out = requests * (2 * text_tokens + 32)
-                variants += len(step.via)
-            else:
-                variants += step.n
+            requests = self.augment.llm_requests(step)
+            variants += len(step.via) if step.kind == "back_translation" else step.n
+            if not requests:  # local: no tokens
                 continue
+            # A paraphrase request asks for n rewrites at once; back-translation, one per request.
+            out = self.augment.rewrite_tokens(text_tokens) * (step.n if step.kind == "paraphrase" else requests)
             plan.augment_requests += requests
-            plan.prompt_tokens += prompt
+            plan.prompt_tokens += requests * (self.prompt_fixed[step.kind] + text_tokens)
             plan.completion_tokens_expected += out // 2  # a rewrite is about as long as its text
             plan.completion_tokens_max += out
         if self.spec.augment.recheck:

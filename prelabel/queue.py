@@ -32,7 +32,12 @@ class Submitted:
 def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[JobSpec, Task]:
     """Load and check everything a job needs before any item is read or any request is made."""
     spec = load_job(job_path, input_path=input_path, out_dir=out_dir)
-    task = build_task(spec)
+    try:
+        task = build_task(spec)
+    except JobFileError as e:  # the task's own checks (aliases) know the field, not the file
+        if e.path is not None:
+            raise
+        raise JobFileError(str(e).removeprefix(f"{e.field}: "), path=str(job_path), field=e.field) from None
     if spec.budget.max_cost_usd is not None and price_for(spec.model.name, spec.model.price) is None:
         raise JobFileError(f"no price is known for model {spec.model.name!r}, so max_cost_usd cannot be "
                            "enforced: set model.price {input_per_mtok: ..., output_per_mtok: ...}",

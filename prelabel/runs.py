@@ -18,7 +18,8 @@ from .outputs.export import exit_code_for, export
 from .store import Store
 from .tasks import build_task
 from .tokens import TokenCounter
-from .worker import JobRunner, RunResult, dead_local_owners
+from .owners import dead_local_owners
+from .worker import JobRunner, RunResult
 
 
 @dataclass(frozen=True, slots=True)

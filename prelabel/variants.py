@@ -15,11 +15,14 @@ import hashlib
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable
 
 import augment
 
+from .draft import DONE, FAILED, draft_record
 from .errors import PrelabelError
+from .review import LOW_CONFIDENCE, NO_CONFIDENCE
 from .store import AUGMENT, VARIANT, Spawn
 from .tasks import InvalidOutput, TaskOutput
 
@@ -32,9 +35,9 @@ class VariantStage:
     read once, so a variant equal to another item is dropped."""
 
     def __init__(self, spec, task, counter, existing: Callable[[], Iterable[str]]) -> None:
-        self.aug, self.task, self.counter = spec.augment, task, counter
+        self.spec, self.aug, self.task, self.counter = spec, spec.augment, task, counter
         self._existing = existing
-        self._deduper: augment.Deduper | None = None
+        self._deduper: asyncio.Future | None = None  # built once, from every text in the job
         self._versions = augment.prompt_versions()
         self._pool: ProcessPoolExecutor | None = None  # for the local steps, started when first needed
 
@@ -51,13 +54,17 @@ class VariantStage:
             return []
         if record["needs_review"] and not self.aug.include_flagged:
             return []
+        # A flagged source's review flags go with its variants (the confidence ones are re-derived).
+        flags = [f for f in record["flags"] if f not in (LOW_CONFIDENCE, NO_CONFIDENCE)]
         return [Spawn(f"{item.item_id}~{i + 1}", item.text, AUGMENT,
                       {"step": i, "source_id": item.item_id, "label": record["label"],
-                       "confidence": record["confidence"]})
+                       "confidence": record["confidence"], "flags": flags})
                 for i in range(len(self.aug.steps))]
 
-    async def make(self, item, ask, usage: list, cache: list, draft) -> tuple[list[Spawn], list[dict], dict]:
-        """Make one unit's variants: spawned for a re-check, or written as drafts carrying the label."""
+    async def make(self, item, ask, usage: list, cache: list) -> tuple[str, list[Spawn], list[dict], dict]:
+        """Make one unit's variants: spawned for a re-check, or written as drafts carrying the label.
+
+        Returns the unit's state, the items it spawns, the drafts it writes and its counts."""
         unit = json.loads(item.payload)
         step = self.aug.steps[unit["step"]]
         label = unit["label"]
@@ -65,8 +72,10 @@ class VariantStage:
         summary = {"step": step.kind, "source_id": unit["source_id"], "made": 0, "dropped": {}}
         try:
             texts = await self._texts(step, item.text, spans, unit, ask, usage, cache)
-        except (InvalidOutput, PrelabelError) as e:  # unusable rewrite, or WordNet missing: none from this unit
-            return [], [], {**summary, "error": str(e)}
+        except (InvalidOutput, PrelabelError) as e:
+            # An unusable rewrite (not cached: a later run asks again), or WordNet missing: the unit
+            # fails, and submitting the job again retries it.
+            return FAILED, [], [], {**summary, "error": str(e)}
         deduper = await self._dedupe_state()
         dropped: dict[str, int] = {}
         spawn, records = [], []
@@ -89,8 +98,9 @@ class VariantStage:
                 spawn.append(Spawn(variant_id, text, VARIANT, payload))
             else:
                 output = TaskOutput(carried, unit["confidence"])
-                records.append(draft(variant_id, item, output, [], "done", None, (), payload, text=text))
-        return spawn, records, {**summary, "made": len(admitted), "dropped": dropped}
+                records.append(draft_record(self.spec, self.task, variant_id, item, output, unit.get("flags", []),
+                                            DONE, None, (), payload, text=text))
+        return DONE, spawn, records, {**summary, "made": len(admitted), "dropped": dropped}
 
     def _how(self, step, unit: dict) -> dict:
         """What a variant records of how it was made: enough to make it again."""
@@ -107,45 +117,61 @@ class VariantStage:
         if step.kind in LOCAL_KINDS:
             # Seeded per source and step, so a variant does not depend on which worker made it or when.
             seed = _seed(self.aug.seed, unit["source_id"], unit["step"])
-            if self._pool is None:
-                # One process beside the event loop's: the GIL would otherwise make labeling wait on
-                # nlpaug. Spawned, not forked: the worker's loop, sockets and store stay its own.
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, augment.local_variants, step, text, protected, seed)
+            return await self._local(step, text, protected, seed)
         if step.kind == "paraphrase":
             messages, fmt = augment.paraphrase_request(text, step.n, terms)
-            content = await self._ask(ask, messages, fmt, step.n * self._room(text), usage, cache)
-            return augment.parse_paraphrases(content, step.n)
+            return await self._rewrite(ask, messages, fmt, step.n * self._room(text), usage, cache,
+                                       lambda content: augment.parse_paraphrases(content, step.n))
         variants = []  # back-translation: through each pivot language and back
         for lang in step.via:
             messages, fmt = augment.translate_request(text, lang, terms)
-            pivot = augment.parse_translation(await self._ask(ask, messages, fmt, self._room(text), usage, cache))
+            pivot = await self._rewrite(ask, messages, fmt, self._room(text), usage, cache, augment.parse_translation)
             messages, fmt = augment.translate_request(pivot, self.aug.source_lang, terms)
-            variants.append(augment.parse_translation(
-                await self._ask(ask, messages, fmt, self._room(pivot), usage, cache)))
+            variants.append(await self._rewrite(ask, messages, fmt, self._room(pivot), usage, cache,
+                                                augment.parse_translation))
         return variants
 
-    def _room(self, text: str) -> int:
-        """Output tokens for one rewrite of ``text``: twice its length, for languages that take more."""
-        return 2 * self.counter.count(text) + 32
+    async def _local(self, step, text: str, protected: list[tuple[int, int]], seed: int) -> list[str]:
+        """nlpaug in a process beside the event loop's (the GIL would otherwise make labelling wait
+        on it); spawned, not forked, so the worker's loop, sockets and store stay its own. A process
+        that died is replaced once."""
+        for attempt in (1, 2):
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._pool, augment.local_variants, step, text, protected, seed)
+            except BrokenProcessPool:
+                self.close()
+                if attempt == 2:
+                    raise
 
-    async def _ask(self, ask, messages: list[dict], fmt: dict, max_out: int, usage: list, cache: list) -> str:
+    def _room(self, text: str) -> int:
+        return augment.rewrite_tokens(self.counter.count(text))
+
+    async def _rewrite(self, ask, messages: list[dict], fmt: dict, max_out: int, usage: list, cache: list, parse):
+        """One rewrite through the job's engine; only an answer that parses is cached."""
         prepared, completion = await ask(messages, fmt, self.counter.count_messages(messages), usage,
                                          max_out=max_out)
         if completion.refusal or not completion.content:
             raise InvalidOutput(f"no rewrite: {completion.refusal or 'empty answer'}")
+        result = parse(completion.content)
         if not completion.cached:
             cache.append((prepared.key, completion.to_cache()))
-        return completion.content
+        return result
 
     async def _dedupe_state(self) -> "augment.Deduper":
+        """Every text in the job, hashed once in a thread from a stream (not a list); units that
+        ask meanwhile wait for the same one."""
         if self._deduper is None:
-            deduper = augment.Deduper(self.aug.near_duplicate_threshold)
-            for text in await asyncio.to_thread(list, self._existing()):
-                deduper.add_existing(text)
-            self._deduper = deduper
-        return self._deduper
+            self._deduper = asyncio.ensure_future(asyncio.to_thread(self._build_deduper))
+        return await asyncio.shield(self._deduper)
+
+    def _build_deduper(self) -> "augment.Deduper":
+        deduper = augment.Deduper(self.aug.near_duplicate_threshold)
+        for text in self._existing():
+            deduper.add_existing(text)
+        return deduper
 
 
 def _seed(seed: int, source_id: str, step: int) -> int:

@@ -11,24 +11,21 @@ import asyncio
 import functools
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import JobSpec
-from .draft import DONE, FAILED, SKIPPED, Draft
+from .draft import DONE, FAILED, SKIPPED, draft_record
 from .errors import EmbeddingsUnavailable, LLMError
 from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
 from .retry import Outage
 from .review import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REFUSAL, REQUEST_FAILED,
-                     TRUNCATED_INPUT, verdict)
+                     TRUNCATED_INPUT)
 from .stats import RunStats
 from .store import AUGMENT, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
 from .tasks import InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
@@ -36,26 +33,6 @@ from .tokens import TOKENS_PER_MESSAGE, TokenCounter
 
 
 log = logging.getLogger(__name__)
-
-
-def worker_id() -> str:
-    """host:pid:nonce — a worker on the same host can tell when the owner of a lease is dead."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def dead_local_owners(owners: list[str]) -> list[str]:
-    host, dead = socket.gethostname(), []
-    for owner in owners:
-        parts = owner.rsplit(":", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-            continue
-        try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
-            dead.append(owner)
-        except PermissionError:
-            pass  # alive, someone else's
-    return dead
 
 
 @dataclass(slots=True)
@@ -96,8 +73,6 @@ class JobRunner:
         # Lease about two rounds of work at a time: enough to keep every request slot busy, little
         # enough that several workers share a job evenly and a dead one strands few items.
         self.lease_batch = min(settings.lease_batch, 2 * spec.model.max_concurrency)
-        # With augmentation, a quarter of each lease is the newest work (variants being made).
-        self.lease_newest = self.lease_batch // 4 if variants is not None else 0
         self._results: list[ItemResult] = []
         self._active = 0  # items handed to consumers and not yet finished
         self._budget_hit = asyncio.Event()
@@ -107,7 +82,8 @@ class JobRunner:
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
         self._requests = asyncio.Semaphore(spec.model.max_concurrency)  # model.max_concurrency in flight
         self._units: asyncio.Queue[LeasedItem | None] = asyncio.Queue()  # augment units waiting
-        self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings): booked with the next
+        self._units_open = 0  # augment units leased and not finished
+        self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
         self.fewshot = FewShot.for_job(spec, task, self.counter)
 
     async def run(self) -> RunResult:
@@ -157,11 +133,11 @@ class JobRunner:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
-            # Newest work (augment units, variants) while the units waiting are few: labeling never
-            # waits for augmentation to catch up.
-            newest = self.lease_newest if self._units.qsize() < self.settings.augment_slots else 0
+            # Augment units only while few are open (two per unit consumer): labelling never waits
+            # for augmentation to catch up, and one worker does not hoard every unit.
+            units = max(0, 2 * self.settings.augment_slots - self._units_open) if self.variants else 0
             items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s,
-                                     newest)
+                                     units)
             if not items:
                 if self.variants is None or not (self._active or self._results):
                     return  # everything finished was committed before this lease: nothing more will come
@@ -176,6 +152,7 @@ class JobRunner:
                     return
                 self._active += 1
                 if item.kind == AUGMENT:
+                    self._units_open += 1
                     self._units.put_nowait(item)  # bounded by the lease above
                 else:
                     await queue.put(item)
@@ -183,28 +160,23 @@ class JobRunner:
     async def _consume(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
             if self._stopping():
-                self._active -= 1
+                self._finished(item)
                 continue  # left leased; released at the end of the run
-            try:
-                result = await self.process(item)
-            except Exception as e:  # a bug on one item must not stop the batch: record it, go on
-                error = f"internal error: {type(e).__name__}: {e}"
-                if item.kind == AUGMENT:
-                    result = ItemResult(item.seq, FAILED, 0.0, [], summary={"error": error})
-                else:
-                    result = self._result(item, _Labelled(FAILED, [], [REQUEST_FAILED], error), [], [])
+            result = await self.process(item)
             self.progress.total += len(result.spawn)  # augmentation adds work as it goes
-            if self._side_usage:
-                result.usage.extend(self._side_usage)
-                self._side_usage = []
             self._results.append(result)
-            self._active -= 1
+            self._finished(item)
             if result.release and not self._endpoint_down.is_set():
                 self._budget_hit.set()
             elif not result.release:
                 self.progress.finished += 1
             if len(self._results) >= self.settings.commit_every:
                 self._flush()
+
+    def _finished(self, item: LeasedItem) -> None:
+        self._active -= 1
+        if item.kind == AUGMENT:
+            self._units_open -= 1
 
     async def _commit_loop(self) -> None:
         while True:
@@ -217,9 +189,10 @@ class JobRunner:
             self.store.renew(self.owner, time.time(), self.settings.lease_s)
 
     def _flush(self) -> None:
-        if self._results:
+        if self._results or self._side_usage:
             batch, self._results = self._results, []
-            self.store.complete(self.job.id, self.owner, batch)
+            side, self._side_usage = self._side_usage, []
+            self.store.complete(self.job.id, self.owner, batch, side)
 
     async def process(self, item: LeasedItem) -> ItemResult:
         """One item through its stage: label it (or re-check a variant), or make variants; never raises."""
@@ -227,18 +200,22 @@ class JobRunner:
         cache: list[tuple[str, dict]] = []
         try:
             if item.kind == AUGMENT:
-                spawn, records, summary = await self.variants.make(
-                    item, functools.partial(self._ask, item.seq), usage, cache, self.draft)
+                state, spawn, records, summary = await self.variants.make(
+                    item, functools.partial(self._ask, item.seq), usage, cache)
                 priority = max((r["review_priority"] for r in records), default=0.0)
-                return ItemResult(item.seq, DONE, priority, records, usage, cache, spawn=spawn, summary=summary)
-            labelled = await self._label(item, usage, cache)
+                return ItemResult(item.seq, state, priority, records, usage, cache, spawn=spawn, summary=summary)
+            return self._result(item, await self._label(item, usage, cache), usage, cache)
         except _Requeue:
             return ItemResult(item.seq, "pending", 0.0, [], usage, cache, release=True)
         except _RequestFailed as e:
-            if item.kind == AUGMENT:
-                return ItemResult(item.seq, FAILED, 0.0, [], usage, cache, summary={"error": e.error})
-            return self._result(item, _Labelled(FAILED, [], e.flags + [REQUEST_FAILED], e.error), usage, cache)
-        return self._result(item, labelled, usage, cache)
+            return self._failed(item, e.error, e.flags + [REQUEST_FAILED], usage, cache)
+        except Exception as e:  # a bug on one item must not stop the batch: record it (and what it spent)
+            return self._failed(item, f"internal error: {type(e).__name__}: {e}", [REQUEST_FAILED], usage, cache)
+
+    def _failed(self, item: LeasedItem, error: str, flags: list[str], usage: list[UsageRow], cache: list) -> ItemResult:
+        if item.kind == AUGMENT:
+            return ItemResult(item.seq, FAILED, 0.0, [], usage, cache, summary={"error": error})
+        return self._result(item, _Labelled(FAILED, [], flags, error), usage, cache)
 
     async def _label(self, item: LeasedItem, usage: list[UsageRow], cache: list) -> "_Labelled":
         """Fit the budget, ask, validate, re-ask."""
@@ -416,31 +393,13 @@ class JobRunner:
                     output.label, carried["label"]):
                 flags.append(LABEL_DRIFT)
             draft_id = f"{item.item_id}#{output.suffix}" if output.suffix else item.item_id
-            records.append(self.draft(draft_id, item, output, flags, labelled.state, labelled.error,
-                                      usage if i == 0 else (), carried))  # usage counted once, on the first
+            records.append(draft_record(self.spec, self.task, draft_id, item, output, flags, labelled.state,
+                                        labelled.error, usage if i == 0 else (), carried))  # usage once, on the first
         spawn = []
         if self.variants is not None and item.kind == LABEL and labelled.state == DONE:
             spawn = self.variants.units(item, records)
         priority = max(r["review_priority"] for r in records)
         return ItemResult(item.seq, labelled.state, priority, records, usage, cache, spawn=spawn)
-
-    def draft(self, draft_id: str, item: LeasedItem, output: TaskOutput, flags: list[str], state: str,
-              error: str | None, usage, carried: dict | None = None, text: str | None = None) -> dict:
-        """One draft record; ``carried`` says what a variant carries from its source."""
-        v = verdict(output.label, output.confidence, flags, self.spec.review.min_confidence,
-                    self.task.measures_confidence)
-        return Draft(
-            id=draft_id, text=item.text if text is None else text, task=self.task.kind, label=output.label,
-            confidence=None if output.confidence is None else round(output.confidence, 6),
-            needs_review=v.needs_review, flags=v.flags, model=self.spec.model.name,
-            prompt_version=self.task.prompt_version,
-            usage={"prompt_tokens": sum(u.prompt_tokens for u in usage),
-                   "completion_tokens": sum(u.completion_tokens for u in usage)},
-            cost_usd=round(sum(u.cost_usd for u in usage), 8), error=error, review_priority=v.priority,
-            state=state, line=item.line, source_id=carried["source_id"] if carried else item.item_id,
-            scores=output.scores, augmentation=carried["augmentation"] if carried else None,
-            carried_label=carried["label"] if carried else None).to_record()
-
 
 @dataclass(slots=True)
 class _Labelled:

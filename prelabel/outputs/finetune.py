@@ -82,7 +82,6 @@ def write_finetune(records: Iterable[dict], out_dir: Path, task, *, val_fraction
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     out_dir = Path(out_dir)
     checker = checker or ExampleChecker()
-    threshold = int(val_fraction * _SPACE)
     sides = {"train": {"examples": 0}, "validation": {"examples": 0}} if val_fraction else {"train": {"examples": 0}}
     groups = {side: _Groups() for side in sides}
     skipped = {"not_done": 0, "unlabelled": 0, "flagged": 0, "no_example": 0, "invalid": 0}
@@ -105,13 +104,13 @@ def write_finetune(records: Iterable[dict], out_dir: Path, task, *, val_fraction
             if reason is not None:
                 skipped[reason] += 1
                 continue
-            h = split_hash(group_key(record))
-            side = "validation" if h < threshold else "train"
+            key = group_key(record)
+            side = "validation" if in_validation(key, val_fraction) else "train"
             # allow_nan=False: a NaN would make the line invalid JSON.
             outs[side].write(json.dumps(example, ensure_ascii=False, allow_nan=False))
             outs[side].write("\n")
             sides[side]["examples"] += 1
-            groups[side].add(h)
+            groups[side].add(split_hash(key))
     if not val_fraction:
         # A validation file left from an export with a split would share sources with this one.
         (out_dir / VAL_FILE).unlink(missing_ok=True)

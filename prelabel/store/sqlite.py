@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import InputError, JobExists
-from .base import InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats
+from .base import InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats, UsageRow
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -27,6 +27,7 @@ def _load_queries() -> dict[str, str]:
 
 
 Q = _load_queries()
+NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
 _INGEST_BATCH = 5000
 
 
@@ -48,13 +49,21 @@ class SQLiteStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        """Bring a store made by an earlier version up to this schema, once, in one transaction."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
-        if "kind" not in columns:  # before drafts had their own table
+        """Bring a store made by an earlier version up to this schema, once, in one transaction
+        (checked again inside it: two processes may open an old store at once)."""
+        if "kind" not in self._item_columns():  # before drafts had their own table
             with self._tx():
-                for statement in Q["migrate_1"].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                if "kind" not in self._item_columns():
+                    self._script("migrate_1")
+        self._script("indexes")
+
+    def _item_columns(self) -> set[str]:
+        return {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+
+    def _script(self, name: str) -> None:
+        for statement in Q[name].split(";"):
+            if statement.strip():
+                self._db.execute(statement)
 
     def close(self) -> None:
         self._db.close()
@@ -137,12 +146,12 @@ class SQLiteStore:
     # items --------------------------------------------------------------------------------------
 
     def lease(self, job_id: str, owner: str, limit: int, now: float, lease_s: float,
-              newest: int = 0) -> list[LeasedItem]:
-        """Up to ``limit`` items: expired leases first, else the oldest pending items, of which
-        ``newest`` are taken from the newest end instead (spawned work)."""
+              units: int = 0) -> list[LeasedItem]:
+        """Up to ``limit`` items: expired leases first, then at most ``units`` augment units, then
+        the oldest labelling work (input items and variants)."""
         with self._tx():
-            rows = self._db.execute(Q["lease"], (owner, now + lease_s, job_id, job_id, now, limit, job_id,
-                                                 limit - newest, job_id, newest, limit)).fetchall()
+            rows = self._db.execute(Q["lease"], (owner, now + lease_s, job_id, job_id, now, limit, job_id, units,
+                                                 job_id, limit, job_id, limit, limit)).fetchall()
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
     def renew(self, owner: str, now: float, lease_s: float) -> None:
@@ -179,10 +188,21 @@ class SQLiteStore:
     def leased_owners(self) -> list[str]:
         return [row[0] for row in self._db.execute(Q["leased_owners"])]
 
-    def complete(self, job_id: str, owner: str, results: list[ItemResult]) -> None:
+    def complete(self, job_id: str, owner: str, results: list[ItemResult],
+                 side_usage: Iterable[UsageRow] = ()) -> None:
+        """Results, and usage that belongs to no item (``side_usage``: embeddings), in one transaction."""
         now = time.time()
         finished, released, usage, cache, drafts, cleared, spawned = [], [], [], [], [], [], []
-        tokens, cost = 0, 0.0
+        spent = [0, 0.0]  # tokens, cost
+
+        def bill(seq: int, rows: Iterable[UsageRow]) -> None:
+            for u in rows:
+                usage.append((job_id, seq, now, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd,
+                              int(u.cached)))
+                if not u.cached:
+                    spent[0] += u.prompt_tokens + u.completion_tokens
+                    spent[1] += u.cost_usd
+
         for r in results:
             if r.release:
                 released.append((job_id, r.seq, owner))
@@ -193,13 +213,10 @@ class SQLiteStore:
                 drafts.extend((job_id, r.seq, idx, record["review_priority"], json.dumps(record, ensure_ascii=False),
                                job_id, r.seq, owner) for idx, record in enumerate(r.records))
                 spawned.extend((r.seq, s) for s in r.spawn)
-            for u in r.usage:
-                usage.append((job_id, r.seq, now, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd,
-                              int(u.cached)))
-                if not u.cached:
-                    tokens += u.prompt_tokens + u.completion_tokens
-                    cost += u.cost_usd
+            bill(r.seq, r.usage)
             cache.extend((key, json.dumps(completion, ensure_ascii=False), now) for key, completion in r.cache)
+        bill(NO_ITEM, side_usage)
+        tokens, cost = spent
         with self._tx():
             # Drafts and children first: they are written only while the lease is still ours.
             self._db.executemany(Q["clear_drafts"], cleared)

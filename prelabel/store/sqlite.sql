@@ -32,7 +32,6 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (job_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_item_id ON items (job_id, item_id);
-CREATE INDEX IF NOT EXISTS items_state ON items (job_id, state, seq);
 -- One row per draft: most items make one; instruction generation makes several.
 CREATE TABLE IF NOT EXISTS drafts (
     job_id TEXT NOT NULL,
@@ -152,17 +151,23 @@ WHERE j.status != 'ingesting'
 ORDER BY j.created_at;
 
 -- name: lease
--- The oldest pending items, a share of the newest (items spawned by finished ones, so augmentation
--- keeps pace with labeling instead of waiting for the end), and expired leases.
+-- Expired leases first, then up to the given number of augment units (the worker asks for them only
+-- while few wait, so labelling never waits for augmentation), then the oldest labelling work:
+-- input items, and variants to re-check.
 UPDATE items SET state = 'leased', lease_owner = ?, lease_expires = ?, attempts = attempts + 1
 WHERE job_id = ? AND seq IN (SELECT seq FROM (
-    SELECT seq FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?
-                     ORDER BY seq LIMIT ?)
+    SELECT seq, 0 AS rank FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?
+                                ORDER BY seq LIMIT ?)
     UNION ALL
-    SELECT seq FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' ORDER BY seq LIMIT ?)
-    UNION
-    SELECT seq FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' ORDER BY seq DESC LIMIT ?))
-  LIMIT ?)
+    SELECT seq, 1 FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' AND kind = 'augment'
+                        ORDER BY seq LIMIT ?)
+    UNION ALL
+    SELECT seq, 2 FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' AND kind = 'label'
+                        ORDER BY seq LIMIT ?)
+    UNION ALL
+    SELECT seq, 2 FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' AND kind = 'variant'
+                        ORDER BY seq LIMIT ?))
+  ORDER BY rank, seq LIMIT ?)
 RETURNING seq, item_id, line, text, kind, payload;
 
 -- name: renew
@@ -250,6 +255,10 @@ WHERE d.job_id = ? GROUP BY f.value;
 -- name: records
 SELECT record FROM drafts WHERE job_id = ? ORDER BY priority DESC, seq, idx;
 
+-- name: indexes
+-- After any migration: they use columns an older store lacks.
+CREATE INDEX IF NOT EXISTS items_work ON items (job_id, state, kind, seq);
+
 -- name: migrate_1
 ALTER TABLE items ADD COLUMN kind TEXT NOT NULL DEFAULT 'label';
 ALTER TABLE items ADD COLUMN parent_seq INTEGER;
@@ -257,6 +266,7 @@ ALTER TABLE items ADD COLUMN payload TEXT;
 INSERT INTO drafts (job_id, seq, idx, priority, record)
 SELECT job_id, seq, 0, coalesce(priority, 0), result FROM items WHERE result IS NOT NULL;
 UPDATE items SET result = NULL WHERE result IS NOT NULL;
+DROP INDEX IF EXISTS items_state;
 
 -- name: input_errors
 SELECT line, field, message FROM input_errors WHERE job_id = ? ORDER BY line;

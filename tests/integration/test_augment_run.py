@@ -81,7 +81,7 @@ def test_the_texts_a_job_holds_include_variants_written_as_drafts(tmp_path):
     store.lease("job-1", "a:1:x", 1, 0.0, 60)
     store.complete("job-1", "a:1:x", [ItemResult(0, "done", 0.1, [{"id": "id0", "review_priority": 0.1}],
                                                  spawn=[Spawn("id0~1", "text 0", AUGMENT, {"step": 0})])])
-    [unit] = store.lease("job-1", "a:1:x", 1, 0.0, 60)
+    [unit] = store.lease("job-1", "a:1:x", 1, 0.0, 60, units=1)
     variant = {"id": "id0~1.1", "text": "a variant", "augmentation": {"kind": "noise"}, "review_priority": 0.0}
     store.complete("job-1", "a:1:x", [ItemResult(unit.seq, "done", 0.0, [variant], summary={"made": 1})])
     assert sorted(store.item_texts("job-1")) == ["a variant", "text 0"]
@@ -112,3 +112,87 @@ async def test_ner_variants_keep_every_entity_at_offsets_that_hold(tmp_path, job
         for span in carried + (v["label"] or []):
             assert v["text"][span["start"]:span["end"]] == span["text"]
     store.close()
+
+
+async def test_variants_of_flagged_sources_keep_the_sources_flags(tmp_path, job_dir):
+    items = [{"id": f"s{k}", "text": t + " [[unsure]]"} for k, t in enumerate(TEXTS)]
+    extra = (AUGMENT.format(recheck="false").replace("seed: 7", "seed: 7\n  include_flagged: true")
+             + "review: {confidence: consistency, samples: 10}\n")
+    job = write_job(job_dir, items=items, base_url=None, extra=extra, budget="max_output_tokens: 256",
+                    concurrency=1)
+    store = SQLiteStore(tmp_path / "p.db")
+    async with simulator() as (sim, url):
+        outcome = await run(store, job, url)
+    assert outcome.exit_code == EXIT_OK
+    records = drafts(job_dir / "out")
+    sources = {r["id"]: r for r in records if not r["augmentation"]}
+    variants = [r for r in records if r["augmentation"]]
+    assert variants and all("samples_disagree" in s["flags"] for s in sources.values())
+    assert all("samples_disagree" in v["flags"] and v["needs_review"] for v in variants)
+    store.close()
+
+
+async def test_a_paid_request_is_on_the_ledger_even_when_a_bug_fails_the_unit(tmp_path, job_dir, monkeypatch):
+    import augment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(augment.Deduper, "admit", broken)
+    store = SQLiteStore(tmp_path / "p.db")
+    async with simulator() as (sim, url):
+        outcome = await run(store, job(job_dir, url, False), url)
+    job_id = outcome.job_id
+    assert store.kind_counts(job_id)["augment"]["failed"] > 0
+    assert store.usage_totals(job_id)["requests_billed"] == sim.stats.requests
+    store.close()
+
+
+async def test_an_unusable_rewrite_fails_its_unit_and_is_not_cached(tmp_path):
+    from prelabel.completion import Completion
+    from prelabel.config import JobSpec
+    from prelabel.draft import FAILED
+    from prelabel.store import LeasedItem
+    from prelabel.tasks import build_task
+    from prelabel.tokens import TokenCounter
+    from prelabel.variants import VariantStage
+
+    spec = JobSpec.model_validate({
+        "name": "t", "input": {"path": "x.jsonl"}, "model": {"name": "gpt-4o-mini"},
+        "task": {"kind": "classify", "labels": {"a": "A", "b": "B"}},
+        "augment": {"steps": [{"kind": "paraphrase", "n": 2}]}})
+    task = build_task(spec)
+    stage = VariantStage(spec, task, TokenCounter("gpt-4o-mini"), lambda: iter(()))
+
+    async def ask(messages, fmt, prompt_tokens, usage, max_out=None):
+        return type("P", (), {"key": "k"})(), Completion('{"oops": 1}', None, "stop", None, 5, 5, "m")
+
+    unit = LeasedItem(9, "s1~1", 1, "a text to rewrite", "augment",
+                      '{"step": 0, "source_id": "s1", "label": "a", "confidence": 0.9, "flags": []}')
+    cache: list = []
+    state, spawn, records, summary = await stage.make(unit, ask, [], cache)
+    assert state == FAILED and not spawn and not records and "paraphrases" in summary["error"]
+    assert cache == []
+    stage.close()
+
+
+async def test_a_dead_augmentation_process_is_replaced(tmp_path):
+    import os
+    import signal
+
+    from prelabel.config import JobSpec, NoiseStep
+    from prelabel.tasks import build_task
+    from prelabel.tokens import TokenCounter
+    from prelabel.variants import VariantStage
+
+    spec = JobSpec.model_validate({
+        "name": "t", "input": {"path": "x.jsonl"}, "model": {"name": "gpt-4o-mini"},
+        "task": {"kind": "classify", "labels": {"a": "A", "b": "B"}},
+        "augment": {"steps": [{"kind": "noise", "n": 1}]}})
+    stage = VariantStage(spec, build_task(spec), TokenCounter("gpt-4o-mini"), lambda: iter(()))
+    step = NoiseStep(kind="noise", n=1)
+    first = await stage._local(step, "the parcel arrived late again today", [], 1)
+    for pid in list(stage._pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    assert await stage._local(step, "the parcel arrived late again today", [], 1) == first
+    stage.close()

@@ -386,7 +386,7 @@ def test_spawned_items_are_made_once_with_the_result_that_made_them(store):
     again = result(0)  # a stale worker finishing the same item again makes nothing more
     again.spawn = [Spawn("id0~1", "text 0", AUGMENT, {"step": 0})]
     store.complete("job-1", OWNER_B, [again])
-    leased = store.lease("job-1", OWNER_A, 10, T0, 60)
+    leased = store.lease("job-1", OWNER_A, 10, T0, 60, units=1)
     assert [(i.item_id, i.kind, i.payload) for i in leased] == [("id0~1", AUGMENT, '{"step": 0}')]
     assert store.kind_counts("job-1") == {"label": {"done": 1, "leased": 1}, "augment": {"leased": 1}}
     summary = ItemResult(leased[0].seq, "done", 0.0, [], summary={"step": "noise", "made": 2})
@@ -412,9 +412,13 @@ def test_a_store_from_before_drafts_had_their_own_table_is_migrated(tmp_path):
     migrated.close()
 
 
-def test_a_lease_may_take_a_share_of_the_newest_items(store):
-    store.create_job(job_record(), raw_items(10))
-    leased = store.lease("job-1", OWNER_A, 4, T0, 60, newest=1)
-    assert [i.seq for i in leased] == [0, 1, 2, 9]
-    store.lease("job-1", OWNER_A, 10, T0 + 100, 60)  # A's leases expired: retaken first, within the limit
-    assert len(store.lease("job-1", OWNER_B, 3, T0 + 200, 60, newest=1)) == 3
+def test_a_lease_takes_expired_leases_then_at_most_the_units_asked_then_the_oldest_work(store):
+    store.create_job(job_record(), raw_items(6))
+    store.lease("job-1", OWNER_A, 2, T0, 60)
+    first = result(0)
+    first.spawn = [Spawn(f"id0~{k}", "text 0", AUGMENT, {"step": k}) for k in range(3)]
+    store.complete("job-1", OWNER_A, [first])  # item 1 stays leased by A; units are seqs 6, 7, 8
+    assert [i.seq for i in store.lease("job-1", OWNER_B, 4, T0, 60)] == [2, 3, 4, 5]  # no units asked
+    store.release(OWNER_B)
+    leased = store.lease("job-1", OWNER_B, 4, T0 + 100, 60, units=2)  # A's lease on item 1 expired
+    assert [(i.seq, i.kind) for i in leased] == [(1, "label"), (2, "label"), (6, AUGMENT), (7, AUGMENT)]
