@@ -98,6 +98,8 @@ class JobRunner:
         units_at_once = self.settings.augment_slots if self.variants else 0
         workers += [asyncio.create_task(self._consume(self._units)) for _ in range(units_at_once)]
         helpers = [asyncio.create_task(self._commit_loop()), asyncio.create_task(self._heartbeat())]
+        if self.variants:
+            helpers.append(asyncio.create_task(self._produce_units()))
         try:
             if self.fewshot:
                 await self.fewshot.start(self._embed)
@@ -133,11 +135,8 @@ class JobRunner:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
-            # Augment units only while few are open (two per unit consumer): labelling never waits
-            # for augmentation to catch up, and one worker does not hoard every unit.
-            units = max(0, 2 * self.settings.augment_slots - self._units_open) if self.variants else 0
             items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s,
-                                     units)
+                                     self._free_units())
             if not items:
                 if self.variants is None or not (self._active or self._results):
                     return  # everything finished was committed before this lease: nothing more will come
@@ -150,12 +149,31 @@ class JobRunner:
             for item in items:
                 if self._stopping():
                     return
-                self._active += 1
                 if item.kind == AUGMENT:
-                    self._units_open += 1
-                    self._units.put_nowait(item)  # bounded by the lease above
+                    self._open_unit(item)
                 else:
+                    self._active += 1
                     await queue.put(item)
+
+    def _free_units(self) -> int:
+        """Augment units to lease: while few are open (two per unit consumer), so that labelling
+        never waits for augmentation and one worker does not hoard every unit."""
+        return max(0, 2 * self.settings.augment_slots - self._units_open) if self.variants else 0
+
+    def _open_unit(self, item: LeasedItem) -> None:
+        self._active += 1
+        self._units_open += 1
+        self._units.put_nowait(item)
+
+    async def _produce_units(self) -> None:
+        """Augment units at the pace their consumers take them, not only when labelling leases."""
+        while not self._stopping():
+            free = self._free_units()
+            items = self.store.lease(self.job.id, self.owner, 0, time.time(), self.settings.lease_s, free) if free else []
+            for item in items:
+                self._open_unit(item)
+            if not items:
+                await asyncio.sleep(self.settings.commit_interval_s)
 
     async def _consume(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:

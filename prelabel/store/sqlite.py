@@ -147,11 +147,11 @@ class SQLiteStore:
 
     def lease(self, job_id: str, owner: str, limit: int, now: float, lease_s: float,
               units: int = 0) -> list[LeasedItem]:
-        """Up to ``limit`` items: expired leases first, then at most ``units`` augment units, then
-        the oldest labelling work (input items and variants)."""
+        """Up to ``limit`` items of labelling work (expired leases first, then the oldest input items
+        and variants to re-check), and besides them up to ``units`` augment units."""
         with self._tx():
             rows = self._db.execute(Q["lease"], (owner, now + lease_s, job_id, job_id, now, limit, job_id, units,
-                                                 job_id, limit, job_id, limit, limit)).fetchall()
+                                                 job_id, limit, job_id, limit, limit + units)).fetchall()
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
     def renew(self, owner: str, now: float, lease_s: float) -> None:

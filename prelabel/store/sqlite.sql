@@ -152,8 +152,8 @@ ORDER BY j.created_at;
 
 -- name: lease
 -- Expired leases first, then up to the given number of augment units (the worker asks for them only
--- while few wait, so labelling never waits for augmentation), then the oldest labelling work:
--- input items, and variants to re-check.
+-- as its unit consumers free up, so labelling never waits for augmentation), then the oldest
+-- labelling work: input items, and variants to re-check.
 UPDATE items SET state = 'leased', lease_owner = ?, lease_expires = ?, attempts = attempts + 1
 WHERE job_id = ? AND seq IN (SELECT seq FROM (
     SELECT seq, 0 AS rank FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?

@@ -412,7 +412,7 @@ def test_a_store_from_before_drafts_had_their_own_table_is_migrated(tmp_path):
     migrated.close()
 
 
-def test_a_lease_takes_expired_leases_then_at_most_the_units_asked_then_the_oldest_work(store):
+def test_a_lease_takes_labelling_work_and_besides_it_at_most_the_units_asked(store):
     store.create_job(job_record(), raw_items(6))
     store.lease("job-1", OWNER_A, 2, T0, 60)
     first = result(0)
@@ -420,5 +420,6 @@ def test_a_lease_takes_expired_leases_then_at_most_the_units_asked_then_the_olde
     store.complete("job-1", OWNER_A, [first])  # item 1 stays leased by A; units are seqs 6, 7, 8
     assert [i.seq for i in store.lease("job-1", OWNER_B, 4, T0, 60)] == [2, 3, 4, 5]  # no units asked
     store.release(OWNER_B)
-    leased = store.lease("job-1", OWNER_B, 4, T0 + 100, 60, units=2)  # A's lease on item 1 expired
-    assert [(i.seq, i.kind) for i in leased] == [(1, "label"), (2, "label"), (6, AUGMENT), (7, AUGMENT)]
+    leased = store.lease("job-1", OWNER_B, 3, T0 + 100, 60, units=2)  # A's lease on item 1 expired: first
+    assert [(i.seq, i.kind) for i in leased] == [(1, "label"), (2, "label"), (3, "label"), (6, AUGMENT), (7, AUGMENT)]
+    assert [i.seq for i in store.lease("job-1", OWNER_B, 0, T0 + 100, 60, units=5)] == [8]  # units only
