@@ -14,7 +14,8 @@ from .llm import (llm_requests, paraphrase_request, parse_paraphrases, parse_tra
 from .protect import protected_spans, protected_tokens_intact
 from .wordnet import WordNetMissing, check_wordnet
 
-__all__ = ["Deduper", "WordNetMissing", "check_wordnet", "llm_requests", "local_variants", "normalize",
+__all__ = ["Deduper", "WordNetMissing", "check_wordnet", "llm_requests", "local_variants", "local_variants_many",
+           "normalize",
            "paraphrase_request", "parse_paraphrases", "parse_translation", "prompt_versions",
            "protected_spans", "protected_tokens_intact", "relocate_spans", "rewrite_tokens", "similarity",
            "translate_request"]
@@ -34,3 +35,15 @@ def local_variants(step, text: str, protected: list[tuple[int, int]], seed: int)
 
         return noise_variants(step, text, protected, seed)
     raise ValueError(f"{step.kind!r} is not a local augmentation (synonym, noise)")
+
+
+def local_variants_many(calls: list[tuple]) -> list:
+    """``local_variants`` for each (step, text, protected, seed): its variants, or the exception it
+    raised (as a value, so one bad text does not lose the others' variants)."""
+    results: list = []
+    for call in calls:
+        try:
+            results.append(local_variants(*call))
+        except Exception as e:  # noqa: BLE001 - handed back to the caller of that one call
+            results.append(e)
+    return results

@@ -294,7 +294,7 @@ class Engine(BaseModel):
     lease_batch: int = 256           # items taken from the store at a time
     poll_s: float = 5.0              # `work` without --once: wait between empty polls
     outage_after: int = 10           # items in a row failing for good stop the run (nothing is lost)
-    augment_slots: int = 8           # augment units in progress at once, beside the request slots
+    augment_slots: int = 32          # augment units in progress at once, beside the request slots
     embed_batch: int = 128           # texts per /v1/embeddings request...
     embed_batch_tokens: int = 250_000  # ...and tokens (OpenAI allows 2048 inputs, 300k tokens)
     embed_max_input_tokens: int = 8191  # one input's limit at OpenAI's embedding models: cut to it

@@ -2,9 +2,8 @@
 their source and carrying its label.
 
 An original that deserves variants spawns one augment unit per step (in the transaction that
-finishes it). A unit makes its step's variants (synonym and noise in a process of their own, so
-that nlpaug's pure-Python work never holds the worker's event loop; paraphrase and back-translation
-through the job's LLM), drops duplicates, and either writes them as drafts with the carried label or, with
+finishes it). A unit makes its step's variants (synonym and noise in the augmentation process,
+``prelabel.augproc``; paraphrase and back-translation through the job's LLM), drops duplicates, and either writes them as drafts with the carried label or, with
 ``recheck``, spawns them as items the job's task labels again; a new label that differs from the
 carried one is flagged ``label_drift``.
 """
@@ -13,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable
 
 import augment
 
+from .augproc import AugmentProcess
 from .draft import DONE, FAILED, draft_record
 from .errors import PrelabelError
 from .review import LOW_CONFIDENCE, NO_CONFIDENCE
@@ -39,12 +36,10 @@ class VariantStage:
         self._existing = existing
         self._deduper: asyncio.Future | None = None  # built once, from every text in the job
         self._versions = augment.prompt_versions()
-        self._pool: ProcessPoolExecutor | None = None  # for the local steps, started when first needed
+        self.local = AugmentProcess()  # synonym and noise
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self.local.close()
 
     def units(self, item, records: list[dict]) -> list[Spawn]:
         """One augment unit per step for an original that deserves variants (labelled, and unflagged
@@ -117,7 +112,7 @@ class VariantStage:
         if step.kind in LOCAL_KINDS:
             # Seeded per source and step, so a variant does not depend on which worker made it or when.
             seed = _seed(self.aug.seed, unit["source_id"], unit["step"])
-            return await self._local(step, text, protected, seed)
+            return await self.local.variants(step, text, protected, seed)
         if step.kind == "paraphrase":
             messages, fmt = augment.paraphrase_request(text, step.n, terms)
             return await self._rewrite(ask, messages, fmt, step.n * self._room(text), usage, cache,
@@ -130,21 +125,6 @@ class VariantStage:
             variants.append(await self._rewrite(ask, messages, fmt, self._room(pivot), usage, cache,
                                                 augment.parse_translation))
         return variants
-
-    async def _local(self, step, text: str, protected: list[tuple[int, int]], seed: int) -> list[str]:
-        """nlpaug in a process beside the event loop's (the GIL would otherwise make labelling wait
-        on it); spawned, not forked, so the worker's loop, sockets and store stay its own. A process
-        that died is replaced once."""
-        for attempt in (1, 2):
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._pool, augment.local_variants, step, text, protected, seed)
-            except BrokenProcessPool:
-                self.close()
-                if attempt == 2:
-                    raise
 
     def _room(self, text: str) -> int:
         return augment.rewrite_tokens(self.counter.count(text))

@@ -191,8 +191,8 @@ async def test_a_dead_augmentation_process_is_replaced(tmp_path):
         "augment": {"steps": [{"kind": "noise", "n": 1}]}})
     stage = VariantStage(spec, build_task(spec), TokenCounter("gpt-4o-mini"), lambda: iter(()))
     step = NoiseStep(kind="noise", n=1)
-    first = await stage._local(step, "the parcel arrived late again today", [], 1)
-    for pid in list(stage._pool._processes):
+    first = await stage.local.variants(step, "the parcel arrived late again today", [], 1)
+    for pid in list(stage.local._pool._processes):
         os.kill(pid, signal.SIGKILL)
-    assert await stage._local(step, "the parcel arrived late again today", [], 1) == first
+    assert await stage.local.variants(step, "the parcel arrived late again today", [], 1) == first
     stage.close()
