@@ -1,10 +1,17 @@
 """Augmentation inside a labeling run: variants tied to their source, deduplicated, re-checked."""
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
-from prelabel.config import EXIT_OK
-from prelabel.store import SQLiteStore
+from prelabel.completion import Completion
+from prelabel.config import EXIT_OK, JobSpec
+from prelabel.draft import FAILED
+from prelabel.store import LeasedItem, SQLiteStore
+from prelabel.tasks import build_task
+from prelabel.tokens import TokenCounter
+from prelabel.variants import VariantStage
 from tests.conftest import write_job
 from tests.integration.test_worker import drafts, run, simulator
 
@@ -148,21 +155,16 @@ async def test_a_paid_request_is_on_the_ledger_even_when_a_bug_fails_the_unit(tm
     store.close()
 
 
-async def test_an_unusable_rewrite_fails_its_unit_and_is_not_cached(tmp_path):
-    from prelabel.completion import Completion
-    from prelabel.config import JobSpec
-    from prelabel.draft import FAILED
-    from prelabel.store import LeasedItem
-    from prelabel.tasks import build_task
-    from prelabel.tokens import TokenCounter
-    from prelabel.variants import VariantStage
-
+def stage_for(step: dict) -> VariantStage:
+    """The augmentation stage of a classify job with one step, without a run around it."""
     spec = JobSpec.model_validate({
         "name": "t", "input": {"path": "x.jsonl"}, "model": {"name": "gpt-4o-mini"},
-        "task": {"kind": "classify", "labels": {"a": "A", "b": "B"}},
-        "augment": {"steps": [{"kind": "paraphrase", "n": 2}]}})
-    task = build_task(spec)
-    stage = VariantStage(spec, task, TokenCounter("gpt-4o-mini"), lambda: iter(()))
+        "task": {"kind": "classify", "labels": {"a": "A", "b": "B"}}, "augment": {"steps": [step]}})
+    return VariantStage(spec, build_task(spec), TokenCounter("gpt-4o-mini"), lambda: iter(()))
+
+
+async def test_an_unusable_rewrite_fails_its_unit_and_is_not_cached():
+    stage = stage_for({"kind": "paraphrase", "n": 2})
 
     async def ask(messages, fmt, prompt_tokens, usage, max_out=None):
         return type("P", (), {"key": "k"})(), Completion('{"oops": 1}', None, "stop", None, 5, 5, "m")
@@ -176,21 +178,9 @@ async def test_an_unusable_rewrite_fails_its_unit_and_is_not_cached(tmp_path):
     stage.close()
 
 
-async def test_a_dead_augmentation_process_is_replaced(tmp_path):
-    import os
-    import signal
-
-    from prelabel.config import JobSpec, NoiseStep
-    from prelabel.tasks import build_task
-    from prelabel.tokens import TokenCounter
-    from prelabel.variants import VariantStage
-
-    spec = JobSpec.model_validate({
-        "name": "t", "input": {"path": "x.jsonl"}, "model": {"name": "gpt-4o-mini"},
-        "task": {"kind": "classify", "labels": {"a": "A", "b": "B"}},
-        "augment": {"steps": [{"kind": "noise", "n": 1}]}})
-    stage = VariantStage(spec, build_task(spec), TokenCounter("gpt-4o-mini"), lambda: iter(()))
-    step = NoiseStep(kind="noise", n=1)
+async def test_a_dead_augmentation_process_is_replaced():
+    stage = stage_for({"kind": "noise", "n": 1})
+    step = stage.aug.steps[0]
     first = await stage.local.variants(step, "the parcel arrived late again today", [], 1)
     for pid in list(stage.local._pool._processes):
         os.kill(pid, signal.SIGKILL)
