@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import augment
 
 BATCH = 64  # texts per round trip, at most
+
+
+def _exit_with(parent: int) -> None:
+    """In the augmentation process: exit when the worker that started it is gone (``kill -9``
+    leaves no one to shut the pool down, and the process would hold its 250 MB forever)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-worker").start()
 
 
 class AugmentProcess:
@@ -50,7 +64,8 @@ class AugmentProcess:
         loop, sockets and store stay its own."""
         for attempt in (1, 2):
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_exit_with, initargs=(os.getpid(),))
             try:
                 return await asyncio.get_running_loop().run_in_executor(self._pool, augment.local_variants_many, calls)
             except BrokenProcessPool:

@@ -186,3 +186,35 @@ async def test_a_dead_augmentation_process_is_replaced():
         os.kill(pid, signal.SIGKILL)
     assert await stage.local.variants(step, "the parcel arrived late again today", [], 1) == first
     stage.close()
+
+
+def test_the_augmentation_process_exits_when_its_worker_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from prelabel.augproc import AugmentProcess\n"
+        "from prelabel.config import NoiseStep\n"
+        "async def main():\n"
+        "    local = AugmentProcess()\n"
+        "    await local.variants(NoiseStep(kind='noise', n=1), 'the parcel arrived late again', [], 1)\n"
+        "    print(*local._pool._processes, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n")
+    worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(worker.stdout.readline())
+    worker.kill()  # SIGKILL: no shutdown runs
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the augmentation process outlived its worker")
