@@ -135,6 +135,8 @@ class JobRunner:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
+            # Units too, not only through _produce_units: an empty lease here must mean no work of
+            # any kind is left, or units committed since its last poll would be stranded.
             items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s,
                                      self._free_units())
             if not items:
