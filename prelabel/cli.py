@@ -35,7 +35,10 @@ def default_db() -> str:
 def _endpoint():
     from .runs import Endpoint
 
-    return Endpoint(api_key=os.environ.get("OPENAI_API_KEY"), base_url=os.environ.get("OPENAI_BASE_URL"))
+    # An empty variable is unset (compose and shells pass `VAR=` for "not configured"): an empty
+    # base_url would send every request to nowhere.
+    return Endpoint(api_key=os.environ.get("OPENAI_API_KEY") or None,
+                    base_url=os.environ.get("OPENAI_BASE_URL") or None)
 
 
 def _say(outcome) -> None:
