@@ -67,8 +67,9 @@ class AllowList:
     prefixes: tuple[URLPrefix, ...]
 
     @classmethod
-    def of(cls, urls: Iterable[str | None]) -> "AllowList":
-        """The default OpenAI endpoint and ``urls`` (empty entries skipped); ValueError naming a bad one."""
+    def of(cls, urls: Iterable[str | None], *, skip_invalid: bool = False) -> "AllowList":
+        """The default OpenAI endpoint and ``urls`` (empty entries skipped); ValueError naming a bad one,
+        unless ``skip_invalid`` (the environment's own endpoint: used as it is, a prefix for none)."""
         prefixes = [parse(DEFAULT_BASE_URL)]
         for url in urls:
             url = (url or "").strip()
@@ -77,7 +78,8 @@ class AllowList:
             try:
                 prefixes.append(parse(url))
             except ValueError as e:
-                raise ValueError(f"{url!r} cannot be allowed: {e}") from None
+                if not skip_invalid:
+                    raise ValueError(f"{url!r} cannot be allowed: {e}") from None
         return cls(tuple(dict.fromkeys(prefixes)))
 
     def refusal(self, url: str) -> str | None:

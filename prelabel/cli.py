@@ -36,11 +36,7 @@ def default_db() -> str:
 
 def _allowed() -> AllowList:
     """The endpoints a job file may name: $OPENAI_BASE_URL, OpenAI's and $PRELABEL_ALLOWED_BASE_URLS."""
-    env_url = os.environ.get("OPENAI_BASE_URL")
-    try:
-        allowed = AllowList.of([env_url])
-    except ValueError:  # used as it is when no job names an endpoint; no prefix for others to match
-        allowed = AllowList.of([])
+    allowed = AllowList.of([os.environ.get("OPENAI_BASE_URL")], skip_invalid=True)
     try:
         extra = AllowList.of(os.environ.get(ALLOWLIST_ENV, "").split(","))
     except ValueError as e:

@@ -64,7 +64,7 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
 def check_endpoint(spec: JobSpec, job_path: str | Path | None, allowed: AllowList) -> None:
     """A job file's ``model.base_url`` receives the key: refused unless the operator allowed it."""
     url = spec.model.base_url
-    refusal = allowed.refusal(url) if url is not None else None
+    refusal = allowed.refusal(url) if url else None  # none (or empty): the environment's endpoint
     if refusal is not None:
         line = field_line(job_path, "model.base_url") if job_path else None
         raise JobFileError(refusal, path=str(job_path) if job_path else None, line=line, field="model.base_url")

@@ -45,7 +45,7 @@ class Endpoint:
         """Refuse (JobFileError) a job whose own endpoint is not allowed: checked again before sending,
         since the job may have been queued when the allowlist said otherwise."""
         if not self.override:
-            check_endpoint(spec, job_file, self.allowed or AllowList.of([self.base_url]))
+            check_endpoint(spec, job_file, self.allowed or AllowList.of([self.base_url], skip_invalid=True))
 
 
 @dataclass(slots=True)

@@ -229,6 +229,21 @@ def test_a_prefix_allows_the_paths_under_it_and_nothing_beside():
     assert parse("http://[::1]:8000/v1").host == "::1"
 
 
+def test_a_library_endpoint_allows_its_own_url_and_no_other(tmp_path):
+    from prelabel.errors import JobFileError
+    from prelabel.jobfile import load_job
+    from prelabel.runs import Endpoint
+
+    own = "http://127.0.0.1:9/v1"
+    for url in (None, "", own):  # none or empty: the endpoint's own URL is used
+        job = write_job(tmp_path / f"job{url!r}", base_url=url)
+        Endpoint(KEY, own).check(load_job(job), str(job))
+    job = write_job(tmp_path / "other", base_url="http://127.0.0.1:10/v1")
+    with pytest.raises(JobFileError, match=r"job.yaml:3: model.base_url: 'http://127.0.0.1:10/v1' is not an allowed"):
+        Endpoint(KEY, own).check(load_job(job), str(job))
+    Endpoint("sk-simulator", own, override=True).check(load_job(job), str(job))  # --simulate: the job's URL unused
+
+
 # --- an endpoint that echoes the key ------------------------------------------------------------
 
 @pytest.mark.slow
