@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .allowlist import ALLOWLIST_ENV, AllowList
 from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
 from .errors import JobFileError, PrelabelError
 from .plan import format_plan, make_plan
 from .queue import prepare, submit, submit_spool
 from .outputs.export import exit_code_for, export
+from .redact import RedactingFilter, add_secret, redact
 from .store import open_store
 
 # The commands that talk to an endpoint import the LLM stack (the SDK alone takes most of a second)
@@ -32,13 +34,23 @@ def default_db() -> str:
     return str(data / "prelabel" / "prelabel.db")
 
 
+def _allowed() -> AllowList:
+    """The endpoints a job file may name: $OPENAI_BASE_URL, OpenAI's and $PRELABEL_ALLOWED_BASE_URLS."""
+    allowed = AllowList.of([os.environ.get("OPENAI_BASE_URL")], skip_invalid=True)
+    try:
+        extra = AllowList.of(os.environ.get(ALLOWLIST_ENV, "").split(","))
+    except ValueError as e:
+        raise PrelabelError(f"{ALLOWLIST_ENV}: {e}") from None
+    return AllowList(tuple(dict.fromkeys(allowed.prefixes + extra.prefixes)))
+
+
 def _endpoint():
     from .runs import Endpoint
 
     # An empty variable is unset (compose and shells pass `VAR=` for "not configured"): an empty
     # base_url would send every request to nowhere.
     return Endpoint(api_key=os.environ.get("OPENAI_API_KEY") or None,
-                    base_url=os.environ.get("OPENAI_BASE_URL") or None)
+                    base_url=os.environ.get("OPENAI_BASE_URL") or None, allowed=_allowed())
 
 
 def _say(outcome) -> None:
@@ -46,7 +58,7 @@ def _say(outcome) -> None:
         print(f"{outcome.job_id}: this worker's share is done; another worker is finishing the job")
         return
     if "error" in outcome.report:
-        print(f"{outcome.job_id}: error: {outcome.report['error']}", file=sys.stderr)
+        print(f"{outcome.job_id}: error: {redact(outcome.report['error'])}", file=sys.stderr)
         return
     r = outcome.report
     print(f"{outcome.job_id}: {json.dumps(r['by_state'])}  flags {json.dumps(r['by_flag'])}  "
@@ -109,7 +121,8 @@ def cmd_run(args) -> int:
     from .runs import Endpoint, reclaim_dead, run_job
     from .owners import worker_id
 
-    prepared = prepare(args.job, input_path=args.input, out_dir=args.out)  # a bad job file stops here
+    # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=None if args.simulate else _allowed())
     store = open_store(args.db)
     try:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
@@ -132,7 +145,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    prepared = prepare(args.job, input_path=args.input, out_dir=args.out)
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=_allowed())
     store = open_store(args.db)
     try:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
@@ -155,9 +168,9 @@ def cmd_work(args) -> int:
             codes = [EXIT_OK]
             while True:
                 if args.spool:
-                    for entry in submit_spool(store, args.spool):
+                    for entry in submit_spool(store, args.spool, _allowed()):
                         if entry.error:
-                            print(f"spool: {entry.error}", file=sys.stderr)
+                            print(f"spool: {redact(entry.error)}", file=sys.stderr)
                             codes.append(EXIT_JOB_ERROR)
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
@@ -317,13 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    add_secret(os.environ.get("OPENAI_API_KEY"))
+    for handler in logging.getLogger().handlers:  # on the handlers: a logger's filter misses its children
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     try:
         return args.func(args)
     except JobFileError as e:
-        print(f"prelabel: error: {e}", file=sys.stderr)
+        print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_JOB_ERROR
     except PrelabelError as e:
-        print(f"prelabel: error: {e}", file=sys.stderr)
+        print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("prelabel: interrupted; finished work is saved, run the same command to go on", file=sys.stderr)

@@ -12,6 +12,7 @@ import httpx
 import openai
 
 from .config import ModelSpec
+from .redact import add_secret
 
 
 CHAT_PATH = "chat/completions"
@@ -71,7 +72,10 @@ class _ApiHttpClient(openai.DefaultAioHttpClient):
 
 
 def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:
-    """The production client: aiohttp transport, SDK retries off (prelabel.retry owns them)."""
+    """The production client: aiohttp transport, SDK retries off (prelabel.retry owns them).
+
+    The key is registered for redaction: an endpoint's error text that echoes it never gets further."""
+    add_secret(api_key)
     return openai.AsyncOpenAI(api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
                               timeout=model.timeout_s, http_client=_ApiHttpClient(),
                               default_headers={name: openai.Omit() for name in _PLATFORM_HEADERS})

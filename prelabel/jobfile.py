@@ -164,3 +164,13 @@ def job_identity(spec: JobSpec, input_sha256: str, prompt_version: str) -> str:
             picked["task"][name] = file_sha256(Path(picked["task"][name]))
     blob = json.dumps({"spec": picked, "input": input_sha256, "prompt": prompt_version}, sort_keys=True)
     return f"{spec.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def field_line(path: str | Path, field: str) -> int | None:
+    """The line of a dotted field (``model.base_url``) in a job file, for a check made after loading;
+    None when the file is gone or no longer parses."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return _line_for(tuple(field.split(".")), _key_lines(node)) if node is not None else None

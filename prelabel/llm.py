@@ -27,6 +27,7 @@ from .config import Engine as EngineSettings
 from .config import ModelSpec
 from .errors import EmbeddingsUnavailable, LLMError
 from .ratelimit import RateLimiter, rate_headers
+from .redact import redact
 from .retry import Failure, RetryDecision, decide
 from .stats import RunStats
 from .tokens import TokenCounter
@@ -263,7 +264,8 @@ class LLMEngine:
                     raise
                 return await self._retry(endpoint, body, booked, parse, first)
         except _AttemptFailed as e:
-            raise LLMError(f"request failed: {e.decision.reason}: {e.cause}", status=e.failure.status,
+            # The cause's text is the endpoint's error body, which may echo the key it was sent.
+            raise LLMError(redact(f"request failed: {e.decision.reason}: {e.cause}"), status=e.failure.status,
                            attempts=e.attempt) from e.cause
 
     async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any],
@@ -322,7 +324,8 @@ class LLMEngine:
         if decision.retry:
             log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
         else:
-            log.warning("request failed for good after %d attempt(s): %s: %s", attempt, decision.reason, cause)
+            log.warning("request failed for good after %d attempt(s): %s: %s", attempt, decision.reason,
+                        redact(str(cause)))
         if decision.retry and failure.status == 429:
             # Everyone waits, not just this request: the window is shared.
             self.limiter.pause(decision.server_wait or decision.delay, self._clock())

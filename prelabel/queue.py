@@ -6,11 +6,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .allowlist import AllowList
 from .config import JobSpec
 from .errors import InputError, JobExists, JobFileError, PrelabelError
 from .examples import load_examples
 from .inputs import read_items
-from .jobfile import file_sha256, job_identity, load_job
+from .jobfile import field_line, file_sha256, job_identity, load_job
 from .pricing import price_for
 from .store import JobRecord, Store
 from .tasks import Task, build_task, fixed_prompt_tokens
@@ -29,9 +30,15 @@ class Submitted:
     resumed: int = 0  # items stopped by budget or failed that went back to pending
 
 
-def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[JobSpec, Task]:
-    """Load and check everything a job needs before any item is read or any request is made."""
+def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
+            allowed: AllowList | None = None) -> tuple[JobSpec, Task]:
+    """Load and check everything a job needs before any item is read or any request is made.
+
+    ``allowed``: the endpoints the job file may name (None: not checked, for a job nothing will send).
+    """
     spec = load_job(job_path, input_path=input_path, out_dir=out_dir)
+    if allowed is not None:
+        check_endpoint(spec, job_path, allowed)
     try:
         task = build_task(spec)
     except JobFileError as e:  # the task's own checks (aliases) know the field, not the file
@@ -54,6 +61,15 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[Job
     return spec, task
 
 
+def check_endpoint(spec: JobSpec, job_path: str | Path | None, allowed: AllowList) -> None:
+    """A job file's ``model.base_url`` receives the key: refused unless the operator allowed it."""
+    url = spec.model.base_url
+    refusal = allowed.refusal(url) if url else None  # none (or empty): the environment's endpoint
+    if refusal is not None:
+        line = field_line(job_path, "model.base_url") if job_path else None
+        raise JobFileError(refusal, path=str(job_path) if job_path else None, line=line, field="model.base_url")
+
+
 def _check_text_field(spec: JobSpec, job_path) -> None:
     """A text field absent from the first record is the job's mistake, not each line's."""
     first = next(iter(read_items(spec.input)), None)
@@ -66,9 +82,9 @@ def _check_text_field(spec: JobSpec, job_path) -> None:
 
 
 def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False,
-           prepared: tuple[JobSpec, Task] | None = None) -> Submitted:
+           prepared: tuple[JobSpec, Task] | None = None, allowed: AllowList | None = None) -> Submitted:
     """Queue a job; ``prepared`` is what ``prepare`` returned for the same arguments, if it ran."""
-    spec, task = prepared or prepare(job_path, input_path=input_path, out_dir=out_dir)
+    spec, task = prepared or prepare(job_path, input_path=input_path, out_dir=out_dir, allowed=allowed)
     input_sha = file_sha256(spec.input.path)
     job_id = job_identity(spec, input_sha, task.prompt_version)
     if new:
@@ -103,8 +119,9 @@ class SpoolEntry:
     error: str | None
 
 
-def submit_spool(store: Store, folder: str | Path) -> list[SpoolEntry]:
-    """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever).
+def submit_spool(store: Store, folder: str | Path, allowed: AllowList | None = None) -> list[SpoolEntry]:
+    """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever);
+    ``allowed``: the endpoints a job file may name.
 
     A file that fails is recorded with its error and not tried again until its content changes.
     """
@@ -115,7 +132,7 @@ def submit_spool(store: Store, folder: str | Path) -> list[SpoolEntry]:
         if store.spool_seen(key, digest):
             continue
         try:
-            job_id, error = submit(store, path).job_id, None
+            job_id, error = submit(store, path, allowed=allowed).job_id, None
         except PrelabelError as e:
             job_id, error = None, str(e)
         store.spool_record(key, digest, job_id, error)

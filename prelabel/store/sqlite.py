@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import InputError, JobExists
+from ..redact import redact, redact_error
 from .base import InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats, UsageRow
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -207,10 +208,11 @@ class SQLiteStore:
             if r.release:
                 released.append((job_id, r.seq, owner))
             else:
-                summary = json.dumps(r.summary, ensure_ascii=False) if r.summary is not None else None
+                summary = json.dumps(redact_error(r.summary), ensure_ascii=False) if r.summary is not None else None
                 finished.append((r.state, r.priority, summary, job_id, r.seq, owner))
                 cleared.append((job_id, r.seq, job_id, r.seq, owner))
-                drafts.extend((job_id, r.seq, idx, record["review_priority"], json.dumps(record, ensure_ascii=False),
+                drafts.extend((job_id, r.seq, idx, record["review_priority"],
+                               json.dumps(redact_error(record), ensure_ascii=False),
                                job_id, r.seq, owner) for idx, record in enumerate(r.records))
                 spawned.extend((r.seq, s) for s in r.spawn)
             bill(r.seq, r.usage)
@@ -340,7 +342,7 @@ class SQLiteStore:
         return self._db.execute(Q["spool_seen"], (path, sha256)).fetchone() is not None
 
     def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None) -> None:
-        self._db.execute(Q["spool_record"], (path, sha256, job_id, error, time.time()))
+        self._db.execute(Q["spool_record"], (path, sha256, job_id, redact(error) if error else error, time.time()))
 
 
 class _Transaction:
