@@ -13,6 +13,7 @@ from typing import Callable
 from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_UNAVAILABLE, Engine, JobSpec
 from .errors import JobFileError
 from .client import make_client
+from .endpoint import Endpoint
 from .llm import LLMEngine
 from .outputs.export import exit_code_for, export
 from .store import Store
@@ -20,22 +21,6 @@ from .tasks import build_task
 from .tokens import TokenCounter
 from .owners import dead_local_owners
 from .worker import JobRunner, RunResult
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where requests go: from the environment (read by the CLI), unless the job file says.
-
-    ``override`` makes ``base_url`` win over the job file's: the built-in simulator of ``--simulate``
-    must answer every request, whatever endpoint the job names.
-    """
-
-    api_key: str | None
-    base_url: str | None
-    override: bool = False
-
-    def url_for(self, spec: JobSpec) -> str | None:
-        return self.base_url if self.override else (spec.model.base_url or self.base_url)
 
 
 @dataclass(slots=True)
@@ -60,7 +45,8 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
     if own_client:
         client = make_client(spec.model, api_key=endpoint.api_key, base_url=endpoint.url_for(spec))
     try:
-        engine = LLMEngine(client, spec.model, settings, store.cache_get)
+        engine = LLMEngine(client, spec.model, settings, store.cache_get, identity=endpoint.identity(spec),
+                           simulated=endpoint.simulated)
         variants = None
         if spec.augment is not None and spec.augment.steps:
             from .variants import VariantStage  # imports nlpaug's side only for jobs that augment
