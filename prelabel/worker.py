@@ -243,8 +243,14 @@ class JobRunner:
         result.uncache = [key for key in self._asked.pop(item.seq, ()) if key not in usable]
         simulated = self.engine.simulated or item.seq in self._simulated
         self._simulated.discard(item.seq)
+        if item.kind == AUGMENT:  # variants written without a re-check carry their source's label, and whence
+            simulated = simulated or bool(json.loads(item.payload).get("simulated"))
         for record in result.records:
             record["endpoint"], record["simulated"] = self.engine.identity, simulated
+        if simulated:
+            for child in result.spawn:
+                if child.kind == AUGMENT and child.payload is not None:
+                    child.payload["simulated"] = True
         return result
 
     async def _process(self, item: LeasedItem) -> ItemResult:

@@ -64,3 +64,14 @@ def test_complete_takes_the_unusable_answers_out_of_the_cache(store, tmp_path):
     store.complete("j", OWNER, [ItemResult(item.seq, "done", 0.0, [], uncache=["broken"])])
     assert store.cache_get("kept") == {"content": "ok"} and store.cache_get("broken") is None
     assert cache_rows(tmp_path / "prelabel.db") == 1
+
+
+async def test_variants_without_a_recheck_say_their_label_came_from_a_simulator(store, tmp_path):
+    extra = "augment:\n  recheck: false\n  seed: 7\n  steps:\n    - {kind: noise, n: 2, ops: [keyboard, swap]}\n"
+    async with simulator() as (_, url):  # it says it is one
+        data = [{"id": f"s{k}", "text": f"My package number {k} arrived late and broken, please help"} for k in range(2)]
+        job = write_job(tmp_path / "job", items=data, base_url=url, extra=extra)
+        await run_job(store, submit(store, job).job_id, Endpoint("sk-test", url), ENGINE, OWNER)
+    records = drafts(tmp_path / "job" / "out")
+    assert any(r["augmentation"] for r in records), "no variants were made"
+    assert {(r["endpoint"], r["simulated"]) for r in records} == {(url, True)}
