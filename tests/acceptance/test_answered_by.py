@@ -48,12 +48,13 @@ def test_a_real_run_after_a_simulated_one_asks_everything_and_says_who_answered(
     demo = prelabel("run", job, "--simulate", "-q", env=env)
     assert demo.returncode == 0, demo.stderr
     assert real.stats()["requests"] == 0  # --simulate answered everything itself
+    assert "answered by a simulator" in demo.stderr
     simulated = outputs(out, tmp_path / "simulated")
 
     # The same job file, no --new: the simulator's job is not this one, and its answers are not this endpoint's.
     first_real = prelabel("run", job, "-q", env=env)
     assert first_real.returncode == 0, first_real.stderr
-    assert "(resumed)" not in first_real.stderr
+    assert "(resumed)" not in first_real.stderr and "answered by a simulator" not in first_real.stderr
     assert sent_once_each(real)
     answered = outputs(out, tmp_path / "real")
 
