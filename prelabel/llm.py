@@ -25,6 +25,7 @@ from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import ModelSpec
+from .endpoint import SIMULATOR_HEADER, normalise_url
 from .errors import EmbeddingsUnavailable, LLMError
 from .ratelimit import RateLimiter, rate_headers
 from .redact import redact
@@ -48,10 +49,16 @@ class Prepared:
     cached: Completion | None    # the stored answer, if any: then nothing is sent
 
 
-def encode_request(request: dict) -> tuple[bytes, str]:
+def encode_request(request: dict, identity: str) -> tuple[bytes, str]:
     """The request body as sent, and its cache key: one serialisation serves both."""
     body = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
-    return body, hashlib.sha256(body).hexdigest()
+    return body, cache_key(identity, body)
+
+
+def cache_key(identity: str, body: bytes) -> str:
+    """What answers (the endpoint's identity; the model is in the body) and what was asked: an
+    answer is only ever served again for the same request to the same endpoint."""
+    return hashlib.sha256(identity.encode() + b"\0" + body).hexdigest()
 
 
 # Statuses that mean "no embeddings here" (no route, unknown model, method not allowed): not a
@@ -130,8 +137,10 @@ def parse_embeddings(content: bytes, count: int) -> tuple[list[array], int | Non
     return vectors, reported if isinstance(reported, int) else None
 
 
-def _completion(content: bytes) -> Completion:
-    return Completion.from_response(json.loads(content))
+def _completion(raw) -> Completion:
+    completion = Completion.from_response(json.loads(raw.content))
+    completion.simulated = SIMULATOR_HEADER in raw.headers
+    return completion
 
 
 class _Endpoint(NamedTuple):
@@ -140,11 +149,17 @@ class _Endpoint(NamedTuple):
 
 
 class LLMEngine:
+    """``identity`` names what answers (``prelabel.endpoint``; by default the client's base URL), in
+    every cache key; ``simulated``: the built-in simulator answers, so every answer is marked so."""
+
     def __init__(self, client: openai.AsyncOpenAI, model: ModelSpec, settings: EngineSettings,
                  cache_get: Callable[[str], dict | None], *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 identity: str | None = None, simulated: bool = False) -> None:
         self.client, self.model, self.settings = client, model, settings
+        self.identity = identity or normalise_url(str(client.base_url))
+        self.simulated = simulated
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
         self.stats = RunStats()
         self._chat = _Endpoint(CHAT_PATH, request_template(client))
@@ -170,7 +185,7 @@ class LLMEngine:
 
     def prepare(self, request: dict) -> Prepared:
         """Serialise the request once, and look for its answer in the cache."""
-        body, key = encode_request(request)
+        body, key = encode_request(request, self.identity)
         cached = self._cache_get(key)
         if cached is not None:
             self.stats.cache_hits += 1
@@ -184,6 +199,7 @@ class LLMEngine:
         what the usage shows was not used is given back.
         """
         completion = await self._call(self._chat, prepared.body, booked_tokens, _completion)
+        completion.simulated = completion.simulated or self.simulated
         self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion
 
@@ -197,7 +213,7 @@ class LLMEngine:
         limit = self.settings.embed_max_input_tokens
         keys, vectors, sent, tokens = [], [], [], []
         for text in texts:
-            key = encode_request({"model": model, "input": text})[1]
+            key = encode_request({"model": model, "input": text}, self.identity)[1]
             stored = self._cache_get(key)
             keys.append(key)
             if stored is not None:
@@ -229,11 +245,11 @@ class LLMEngine:
                                        settings.embed_batch_tokens):
             batch = [firsts[i] for i in batch]
             body = encode_request({"model": prepared.model, "input": [prepared.texts[p] for p in batch],
-                                   "encoding_format": "base64"})[0]
+                                   "encoding_format": "base64"}, self.identity)[0]
             booked = sum(prepared.tokens[p] for p in batch)
             try:
                 vectors, billed = await self._call(self._embeddings, body, booked,
-                                                   lambda content, n=len(batch): parse_embeddings(content, n))
+                                                   lambda raw, n=len(batch): parse_embeddings(raw.content, n))
             except LLMError as e:
                 error = e
                 if e.status in NO_EMBEDDINGS_STATUS:
@@ -253,7 +269,7 @@ class LLMEngine:
                     result.to_store[position] = entry
         return result
 
-    async def _call(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any]) -> Any:
+    async def _call(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[Any], Any]) -> Any:
         """One request through the retry policy: the parsed answer, or LLMError once it gives up."""
         try:
             try:
@@ -268,7 +284,7 @@ class LLMEngine:
             raise LLMError(redact(f"request failed: {e.decision.reason}: {e.cause}"), status=e.failure.status,
                            attempts=e.attempt) from e.cause
 
-    async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any],
+    async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[Any], Any],
                      first: _AttemptFailed) -> Any:
         retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),
                                  wait=lambda state: state.outcome.exception().decision.delay,
@@ -281,7 +297,7 @@ class LLMEngine:
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def _attempt(self, endpoint: _Endpoint, body: bytes, booked: int, attempt: int,
-                       parse: Callable[[bytes], Any]) -> Any:
+                       parse: Callable[[Any], Any]) -> Any:
         # The pause may grow while we wait (another request got a 429): wait until it holds.
         delay = self.limiter.reserve(booked, self._clock())
         while delay > 0:
@@ -306,7 +322,7 @@ class LLMEngine:
         headers = rate_headers(raw.headers.raw)
         self._observe(headers)
         try:
-            return parse(raw.content)
+            return parse(raw)  # the response: its body, and its headers (a simulator says so)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             # A 200 with a body that is not the answer asked for: a broken proxy; treat it as a 502.
             raise self._failed(Failure(502, headers), attempt, e) from e
