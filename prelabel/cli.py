@@ -39,6 +39,9 @@ def _endpoint():
 
 
 def _say(outcome) -> None:
+    if outcome.note is not None:
+        print(f"{outcome.job_id}: not run: {outcome.note}", file=sys.stderr)
+        return
     if outcome.report is None:
         print(f"{outcome.job_id}: this worker's share is done; another worker is finishing the job")
         return
@@ -109,7 +112,7 @@ def cmd_run(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out)  # a bad job file stops here
     store = open_store(args.db)
     try:
-        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
+        sub = _submit_waiting(store, args, prepared)
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)
 
         async def go():
@@ -128,6 +131,29 @@ def cmd_run(args) -> int:
         store.close()
 
 
+def _submit_waiting(store, args, prepared):
+    """Submit; while another live process is loading the same job, wait for it (or take over when
+    it dies), so that `run` never starts a job whose input is not all in."""
+    import time
+
+    told = False
+    while True:
+        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
+        if sub.read_on_from is not None:
+            print(f"job {sub.job_id}: its earlier load was cut off; read the input on after line "
+                  f"{sub.read_on_from:,}", file=sys.stderr)
+        if sub.loading is None:
+            return sub
+        if not told:
+            print(f"job {sub.job_id}: another process ({sub.loading}) is loading its input; waiting for it",
+                  file=sys.stderr)
+            told = True
+        time.sleep(_LOADING_POLL_S)
+
+
+_LOADING_POLL_S = 0.5
+
+
 def cmd_submit(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out)
     store = open_store(args.db)
@@ -136,6 +162,10 @@ def cmd_submit(args) -> int:
     finally:
         store.close()
     state = "queued" if sub.created else f"already queued ({sub.resumed} items resumed)"
+    if sub.loading:
+        state = f"being loaded by another process ({sub.loading}); it queues the job when done"
+    elif sub.read_on_from is not None:
+        state = f"queued (its earlier load was cut off: read on after line {sub.read_on_from:,})"
     print(sub.job_id)
     print(f"{state}: {sub.items:,} items, {sub.input_errors} bad input lines", file=sys.stderr)
     return EXIT_OK
@@ -156,6 +186,9 @@ def cmd_work(args) -> int:
                         if entry.error:
                             print(f"spool: {entry.error}", file=sys.stderr)
                             codes.append(EXIT_JOB_ERROR)
+                        elif entry.loading:
+                            print(f"spool: {entry.path.name}: another process ({entry.loading}) is loading it",
+                                  file=sys.stderr)
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
@@ -182,6 +215,7 @@ def cmd_status(args) -> int:
             counts = store.counts(job.id)
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
+        failed = [] if args.job_id else store.spool_failures()
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -192,6 +226,9 @@ def cmd_status(args) -> int:
                                                               "stopped") if row.get(s))
                 print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
+        for entry in failed:  # on stderr with --json, which stays a list of jobs
+            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)",
+                  file=sys.stderr if args.json else sys.stdout)
         return EXIT_OK
     finally:
         store.close()

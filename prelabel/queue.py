@@ -1,23 +1,33 @@
 """The queue's front door: submit a job file (idempotently), or every new job file in a spool folder."""
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging
+import os
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import JobSpec
-from .errors import InputError, JobExists, JobFileError, PrelabelError
+from .config import InputSpec, JobSpec
+from .errors import InputError, JobExists, JobFileError, PrelabelError, StoreError
 from .examples import load_examples
 from .inputs import read_items
 from .jobfile import file_sha256, job_identity, load_job
+from .owners import dead_local_owners, worker_id
 from .pricing import price_for
-from .store import JobRecord, Store
+from .store import IngestState, JobRecord, Store
 from .tasks import Task, build_task, fixed_prompt_tokens
 from .tokens import TokenCounter
 
+log = logging.getLogger(__name__)
 
-INGEST_STALE_S = 120.0  # a submission that wrote nothing for this long is taken to be dead
+# A reader of a job's input commits a batch at least every second. One on this host is dead when
+# its process is gone; one on another host (whose process cannot be checked) when it has committed
+# nothing for this long.
+INGEST_STALE_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +37,8 @@ class Submitted:
     items: int
     input_errors: int
     resumed: int = 0  # items stopped by budget or failed that went back to pending
+    loading: str | None = None  # another live process is reading the input in (its id): not runnable yet
+    read_on_from: int | None = None  # a killed load was taken over: the input was read on after this line
 
 
 def prepare(job_path: str | Path, *, input_path=None, out_dir=None) -> tuple[JobSpec, Task]:
@@ -66,34 +78,112 @@ def _check_text_field(spec: JobSpec, job_path) -> None:
 
 
 def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False,
-           prepared: tuple[JobSpec, Task] | None = None) -> Submitted:
-    """Queue a job; ``prepared`` is what ``prepare`` returned for the same arguments, if it ran."""
+           prepared: tuple[JobSpec, Task] | None = None, owner: str | None = None,
+           now: float | None = None, stale_s: float = INGEST_STALE_S) -> Submitted:
+    """Queue a job; ``prepared`` is what ``prepare`` returned for the same arguments, if it ran.
+
+    A job whose earlier submitter died while reading its input is read on from where it stopped."""
     spec, task = prepared or prepare(job_path, input_path=input_path, out_dir=out_dir)
     input_sha = file_sha256(spec.input.path)
     job_id = job_identity(spec, input_sha, task.prompt_version)
     if new:
         job_id = f"{job_id}-{uuid.uuid4().hex[:6]}"
     spec_json = spec.model_dump(mode="json")
-    existing = store.get_job(job_id)
+    owner = owner or worker_id()
+    existing, read_on_from = store.get_job(job_id), None
     if existing is not None and existing.status == "ingesting":
-        if time.time() - existing.updated_at < INGEST_STALE_S:
-            # Another process is submitting this very job now (two ticks on one spool file).
-            return Submitted(job_id, False, 0, 0)
-        store.discard_job(job_id)  # its submitter died half-way: start it over
-        existing = None
+        # The same content (the id holds its hash), so the lines stored are this input's lines.
+        ingest = resume_ingest(store, job_id, spec.input, owner, time.time() if now is None else now, stale_s)
+        if ingest.busy:
+            return Submitted(job_id, False, 0, 0, loading=ingest.owner or "another process")
+        read_on_from = ingest.after_line
+        existing = store.get_job(job_id)
     if existing is not None:
         # Same work again: take the new run settings (a raised budget), and go on where it stopped.
         store.update_job_spec(job_id, spec_json, str(job_path))
         resumed = store.resume_stopped(job_id) + store.retry_failed(job_id)
         counts = store.counts(job_id)
-        return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed)
+        return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed,
+                         read_on_from=read_on_from)
     record = JobRecord(job_id, spec.name, spec_json, str(job_path), input_sha, task.prompt_version,
                        "ingesting", 0.0, 0, 0.0)
     try:
-        items = store.create_job(record, read_items(spec.input))
+        items = store.create_job(record, read_items(spec.input), owner)
     except JobExists:
-        return Submitted(job_id, False, 0, 0)  # another process won the race to submit it
+        return Submitted(job_id, False, 0, 0, loading="another process")  # it won the race to submit it
+    except BaseException:
+        _give_back(store, job_id, owner)
+        raise
     return Submitted(job_id, True, items, len(store.input_errors(job_id)))
+
+
+def reader_is_dead(state: IngestState, now: float, stale_s: float = INGEST_STALE_S) -> bool:
+    """Whether the reader of a job's input is gone: its process on this host is, or it has
+    committed nothing for ``stale_s`` (a reader on another host, a pid since reused, a hung one)."""
+    if state.owner is not None and dead_local_owners([state.owner]):
+        return True
+    return now - state.beat >= stale_s
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResumed:
+    busy: bool               # a live reader has it (or took it first): leave it
+    owner: str | None = None
+    after_line: int | None = None  # it was read on after this line (None: it was all in already)
+    items: int = 0
+
+
+def resume_ingest(store: Store, job_id: str, source: InputSpec, owner: str, now: float,
+                  stale_s: float = INGEST_STALE_S) -> IngestResumed:
+    """Read a job's input on from the last batch stored, if its reader is dead: no line is stored
+    twice, none is skipped. Only one of several callers that find it dead takes it over."""
+    state = store.ingest_state(job_id)
+    if state is None:
+        return IngestResumed(False)
+    if not reader_is_dead(state, now, stale_s) or not store.claim_ingest(job_id, owner, state.owner, now):
+        return IngestResumed(True, state.owner)
+    log.info("job %s: its input was being read by %s, now gone; reading on after line %d",
+             job_id, state.owner, state.line)
+    rest = itertools.dropwhile(lambda entry: entry.line <= state.line, read_items(source))
+    try:
+        added = store.continue_ingest(job_id, owner, rest, state.next_seq)
+    except JobExists:
+        return IngestResumed(True)  # taken for dead in turn, and taken over
+    except BaseException:
+        _give_back(store, job_id, owner)
+        raise
+    return IngestResumed(False, None, state.line, added)
+
+
+def _give_back(store: Store, job_id: str, owner: str) -> None:
+    """A reader that fails (or is interrupted) lets the next caller read on at once."""
+    with contextlib.suppress(Exception):
+        store.release_ingest(job_id, owner)
+
+
+def resume_dead_ingests(store: Store, owner: str, now: float,
+                        stale_s: float = INGEST_STALE_S) -> list[tuple[str, str | None]]:
+    """Every job whose reader died half-way (a killed ``submit``, ``run`` or spool tick): read on.
+
+    Returns (job id, None) for each one read on, (job id, error) for one whose input is not the
+    one it was submitted with any more."""
+    taken = []
+    for job in store.list_jobs():
+        state = store.ingest_state(job.id) if job.status == "ingesting" else None
+        if state is None or not reader_is_dead(state, now, stale_s):
+            continue
+        source = JobSpec.model_validate(job.spec).input
+        try:
+            same = file_sha256(source.path) == job.input_sha256
+        except OSError:
+            same = False
+        if not same:
+            taken.append((job.id, f"job {job.id} was being loaded when its loader died, and its input "
+                                  f"{source.path} has changed or gone since: submit the job file again"))
+            continue
+        if not resume_ingest(store, job.id, source, owner, now, stale_s).busy:
+            taken.append((job.id, None))
+    return taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,23 +191,74 @@ class SpoolEntry:
     path: Path
     job_id: str | None
     error: str | None
+    loading: str | None = None  # another live process is loading it: looked at again next tick
 
 
-def submit_spool(store: Store, folder: str | Path) -> list[SpoolEntry]:
+def submit_spool(store: Store, folder: str | Path, *, owner: str | None = None) -> list[SpoolEntry]:
     """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever).
 
-    A file that fails is recorded with its error and not tried again until its content changes.
+    A file that fails, however it fails, is recorded with its error and the next file goes on; it
+    is tried again when its content changes, or a file it names (input, guidelines, examples) does.
     """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise JobFileError("the spool folder does not exist (create it, or fix --spool)", path=str(folder))
     entries = []
-    for path in sorted(Path(folder).glob("*.yaml")):
-        digest = file_sha256(path)
-        key = str(path.resolve())
-        if store.spool_seen(key, digest):
-            continue
-        try:
-            job_id, error = submit(store, path).job_id, None
-        except PrelabelError as e:
-            job_id, error = None, str(e)
-        store.spool_record(key, digest, job_id, error)
-        entries.append(SpoolEntry(path, job_id, error))
+    for path in sorted(folder.glob("*.yaml")):
+        entry = _submit_spooled(store, path, owner)
+        if entry is not None:
+            entries.append(entry)
     return entries
+
+
+def _submit_spooled(store: Store, path: Path, owner: str | None) -> SpoolEntry | None:
+    try:
+        digest = file_sha256(path)
+    except OSError as e:  # removed since the listing, or unreadable: nothing to record it by
+        return SpoolEntry(path, None, f"{path}: cannot be read ({e.strerror})")
+    key = str(path.resolve())
+    seen = store.spool_entry(key, digest)
+    if seen is not None and (seen.error is None or not _changed(seen.inputs)):
+        return None
+    job_id, named = None, {}
+    try:
+        sub = submit(store, path, owner=owner)
+    except (StoreError, sqlite3.Error):
+        raise  # the store's fault, not the file's: the tick fails and the next one tries again
+    except PrelabelError as e:
+        error, named = str(e), _named_files(path)
+    except Exception as e:  # whatever one file does (a YAML bomb's MemoryError), the files after it go on
+        log.error("spool file %s could not be loaded", path, exc_info=True)
+        error = f"{path}: could not be loaded: {type(e).__name__}: {e}"
+    else:
+        if sub.loading:
+            return SpoolEntry(path, sub.job_id, None, sub.loading)
+        job_id, error = sub.job_id, None
+    store.spool_record(key, digest, job_id, error, named)
+    return SpoolEntry(path, job_id, error)
+
+
+def _named_files(path: Path) -> dict:
+    """The files a failed job file names, as they are now: it is tried again when one changes."""
+    try:
+        spec = load_job(path)
+    except PrelabelError as e:
+        spec = getattr(e, "spec", None)  # the input (or guidelines, examples) is the missing part
+    except Exception:
+        return {}
+    if spec is None:
+        return {}
+    files = [spec.input.path, spec.task.guidelines, spec.task.examples]
+    return {str(f): _stat(f) for f in files if f is not None}
+
+
+def _stat(path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _changed(named: dict) -> bool:
+    return any(_stat(path) != was for path, was in named.items())
