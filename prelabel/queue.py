@@ -181,7 +181,16 @@ def resume_dead_ingests(store: Store, owner: str, now: float,
             taken.append((job.id, f"job {job.id} was being loaded when its loader died, and its input "
                                   f"{source.path} has changed or gone since: submit the job file again"))
             continue
-        if not resume_ingest(store, job.id, source, owner, now, stale_s).busy:
+        try:
+            busy = resume_ingest(store, job.id, source, owner, now, stale_s).busy
+        except (StoreError, sqlite3.Error):
+            raise
+        except Exception as e:  # its input cannot be read on (unreadable now): the other jobs go on
+            log.debug("job %s: its input could not be read on", job.id, exc_info=True)
+            taken.append((job.id, f"job {job.id}: its input {source.path} could not be read on: "
+                                  f"{type(e).__name__}: {e}"))
+            continue
+        if not busy:
             taken.append((job.id, None))
     return taken
 
@@ -228,7 +237,7 @@ def _submit_spooled(store: Store, path: Path, owner: str | None) -> SpoolEntry |
     except PrelabelError as e:
         error, named = str(e), _named_files(path)
     except Exception as e:  # whatever one file does (a YAML bomb's MemoryError), the files after it go on
-        log.error("spool file %s could not be loaded", path, exc_info=True)
+        log.debug("spool file %s could not be loaded", path, exc_info=True)  # -v: the traceback
         error = f"{path}: could not be loaded: {type(e).__name__}: {e}"
     else:
         if sub.loading:
