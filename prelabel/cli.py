@@ -9,13 +9,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
 from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
 from .errors import JobFileError, PrelabelError
 from .plan import format_plan, make_plan
-from .queue import prepare, submit, submit_spool
+from .queue import prepare, reader_is_dead, submit, submit_spool
 from .outputs.export import exit_code_for, export
 from .store import open_store
 
@@ -134,8 +135,6 @@ def cmd_run(args) -> int:
 def _submit_waiting(store, args, prepared):
     """Submit; while another live process is loading the same job, wait for it (or take over when
     it dies), so that `run` never starts a job whose input is not all in."""
-    import time
-
     told = False
     while True:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
@@ -215,6 +214,10 @@ def cmd_status(args) -> int:
             counts = store.counts(job.id)
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
+            loading = store.ingest_state(job.id) if job.status == "ingesting" else None
+            if loading is not None:  # how far its input is in, and whether anyone is still reading it
+                rows[-1]["loading"] = {"line": loading.line, "loader": loading.owner,
+                                       "alive": not reader_is_dead(loading, time.time())}
         failed = [] if args.job_id else store.spool_failures()
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -226,6 +229,9 @@ def cmd_status(args) -> int:
                                                               "stopped") if row.get(s))
                 print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
+                if "loading" in row and not row["loading"]["alive"]:
+                    print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
+                          "or work tick reads the input on from there")
         for entry in failed:  # on stderr with --json, which stays a list of jobs
             print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)",
                   file=sys.stderr if args.json else sys.stdout)

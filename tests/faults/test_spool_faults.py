@@ -67,11 +67,12 @@ def spool(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_bad_files_are_recorded_and_the_good_ones_after_them_run_in_the_same_tick(env, spool):
     data(spool / "data.jsonl")
     (spool / "a_broken.yaml").write_text("name: broken\ninput: [unclosed\n")
     # Nested past the YAML parser's recursion: an unexpected exception, not a job-file error.
-    (spool / "b_deep.yaml").write_text("name: deep\nmodel: " + "[" * 3000 + "]" * 3000 + "\n")
+    (spool / "b_deep.yaml").write_text("name: deep\nmodel: " + "[" * 800 + "]" * 800 + "\n")
     job_file(spool, "c_no_input", "missing.jsonl")
     job_file(spool, "d_good", "data.jsonl")
     job_file(spool, "e_good", "data.jsonl")
@@ -95,6 +96,7 @@ def test_bad_files_are_recorded_and_the_good_ones_after_them_run_in_the_same_tic
     assert again.returncode == 0 and "spool:" not in again.stderr, again.stderr  # unchanged: not retried
 
 
+@pytest.mark.slow
 def test_a_failed_file_is_tried_again_when_its_input_appears_or_changes(env, spool):
     job_file(spool, "late", "late.jsonl")                 # its input is not there yet
     job_file(spool, "wrong", "wrong.jsonl")
@@ -113,6 +115,7 @@ def test_a_failed_file_is_tried_again_when_its_input_appears_or_changes(env, spo
     assert "spool file failed" not in prelabel("status", env=env).stdout  # their latest tries worked
 
 
+@pytest.mark.slow
 def test_a_failed_file_is_tried_again_when_it_changes(env, spool):
     data(spool / "data.jsonl")
     bad = spool / "job.yaml"
@@ -123,6 +126,7 @@ def test_a_failed_file_is_tried_again_when_it_changes(env, spool):
     assert fixed.returncode == 0 and "job.yaml ->" in fixed.stderr, fixed.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_spool_folder_is_a_one_line_error(env, tmp_path):
     result = prelabel("work", "--once", "--spool", tmp_path / "nowhere", "-q", env=env)
     assert result.returncode == 3
