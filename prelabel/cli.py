@@ -16,7 +16,8 @@ from . import __version__
 from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
 from .errors import JobFileError, PrelabelError
 from .plan import format_plan, make_plan
-from .queue import prepare, reader_is_dead, submit, submit_spool
+from .ingest import reader_is_dead
+from .queue import prepare, submit, submit_spool
 from .outputs.export import exit_code_for, export
 from .store import open_store
 

@@ -19,7 +19,7 @@ from .store import Store
 from .tasks import build_task
 from .tokens import TokenCounter
 from .owners import dead_local_owners
-from .queue import resume_dead_ingests
+from .ingest import resume_dead_ingests
 from .worker import JobRunner, RunResult
 
 

@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.* as a package from this folder
 
 from prelabel import queue  # noqa: E402
+from prelabel.ingest import resume_dead_ingests  # noqa: E402
 from prelabel.store import SQLiteStore  # noqa: E402
 from tests.acceptance.clitools import prelabel, sim_processes  # noqa: E402
 from tests.conftest import LABELS, TEXTS  # noqa: E402
@@ -193,7 +194,7 @@ def test_an_exception_half_way_through_the_input_leaves_it_to_be_read_on(spool, 
         [job] = store.list_jobs()
         assert job.status == "ingesting" and store.counts(job.id) == {"pending": 20}
         monkeypatch.setattr(queue, "read_items", real)
-        assert queue.resume_dead_ingests(store, "next:1:a", time.time()) == [(job.id, None)]
+        assert resume_dead_ingests(store, "next:1:a", time.time()) == [(job.id, None)]
         assert store.counts(job.id) == {"pending": 50} and store.get_job(job.id).status == "queued"
         assert store.input_errors(job.id) == []
     finally:
