@@ -75,8 +75,9 @@ def resume_dead_ingests(store: Store, owner: str, now: float,
                         stale_s: float = INGEST_STALE_S) -> list[tuple[str, str | None]]:
     """Every job whose reader died half-way (a killed ``submit``, ``run`` or spool tick): read on.
 
-    Returns (job id, None) for each one read on, (job id, error) for one whose input is not the
-    one it was submitted with any more."""
+    Returns (job id, None) for each one read on, (job id, error) for one that cannot be: its input
+    is not the one it was submitted with any more (that job, never run, is dropped, so that it is
+    reported once), or cannot be read now."""
     taken = []
     for job in store.list_jobs():
         state = store.ingest_state(job.id) if job.status == "ingesting" else None
@@ -88,8 +89,12 @@ def resume_dead_ingests(store: Store, owner: str, now: float,
         except OSError:
             same = False
         if not same:
-            taken.append((job.id, f"job {job.id} was being loaded when its loader died, and its input "
-                                  f"{source.path} has changed or gone since: submit the job file again"))
+            if store.claim_ingest(job.id, owner, state.owner, now):
+                items = sum(store.counts(job.id).values())
+                store.discard_job(job.id)
+                taken.append((job.id, f"job {job.id} was being loaded when its loader died, and its input "
+                                      f"{source.path} has changed or gone since: dropped what was loaded "
+                                      f"({items:,} items, none run); submit the job file again"))
             continue
         try:
             busy = resume_ingest(store, job.id, source, owner, now, stale_s).busy

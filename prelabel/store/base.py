@@ -1,5 +1,7 @@
 """The store's interface: jobs, items and their leases, results, the usage ledger, the response cache.
 
+A job is ``ingesting`` (workers leave it alone) until all of its input is in; its ingest row says
+who reads it and the line reached, committed with each batch (see prelabel.ingest).
 Item states: ``pending`` -> ``leased`` (with an owner and an expiry) -> ``done`` | ``failed`` |
 ``skipped``; ``stopped`` when a budget stopped the job (back to ``pending`` when it is resubmitted).
 A lease whose owner died is taken again after it expires, or at once by a worker on the same host

@@ -301,3 +301,41 @@ def test_a_load_an_earlier_version_left_half_done_is_read_on(tmp_path):
         assert store.input_errors(job_id) == [] and store.get_job(job_id).status == "queued"
     finally:
         store.close()
+
+
+def test_a_csv_load_with_multiline_records_is_read_on_at_the_right_record(tmp_path):
+    folder = tmp_path / "job"
+    write_job(folder, items=[])
+    rows = ['id,text'] + [f'r{k},"line one of {k}\nline two of {k}"' if k % 3 == 0 else f"r{k},plain {k}"
+                          for k in range(12_000)]
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    job = folder / "job.yaml"
+    job.write_text(job.read_text().replace("path: data.jsonl", "path: data.csv"))
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        job_id = _half_load(store, job, "gone:1:a", 7000)
+        assert store.counts(job_id) == {"pending": 5000}
+        store._db.execute("UPDATE ingest SET beat = 0")
+        sub = submit(store, job)
+        assert sub.items == 12_000 and store.input_errors(job_id) == []
+        texts = dict(store._db.execute("SELECT item_id, text FROM items WHERE job_id = ?", (job_id,)))
+        assert texts == {f"r{k}": f"line one of {k}\nline two of {k}" if k % 3 == 0 else f"plain {k}"
+                         for k in range(12_000)}
+    finally:
+        store.close()
+
+
+def test_a_dead_load_whose_input_changed_is_dropped_and_reported_once(tmp_path):
+    from prelabel.ingest import resume_dead_ingests
+
+    job = write_job(tmp_path / "job", items=lines(12_000))
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        job_id = _half_load(store, job, "gone:1:a", 7000)
+        (tmp_path / "job" / "data.jsonl").write_text("\n".join(lines(3)) + "\n")  # replaced meanwhile
+        [(reported, error)] = resume_dead_ingests(store, "w:2:b", time.time() + INGEST_STALE_S + 1)
+        assert reported == job_id and "changed or gone" in error and "5,000 items, none run" in error
+        assert store.get_job(job_id) is None and store.list_jobs() == []
+        assert resume_dead_ingests(store, "w:2:b", time.time() + INGEST_STALE_S + 1) == []
+    finally:
+        store.close()
