@@ -339,3 +339,24 @@ def test_a_dead_load_whose_input_changed_is_dropped_and_reported_once(tmp_path):
         assert resume_dead_ingests(store, "w:2:b", time.time() + INGEST_STALE_S + 1) == []
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_a_killed_loader_not_yet_reaped_counts_as_dead(big_job, env):
+    # A parent that has not waited for its killed child leaves a zombie, whose pid still answers.
+    import socket
+
+    from prelabel.owners import dead_local_owners
+
+    db = env["PRELABEL_DB"]
+    loader = start("submit", big_job, env=env)
+    kill_when_stored(loader, db, 0, sig=signal.SIGSTOP)
+    owner = f"{socket.gethostname()}:{loader.pid}:abcdef"
+    assert dead_local_owners([owner]) == []
+    os.kill(loader.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while not dead_local_owners([owner]):  # not reaped (no wait yet): a zombie
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    loader.wait(5)
+    assert dead_local_owners([owner]) == [owner]
