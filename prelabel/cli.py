@@ -133,6 +133,9 @@ def cmd_run(args) -> int:
         store.close()
 
 
+_LOADING_POLL_S = 0.5  # `run` looks again this often while another process loads its job
+
+
 def _submit_waiting(store, args, prepared):
     """Submit; while another live process is loading the same job, wait for it (or take over when
     it dies), so that `run` never starts a job whose input is not all in."""
@@ -149,9 +152,6 @@ def _submit_waiting(store, args, prepared):
                   file=sys.stderr)
             told = True
         time.sleep(_LOADING_POLL_S)
-
-
-_LOADING_POLL_S = 0.5
 
 
 def cmd_submit(args) -> int:
