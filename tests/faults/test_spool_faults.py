@@ -199,3 +199,19 @@ def test_an_exception_half_way_through_the_input_leaves_it_to_be_read_on(spool, 
         assert store.input_errors(job.id) == []
     finally:
         store.close()
+
+
+def test_a_store_from_before_failed_files_were_retried_is_migrated(tmp_path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as con:  # the spool table as an earlier version made it, with a failure
+        con.execute("CREATE TABLE spool (path TEXT NOT NULL, sha256 TEXT NOT NULL, job_id TEXT, error TEXT, "
+                    "at REAL NOT NULL, PRIMARY KEY (path, sha256))")
+        con.execute("INSERT INTO spool VALUES ('/s/a.yaml', 'sha1', NULL, 'bad yaml', 1.0)")
+    store = SQLiteStore(db)
+    try:
+        old = store.spool_entry("/s/a.yaml", "sha1")
+        assert (old.error, old.inputs) == ("bad yaml", {})  # retried when its content changes, as before
+        store.spool_record("/s/a.yaml", "sha1", "job-1", None, {})
+        assert store.spool_entry("/s/a.yaml", "sha1").job_id == "job-1" and store.spool_failures() == []
+    finally:
+        store.close()
