@@ -114,7 +114,7 @@ def test_run_killed_then_run_again_at_once_has_every_item(big_job, env):
     kill_when_stored(start("run", big_job, "-q", env=env), db, 5000)
     again = prelabel("run", big_job, "-q", env=env)
     stopped_by_budget(again)
-    assert f"job t-" in again.stderr and f"{N:,} items (resumed)" in again.stderr
+    assert "read the input on after line" in again.stderr and f"{N:,} items (resumed)" in again.stderr
     check_store(db, status="budget_stopped")
 
 
