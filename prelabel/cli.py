@@ -251,8 +251,13 @@ def cmd_plan(args) -> int:
 def cmd_export(args) -> int:
     store = open_store(args.db)
     try:
-        if store.get_job(args.job_id) is None:
+        job = store.get_job(args.job_id)
+        if job is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
+            return EXIT_JOB_ERROR
+        if job.status == "ingesting":  # outputs of a job whose input is not all in would look final
+            print(f"job {args.job_id} is still being loaded (its input is not all in): nothing to export yet",
+                  file=sys.stderr)
             return EXIT_JOB_ERROR
         report, out_dir = export(store, args.job_id, include_flagged=args.include_flagged,
                                  val_fraction=args.val_fraction)

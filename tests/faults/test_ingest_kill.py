@@ -168,9 +168,14 @@ def test_a_live_loader_is_left_alone_and_no_job_runs_half_loaded(big_job, env):
     loader = start("submit", big_job, env=env)
     held = kill_when_stored(loader, db, 5000, sig=signal.SIGSTOP)
     try:
-        tick, other = prelabel_all(("work", "--once", "-q"), ("submit", big_job), env=env)
+        with sqlite3.connect(db) as con:
+            job_id = con.execute("SELECT id FROM jobs").fetchone()[0]
+        tick, other, exported = prelabel_all(("work", "--once", "-q"), ("submit", big_job), ("export", job_id),
+                                             env=env)
         assert tick.returncode == 0 and "stopped" not in tick.stdout, tick.stdout
         assert other.returncode == 0 and "being loaded by another process" in other.stderr, other.stderr
+        assert exported.returncode == 3 and "still being loaded" in exported.stderr, exported.stderr
+        assert not (big_job.parent / "out").exists()  # no outputs that would look final
         with sqlite3.connect(db) as con:
             assert con.execute("SELECT status FROM jobs").fetchone()[0] == "ingesting"
             assert con.execute("SELECT count(*) FROM items WHERE state != 'pending'").fetchone()[0] == 0
