@@ -219,7 +219,8 @@ def cmd_status(args) -> int:
             if loading is not None:  # how far its input is in, and whether anyone is still reading it
                 rows[-1]["loading"] = {"line": loading.line, "loader": loading.owner,
                                        "alive": not reader_is_dead(loading, time.time())}
-        failed = [] if args.job_id else store.spool_failures()
+        # Spool files whose latest try failed, while they are still there to fix.
+        failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
