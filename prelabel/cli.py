@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -17,6 +18,7 @@ from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
 from .endpoint import Endpoint
 from .errors import JobFileError, PrelabelError
 from .plan import format_plan, make_plan
+from .ingest import reader_is_dead
 from .queue import prepare, submit, submit_spool
 from .outputs.export import exit_code_for, export
 from .redact import RedactingFilter, add_secret, redact
@@ -55,6 +57,9 @@ def _endpoint(simulate: bool = False) -> Endpoint:
 
 
 def _say(outcome) -> None:
+    if outcome.note is not None:
+        print(f"{outcome.job_id}: not run: {outcome.note}", file=sys.stderr)
+        return
     if outcome.report is None:
         print(f"{outcome.job_id}: this worker's share is done; another worker is finishing the job")
         return
@@ -129,8 +134,7 @@ def cmd_run(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=None if args.simulate else _allowed())
     store = open_store(args.db)
     try:
-        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
-                     endpoint=_endpoint(args.simulate))
+        sub = _submit_waiting(store, args, prepared, _endpoint(args.simulate))
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)
 
         async def go():
@@ -149,6 +153,28 @@ def cmd_run(args) -> int:
         store.close()
 
 
+_LOADING_POLL_S = 0.5  # `run` looks again this often while another process loads its job
+
+
+def _submit_waiting(store, args, prepared, endpoint):
+    """Submit; while another live process is loading the same job, wait for it (or take over when
+    it dies), so that `run` never starts a job whose input is not all in."""
+    told = False
+    while True:
+        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
+                     endpoint=endpoint)
+        if sub.read_on_from is not None:
+            print(f"job {sub.job_id}: its earlier load was cut off; read the input on after line "
+                  f"{sub.read_on_from:,}", file=sys.stderr)
+        if sub.loading is None:
+            return sub
+        if not told:
+            print(f"job {sub.job_id}: another process ({sub.loading}) is loading its input; waiting for it",
+                  file=sys.stderr)
+            told = True
+        time.sleep(_LOADING_POLL_S)
+
+
 def cmd_submit(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=_allowed())
     store = open_store(args.db)
@@ -158,6 +184,10 @@ def cmd_submit(args) -> int:
     finally:
         store.close()
     state = "queued" if sub.created else f"already queued ({sub.resumed} items resumed)"
+    if sub.loading:
+        state = f"being loaded by another process ({sub.loading}); it queues the job when done"
+    elif sub.read_on_from is not None:
+        state = f"queued (its earlier load was cut off: read on after line {sub.read_on_from:,})"
     print(sub.job_id)
     print(f"{state}: {sub.items:,} items, {sub.input_errors} bad input lines", file=sys.stderr)
     return EXIT_OK
@@ -178,6 +208,9 @@ def cmd_work(args) -> int:
                         if entry.error:
                             print(f"spool: {redact(entry.error)}", file=sys.stderr)
                             codes.append(EXIT_JOB_ERROR)
+                        elif entry.loading:
+                            print(f"spool: {entry.path.name}: another process ({entry.loading}) is loading it",
+                                  file=sys.stderr)
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
@@ -204,6 +237,12 @@ def cmd_status(args) -> int:
             counts = store.counts(job.id)
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
+            loading = store.ingest_state(job.id) if job.status == "ingesting" else None
+            if loading is not None:  # how far its input is in, and whether anyone is still reading it
+                rows[-1]["loading"] = {"line": loading.line, "loader": loading.owner,
+                                       "alive": not reader_is_dead(loading, time.time())}
+        # Spool files whose latest try failed, while they are still there to fix.
+        failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -214,6 +253,12 @@ def cmd_status(args) -> int:
                                                               "stopped") if row.get(s))
                 print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
+                if "loading" in row and not row["loading"]["alive"]:
+                    print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
+                          "or work tick reads the input on from there")
+        for entry in failed:  # on stderr with --json, which stays a list of jobs
+            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)",
+                  file=sys.stderr if args.json else sys.stdout)
         return EXIT_OK
     finally:
         store.close()
@@ -229,8 +274,13 @@ def cmd_plan(args) -> int:
 def cmd_export(args) -> int:
     store = open_store(args.db)
     try:
-        if store.get_job(args.job_id) is None:
+        job = store.get_job(args.job_id)
+        if job is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
+            return EXIT_JOB_ERROR
+        if job.status == "ingesting":  # outputs of a job whose input is not all in would look final
+            print(f"job {args.job_id} is still being loaded (its input is not all in): nothing to export yet",
+                  file=sys.stderr)
             return EXIT_JOB_ERROR
         report, out_dir = export(store, args.job_id, include_flagged=args.include_flagged,
                                  val_fraction=args.val_fraction)

@@ -120,7 +120,11 @@ def load_job(path: str | Path, *, input_path: str | Path | None = None,
 
     spec = _resolve(spec, path.resolve().parent, Path(input_path) if input_path else None,
                     Path(out_dir) if out_dir else None)
-    _check_files(spec, path, lines)
+    try:
+        _check_files(spec, path, lines)
+    except JobFileError as e:
+        e.spec = spec  # a spool tries the file again when the file it lacks appears
+        raise
     return spec
 
 

@@ -21,6 +21,7 @@ from .store import Store
 from .tasks import build_task
 from .tokens import TokenCounter
 from .owners import dead_local_owners
+from .ingest import resume_dead_ingests
 from .worker import JobRunner, RunResult
 
 
@@ -31,11 +32,15 @@ class JobOutcome:
     run: RunResult | None
     report: dict | None
     out_dir: Path | None
+    note: str | None = None  # why it did not run (its input is still being loaded)
 
 
 async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engine, owner: str,
                   on_start: Callable[[JobRunner], None] | None = None, client=None) -> JobOutcome:
     job = store.get_job(job_id)
+    if job.status == "ingesting":  # never run (nor call done) a job whose input is not all in
+        return JobOutcome(job_id, EXIT_OK, None, None, None,
+                          note="its input is still being loaded by another process, which queues it when done")
     spec = JobSpec.model_validate(job.spec)
     task = build_task(spec)
     if task.prompt_version != job.prompt_version:
@@ -91,6 +96,11 @@ async def drain(store: Store, endpoint: Endpoint, settings: Engine, owner: str,
     """Run every job with work left until none has any (a cron tick's ``work --once``)."""
     outcomes, tried = [], set()
     reclaim_dead(store)
+    for job_id, error in resume_dead_ingests(store, owner, time.time()):  # loads killed half-way
+        if error is not None:
+            outcomes.append(JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": error}, None))
+            if on_outcome:
+                on_outcome(outcomes[-1])
     while True:
         runnable = [j for j in store.runnable_jobs(time.time()) if j not in tried]
         if not runnable:

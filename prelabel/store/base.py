@@ -1,5 +1,7 @@
 """The store's interface: jobs, items and their leases, results, the usage ledger, the response cache.
 
+A job is ``ingesting`` (workers leave it alone) until all of its input is in; its ingest row says
+who reads it and the line reached, committed with each batch (see prelabel.ingest).
 Item states: ``pending`` -> ``leased`` (with an owner and an expiry) -> ``done`` | ``failed`` |
 ``skipped``; ``stopped`` when a budget stopped the job (back to ``pending`` when it is resubmitted).
 A lease whose owner died is taken again after it expires, or at once by a worker on the same host
@@ -81,6 +83,24 @@ class ItemResult:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestState:
+    """A job whose input is being read in: by whom (host:pid:nonce), and how far it is stored."""
+
+    owner: str | None
+    line: int       # every input line up to this one is stored
+    next_seq: int
+    beat: float     # when its reader last committed a batch
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    path: str
+    job_id: str | None
+    error: str | None
+    inputs: dict    # a failed file's named files and their stat when it failed: retried when they change
+
+
+@dataclass(frozen=True, slots=True)
 class InputErrorRow:
     line: int
     field: str | None
@@ -93,7 +113,11 @@ class Store(Protocol):
     # jobs
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def list_jobs(self) -> list[JobRecord]: ...
-    def create_job(self, job: JobRecord, items: Iterable["object"]) -> int: ...
+    def create_job(self, job: JobRecord, items: Iterable["object"], owner: str | None = None) -> int: ...
+    def continue_ingest(self, job_id: str, owner: str, items: Iterable["object"], next_seq: int) -> int: ...
+    def ingest_state(self, job_id: str) -> IngestState | None: ...
+    def claim_ingest(self, job_id: str, owner: str, dead_owner: str | None, now: float) -> bool: ...
+    def release_ingest(self, job_id: str, owner: str) -> None: ...
     def discard_job(self, job_id: str) -> None: ...
     def update_job_spec(self, job_id: str, spec: dict, job_file: str | None) -> None: ...
     def set_status(self, job_id: str, status: str) -> None: ...
@@ -134,4 +158,7 @@ class Store(Protocol):
 
     # spool
     def spool_seen(self, path: str, sha256: str) -> bool: ...
-    def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None) -> None: ...
+    def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None,
+                     inputs: dict | None = None) -> None: ...
+    def spool_entry(self, path: str, sha256: str) -> SpoolRecord | None: ...
+    def spool_failures(self) -> list[SpoolRecord]: ...

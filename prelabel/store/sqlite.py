@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import InputError, JobExists
+from ..owners import worker_id
 from ..redact import redact, redact_error
-from .base import InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats, UsageRow
+from .base import IngestState, InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats, SpoolRecord, UsageRow
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -30,6 +31,7 @@ def _load_queries() -> dict[str, str]:
 Q = _load_queries()
 NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
 _INGEST_BATCH = 5000
+_INGEST_BEAT_S = 1.0
 
 
 def _job(row: tuple) -> JobRecord:
@@ -56,10 +58,17 @@ class SQLiteStore:
             with self._tx():
                 if "kind" not in self._item_columns():
                     self._script("migrate_1")
+        if "inputs" not in self._columns("spool"):  # before failed spool files were retried
+            with self._tx():
+                if "inputs" not in self._columns("spool"):
+                    self._script("migrate_2")
         self._script("indexes")
 
     def _item_columns(self) -> set[str]:
-        return {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        return self._columns("items")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     def _script(self, name: str) -> None:
         for statement in Q[name].split(";"):
@@ -81,38 +90,57 @@ class SQLiteStore:
     def list_jobs(self) -> list[JobRecord]:
         return [_job(row) for row in self._db.execute(Q["list_jobs"])]
 
-    def create_job(self, job: JobRecord, items: Iterable) -> int:
+    def create_job(self, job: JobRecord, items: Iterable, owner: str | None = None) -> int:
         """Claim the job, stream its items in (``RawItem`` or ``InputError`` values), open it to workers.
 
-        The job row goes in first, as ``ingesting``: a second submitter of the same job (two cron
-        ticks on one spool file) fails at once with ``JobExists`` instead of racing this one, and
-        workers do not see the job until every item is in. Items go in in batches, each its own
-        transaction, so memory stays flat. Returns the number of items stored (duplicates excluded).
+        The job row goes in first, as ``ingesting``, with its reader ``owner``: a second submitter of
+        the same job (two cron ticks on one spool file) fails at once with ``JobExists`` instead of
+        racing this one, and workers do not see the job until every item is in. Items go in in
+        batches, each its own transaction with the place reached in the input, so memory stays flat
+        and a reader killed half-way leaves a place to go on from (``continue_ingest``). Returns
+        the number of items stored (duplicates excluded).
         """
+        owner = owner or worker_id()
         now = time.time()
         try:
             with self._tx():
                 self._db.execute(Q["insert_job"], (job.id, job.name, json.dumps(job.spec), job.job_file,
                                                    job.input_sha256, job.prompt_version, now, now))
+                self._db.execute(Q["insert_ingest"], (job.id, owner, now))
         except sqlite3.IntegrityError:
             raise JobExists(job.id) from None
-        seq, stored, batch = 0, 0, []
+        return self.continue_ingest(job.id, owner, items, 0)
 
-        def flush() -> int:
+    def continue_ingest(self, job_id: str, owner: str, items: Iterable, next_seq: int) -> int:
+        """Store the input entries of a job ``owner`` reads (from where the last batch ended), then
+        open the job to workers. Raises ``JobExists`` if another reader has taken the job over."""
+        seq, stored, batch, line = next_seq, 0, [], None
+        flushed = time.monotonic()
+
+        def flush(last: bool) -> int:
             added = 0
             with self._tx():
+                if line is None:  # nothing read in this pass: the claim must still be ours
+                    row = self._db.execute(Q["get_ingest"], (job_id,)).fetchone()
+                    ours = row is not None and row[0] == owner
+                else:
+                    ours = self._db.execute(Q["ingest_progress"], (line, seq, time.time(), job_id, owner)).rowcount
+                if not ours:
+                    raise JobExists(job_id)  # taken over: what this reader holds is not to be stored
                 for entry in batch:
                     if isinstance(entry, InputError):
-                        self._db.execute(Q["insert_input_error"], (job.id, entry.line, entry.field, entry.reason))
+                        self._db.execute(Q["insert_input_error"], (job_id, entry.line, entry.field, entry.reason))
                         continue
                     position, item = entry
-                    if self._db.execute(Q["insert_item"], (job.id, position, item.item_id, item.line,
+                    if self._db.execute(Q["insert_item"], (job_id, position, item.item_id, item.line,
                                                            item.text)).rowcount:
                         added += 1
                     else:
                         self._db.execute(Q["insert_input_error"], (
-                            job.id, item.line, None, f"duplicate id {item.item_id!r}: kept the first"))
-                self._db.execute(Q["ingest_progress"], (time.time(), job.id))
+                            job_id, item.line, None, f"duplicate id {item.item_id!r}: kept the first"))
+                if last:
+                    self._db.execute(Q["finish_ingest"], (job_id,))
+                    self._db.execute(Q["ingest_done"], (time.time(), job_id))
             batch.clear()
             return added
 
@@ -122,11 +150,32 @@ class SQLiteStore:
             else:
                 batch.append((seq, entry))
                 seq += 1
-            if len(batch) >= _INGEST_BATCH:
-                stored += flush()
-        stored += flush()
-        self.set_status(job.id, "queued")
+            line = entry.line
+            # A batch is committed when full, or after a second: the beat says the reader is alive.
+            if len(batch) >= _INGEST_BATCH or time.monotonic() - flushed >= _INGEST_BEAT_S:
+                stored += flush(False)
+                flushed = time.monotonic()
+        stored += flush(True)
         return stored
+
+    def ingest_state(self, job_id: str) -> IngestState | None:
+        """Who reads a job's input in and how far it got; None once it is all in."""
+        row = self._db.execute(Q["get_ingest"], (job_id,)).fetchone()
+        if row is None:
+            job = self.get_job(job_id)
+            if job is None or job.status != "ingesting":
+                return None
+            with self._tx():  # left half-read by an earlier version: where it got to is in its rows
+                self._script("migrate_ingest")
+            row = self._db.execute(Q["get_ingest"], (job_id,)).fetchone()
+        return IngestState(*row) if row else None
+
+    def claim_ingest(self, job_id: str, owner: str, dead_owner: str | None, now: float) -> bool:
+        """Take over reading a job's input from a reader found dead; False if another took it first."""
+        return self._db.execute(Q["claim_ingest"], (owner, now, job_id, dead_owner)).rowcount == 1
+
+    def release_ingest(self, job_id: str, owner: str) -> None:
+        self._db.execute(Q["release_ingest"], (job_id, owner))
 
     def discard_job(self, job_id: str) -> None:
         """Remove a job whose submission died half-way, so that it can be submitted again."""
@@ -349,8 +398,21 @@ class SQLiteStore:
     def spool_seen(self, path: str, sha256: str) -> bool:
         return self._db.execute(Q["spool_seen"], (path, sha256)).fetchone() is not None
 
-    def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None) -> None:
-        self._db.execute(Q["spool_record"], (path, sha256, job_id, redact(error) if error else error, time.time()))
+    def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None,
+                     inputs: dict | None = None) -> None:
+        """The outcome of a spool file's content: recorded again (replaced) when it is retried."""
+        self._db.execute(Q["spool_record"], (path, sha256, job_id, redact(error) if error else error,
+                                             json.dumps(inputs) if inputs is not None else None, time.time()))
+
+    def spool_entry(self, path: str, sha256: str) -> SpoolRecord | None:
+        row = self._db.execute(Q["spool_entry"], (path, sha256)).fetchone()
+        if row is None:
+            return None
+        return SpoolRecord(path, row[0], row[1], json.loads(row[2]) if row[2] else {})
+
+    def spool_failures(self) -> list[SpoolRecord]:
+        """Spool files whose latest content failed, with the error."""
+        return [SpoolRecord(path, None, error, {}) for path, error, _ in self._db.execute(Q["spool_failures"])]
 
 
 class _Transaction:
