@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from .config import JobSpec
+from .config import (EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, JOB_FILE_MAX_BYTES, JOB_FILE_MAX_DEPTH,
+                     JOB_FILE_MAX_VALUES, JobSpec)
 from .errors import JobFileError
+
+# libyaml (in PyYAML's wheels) scans fast and stops at 1,000 nested brackets; the pure-Python loader
+# recurses and takes a second to fail on a file of brackets.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # ``<<: *base``: its keys may be overridden, that is no duplicate
 
 
 def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
@@ -91,24 +99,101 @@ def _resolve(spec: JobSpec, base: Path, input_override: Path | None, out_overrid
     return spec.model_copy(update={"input": inp, "task": task, "output": output})
 
 
-def load_job(path: str | Path, *, input_path: str | Path | None = None,
-             out_dir: str | Path | None = None) -> JobSpec:
-    """Parse, validate and resolve a job file. Fails before any LLM call on anything wrong."""
-    path = Path(path)
+def _dotted(loc: tuple) -> str | None:
+    return ".".join(str(part) for part in loc) or None
+
+
+def _check_shape(root: yaml.Node, path: Path) -> None:
+    """Refuse duplicate keys, alias cycles, deep nesting and a document that aliases blow up.
+
+    Each node is visited once however many aliases point at it, so a "billion laughs" file costs
+    as little as its text: its expanded size is summed from the sizes of the nodes it repeats.
+    """
+    sizes: dict[int, int] = {}  # node -> values in it once its aliases are expanded
+    open_nodes: set[int] = set()
+
+    def refuse(message: str, node: yaml.Node, loc: tuple) -> JobFileError:
+        return JobFileError(message, path=str(path), line=node.start_mark.line + 1, field=_dotted(loc))
+
+    def size(node: yaml.Node, loc: tuple, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise refuse("an alias refers to a mapping or list that contains it; write the value out", node, loc)
+        if depth > JOB_FILE_MAX_DEPTH:
+            raise refuse(f"nested more than {JOB_FILE_MAX_DEPTH} levels deep", node, loc[:2])
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[tuple, int] = {}
+            for key_node, value_node in node.value:
+                key_loc = loc + (key_node.value,) if isinstance(key_node, yaml.ScalarNode) else loc
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    key = (key_node.tag, key_node.value)
+                    if key in first_line:
+                        raise refuse(f"duplicate key (first on line {first_line[key]}); YAML would keep only "
+                                     f"the last one: remove or merge one of them", key_node, key_loc)
+                    first_line[key] = key_node.start_mark.line + 1
+                total += size(key_node, key_loc, depth + 1) + size(value_node, key_loc, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                total += size(item, loc + (index,), depth + 1)
+        open_nodes.discard(id(node))
+        if total > JOB_FILE_MAX_VALUES:
+            raise refuse(f"more than {JOB_FILE_MAX_VALUES:,} values once YAML aliases are expanded "
+                         f"(a job file needs a few dozen); write the values out instead of nesting aliases",
+                         node, loc)
+        sizes[id(node)] = total
+        return total
+
+    size(root, (), 0)
+
+
+def _read_job_text(path: Path) -> str:
+    """The job file's text, refused before it is read if it is not a small regular file."""
     try:
-        raw = path.read_text(encoding="utf-8")
+        info = os.stat(path)
     except FileNotFoundError:
         raise JobFileError("job file not found", path=str(path)) from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero would never end
+        raise JobFileError("a job file must be a regular file", path=str(path))
+    if info.st_size > JOB_FILE_MAX_BYTES:
+        raise JobFileError(f"job file is {info.st_size:,} bytes; the limit is {JOB_FILE_MAX_BYTES:,} "
+                           f"(a job file needs a few hundred: is this the right file?)", path=str(path))
+    with open(path, "rb") as handle:
+        raw = handle.read(JOB_FILE_MAX_BYTES + 1)  # a file growing meanwhile is still cut short
+    if len(raw) > JOB_FILE_MAX_BYTES:
+        raise JobFileError(f"job file is over {JOB_FILE_MAX_BYTES:,} bytes", path=str(path))
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not content
     except UnicodeDecodeError as e:
         raise JobFileError(f"job file is not UTF-8 ({e.reason})", path=str(path)) from e
+
+
+def _parse(raw: str, path: Path) -> tuple[yaml.Node | None, Any]:
+    """Compose once, check the shape, then construct: nothing is built from a hostile document."""
+    loader = _Loader(raw)
     try:
-        node = yaml.compose(raw, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(raw)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_shape(node, path)
+        return node, loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e)
         raise JobFileError(f"invalid YAML: {problem}", path=str(path),
                            line=mark.line + 1 if mark else None) from e
+    except RecursionError:  # the composer recurses: hundreds of nested brackets end here
+        raise JobFileError(f"nested more than {JOB_FILE_MAX_DEPTH} levels deep", path=str(path)) from None
+    finally:
+        loader.dispose()
+
+
+def load_job(path: str | Path, *, input_path: str | Path | None = None,
+             out_dir: str | Path | None = None) -> JobSpec:
+    """Parse, validate and resolve a job file. Fails before any LLM call on anything wrong."""
+    path = Path(path)
+    node, data = _parse(_read_job_text(path), path)
     if not isinstance(data, dict):
         raise JobFileError("a job file is a YAML mapping (name:, input:, model:, task: ...)", path=str(path))
     lines = _key_lines(node) if node is not None else {}
@@ -127,11 +212,15 @@ def _check_files(spec: JobSpec, path: Path, lines: dict[tuple, int]) -> None:
     if not spec.input.path.is_file():
         raise JobFileError(f"input file not found: {spec.input.path}", path=str(path),
                            line=lines.get(("input", "path")), field="input.path")
-    for name in ("guidelines", "examples"):
+    for name, limit in (("guidelines", GUIDELINES_MAX_BYTES), ("examples", EXAMPLES_MAX_BYTES)):
         file = getattr(spec.task, name)
-        if file is not None and not file.is_file():
-            raise JobFileError(f"{name} file not found: {file}", path=str(path),
-                               line=lines.get(("task", name)), field=f"task.{name}")
+        if file is None:
+            continue
+        where = {"path": str(path), "line": lines.get(("task", name)), "field": f"task.{name}"}
+        if not file.is_file():
+            raise JobFileError(f"{name} file not found: {file}", **where)
+        if (size := file.stat().st_size) > limit:  # both are read whole
+            raise JobFileError(f"{name} file {file} is {size:,} bytes; the limit is {limit:,}", **where)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
