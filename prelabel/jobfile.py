@@ -115,6 +115,12 @@ def _check_shape(root: yaml.Node, path: Path) -> None:
     def refuse(message: str, node: yaml.Node, loc: tuple) -> JobFileError:
         return JobFileError(message, path=str(path), line=node.start_mark.line + 1, field=_dotted(loc))
 
+    def check(total: int, node: yaml.Node, loc: tuple) -> None:
+        if total > JOB_FILE_MAX_VALUES:
+            raise refuse(f"more than {JOB_FILE_MAX_VALUES:,} values once YAML aliases are expanded "
+                         f"(a job file needs a few dozen); write the values out instead of nesting aliases",
+                         node, loc)
+
     def size(node: yaml.Node, loc: tuple, depth: int) -> int:
         if id(node) in sizes:
             return sizes[id(node)]
@@ -135,14 +141,12 @@ def _check_shape(root: yaml.Node, path: Path) -> None:
                                      f"the last one: remove or merge one of them", key_node, key_loc)
                     first_line[key] = key_node.start_mark.line + 1
                 total += size(key_node, key_loc, depth + 1) + size(value_node, key_loc, depth + 1)
+                check(total, node, loc)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 total += size(item, loc + (index,), depth + 1)
+                check(total, node, loc)
         open_nodes.discard(id(node))
-        if total > JOB_FILE_MAX_VALUES:
-            raise refuse(f"more than {JOB_FILE_MAX_VALUES:,} values once YAML aliases are expanded "
-                         f"(a job file needs a few dozen); write the values out instead of nesting aliases",
-                         node, loc)
         sizes[id(node)] = total
         return total
 
@@ -170,10 +174,29 @@ def _read_job_text(path: Path) -> str:
         raise JobFileError(f"job file is not UTF-8 ({e.reason})", path=str(path)) from e
 
 
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
+
+
+def _count_values(loader: yaml.SafeLoader, path: Path) -> None:
+    """Refuse a document of more values than the limit as they are parsed: composing them all first
+    (a megabyte of ``- a`` lines) would take seconds and a hundred megabytes before the check."""
+    values = 0
+    while loader.check_event():
+        event = loader.get_event()
+        if isinstance(event, _NODE_EVENTS):
+            values += 1
+            if values > JOB_FILE_MAX_VALUES:
+                raise JobFileError(f"more than {JOB_FILE_MAX_VALUES:,} values (a job file needs a few dozen)",
+                                   path=str(path), line=event.start_mark.line + 1)
+
+
 def _parse(raw: str, path: Path) -> tuple[yaml.Node | None, Any]:
-    """Compose once, check the shape, then construct: nothing is built from a hostile document."""
+    """Count, compose, check the shape, then construct: nothing is built from a hostile document."""
     loader = _Loader(raw)
     try:
+        _count_values(loader, path)
+        loader.dispose()
+        loader = _Loader(raw)
         node = loader.get_single_node()
         if node is not None:
             _check_shape(node, path)
