@@ -104,32 +104,34 @@ def _dotted(loc: tuple) -> str | None:
 
 
 def _check_shape(root: yaml.Node, path: Path) -> None:
-    """Refuse duplicate keys, alias cycles, deep nesting and a document that aliases blow up.
+    """Refuse duplicate keys, alias cycles, and a document that aliases make too big or too deep.
 
     Each node is visited once however many aliases point at it, so a "billion laughs" file costs
     as little as its text: its expanded size is summed from the sizes of the nodes it repeats.
     """
-    sizes: dict[int, int] = {}  # node -> values in it once its aliases are expanded
+    shapes: dict[int, tuple[int, int]] = {}  # node -> (values, levels) once its aliases are expanded
     open_nodes: set[int] = set()
 
     def refuse(message: str, node: yaml.Node, loc: tuple) -> JobFileError:
         return JobFileError(message, path=str(path), line=node.start_mark.line + 1, field=_dotted(loc))
 
-    def check(total: int, node: yaml.Node, loc: tuple) -> None:
-        if total > JOB_FILE_MAX_VALUES:
+    def check(values: int, depth: int, node: yaml.Node, loc: tuple) -> None:
+        if values > JOB_FILE_MAX_VALUES:
             raise refuse(f"more than {JOB_FILE_MAX_VALUES:,} values once YAML aliases are expanded "
                          f"(a job file needs a few dozen); write the values out instead of nesting aliases",
                          node, loc)
+        if depth > JOB_FILE_MAX_DEPTH:
+            raise refuse(f"nested more than {JOB_FILE_MAX_DEPTH} levels deep once YAML aliases are expanded",
+                         node, loc[:2])
 
-    def size(node: yaml.Node, loc: tuple, depth: int) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
+    def shape(node: yaml.Node, loc: tuple, depth: int) -> tuple[int, int]:
+        if id(node) in shapes:  # an alias: what it repeats counts again, in its parent
+            return shapes[id(node)]
         if id(node) in open_nodes:
             raise refuse("an alias refers to a mapping or list that contains it; write the value out", node, loc)
-        if depth > JOB_FILE_MAX_DEPTH:
-            raise refuse(f"nested more than {JOB_FILE_MAX_DEPTH} levels deep", node, loc[:2])
         open_nodes.add(id(node))
-        total = 1
+        values, below = 1, 0
+        children: list[tuple[yaml.Node, tuple]] = []
         if isinstance(node, yaml.MappingNode):
             first_line: dict[tuple, int] = {}
             for key_node, value_node in node.value:
@@ -140,17 +142,18 @@ def _check_shape(root: yaml.Node, path: Path) -> None:
                         raise refuse(f"duplicate key (first on line {first_line[key]}); YAML would keep only "
                                      f"the last one: remove or merge one of them", key_node, key_loc)
                     first_line[key] = key_node.start_mark.line + 1
-                total += size(key_node, key_loc, depth + 1) + size(value_node, key_loc, depth + 1)
-                check(total, node, loc)
+                children += [(key_node, key_loc), (value_node, key_loc)]
         elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                total += size(item, loc + (index,), depth + 1)
-                check(total, node, loc)
+            children = [(item, loc + (index,)) for index, item in enumerate(node.value)]
+        for child, child_loc in children:
+            child_values, child_levels = shape(child, child_loc, depth + 1)
+            values, below = values + child_values, max(below, child_levels)
+            check(values, depth + 1 + below, node, loc)
         open_nodes.discard(id(node))
-        sizes[id(node)] = total
-        return total
+        shapes[id(node)] = (values, 1 + below)
+        return values, 1 + below
 
-    size(root, (), 0)
+    shape(root, (), 0)
 
 
 def _read_job_text(path: Path) -> str:
@@ -178,16 +181,23 @@ _NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEven
 
 
 def _count_values(loader: yaml.SafeLoader, path: Path) -> None:
-    """Refuse a document of more values than the limit as they are parsed: composing them all first
-    (a megabyte of ``- a`` lines) would take seconds and a hundred megabytes before the check."""
-    values = 0
+    """Refuse too many values or too deep a nesting as they are parsed: composing a megabyte of
+    ``- a`` lines first would take seconds and a hundred megabytes before the check, and
+    thousands of brackets seconds (the pure-Python scanner is quadratic in their depth)."""
+    values = depth = 0
     while loader.check_event():
         event = loader.get_event()
-        if isinstance(event, _NODE_EVENTS):
+        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+        elif isinstance(event, _NODE_EVENTS):
             values += 1
+            depth += isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
             if values > JOB_FILE_MAX_VALUES:
                 raise JobFileError(f"more than {JOB_FILE_MAX_VALUES:,} values (a job file needs a few dozen)",
                                    path=str(path), line=event.start_mark.line + 1)
+            if depth > JOB_FILE_MAX_DEPTH:
+                raise JobFileError(f"nested more than {JOB_FILE_MAX_DEPTH} levels deep", path=str(path),
+                                   line=event.start_mark.line + 1)
 
 
 def _parse(raw: str, path: Path) -> tuple[yaml.Node | None, Any]:
@@ -206,8 +216,6 @@ def _parse(raw: str, path: Path) -> tuple[yaml.Node | None, Any]:
         problem = getattr(e, "problem", None) or str(e)
         raise JobFileError(f"invalid YAML: {problem}", path=str(path),
                            line=mark.line + 1 if mark else None) from e
-    except RecursionError:  # the composer recurses: hundreds of nested brackets end here
-        raise JobFileError(f"nested more than {JOB_FILE_MAX_DEPTH} levels deep", path=str(path)) from None
     finally:
         loader.dispose()
 

@@ -101,6 +101,17 @@ def test_deep_nesting_is_refused(tmp_path: Path, depth: int):
     assert "nested more than 64 levels deep" in str(error) or "exceeded maximum nesting depth" in str(error)
 
 
+def test_aliases_that_nest_deeper_than_the_text_are_refused(tmp_path: Path):
+    # each line is 60 deep, each alias adds the one above: 1,200 levels once expanded, few values,
+    # which ended in a RecursionError in the key-line walk
+    chain = ["a0: &a0 " + "[" * 60 + "]" * 60] + [
+        f"a{k}: &a{k} " + "[" * 60 + f"*a{k - 1}" + "]" * 60 for k in range(1, 20)]
+    path = job_file(tmp_path, HEAD + TASK + "\n".join(chain) + "\n")
+    error, seconds, _ = refused(path)
+    assert seconds < 0.5 and (error.line, error.field) == (6, "a1.0")
+    assert "nested more than 64 levels deep once YAML aliases are expanded" in str(error)
+
+
 def test_an_oversized_job_file_is_refused_before_it_is_read(tmp_path: Path):
     path = job_file(tmp_path, HEAD + TASK + "#" * JOB_FILE_MAX_BYTES + "\n")
     error, seconds, peak = refused(path)
