@@ -112,6 +112,22 @@ def test_aliases_that_nest_deeper_than_the_text_are_refused(tmp_path: Path):
     assert "nested more than 64 levels deep once YAML aliases are expanded" in str(error)
 
 
+@pytest.mark.parametrize("text, message", [
+    (BOMB, "values once YAML aliases are expanded"),
+    (HEAD + TASK + "review: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels deep"),
+    ("a:\n" + "- a\n" * 200_000, "more than 20,000 values"),
+    (HEAD + TASK + "budget: {max_cost_usd: 1, max_cost_usd: 2}\n", "duplicate key (first on line 5)"),
+])
+def test_without_libyaml_the_same_files_are_refused_in_bounded_time(tmp_path: Path, monkeypatch, text: str, message: str):
+    import yaml
+    import prelabel.jobfile
+    monkeypatch.setattr(prelabel.jobfile, "_Loader", yaml.SafeLoader)  # PyYAML built without libyaml
+    error, seconds, peak = refused(job_file(tmp_path, text))
+    # the pure-Python parser is ~5x slower, and tracemalloc slows it more (before: 20 to 80 s)
+    assert seconds < 5 and peak < 20 << 20, (seconds, peak)
+    assert message in str(error)
+
+
 def test_an_oversized_job_file_is_refused_before_it_is_read(tmp_path: Path):
     path = job_file(tmp_path, HEAD + TASK + "#" * JOB_FILE_MAX_BYTES + "\n")
     error, seconds, peak = refused(path)
