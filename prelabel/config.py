@@ -307,3 +307,12 @@ EXIT_JOB_ERROR = 3      # a job file or input that cannot be run; bad input line
 EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again to resume
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
 EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost
+
+# Files a job names that are read whole (the input is streamed, so it has no limit). A job file is
+# a few hundred bytes: these refuse a hostile one (a YAML "billion laughs" is 9^9 values once its
+# aliases are expanded) at once instead of after gigabytes.
+JOB_FILE_MAX_BYTES = 1 << 20       # 1 MiB
+JOB_FILE_MAX_VALUES = 20_000       # YAML values (keys, scalars, lists, mappings), aliases expanded: 0.5 s at most
+JOB_FILE_MAX_DEPTH = 64            # mappings and lists inside each other
+EXAMPLES_MAX_BYTES = 64 << 20      # task.examples (JSONL): far more than a prompt can show
+GUIDELINES_MAX_BYTES = 1 << 20     # task.guidelines: it goes into every prompt

@@ -7,6 +7,7 @@ from typing import Any
 LOW_CONFIDENCE = "low_confidence"
 NO_CONFIDENCE = "no_confidence"
 INVALID_OUTPUT = "invalid_output"
+REASKED = "reasked"  # the first answer broke the schema and a re-ask fixed it: it may have tried to inject a label
 TRUNCATED_INPUT = "truncated_input"
 REFUSAL = "refusal"
 FINISH_LENGTH = "finish_length"

@@ -27,7 +27,7 @@ from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
 from .retry import Outage
-from .review import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REFUSAL, REQUEST_FAILED,
+from .review import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REASKED, REFUSAL, REQUEST_FAILED,
                      TRUNCATED_INPUT)
 from .stats import RunStats
 from .store import AUGMENT, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
@@ -321,6 +321,8 @@ class JobRunner:
             cache.append((prepared.key, completion.to_cache()))  # usable: it stays in the cache
             if completion.finish_reason == "length":
                 flags.append(FINISH_LENGTH)
+            if error is not None:  # an earlier answer of this item broke the schema
+                flags.append(REASKED)
             return _Labelled(DONE, outputs, flags, None)
         if completion is not None and completion.finish_reason == "length":
             flags.append(FINISH_LENGTH)
