@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from .carry import relocate_spans
 from .dedupe import Deduper, normalize, similarity
-from .llm import (llm_requests, paraphrase_request, parse_paraphrases, parse_translation, prompt_versions,
-                  rewrite_tokens, translate_request)
+from .llm import (FIDELITY_TOKENS, fidelity_request, llm_requests, paraphrase_request, parse_fidelity,
+                  parse_paraphrases, parse_translation, prompt_versions, rewrite_tokens, translate_request)
 from .protect import protected_spans, protected_tokens_intact
 from .wordnet import WordNetMissing, check_wordnet
 
-__all__ = ["Deduper", "WordNetMissing", "check_wordnet", "llm_requests", "local_variants", "local_variants_many",
-           "normalize",
-           "paraphrase_request", "parse_paraphrases", "parse_translation", "prompt_versions",
+__all__ = ["FIDELITY_TOKENS", "Deduper", "WordNetMissing", "check_wordnet", "fidelity_request", "llm_requests",
+           "local_variants", "local_variants_many", "normalize",
+           "paraphrase_request", "parse_fidelity", "parse_paraphrases", "parse_translation", "prompt_versions",
            "protected_spans", "protected_tokens_intact", "relocate_spans", "rewrite_tokens", "similarity",
            "translate_request"]
 

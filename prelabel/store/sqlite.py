@@ -294,6 +294,12 @@ class SQLiteStore:
     def flag_counts(self, job_id: str) -> dict[str, int]:
         return dict(self._db.execute(Q["flag_counts"], (job_id,)).fetchall())
 
+    def variant_flag_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for kind, flag, n in self._db.execute(Q["variant_flag_counts"], (job_id,)):
+            counts.setdefault(kind, {})[flag] = n
+        return counts
+
     def iter_records(self, job_id: str) -> Iterator[dict]:
         # A cursor of its own, read in pages: a million records never sit in memory at once.
         cursor = self._db.cursor()

@@ -252,6 +252,11 @@ SELECT result FROM items WHERE job_id = ? AND kind = 'augment' AND result IS NOT
 SELECT f.value, count(*) FROM drafts d, json_each(d.record, '$.flags') f
 WHERE d.job_id = ? GROUP BY f.value;
 
+-- name: variant_flag_counts
+SELECT json_extract(d.record, '$.augmentation.kind'), f.value, count(*)
+FROM drafts d, json_each(d.record, '$.flags') f
+WHERE d.job_id = ? AND json_extract(d.record, '$.augmentation') IS NOT NULL GROUP BY 1, 2;
+
 -- name: records
 SELECT record FROM drafts WHERE job_id = ? ORDER BY priority DESC, seq, idx;
 
