@@ -1,6 +1,6 @@
 """Augmentation for prelabel: variants of labelled items that carry their source's label.
 
-Local kinds (``synonym``: WordNet via nlpaug; ``noise``: nlpaug's typing noise) run here, offline,
+Local kinds (``synonym``: WordNet, by our own rules; ``noise``: nlpaug's typing noise) run here, offline,
 synchronously: call them off the event loop. LLM kinds (``paraphrase``, ``back_translation``) are pure
 request builders and parsers; the job's engine sends the requests. Also: dropping duplicates, and
 finding NER spans again in a variant. This package never imports the worker.
@@ -27,7 +27,7 @@ def local_variants(step, text: str, protected: list[tuple[int, int]], seed: int)
     stopwords, numbers and capitalised words. The same (seed, step, text) gives the same variants,
     in any thread. Raises WordNetMissing (with the install hint) for a synonym step without WordNet."""
     if step.kind == "synonym":
-        from .synonym import synonym_variants  # nlpaug is imported only when used
+        from .synonym import synonym_variants  # WordNet is loaded only when used
 
         return synonym_variants(step, text, protected, seed)
     if step.kind == "noise":

@@ -176,7 +176,7 @@ def _language(code: str) -> str:
 
 
 class SynonymStep(Strict):
-    """WordNet synonyms (nlpaug, offline) for a share of the words that may change."""
+    """WordNet synonyms that fit their sentence (offline) for a share of the words that may change."""
 
     kind: Literal["synonym"]
     n: int = Field(1, ge=1, le=20)             # variants per source
