@@ -106,3 +106,40 @@ def test_plan_counts_one_fidelity_request_per_variant(tmp_path):
     assert with_check.augment_requests - without.augment_requests == len(TEXTS) * 5
     assert with_check.prompt_tokens > without.prompt_tokens
     assert with_check.completion_tokens_max - without.completion_tokens_max == len(TEXTS) * 5 * augment.FIDELITY_TOKENS
+
+
+async def test_a_verdict_that_cannot_be_read_flags_the_variant_and_is_not_cached():
+    from prelabel.completion import Completion
+    from prelabel.store import LeasedItem
+    from prelabel.tokens import TokenCounter
+    from prelabel.variants import VariantStage
+
+    spec = JobSpec.model_validate({
+        "name": "t", "input": {"path": "x.jsonl"}, "model": {"name": "gpt-4o-mini"},
+        "task": {"kind": "classify", "labels": {"a": "A", "b": "B"}},
+        "augment": {"fidelity": True, "steps": [{"kind": "paraphrase", "n": 2}]}})
+    stage = VariantStage(spec, build_task(spec), TokenCounter("gpt-4o-mini"), lambda: iter(()))
+    answers = {"paraphrases": '{"paraphrases": ["the parcel came late", "the box arrived late"]}'}
+    asked = []
+
+    async def ask(messages, fmt, prompt_tokens, usage, max_out=None):
+        name = fmt["json_schema"]["name"]
+        asked.append((name, max_out))
+        content = answers.get(name, '{"faithful": "maybe"}' if "parcel" in messages[-1]["content"]
+                              else '{"faithful": true, "reason": "same"}')
+        return type("P", (), {"key": f"k{len(asked)}"})(), Completion(content, None, "stop", None, 5, 5, "m")
+
+    unit = LeasedItem(9, "s1~1", 1, "the package arrived late", "augment",
+                      '{"step": 0, "source_id": "s1", "label": "a", "confidence": 0.9, "flags": []}')
+    cache: list = []
+    state, spawn, records, summary = await stage.make(unit, ask, [], cache)
+    stage.close()
+    assert state == "done" and not spawn and len(records) == 2
+    assert [a for a in asked if a[0] == "fidelity"] == [("fidelity", augment.FIDELITY_TOKENS)] * 2
+    unread, read = records
+    assert "unfaithful_variant" in unread["flags"] and unread["needs_review"]
+    assert unread["augmentation"]["fidelity"]["reason"].startswith("no verdict")
+    assert "unfaithful_variant" not in read["flags"] and read["augmentation"]["fidelity"]["faithful"]
+    assert summary["fidelity"] == {"no_verdict": 1, "faithful": 1}
+    assert summary["flagged"] == {"unfaithful_variant": 1}
+    assert [key for key, _ in cache] == ["k1", "k3"]  # the rewrite and the readable verdict only
