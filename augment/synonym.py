@@ -7,6 +7,8 @@ For each word that may change (``protect``), in order:
 3. the lemmas that fit its frequent senses in that part of speech: single words, never vulgar or
    offensive, never slang (``senses.synonyms``);
 4. each put in the word's form (``inflect.inflect``); a lemma that cannot be is left out.
+A verb before an "-ing" form or "me/him/us/them", and a noun beside another noun (a compound such
+as "search bar"), are left alone: the fit of their synonyms depends on more than WordNet says.
 Then about ``aug_p`` of the text's words (at least one) are drawn among the words that have a
 synonym, and each gets one of its synonyms, drawn too. "I love my invoice" becomes "I enjoy my
 invoice" or "I love my bill", never "I bonk my invoice".
@@ -23,7 +25,7 @@ import random
 
 from . import inflect, pos, senses, wordnet
 from .augmenter import generator, variants
-from .protect import Token
+from .protect import STOPWORDS, Token
 
 
 # Words WordNet lists as nouns that work as pronouns or formulas: "someone" -> "mortal" reads oddly.
@@ -37,6 +39,14 @@ _OBJECT_PRONOUNS = frozenset("me him us them".split())
 
 def _word(token: Token | None) -> str | None:
     return token.text if token is not None and token.text[:1].isalnum() else None
+
+
+def _nounish(word: str | None) -> bool:
+    """A word that can be a noun and is not mostly an adjective or adverb ("search", not "fast")."""
+    if word is None or word.lower() in STOPWORDS:
+        return False
+    word = word.lower()
+    return pos.NOUN in pos.allowed(word) and wordnet.pos_guess(word) not in (pos.ADJ, pos.ADV)
 
 
 def _base(word: str, part: str) -> str | None:
@@ -61,6 +71,8 @@ def replacements(tokens: list[Token], i: int) -> list[str]:
         return []
     if part == pos.VERB and after and (after.endswith("ing") or after.lower() in _OBJECT_PRONOUNS):
         return []
+    if part == pos.NOUN and any(_nounish(w) for w in (before, after)):
+        return []  # half of a compound ("search bar", "support team"): the name breaks, not "search saloon"
     form = inflect.form_of(word, base, part, after_auxiliary=(before or "").lower() in pos.AUXILIARIES)
     if form is None:
         return []

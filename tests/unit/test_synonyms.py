@@ -114,3 +114,20 @@ def test_variants_keep_the_words_inflection():
     seen = {v for seed in range(50) for v in augment.local_variants(one_word, "She loves her invoices.", [], seed)}
     assert seen == {"She enjoys her invoices.", "She loves her bills."}
     assert augment.local_variants(STEP, "She loves her invoices.", [], 0) == ["She enjoys her bills."]
+
+
+def test_compounds_and_fragile_verbs_are_left_alone():
+    from augment.protect import tokenize
+    from augment.synonym import replacements
+
+    def options(text: str, word: str) -> list[str]:
+        tokens = tokenize(text)
+        with wordnet.LOCK:
+            return replacements(tokens, next(i for i, t in enumerate(tokens) if t.text == word))
+
+    assert options("the search bar is slow", "bar") == []                # not "search saloon"
+    assert options("thanks to your support team", "team") == []          # not "support squad"
+    assert options("nobody answers and I am frustrated", "answers") == ["replies", "responds"]
+    assert options("the app keeps crashing", "keeps") == []              # keep = continue here
+    assert options("please tell me why", "tell") == []                   # "say me" is not English
+    assert "bill" in options("I love my invoice", "invoice")
