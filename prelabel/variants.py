@@ -99,10 +99,9 @@ class VariantStage:
                                    for text, payload in kept])
             for (_text, payload), verdict in zip(kept, verdicts):
                 payload["augmentation"]["fidelity"] = verdict
-                outcome = ("faithful" if verdict["faithful"] else
-                           "no_verdict" if verdict["reason"].startswith(NO_VERDICT) else "unfaithful")
+                outcome = {True: "faithful", False: "unfaithful", None: "no_verdict"}[verdict["faithful"]]
                 fidelity[outcome] = fidelity.get(outcome, 0) + 1
-                if not verdict["faithful"]:
+                if verdict["faithful"] is not True:
                     payload["flags"] = [UNFAITHFUL_VARIANT]
                     flagged[UNFAITHFUL_VARIANT] = flagged.get(UNFAITHFUL_VARIANT, 0) + 1
         spawn, records = [], []
@@ -121,12 +120,12 @@ class VariantStage:
         return DONE, spawn, records, {**summary, **counts}
 
     async def _fidelity(self, source: str, text: str, label, ask, usage: list, cache: list) -> dict:
-        """The model's verdict on one variant; an answer that cannot be read counts as unfaithful
-        (unverified: kept out of training data) and is not cached."""
+        """The model's verdict on one variant: ``faithful`` true, false, or None for an answer that
+        cannot be read (flagged all the same: unverified, kept out of training data; not cached)."""
         messages, fmt = augment.fidelity_request(source, text, label)
         prepared, completion = await ask(messages, fmt, self.counter.count_messages(messages), usage,
                                          max_out=augment.FIDELITY_TOKENS)
-        verdict = {"faithful": False, "reason": "", "prompt_version": self._versions["fidelity"]}
+        verdict = {"faithful": None, "reason": "", "prompt_version": self._versions["fidelity"]}
         if completion.refusal or not completion.content:
             return {**verdict, "reason": f"{NO_VERDICT}: {completion.refusal or 'empty answer'}"}
         try:

@@ -29,15 +29,17 @@ AUGMENT = """augment:
   fidelity: true
   seed: 3
   steps:
-    - {{kind: synonym, n: 3, aug_p: 0.3}}
-    - {{kind: paraphrase, n: 2}}
-"""
+{steps}"""
+SYNONYM = "    - {kind: synonym, n: 3, aug_p: 0.3}\n"
+PARAPHRASE = "    - {kind: paraphrase, n: 2}\n"
 
 
 def job(job_dir: Path, recheck: bool, outputs: str = "[jsonl, openai_finetune], val_fraction: 0.5") -> Path:
     items = [{"id": f"s{k}", "text": t} for k, t in enumerate(TEXTS)]
+    # Without re-check, paraphrases only: no augmentation process to start, and a shorter test.
+    steps = SYNONYM + PARAPHRASE if recheck else PARAPHRASE
     path = write_job(job_dir, items=items, base_url=None, budget="max_output_tokens: 256",
-                     extra=AUGMENT.format(recheck=str(recheck).lower()))
+                     extra=AUGMENT.format(recheck=str(recheck).lower(), steps=steps))
     path.write_text(path.read_text().replace("output: {dir: out}", f"output: {{dir: out, formats: {outputs}}}"))
     return path
 
@@ -138,6 +140,7 @@ async def test_a_verdict_that_cannot_be_read_flags_the_variant_and_is_not_cached
     assert [a for a in asked if a[0] == "fidelity"] == [("fidelity", augment.FIDELITY_TOKENS)] * 2
     unread, read = records
     assert "unfaithful_variant" in unread["flags"] and unread["needs_review"]
+    assert unread["augmentation"]["fidelity"]["faithful"] is None
     assert unread["augmentation"]["fidelity"]["reason"].startswith("no verdict")
     assert "unfaithful_variant" not in read["flags"] and read["augmentation"]["fidelity"]["faithful"]
     assert summary["fidelity"] == {"no_verdict": 1, "faithful": 1}
