@@ -140,6 +140,7 @@ class OutputSpec(Strict):
     formats: list[Literal["jsonl", "labelstudio", "openai_finetune"]] = ["jsonl", "labelstudio"]
     val_fraction: float = Field(0.0, ge=0, lt=1)  # openai_finetune: share of sources held out
     include_flagged: bool = False                 # openai_finetune: flagged drafts go in too
+    validation_variants: bool = False             # openai_finetune: variants of held-out sources go in the validation file
 
 
 # ISO 639-1 codes and the English names the translation prompt uses (pivot and source languages).
@@ -175,7 +176,7 @@ def _language(code: str) -> str:
 
 
 class SynonymStep(Strict):
-    """WordNet synonyms (nlpaug, offline) for a share of the words that may change."""
+    """WordNet synonyms that fit their sentence (offline) for a share of the words that may change."""
 
     kind: Literal["synonym"]
     n: int = Field(1, ge=1, le=20)             # variants per source
@@ -233,6 +234,8 @@ class AugmentSpec(Strict):
     steps: list[AugmentStep] = Field(min_length=1)
     seed: int = 0                  # same seed, same input: the same local (synonym, noise) variants
     recheck: bool = False          # label each variant again and flag label_drift where it differs
+    fidelity: bool = False         # ask the job's model whether each variant keeps its source's meaning;
+                                   # flag unfaithful_variant where it does not
     include_flagged: bool = False  # also make variants of originals flagged for review
     # A variant whose word-bigram Jaccard similarity to its source or to a sibling variant reaches
     # this is a near duplicate and dropped (augment.dedupe); exact duplicates always are.

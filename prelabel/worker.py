@@ -454,7 +454,7 @@ class JobRunner:
         carried = json.loads(item.payload) if item.kind == VARIANT else None
         records = []
         for i, output in enumerate(labelled.outputs or [TaskOutput(None, None)]):
-            flags = labelled.flags + output.flags
+            flags = labelled.flags + output.flags + (carried.get("flags", []) if carried else [])
             if carried is not None and output.label is not None and not self.task.same_label(
                     output.label, carried["label"]):
                 flags.append(LABEL_DRIFT)

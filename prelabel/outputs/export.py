@@ -43,7 +43,8 @@ def export(store: Store, job_id: str, *, include_flagged: bool | None = None,
         report["openai_finetune"] = write_finetune(
             store.iter_records(job_id), out_dir, task,
             val_fraction=spec.output.val_fraction if val_fraction is None else val_fraction,
-            include_flagged=spec.output.include_flagged if include_flagged is None else include_flagged)
+            include_flagged=spec.output.include_flagged if include_flagged is None else include_flagged,
+            validation_variants=spec.output.validation_variants)
         if task.prompt_version != job.prompt_version:  # the examples' prompts are rendered now
             report["openai_finetune"]["warnings"].append(
                 f"the prompt template changed since the drafts were made ({job.prompt_version} -> "

@@ -352,6 +352,12 @@ class SQLiteStore:
         return [(endpoint, bool(simulated), n)
                 for endpoint, simulated, n in self._db.execute(Q["origin_counts"], (job_id,))]
 
+    def variant_flag_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for kind, flag, n in self._db.execute(Q["variant_flag_counts"], (job_id,)):
+            counts.setdefault(kind, {})[flag] = n
+        return counts
+
     def iter_records(self, job_id: str) -> Iterator[dict]:
         # A cursor of its own, read in pages: a million records never sit in memory at once.
         cursor = self._db.cursor()

@@ -291,6 +291,11 @@ WHERE d.job_id = ? GROUP BY f.value;
 SELECT json_extract(record, '$.endpoint'), coalesce(json_extract(record, '$.simulated'), 0), count(*)
 FROM drafts WHERE job_id = ? GROUP BY 1, 2 ORDER BY 1, 2;
 
+-- name: variant_flag_counts
+SELECT json_extract(d.record, '$.augmentation.kind'), f.value, count(*)
+FROM drafts d, json_each(d.record, '$.flags') f
+WHERE d.job_id = ? AND json_extract(d.record, '$.augmentation') IS NOT NULL GROUP BY 1, 2;
+
 -- name: records
 SELECT record FROM drafts WHERE job_id = ? ORDER BY priority DESC, seq, idx;
 
