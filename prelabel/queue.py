@@ -5,6 +5,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .allowlist import AllowList
 from .config import JobSpec
@@ -13,6 +14,7 @@ from .errors import InputError, JobExists, JobFileError, PrelabelError
 from .examples import load_examples
 from .inputs import read_items
 from .jobfile import field_line, file_sha256, job_identity, load_job
+from .outputs.root import confine
 from .pricing import price_for
 from .store import JobRecord, Store
 from .tasks import Task, build_task, fixed_prompt_tokens
@@ -128,11 +130,12 @@ class SpoolEntry:
 
 
 def submit_spool(store: Store, folder: str | Path, endpoint: Endpoint | None = None,
-                 allowed: AllowList | None = None) -> list[SpoolEntry]:
+                 allowed: AllowList | None = None, output_roots: Sequence[Path] | None = None) -> list[SpoolEntry]:
     """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever);
     ``allowed``: the endpoints a job file may name.
 
-    A file that fails is recorded with its error and not tried again until its content changes.
+    A file that fails is recorded with its error and not tried again until its content changes;
+    so is one whose ``output.dir`` is outside ``output_roots``, before any of its input is read.
     """
     entries = []
     for path in sorted(Path(folder).glob("*.yaml")):
@@ -141,7 +144,10 @@ def submit_spool(store: Store, folder: str | Path, endpoint: Endpoint | None = N
         if store.spool_seen(key, digest):
             continue
         try:
-            job_id, error = submit(store, path, endpoint=endpoint, allowed=allowed).job_id, None
+            prepared = prepare(path, allowed=allowed)
+            if output_roots is not None:
+                confine(prepared[0].output.dir, output_roots, str(path))
+            job_id, error = submit(store, path, prepared=prepared, endpoint=endpoint).job_id, None
         except PrelabelError as e:
             job_id, error = None, str(e)
         store.spool_record(key, digest, job_id, error)

@@ -1,0 +1,89 @@
+"""How long the worker's event loop stalls while another process holds the store's write lock.
+
+    python bench/lock_lag.py [HOLD_S]      # default: the lock is held for 2 s
+
+A job of 2,000 items runs against the simulator (its own process, 20 ms latency); once 200 items are
+done, a second process takes ``BEGIN EXCLUSIVE`` on the same database and holds it for HOLD_S
+seconds. A ticker on the worker's loop sleeps 10 ms at a time and records how late it wakes: the
+loop's lag. Printed: the largest lag while the lock was held, the items done meanwhile (requests go
+on; commits wait), and whether the job finished with every item done.
+"""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import machine, make_items, simulator, write_job  # noqa: E402
+from prelabel.config import Engine  # noqa: E402
+from prelabel.queue import submit  # noqa: E402
+from prelabel.runs import Endpoint, run_job  # noqa: E402
+from prelabel.store import open_store  # noqa: E402
+
+HOLDER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+async def measure(db: Path, job_id: str, url: str, hold_s: float) -> dict:
+    store = open_store(db)
+    ticks: list[tuple[float, float]] = []  # (went to sleep, woke)
+    runner_box = []
+
+    async def tick() -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            ticks.append((before, time.monotonic()))
+
+    async def hold_lock() -> tuple[float, float, int, int]:
+        while not runner_box or runner_box[0].progress.finished < 200:
+            await asyncio.sleep(0.01)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLDER, str(db), str(hold_s),
+                                                    stdout=subprocess.PIPE)
+        await proc.stdout.readline()
+        start, done_before = time.monotonic(), runner_box[0].progress.finished
+        await proc.wait()
+        return start, time.monotonic(), done_before, runner_box[0].progress.finished
+
+    ticker = asyncio.create_task(tick())
+    holder = asyncio.create_task(hold_lock())
+    try:
+        outcome = await run_job(store, job_id, Endpoint("sk-bench", url), Engine(), "bench:1:x", runner_box.append)
+        start, end, done_before, done_after = await holder
+    finally:
+        ticker.cancel()
+        store.close()
+    # Every tick that was asleep at some moment of the hold: a stalled loop wakes one late.
+    held = [woke - slept - 0.01 for slept, woke in ticks if slept <= end and woke >= start]
+    return {"hold_s": hold_s, "max_lag_s": round(max(held), 3), "items_done_while_held": done_after - done_before,
+            "by_state": outcome.report["by_state"] if outcome.report else None}
+
+
+def main() -> None:
+    hold_s = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
+    with tempfile.TemporaryDirectory() as tmp, simulator("--latency-ms", "20") as url:
+        folder = Path(tmp)
+        make_items(folder / "items.jsonl", 2000)
+        job = write_job(folder, folder / "items.jsonl", rpm=600_000, concurrency=32)
+        db = folder / "lag.db"
+        store = open_store(db)
+        job_id = submit(store, job).job_id
+        store.close()
+        result = asyncio.run(measure(db, job_id, url, hold_s))
+    print(machine())
+    print(result)
+
+
+if __name__ == "__main__":
+    main()
