@@ -38,8 +38,9 @@ class StorageError(PrelabelError):
     process, a damaged or foreign file, a read-only folder. The message is one line: the path, what
     is wrong, what to do."""
 
-    def __init__(self, path: str, problem: str, fix: str) -> None:
+    def __init__(self, path: str, problem: str, fix: str, *, locked: bool = False) -> None:
         self.path, self.problem, self.fix = str(path), problem, fix
+        self.locked = locked  # another process holds the lock: trying again now would wait as long again
         super().__init__(f"{path}: {problem}; {fix}")
 
 

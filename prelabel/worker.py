@@ -152,9 +152,9 @@ class JobRunner:
             await self._flush(final=True)
             stats = self.engine.stats       # recorded for an interrupted run too
             stats.wall_s = round(time.monotonic() - started_mono, 3)
-            # Unless the store refused even the last batch (then it would refuse these too, after
-            # another wait): the leases of a dead process are taken back by the next run on its host.
-            if not self._results:
+            # Unless another process still holds the lock (these would wait as long again, and
+            # fail): the leases of a dead process are taken back by the next run on its host.
+            if not (self._results and self.storage_error is not None and self.storage_error.locked):
                 try:
                     await self._write(self.store.release, self.owner)  # anything unstarted goes back to the queue
                     await self._write(self.store.add_run, self.job.id, self.owner, started_wall, stats)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -34,6 +35,7 @@ def _load_queries() -> dict[str, str]:
 Q = _load_queries()
 NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
 _INGEST_BATCH = 5000
+_FULL_BELOW_BYTES = 1 << 20  # free space under this after an I/O error: the disk is full
 _OWN_TABLES = {"jobs", "items"}  # a SQLite file with tables but neither of these belongs to something else
 
 _SQLITE_CODES = {  # Python 3.10 has no sqlite_errorname: SQLite's messages for the codes that matter
@@ -55,16 +57,26 @@ def _sqlite_code(e: sqlite3.Error) -> str | None:
     return _SQLITE_CODES.get(str(e))
 
 
+def _disk_full(path: str) -> bool:
+    """SQLite reports a full disk as an I/O error when growing its WAL index or file fails."""
+    try:
+        fs = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < _FULL_BELOW_BYTES
+
+
 def storage_error(path: str, e: sqlite3.Error, busy_timeout_s: float) -> StorageError | None:
     """What an SQLite error means for the person running prelabel, or None for one that is a bug."""
     code, detail = _sqlite_code(e), " ".join(str(e).split())
-    if code == "SQLITE_FULL":
+    if code == "SQLITE_FULL" or (code == "SQLITE_IOERR" and _disk_full(path)):
         return StorageError(path, "the disk is full", "free space there (or move the store with --db) and run "
                                                       "the same command again")
     if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
         return StorageError(path, f"the database is locked: another process held its write lock for more than "
                                   f"{busy_timeout_s:g} s", "let that process finish (or stop it) and run the same "
-                                                            "command again; PRELABEL_BUSY_TIMEOUT_S sets the wait")
+                                                            "command again; PRELABEL_BUSY_TIMEOUT_S sets the wait",
+                            locked=True)
     if code == "SQLITE_NOTADB":
         return StorageError(path, "not a database (a SQLite file was expected)", _CHECK_DB)
     if code == "SQLITE_CORRUPT":
@@ -173,9 +185,9 @@ class SQLiteStore:
         rows = [row[0] for row in self._db.execute("PRAGMA quick_check")]
         if rows != ["ok"]:
             lines = [line for row in rows for line in row.splitlines() if line.strip() and not line.startswith("***")]
-            first = lines[0] if lines else "quick_check failed"
-            raise StorageError(self.path, f"the database is damaged ({first}; {len(lines)} problems found by "
-                                          "quick_check)", _DAMAGED_FIX)
+            first = lines[0] if lines else "no detail"
+            more = f", and {len(lines) - 1} more" if len(lines) > 1 else ""
+            raise StorageError(self.path, f"the database is damaged (quick_check: {first}{more})", _DAMAGED_FIX)
 
     def _migrate(self) -> None:
         """Bring a store made by an earlier version up to this schema, once, in one transaction
