@@ -478,7 +478,8 @@ def test_a_spool_job_whose_outputs_would_leave_the_output_root_is_refused_before
     (spool / "link").symlink_to(outside)
     spool_job(spool, "a-good", "out/good")
     spool_job(spool, "b-up", "../../x")
-    spool_job(spool, "c-etc", "/etc/prelabel-x")
+    etc = Path(f"/etc/prelabel-fault-{os.getpid()}")  # where a spool file run as root wrote before
+    spool_job(spool, "c-etc", str(etc))
     spool_job(spool, "d-link", "link/x")
     db = root / "p.db"
     capsys.readouterr()
@@ -492,9 +493,9 @@ def test_a_spool_job_whose_outputs_would_leave_the_output_root_is_refused_before
                 "PRELABEL_OUTPUT_ROOT) naming a folder that holds this one")
 
     assert lines == [f"spool: a-good.yaml -> {only_good_job(db)}", refused("b-up", tmp_path / "x"),
-                     refused("c-etc", Path("/etc/prelabel-x")), refused("d-link", outside / "x")]
+                     refused("c-etc", etc), refused("d-link", outside / "x")]
     assert len(drafts(spool / "out" / "good")) == 6 and requests(sim) == 6  # the good one only
-    assert not (tmp_path / "x").exists() and not Path("/etc/prelabel-x").exists() and not (outside / "x").exists()
+    assert not (tmp_path / "x").exists() and not etc.exists() and not (outside / "x").exists()
     # Recorded as failed: the next tick neither submits nor reports them again.
     assert main("work", "--once", "--spool", spool, "--db", db, "-q") == EXIT_OK
     assert stderr_lines(capsys.readouterr()) == []
