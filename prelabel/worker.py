@@ -99,6 +99,7 @@ class JobRunner:
         self.fewshot = FewShot.for_job(spec, task, self.counter)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prelabel-store")  # store writes, in order
         self._committing = 0  # batches handed to the store thread and not yet committed
+        self._holding = asyncio.Lock()  # a budget hold is being asked of the store
         self.storage_error: StorageError | None = None  # the store failed: the run stops
 
     async def run(self) -> RunResult:
@@ -500,17 +501,19 @@ class JobRunner:
             await self._settled.wait()
 
     async def _try_reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
-        need = self.gate.shortfall(prompt_tokens, max_out)
-        if need is not None:
-            # Ask for enough for a round of requests, not just this one: fewer trips to the store.
-            per_request = prompt_tokens + max_out
-            round_ = 2 * self.spec.model.max_concurrency
-            budget = self.spec.budget
-            granted = await self._write(
-                self.store.hold_budget, self.job.id, self.owner, max(need.tokens, per_request * round_),
-                max(need.cost, cost_usd(self.gate.price, prompt_tokens, max_out) * round_),
-                budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s)
-            self.gate.grant(*granted)
+        if self.gate.shortfall(prompt_tokens, max_out) is not None:
+            async with self._holding:  # one hold at a time: requests that wait share the one it grants
+                need = self.gate.shortfall(prompt_tokens, max_out)
+                if need is not None:
+                    # Ask for enough for a round of requests, not just this one: fewer trips to the store.
+                    per_request = prompt_tokens + max_out
+                    round_ = 2 * self.spec.model.max_concurrency
+                    budget = self.spec.budget
+                    granted = await self._write(
+                        self.store.hold_budget, self.job.id, self.owner, max(need.tokens, per_request * round_),
+                        max(need.cost, cost_usd(self.gate.price, prompt_tokens, max_out) * round_),
+                        budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s)
+                    self.gate.grant(*granted)
         return self.gate.reserve(prompt_tokens, max_out)
 
     def _account(self, reservation: Reservation, completion: Completion, usage: list[UsageRow]) -> None:
