@@ -135,7 +135,7 @@ def submit_spool(store: Store, folder: str | Path, endpoint: Endpoint | None = N
     ``allowed``: the endpoints a job file may name.
 
     A file that fails is recorded with its error and not tried again until its content changes;
-    so is one whose ``output.dir`` is outside ``output_roots``, before any of its input is read.
+    so is one whose ``output.dir`` is outside ``output_roots``, before it is queued.
     """
     entries = []
     for path in sorted(Path(folder).glob("*.yaml")):
