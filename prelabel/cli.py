@@ -151,6 +151,7 @@ def cmd_run(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=None if args.simulate else _allowed())
     store = _open_store(args.db)
     try:
+        store.verify()  # a damaged store is found before a request is paid for, not when its pages are reached
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
                      endpoint=_endpoint(args.simulate))
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)

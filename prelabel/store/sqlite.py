@@ -81,6 +81,8 @@ def storage_error(path: str, e: sqlite3.Error, busy_timeout_s: float) -> Storage
         return StorageError(path, "not a database (a SQLite file was expected)", _CHECK_DB)
     if code == "SQLITE_CORRUPT":
         return StorageError(path, f"the database is damaged ({detail})", _DAMAGED_FIX)
+    if code == "SQLITE_CANTOPEN" and Path(path).is_dir():
+        return StorageError(path, "a folder, not a database file", "name a file in it (e.g. prelabel.db) with --db")
     if code in ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"):
         return StorageError(path, f"the database cannot be opened for writing ({detail})",
                             "make it and its folder writable by this user, or choose another --db")

@@ -200,7 +200,7 @@ def test_a_file_that_is_not_a_usable_store_is_refused_by_run_and_status(make, tm
     assert db.read_bytes() == before  # nothing written into someone else's file
 
 
-def test_status_reads_every_page_so_a_store_damaged_where_counts_do_not_look_says_so(tmp_path, env, capsys):
+def test_status_reads_every_page_so_a_store_damaged_where_counts_do_not_look_says_so(tmp_path, env, sim, capsys):
     db = tmp_path / "p.db"
     job_id = make_store(db, tmp_path / "job")
     damage_page(db, 9)  # a page of item texts: counting states by the index never reads it
@@ -211,6 +211,16 @@ def test_status_reads_every_page_so_a_store_damaged_where_counts_do_not_look_say
     [line] = stderr_lines(capsys.readouterr())
     assert line.startswith(f"prelabel: error: {db}: the database is damaged (quick_check: Page 9: ")
     assert line.endswith(f"); {DAMAGED_FIX}")
+    # `run` too reads every page first: before it, 33 requests went out before a lease reached the page.
+    assert main("run", tmp_path / "job" / "job.yaml", "--db", db, "-q") == EXIT_STORAGE
+    assert error_line(capsys.readouterr()) == line
+    assert requests(sim) == 0
+
+
+def test_a_folder_given_as_db(tmp_path, env, capsys):
+    assert main("status", "--db", tmp_path) == EXIT_STORAGE
+    assert stderr_lines(capsys.readouterr()) == [
+        f"prelabel: error: {tmp_path}: a folder, not a database file; name a file in it (e.g. prelabel.db) with --db"]
 
 
 # --- a full disk ------------------------------------------------------------------------------------------
