@@ -494,7 +494,7 @@ def test_a_spool_job_whose_outputs_would_leave_the_output_root_is_refused_before
     db = root / "p.db"
     capsys.readouterr()
     assert main("work", "--once", "--spool", spool, "--db", db, "-q") == EXIT_JOB_ERROR
-    lines = stderr_lines(capsys.readouterr())
+    lines = [line for line in stderr_lines(capsys.readouterr()) if line.startswith("spool:")]
     roots = f"{root}, {spool}"  # the default: the database's folder and the spool folder
 
     def refused(name: str, real: Path) -> str:
@@ -508,7 +508,7 @@ def test_a_spool_job_whose_outputs_would_leave_the_output_root_is_refused_before
     assert not (tmp_path / "x").exists() and not etc.exists() and not (outside / "x").exists()
     # Recorded as failed: the next tick neither submits nor reports them again.
     assert main("work", "--once", "--spool", spool, "--db", db, "-q") == EXIT_OK
-    assert stderr_lines(capsys.readouterr()) == []
+    assert "spool:" not in capsys.readouterr().err
 
 
 def only_good_job(db: Path) -> str:
