@@ -14,9 +14,9 @@ from pathlib import Path
 
 from . import __version__
 from .allowlist import ALLOWLIST_ENV, AllowList
-from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
+from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, EXIT_STORAGE, STORE_BUSY_TIMEOUT_S, Engine
 from .endpoint import Endpoint
-from .errors import JobFileError, PrelabelError
+from .errors import JobFileError, PrelabelError, StorageError
 from .plan import format_plan, make_plan
 from .ingest import reader_is_dead
 from .queue import prepare, submit, submit_spool
@@ -45,6 +45,28 @@ def _allowed() -> AllowList:
     except ValueError as e:
         raise PrelabelError(f"{ALLOWLIST_ENV}: {e}") from None
     return AllowList(tuple(dict.fromkeys(allowed.prefixes + extra.prefixes)))
+
+
+def _open_store(db: str):
+    """The store, waiting ``$PRELABEL_BUSY_TIMEOUT_S`` (default 30) for another process's lock."""
+    raw = os.environ.get("PRELABEL_BUSY_TIMEOUT_S")
+    try:
+        timeout = float(raw) if raw else STORE_BUSY_TIMEOUT_S
+    except ValueError:
+        timeout = -1.0
+    if not timeout >= 0:
+        raise PrelabelError(f"PRELABEL_BUSY_TIMEOUT_S={raw!r}: give the seconds to wait for the store's lock, e.g. 30")
+    return open_store(db, timeout)
+
+
+def _output_roots(args) -> list[Path]:
+    """Where jobs run by `work` may write: --output-root, else $PRELABEL_OUTPUT_ROOT (several joined
+    by ':'), else the folder of the database and the spool folder."""
+    if args.output_root:
+        return args.output_root
+    if os.environ.get("PRELABEL_OUTPUT_ROOT"):
+        return [Path(p) for p in os.environ["PRELABEL_OUTPUT_ROOT"].split(os.pathsep) if p]
+    return [Path(args.db).expanduser().absolute().parent] + ([args.spool.absolute()] if args.spool else [])
 
 
 def _endpoint(simulate: bool = False) -> Endpoint:
@@ -132,8 +154,9 @@ def cmd_run(args) -> int:
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=None if args.simulate else _allowed())
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
+        store.verify()  # a damaged store is found before a request is paid for, not when its pages are reached
         sub = _submit_waiting(store, args, prepared, _endpoint(args.simulate))
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)
 
@@ -177,7 +200,7 @@ def _submit_waiting(store, args, prepared, endpoint):
 
 def cmd_submit(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=_allowed())
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
                      endpoint=_endpoint())
@@ -197,14 +220,15 @@ def cmd_work(args) -> int:
     from .runs import drain
     from .owners import worker_id
 
-    store = open_store(args.db)
+    roots = _output_roots(args)
+    store = _open_store(args.db)
     try:
         async def go():
             _install_sigterm()
             codes = [EXIT_OK]
             while True:
                 if args.spool:
-                    for entry in submit_spool(store, args.spool, _endpoint(), _allowed()):
+                    for entry in submit_spool(store, args.spool, _endpoint(), _allowed(), roots):
                         if entry.error:
                             print(f"spool: {redact(entry.error)}", file=sys.stderr)
                             codes.append(EXIT_JOB_ERROR)
@@ -214,7 +238,7 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, _endpoint(), Engine(), worker_id(), on_start, _say), args.quiet)
+                    lambda on_start: drain(store, _endpoint(), Engine(), worker_id(), on_start, _say, roots), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
@@ -226,8 +250,9 @@ def cmd_work(args) -> int:
 
 
 def cmd_status(args) -> int:
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
+        store.verify()  # a damaged store says so here, not with counts read from what is left of it
         jobs = [store.get_job(args.job_id)] if args.job_id else store.list_jobs()
         if args.job_id and jobs[0] is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
@@ -272,7 +297,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_export(args) -> int:
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
         job = store.get_job(args.job_id)
         if job is None:
@@ -348,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("work", cmd_work, "run queued jobs; with --once, drain the queue and exit (for cron)")
     p.add_argument("--once", action="store_true", help="exit when no job has work left")
     p.add_argument("--spool", type=Path, help="first submit each new *.yaml in this folder")
+    p.add_argument("--output-root", type=Path, action="append", metavar="DIR",
+                   help="jobs may write their outputs only under DIR (repeatable; default: $PRELABEL_OUTPUT_ROOT, "
+                        "else the database's folder and the spool folder)")
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = command("status", cmd_status, "per-job counts")
@@ -398,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobFileError as e:
         print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_JOB_ERROR
+    except StorageError as e:
+        print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
+        return EXIT_STORAGE
     except PrelabelError as e:
         print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_ERROR

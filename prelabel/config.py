@@ -310,6 +310,9 @@ EXIT_JOB_ERROR = 3      # a job file or input that cannot be run; bad input line
 EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again to resume
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
 EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost
+EXIT_STORAGE = 7        # the store or an output folder cannot be used (full, locked, damaged, read-only)
+
+STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
 
 # Files a job names that are read whole (the input is streamed, so it has no limit). A job file is
 # a few hundred bytes: these refuse a hostile one (a YAML "billion laughs" is 9^9 values once its

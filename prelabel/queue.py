@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .allowlist import AllowList
 from .config import JobSpec
@@ -18,6 +19,7 @@ from .ingest import INGEST_STALE_S, give_back, resume_ingest
 from .inputs import read_items
 from .jobfile import field_line, file_sha256, job_identity, load_job
 from .owners import worker_id
+from .outputs.root import confine
 from .pricing import price_for
 from .store import JobRecord, Store
 from .tasks import Task, build_task, fixed_prompt_tokens
@@ -143,26 +145,28 @@ class SpoolEntry:
 
 
 def submit_spool(store: Store, folder: str | Path, endpoint: Endpoint | None = None,
-                 allowed: AllowList | None = None, *, owner: str | None = None) -> list[SpoolEntry]:
+                 allowed: AllowList | None = None, output_roots: Sequence[Path] | None = None, *,
+                 owner: str | None = None) -> list[SpoolEntry]:
     """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever);
     ``allowed``: the endpoints a job file may name.
 
     A file that fails, however it fails, is recorded with its error and the next file goes on; it
     is tried again when its content changes, or a file it names (input, guidelines, examples) does.
+    So is one whose ``output.dir`` is outside ``output_roots``, refused before it is queued.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise JobFileError("the spool folder does not exist (create it, or fix --spool)", path=str(folder))
     entries = []
     for path in sorted(folder.glob("*.yaml")):
-        entry = _submit_spooled(store, path, owner, endpoint, allowed)
+        entry = _submit_spooled(store, path, owner, endpoint, allowed, output_roots)
         if entry is not None:
             entries.append(entry)
     return entries
 
 
 def _submit_spooled(store: Store, path: Path, owner: str | None, endpoint: Endpoint | None,
-                    allowed: AllowList | None) -> SpoolEntry | None:
+                    allowed: AllowList | None, output_roots: Sequence[Path] | None) -> SpoolEntry | None:
     try:
         digest = file_sha256(path)
     except OSError as e:  # removed since the listing, or unreadable: nothing to record it by
@@ -173,7 +177,10 @@ def _submit_spooled(store: Store, path: Path, owner: str | None, endpoint: Endpo
         return None
     job_id, named = None, {}
     try:
-        sub = submit(store, path, owner=owner, endpoint=endpoint, allowed=allowed)
+        prepared = prepare(path, allowed=allowed)
+        if output_roots is not None:
+            confine(prepared[0].output.dir, output_roots, str(path))
+        sub = submit(store, path, prepared=prepared, owner=owner, endpoint=endpoint)
     except (StoreError, sqlite3.Error):
         raise  # the store's fault, not the file's: the tick fails and the next one tries again
     except PrelabelError as e:

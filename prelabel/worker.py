@@ -7,6 +7,11 @@ the event loop in one transaction), so a kill -9 costs only the requests in flig
 item could not use (it broke the schema) is taken out of the cache when the item is committed. A
 budget refusal stops the leasing, hands unstarted items back, and marks the rest of the job as
 stopped by budget.
+
+Writes to the store run in a thread of their own, one at a time and in order: a write waiting for
+another process's lock (up to the store's busy timeout) does not stall the requests in flight. A store
+that fails (full disk, lock held too long) stops the run: no new requests, what can still be
+committed is, leases are handed back if the store lets us, and the ``StorageError`` is raised.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import functools
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
@@ -22,7 +28,7 @@ from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import JobSpec
 from .draft import DONE, FAILED, SKIPPED, draft_record
-from .errors import EmbeddingsUnavailable, LLMError
+from .errors import EmbeddingsUnavailable, LLMError, StorageError
 from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
@@ -91,8 +97,29 @@ class JobRunner:
         self._asked: dict[int, list[str]] = {}  # per item: the cache keys of the answers it got (new or cached)
         self._simulated: set[int] = set()  # items a simulator answered
         self.fewshot = FewShot.for_job(spec, task, self.counter)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prelabel-store")  # store writes, in order
+        self._committing = 0  # batches handed to the store thread and not yet committed
+        self._holding = asyncio.Lock()  # a budget hold is being asked of the store
+        self.storage_error: StorageError | None = None  # the store failed: the run stops
 
     async def run(self) -> RunResult:
+        try:
+            return await self._run()
+        finally:
+            self._io.shutdown(wait=False)  # every write was awaited: nothing is left in it
+
+    async def _write(self, method, *args):
+        """A store write, in the store thread. Shielded: once handed over it completes (in order)
+        even if the run is cancelled meanwhile, so a committed batch is never half-known."""
+        call = asyncio.get_running_loop().run_in_executor(self._io, functools.partial(method, *args))
+        return await asyncio.shield(call)
+
+    def _store_failed(self, error: StorageError) -> None:
+        if self.storage_error is None:
+            log.info("the store failed, stopping the run: %s", error)
+            self.storage_error = error
+
+    async def _run(self) -> RunResult:
         started_wall, started_mono = time.time(), time.monotonic()
         counts = self.store.counts(self.job.id)
         self.progress.total = sum(counts.values())
@@ -123,34 +150,46 @@ class JobRunner:
             if self.variants:
                 self.variants.close()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
-            self._flush()
-            self.store.release(self.owner)  # anything unstarted goes back to the queue
+            await self._flush(final=True)
             stats = self.engine.stats       # recorded for an interrupted run too
             stats.wall_s = round(time.monotonic() - started_mono, 3)
-            self.store.add_run(self.job.id, self.owner, started_wall, stats)
-        if self._endpoint_down.is_set():
-            self.store.requeue(self.job.id, self.outage.streak)  # they failed with the endpoint, not alone
+            # Unless another process still holds the lock (these would wait as long again, and
+            # fail): the leases of a dead process are taken back by the next run on its host.
+            if not (self._results and self.storage_error is not None and self.storage_error.locked):
+                try:
+                    await self._write(self.store.release, self.owner)  # anything unstarted goes back to the queue
+                    await self._write(self.store.add_run, self.job.id, self.owner, started_wall, stats)
+                except StorageError as e:
+                    self._store_failed(e)
+        if self.storage_error is not None:
+            raise self.storage_error
+        if self._endpoint_down.is_set():  # they failed with the endpoint, not alone
+            await self._write(self.store.requeue, self.job.id, self.outage.streak)
         elif self._budget_hit.is_set():
-            self.store.stop_remaining(self.job.id)
+            await self._write(self.store.stop_remaining, self.job.id)
         counts = self.store.counts(self.job.id)
         return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts,
                          self.last_error if self._endpoint_down.is_set() else None)
 
     def _stopping(self) -> bool:
-        return self._budget_hit.is_set() or self._endpoint_down.is_set()
+        return self._budget_hit.is_set() or self._endpoint_down.is_set() or self.storage_error is not None
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
             # Units too, not only through _produce_units: an empty lease here must mean no work of
             # any kind is left, or units committed since its last poll would be stranded.
-            items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s,
-                                     self._free_units())
+            try:
+                items = await self._write(self.store.lease, self.job.id, self.owner, self.lease_batch, time.time(),
+                                          self.settings.lease_s, self._free_units())
+            except StorageError as e:
+                self._store_failed(e)
+                return
             if not items:
-                if self.variants is None or not (self._active or self._results):
+                if self.variants is None or not (self._active or self._results or self._committing):
                     return  # everything finished was committed before this lease: nothing more will come
                 # Items in flight may yet spawn work (augmentation): wait for them to be committed.
                 await asyncio.sleep(self.settings.commit_interval_s)
-                self._flush()
+                await self._flush()
                 continue
             if self.fewshot:
                 self.fewshot.add([item for item in items if item.kind != AUGMENT], self._embed)
@@ -177,7 +216,12 @@ class JobRunner:
         """Augment units at the pace their consumers take them, not only when labelling leases."""
         while not self._stopping():
             free = self._free_units()
-            items = self.store.lease(self.job.id, self.owner, 0, time.time(), self.settings.lease_s, free) if free else []
+            try:
+                items = await self._write(self.store.lease, self.job.id, self.owner, 0, time.time(),
+                                          self.settings.lease_s, free) if free else []
+            except StorageError as e:
+                self._store_failed(e)
+                return
             for item in items:
                 self._open_unit(item)
             if not items:
@@ -188,7 +232,12 @@ class JobRunner:
             if self._stopping():
                 self._finished(item)
                 continue  # left leased; released at the end of the run
-            result = await self.process(item)
+            try:
+                result = await self.process(item)
+            except StorageError as e:  # the item stays leased; released at the end of the run
+                self._store_failed(e)
+                self._finished(item)
+                continue
             self.progress.total += len(result.spawn)  # augmentation adds work as it goes
             self._results.append(result)
             self._finished(item)
@@ -197,7 +246,7 @@ class JobRunner:
             elif not result.release:
                 self.progress.finished += 1
             if len(self._results) >= self.settings.commit_every:
-                self._flush()
+                await self._flush()
 
     def _finished(self, item: LeasedItem) -> None:
         self._active -= 1
@@ -207,12 +256,16 @@ class JobRunner:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.commit_interval_s)
-            self._flush()
+            await self._flush()
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            self.store.renew(self.owner, time.time(), self.settings.lease_s)
+            try:
+                await self._write(self.store.renew, self.owner, time.time(), self.settings.lease_s)
+            except StorageError as e:
+                self._store_failed(e)
+                return
 
     def _keep_answer(self, key: str, completion: Completion) -> None:
         """Make an answer durable now, not with its item's result: batched per loop turn."""
@@ -220,17 +273,38 @@ class JobRunner:
             asyncio.get_running_loop().call_soon(self._write_answers)
         self._answers.append((key, completion.to_cache()))
 
-    def _write_answers(self) -> None:
-        if self._answers:
+    def _write_answers(self, final: bool = False) -> None:
+        """Hand the answers to the store thread now (not awaited: it is a loop callback), so that they
+        are written before any commit handed over after them. After a store failure they wait for
+        the final flush, in one write."""
+        if self._answers and (self.storage_error is None or final):
             batch, self._answers = self._answers, []
-            self.store.cache_put(batch)
+            written = asyncio.get_running_loop().run_in_executor(self._io, self.store.cache_put, batch)
+            written.add_done_callback(self._answers_written)
 
-    def _flush(self) -> None:
-        self._write_answers()  # before the results: a commit takes unusable answers out again
-        if self._results or self._side_usage:
-            batch, self._results = self._results, []
-            side, self._side_usage = self._side_usage, []
-            self.store.complete(self.job.id, self.owner, batch, side)
+    def _answers_written(self, written: asyncio.Future) -> None:
+        error = None if written.cancelled() else written.exception()
+        if isinstance(error, StorageError):
+            self._store_failed(error)
+        elif error is not None:
+            log.error("writing answers to the cache failed: %r", error)
+
+    async def _flush(self, final: bool = False) -> None:
+        """Commit the finished results. After a store failure only the final flush tries again (a
+        lock may have been let go by then); a batch that cannot be committed is kept for it."""
+        self._write_answers(final)  # before the results: a commit takes unusable answers out again
+        if not (self._results or self._side_usage) or (self.storage_error is not None and not final):
+            return
+        batch, self._results = self._results, []
+        side, self._side_usage = self._side_usage, []
+        self._committing += 1
+        try:
+            await self._write(self.store.complete, self.job.id, self.owner, batch, side)
+        except StorageError as e:
+            self._results[:0], self._side_usage[:0] = batch, side
+            self._store_failed(e)
+        finally:
+            self._committing -= 1
 
     async def process(self, item: LeasedItem) -> ItemResult:
         """One item through its stage: label it (or re-check a variant), or make variants; never raises.
@@ -267,6 +341,8 @@ class JobRunner:
             return ItemResult(item.seq, "pending", 0.0, [], usage, cache, release=True)
         except _RequestFailed as e:
             return self._failed(item, e.error, e.flags + [REQUEST_FAILED], usage, cache)
+        except StorageError:
+            raise  # not the item's fault: the run stops
         except Exception as e:  # a bug on one item must not stop the batch: record it (and what it spent)
             return self._failed(item, f"internal error: {type(e).__name__}: {e}", [REQUEST_FAILED], usage, cache)
 
@@ -407,7 +483,7 @@ class JobRunner:
             cost = self.gate.settle(reservation, result.prompt_tokens, 0)  # at the chat price: on the safe side
             self._settled.set()
             self._side_usage.append(UsageRow(model, result.prompt_tokens, 0, cost, False))
-        self.store.cache_put([entry for entry in result.to_store if entry])
+        await self._write(self.store.cache_put, [entry for entry in result.to_store if entry])
         if isinstance(result.error, EmbeddingsUnavailable):
             log.warning("the endpoint has no embeddings (%s): similar examples by lexical similarity", result.error)
             return None, False
@@ -420,24 +496,26 @@ class JobRunner:
 
         None means the budget is spent: nothing in flight will free room for this request."""
         while True:
-            reservation = self._try_reserve(prompt_tokens, max_out)
+            reservation = await self._try_reserve(prompt_tokens, max_out)
             if reservation is not None or self.gate.in_flight == 0:
                 return reservation
             self._settled.clear()
             await self._settled.wait()
 
-    def _try_reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
-        need = self.gate.shortfall(prompt_tokens, max_out)
-        if need is not None:
-            # Ask for enough for a round of requests, not just this one: fewer trips to the store.
-            per_request = prompt_tokens + max_out
-            round_ = 2 * self.spec.model.max_concurrency
-            budget = self.spec.budget
-            granted = self.store.hold_budget(
-                self.job.id, self.owner, max(need.tokens, per_request * round_),
-                max(need.cost, cost_usd(self.gate.price, prompt_tokens, max_out) * round_),
-                budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s)
-            self.gate.grant(*granted)
+    async def _try_reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
+        if self.gate.shortfall(prompt_tokens, max_out) is not None:
+            async with self._holding:  # one hold at a time: requests that wait share the one it grants
+                need = self.gate.shortfall(prompt_tokens, max_out)
+                if need is not None:
+                    # Ask for enough for a round of requests, not just this one: fewer trips to the store.
+                    per_request = prompt_tokens + max_out
+                    round_ = 2 * self.spec.model.max_concurrency
+                    budget = self.spec.budget
+                    granted = await self._write(
+                        self.store.hold_budget, self.job.id, self.owner, max(need.tokens, per_request * round_),
+                        max(need.cost, cost_usd(self.gate.price, prompt_tokens, max_out) * round_),
+                        budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s)
+                    self.gate.grant(*granted)
         return self.gate.reserve(prompt_tokens, max_out)
 
     def _account(self, reservation: Reservation, completion: Completion, usage: list[UsageRow]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import EXIT_BUDGET, EXIT_ITEMS_FAILED, EXIT_JOB_ERROR, EXIT_OK, JobSpec
+from ..errors import OutputError
 from ..store import Store
 from ..tasks import build_task
 from .drafts import write_drafts
@@ -28,7 +29,16 @@ def export(store: Store, job_id: str, *, include_flagged: bool | None = None,
     """Write the job's outputs (atomically) from what the store holds; returns the report.
 
     ``include_flagged`` and ``val_fraction``, when given, override the job file's ``output`` ones.
+    An output that cannot be written raises ``OutputError``, saying how to write them again.
     """
+    try:
+        return _export(store, job_id, include_flagged, val_fraction)
+    except OutputError as e:
+        raise OutputError(e.path, e.problem, f"{e.fix}, then `prelabel export {job_id}` writes the outputs "
+                                             "from the store (no request is sent again)") from e
+
+
+def _export(store: Store, job_id: str, include_flagged: bool | None, val_fraction: float | None) -> tuple[dict, Path]:
     job = store.get_job(job_id)
     spec = JobSpec.model_validate(job.spec)
     out_dir = Path(spec.output.dir)

@@ -108,7 +108,12 @@ class InputErrorRow:
 
 
 class Store(Protocol):
+    """Every method may raise ``StorageError`` (full disk, lock held too long, damaged file).
+
+    Methods may be called from several threads: each thread gets a connection of its own."""
+
     def close(self) -> None: ...
+    def verify(self) -> None: ...  # read the whole store: StorageError if any of it is damaged
 
     # jobs
     def get_job(self, job_id: str) -> JobRecord | None: ...

@@ -207,7 +207,9 @@ def test_an_exception_half_way_through_the_input_leaves_it_to_be_read_on(spool, 
 
 def test_a_store_from_before_failed_files_were_retried_is_migrated(tmp_path):
     db = tmp_path / "old.db"
+    SQLiteStore(db).close()  # a store of this version (prelabel's tables), its spool table made old below
     with sqlite3.connect(db) as con:  # the spool table as an earlier version made it, with a failure
+        con.execute("DROP TABLE spool")
         con.execute("CREATE TABLE spool (path TEXT NOT NULL, sha256 TEXT NOT NULL, job_id TEXT, error TEXT, "
                     "at REAL NOT NULL, PRIMARY KEY (path, sha256))")
         con.execute("INSERT INTO spool VALUES ('/s/a.yaml', 'sha1', NULL, 'bad yaml', 1.0)")
