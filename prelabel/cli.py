@@ -241,6 +241,27 @@ def cmd_export(args) -> int:
         store.close()
 
 
+def cmd_review_import(args) -> int:
+    from .feedback.intake import import_reviews
+
+    store = open_store(args.db)
+    try:
+        summary = import_reviews(store, args.job_id, args.files)
+    finally:
+        store.close()
+    for f in summary["files"]:
+        print(f"{f['file']}: {f['reviews']} reviews from {f['tasks'] or 'no'} tasks; {f['not_fit']} did not fit "
+              f"the schema, {f['unknown_ids']} unknown ids, {f['skipped_by_reviewer']} skipped by the reviewer",
+              file=sys.stderr)
+        for problem in f["problems"]:
+            print(f"  skipped: {problem}", file=sys.stderr)
+    print(f"{summary['reviews_changed']} reviews new or updated; {summary['reviews_stored']} stored for "
+          f"{args.job_id}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
 def cmd_simulate(args) -> int:
     from .simulator import SimConfig, serve
 
@@ -308,6 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="openai_finetune: share of source items held out for validation, 0 <= F < 1 "
                         "(overrides output.val_fraction)")
+
+    review = sub.add_parser("review", help="reviewers' corrections: import them, measure the drafts, "
+                                           "choose what to review next")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+
+    def review_command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = review_sub.add_parser(name, help=help, description=help)
+        p.add_argument("--db", default=default_db(), help="the store (as for the other commands)")
+        p.add_argument("job_id")
+        p.set_defaults(func=func)
+        return p
+
+    p = review_command("import", cmd_review_import,
+                       "read Label Studio JSON exports or JSONL {id, label} corrections into the store")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--json", action="store_true", help="print what was read as JSON")
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")

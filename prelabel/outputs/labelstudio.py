@@ -146,6 +146,11 @@ def _kind(name: str) -> _Kind:
                          f"known: {', '.join(sorted(_KINDS))}") from None
 
 
+def kind_results(kind: str, record: dict) -> list[dict]:
+    """The results a record's label makes for its kind (review import reads corrections this way)."""
+    return _kind(kind).results(record)
+
+
 def labeling_config(task) -> str:
     """The Label Studio labeling config (XML) matching the tasks ``to_task`` makes for ``task``."""
     return "\n".join(["<View>", *_kind(task.kind).controls(task), "</View>", ""])
@@ -298,6 +303,11 @@ def _result_errors(result: dict, schema: ConfigSchema, text: str | None = None) 
     if control.type == "labels":
         errors.extend(_span_errors(value, text))
     return errors
+
+
+def result_errors(result: dict, schema: ConfigSchema, text: str | None = None) -> list[str]:
+    """Why one result (a prediction's or a reviewer's) does not fit the config; empty when it does."""
+    return _result_errors(result, schema, text)
 
 
 def _span_errors(value: dict, text: str | None) -> list[str]:

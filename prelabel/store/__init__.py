@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import AUGMENT, FINAL_STATES, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, RunStats, Spawn, Store, UsageRow
+from .base import AUGMENT, FINAL_STATES, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, ReviewRow, RunStats, Spawn, Store, UsageRow
 from ..errors import StoreError
 from .sqlite import SQLiteStore
 
-__all__ = ["AUGMENT", "FINAL_STATES", "LABEL", "VARIANT", "ItemResult", "JobRecord", "LeasedItem", "RunStats", "SQLiteStore", "Spawn", "Store",
+__all__ = ["AUGMENT", "FINAL_STATES", "LABEL", "VARIANT", "ItemResult", "JobRecord", "LeasedItem", "ReviewRow", "RunStats", "SQLiteStore", "Spawn", "Store",
            "UsageRow", "open_store"]
 
 
