@@ -262,6 +262,68 @@ def cmd_review_import(args) -> int:
     return EXIT_OK
 
 
+def cmd_review_report(args) -> int:
+    from .feedback import report
+    from .feedback.intake import job_spec
+
+    store = open_store(args.db)
+    try:
+        r = report.build(store, args.job_id, target_error=args.target_error)
+        out_dir = args.out or job_spec(store, args.job_id).output.dir
+    finally:
+        store.close()
+    json_path, html_path = report.write(r, out_dir)
+    t, u = r["threshold"], r["unreviewed_error"]
+    print(f"{r['reviewed']} of {r['drafts']} drafts reviewed; correction rate "
+          f"{_share(r['reviews']['correction_rate'])}; ECE {_fmt(r['calibration']['ece'])}, "
+          f"Brier {_fmt(r['calibration']['brier'])}")
+    if t.get("confidence") is not None:
+        print(f"threshold for target error {t['target_error']:g}: confidence >= {t['confidence']:.4f} accepts "
+              f"{t['would_accept']} unreviewed drafts ({_share(t['share_of_job'])} of the job), error <= "
+              f"{_share(t['error_upper_bound'])} (95%)")
+    else:
+        print(f"threshold for target error {t['target_error']:g}: none ({t['why']})")
+    if u.get("n"):
+        print(f"error of the {u['unreviewed_drafts']} unreviewed drafts: {_share(u['rate'])} "
+              f"(95% interval {_share(u['interval_95'][0])} to {_share(u['interval_95'][1])}, audit of {u['n']})")
+    print(f"wrote {json_path} and {html_path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_review_sample(args) -> int:
+    from .feedback.intake import drafts_by_id, job_spec
+    from .feedback.sampling import AUDIT, draw
+    from .outputs.labelstudio import write_labelstudio
+
+    store = open_store(args.db)
+    try:
+        spec = job_spec(store, args.job_id)
+        job = store.get_job(args.job_id)
+        reviewed = {r.draft_id for r in store.reviews(args.job_id)}
+        drawn = draw(drafts_by_id(store, args.job_id).values(), reviewed, args.size, args.audit, seed=args.seed)
+        out = args.out or Path(spec.output.dir) / "review_sample.json"
+        purpose = {record["id"]: why for record, why in drawn}
+        counts = write_labelstudio((r for r, _ in drawn), out.parent, spec.task,
+                                   f"{spec.model.name}|{job.prompt_version}", tasks_file=out.name,
+                                   extra_data=lambda r: {"review_sample": purpose[r["id"]]})
+        store.add_samples(args.job_id, purpose.items())
+    finally:
+        store.close()
+    audited = sum(why == AUDIT for why in purpose.values())
+    print(f"wrote {out}: {counts['tasks']} tasks, {counts['tasks'] - audited} most informative and {audited} "
+          f"uniform audit (data.review_sample says which); import it into the job's Label Studio project",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _share(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
 def cmd_simulate(args) -> int:
     from .simulator import SimConfig, serve
 
@@ -345,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "read Label Studio JSON exports or JSONL {id, label} corrections into the store")
     p.add_argument("files", type=Path, nargs="+")
     p.add_argument("--json", action="store_true", help="print what was read as JSON")
+
+    p = review_command("report", cmd_review_report,
+                       "measure the drafts against the reviews: review.json and review.html")
+    p.add_argument("--out", type=Path, help="folder for review.json and review.html (default: output.dir)")
+    p.add_argument("--target-error", type=_fraction, metavar="E",
+                   help="error allowed among drafts accepted unreviewed (overrides review.target_error)")
+
+    p = review_command("sample", cmd_review_sample,
+                       "a Label Studio file of the next drafts to review: the most informative plus a "
+                       "uniform audit sample")
+    p.add_argument("--size", type=int, required=True, help="the most informative drafts")
+    p.add_argument("--audit", type=int, default=0, help="drafts drawn uniformly at random, for the error estimate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="the file (default: output.dir/review_sample.json)")
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")

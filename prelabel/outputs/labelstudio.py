@@ -335,10 +335,12 @@ def _unit_number(value) -> bool:
 
 # --- the files --------------------------------------------------------------------------------
 
-def write_labelstudio(records: Iterable[dict], out_dir: Path, task, model_version: str) -> dict:
+def write_labelstudio(records: Iterable[dict], out_dir: Path, task, model_version: str, *,
+                      tasks_file: str = TASKS_FILE, extra_data: Callable[[dict], dict] | None = None) -> dict:
     """Stream one task per record, in order, to ``labelstudio.json`` beside its config XML.
 
-    Both files are replaced together at the end or not at all. Returns the counts.
+    Both files are replaced together at the end or not at all. Returns the counts. ``extra_data``
+    adds data columns to a record's task (a review sample marks why each draft was drawn).
     """
     if not model_version or not model_version.strip():
         raise ValueError("model_version is empty: Label Studio selects predictions to show by it")
@@ -350,11 +352,13 @@ def write_labelstudio(records: Iterable[dict], out_dir: Path, task, model_versio
     # Nested: the JSON is renamed into place first, then the config; an error while streaming
     # leaves both old files untouched.
     with atomic_writer(out_dir / CONFIG_FILE) as config_out, \
-            atomic_writer(out_dir / TASKS_FILE) as out:
+            atomic_writer(out_dir / tasks_file) as out:
         config_out.write(xml)
         out.write("[\n")
         for record in records:
             ls_task = to_task(record, model_version)
+            if extra_data is not None:
+                ls_task["data"].update(extra_data(record))
             kept = []
             for prediction in ls_task["predictions"]:
                 errors = validate_prediction(prediction, schema, record["text"])

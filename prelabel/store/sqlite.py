@@ -357,7 +357,8 @@ class SQLiteStore:
                 in self._db.execute(Q["reviews"], (job_id,))]
 
     def add_samples(self, job_id: str, drafts: Iterable[tuple[str, str]]) -> None:
-        """(draft id, purpose) pairs sent out for review; a draft keeps the purpose it was first drawn for."""
+        """(draft id, purpose) pairs sent out for review; a draft keeps the purpose it was first drawn for,
+        unless it is drawn for an audit later (the audit must stay uniform)."""
         now = time.time()
         with self._tx():
             self._db.executemany(Q["insert_sample"], [(job_id, d, purpose, now) for d, purpose in drafts])

@@ -356,8 +356,10 @@ SELECT draft_id, reviewer, verdict, label, updated_at, lead_time, origin FROM re
 WHERE job_id = ? ORDER BY draft_id, updated_at, reviewer;
 
 -- name: insert_sample
+-- An audit draw wins over an earlier informative one: the audit must stay uniform.
 INSERT INTO review_samples (job_id, draft_id, purpose, drawn_at) VALUES (?, ?, ?, ?)
-ON CONFLICT (job_id, draft_id) DO NOTHING;
+ON CONFLICT (job_id, draft_id) DO UPDATE SET purpose = excluded.purpose, drawn_at = excluded.drawn_at
+WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
 
 -- name: samples
 SELECT draft_id, purpose FROM review_samples WHERE job_id = ?;
