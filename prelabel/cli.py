@@ -227,8 +227,13 @@ def cmd_export(args) -> int:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
             return EXIT_JOB_ERROR
         report, out_dir = export(store, args.job_id, include_flagged=args.include_flagged,
-                                 val_fraction=args.val_fraction)
+                                 val_fraction=args.val_fraction, accept_above=args.accept_above)
         print(f"wrote {out_dir}", file=sys.stderr)
+        if "reviewed" in report:
+            r = report["reviewed"]
+            print(f"  {r['drafts']:,} drafts with their reviewers' labels"
+                  + (f"; unreviewed drafts accepted at confidence >= {r['accept_above']:.4f}"
+                     if r["accept_above"] is not None else ""), file=sys.stderr)
         if "openai_finetune" in report:
             ft = report["openai_finetune"]
             sides = [side for side in ("train", "validation") if side in ft]
@@ -344,6 +349,18 @@ def _fraction(value: str) -> float:
     return f
 
 
+def _accept_above(value: str):
+    if value == "auto":
+        return value
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not 0 <= f <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither 'auto' nor a confidence in [0, 1]")
+    return f
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prelabel", description="LLM-drafted labels for people to review.")
     parser.add_argument("--version", action="version", version=f"prelabel {__version__}")
@@ -391,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="openai_finetune: share of source items held out for validation, 0 <= F < 1 "
                         "(overrides output.val_fraction)")
+    p.add_argument("--accept-above", type=_accept_above, metavar="C|auto",
+                   help="unreviewed drafts below this confidence stay flagged (out of the fine-tuning files); "
+                        "auto: the threshold the reviews support for review.target_error")
 
     review = sub.add_parser("review", help="reviewers' corrections: import them, measure the drafts, "
                                            "choose what to review next")

@@ -56,11 +56,14 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
         threshold_out = {**threshold.to_dict(), "would_accept": len(accepted),
                          "share_of_job": len(accepted) / len(drafts) if drafts else None,
                          "unreviewed": sum(d["id"] not in chosen for d in drafts.values())}
+    elif not scored:
+        threshold_out = {"confidence": None, "target_error": target,
+                         "why": "no reviewed draft has a confidence (instruction pairs have none)"}
     else:
         threshold_out = {"confidence": None, "target_error": target,
-                         "why": (f"the reviews support no threshold: even error-free, at least "
-                                 f"{needed_reviews(target)} reviewed drafts with a confidence are needed "
-                                 f"to show an error of at most {target:g}")}
+                         "why": (f"the {len(scored)} reviewed drafts with a confidence show no confidence above "
+                                 f"which the error is at most {target:g} (95%); that takes at least "
+                                 f"{needed_reviews(target)} error-free reviews above it")}
 
     audit = [wrong for (draft, _), wrong in zip(reviewed, corrected) if samples.get(draft["id"]) == AUDIT]
     unreviewed = len(drafts) - len(chosen)
