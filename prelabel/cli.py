@@ -321,6 +321,32 @@ def cmd_review_sample(args) -> int:
     return EXIT_OK
 
 
+def cmd_review_examples(args) -> int:
+    from .feedback.corrections import consensus
+    from .feedback.intake import drafts_by_id, job_spec
+    from .feedback.seeds import examples
+    from .outputs.atomic import atomic_writer
+
+    store = open_store(args.db)
+    try:
+        spec = job_spec(store, args.job_id)
+        rows = list(examples(spec.task.kind, getattr(spec.task, "instruction_field", None),
+                             drafts_by_id(store, args.job_id), consensus(store.reviews(args.job_id)),
+                             corrected_only=not args.all))
+    finally:
+        store.close()
+    out = args.out or Path(spec.output.dir) / "review_examples.jsonl"
+    if not rows:
+        print(f"no {'reviewed' if args.all else 'corrected'} items yet: nothing written", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    with atomic_writer(out) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"wrote {out}: {len(rows)} examples; name it as task.examples in the next round's job file",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def _share(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -441,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", type=int, default=0, help="drafts drawn uniformly at random, for the error estimate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="the file (default: output.dir/review_sample.json)")
+
+    p = review_command("examples", cmd_review_examples,
+                       "the corrected items as a few-shot examples file (task.examples) for the next round")
+    p.add_argument("--all", action="store_true", help="accepted items too, not only corrected ones")
+    p.add_argument("--out", type=Path, help="the file (default: output.dir/review_examples.jsonl)")
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")

@@ -116,3 +116,35 @@ def test_store_keeps_latest_per_reviewer_and_reimport_changes_nothing(tmp_path):
     store.add_samples("j", [("T1", "informative")])
     assert store.samples("j") == {"T1": "audit", "T2": "informative"}
     store.close()
+
+
+@pytest.mark.parametrize("kind, draft_label, reviewed", [
+    ("classify", "positive", "negative"),
+    ("multilabel", ["positive"], ["positive", "neutral"]),
+    ("ner", [], [{"start": 0, "end": 3, "text": "Ada", "label": "PER"}]),
+    ("instruct", {"instruction": "Who?", "response": "Ada."}, {"instruction": "Who lives here?", "response": "Ada."}),
+])
+def test_corrected_items_make_an_examples_file_the_next_round_loads(tmp_path, kind, draft_label, reviewed):
+    from prelabel.config import JobSpec
+    from prelabel.examples import load_examples
+    from prelabel.feedback.seeds import examples
+    from prelabel.tasks import build_task
+
+    labels = {"ner": {"PER": "a person"}}.get(kind, LABELS)
+    task_spec = {"kind": kind, **({"labels": labels} if kind != "instruct" else {})}
+    job = JobSpec.model_validate({"name": "t", "input": {"path": "x.jsonl"}, "model": {"name": "m"}, "task": task_spec})
+    text = "Ada lives in Paris."
+    drafts = {"D1": {"id": "D1", "text": text, "label": draft_label, "source_id": "D1"},
+              "D2": {"id": "D2", "text": "Bo.", "label": draft_label, "source_id": "D2"}}
+    reviews = {"D1": ReviewRow("D1", "ann", "corrected", reviewed, 1.0),
+               "D2": ReviewRow("D2", "ann", "accepted", draft_label, 1.0)}
+    rows = list(examples(kind, None, drafts, reviews))
+    assert [r["text"] for r in rows] == [text]  # only the corrected item
+    path = tmp_path / "examples.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    (loaded,) = load_examples(path, job.task, build_task(job))
+    want = [reviewed] if kind == "instruct" else reviewed
+    if kind == "ner":
+        want = [{**s, "score": None} if "score" in loaded.answer[0] else s for s in reviewed]
+    assert loaded.answer == want
+    assert len(list(examples(kind, None, drafts, reviews, corrected_only=False))) == 2
