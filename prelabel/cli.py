@@ -270,11 +270,13 @@ def cmd_review_import(args) -> int:
 def cmd_review_report(args) -> int:
     from .feedback import report
     from .feedback.intake import job_spec
+    from .jobfile import REVIEW_EXAMPLES
 
     store = open_store(args.db)
     try:
         r = report.build(store, args.job_id, target_error=args.target_error)
-        out_dir = args.out or job_spec(store, args.job_id).output.dir
+        out_dir = Path(args.out or job_spec(store, args.job_id).output.dir)
+        seeds = report.write_examples(store, args.job_id, out_dir / REVIEW_EXAMPLES)
     finally:
         store.close()
     json_path, html_path = report.write(r, out_dir)
@@ -291,7 +293,10 @@ def cmd_review_report(args) -> int:
     if u.get("n"):
         print(f"error of the {u['unreviewed_drafts']} unreviewed drafts: {_share(u['rate'])} "
               f"(95% interval {_share(u['interval_95'][0])} to {_share(u['interval_95'][1])}, audit of {u['n']})")
-    print(f"wrote {json_path} and {html_path}", file=sys.stderr)
+    for pair in r["most_corrected"][:3]:
+        print(f"  most corrected: {pair['drafted']} -> {pair['reviewed']} ({pair['count']} times)")
+    print(f"wrote {json_path} and {html_path}" + (f"; {seeds} corrected items in {out_dir / REVIEW_EXAMPLES} "
+                                                   f"(task.examples: reviews)" if seeds else ""), file=sys.stderr)
     return EXIT_OK
 
 
@@ -322,28 +327,20 @@ def cmd_review_sample(args) -> int:
 
 
 def cmd_review_examples(args) -> int:
-    from .feedback.corrections import consensus
-    from .feedback.intake import drafts_by_id, job_spec
-    from .feedback.seeds import examples
-    from .outputs.atomic import atomic_writer
+    from .feedback.intake import job_spec
+    from .feedback.report import write_examples
+    from .jobfile import REVIEW_EXAMPLES
 
     store = open_store(args.db)
     try:
-        spec = job_spec(store, args.job_id)
-        rows = list(examples(spec.task.kind, getattr(spec.task, "instruction_field", None),
-                             drafts_by_id(store, args.job_id), consensus(store.reviews(args.job_id)),
-                             corrected_only=not args.all))
+        out = args.out or Path(job_spec(store, args.job_id).output.dir) / REVIEW_EXAMPLES
+        n = write_examples(store, args.job_id, out, corrected_only=not args.all)
     finally:
         store.close()
-    out = args.out or Path(spec.output.dir) / "review_examples.jsonl"
-    if not rows:
+    if not n:
         print(f"no {'reviewed' if args.all else 'corrected'} items yet: nothing written", file=sys.stderr)
         return EXIT_JOB_ERROR
-    with atomic_writer(out) as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {out}: {len(rows)} examples; name it as task.examples in the next round's job file",
-          file=sys.stderr)
+    print(f"wrote {out}: {n} examples, for task.examples in the next round's job file", file=sys.stderr)
     return EXIT_OK
 
 

@@ -97,6 +97,20 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
     }
 
 
+def write_examples(store: Store, job_id: str, path: Path, corrected_only: bool = True) -> int:
+    """The reviewed items as a few-shot examples file (``task.examples``); nothing written when none."""
+    from .seeds import examples
+
+    spec = job_spec(store, job_id)
+    rows = list(examples(spec.task.kind, getattr(spec.task, "instruction_field", None), drafts_by_id(store, job_id),
+                         consensus(store.reviews(job_id)), corrected_only=corrected_only))
+    if rows:
+        with atomic_writer(path) as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
 def write(report: dict, out_dir: Path) -> tuple[Path, Path]:
     from .html import render
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.acceptance.clitools import prelabel
 from tests.acceptance.test_finetune_export import TRAIN, VAL, check, cli_env, demo_job, item_ids  # noqa: F401
@@ -31,7 +32,7 @@ def assistant_of(path: Path, drafts: list[dict]) -> dict[str, str]:
 @pytest.mark.slow
 def test_corrections_come_back_and_win_in_the_finetuning_export(tmp_path, cli_env):
     job = demo_job(tmp_path, val_fraction=0.2)
-    source = Path(__import__("yaml").safe_load(job.read_text())["input"]["path"])
+    source = Path(yaml.safe_load(job.read_text())["input"]["path"])
     subset = tmp_path / "tickets.jsonl"  # half the demo's items: the loop, not the volume, is tested
     subset.write_text("".join(source.read_text(encoding="utf-8").splitlines(keepends=True)[:150]), encoding="utf-8")
     assert prelabel("run", job, "--input", subset, "--simulate", "-q", env=cli_env, timeout=120).returncode == 0
@@ -65,6 +66,16 @@ def test_corrections_come_back_and_win_in_the_finetuning_export(tmp_path, cli_en
     assert r["agreement"]["accuracy"] == pytest.approx(60 / 90)
     html = (out / "review.html").read_text(encoding="utf-8")
     assert "<svg" in html and "<script" not in html and "http://" not in html and "https://" not in html
+
+    # The corrected items seed the next round's few-shot examples: `task.examples: reviews`.
+    seeds = lines(out / "review_examples.jsonl")
+    assert len(seeds) == 30 and all(truth[d["id"]] == s["label"] for s in seeds for d in drafts if d["text"] == s["text"])
+    spec = yaml.safe_load(job.read_text())
+    spec["task"]["examples"] = "reviews"
+    spec["input"]["path"] = str(subset)
+    (tmp_path / "next.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    plan = prelabel("plan", tmp_path / "next.yaml", env=cli_env)
+    assert plan.returncode == 0, plan.stderr
 
     sample = prelabel("review", "sample", job_id, "--size", "20", "--audit", "30", env=cli_env)
     assert sample.returncode == 0, sample.stderr
