@@ -204,6 +204,17 @@ def _corrections(r: dict) -> str:
             f'<p class="note">Where the guidelines may need a sentence.</p>')
 
 
+def _method_note(r: dict) -> str:
+    t = r["threshold"]
+    samples = ", ".join(f"{n} {k}" for k, n in sorted(r["reviews"]["by_sample"].items())) or "none"
+    return (f"Reviewed drafts by sample: {samples}. The threshold is the lowest confidence at which the "
+            f"reviewed drafts at or above it bound the error (exact binomial, one-sided 95%) at "
+            f"{_pct(t['target_error'])} or less, scanning from the most confident down; it assumes the "
+            f"reviewed drafts stand for the others at the same confidence. The unreviewed error comes "
+            f"from the uniform audit sample only; reviews of the least certain drafts since make it "
+            f"conservative.")
+
+
 def render(r: dict) -> str:
     rv = r["reviews"]
     reviewers = ", ".join(f"{escape(str(k))} ({v})" for k, v in rv["reviewers"].items()) or "none"
@@ -222,11 +233,11 @@ reviewers: {reviewers}</p>
 {_cards(r)}
 <h2>Agreement with the reviewers</h2>
 {_agreement(r)}
-<h2>Calibration: does the confidence mean what it says?</h2>
-{calib}
+<div class="grid"><div><h2>Calibration: does the confidence mean what it says?</h2>
+{calib}</div><div><h2>Most corrected</h2>
+{_corrections(r)}</div></div>
 <h2>Flags: do they point at the drafts people fix?</h2>
 {_flags(r)}
-<h2>Most corrected</h2>
-{_corrections(r)}
+<p class="note">{escape(_method_note(r))}</p>
 </body></html>
 """
