@@ -111,14 +111,18 @@ def draft_label(kind: str, task: dict):
 
 # --- independent figures ------------------------------------------------------------------------
 
-def expected_figures(kind: str, truth: dict, drafted: dict) -> dict:
-    """What review.json must say, from the (draft, reviewed) labels this script made."""
+def expected_figures(kind: str, truth: dict, drafted: dict, scores: dict) -> dict:
+    """What review.json must say, from the (draft, reviewed) labels this script made and the
+    predictions' scores in the file."""
     ids = sorted(truth)
     same = {i: (set(drafted[i]) == set(truth[i]) if kind == "multilabel"
                 else [(s["start"], s["end"], s["label"]) for s in drafted[i]]
                 == [(s["start"], s["end"], s["label"]) for s in truth[i]] if kind == "ner"
                 else drafted[i] == truth[i]) for i in ids}
     out = {"reviewed": len(ids), "accepted": sum(same.values())}
+    scored = [i for i in ids if scores.get(i) is not None]
+    if scored:
+        out["brier"] = sum((scores[i] - same[i]) ** 2 for i in scored) / len(scored)
     if kind == "classify":
         out["accuracy"] = sum(same.values()) / len(ids)
         for i in ids:  # the confusion matrix, cell by cell: reviewed -> drafted
@@ -141,6 +145,8 @@ def expected_figures(kind: str, truth: dict, drafted: dict) -> dict:
 def reported_figures(kind: str, report: dict) -> dict:
     a = report["agreement"]
     out = {"reviewed": report["reviewed"], "accepted": report["reviews"]["verdicts"]["accepted"]}
+    if report["calibration"]["brier"] is not None:
+        out["brier"] = report["calibration"]["brier"]
     if kind == "classify":
         out["accuracy"] = a["accuracy"]
         out.update({f"confusion {t} <- {d}": n for t, row in a["confusion"].items() for d, n in row.items() if n})
@@ -221,11 +227,29 @@ def roundtrip(client: Client, kind: str, work: Path, db: Path, keep: bool) -> li
         printed = prelabel("review", "report", job_id, "--out", str(out), db=db).stdout
         print("  " + printed.strip().replace("\n", "\n  "))
         report = json.loads((out / "review.json").read_text())
-        want, got = expected_figures(kind, truth, drafted), reported_figures(kind, report)
+        # Confidences from drafts.jsonl: a task whose draft is empty (no labels, no spans) has no
+        # prediction, hence no score, in the Label Studio file.
+        scores = {d["id"]: d["confidence"] for d in map(json.loads, (out / "drafts.jsonl").read_text().splitlines())}
+        want, got = expected_figures(kind, truth, drafted, scores), reported_figures(kind, report)
         for key in sorted(set(want) | set(got)):
             value = want.get(key, 0)
             if abs((got.get(key) or 0) - value) > 1e-9:
                 problems.append(f"{kind}: {key} is {got.get(key)} in review.json, {value} from the corrections made")
+        if kind == "classify":  # a target loose enough for a threshold: its counts, recounted here
+            printed = prelabel("review", "report", job_id, "--out", str(out), "--target-error", "0.3", db=db).stdout
+            print("  " + printed.strip().splitlines()[1])
+            t = json.loads((out / "review.json").read_text())["threshold"]
+            if t.get("confidence") is None:
+                problems.append(f"{kind}: no threshold for target error 0.3")
+            else:
+                above = [i for i in truth if scores.get(i) is not None and scores[i] >= t["confidence"]]
+                wrong = sum(truth[i] != drafted[i] for i in above)
+                if (t["reviewed_at_or_above"], t["errors_at_or_above"]) != (len(above), wrong):
+                    problems.append(f"{kind}: threshold {t['confidence']}: review.json counts "
+                                    f"{t['reviewed_at_or_above']} reviewed, {t['errors_at_or_above']} wrong; "
+                                    f"recounted {len(above)}, {wrong}")
+                print(f"  threshold {t['confidence']}: {len(above)} reviewed at or above, {wrong} corrected "
+                      f"(recounted), bound {t['error_upper_bound']:.4f} <= 0.3")
         shown = {k: v for k, v in got.items() if not k.startswith("confusion")}
         cells = sum(k.startswith("confusion") for k in got)
         print(f"  figures: {json.dumps(shown)}{f' + {cells} confusion cells' if cells else ''} "
