@@ -56,6 +56,9 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
         threshold_out = {**threshold.to_dict(), "would_accept": len(accepted),
                          "share_of_job": len(accepted) / len(drafts) if drafts else None,
                          "unreviewed": sum(d["id"] not in chosen for d in drafts.values())}
+    elif not reviewed:
+        threshold_out = {"confidence": None, "target_error": target,
+                         "why": f"no review imported yet: `prelabel review import {job_id} FILE`"}
     elif not scored:
         threshold_out = {"confidence": None, "target_error": target,
                          "why": "no reviewed draft has a confidence (instruction pairs have none)"}

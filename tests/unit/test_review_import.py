@@ -148,3 +148,17 @@ def test_corrected_items_make_an_examples_file_the_next_round_loads(tmp_path, ki
         want = [{**s, "score": None} if "score" in loaded.answer[0] else s for s in reviewed]
     assert loaded.answer == want
     assert len(list(examples(kind, None, drafts, reviews, corrected_only=False))) == 2
+
+
+def test_a_store_made_before_reviews_gets_their_tables(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE reviews; DROP TABLE review_samples;")  # as an earlier version left it
+    db.close()
+    store = SQLiteStore(path)
+    assert store.add_reviews("j", [ReviewRow("T1", "1", "accepted", "positive", 1.0)]) == 1
+    assert store.reviews("j")[0].label == "positive" and store.samples("j") == {}
+    store.close()
