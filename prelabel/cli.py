@@ -246,6 +246,21 @@ def cmd_export(args) -> int:
         store.close()
 
 
+def _needs_job(func):
+    """A review command on a job the store does not have says so, as `export` does (exit 3)."""
+    def run(args) -> int:
+        store = open_store(args.db)
+        try:
+            known = store.get_job(args.job_id) is not None
+        finally:
+            store.close()
+        if not known:
+            print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
+            return EXIT_JOB_ERROR
+        return func(args)
+    return run
+
+
 def cmd_review_import(args) -> int:
     from .feedback.intake import import_reviews
 
@@ -443,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = review_sub.add_parser(name, help=help, description=help)
         p.add_argument("--db", default=default_db(), help="the store (as for the other commands)")
         p.add_argument("job_id")
-        p.set_defaults(func=func)
+        p.set_defaults(func=_needs_job(func))
         return p
 
     p = review_command("import", cmd_review_import,

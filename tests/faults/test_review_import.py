@@ -77,3 +77,5 @@ def test_broken_and_hostile_review_files(job, tmp_path):
     assert report.returncode == 0, report.stderr
     html = (out / "review.html").read_text(encoding="utf-8")
     assert HOSTILE not in html and "<script" not in html and "&lt;img src=x" in html
+    unknown = prelabel("review", "import", "no-such-job", files[-1], env=env)
+    assert unknown.returncode == 3 and "no job no-such-job" in unknown.stderr
