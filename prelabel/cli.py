@@ -325,10 +325,11 @@ def cmd_review_sample(args) -> int:
         spec = job_spec(store, args.job_id)
         job = store.get_job(args.job_id)
         reviewed = {r.draft_id for r in store.reviews(args.job_id)}
-        drawn = draw(drafts_by_id(store, args.job_id).values(), reviewed, args.size, args.audit, seed=args.seed)
+        drawn = draw(store.iter_records(args.job_id), reviewed, args.size, args.audit, seed=args.seed)
         out = args.out or Path(spec.output.dir) / "review_sample.json"
-        purpose = {record["id"]: why for record, why in drawn}
-        counts = write_labelstudio((r for r, _ in drawn), out.parent, spec.task,
+        purpose = dict(drawn)
+        records = drafts_by_id(store, args.job_id, only=set(purpose))
+        counts = write_labelstudio((records[d] for d, _ in drawn), out.parent, spec.task,
                                    f"{spec.model.name}|{job.prompt_version}", tasks_file=out.name,
                                    extra_data=lambda r: {"review_sample": purpose[r["id"]]})
         store.add_samples(args.job_id, purpose.items())

@@ -193,6 +193,31 @@ def read(content: str, origin: str, kind: str, drafts: Mapping[str, dict], schem
     return parsed
 
 
+def referenced_ids(content: str) -> set[str]:
+    """The draft ids a file names (``data.ref_id`` of tasks, ``id`` of corrections); what does not
+    parse names none (``read`` reports it)."""
+    stripped = content.lstrip()
+    try:
+        entries = json.loads(content) if stripped.startswith("[") else None
+    except json.JSONDecodeError:
+        return set()
+    if entries is None:
+        entries = []
+        for line in content.splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    ids = set()
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            data = entry.get("data")
+            ref = data.get("ref_id") if isinstance(data, dict) else entry.get("id")
+            if ref is not None:
+                ids.add(str(ref))
+    return ids
+
+
 def _jsonl(content: str, origin: str, parsed: Parsed):
     for number, line in enumerate(content.splitlines(), 1):
         if not line.strip():
@@ -208,7 +233,7 @@ def _from_task(task: dict, where: str, origin: str, kind: str, drafts, schema, n
     parsed.tasks += 1
     ref = task["data"].get("ref_id")
     where = f"{where} (Label Studio task {task.get('id')}, draft {ref})"
-    draft = drafts.get(ref)
+    draft = drafts.get(ref) if isinstance(ref, str) else None
     if draft is None:
         parsed.unknown += 1
         parsed.problem(where, "no draft of this job has that ref_id: an export of another job?")

@@ -8,7 +8,7 @@ from ..config import JobSpec
 from ..errors import PrelabelError
 from ..outputs.labelstudio import labeling_config, parse_config
 from ..store import Store
-from .corrections import Parsed, read
+from .corrections import Parsed, read, referenced_ids
 
 
 def job_spec(store: Store, job_id: str) -> JobSpec:
@@ -18,8 +18,9 @@ def job_spec(store: Store, job_id: str) -> JobSpec:
     return JobSpec.model_validate(job.spec)
 
 
-def drafts_by_id(store: Store, job_id: str) -> dict[str, dict]:
-    return {record["id"]: record for record in store.iter_records(job_id)}
+def drafts_by_id(store: Store, job_id: str, only: set[str] | None = None) -> dict[str, dict]:
+    """The job's drafts by id; with ``only``, just those (the store streams the rest past)."""
+    return {record["id"]: record for record in store.iter_records(job_id) if only is None or record["id"] in only}
 
 
 def import_reviews(store: Store, job_id: str, paths: list[Path], now: float | None = None) -> dict:
@@ -27,14 +28,17 @@ def import_reviews(store: Store, job_id: str, paths: list[Path], now: float | No
     spec = job_spec(store, job_id)
     kind = spec.task.kind
     schema = parse_config(labeling_config(spec.task))
-    drafts = drafts_by_id(store, job_id)
     now = time.time() if now is None else now
-    files, rows = [], []
+    contents = []
     for path in paths:
         try:
-            content = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise PrelabelError(f"{path}: cannot read it: {e.strerror}") from None
+            contents.append(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise PrelabelError(f"{path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+    # Only the drafts the files name are held: a job may have millions.
+    drafts = drafts_by_id(store, job_id, only={i for c in contents for i in referenced_ids(c)})
+    files, rows = [], []
+    for path, content in zip(paths, contents):
         try:
             parsed: Parsed = read(content, str(path), kind, drafts, schema, now)
         except ValueError as e:

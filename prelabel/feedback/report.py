@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -34,10 +35,21 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
     kind = spec.task.kind
     labels = list(getattr(spec.task, "labels", None) or [])
     target = spec.review.target_error if target_error is None else target_error
-    drafts = drafts_by_id(store, job_id)
     rows = store.reviews(job_id)
-    chosen = consensus(r for r in rows if r.draft_id in drafts)
+    latest = consensus(rows)
     samples = store.samples(job_id)
+    # One pass over the drafts, holding only the reviewed ones and the others' confidences: a job
+    # may have millions.
+    drafts: dict[str, dict] = {}
+    unreviewed_confidences = array("d")
+    total = 0
+    for record in store.iter_records(job_id):
+        total += 1
+        if record["id"] in latest:
+            drafts[record["id"]] = record
+        elif record.get("confidence") is not None:
+            unreviewed_confidences.append(record["confidence"])
+    chosen = {d: review for d, review in latest.items() if d in drafts}
 
     reviewed = [(drafts[d], review) for d, review in sorted(chosen.items())]
     pairs = [(draft.get("label"), review.label) for draft, review in reviewed]
@@ -50,12 +62,11 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
     table = calibration.reliability(confidences, right)
 
     threshold = choose_threshold(confidences, [not ok for ok in right], target) if scored else None
-    all_scored = [d for d in drafts.values() if d.get("confidence") is not None]
     if threshold is not None:
-        accepted = [d for d in all_scored if d["confidence"] >= threshold.value and d["id"] not in chosen]
-        threshold_out = {**threshold.to_dict(), "would_accept": len(accepted),
-                         "share_of_job": len(accepted) / len(drafts) if drafts else None,
-                         "unreviewed": sum(d["id"] not in chosen for d in drafts.values())}
+        accepted = sum(c >= threshold.value for c in unreviewed_confidences)
+        threshold_out = {**threshold.to_dict(), "would_accept": accepted,
+                         "share_of_job": accepted / total if total else None,
+                         "unreviewed": total - len(chosen)}
     elif not reviewed:
         threshold_out = {"confidence": None, "target_error": target,
                          "why": f"no review imported yet: `prelabel review import {job_id} FILE`"}
@@ -69,7 +80,7 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
                                  f"{needed_reviews(target)} error-free reviews above it")}
 
     audit = [wrong for (draft, _), wrong in zip(reviewed, corrected) if samples.get(draft["id"]) == AUDIT]
-    unreviewed = len(drafts) - len(chosen)
+    unreviewed = total - len(chosen)
     if audit:
         est = estimate(sum(audit), len(audit))
         audit_out = {**est.to_dict(), "unreviewed_drafts": unreviewed,
@@ -82,7 +93,7 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
     verdicts = Counter(r.verdict for r in chosen.values())
     return {
         "job_id": job_id, "task": kind, "labels": labels,
-        "drafts": len(drafts), "reviewed": len(chosen),
+        "drafts": total, "reviewed": len(chosen),
         "reviews": {"rows": len(rows), "reviewers": dict(Counter(r.reviewer for r in rows)),
                     "verdicts": {v: verdicts.get(v, 0) for v in (ACCEPTED, "corrected", REJECTED)},
                     "correction_rate": sum(corrected) / len(corrected) if corrected else None,
@@ -105,8 +116,9 @@ def write_examples(store: Store, job_id: str, path: Path, corrected_only: bool =
     from .seeds import examples
 
     spec = job_spec(store, job_id)
-    rows = list(examples(spec.task.kind, getattr(spec.task, "instruction_field", None), drafts_by_id(store, job_id),
-                         consensus(store.reviews(job_id)), corrected_only=corrected_only))
+    reviews = consensus(store.reviews(job_id))
+    rows = list(examples(spec.task.kind, getattr(spec.task, "instruction_field", None),
+                         drafts_by_id(store, job_id, only=set(reviews)), reviews, corrected_only=corrected_only))
     if rows:
         with atomic_writer(path) as f:
             for row in rows:

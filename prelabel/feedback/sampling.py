@@ -27,18 +27,18 @@ def uncertainty(record: dict) -> float:
 
 
 def draw(records: Iterable[dict], reviewed: set[str], size: int, audit: int,
-         seed: int = 0) -> list[tuple[dict, str]]:
-    """``audit`` drafts uniformly at random from the unreviewed, then ``size`` most informative of the
-    rest; interleaved, so a reviewer who stops early has done some of each."""
+         seed: int = 0) -> list[tuple[str, str]]:
+    """``audit`` draft ids uniformly at random from the unreviewed, then the ``size`` most informative
+    of the rest; interleaved, so a reviewer who stops early has done some of each. Streams
+    ``records``, keeping only each unreviewed draft's id and uncertainty."""
     if size < 0 or audit < 0:
         raise ValueError("sizes must be >= 0")
-    pool = [r for r in records if r["id"] not in reviewed]
+    pool = [(r["id"], uncertainty(r)) for r in records if r["id"] not in reviewed]
     rng = random.Random(seed)
     audited = rng.sample(pool, min(audit, len(pool)))
-    taken = {r["id"] for r in audited}
-    rest = sorted((r for r in pool if r["id"] not in taken), key=lambda r: (-uncertainty(r), r["id"]))
-    informative = rest[:size]
-    return interleave([(r, INFORMATIVE) for r in informative], [(r, AUDIT) for r in audited])
+    taken = {draft_id for draft_id, _ in audited}
+    rest = sorted((entry for entry in pool if entry[0] not in taken), key=lambda e: (-e[1], e[0]))
+    return interleave([(d, INFORMATIVE) for d, _ in rest[:size]], [(d, AUDIT) for d, _ in audited])
 
 
 def interleave(a: Sequence, b: Sequence) -> list:

@@ -75,19 +75,19 @@ def test_sample_audit_is_uniform_and_informative_is_least_certain():
     records = [{"id": f"d{i}", "label": "a", "confidence": i / 100} for i in range(100)]
     records.append({"id": "failed", "label": None, "confidence": None})
     drawn = draw(records, reviewed={"d0"}, size=5, audit=10, seed=3)
-    informative = [r["id"] for r, why in drawn if why == INFORMATIVE]
-    audited = [r["id"] for r, why in drawn if why == AUDIT]
+    informative = [d for d, why in drawn if why == INFORMATIVE]
+    audited = [d for d, why in drawn if why == AUDIT]
     assert len(audited) == 10 and not set(audited) & set(informative)
     assert informative[0] == "failed" and "d0" not in informative + audited
     assert [int(i[1:]) for i in informative[1:]] == sorted(int(i[1:]) for i in informative[1:])
     # The audit draw depends on the seed only, not on the informative budget.
-    again = [r["id"] for r, why in draw(records, {"d0"}, 50, 10, seed=3) if why == AUDIT]
+    again = [d for d, why in draw(records, {"d0"}, 50, 10, seed=3) if why == AUDIT]
     assert again == audited
     # Over many seeds, every unreviewed draft is audited about equally often.
     hits = {}
     for seed in range(400):
-        for r, why in draw(records, {"d0"}, 0, 10, seed=seed):
-            hits[r["id"]] = hits.get(r["id"], 0) + 1
+        for d, why in draw(records, {"d0"}, 0, 10, seed=seed):
+            hits[d] = hits.get(d, 0) + 1
     assert len(hits) == 100 and max(hits.values()) < 80 and min(hits.values()) > 15
 
 
