@@ -4,13 +4,15 @@ the checker passes)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from tests.acceptance.clitools import prelabel
-from tests.acceptance.test_finetune_export import TRAIN, VAL, check, cli_env, demo_job, item_ids  # noqa: F401
+from tests.acceptance.test_finetune_export import TRAIN, VAL, check, demo_job, item_ids
 
 LABELS = ["positive", "negative", "neutral"]
 
@@ -29,8 +31,13 @@ def assistant_of(path: Path, drafts: list[dict]) -> dict[str, str]:
     return out
 
 
-@pytest.mark.slow
-def test_corrections_come_back_and_win_in_the_finetuning_export(tmp_path, cli_env):
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """Half the demo job run on the simulator, then 90 drafts reviewed (the least certain, the flagged
+    ones among them), every third corrected, imported from JSONL."""
+    tmp_path = tmp_path_factory.mktemp("review-loop")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PRELABEL_"))}
+    cli_env = {**environ, "PRELABEL_DB": str(tmp_path / "prelabel.db"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     job = demo_job(tmp_path, val_fraction=0.2)
     source = Path(yaml.safe_load(job.read_text())["input"]["path"])
     subset = tmp_path / "tickets.jsonl"  # half the demo's items: the loop, not the volume, is tested
@@ -41,10 +48,8 @@ def test_corrections_come_back_and_win_in_the_finetuning_export(tmp_path, cli_en
     (job_id,) = [row["job_id"] for row in json.loads(prelabel("status", "--json", env=cli_env).stdout)]
     before = {"train": item_ids(out / TRAIN, drafts), "val": item_ids(out / VAL, drafts)}
 
-    # Reviewers look at 90 drafts (the flagged ones among them) and correct every third one.
-    reviewed = drafts[:90]
     corrections, truth = [], {}
-    for i, d in enumerate(reviewed):
+    for i, d in enumerate(drafts[:90]):
         label = LABELS[(LABELS.index(d["label"]) + 1) % 3] if i % 3 == 0 else d["label"]
         truth[d["id"]] = label
         corrections.append({"id": d["id"], "label": label, "reviewer": "ann"})
@@ -53,10 +58,17 @@ def test_corrections_come_back_and_win_in_the_finetuning_export(tmp_path, cli_en
     file.write_text("\n".join(json.dumps(c) for c in corrections), encoding="utf-8")
     imported = prelabel("review", "import", job_id, file, "--json", env=cli_env)
     assert imported.returncode == 0, imported.stderr
-    summary = json.loads(imported.stdout)
+    return SimpleNamespace(env=cli_env, job_id=job_id, out=out, drafts=drafts, truth=truth, before=before,
+                           file=file, imported=imported, tmp=tmp_path, job_file=job, subset=subset)
+
+
+@pytest.mark.slow
+def test_corrections_come_back_measured_sampled_and_seed_the_next_round(job):
+    cli_env, job_id, out, drafts, truth = job.env, job.job_id, job.out, job.drafts, job.truth
+    summary = json.loads(job.imported.stdout)
     assert summary["reviews_read"] == 90 and summary["files"][0]["not_fit"] == 1
-    assert "'furious' is not an option" in imported.stderr
-    again = json.loads(prelabel("review", "import", job_id, file, "--json", env=cli_env).stdout)
+    assert "'furious' is not an option" in job.imported.stderr
+    again = json.loads(prelabel("review", "import", job_id, job.file, "--json", env=cli_env).stdout)
     assert again["reviews_changed"] == 0 and again["reviews_stored"] == 90
 
     report = prelabel("review", "report", job_id, env=cli_env)
@@ -70,11 +82,11 @@ def test_corrections_come_back_and_win_in_the_finetuning_export(tmp_path, cli_en
     # The corrected items seed the next round's few-shot examples: `task.examples: reviews`.
     seeds = lines(out / "review_examples.jsonl")
     assert len(seeds) == 30 and all(truth[d["id"]] == s["label"] for s in seeds for d in drafts if d["text"] == s["text"])
-    spec = yaml.safe_load(job.read_text())
+    spec = yaml.safe_load(job.job_file.read_text())
     spec["task"]["examples"] = "reviews"
-    spec["input"]["path"] = str(subset)
-    (tmp_path / "next.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
-    plan = prelabel("plan", tmp_path / "next.yaml", env=cli_env)
+    spec["input"]["path"] = str(job.subset)
+    (job.tmp / "next.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    plan = prelabel("plan", job.tmp / "next.yaml", env=cli_env)
     assert plan.returncode == 0, plan.stderr
 
     sample = prelabel("review", "sample", job_id, "--size", "20", "--audit", "30", env=cli_env)
@@ -83,6 +95,10 @@ def test_corrections_come_back_and_win_in_the_finetuning_export(tmp_path, cli_en
     assert len(tasks) == 50 and not {t["data"]["ref_id"] for t in tasks} & set(truth)
     assert sorted(t["data"]["review_sample"] for t in tasks).count("audit") == 30
 
+
+@pytest.mark.slow
+def test_the_finetuning_export_after_review(job):
+    cli_env, job_id, out, drafts, truth, before = job.env, job.job_id, job.out, job.drafts, job.truth, job.before
     exported = prelabel("export", job_id, env=cli_env)
     assert exported.returncode == 0, exported.stderr
     assert "90 drafts with their reviewers' labels" in exported.stderr
