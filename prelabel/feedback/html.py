@@ -122,7 +122,8 @@ def _bars(rows: list[tuple[str, list[float | None]]], series: list[str], colors:
                      f'<text x="{label_w + j * 110 + 14}" y="13">{escape(name)}</text>')
     for i, (name, values) in enumerate(rows):
         y0 = 24 + i * group_h
-        parts.append(f'<text x="{label_w - 6}" y="{y0 + group_h / 2}" text-anchor="end">{escape(str(name))[:24]}</text>')
+        parts.append(f'<text x="{label_w - 6}" y="{y0 + group_h / 2}" text-anchor="end">'
+                     f'{escape(str(name)[:24])}</text>')
         for j, (v, color) in enumerate(zip(values, colors)):
             y = y0 + j * bar_h
             if v is None:

@@ -87,7 +87,7 @@ def build(store: Store, job_id: str, target_error: float | None = None) -> dict:
                      "expected_errors": [round(est.low * unreviewed), round(est.high * unreviewed)]}
     else:
         audit_out = {"n": 0, "unreviewed_drafts": unreviewed,
-                     "why": "no audit sample reviewed yet: `prelabel review sample JOB_ID --audit M`"}
+                     "why": f"no audit sample reviewed yet: `prelabel review sample {job_id} --size N --audit M`"}
 
     lead = [r.lead_time for r in chosen.values() if r.lead_time is not None]
     verdicts = Counter(r.verdict for r in chosen.values())

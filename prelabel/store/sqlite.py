@@ -352,7 +352,8 @@ class SQLiteStore:
             return self._db.total_changes - before
 
     def reviews(self, job_id: str) -> list[ReviewRow]:
-        return [ReviewRow(draft_id, reviewer, verdict, None if label is None else json.loads(label), updated_at, lead_time, origin)
+        return [ReviewRow(draft_id, reviewer, verdict, None if label is None else json.loads(label), updated_at,
+                          lead_time, origin)
                 for draft_id, reviewer, verdict, label, updated_at, lead_time, origin
                 in self._db.execute(Q["reviews"], (job_id,))]
 

@@ -81,7 +81,8 @@ def test_corrections_come_back_measured_sampled_and_seed_the_next_round(job):
 
     # The corrected items seed the next round's few-shot examples: `task.examples: reviews`.
     seeds = lines(out / "review_examples.jsonl")
-    assert len(seeds) == 30 and all(truth[d["id"]] == s["label"] for s in seeds for d in drafts if d["text"] == s["text"])
+    text_of = {d["text"]: d["id"] for d in drafts}
+    assert len(seeds) == 30 and all(truth[text_of[s["text"]]] == s["label"] for s in seeds)
     spec = yaml.safe_load(job.job_file.read_text())
     spec["task"]["examples"] = "reviews"
     spec["input"]["path"] = str(job.subset)

@@ -2,7 +2,6 @@
 method with simulated reviewers whose corrections are known."""
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
