@@ -308,8 +308,13 @@ def cmd_export(args) -> int:
                   file=sys.stderr)
             return EXIT_JOB_ERROR
         report, out_dir = export(store, args.job_id, include_flagged=args.include_flagged,
-                                 val_fraction=args.val_fraction)
+                                 val_fraction=args.val_fraction, accept_above=args.accept_above)
         print(f"wrote {out_dir}", file=sys.stderr)
+        if "reviewed" in report:
+            r = report["reviewed"]
+            print(f"  {r['drafts']:,} drafts with their reviewers' labels"
+                  + (f"; unreviewed drafts accepted at confidence >= {r['accept_above']:.4f}"
+                     if r["accept_above"] is not None else ""), file=sys.stderr)
         if "openai_finetune" in report:
             ft = report["openai_finetune"]
             sides = [side for side in ("train", "validation") if side in ft]
@@ -320,6 +325,128 @@ def cmd_export(args) -> int:
         return exit_code_for(report)
     finally:
         store.close()
+
+
+def _needs_job(func):
+    """A review command on a job the store does not have says so, as `export` does (exit 3)."""
+    def run(args) -> int:
+        store = open_store(args.db)
+        try:
+            known = store.get_job(args.job_id) is not None
+        finally:
+            store.close()
+        if not known:
+            print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
+            return EXIT_JOB_ERROR
+        return func(args)
+    return run
+
+
+def cmd_review_import(args) -> int:
+    from .feedback.intake import import_reviews
+
+    store = open_store(args.db)
+    try:
+        summary = import_reviews(store, args.job_id, args.files)
+    finally:
+        store.close()
+    for f in summary["files"]:
+        print(f"{f['file']}: {f['reviews']} reviews from {f['tasks'] or 'no'} tasks; {f['not_fit']} did not fit "
+              f"the schema, {f['unknown_ids']} unknown ids, {f['skipped_by_reviewer']} skipped by the reviewer",
+              file=sys.stderr)
+        for problem in f["problems"]:
+            print(f"  skipped: {problem}", file=sys.stderr)
+    print(f"{summary['reviews_changed']} reviews new or updated; {summary['reviews_stored']} stored for "
+          f"{args.job_id}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def cmd_review_report(args) -> int:
+    from .feedback import report
+    from .feedback.intake import job_spec
+    from .jobfile import REVIEW_EXAMPLES
+
+    store = open_store(args.db)
+    try:
+        r = report.build(store, args.job_id, target_error=args.target_error)
+        out_dir = Path(args.out or job_spec(store, args.job_id).output.dir)
+        seeds = report.write_examples(store, args.job_id, out_dir / REVIEW_EXAMPLES)
+    finally:
+        store.close()
+    json_path, html_path = report.write(r, out_dir)
+    t, u = r["threshold"], r["unreviewed_error"]
+    print(f"{r['reviewed']} of {r['drafts']} drafts reviewed; correction rate "
+          f"{_share(r['reviews']['correction_rate'])}; ECE {_fmt(r['calibration']['ece'])}, "
+          f"Brier {_fmt(r['calibration']['brier'])}")
+    if t.get("confidence") is not None:
+        print(f"threshold for target error {t['target_error']:g}: confidence >= {t['confidence']:.4f} accepts "
+              f"{t['would_accept']} unreviewed drafts ({_share(t['share_of_job'])} of the job), error <= "
+              f"{_share(t['error_upper_bound'])} (95%)")
+    else:
+        print(f"threshold for target error {t['target_error']:g}: none ({t['why']})")
+    if u.get("n"):
+        print(f"error of the {u['unreviewed_drafts']} unreviewed drafts: {_share(u['rate'])} "
+              f"(95% interval {_share(u['interval_95'][0])} to {_share(u['interval_95'][1])}, audit of {u['n']})")
+    for pair in r["most_corrected"][:3]:
+        print(f"  most corrected: {pair['drafted']} -> {pair['reviewed']} ({pair['count']} times)")
+    print(f"wrote {json_path} and {html_path}" + (f"; {seeds} corrected items in {out_dir / REVIEW_EXAMPLES} "
+                                                   f"(task.examples: reviews)" if seeds else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_review_sample(args) -> int:
+    from .feedback.intake import drafts_by_id, job_spec
+    from .feedback.sampling import AUDIT, draw
+    from .outputs.labelstudio import write_labelstudio
+
+    store = open_store(args.db)
+    try:
+        spec = job_spec(store, args.job_id)
+        job = store.get_job(args.job_id)
+        reviewed = {r.draft_id for r in store.reviews(args.job_id)}
+        drawn = draw(store.iter_records(args.job_id), reviewed, args.size, args.audit, seed=args.seed)
+        out = args.out or Path(spec.output.dir) / "review_sample.json"
+        purpose = dict(drawn)
+        records = drafts_by_id(store, args.job_id, only=set(purpose))
+        counts = write_labelstudio((records[d] for d, _ in drawn), out.parent, spec.task,
+                                   f"{spec.model.name}|{job.prompt_version}", tasks_file=out.name,
+                                   extra_data=lambda r: {"review_sample": purpose[r["id"]]})
+        store.add_samples(args.job_id, purpose.items())
+    finally:
+        store.close()
+    audited = sum(why == AUDIT for why in purpose.values())
+    print(f"wrote {out}: {counts['tasks']} tasks, {counts['tasks'] - audited} most informative and {audited} "
+          f"uniform audit (data.review_sample says which); import it into the job's Label Studio project",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_review_examples(args) -> int:
+    from .feedback.intake import job_spec
+    from .feedback.report import write_examples
+    from .jobfile import REVIEW_EXAMPLES
+
+    store = open_store(args.db)
+    try:
+        out = args.out or Path(job_spec(store, args.job_id).output.dir) / REVIEW_EXAMPLES
+        n = write_examples(store, args.job_id, out, corrected_only=not args.all)
+    finally:
+        store.close()
+    if not n:
+        print(f"no {'reviewed' if args.all else 'corrected'} items yet: nothing written", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    print(f"wrote {out}: {n} examples, for task.examples in the next round's job file", file=sys.stderr)
+    return EXIT_OK
+
+
+def _share(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def cmd_simulate(args) -> int:
@@ -340,6 +467,18 @@ def _fraction(value: str) -> float:
         f = -1.0
     if not 0 <= f < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number in [0, 1)")
+    return f
+
+
+def _accept_above(value: str):
+    if value == "auto":
+        return value
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not 0 <= f <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither 'auto' nor a confidence in [0, 1]")
     return f
 
 
@@ -393,6 +532,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="openai_finetune: share of source items held out for validation, 0 <= F < 1 "
                         "(overrides output.val_fraction)")
+    p.add_argument("--accept-above", type=_accept_above, metavar="C|auto",
+                   help="unreviewed drafts below this confidence stay flagged (out of the fine-tuning files); "
+                        "auto: the threshold the reviews support for review.target_error")
+
+    review = sub.add_parser("review", help="reviewers' corrections: import them, measure the drafts, "
+                                           "choose what to review next")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+
+    def review_command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = review_sub.add_parser(name, help=help, description=help)
+        p.add_argument("--db", default=default_db(), help="the store (as for the other commands)")
+        p.add_argument("job_id")
+        p.set_defaults(func=_needs_job(func))
+        return p
+
+    p = review_command("import", cmd_review_import,
+                       "read Label Studio JSON exports or JSONL {id, label} corrections into the store")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--json", action="store_true", help="print what was read as JSON")
+
+    p = review_command("report", cmd_review_report,
+                       "measure the drafts against the reviews: review.json and review.html")
+    p.add_argument("--out", type=Path, help="folder for review.json and review.html (default: output.dir)")
+    p.add_argument("--target-error", type=_fraction, metavar="E",
+                   help="error allowed among drafts accepted unreviewed (overrides review.target_error)")
+
+    p = review_command("sample", cmd_review_sample,
+                       "a Label Studio file of the next drafts to review: the most informative plus a "
+                       "uniform audit sample")
+    p.add_argument("--size", type=int, required=True, help="the most informative drafts")
+    p.add_argument("--audit", type=int, default=0, help="drafts drawn uniformly at random, for the error estimate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="the file (default: output.dir/review_sample.json)")
+
+    p = review_command("examples", cmd_review_examples,
+                       "the corrected items as a few-shot examples file (task.examples) for the next round")
+    p.add_argument("--all", action="store_true", help="accepted items too, not only corrected ones")
+    p.add_argument("--out", type=Path, help="the file (default: output.dir/review_examples.jsonl)")
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")

@@ -133,6 +133,8 @@ class ReviewSpec(Strict):
     confidence: Literal["logprobs", "consistency", "both"] = "logprobs"
     samples: int = Field(5, ge=2, le=20)
     sample_temperature: float = Field(0.8, gt=0, le=2)
+    # `review report`: the error allowed among drafts accepted unreviewed, for the calibrated threshold.
+    target_error: float = Field(0.02, gt=0, lt=1)
 
 
 class OutputSpec(Strict):

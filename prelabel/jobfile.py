@@ -83,6 +83,10 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
     return JobFileError(message, path=str(path), line=_line_for(loc, lines), field=field)
 
 
+REVIEWS = "reviews"                       # task.examples: reviews
+REVIEW_EXAMPLES = "review_examples.jsonl"  # ...means this file in output.dir (prelabel.feedback writes it)
+
+
 def _resolve(spec: JobSpec, base: Path, input_override: Path | None, out_override: Path | None) -> JobSpec:
     def absolute(p: Path | None) -> Path | None:
         if p is None:
@@ -94,8 +98,10 @@ def _resolve(spec: JobSpec, base: Path, input_override: Path | None, out_overrid
     task = spec.task
     if getattr(task, "instruction_field", None):  # the item's text is its instruction
         inp = inp.model_copy(update={"text_field": task.instruction_field})
-    task = task.model_copy(update={"guidelines": absolute(task.guidelines), "examples": absolute(task.examples)})
     out_dir = out_override.resolve() if out_override else absolute(spec.output.dir or Path("out") / spec.name)
+    # `examples: reviews`: the corrected items the last `prelabel review report` wrote into output.dir.
+    examples = out_dir / REVIEW_EXAMPLES if task.examples == Path(REVIEWS) else absolute(task.examples)
+    task = task.model_copy(update={"guidelines": absolute(task.guidelines), "examples": examples})
     output = spec.output.model_copy(update={"dir": out_dir})
     return spec.model_copy(update={"input": inp, "task": task, "output": output})
 
@@ -254,7 +260,9 @@ def _check_files(spec: JobSpec, path: Path, lines: dict[tuple, int]) -> None:
             continue
         where = {"path": str(path), "line": lines.get(("task", name)), "field": f"task.{name}"}
         if not file.is_file():
-            raise JobFileError(f"{name} file not found: {file}", **where)
+            hint = ("; `examples: reviews` reads the corrected items `prelabel review report JOB_ID` writes there"
+                    if name == "examples" and file.name == REVIEW_EXAMPLES else "")
+            raise JobFileError(f"{name} file not found: {file}{hint}", **where)
         if (size := file.stat().st_size) > limit:  # both are read whole
             raise JobFileError(f"{name} file {file} is {size:,} bytes; the limit is {limit:,}", **where)
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (AUGMENT, FINAL_STATES, LABEL, VARIANT, IngestState, ItemResult, JobRecord, LeasedItem, RunStats, Spawn,
-                   SpoolRecord, Store, UsageRow)
+from .base import (AUGMENT, FINAL_STATES, LABEL, VARIANT, IngestState, ItemResult, JobRecord, LeasedItem, ReviewRow,
+                   RunStats, Spawn, SpoolRecord, Store, UsageRow)
 from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import StoreError
 from .sqlite import SQLiteStore
 
-__all__ = ["AUGMENT", "FINAL_STATES", "LABEL", "VARIANT", "IngestState", "ItemResult", "JobRecord", "LeasedItem", "RunStats", "SQLiteStore", "Spawn", "SpoolRecord", "Store",
+__all__ = ["AUGMENT", "FINAL_STATES", "LABEL", "VARIANT", "IngestState", "ItemResult", "JobRecord", "LeasedItem",
+           "ReviewRow", "RunStats", "SQLiteStore", "Spawn", "SpoolRecord", "Store",
            "UsageRow", "open_store"]
 
 

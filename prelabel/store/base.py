@@ -107,6 +107,19 @@ class InputErrorRow:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReviewRow:
+    """A reviewer's verdict on one draft: ``label`` in the kind's shape (None when rejected)."""
+
+    draft_id: str
+    reviewer: str
+    verdict: str  # accepted | corrected | rejected
+    label: object
+    updated_at: float
+    lead_time: float | None = None
+    origin: str = ""
+
+
 class Store(Protocol):
     """Every method may raise ``StorageError`` (full disk, lock held too long, damaged file).
 
@@ -161,6 +174,12 @@ class Store(Protocol):
     # cache
     def cache_get(self, key: str) -> dict | None: ...
     def cache_put(self, entries: Iterable[tuple[str, dict]]) -> None: ...
+
+    # reviews (issue 13)
+    def add_reviews(self, job_id: str, rows: Iterable[ReviewRow]) -> int: ...
+    def reviews(self, job_id: str) -> list[ReviewRow]: ...
+    def add_samples(self, job_id: str, drafts: Iterable[tuple[str, str]]) -> None: ...
+    def samples(self, job_id: str) -> dict[str, str]: ...
 
     # spool
     def spool_seen(self, path: str, sha256: str) -> bool: ...

@@ -22,7 +22,7 @@ from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import InputError, JobExists, StorageError
 from ..owners import worker_id
 from ..redact import redact, redact_error
-from .base import IngestState, InputErrorRow, ItemResult, JobRecord, LeasedItem, RunStats, SpoolRecord, UsageRow
+from .base import IngestState, InputErrorRow, ItemResult, JobRecord, LeasedItem, ReviewRow, RunStats, SpoolRecord, UsageRow
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -205,6 +205,7 @@ class SQLiteStore:
                 if "inputs" not in self._columns("spool"):
                     self._script("migrate_2")
         self._script("indexes")
+        self._script("reviews_schema")  # issue 13: review tables, created where missing
 
     def _item_columns(self) -> set[str]:
         return self._columns("items")
@@ -545,6 +546,36 @@ class SQLiteStore:
         rows = [(key, json.dumps(value, ensure_ascii=False), now) for key, value in entries]
         with self._tx():
             self._db.executemany(Q["insert_cache"], rows)
+
+    # reviews (issue 13) -------------------------------------------------------------------------
+
+    def add_reviews(self, job_id: str, rows: Iterable[ReviewRow]) -> int:
+        """Upsert, in one transaction: a row replaces the same reviewer's earlier one for that draft
+        unless it is older. Returns the rows that changed."""
+        now = time.time()
+        params = [(job_id, r.draft_id, r.reviewer, r.verdict,
+                   None if r.label is None else json.dumps(r.label, ensure_ascii=False),
+                   r.updated_at, r.lead_time, r.origin, now) for r in rows]
+        with self._tx():
+            before = self._db.total_changes
+            self._db.executemany(Q["upsert_review"], params)
+            return self._db.total_changes - before
+
+    def reviews(self, job_id: str) -> list[ReviewRow]:
+        return [ReviewRow(draft_id, reviewer, verdict, None if label is None else json.loads(label), updated_at,
+                          lead_time, origin)
+                for draft_id, reviewer, verdict, label, updated_at, lead_time, origin
+                in self._db.execute(Q["reviews"], (job_id,))]
+
+    def add_samples(self, job_id: str, drafts: Iterable[tuple[str, str]]) -> None:
+        """(draft id, purpose) pairs sent out for review; a draft keeps the purpose it was first drawn for,
+        unless it is drawn for an audit later (the audit must stay uniform)."""
+        now = time.time()
+        with self._tx():
+            self._db.executemany(Q["insert_sample"], [(job_id, d, purpose, now) for d, purpose in drafts])
+
+    def samples(self, job_id: str) -> dict[str, str]:
+        return dict(self._db.execute(Q["samples"], (job_id,)).fetchall())
 
     # spool --------------------------------------------------------------------------------------
 

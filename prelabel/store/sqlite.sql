@@ -383,3 +383,54 @@ UPDATE budget_holds SET expires = ? WHERE owner = ?;
 
 -- name: drop_holds
 DELETE FROM budget_holds WHERE owner = ?;
+
+-- name: reviews_schema
+-- ================================================================================================
+-- Reviews (issue 13): the reviewers' corrections and the samples drawn for them. One block, so it
+-- can be renumbered at merge. Run on every open: creates the tables an older store lacks.
+-- ================================================================================================
+-- One row per draft and reviewer: the latest annotation wins (re-imports are idempotent).
+CREATE TABLE IF NOT EXISTS reviews (
+    job_id TEXT NOT NULL,
+    draft_id TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    verdict TEXT NOT NULL,        -- accepted | corrected | rejected
+    label TEXT,                   -- JSON in the kind's shape, NULL when rejected
+    updated_at REAL NOT NULL,     -- when the reviewer last changed it (epoch seconds)
+    lead_time REAL,               -- seconds the reviewer spent, where the tool says
+    origin TEXT NOT NULL,         -- the file it was imported from
+    imported_at REAL NOT NULL,
+    PRIMARY KEY (job_id, draft_id, reviewer)
+);
+-- The drafts `review sample` sent out, and why: an audit draw is uniform, so the error estimate
+-- of what nobody reviewed uses only those.
+CREATE TABLE IF NOT EXISTS review_samples (
+    job_id TEXT NOT NULL,
+    draft_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,        -- informative | audit
+    drawn_at REAL NOT NULL,
+    PRIMARY KEY (job_id, draft_id)
+);
+
+-- name: upsert_review
+INSERT INTO reviews (job_id, draft_id, reviewer, verdict, label, updated_at, lead_time, origin, imported_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (job_id, draft_id, reviewer) DO UPDATE SET
+    verdict = excluded.verdict, label = excluded.label, updated_at = excluded.updated_at,
+    lead_time = excluded.lead_time, origin = excluded.origin, imported_at = excluded.imported_at
+WHERE excluded.updated_at >= reviews.updated_at
+  AND (excluded.verdict IS NOT reviews.verdict OR excluded.label IS NOT reviews.label
+       OR excluded.lead_time IS NOT reviews.lead_time);
+
+-- name: reviews
+SELECT draft_id, reviewer, verdict, label, updated_at, lead_time, origin FROM reviews
+WHERE job_id = ? ORDER BY draft_id, updated_at, reviewer;
+
+-- name: insert_sample
+-- An audit draw wins over an earlier informative one: the audit must stay uniform.
+INSERT INTO review_samples (job_id, draft_id, purpose, drawn_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (job_id, draft_id) DO UPDATE SET purpose = excluded.purpose, drawn_at = excluded.drawn_at
+WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
+
+-- name: samples
+SELECT draft_id, purpose FROM review_samples WHERE job_id = ?;
