@@ -112,7 +112,15 @@ class JobRunner:
         """A store write, in the store thread. Shielded: once handed over it completes (in order)
         even if the run is cancelled meanwhile, so a committed batch is never half-known."""
         call = asyncio.get_running_loop().run_in_executor(self._io, functools.partial(method, *args))
+        call.add_done_callback(self._written)
         return await asyncio.shield(call)
+
+    def _written(self, call: asyncio.Future) -> None:
+        """Its waiter may have been cancelled (the run stopping) before the write failed: the failure
+        is still the run's, not asyncio's "exception was never retrieved" traceback on stderr."""
+        error = None if call.cancelled() else call.exception()
+        if isinstance(error, StorageError):
+            self._store_failed(error)
 
     def _store_failed(self, error: StorageError) -> None:
         if self.storage_error is None:

@@ -97,7 +97,7 @@ def stderr_lines(captured) -> list[str]:
 def error_line(captured) -> str:
     """The one error line (the job's "N items" line and the simulator's notice aside)."""
     lines = [line for line in stderr_lines(captured) if "error" in line]
-    assert len(lines) == 1, stderr_lines(captured)
+    assert len(lines) == 1, "\n".join(stderr_lines(captured))
     return lines[0]
 
 
