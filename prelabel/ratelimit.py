@@ -1,19 +1,40 @@
 """Pacing requests and tokens under a provider's per-minute limits. Pure: callers pass the clock.
 
 Providers enforce "per minute" limits over much shorter windows (OpenAI: 6000 RPM may be enforced as
-100 requests in any second), so bursts are what get 429s. The limiter therefore hands out evenly
-spaced start times instead of a bucket that allows bursts: each reservation takes the next free slot
-for requests and for tokens, at ``headroom`` of the limit. It learns the real limits from the
-``x-ratelimit-*`` headers (a server allowing less than the job file says wins) and stops everyone at
-once when the server says to wait, so that one 429 does not become a retry storm.
+100 requests in any second), so bursts are what get 429s. The limiter therefore books evenly spaced
+start times (``book``) instead of a bucket that allows bursts: each booking takes the next free slot
+for requests and for tokens, at ``headroom`` of the pace.
+
+What it learns, and how (each a unit-tested decision):
+
+- The ceiling: a lower limit the server reports in ``x-ratelimit-limit-*`` wins over the job file's.
+- A pause (a 429's ``retry-after``, or ``remaining`` 0 until the reset) holds everyone, and the
+  slots booked inside it are void: their holders book again (``holds``/``rebook``), so they start
+  one by one after it, re-spaced, never all at once when it ends.
+- A 429 lowers the pace (``limited``): to what the server admitted in the last second (the starts
+  that were not refused), and never less than a fixed share below the pace that drew it; a header-less
+  gateway's rate is discovered this way. Slots booked at the old pace are re-spaced at the new one.
+  The pace then recovers by ``recovery`` of itself per second, up to the ceiling, and the next 429
+  lowers it again: additive increase, a decrease measured instead of guessed.
+- A minute quota (Azure's ``remaining`` with a ``reset`` beyond a second) caps the pace at what is
+  left over the time to the reset. A sub-second window's ``remaining`` (OpenAI's, scaled to a minute)
+  says nothing the pacing does not already know, and is only read for 0.
 """
 from __future__ import annotations
 
+import collections
+import math
 import re
+from dataclasses import dataclass
 from typing import Mapping
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+ESTIMATE_S = 1.0       # the admitted rate is measured over this much of the recent past
+MIN_CUT = 0.97         # a 429 lowers the pace to at most this share of it
+MAX_CUT = 0.5          # ...and to at least this share: one bad estimate cannot stall the job
+QUOTA_WINDOW_S = 1.0   # a reset further than this is a quota over minutes (spread what is left)
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -36,45 +57,139 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A booked start: ``start`` on the caller's clock, under the limiter's ``epoch`` of booking."""
+
+    start: float
+    epoch: int
+    tokens: int
+
+
 class RateLimiter:
-    def __init__(self, rpm: int, tpm: int, headroom: float = 0.97) -> None:
+    def __init__(self, rpm: int, tpm: int, headroom: float = 0.97, recovery: float = 0.01) -> None:
         self.configured_rpm, self.configured_tpm = rpm, tpm
-        self.rpm, self.tpm = rpm, tpm
-        self.headroom = headroom
+        self.rpm, self.tpm = rpm, tpm  # the ceiling: the job's limits, or the server's when lower
+        self.headroom, self.recovery = headroom, recovery
+        self._pace = float(rpm)        # requests a minute, lowered by 429s; recovers toward rpm
+        self._pace_at = 0.0            # when _pace was last set (it grows from there)
         self._next_request = 0.0
         self._next_tokens = 0.0
         self.paused_until = 0.0
+        self.epoch = 0                 # bumped when booked slots are void (a pause, a lower pace)
+        self._kept_from = 0.0          # ...except those starting at or after this (after a pause)...
+        self._floor = 0                # ...and booked at this epoch or later (a lower pace voids all)
+        self._quota: tuple[float, float] | None = None  # (requests a minute, until): Azure's rest of a minute
+        self._started: collections.deque[float] = collections.deque()   # recent starts
+        self._refused: collections.deque[float] = collections.deque()   # starts of recent 429s
+        self._cut_at = -math.inf       # when a 429 last lowered the pace
+        self.cuts = 0                  # how often (for the run's statistics and tests)
+
+    # --- booking ---------------------------------------------------------------------------------
+
+    def pace(self, now: float) -> float:
+        """Requests a minute paced now: the last pace plus its recovery, under the ceiling and quota."""
+        pace = min(self.rpm, self._pace * (1.0 + self.recovery * max(0.0, now - self._pace_at)))
+        if self._quota is not None:
+            if now < self._quota[1]:
+                pace = min(pace, self._quota[0])
+            else:
+                self._quota = None
+        return pace
+
+    def book(self, tokens: int, now: float) -> Slot:
+        """The next start time for a request of ``tokens``."""
+        start = max(now, self._next_request, self._next_tokens, self.paused_until)
+        self._next_request = start + 60.0 / (max(1e-6, self.pace(start)) * self.headroom)
+        self._next_tokens = start + tokens * 60.0 / (self.tpm * self.headroom)
+        return Slot(start, self.epoch, tokens)
+
+    def holds(self, slot: Slot) -> bool:
+        """Whether a booked slot still stands (else its holder books again)."""
+        return slot.epoch == self.epoch or (slot.epoch >= self._floor and slot.start >= self._kept_from)
+
+    def rebook(self, slot: Slot, now: float) -> Slot:
+        self.refund(slot.tokens, now)  # the void slot's tokens were never sent
+        return self.book(slot.tokens, now)
 
     def reserve(self, tokens: int, now: float) -> float:
         """Book a start time for a request of ``tokens``; returns how long to wait for it."""
-        start = max(now, self._next_request, self._next_tokens, self.paused_until)
-        self._next_request = start + 60.0 / (self.rpm * self.headroom)
-        self._next_tokens = start + tokens * 60.0 / (self.tpm * self.headroom)
-        return start - now
+        return self.book(tokens, now).start - now
+
+    def started(self, now: float) -> None:
+        """A request leaves now (what the admitted rate is measured from)."""
+        self._started.append(now)
+        self._forget(self._started, now)
 
     def refund(self, tokens: int, now: float) -> None:
         """Give back tokens booked but not used (the estimate exceeded the usage)."""
         if tokens > 0:
             self._next_tokens = max(now, self._next_tokens - tokens * 60.0 / (self.tpm * self.headroom))
 
+    # --- what the server says --------------------------------------------------------------------
+
     def pause(self, seconds: float, now: float) -> None:
-        self.paused_until = max(self.paused_until, now + seconds)
+        """Nobody starts for ``seconds``; slots booked inside the pause are void (re-spaced after it)."""
+        until = now + seconds
+        if until <= self.paused_until:
+            return
+        self.paused_until = until
+        self.epoch += 1
+        self._kept_from = until
+        self._next_request = max(self._next_request, until)
+        self._next_tokens = max(self._next_tokens, until)
+
+    def limited(self, sent_at: float, now: float) -> bool:
+        """A request started at ``sent_at`` was answered 429: lower the pace it implies.
+
+        Only once for the requests sent at one pace: those already under way when the pace was cut
+        drew their 429 from the old one. Returns whether the pace was lowered."""
+        self._refused.append(sent_at)
+        self._forget(self._refused, now)
+        if sent_at < self._cut_at:
+            return False
+        current = self.pace(now)
+        since = now - ESTIMATE_S
+        admitted = (sum(1 for t in self._started if t > since) - sum(1 for t in self._refused if t > since))
+        measured = admitted * 60.0 / ESTIMATE_S
+        pace = max(MAX_CUT * current, min(MIN_CUT * current, measured))
+        self._set_pace(pace, now)
+        self._cut_at = now
+        self.cuts += 1
+        # Slots booked at the old pace are void: their holders book again, at the new spacing.
+        self.epoch += 1
+        self._floor = self.epoch
+        last = self._started[-1] if self._started else now
+        self._next_request = max(self.paused_until, last + 60.0 / (pace * self.headroom))
+        return True
 
     def observe(self, headers: Mapping[str, str], now: float) -> None:
         """Adopt the limits the server reports, and wait out a window it says is used up.
 
         ``headers`` holds lower-case names (see ``rate_headers``)."""
         limit = _int(headers.get("x-ratelimit-limit-requests"))
-        if limit and limit > 0:
+        if limit and limit > 0 and min(self.configured_rpm, limit) != self.rpm:
             self.rpm = min(self.configured_rpm, limit)
+            self._set_pace(min(self._pace, self.rpm), now)
         limit = _int(headers.get("x-ratelimit-limit-tokens"))
         if limit and limit > 0:
             self.tpm = min(self.configured_tpm, limit)
         for kind in ("requests", "tokens"):
-            if _int(headers.get(f"x-ratelimit-remaining-{kind}")) == 0:
-                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
-                if reset:
-                    self.pause(reset, now)
+            remaining = _int(headers.get(f"x-ratelimit-remaining-{kind}"))
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            if remaining == 0 and reset:
+                self.pause(reset, now)
+            elif kind == "requests" and remaining and reset and reset > QUOTA_WINDOW_S:
+                # A quota over minutes: what is left, spread over the time until it starts again.
+                self._quota = (remaining * 60.0 / reset, now + reset)
+
+    def _set_pace(self, pace: float, now: float) -> None:
+        self._pace, self._pace_at = max(1e-3, pace), now
+
+    @staticmethod
+    def _forget(times: collections.deque[float], now: float) -> None:
+        while times and times[0] <= now - ESTIMATE_S:
+            times.popleft()
 
 
 def rate_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
