@@ -305,7 +305,7 @@ class LLMEngine:
             if limiter.holds(slot):
                 break
             slot = limiter.rebook(slot, self._clock())
-        limiter.started(self._clock())
+        limiter.started(self._clock(), slot)
 
     async def _attempt(self, endpoint: _Endpoint, body: bytes, booked: int, tries: _Tries,
                        parse: Callable[[bytes], Any]) -> Any:

@@ -16,6 +16,8 @@ What it learns, and how (each a unit-tested decision):
   gateway's rate is discovered this way. Slots booked at the old pace are re-spaced at the new one.
   The pace then recovers by ``recovery`` of itself per second, up to the ceiling, and the next 429
   lowers it again: additive increase, a decrease measured instead of guessed.
+- ``remaining`` 0 pauses until the reset; a reset within a second (a rolling window's, or a token
+  bucket's "until full") for at most the time one request's share of the limit takes to come back.
 - A minute quota (Azure's ``remaining`` with a ``reset`` beyond a second) caps the pace at what is
   left over the time to the reset. A sub-second window's ``remaining`` (OpenAI's, scaled to a minute)
   says nothing the pacing does not already know, and is only read for 0.
@@ -75,6 +77,7 @@ class RateLimiter:
         self._pace_at = 0.0            # when _pace was last set (it grows from there)
         self._next_request = 0.0
         self._next_tokens = 0.0
+        self._tokens_fired = 0.0       # where the token line stands counting only what was sent
         self.paused_until = 0.0
         self.epoch = 0                 # bumped when booked slots are void (a pause, a lower pace)
         self._kept_from = 0.0          # ...except those starting at or after this (after a pause)...
@@ -116,8 +119,10 @@ class RateLimiter:
         """Book a start time for a request of ``tokens``; returns how long to wait for it."""
         return self.book(tokens, now).start - now
 
-    def started(self, now: float) -> None:
-        """A request leaves now (what the admitted rate is measured from)."""
+    def started(self, now: float, slot: Slot | None = None) -> None:
+        """A request leaves now, on ``slot`` (what the admitted rate is measured from)."""
+        if slot is not None:
+            self._tokens_fired = max(self._tokens_fired, now) + slot.tokens * 60.0 / (self.tpm * self.headroom)
         self._started.append(now)
         self._forget(self._started, now)
 
@@ -142,8 +147,10 @@ class RateLimiter:
     def limited(self, sent_at: float, now: float) -> bool:
         """A request started at ``sent_at`` was answered 429: lower the pace it implies.
 
-        Only once for the requests sent at one pace: those already under way when the pace was cut
-        drew their 429 from the old one. Returns whether the pace was lowered."""
+        Once for the requests sent at one pace: those already under way when the pace was cut drew
+        their 429 from the old one. And for ``ESTIMATE_S`` after a cut the server's window still holds
+        what the old pace sent: 429s then lower the pace only to a lower admitted rate, not by the
+        fixed share again (or a burst of them would halve it many times). Returns whether it was lowered."""
         self._refused.append(sent_at)
         self._forget(self._refused, now)
         if sent_at < self._cut_at:
@@ -152,16 +159,26 @@ class RateLimiter:
         since = now - ESTIMATE_S
         admitted = (sum(1 for t in self._started if t > since) - sum(1 for t in self._refused if t > since))
         measured = admitted * 60.0 / ESTIMATE_S
-        pace = max(MAX_CUT * current, min(MIN_CUT * current, measured))
+        if now - self._cut_at < ESTIMATE_S:
+            if measured >= MIN_CUT * current:
+                return False
+            pace = max(MAX_CUT * current, measured)
+        else:
+            pace = max(MAX_CUT * current, min(MIN_CUT * current, measured))
         self._set_pace(pace, now)
         self._cut_at = now
         self.cuts += 1
-        # Slots booked at the old pace are void: their holders book again, at the new spacing.
+        self._respace(now)
+        return True
+
+    def _respace(self, now: float) -> None:
+        """Slots booked at the old pace are void: their holders book again, at the new spacing."""
         self.epoch += 1
         self._floor = self.epoch
-        last = self._started[-1] if self._started else now
-        self._next_request = max(self.paused_until, last + 60.0 / (pace * self.headroom))
-        return True
+        last = self._started[-1] if self._started else -math.inf
+        self._next_request = max(self.paused_until, last + 60.0 / (self.pace(now) * self.headroom))
+        # The token line was pushed by the void slots' starts too: back to what was really sent.
+        self._next_tokens = max(self.paused_until, min(self._next_tokens, self._tokens_fired))
 
     def observe(self, headers: Mapping[str, str], now: float) -> None:
         """Adopt the limits the server reports, and wait out a window it says is used up.
@@ -169,8 +186,11 @@ class RateLimiter:
         ``headers`` holds lower-case names (see ``rate_headers``)."""
         limit = _int(headers.get("x-ratelimit-limit-requests"))
         if limit and limit > 0 and min(self.configured_rpm, limit) != self.rpm:
+            lower = min(self.configured_rpm, limit) < self.rpm
             self.rpm = min(self.configured_rpm, limit)
             self._set_pace(min(self._pace, self.rpm), now)
+            if lower:  # what was booked at the job's rpm would overrun the server's
+                self._respace(now)
         limit = _int(headers.get("x-ratelimit-limit-tokens"))
         if limit and limit > 0:
             self.tpm = min(self.configured_tpm, limit)
@@ -178,6 +198,12 @@ class RateLimiter:
             remaining = _int(headers.get(f"x-ratelimit-remaining-{kind}"))
             reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
             if remaining == 0 and reset:
+                limit = _int(headers.get(f"x-ratelimit-limit-{kind}"))
+                if kind == "requests" and limit and reset <= QUOTA_WINDOW_S:
+                    # A sub-second reset may be a token bucket's "until full": one request's share
+                    # of the limit is back sooner than that. (Too soon costs one 429, which says
+                    # exactly how long; too late would stall everyone for up to a second.)
+                    reset = min(reset, 60.0 / limit)
                 self.pause(reset, now)
             elif kind == "requests" and remaining and reset and reset > QUOTA_WINDOW_S:
                 # A quota over minutes: what is left, spread over the time until it starts again.

@@ -67,8 +67,8 @@ def decide(failure: Failure, attempt: int, *, max_retries: int, base: float, cap
                                  rate_limit_wait_exceeded=True)
         asked = retry_after(failure.headers)
         if asked is None:
-            # No hint: the limiter's lowered pace spaces the retry; a little jitter spreads them.
-            return RetryDecision(True, rng.uniform(0, base), "status 429: paced", None)
+            # No hint: the pace the 429 lowered is what spaces the retry (it books a slot like any).
+            return RetryDecision(True, 0.0, "status 429: paced", None)
         asked = min(asked, MAX_RETRY_AFTER_S)
         delay = asked + rng.uniform(0, min(0.1 * asked, base))
         return RetryDecision(True, delay, f"status 429: server asked to wait {asked:.3g}s", asked)

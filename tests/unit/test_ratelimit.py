@@ -111,8 +111,10 @@ def test_openai_headers_a_job_rpm_above_the_servers_is_corrected():
 def test_openai_headers_remaining_zero_waits_for_the_window_to_free():
     lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
     lim.observe({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
-                 "x-ratelimit-reset-requests": "30ms"}, now=2.0)
-    assert lim.paused_until == pytest.approx(2.03)
+                 "x-ratelimit-reset-requests": "8ms"}, now=2.0)
+    assert lim.paused_until == pytest.approx(2.008)
+    lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30ms"}, now=3.0)
+    assert lim.paused_until == pytest.approx(3.03)  # no limit beside it: the reset, as said
 
 
 def test_azure_headers_spread_what_is_left_of_the_minute_until_it_resets():
@@ -125,11 +127,11 @@ def test_azure_headers_spread_what_is_left_of_the_minute_until_it_resets():
     assert lim.paused_until == pytest.approx(160.0)  # used up: nobody until the minute starts again
 
 
-def test_token_bucket_headers_remaining_zero_pauses_until_the_reset():
+def test_token_bucket_headers_remaining_zero_pauses_for_one_request_not_a_full_bucket():
     lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
     lim.observe({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
-                 "x-ratelimit-reset-requests": "400ms"}, now=0.0)
-    assert lim.paused_until == pytest.approx(0.4)
+                 "x-ratelimit-reset-requests": "400ms"}, now=0.0)  # 400 ms until the bucket is full
+    assert lim.paused_until == pytest.approx(0.01)  # one request's worth is back in 10 ms
     lim.observe({"x-ratelimit-remaining-requests": str(30 * 60), "x-ratelimit-reset-requests": "700ms"}, now=0.5)
     assert lim.pace(0.5) == 6000  # a sub-second reset is no minute quota
 
@@ -145,7 +147,7 @@ def test_gateway_without_headers_keeps_the_job_rpm_until_a_429():
 def test_a_429_is_retried_whatever_the_attempts_until_the_wait_is_too_long():
     bare = Failure(429, {})
     d = decide(bare, 50, max_retries=3, base=0.5, cap=30, rng=RNG, rate_limited_s=100, max_rate_limit_wait_s=600)
-    assert d.retry and 0 <= d.delay <= 0.5 and d.server_wait is None
+    assert d.retry and d.delay == 0.0 and d.server_wait is None  # the lowered pace spaces it
     d = decide(Failure(429, {"retry-after": "2"}), 50, max_retries=3, base=0.5, cap=30, rng=RNG)
     assert d.retry and d.server_wait == 2.0
     d = decide(bare, 0, max_retries=3, base=0.5, cap=30, rng=RNG, rate_limited_s=601, max_rate_limit_wait_s=600)
@@ -203,3 +205,66 @@ async def test_adaptive_slots_follow_the_limit():
     slots.release()
     await asyncio.sleep(0)
     assert third.done() and slots.in_flight == 2
+
+
+def run_waiters(lim: RateLimiter, waiters: int, latency: float, until: float, on_start) -> list[float]:
+    """Requests as the engine sends them: each holder sleeps to its slot, books again if it is void,
+    and books its next request when the answer comes back ``latency`` later. Returns the starts."""
+    import heapq
+    events, starts = [], []
+    for i in range(waiters):
+        slot = lim.book(1, 0.0)
+        heapq.heappush(events, (slot.start, i, slot))
+    while events:
+        t, i, slot = heapq.heappop(events)
+        if t > until:
+            break
+        if slot is None:  # an answer: book the next request now
+            slot = lim.book(1, t)
+            heapq.heappush(events, (slot.start, i, slot))
+        elif not lim.holds(slot):
+            slot = lim.rebook(slot, t)
+            heapq.heappush(events, (slot.start, i, slot))
+        else:
+            lim.started(t, slot)
+            starts.append(t)
+            on_start(lim, t, len(starts))
+            heapq.heappush(events, (t + latency, i, None))
+    return starts
+
+
+@pytest.mark.parametrize("waiters", [32, 256])
+def test_a_429_at_any_concurrency_leaves_no_gap_and_no_burst(waiters):
+    def at_the_100th(lim, t, n):
+        if n == 100:
+            lim.limited(sent_at=t, now=t + 0.001)
+            lim.pause(0.01, now=t + 0.001)  # and its retry-after-ms
+
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=0.99)
+    starts = run_waiters(lim, waiters, 0.2, 5.0, at_the_100th)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert max(gaps) < 0.05              # the booked starts went on after the pause, re-spaced...
+    assert min(gaps) > 0.0099            # ...one by one, none released together
+    in_a_second = max(sum(1 for s in starts if a <= s < a + 1) for a in starts)
+    assert in_a_second <= 100
+
+
+def test_a_lower_limit_in_the_headers_respaces_what_was_booked_at_the_job_rpm():
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
+    lim.started(0.0)
+    slots = [lim.book(1, now=0.0) for _ in range(100)]  # 100/s, a second ahead
+    lim.observe({"x-ratelimit-limit-requests": "3000"}, now=0.2)
+    assert not any(lim.holds(s) for s in slots if s.start > 0.2)
+    again = [lim.rebook(s, now=0.2) for s in slots[:3]]
+    assert [round(s.start, 3) for s in again] == [0.2, 0.22, 0.24]
+
+
+def test_max_concurrency_auto_in_the_job_file():
+    from pydantic import ValidationError
+
+    from prelabel.config import AUTO_MAX_CONCURRENCY, ModelSpec
+    assert ModelSpec(name="m", max_concurrency="auto").slots == AUTO_MAX_CONCURRENCY
+    assert ModelSpec(name="m", max_concurrency=12).slots == 12
+    for bad in (0, 2000, "many"):
+        with pytest.raises(ValidationError):
+            ModelSpec(name="m", max_concurrency=bad)
