@@ -306,7 +306,7 @@ class Engine(BaseModel):
     retry_base_s: float = 0.5        # first backoff; doubles each attempt, full jitter
     retry_max_s: float = 30.0        # one wait never exceeds this (retry-after may ask for more)
     rate_headroom: float = 0.99      # pace at this share of the limit: windows are enforced per second
-    rate_recovery: float = 0.01      # after a 429 the pace grows back by this share of itself a second
+    rate_recovery: float = 0.02      # after a 429 the pace grows back by this share of itself a second
     lease_s: float = 300.0           # an item leased by a dead worker is retaken after this
     heartbeat_s: float = 30.0        # leases are renewed this often while work is in flight
     commit_every: int = 64           # results committed together (group commit)...

@@ -36,6 +36,9 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 ESTIMATE_S = 1.0       # the admitted rate is measured over this much of the recent past
 MIN_CUT = 0.97         # a 429 lowers the pace to at most this share of it
 MAX_CUT = 0.5          # ...and to at least this share: one bad estimate cannot stall the job
+HOLD_S = 2.0           # after a cut, the server's window still holds what the old pace sent...
+HOLD_BAND = 0.9        # ...so for this long only an admitted rate below this share of the pace cuts again
+SKEW_S = 0.1           # the server admits a little after we send (more so in a burst): wait this longer
 QUOTA_WINDOW_S = 1.0   # a reset further than this is a quota over minutes (spread what is left)
 
 
@@ -149,18 +152,22 @@ class RateLimiter:
 
         Once for the requests sent at one pace: those already under way when the pace was cut drew
         their 429 from the old one. And for ``ESTIMATE_S`` after a cut the server's window still holds
-        what the old pace sent: 429s then lower the pace only to a lower admitted rate, not by the
-        fixed share again (or a burst of them would halve it many times). Returns whether it was lowered."""
+        what the old pace sent (and the server's clock lags ours by a varying skew): 429s then lower the
+        pace only to an admitted rate clearly below it, not by the fixed share again (or a burst of
+        them would halve it many times). Returns whether it was lowered."""
         self._refused.append(sent_at)
         self._forget(self._refused, now)
         if sent_at < self._cut_at:
             return False
         current = self.pace(now)
-        since = now - ESTIMATE_S
-        admitted = (sum(1 for t in self._started if t > since) - sum(1 for t in self._refused if t > since))
+        # The server refused it because its window was full: what it admitted in the second before
+        # this request left is its limit (requests still out are counted as admitted: a little over).
+        since = sent_at - ESTIMATE_S
+        admitted = (sum(1 for t in self._started if since < t <= sent_at)
+                    - sum(1 for t in self._refused if since < t <= sent_at))
         measured = admitted * 60.0 / ESTIMATE_S
-        if now - self._cut_at < ESTIMATE_S:
-            if measured >= MIN_CUT * current:
+        if now - self._cut_at < HOLD_S:
+            if measured >= HOLD_BAND * current:
                 return False
             pace = max(MAX_CUT * current, measured)
         else:
@@ -169,6 +176,12 @@ class RateLimiter:
         self._cut_at = now
         self.cuts += 1
         self._respace(now)
+        if measured < HOLD_BAND * current:
+            # Sent well above what the server takes: its window is over-full, and refuses until the
+            # oldest of what it admitted in that second leaves it (a rolling window's rule; a bucket
+            # loses at most that long once). Sending into it would only draw more 429s.
+            oldest = next((t for t in self._started if t > since), sent_at)
+            self.pause(min(ESTIMATE_S, oldest + ESTIMATE_S + SKEW_S - now), now)
         return True
 
     def _respace(self, now: float) -> None:
@@ -214,7 +227,7 @@ class RateLimiter:
 
     @staticmethod
     def _forget(times: collections.deque[float], now: float) -> None:
-        while times and times[0] <= now - ESTIMATE_S:
+        while times and times[0] <= now - 2 * ESTIMATE_S:  # a 429 may come back a while after it left
             times.popleft()
 
 

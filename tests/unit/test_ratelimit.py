@@ -54,22 +54,29 @@ def test_a_slot_booked_now_holds_until_something_happens():
 # --- a 429 lowers the pace ---------------------------------------------------------------------------
 
 def test_a_429_lowers_the_pace_to_what_the_server_admitted():
-    # A gateway: the job says 200/s, no headers say otherwise; the server admits 100 of them.
+    # A gateway: the job says 200/s, no headers say otherwise; the server admits 100 in any second.
     lim = RateLimiter(rpm=12_000, tpm=10**9, headroom=1.0)
-    last = fire(lim, 200, now=0.0, every=0.005)
-    cuts = [lim.limited(sent_at=0.495 + i * 0.005, now=last) for i in range(100)]
-    # The first 429 cuts (one refusal known yet: by the fixed share); the rest were sent before that
-    # cut, at the old pace, and do not cut again.
-    assert cuts == [True] + [False] * 99 and lim.pace(last) == pytest.approx(MIN_CUT * 12_000)
-    # One sent after the cut does cut again: by then 100 of the last second's 200 starts were refused.
-    lim.started(last + 0.02)
-    assert lim.limited(sent_at=last + 0.02, now=last + 0.03)
-    assert lim.pace(last + 0.03) == pytest.approx(100 * 60, rel=0.03)
+    cuts = []
+    for i in range(200):
+        t = i * 0.005
+        lim.started(t)
+        if i >= 100:  # the window is full from the 101st: refused, answered at once
+            cuts.append(lim.limited(sent_at=t, now=t + 0.001))
+    # The first 429 measures what the second before it admitted; the rest came while the server's
+    # window still held the old pace's requests, and measured no less: they do not cut again.
+    assert cuts == [True] + [False] * 99
+    assert lim.pace(1.0) == pytest.approx(100 * 60, rel=0.02)
+    # Sent at twice that, the server's window is over-full: nobody until its oldest entry leaves.
+    assert lim.paused_until == pytest.approx(1.0 + 0.1)  # (and a little for the server's lag)
+    # Past the hold, a 429 cuts by the fixed share at least, whatever it measures.
+    before = lim.pace(3.0)
+    lim.started(3.0)
+    assert lim.limited(sent_at=3.0, now=3.001) and lim.pace(3.001) <= MIN_CUT * before + 1e-6
 
 
 def test_a_429_voids_the_slots_booked_at_the_old_pace():
     lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
-    lim.started(0.0)
+    fire(lim, 100, now=-0.99, every=0.01)  # a second at the limit
     slots = [lim.book(1, now=0.0) for _ in range(20)]
     lim.limited(sent_at=0.0, now=0.01)
     assert not any(lim.holds(s) for s in slots)
@@ -77,6 +84,7 @@ def test_a_429_voids_the_slots_booked_at_the_old_pace():
     again = [lim.rebook(s, now=0.01) for s in slots]
     assert [b.start - a.start for a, b in zip(again, again[1:])] == pytest.approx([spacing] * 19, rel=0.01)
     assert spacing > 0.01  # the new pace is slower than the one that drew the 429
+    assert lim.paused_until == 0.0  # sent at about what the server takes: no pause, only re-spaced
 
 
 def test_the_pace_recovers_after_a_429_up_to_the_ceiling():
