@@ -326,7 +326,7 @@ class LLMEngine:
                 failure = Failure(e.status_code, headers, getattr(e, "code", None))
                 if e.status_code == 429:
                     self.stats.rate_limited += 1
-                    if self.limiter.limited(sent_at, self._clock()):
+                    if failure.code != "insufficient_quota" and self.limiter.limited(sent_at, self._clock()):
                         log.info("429: pacing at %.0f requests a minute", self.limiter.pace(self._clock()))
                 elif e.status_code >= 500:
                     self.stats.server_errors += 1
