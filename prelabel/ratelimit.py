@@ -36,6 +36,7 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 ESTIMATE_S = 1.0       # the admitted rate is measured over this much of the recent past
 MIN_CUT = 0.97         # a 429 lowers the pace to at most this share of it
 MAX_CUT = 0.5          # ...and to at least this share: one bad estimate cannot stall the job
+FLOOR = 0.01           # nor 429 after 429 take it below this share of the ceiling (it recovers from there)
 HOLD_S = 2.0           # after a cut, the server's window still holds what the old pace sent...
 HOLD_BAND = 0.9        # ...so for this long only an admitted rate below this share of the pace cuts again
 SKEW_S = 0.1           # the server admits a little after we send (more so in a burst): wait this longer
@@ -223,7 +224,7 @@ class RateLimiter:
                 self._quota = (remaining * 60.0 / reset, now + reset)
 
     def _set_pace(self, pace: float, now: float) -> None:
-        self._pace, self._pace_at = max(1e-3, pace), now
+        self._pace, self._pace_at = max(FLOOR * self.rpm, pace), now
 
     @staticmethod
     def _forget(times: collections.deque[float], now: float) -> None:
