@@ -14,8 +14,9 @@ What it learns, and how (each a unit-tested decision):
 - A 429 lowers the pace (``limited``): to what the server admitted in the last second (the starts
   that were not refused), and never less than a fixed share below the pace that drew it; a header-less
   gateway's rate is discovered this way. Slots booked at the old pace are re-spaced at the new one.
-  The pace then recovers by ``recovery`` of itself per second, up to the ceiling, and the next 429
-  lowers it again: additive increase, a decrease measured instead of guessed.
+  The pace then recovers by ``recovery`` of itself per second to just under the pace that drew the
+  429, and ten times slower past it, up to the ceiling; the next 429 lowers it again: additive
+  increase, a decrease measured instead of guessed.
 - ``remaining`` 0 pauses until the reset; a reset within a second (a rolling window's, or a token
   bucket's "until full") for at most the time one request's share of the limit takes to come back.
 - A minute quota (Azure's ``remaining`` with a ``reset`` beyond a second) caps the pace at what is
@@ -39,6 +40,8 @@ MAX_CUT = 0.5          # ...and to at least this share: one bad estimate cannot 
 FLOOR = 0.01           # nor 429 after 429 take it below this share of the ceiling (it recovers from there)
 HOLD_S = 2.0           # after a cut, the server's window still holds what the old pace sent...
 HOLD_BAND = 0.9        # ...so for this long only an admitted rate below this share of the pace cuts again
+KNEE = 0.99            # the pace grows back fast to just under the one that drew the last 429...
+SLOW = 0.1             # ...and past that this much slower: it probes, it does not run into it again
 SKEW_S = 0.1           # the server admits a little after we send (more so in a burst): wait this longer
 QUOTA_WINDOW_S = 1.0   # a reset further than this is a quota over minutes (spread what is left)
 
@@ -79,6 +82,7 @@ class RateLimiter:
         self.headroom, self.recovery = headroom, recovery
         self._pace = float(rpm)        # requests a minute, lowered by 429s; recovers toward rpm
         self._pace_at = 0.0            # when _pace was last set (it grows from there)
+        self._bad = math.inf           # the pace that drew the last cut
         self._next_request = 0.0
         self._next_tokens = 0.0
         self._tokens_fired = 0.0       # where the token line stands counting only what was sent
@@ -96,7 +100,11 @@ class RateLimiter:
 
     def pace(self, now: float) -> float:
         """Requests a minute paced now: the last pace plus its recovery, under the ceiling and quota."""
-        pace = min(self.rpm, self._pace * (1.0 + self.recovery * max(0.0, now - self._pace_at)))
+        pace = self._pace * (1.0 + self.recovery * max(0.0, now - self._pace_at))
+        knee = max(self._pace, KNEE * self._bad)
+        if pace > knee:
+            pace = knee + (pace - knee) * SLOW
+        pace = min(self.rpm, pace)
         if self._quota is not None:
             if now < self._quota[1]:
                 pace = min(pace, self._quota[0])
@@ -174,6 +182,7 @@ class RateLimiter:
         else:
             pace = max(MAX_CUT * current, min(MIN_CUT * current, measured))
         self._set_pace(pace, now)
+        self._bad = current
         self._cut_at = now
         self.cuts += 1
         self._respace(now)
