@@ -113,9 +113,15 @@ class RateLimiter:
         return pace
 
     def book(self, tokens: int, now: float) -> Slot:
-        """The next start time for a request of ``tokens``."""
-        start = max(now, self._next_request, self._next_tokens, self.paused_until)
-        self._next_request = start + 60.0 / (max(1e-6, self.pace(start)) * self.headroom)
+        """The next start time for a request of ``tokens``.
+
+        A holder woken late (a busy event loop) does not push everyone after it back: the line goes on
+        from the slot it had, up to one spacing in the past (a burst of at most one request)."""
+        spacing = 60.0 / (max(1e-6, self.pace(now)) * self.headroom)
+        start = max(self._next_request, self._next_tokens, self.paused_until)
+        if start < now - spacing:
+            start = now  # idle, or woken later than a spacing: from now
+        self._next_request = start + spacing
         self._next_tokens = start + tokens * 60.0 / (self.tpm * self.headroom)
         return Slot(start, self.epoch, tokens)
 
@@ -129,7 +135,7 @@ class RateLimiter:
 
     def reserve(self, tokens: int, now: float) -> float:
         """Book a start time for a request of ``tokens``; returns how long to wait for it."""
-        return self.book(tokens, now).start - now
+        return max(0.0, self.book(tokens, now).start - now)
 
     def started(self, now: float, slot: Slot | None = None) -> None:
         """A request leaves now, on ``slot`` (what the admitted rate is measured from)."""
