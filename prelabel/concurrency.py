@@ -31,7 +31,7 @@ class VegasLimit:
         return self._epoch
 
     def _thresholds(self) -> tuple[float, float]:
-        alpha = 3.0 * max(1.0, math.log10(self.limit))
+        alpha = 2.0 * max(1.0, math.log10(self.limit))
         return alpha, 2.0 * alpha
 
     def sample(self, rtt: float, in_flight: int) -> None:

@@ -180,7 +180,7 @@ def test_auto_settles_just_past_the_servers_capacity(capacity):
     limit = VegasLimit(256)
     serve(limit, capacity, 0.1, rounds=200)
     assert not limit.slow_start
-    assert capacity <= limit.limit <= capacity + 2 * 3 * max(1.0, math.log10(limit.limit)) + 1
+    assert capacity <= limit.limit <= capacity + 2 * 2 * max(1.0, math.log10(limit.limit)) + 1
 
 
 def test_auto_backs_off_on_503_once_per_change():
