@@ -11,9 +11,10 @@ What it learns, and how (each a unit-tested decision):
 - A pause (a 429's ``retry-after``, or ``remaining`` 0 until the reset) holds everyone, and the
   slots booked inside it are void: their holders book again (``holds``/``rebook``), so they start
   one by one after it, re-spaced, never all at once when it ends.
-- A 429 lowers the pace (``limited``): to what the server admitted in the last second (the starts
-  that were not refused), and never less than a fixed share below the pace that drew it; a header-less
-  gateway's rate is discovered this way. Slots booked at the old pace are re-spaced at the new one.
+- A 429 lowers the pace (``limited``). Where the server reports its limit, by a fixed share (the
+  429 came from jitter near a known limit). Where it does not (a gateway), to what the server
+  admitted in the second before the refused request left (the starts that were not refused), and
+  never less than that fixed share below the pace that drew it: the rate is discovered. Slots booked at the old pace are re-spaced at the new one.
   The pace then recovers by ``recovery`` of itself per second to just under the pace that drew the
   429, and ten times slower past it, up to the ceiling; the next 429 lowers it again: additive
   increase, a decrease measured instead of guessed.
@@ -76,7 +77,7 @@ class Slot:
 
 
 class RateLimiter:
-    def __init__(self, rpm: int, tpm: int, headroom: float = 0.97, recovery: float = 0.01) -> None:
+    def __init__(self, rpm: int, tpm: int, headroom: float = 0.97, recovery: float = 0.02) -> None:
         self.configured_rpm, self.configured_tpm = rpm, tpm
         self.rpm, self.tpm = rpm, tpm  # the ceiling: the job's limits, or the server's when lower
         self.headroom, self.recovery = headroom, recovery
@@ -94,6 +95,7 @@ class RateLimiter:
         self._started: collections.deque[float] = collections.deque()   # recent starts
         self._refused: collections.deque[float] = collections.deque()   # starts of recent 429s
         self._cut_at = -math.inf       # when a 429 last lowered the pace
+        self._reported = False         # the server states its limit: a 429 is jitter, not a wrong rate
         self.cuts = 0                  # how often (for the run's statistics and tests)
 
     # --- booking ---------------------------------------------------------------------------------
@@ -175,6 +177,14 @@ class RateLimiter:
         if sent_at < self._cut_at:
             return False
         current = self.pace(now)
+        if self._reported:
+            # The limit is known: the 429 says the spacing ran too close to it (a busy machine's
+            # jitter), not that the rate is wrong. (What this client sent in the last second says
+            # little: a stall on either side leaves a hole that the next burst fills.)
+            if now - self._cut_at < HOLD_S:
+                return False
+            self._cut(MIN_CUT * current, current, now)
+            return True
         # The server refused it because its window was full: what it admitted in the second before
         # this request left is its limit (requests still out are counted as admitted: a little over).
         since = sent_at - ESTIMATE_S
@@ -187,11 +197,7 @@ class RateLimiter:
             pace = max(MAX_CUT * current, measured)
         else:
             pace = max(MAX_CUT * current, min(MIN_CUT * current, measured))
-        self._set_pace(pace, now)
-        self._bad = current
-        self._cut_at = now
-        self.cuts += 1
-        self._respace(now)
+        self._cut(pace, current, now)
         if measured < HOLD_BAND * current:
             # Sent well above what the server takes: its window is over-full, and refuses until the
             # oldest of what it admitted in that second leaves it (a rolling window's rule; a bucket
@@ -199,6 +205,13 @@ class RateLimiter:
             oldest = next((t for t in self._started if t > since), sent_at)
             self.pause(min(ESTIMATE_S, oldest + ESTIMATE_S + SKEW_S - now), now)
         return True
+
+    def _cut(self, pace: float, current: float, now: float) -> None:
+        self._set_pace(pace, now)
+        self._bad = current
+        self._cut_at = now
+        self.cuts += 1
+        self._respace(now)
 
     def _respace(self, now: float) -> None:
         """Slots booked at the old pace are void: their holders book again, at the new spacing."""
@@ -214,6 +227,7 @@ class RateLimiter:
 
         ``headers`` holds lower-case names (see ``rate_headers``)."""
         limit = _int(headers.get("x-ratelimit-limit-requests"))
+        self._reported = self._reported or bool(limit)
         if limit and limit > 0 and min(self.configured_rpm, limit) != self.rpm:
             lower = min(self.configured_rpm, limit) < self.rpm
             self.rpm = min(self.configured_rpm, limit)

@@ -276,3 +276,12 @@ def test_max_concurrency_auto_in_the_job_file():
     for bad in (0, 2000, "many"):
         with pytest.raises(ValidationError):
             ModelSpec(name="m", max_concurrency=bad)
+
+
+def test_a_429_under_a_reported_limit_is_jitter_a_fixed_cut_and_no_pause():
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=0.99)
+    lim.observe({"x-ratelimit-limit-requests": "6000"}, now=0.0)
+    fire(lim, 50, now=0.0, every=0.01)  # half a second (a stall): the measure would say 50/s
+    assert lim.limited(sent_at=0.5, now=0.51)
+    assert lim.pace(0.51) == pytest.approx(MIN_CUT * 6000) and lim.paused_until == 0.0
+    assert not lim.limited(sent_at=0.6, now=0.61)  # the same jitter, within the hold: once
