@@ -176,7 +176,8 @@ def capacity_row(capacity: int, concurrency: int | str, latency_ms: int = 100, q
     span = (saw["last_ok"] or 0) - (saw["first_admit"] or 0)
     rate = saw["ok"] / span if span > 0 else 0.0
     return {"capacity": capacity, "concurrency": concurrency, "items": n, "items_per_s": round(rate, 1),
-            "share_of_capacity": round(rate / best, 3), "share_503": round(saw["overloaded"] / max(1, saw["requests"]), 4),
+            "share_of_capacity": round(rate / best, 3),
+            "share_503": round(saw["overloaded"] / max(1, saw["requests"]), 4),
             "failed": r["failed"] + r["lost"]}
 
 

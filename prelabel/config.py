@@ -327,4 +327,4 @@ EXIT_JOB_ERROR = 3      # a job file or input that cannot be run; bad input line
 EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again to resume
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
 EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost
-EXIT_RATE_LIMITED = 7   # a request waited on the rate limit past model.max_rate_limit_wait_s: the run stopped, nothing lost
+EXIT_RATE_LIMITED = 7   # waited on the rate limit past model.max_rate_limit_wait_s: the run stopped, nothing lost

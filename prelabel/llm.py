@@ -1,9 +1,10 @@
 """The LLM engine: chat requests and embeddings, paced, retried, cached.
 
 It owns the transient-failure retries (``prelabel.retry`` decides, tenacity carries it out), the
-pacing (``prelabel.ratelimit``), ``max_concurrency: auto`` (``prelabel.concurrency``) and cache look-ups; the SDK client it sends through comes from
-``prelabel.client``, with the SDK's own retries off. Responses are read from the raw body into a
-``Completion`` (or vectors) without building the SDK's pydantic models.
+pacing (``prelabel.ratelimit``), ``max_concurrency: auto`` (``prelabel.concurrency``) and cache
+look-ups; the SDK client it sends through comes from ``prelabel.client``, with the SDK's own retries
+off. Responses are read from the raw body into a ``Completion`` (or vectors) without building the
+SDK's pydantic models.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ What it learns, and how (each a unit-tested decision):
 - A 429 lowers the pace (``limited``). Where the server reports its limit, by a fixed share (the
   429 came from jitter near a known limit). Where it does not (a gateway), to what the server
   admitted in the second before the refused request left (the starts that were not refused), and
-  never less than that fixed share below the pace that drew it: the rate is discovered. Slots booked at the old pace are re-spaced at the new one.
+  never less than that fixed share below the pace that drew it: the rate is discovered. Slots
+  booked at the old pace are re-spaced at the new one.
   The pace then recovers by ``recovery`` of itself per second to just under the pace that drew the
   429, and ten times slower past it, up to the ceiling; the next 429 lowers it again: additive
   increase, a decrease measured instead of guessed.
