@@ -34,8 +34,11 @@ class VegasLimit:
         alpha = 2.0 * max(1.0, math.log10(self.limit))
         return alpha, 2.0 * alpha
 
-    def sample(self, rtt: float, in_flight: int) -> None:
-        """An answer that took ``rtt`` seconds, sent with ``in_flight`` requests out (itself included)."""
+    def sample(self, rtt: float, in_flight: int, epoch: int | None = None) -> None:
+        """An answer that took ``rtt`` seconds, sent with ``in_flight`` requests out (itself included),
+        under the limit of ``epoch`` (an answer sent under an older limit says nothing of this one)."""
+        if epoch is not None and epoch != self._epoch:
+            return
         if in_flight < self.limit / 2 and not self.slow_start:
             return  # the limit was not what held the requests back: this says nothing about it
         self._window.append(rtt)

@@ -338,7 +338,7 @@ class LLMEngine:
                 self.stats.timeouts += 1
                 raise self._failed(Failure(None, {}), tries, e) from e
             if slots is not None:
-                slots.limit.sample(self._clock() - sent_at, slots.in_flight)
+                slots.limit.sample(self._clock() - sent_at, slots.in_flight, epoch)
         finally:
             if slots is not None:
                 slots.release()

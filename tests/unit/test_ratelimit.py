@@ -285,3 +285,14 @@ def test_a_429_under_a_reported_limit_is_jitter_a_fixed_cut_and_no_pause():
     assert lim.limited(sent_at=0.5, now=0.51)
     assert lim.pace(0.51) == pytest.approx(MIN_CUT * 6000) and lim.paused_until == 0.0
     assert not lim.limited(sent_at=0.6, now=0.61)  # the same jitter, within the hold: once
+
+
+def test_auto_ignores_answers_sent_under_an_older_limit():
+    limit = VegasLimit(256, initial=4)
+    for _ in range(8):
+        limit.sample(0.1, 4, limit.epoch)
+    assert limit.limit == 8
+    old = limit.epoch - 1
+    for _ in range(8):
+        limit.sample(0.1, 4, old)  # still the 4 sent before the doubling: not a window of 8's
+    assert limit.limit == 8
