@@ -453,7 +453,8 @@ def cmd_simulate(args) -> int:
     from .simulator import SimConfig, serve
 
     serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
-                    window=args.window, error_rate=args.error_rate, logprobs=not args.no_logprobs,
+                    window=args.window, style=args.style, capacity=args.capacity, queue_limit=args.queue_limit,
+                    error_rate=args.error_rate, logprobs=not args.no_logprobs,
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
                     identify=not args.as_real),
           host=args.host, port=args.port)
@@ -580,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tpm", type=int, help="tokens per minute before 429s")
     p.add_argument("--window", choices=["second", "minute"], default="second",
                    help="enforce the limits per rolling second (as OpenAI does) or per minute")
+    p.add_argument("--style", choices=["openai", "azure", "bucket", "gateway"], default="openai",
+                   help="how limits are enforced and reported: openai (rolling window, headers per minute, "
+                        "retry-after-ms), azure (quota per minute, reset on the minute), bucket (token bucket, "
+                        "1 s of burst), gateway (no rate-limit headers, 429 without retry-after)")
+    p.add_argument("--capacity", type=int, help="a self-hosted server: requests served at once (the rest queue)")
+    p.add_argument("--queue-limit", type=int, help="with --capacity: 503 past this many requests in flight")
     p.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered with a 5xx")
     p.add_argument("--invalid-rate", type=float, default=0.0, help="share of answers that break the schema")
     p.add_argument("--no-logprobs", action="store_true")

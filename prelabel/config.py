@@ -40,14 +40,33 @@ class ModelSpec(Strict):
     base_url: str | None = None  # falls back to OPENAI_BASE_URL, then OpenAI itself
     rpm: int = Field(500, gt=0)
     tpm: int = Field(200_000, gt=0)
-    max_concurrency: int = Field(32, gt=0, le=1024)
+    # requests in flight; ``auto``: found from the latency the endpoint gives (self-hosted servers)
+    max_concurrency: Union[int, Literal["auto"]] = Field(32)
     temperature: float = Field(0.0, ge=0, le=2)
     seed: int | None = None
     logprobs: bool = True  # ask for them; confidence is null where the endpoint gives none
     timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0, le=20)  # 429/5xx/timeouts, owned by prelabel.retry
+    max_retries: int = Field(6, ge=0, le=20)  # 5xx/timeouts, owned by prelabel.retry
+    # 429s are not counted as attempts: a request waits on the rate limit up to this long, then the
+    # run stops (exit 8) with its items back in the queue
+    max_rate_limit_wait_s: float = Field(600.0, gt=0)
     price: Price | None = None  # overrides prelabel.pricing for this model
 
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _concurrency_range(cls, value):
+        if value != "auto" and not 1 <= value <= 1024:
+            raise ValueError("max_concurrency must be from 1 to 1024, or auto")
+        return value
+
+    @property
+    def slots(self) -> int:
+        """Requests the worker may have under way: ``auto``'s ceiling, or the number given."""
+        return AUTO_MAX_CONCURRENCY if self.max_concurrency == "auto" else self.max_concurrency
+
+
+AUTO_MAX_CONCURRENCY = 256  # the most requests in flight ``max_concurrency: auto`` goes to
 
 _LABEL_NAME = r"^\S(.*\S)?$"  # no leading or trailing space: a label is compared exactly
 
@@ -291,7 +310,8 @@ class Engine(BaseModel):
 
     retry_base_s: float = 0.5        # first backoff; doubles each attempt, full jitter
     retry_max_s: float = 30.0        # one wait never exceeds this (retry-after may ask for more)
-    rate_headroom: float = 0.97      # pace at this share of the limit: windows are enforced per second
+    rate_headroom: float = 0.99      # pace at this share of the limit: windows are enforced per second
+    rate_recovery: float = 0.02      # after a 429 the pace grows back by this share of itself a second
     lease_s: float = 300.0           # an item leased by a dead worker is retaken after this
     heartbeat_s: float = 30.0        # leases are renewed this often while work is in flight
     commit_every: int = 64           # results committed together (group commit)...
@@ -313,6 +333,8 @@ EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again t
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
 EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost
 EXIT_STORAGE = 7        # the store or an output folder cannot be used (full, locked, damaged, read-only)
+
+EXIT_RATE_LIMITED = 8   # waited on the rate limit past model.max_rate_limit_wait_s: the run stopped, nothing lost
 
 STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
 

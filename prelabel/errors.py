@@ -68,6 +68,11 @@ class LLMError(PrelabelError):
         super().__init__(message)
 
 
+class RateLimitWaitExceeded(LLMError):
+    """A request waited on the rate limit (429 after 429) longer than ``model.max_rate_limit_wait_s``:
+    the run stops and its items go back to the queue; nothing failed."""
+
+
 class EmbeddingsUnavailable(LLMError):
     """The endpoint has no /v1/embeddings, or not for this model: ``similar`` examples fall back to
     lexical similarity."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_STORAGE, EXIT_UNAVAILABLE, Engine, JobSpec
+from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, Engine, JobSpec
 from .errors import JobFileError, OutputError, StorageError
 from .client import make_client
 from .endpoint import Endpoint
@@ -79,6 +79,12 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
     finally:
         if own_client:
             await client.close()
+    if result.rate_limited:
+        store.set_status(job_id, "queued")
+        message = (f"{result.outage}. The run stopped and the items in flight are back in the queue with the "
+                   "rest: nothing is lost. Run again later, or raise model.max_rate_limit_wait_s (or lower "
+                   "model.rpm) in the job file.")
+        return JobOutcome(job_id, EXIT_RATE_LIMITED, result, {"error": message}, None)
     if result.outage is not None:
         store.set_status(job_id, "queued")
         message = (f"the endpoint kept failing ({settings.outage_after} items in a row after every retry), last: "

@@ -28,7 +28,7 @@ from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import JobSpec
 from .draft import DONE, FAILED, SKIPPED, draft_record
-from .errors import EmbeddingsUnavailable, LLMError, StorageError
+from .errors import EmbeddingsUnavailable, LLMError, RateLimitWaitExceeded, StorageError
 from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
@@ -61,6 +61,7 @@ class RunResult:
     stats: RunStats
     counts: dict[str, int]
     outage: str | None = None  # the run stopped because the endpoint kept failing: the last error
+    rate_limited: bool = False  # ...because a request waited on the rate limit past model.max_rate_limit_wait_s
 
 
 class JobRunner:
@@ -81,15 +82,16 @@ class JobRunner:
         self.progress = Progress()
         # Lease about two rounds of work at a time: enough to keep every request slot busy, little
         # enough that several workers share a job evenly and a dead one strands few items.
-        self.lease_batch = min(settings.lease_batch, 2 * spec.model.max_concurrency)
+        self.lease_batch = min(settings.lease_batch, 2 * spec.model.slots)
         self._results: list[ItemResult] = []
         self._active = 0  # items handed to consumers and not yet finished
         self._budget_hit = asyncio.Event()
         self.outage = Outage(settings.outage_after)
         self._endpoint_down = asyncio.Event()
         self.last_error: str | None = None
+        self._rate_limit_stop = False
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
-        self._requests = asyncio.Semaphore(spec.model.max_concurrency)  # model.max_concurrency in flight
+        self._requests = asyncio.Semaphore(spec.model.slots)  # in flight (auto: its ceiling, the engine holds fewer)
         self._units: asyncio.Queue[LeasedItem | None] = asyncio.Queue()  # augment units waiting
         self._units_open = 0  # augment units leased and not finished
         self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
@@ -133,7 +135,7 @@ class JobRunner:
         self.progress.total = sum(counts.values())
         self.progress.already = sum(counts.get(s, 0) for s in ("done", "failed", "skipped"))
         queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.lease_batch)
-        workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.max_concurrency)]
+        workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.slots)]
         # Augment units have consumers of their own: they wait on the augmentation process, and must
         # not take the slots labeling needs. (Requests in flight are bounded by ``_requests``.)
         units_at_once = self.settings.augment_slots if self.variants else 0
@@ -145,7 +147,7 @@ class JobRunner:
             if self.fewshot:
                 await self.fewshot.start(self._embed)
             await self._produce(queue)
-            for _ in range(self.spec.model.max_concurrency):
+            for _ in range(self.spec.model.slots):
                 await queue.put(None)
             for _ in range(units_at_once):
                 self._units.put_nowait(None)
@@ -177,7 +179,7 @@ class JobRunner:
             await self._write(self.store.stop_remaining, self.job.id)
         counts = self.store.counts(self.job.id)
         return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts,
-                         self.last_error if self._endpoint_down.is_set() else None)
+                         self.last_error if self._endpoint_down.is_set() else None, self._rate_limit_stop)
 
     def _stopping(self) -> bool:
         return self._budget_hit.is_set() or self._endpoint_down.is_set() or self.storage_error is not None
@@ -437,6 +439,10 @@ class JobRunner:
         except LLMError as e:
             self.gate.release(reservation)
             self._settled.set()
+            if isinstance(e, RateLimitWaitExceeded) and not self._endpoint_down.is_set():
+                # Not the item's fault: the run stops, and it goes back to the queue with the rest.
+                self.last_error, self._rate_limit_stop = str(e), True
+                self._endpoint_down.set()
             if self._endpoint_down.is_set():  # caught in an outage: back to the queue
                 raise _Requeue() from None
             if self.outage.failed(seq):
@@ -517,7 +523,7 @@ class JobRunner:
                 if need is not None:
                     # Ask for enough for a round of requests, not just this one: fewer trips to the store.
                     per_request = prompt_tokens + max_out
-                    round_ = 2 * self.spec.model.max_concurrency
+                    round_ = 2 * self.spec.model.slots
                     budget = self.spec.budget
                     granted = await self._write(
                         self.store.hold_budget, self.job.id, self.owner, max(need.tokens, per_request * round_),
