@@ -172,6 +172,7 @@ class LLMEngine:
         self.client, self.model, self.settings = client, model, settings
         self.identity = identity or normalise_url(str(client.base_url))
         self.simulated = simulated
+        self._answered_by_simulator = simulated  # may its cached answers be served (see prepare)
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom, settings.rate_recovery)
         self.slots = (AdaptiveSlots(VegasLimit(AUTO_MAX_CONCURRENCY))
                       if model.max_concurrency == "auto" else None)
@@ -201,7 +202,9 @@ class LLMEngine:
         """Serialise the request once, and look for its answer in the cache."""
         body, key = encode_request(request, self.identity)
         cached = self._cache_get(key)
-        if cached is not None:
+        # A simulator's answer is served only to a simulator: a URL a hand-started simulator had may
+        # be a real endpoint's now. Until this one has said what it is (its header), ask it again.
+        if cached is not None and (not cached.get("simulated") or self._answered_by_simulator):
             self.stats.cache_hits += 1
             return Prepared(body, key, Completion.from_cache(cached))
         return Prepared(body, key, None)
@@ -213,6 +216,7 @@ class LLMEngine:
         what the usage shows was not used is given back.
         """
         completion = await self._call(self._chat, prepared.body, booked_tokens, _completion)
+        self._answered_by_simulator = self._answered_by_simulator or completion.simulated
         completion.simulated = completion.simulated or self.simulated
         self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion

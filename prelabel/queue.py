@@ -125,7 +125,7 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
         return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed,
                          read_on_from=read_on_from)
     record = JobRecord(job_id, spec.name, spec_json, str(job_path), input_sha, task.prompt_version,
-                       "ingesting", 0.0, 0, 0.0)
+                       "ingesting", 0.0, 0, 0.0, simulated=endpoint is not None and endpoint.simulated)
     try:
         items = store.create_job(record, read_items(spec.input), owner)
     except JobExists:
@@ -173,7 +173,8 @@ def _submit_spooled(store: Store, path: Path, owner: str | None, endpoint: Endpo
         return SpoolEntry(path, None, f"{path}: cannot be read ({e.strerror})")
     key = str(path.resolve())
     seen = store.spool_entry(key, digest)
-    if seen is not None and (seen.error is None or not _changed(seen.inputs)):
+    operator = _operator_settings(allowed, output_roots)
+    if seen is not None and (seen.error is None or not _changed(seen.inputs, operator)):
         return None
     job_id, named = None, {}
     try:
@@ -184,7 +185,7 @@ def _submit_spooled(store: Store, path: Path, owner: str | None, endpoint: Endpo
     except (StoreError, sqlite3.Error):
         raise  # the store's fault, not the file's: the tick fails and the next one tries again
     except PrelabelError as e:
-        error, named = str(e), _named_files(path)
+        error, named = str(e), {**_named_files(path), _OPERATOR: operator}
     except Exception as e:  # whatever one file does (a YAML bomb's MemoryError), the files after it go on
         log.debug("spool file %s could not be loaded", path, exc_info=True)  # -v: the traceback
         error = f"{path}: could not be loaded: {type(e).__name__}: {e}"
@@ -218,5 +219,15 @@ def _stat(path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _changed(named: dict) -> bool:
-    return any(_stat(path) != was for path, was in named.items())
+# Not a path: what the operator allowed when the file failed. A file refused for its endpoint or its
+# output folder is tried again once the operator allows it, as the refusal tells them to.
+_OPERATOR = "\0operator"
+
+
+def _operator_settings(allowed: AllowList | None, output_roots: Sequence[Path] | None) -> list:
+    return [[str(p) for p in allowed.prefixes] if allowed is not None else None,
+            sorted(str(r) for r in output_roots) if output_roots is not None else None]
+
+
+def _changed(named: dict, operator: list) -> bool:
+    return any((operator if path == _OPERATOR else _stat(path)) != was for path, was in named.items())

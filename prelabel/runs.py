@@ -46,6 +46,10 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
     if job.status == "ingesting":  # never run (nor call done) a job whose input is not all in
         return JobOutcome(job_id, EXIT_OK, None, None, None,
                           note="its input is still being loaded by another process, which queues it when done")
+    if job.simulated and not endpoint.simulated:  # its drafts are a stand-in's: never mixed with a model's
+        return JobOutcome(job_id, EXIT_OK, None, None, None,
+                          note="it was made with --simulate, so only `prelabel run JOB_FILE --simulate` runs it "
+                               "(the same job file without --simulate is a job of its own)")
     spec = JobSpec.model_validate(job.spec)
     if output_roots is not None:
         confine(spec.output.dir, output_roots, job.job_file)

@@ -32,6 +32,7 @@ class JobRecord:
     spent_tokens: int
     spent_cost: float
     updated_at: float = 0.0
+    simulated: bool = False  # made for `run --simulate`: a worker with a real endpoint never runs it
 
 
 LABEL, AUGMENT, VARIANT = "label", "augment", "variant"  # what the worker does with an item

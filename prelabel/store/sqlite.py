@@ -123,7 +123,7 @@ def _each_public_method_translated(cls):
 
 def _job(row: tuple) -> JobRecord:
     return JobRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], row[9],
-                     row[10])
+                     row[10], bool(row[11]))
 
 
 @_each_public_method_translated
@@ -204,6 +204,10 @@ class SQLiteStore:
             with self._tx():
                 if "inputs" not in self._columns("spool"):
                     self._script("migrate_2")
+        if "simulated" not in self._columns("jobs"):  # before a --simulate job was marked as one
+            with self._tx():
+                if "simulated" not in self._columns("jobs"):
+                    self._script("migrate_simulated")
         self._script("indexes")
         self._script("reviews_schema")  # issue 13: review tables, created where missing
 
@@ -253,7 +257,7 @@ class SQLiteStore:
         try:
             with self._tx():
                 self._db.execute(Q["insert_job"], (job.id, job.name, json.dumps(job.spec), job.job_file,
-                                                   job.input_sha256, job.prompt_version, now, now))
+                                                   job.input_sha256, job.prompt_version, now, now, job.simulated))
                 self._db.execute(Q["insert_ingest"], (job.id, owner, now))
         except sqlite3.IntegrityError:
             raise JobExists(job.id) from None

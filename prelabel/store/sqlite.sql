@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     spent_tokens INTEGER NOT NULL DEFAULT 0,
-    spent_cost REAL NOT NULL DEFAULT 0
+    spent_cost REAL NOT NULL DEFAULT 0,
+    simulated INTEGER NOT NULL DEFAULT 0  -- made for `run --simulate`: only the simulator answers it
 );
 CREATE TABLE IF NOT EXISTS items (
     job_id TEXT NOT NULL,
@@ -107,8 +108,8 @@ CREATE TABLE IF NOT EXISTS ingest (
 );
 
 -- name: insert_job
-INSERT INTO jobs (id, name, spec, job_file, input_sha256, prompt_version, status, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, 'ingesting', ?, ?);
+INSERT INTO jobs (id, name, spec, job_file, input_sha256, prompt_version, status, created_at, updated_at, simulated)
+VALUES (?, ?, ?, ?, ?, ?, 'ingesting', ?, ?, ?);
 
 -- name: update_job_spec
 UPDATE jobs SET spec = ?, job_file = ?, updated_at = ? WHERE id = ?;
@@ -167,12 +168,12 @@ INSERT INTO input_errors (job_id, line, field, message) VALUES (?, ?, ?, ?);
 
 -- name: get_job
 SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
-       updated_at
+       updated_at, simulated
 FROM jobs WHERE id = ?;
 
 -- name: list_jobs
 SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
-       updated_at
+       updated_at, simulated
 FROM jobs ORDER BY created_at;
 
 -- name: runnable_jobs
@@ -237,7 +238,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?);
 UPDATE jobs SET spent_tokens = spent_tokens + ?, spent_cost = spent_cost + ?, updated_at = ? WHERE id = ?;
 
 -- name: insert_cache
-INSERT INTO cache (key, response, created_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING;
+-- Replaced, not kept: a real endpoint's answer takes the place of a simulator's at the same URL.
+INSERT INTO cache (key, response, created_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET response = excluded.response, created_at = excluded.created_at;
 
 -- name: delete_cache
 DELETE FROM cache WHERE key = ?;
@@ -314,6 +317,9 @@ DROP INDEX IF EXISTS items_state;
 
 -- name: migrate_2
 ALTER TABLE spool ADD COLUMN inputs TEXT;
+
+-- name: migrate_simulated
+ALTER TABLE jobs ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0;
 
 -- name: migrate_ingest
 -- Jobs an earlier version left half-read have no ingest row: where they got to is the last line
