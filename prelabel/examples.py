@@ -13,9 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .budget import FIT, SKIP, TRUNCATE
 from .config import TaskSpec
@@ -23,6 +21,9 @@ from .errors import JobFileError
 from .review import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
 from .tasks.base import Example, Task
 from .tokens import TokenCounter
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where vectors are ranked: jobs without ``similar`` never load it
 
 _WORD = re.compile(r"\w+")
 _STAND_IN = "x"  # a one-token item: a prompt's own tokens split differently around nothing
@@ -178,6 +179,8 @@ class ExampleSelector:
 
     def set_vectors(self, vectors: Sequence[Sequence[float]]) -> None:
         """The examples' embeddings, in file order: ``select`` then ranks by them."""
+        import numpy as np
+
         matrix = np.asarray([np.asarray(v, dtype=np.float32) for v in vectors], dtype=np.float32)
         if matrix.ndim != 2 or len(matrix) != len(self.examples):
             raise ValueError(f"expected {len(self.examples)} vectors of one length")
@@ -193,6 +196,8 @@ class ExampleSelector:
         else:
             # The item's norm scales every score alike: ranking needs no normalising of it.
             if vector is not None and self._matrix is not None:
+                import numpy as np
+
                 scores = self._matrix @ np.asarray(vector, dtype=np.float32)
             else:
                 scores = self._lexical.scores(text)
@@ -202,6 +207,8 @@ class ExampleSelector:
 
 def top_k(scores: np.ndarray, k: int, skip: int | None = None) -> list[int]:
     """The ``k`` highest scores' positions, ties in file order, ``skip`` left out. O(n)."""
+    import numpy as np
+
     scores = np.array(scores, dtype=np.float64)
     if skip is not None:
         scores[skip] = -np.inf
@@ -218,6 +225,8 @@ class _Lexical:
     """TF-IDF over casefolded words, as an inverted index: an item costs its words' postings."""
 
     def __init__(self, texts: Sequence[str]) -> None:
+        import numpy as np
+
         counts = [Counter(_WORD.findall(t.casefold())) for t in texts]
         df = Counter(term for c in counts for term in c)
         idf = {term: math.log((1 + len(texts)) / (1 + d)) + 1 for term, d in df.items()}
@@ -233,6 +242,8 @@ class _Lexical:
         self._postings = {t: (np.asarray(ids, dtype=np.intp), np.asarray(ws)) for t, (ids, ws) in postings.items()}
 
     def scores(self, text: str) -> np.ndarray:
+        import numpy as np
+
         scores = np.zeros(self.n)
         for term, tf in Counter(_WORD.findall(text.casefold())).items():
             posting = self._postings.get(term)

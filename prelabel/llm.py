@@ -17,9 +17,8 @@ import random
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple, Sequence
 
-import openai
 from tenacity import AsyncRetrying, retry_if_exception
 
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
@@ -35,6 +34,9 @@ from .redact import redact
 from .retry import Failure, RetryDecision, decide
 from .stats import RunStats
 from .tokens import TokenCounter
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,11 @@ class _Endpoint(NamedTuple):
     template: Any  # from client.request_template
 
 
+# Endpoints (by identity) that said in this process they are a simulator: their cached answers may
+# be served to them. A new process asks a hand-started simulator again until its first answer.
+_SAID_SIMULATOR: set[str] = set()
+
+
 class LLMEngine:
     """``identity`` names what answers (``prelabel.endpoint``; by default the client's base URL), in
     every cache key; ``simulated``: the built-in simulator answers, so every answer is marked so."""
@@ -172,7 +179,6 @@ class LLMEngine:
         self.client, self.model, self.settings = client, model, settings
         self.identity = identity or normalise_url(str(client.base_url))
         self.simulated = simulated
-        self._answered_by_simulator = simulated  # may its cached answers be served (see prepare)
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom, settings.rate_recovery)
         self.slots = (AdaptiveSlots(VegasLimit(AUTO_MAX_CONCURRENCY))
                       if model.max_concurrency == "auto" else None)
@@ -181,6 +187,10 @@ class LLMEngine:
         self._embeddings = _Endpoint(EMBEDDINGS_PATH, request_template(client, EMBEDDINGS_PATH))
         self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
         self._rng = rng or random.Random()
+        import openai  # loaded with the client this engine was given: the SDK's errors, bound once
+
+        self._status_error = openai.APIStatusError
+        self._connection_errors = (openai.APITimeoutError, openai.APIConnectionError)
 
     def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
                 temperature: float | None = None) -> dict:
@@ -204,7 +214,8 @@ class LLMEngine:
         cached = self._cache_get(key)
         # A simulator's answer is served only to a simulator: a URL a hand-started simulator had may
         # be a real endpoint's now. Until this one has said what it is (its header), ask it again.
-        if cached is not None and (not cached.get("simulated") or self._answered_by_simulator):
+        if cached is not None and (not cached.get("simulated") or self.simulated
+                                   or self.identity in _SAID_SIMULATOR):
             self.stats.cache_hits += 1
             return Prepared(body, key, Completion.from_cache(cached))
         return Prepared(body, key, None)
@@ -216,7 +227,10 @@ class LLMEngine:
         what the usage shows was not used is given back.
         """
         completion = await self._call(self._chat, prepared.body, booked_tokens, _completion)
-        self._answered_by_simulator = self._answered_by_simulator or completion.simulated
+        if completion.simulated:
+            _SAID_SIMULATOR.add(self.identity)
+        else:  # a real server has that URL now: no more simulator's answers for it
+            _SAID_SIMULATOR.discard(self.identity)
         completion.simulated = completion.simulated or self.simulated
         self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion
@@ -343,7 +357,7 @@ class LLMEngine:
             epoch = slots.limit.epoch if slots is not None else 0
             try:
                 raw = await send_json(self.client, endpoint.template, body, endpoint.path)
-            except openai.APIStatusError as e:
+            except self._status_error as e:
                 headers = rate_headers(e.response.headers.raw)
                 self._observe(headers)
                 failure = Failure(e.status_code, headers, getattr(e, "code", None))
@@ -356,7 +370,7 @@ class LLMEngine:
                     if e.status_code == 503 and slots is not None:
                         slots.limit.overloaded(epoch)  # a full queue: fewer in flight
                 raise self._failed(failure, tries, e) from e
-            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            except self._connection_errors as e:
                 self.stats.timeouts += 1
                 raise self._failed(Failure(None, {}), tries, e) from e
             if slots is not None:

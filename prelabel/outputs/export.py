@@ -71,7 +71,9 @@ def _export(store: Store, job_id: str, include_flagged: bool | None, val_fractio
         return with_reviews(store.iter_records(job_id), reviews, threshold)
 
     if "jsonl" in spec.output.formats:
-        write_drafts(records(), out_dir)
+        # Without reviews, the records as the store holds them: each parsed and serialised again
+        # would be the same bytes.
+        write_drafts(records() if reviews or threshold is not None else store.iter_record_json(job_id), out_dir)
     report = build_report(store, job_id)
     if reviews or threshold is not None:
         report["reviewed"] = {"drafts": len(reviews), "accept_above": threshold}

@@ -511,12 +511,17 @@ class SQLiteStore:
         return counts
 
     def iter_records(self, job_id: str) -> Iterator[dict]:
+        for raw in self.iter_record_json(job_id):
+            yield json.loads(raw)
+
+    def iter_record_json(self, job_id: str) -> Iterator[str]:
+        """The records as stored: one JSON object each, on one line (drafts.jsonl is these)."""
         # A cursor of its own, read in pages: a million records never sit in memory at once.
         cursor = self._db.cursor()
         cursor.execute(Q["records"], (job_id,))
         while page := cursor.fetchmany(1000):
             for (raw,) in page:
-                yield json.loads(raw)
+                yield raw
 
     def input_errors(self, job_id: str) -> list[InputErrorRow]:
         return [InputErrorRow(*row) for row in self._db.execute(Q["input_errors"], (job_id,))]

@@ -456,6 +456,127 @@ async def test_respx_default_mocker_does_not_see_the_aiohttp_transport():
         await client.close()
 
 
+@pytest.fixture
+async def loopback():
+    """A real HTTP server on a loopback port, answering each POST with the next of ``answers`` (the
+    last one again and again; each makes a response, or is a handler): what the SDK's aiohttp
+    transport reads off a real socket."""
+    import asyncio
+
+    from aiohttp import web
+
+    runners = []
+
+    async def start(*answers) -> tuple[list, str]:
+        queue, received = list(answers), []
+
+        async def handle(request):
+            received.append(await request.read())
+            answer = queue.pop(0) if len(queue) > 1 else queue[0]
+            return await answer(request) if asyncio.iscoroutinefunction(answer) else answer()
+
+        app = web.Application()
+        app.router.add_post("/v1/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        return received, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_the_production_client_reads_plain_gzip_and_error_bodies_off_a_real_socket(loopback, fake):
+    import gzip
+
+    from aiohttp import web
+
+    def plain():
+        return web.Response(body=json.dumps(chat_body()).encode(), content_type="application/json")
+
+    def squeezed():
+        return web.Response(body=gzip.compress(json.dumps(chat_body('{"label": "negative"}')).encode()),
+                            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+
+    def limited():
+        return web.Response(status=429, body=json.dumps({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}),
+                            headers={"Content-Type": "application/json", "retry-after-ms": "1500"})
+
+    received, url = await loopback(plain, squeezed, limited, plain)
+    spec = FAST.model_copy(update={"max_retries": 2, "timeout_s": 3.0})
+    client = make_client(spec, api_key=KEY, base_url=url)
+    try:
+        engine = make_engine(client, fake, spec)
+        first, second, third = [await complete(engine) for _ in range(3)]
+        raw = await client.post("/chat/completions", body={}, cast_to=httpx.Response)
+    finally:
+        await client.close()
+    assert first.content == '{"label": "positive"}' and first.prompt_tokens == 21
+    assert second.content == '{"label": "negative"}'  # decoded by httpx, as the SDK reads it
+    assert third.content == '{"label": "positive"}' and engine.stats.rate_limited == 1  # the 429's body and headers read
+    assert max(fake.sleeps) >= 1.5  # the server's retry-after-ms
+    assert raw.is_closed and raw.json() == chat_body()  # read whole, its connection back in the pool
+    assert len(received) == 5
+
+
+async def test_the_production_client_reads_an_error_body_off_a_real_socket(loopback, fake):
+    from aiohttp import web
+
+    def refused():
+        return web.Response(status=400, content_type="application/json",
+                            body=json.dumps({"error": {"message": "no such field", "code": "invalid_field"}}))
+
+    _, url = await loopback(refused)
+    client = make_client(FAST, api_key=KEY, base_url=url)
+    try:
+        with pytest.raises(LLMError) as caught:
+            await complete(make_engine(client, fake))
+    finally:
+        await client.close()
+    cause = caught.value.__cause__
+    assert isinstance(cause, openai.BadRequestError) and cause.code == "invalid_field"
+    assert "no such field" in str(cause) and "no such field" in str(caught.value)
+
+
+async def test_a_closed_port_is_a_connection_error_that_is_retried():
+    # A closed loopback port: the connection is refused, nothing leaves the machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = make_client(ModelSpec(name="m", timeout_s=5.0), api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1")
+    fake = FakeTime()
+    try:
+        engine = make_engine(client, fake, FAST.model_copy(update={"max_retries": 1}))
+        with pytest.raises(LLMError) as caught:
+            await complete(engine)
+    finally:
+        await client.close()
+    assert caught.value.status is None and caught.value.attempts == 2 and engine.stats.timeouts == 2
+    assert isinstance(caught.value.__cause__, openai.APIConnectionError)
+
+
+async def test_the_production_client_times_out_a_silent_server(loopback, fake):
+    import asyncio
+
+    release = asyncio.Event()
+
+    async def silent(request):
+        await release.wait()  # until the test is over: the client gives up first
+
+    _, url = await loopback(silent)
+    client = make_client(ModelSpec(name="m", timeout_s=0.2), api_key=KEY, base_url=url)
+    try:
+        engine = make_engine(client, fake, FAST.model_copy(update={"max_retries": 0}))
+        with pytest.raises(LLMError) as caught:
+            await complete(engine)
+    finally:
+        await client.close()
+        release.set()
+    assert isinstance(caught.value.__cause__, openai.APITimeoutError) and engine.stats.timeouts == 1
+
+
 async def test_a_response_without_usage_says_so(client, api, fake):
     body = chat_body()
     body.pop("usage")

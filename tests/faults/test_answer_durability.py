@@ -66,7 +66,8 @@ def test_answers_that_broke_the_schema_are_not_asked_again_after_a_kill(tmp_path
     answer received and nothing committed: the kill lands there. The next run replays the first
     answers from the cache and sends only the re-asks, which were in flight."""
     n = 6
-    with sim_processes(("--latency-ms", "1000", "--invalid-rate", "1.0")) as (sim,):
+    # --as-real: a paid endpoint, whose answers are what durability saves (a simulator is asked again)
+    with sim_processes(("--latency-ms", "1000", "--invalid-rate", "1.0", "--as-real")) as (sim,):
         job = write_job(tmp_path / "job", items=unique_items(n), concurrency=8)
         env = environ(sim, tmp_path)
         run = start("run", job, "-q", env=env)
@@ -91,7 +92,7 @@ def test_answered_items_are_not_asked_again_after_a_kill(tmp_path: Path):
     """Valid answers, killed mid-run: an item the simulator had answered a moment before the kill
     (its answer received) is asked once in all, whether or not its result was committed."""
     n = 32
-    with sim_processes(("--latency-ms", "200")) as (sim,):
+    with sim_processes(("--latency-ms", "200", "--as-real")) as (sim,):
         job = write_job(tmp_path / "job", items=unique_items(n), concurrency=8)
         env = environ(sim, tmp_path)
         run = start("run", job, "-q", env=env)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from prelabel import llm
 from prelabel.allowlist import AllowList
 from prelabel.queue import submit, submit_spool
 from prelabel.runs import Endpoint, drain, run_job
@@ -51,6 +52,7 @@ async def test_a_hand_started_simulators_answers_are_not_served_to_the_real_endp
         assert {d["simulated"] for d in drafts(tmp_path / "job" / "out")} == {True}
 
         sim.config = dataclasses.replace(sim.config, identify=False)  # a real server now has the URL
+        llm._SAID_SIMULATOR.clear()  # in a new process, as a later `prelabel run` is
         outcome = await run_job(store, submit(store, job, endpoint=endpoint, new=True).job_id, endpoint,
                                 ENGINE, OWNER)
         assert sim.stats.requests == 10 and outcome.run.stats.cache_hits == 0

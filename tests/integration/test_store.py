@@ -258,6 +258,23 @@ def test_iter_records_pages_through_many(store):
     assert seqs == list(range(n - 1, -1, -1))
 
 
+def test_drafts_jsonl_is_the_records_as_stored(store, tmp_path):
+    import json
+
+    from prelabel.outputs.drafts import write_drafts
+
+    store.create_job(job_record(), raw_items(3))
+    leased = store.lease("job-1", OWNER_A, 3, T0, 60)
+    store.complete("job-1", OWNER_A, [result(i.seq, priority=i.seq / 3, flags=["café"]) for i in leased])
+    raw = list(store.iter_record_json("job-1"))
+    assert [json.loads(line) for line in raw] == list(store.iter_records("job-1"))
+    assert write_drafts(iter(raw), tmp_path) == 3
+    from_dicts = tmp_path / "from_dicts"
+    write_drafts(store.iter_records("job-1"), from_dicts)
+    # Written as they are, the lines are what serialising the records again would give, byte for byte.
+    assert (tmp_path / "drafts.jsonl").read_bytes() == (from_dicts / "drafts.jsonl").read_bytes()
+
+
 def test_usage_totals_exclude_cached_tokens(store):
     store.create_job(job_record(), raw_items(3))
     store.lease("job-1", OWNER_A, 3, T0, 60)

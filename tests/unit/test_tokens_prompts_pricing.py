@@ -19,6 +19,21 @@ def test_encodings_load_with_no_network(monkeypatch):
         assert TokenCounter(model).count("hello world") == 2
 
 
+@pytest.mark.parametrize("name", sorted(tokens._ENCODINGS))
+def test_the_rank_files_read_as_tiktoken_reads_them(name):
+    from tiktoken.load import load_tiktoken_bpe
+
+    path, expected = tokens._DIR / f"{name}.tiktoken", tokens._ENCODINGS[name]["expected_hash"]
+    assert tokens._ranks(path, expected) == load_tiktoken_bpe(str(path), expected_hash=expected)
+
+
+def test_a_damaged_rank_file_is_refused(tmp_path):
+    damaged = tmp_path / "o200k_base.tiktoken"
+    damaged.write_bytes((tokens._DIR / "o200k_base.tiktoken").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="sha256"):
+        tokens._ranks(damaged, tokens._ENCODINGS["o200k_base"]["expected_hash"])
+
+
 def test_unknown_models_fall_back_to_o200k():
     assert encoding_name_for("some-local-model") == FALLBACK_ENCODING == "o200k_base"
     assert encoding_name_for("gpt-3.5-turbo") == "cl100k_base"
