@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
 
+from .labelscore import LabelScore, align, label_score
+
 LOGPROBS, CONSISTENCY, BOTH = "logprobs", "consistency", "both"
 
 K = TypeVar("K", bound=Hashable)
@@ -27,16 +29,33 @@ def span_probability(logprobs: list[tuple[str, float]] | None, content: str, sta
     if not logprobs or start >= end:
         return None
     total, position = 0.0, 0
-    for token, logprob in logprobs:
+    for token, logprob, *_ in logprobs:
         token_end = position + len(token)
         if token_end > start and position < end:
             total += logprob
         position = token_end
         if position >= end:
             break
-    if "".join(token for token, _ in logprobs) != content:
+    if align(logprobs, content) != 0:
         return None
     return min(1.0, math.exp(total))
+
+
+def has_alternatives(logprobs: Sequence | None) -> bool:
+    """Whether the endpoint sent ``top_logprobs`` alternatives with its tokens."""
+    return bool(logprobs) and any(len(t) > 2 and t[2] for t in logprobs)
+
+
+def label_probability(logprobs: Sequence | None, content: str, start: int, end: int,
+                      labels: Sequence[str]) -> tuple[float | None, LabelScore | None]:
+    """A label's confidence: where the endpoint sent alternatives, its share among the schema's
+    labels at the tokens that decide it (``prelabel.labelscore``: this survives constrained
+    decoding); else the probability of its exact characters."""
+    if has_alternatives(logprobs):
+        score = label_score(logprobs, content, start, end, labels)
+        if score is not None:
+            return score.confidence, score
+    return span_probability(logprobs, content, start, end), None
 
 
 def least(values: Iterable[float | None]) -> float | None:

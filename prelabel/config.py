@@ -298,6 +298,7 @@ class Engine(BaseModel):
     embed_batch: int = 128           # texts per /v1/embeddings request...
     embed_batch_tokens: int = 250_000  # ...and tokens (OpenAI allows 2048 inputs, 300k tokens)
     embed_max_input_tokens: int = 8191  # one input's limit at OpenAI's embedding models: cut to it
+    top_logprobs: int = 5            # alternatives per token with logprobs: a label's confidence is computed from them
 
 
 EXIT_OK = 0

@@ -21,11 +21,13 @@ from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 import openai
 from tenacity import AsyncRetrying, retry_if_exception
 
+from . import capabilities as caps_
+from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import ModelSpec
-from .errors import EmbeddingsUnavailable, LLMError
+from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer
 from .ratelimit import RateLimiter, rate_headers
 from .redact import redact
 from .retry import Failure, RetryDecision, decide
@@ -46,6 +48,7 @@ class Prepared:
     body: bytes                  # what is sent
     key: str                     # its cache key
     cached: Completion | None    # the stored answer, if any: then nothing is sent
+    request: dict | None = None  # as built, before it is adapted to the endpoint's capabilities
 
 
 def encode_request(request: dict) -> tuple[bytes, str]:
@@ -134,6 +137,19 @@ def _completion(content: bytes) -> Completion:
     return Completion.from_response(json.loads(content))
 
 
+MALFORMED = -200  # Failure.status of a 200 whose body is not the answer asked for
+
+
+def _merged(completions: Sequence[Completion]) -> Completion:
+    """Samples asked apart, as one completion of several choices (usage summed)."""
+    first = completions[0]
+    samples = [s for c in completions for s in c.all_samples()]
+    return Completion(first.content, first.refusal, first.finish_reason, first.logprobs,
+                      sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions),
+                      first.model, usage_reported=all(c.usage_reported for c in completions),
+                      samples=samples if len(samples) > 1 else None)
+
+
 class _Endpoint(NamedTuple):
     path: str
     template: Any  # from client.request_template
@@ -143,8 +159,10 @@ class LLMEngine:
     def __init__(self, client: openai.AsyncOpenAI, model: ModelSpec, settings: EngineSettings,
                  cache_get: Callable[[str], dict | None], *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 capabilities: Capabilities | None = None) -> None:
         self.client, self.model, self.settings = client, model, settings
+        self.caps = capabilities or Capabilities()  # learned as requests are refused or answered
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
         self.stats = RunStats()
         self._chat = _Endpoint(CHAT_PATH, request_template(client))
@@ -164,6 +182,10 @@ class LLMEngine:
             body["response_format"] = response_format
         if self.model.logprobs:
             body["logprobs"] = True
+            if self.settings.top_logprobs > 0:
+                # 0 gives no logprobs at all on llama.cpp's servers; the alternatives are what a
+                # label's confidence is computed from (prelabel.labelscore).
+                body["top_logprobs"] = self.settings.top_logprobs
         if self.model.seed is not None:
             body["seed"] = self.model.seed
         return body
@@ -174,8 +196,8 @@ class LLMEngine:
         cached = self._cache_get(key)
         if cached is not None:
             self.stats.cache_hits += 1
-            return Prepared(body, key, Completion.from_cache(cached))
-        return Prepared(body, key, None)
+            return Prepared(body, key, Completion.from_cache(cached), request)
+        return Prepared(body, key, None, request)
 
     async def send(self, prepared: Prepared, booked_tokens: int) -> Completion:
         """Send it, paced and retried; raises LLMError when it fails for good.
@@ -183,9 +205,57 @@ class LLMEngine:
         ``booked_tokens`` is the request's worst case (prompt + max output) for the token pacing;
         what the usage shows was not used is given back.
         """
-        completion = await self._call(self._chat, prepared.body, booked_tokens, _completion)
+        if prepared.request is not None:
+            return await self._send_capable(prepared.request, booked_tokens)
+        return await self._send_body(prepared.body, booked_tokens)
+
+    async def _send_body(self, body: bytes, booked_tokens: int) -> Completion:
+        completion = await self._call(self._chat, body, booked_tokens, _completion)
         self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion
+
+    async def _send_capable(self, request: dict, booked_tokens: int) -> Completion:
+        """The request in the form the endpoint takes; a capability it refuses is given up (and
+        remembered) and the request sent again: a missing feature is not an outage."""
+        samples = request.get("n", 1)
+        while True:
+            if samples > 1 and self.caps.n is False:
+                return await self._send_apart(request, booked_tokens)
+            adapted = caps_.adapt(request, self.caps)
+            try:
+                completion = await self._send_body(encode_request(adapted)[0], booked_tokens)
+            except LLMError as e:
+                name = caps_.gap(e.status, str(e), adapted)
+                if name is None or not self.caps.weaken(name, str(e)):
+                    raise
+                self.stats.capability_fallbacks += 1
+                log.warning("the endpoint refused %s; sending requests without it from now on: %s", name, e)
+                continue
+            self._learn(request, completion)
+            if samples > 1 and len(completion.all_samples()) < samples:
+                # ``n`` ignored: the other samples are asked apart, with distinct seeds.
+                self.caps.n = False
+                self.caps.learned.append(f"n: asked {samples} choices, got {len(completion.all_samples())}")
+                rest = await self._send_apart(request, booked_tokens, skip=1)
+                return _merged([completion, rest])
+            return completion
+
+    async def _send_apart(self, request: dict, booked_tokens: int, skip: int = 0) -> Completion:
+        """``n`` samples as separate requests (distinct seeds), merged into one completion."""
+        requests = caps_.sample_requests(request, request["n"])[skip:]
+        each = max(1, booked_tokens - request.get("max_tokens", 0) * (request["n"] - 1))
+        return _merged(await asyncio.gather(*(self._send_capable(r, each) for r in requests)))
+
+    def _learn(self, request: dict, completion: Completion) -> None:
+        self.caps.usage = completion.usage_reported
+        if request.get("logprobs") and self.caps.logprobs:
+            self.caps.logprobs_seen = completion.logprobs is not None
+        if request.get("n", 1) > 1 and len(completion.all_samples()) >= request["n"]:
+            self.caps.n = True
+
+    def prompt_copies(self, samples: int) -> int:
+        """How many times a request of ``samples`` choices sends its prompt (for the budget)."""
+        return samples if samples > 1 and self.caps.n is False else 1
 
     def prepare_embeddings(self, texts: Sequence[str], model: str) -> PreparedEmbeddings:
         """Look each text up in the cache (per model and text), and count what would be sent.
@@ -236,7 +306,7 @@ class LLMEngine:
                                                    lambda content, n=len(batch): parse_embeddings(content, n))
             except LLMError as e:
                 error = e
-                if e.status in NO_EMBEDDINGS_STATUS:
+                if e.status in NO_EMBEDDINGS_STATUS or isinstance(e, MalformedAnswer):
                     error = EmbeddingsUnavailable(f"no embeddings for model {prepared.model!r} at this endpoint: {e}",
                                                   status=e.status, attempts=e.attempts)
                     error.__cause__ = e.__cause__
@@ -265,8 +335,9 @@ class LLMEngine:
                 return await self._retry(endpoint, body, booked, parse, first)
         except _AttemptFailed as e:
             # The cause's text is the endpoint's error body, which may echo the key it was sent.
-            raise LLMError(redact(f"request failed: {e.decision.reason}: {e.cause}"), status=e.failure.status,
-                           attempts=e.attempt) from e.cause
+            error = MalformedAnswer if e.failure.status == MALFORMED else LLMError
+            raise error(redact(f"request failed: {e.decision.reason}: {e.cause}"),
+                        status=None if error is MalformedAnswer else e.failure.status, attempts=e.attempt) from e.cause
 
     async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any],
                      first: _AttemptFailed) -> Any:
@@ -295,6 +366,9 @@ class LLMEngine:
             headers = rate_headers(e.response.headers.raw)
             self._observe(headers)
             failure = Failure(e.status_code, headers, getattr(e, "code", None))
+            if self._capability_refused(e, body):
+                raise _AttemptFailed(failure, RetryDecision(False, 0.0, "a capability the endpoint lacks"),
+                                     e, attempt) from e
             if e.status_code == 429:
                 self.stats.rate_limited += 1
             elif e.status_code >= 500:
@@ -308,8 +382,22 @@ class LLMEngine:
         try:
             return parse(raw.content)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            # A 200 with a body that is not the answer asked for: a broken proxy; treat it as a 502.
-            raise self._failed(Failure(502, headers), attempt, e) from e
+            # A 200 with a body that is not the answer asked for: the same request would get the
+            # same answer (llama-cpp-python's per-token embeddings), so it is not retried.
+            raise _AttemptFailed(Failure(MALFORMED, headers), RetryDecision(False, 0.0, "a malformed answer"),
+                                 e, attempt) from e
+
+    @staticmethod
+    def _capability_refused(error: openai.APIStatusError, body: bytes) -> bool:
+        """A refusal naming a parameter this request sent: not retried (``_send_capable`` gives the
+        parameter up instead)."""
+        if error.status_code not in caps_.CAPABILITY_STATUS:
+            return False
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return False
+        return caps_.gap(error.status_code, str(error), request) is not None
 
     def _observe(self, headers: dict[str, str]) -> None:
         limits = (self.limiter.rpm, self.limiter.tpm)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..completion import Completion
-from ..confidence import span_probability, vote_parts
+from ..confidence import label_probability, span_probability, vote_parts
 from ..config import MultilabelTask as MultilabelSpec
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import array_strings, common_flags, dumps, load_object, valid_samples
@@ -70,7 +70,8 @@ class MultilabelTask(LabelledTask):
             label, normalized = self.label_set.resolve(value)
             if normalized:
                 flags.append(LABEL_NORMALIZED)
-            probability = span_probability(logprobs, content, where[1], where[2]) if where else None
+            probability = (label_probability(logprobs, content, where[1], where[2], self.labels)[0]
+                           if where else None)
             labels.setdefault(label, probability)
         empty = None
         if not labels and written:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..completion import Completion
-from ..confidence import span_probability, vote_parts
+from ..confidence import label_probability, span_probability, vote_parts
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
 from ..spans import Mention, Span, locate, overlapping
 from .answer import common_flags, dumps, empty_array_close, load_object, string_values, valid_samples
@@ -74,7 +74,7 @@ class NerTask(LabelledTask):
             score = None
             if priced and texts[i][0] == entity["text"]:
                 p_text = span_probability(logprobs, content, texts[i][1], texts[i][2])
-                p_type = span_probability(logprobs, content, types[i][1], types[i][2])
+                p_type = label_probability(logprobs, content, types[i][1], types[i][2], self.labels)[0]
                 score = None if p_text is None or p_type is None else p_text * p_type
             mentions.append(Mention(entity["text"], label, score))
         located = locate(text, mentions)
