@@ -122,6 +122,8 @@ class BudgetSpec(Strict):
     max_input_tokens: int | None = Field(None, gt=0)  # the whole prompt, per request
     on_overflow: Literal["truncate", "skip"] = "truncate"
     max_output_tokens: int = Field(64, gt=0)
+    # a re-ask after an answer cut off at max_tokens (finish_length) may use up to this; default 4x
+    max_output_tokens_reask: int | None = Field(None, gt=0)
     max_total_tokens: int | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(None, gt=0)
 

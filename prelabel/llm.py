@@ -162,13 +162,16 @@ class LLMEngine:
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
                  capabilities: Capabilities | None = None) -> None:
         self.client, self.model, self.settings = client, model, settings
-        self.caps = capabilities or Capabilities()  # learned as requests are refused or answered
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
         self.stats = RunStats()
         self._chat = _Endpoint(CHAT_PATH, request_template(client))
         self._embeddings = _Endpoint(EMBEDDINGS_PATH, request_template(client, EMBEDDINGS_PATH))
         self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
         self._rng = rng or random.Random()
+        # What the endpoint can do, learned as requests are refused or answered; the worker keeps
+        # it in the store under ``caps_key`` (the endpoint's identity and the model, never the key).
+        self.caps_key = caps_.store_key(str(client.base_url).rstrip("/"), model.name)
+        self.caps = capabilities or Capabilities()
 
     def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
                 temperature: float | None = None) -> dict:

@@ -314,11 +314,12 @@ async def test_remaining_zero_pauses_until_the_reset(client, api, fake):
 
 async def test_reads_logprobs_usage_and_finish_reason(client, api, fake):
     lp = [{"token": '{"', "logprob": -0.01, "bytes": [123, 34], "top_logprobs": []},
-          {"token": "positive", "logprob": -0.25, "bytes": None, "top_logprobs": []}]
+          {"token": "positive", "logprob": -0.25, "bytes": None,
+           "top_logprobs": [{"token": "positive", "logprob": -0.25}, {"token": "negative", "logprob": -1.6}]}]
     api.post("/chat/completions").mock(return_value=ok(logprobs=lp, finish_reason="length", usage={
         "prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}))
     completion = await complete(make_engine(client, fake))
-    assert completion.logprobs == [('{"', -0.01), ("positive", -0.25)]
+    assert completion.logprobs == [('{"', -0.01, []), ("positive", -0.25, [("positive", -0.25), ("negative", -1.6)])]
     assert (completion.prompt_tokens, completion.completion_tokens) == (40, 2)
     assert completion.finish_reason == "length"
     assert completion.model == "gpt-4o-mini-2024-07-18"
