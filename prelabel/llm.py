@@ -229,7 +229,11 @@ class LLMEngine:
                 completion = await self._send_body(encode_request(adapted)[0], booked_tokens)
             except LLMError as e:
                 name = caps_.gap(e.status, str(e), adapted)
-                if name is None or not self.caps.weaken(name, str(e)):
+                if name is None:
+                    raise
+                if caps_.adapt(request, self.caps) != adapted:
+                    continue  # another request in flight learned it meanwhile: send the new form
+                if not self.caps.weaken(name, str(e)):
                     raise
                 self.stats.capability_fallbacks += 1
                 log.warning("the endpoint refused %s; sending requests without it from now on: %s", name, e)
