@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .allowlist import ALLOWLIST_ENV, AllowList
 from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
+from .endpoint import Endpoint
 from .errors import JobFileError, PrelabelError
 from .plan import format_plan, make_plan
 from .queue import prepare, submit, submit_spool
@@ -44,9 +45,9 @@ def _allowed() -> AllowList:
     return AllowList(tuple(dict.fromkeys(allowed.prefixes + extra.prefixes)))
 
 
-def _endpoint():
-    from .runs import Endpoint
-
+def _endpoint(simulate: bool = False) -> Endpoint:
+    if simulate:  # the built-in simulator's URL is known once it starts; its identity before
+        return Endpoint("sk-simulator", None, override=True, simulated=True)
     # An empty variable is unset (compose and shells pass `VAR=` for "not configured"): an empty
     # base_url would send every request to nowhere.
     return Endpoint(api_key=os.environ.get("OPENAI_API_KEY") or None,
@@ -70,6 +71,9 @@ def _say(outcome) -> None:
     if r["by_state"].get("stopped"):
         print(f"  stopped by budget: {r['by_state']['stopped']} items left; raise the budget in the job file "
               "and run (or submit) it again to resume", file=sys.stderr)
+    if r.get("simulated"):
+        print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
+              file=sys.stderr)
     print(f"  outputs in {outcome.out_dir}")
 
 
@@ -118,20 +122,21 @@ def _install_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
-    from .runs import Endpoint, reclaim_dead, run_job
+    from .runs import reclaim_dead, run_job
     from .owners import worker_id
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=None if args.simulate else _allowed())
     store = open_store(args.db)
     try:
-        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
+        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
+                     endpoint=_endpoint(args.simulate))
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)
 
         async def go():
             _install_sigterm()
             async with _maybe_simulator(args.simulate) as sim_url:
-                endpoint = Endpoint("sk-simulator", sim_url, override=True) if sim_url else _endpoint()
+                endpoint = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else _endpoint()
                 reclaim_dead(store)
                 return await _with_progress(
                     lambda on_start: run_job(store, sub.job_id, endpoint, Engine(), worker_id(), on_start),
@@ -148,7 +153,8 @@ def cmd_submit(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=_allowed())
     store = open_store(args.db)
     try:
-        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared)
+        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
+                     endpoint=_endpoint())
     finally:
         store.close()
     state = "queued" if sub.created else f"already queued ({sub.resumed} items resumed)"
@@ -168,7 +174,7 @@ def cmd_work(args) -> int:
             codes = [EXIT_OK]
             while True:
                 if args.spool:
-                    for entry in submit_spool(store, args.spool, _allowed()):
+                    for entry in submit_spool(store, args.spool, _endpoint(), _allowed()):
                         if entry.error:
                             print(f"spool: {redact(entry.error)}", file=sys.stderr)
                             codes.append(EXIT_JOB_ERROR)
@@ -246,7 +252,8 @@ def cmd_simulate(args) -> int:
 
     serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
                     window=args.window, error_rate=args.error_rate, logprobs=not args.no_logprobs,
-                    invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking),
+                    invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
+                    identify=not args.as_real),
           host=args.host, port=args.port)
     return EXIT_OK
 
@@ -323,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-logprobs", action="store_true")
     p.add_argument("--no-tracking", action="store_true", help="do not count requests per prompt (long benchmarks)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--as-real", action="store_true",
+                   help="do not say it is a simulator (tests: a stand-in for a real endpoint)")
     return parser
 
 

@@ -19,6 +19,7 @@ class Completion:
     usage_reported: bool = True  # False: the endpoint sent no usage; the counts are prelabel's own
     # Every choice as (content, logprobs), the first one included: n > 1 asks several samples.
     samples: list[tuple[str | None, list[tuple[str, float]] | None]] | None = None
+    simulated: bool = False  # a simulator answered (a stand-in), not a model
 
     def all_samples(self) -> list[tuple[str | None, list[tuple[str, float]] | None]]:
         return self.samples if self.samples else [(self.content, self.logprobs)]
@@ -27,7 +28,7 @@ class Completion:
         return {"content": self.content, "refusal": self.refusal, "finish_reason": self.finish_reason,
                 "logprobs": self.logprobs, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "model": self.model,
-                "samples": self.samples}
+                "samples": self.samples, "simulated": self.simulated}
 
     @classmethod
     def from_cache(cls, data: dict) -> "Completion":
@@ -37,7 +38,7 @@ class Completion:
             samples = [(content, [tuple(p) for p in lp] if lp else None) for content, lp in data["samples"]]
         return cls(data["content"], data["refusal"], data["finish_reason"], logprobs,
                    data["prompt_tokens"], data["completion_tokens"], data["model"], cached=True,
-                   samples=samples)
+                   samples=samples, simulated=bool(data.get("simulated")))
 
     @classmethod
     def from_response(cls, body: dict) -> "Completion":

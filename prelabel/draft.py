@@ -21,6 +21,8 @@ class Draft:
     flags: list[str]
     model: str
     prompt_version: str
+    endpoint: str | None = None  # who answered (prelabel.endpoint: a base URL, or "simulator")
+    simulated: bool = False      # True: a simulator answered, a stand-in, not a model
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     cost_usd: float = 0.0
     error: str | None = None

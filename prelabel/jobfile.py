@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from .config import JobSpec
+from .endpoint import SIMULATOR
 from .errors import JobFileError
 
 
@@ -150,8 +151,9 @@ _IDENTITY_FIELDS = ("name", "task", "input.text_field", "input.id_field", "model
                     "review.sample_temperature", "augment")
 
 
-def job_identity(spec: JobSpec, input_sha256: str, prompt_version: str) -> str:
-    """A stable job id: same job file and same input content give the same id."""
+def job_identity(spec: JobSpec, input_sha256: str, prompt_version: str, simulated: bool = False) -> str:
+    """A stable job id: same job file and same input content give the same id; the same job
+    answered by the built-in simulator (``simulated``) is a job of its own."""
     data = spec.model_dump(mode="json")
     picked = {}
     for dotted in _IDENTITY_FIELDS:
@@ -162,7 +164,10 @@ def job_identity(spec: JobSpec, input_sha256: str, prompt_version: str) -> str:
     for name in ("guidelines", "examples"):  # their content, not where they are
         if picked["task"].get(name):
             picked["task"][name] = file_sha256(Path(picked["task"][name]))
-    blob = json.dumps({"spec": picked, "input": input_sha256, "prompt": prompt_version}, sort_keys=True)
+    identity = {"spec": picked, "input": input_sha256, "prompt": prompt_version}
+    if simulated:  # only then: the ids of earlier jobs stay as they were
+        identity["endpoint"] = SIMULATOR
+    blob = json.dumps(identity, sort_keys=True)
     return f"{spec.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -27,6 +27,7 @@ from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import ModelSpec
+from .endpoint import SIMULATOR_HEADER, normalise_url
 from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer
 from .ratelimit import RateLimiter, rate_headers
 from .redact import redact
@@ -51,10 +52,16 @@ class Prepared:
     request: dict | None = None  # as built, before it is adapted to the endpoint's capabilities
 
 
-def encode_request(request: dict) -> tuple[bytes, str]:
+def encode_request(request: dict, identity: str) -> tuple[bytes, str]:
     """The request body as sent, and its cache key: one serialisation serves both."""
     body = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
-    return body, hashlib.sha256(body).hexdigest()
+    return body, cache_key(identity, body)
+
+
+def cache_key(identity: str, body: bytes) -> str:
+    """What answers (the endpoint's identity; the model is in the body) and what was asked: an
+    answer is only ever served again for the same request to the same endpoint."""
+    return hashlib.sha256(identity.encode() + b"\0" + body).hexdigest()
 
 
 # Statuses that mean "no embeddings here" (no route, unknown model, method not allowed): not a
@@ -133,8 +140,10 @@ def parse_embeddings(content: bytes, count: int) -> tuple[list[array], int | Non
     return vectors, reported if isinstance(reported, int) else None
 
 
-def _completion(content: bytes) -> Completion:
-    return Completion.from_response(json.loads(content))
+def _completion(raw) -> Completion:
+    completion = Completion.from_response(json.loads(raw.content))
+    completion.simulated = SIMULATOR_HEADER in raw.headers
+    return completion
 
 
 MALFORMED = -200  # Failure.status of a 200 whose body is not the answer asked for
@@ -147,7 +156,8 @@ def _merged(completions: Sequence[Completion]) -> Completion:
     return Completion(first.content, first.refusal, first.finish_reason, first.logprobs,
                       sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions),
                       first.model, usage_reported=all(c.usage_reported for c in completions),
-                      samples=samples if len(samples) > 1 else None)
+                      samples=samples if len(samples) > 1 else None,
+                      simulated=any(c.simulated for c in completions))
 
 
 class _Endpoint(NamedTuple):
@@ -156,12 +166,18 @@ class _Endpoint(NamedTuple):
 
 
 class LLMEngine:
+    """``identity`` names what answers (``prelabel.endpoint``; by default the client's base URL), in
+    every cache key; ``simulated``: the built-in simulator answers, so every answer is marked so."""
+
     def __init__(self, client: openai.AsyncOpenAI, model: ModelSpec, settings: EngineSettings,
                  cache_get: Callable[[str], dict | None], *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 identity: str | None = None, simulated: bool = False,
                  capabilities: Capabilities | None = None) -> None:
         self.client, self.model, self.settings = client, model, settings
+        self.identity = identity or normalise_url(str(client.base_url))
+        self.simulated = simulated
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
         self.stats = RunStats()
         self._chat = _Endpoint(CHAT_PATH, request_template(client))
@@ -170,7 +186,7 @@ class LLMEngine:
         self._rng = rng or random.Random()
         # What the endpoint can do, learned as requests are refused or answered; the worker keeps
         # it in the store under ``caps_key`` (the endpoint's identity and the model, never the key).
-        self.caps_key = caps_.store_key(str(client.base_url).rstrip("/"), model.name)
+        self.caps_key = caps_.store_key(self.identity, model.name)
         self.caps = capabilities or Capabilities()
 
     def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
@@ -195,7 +211,7 @@ class LLMEngine:
 
     def prepare(self, request: dict) -> Prepared:
         """Serialise the request once, and look for its answer in the cache."""
-        body, key = encode_request(request)
+        body, key = encode_request(request, self.identity)
         cached = self._cache_get(key)
         if cached is not None:
             self.stats.cache_hits += 1
@@ -214,6 +230,7 @@ class LLMEngine:
 
     async def _send_body(self, body: bytes, booked_tokens: int) -> Completion:
         completion = await self._call(self._chat, body, booked_tokens, _completion)
+        completion.simulated = completion.simulated or self.simulated
         self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion
 
@@ -226,7 +243,7 @@ class LLMEngine:
                 return await self._send_apart(request, booked_tokens)
             adapted = caps_.adapt(request, self.caps)
             try:
-                completion = await self._send_body(encode_request(adapted)[0], booked_tokens)
+                completion = await self._send_body(encode_request(adapted, self.identity)[0], booked_tokens)
             except LLMError as e:
                 name = caps_.gap(e.status, str(e), adapted)
                 if name is None:
@@ -274,7 +291,7 @@ class LLMEngine:
         limit = self.settings.embed_max_input_tokens
         keys, vectors, sent, tokens = [], [], [], []
         for text in texts:
-            key = encode_request({"model": model, "input": text})[1]
+            key = encode_request({"model": model, "input": text}, self.identity)[1]
             stored = self._cache_get(key)
             keys.append(key)
             if stored is not None:
@@ -306,11 +323,11 @@ class LLMEngine:
                                        settings.embed_batch_tokens):
             batch = [firsts[i] for i in batch]
             body = encode_request({"model": prepared.model, "input": [prepared.texts[p] for p in batch],
-                                   "encoding_format": "base64"})[0]
+                                   "encoding_format": "base64"}, self.identity)[0]
             booked = sum(prepared.tokens[p] for p in batch)
             try:
                 vectors, billed = await self._call(self._embeddings, body, booked,
-                                                   lambda content, n=len(batch): parse_embeddings(content, n))
+                                                   lambda raw, n=len(batch): parse_embeddings(raw.content, n))
             except LLMError as e:
                 error = e
                 if e.status in NO_EMBEDDINGS_STATUS or isinstance(e, MalformedAnswer):
@@ -330,7 +347,7 @@ class LLMEngine:
                     result.to_store[position] = entry
         return result
 
-    async def _call(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any]) -> Any:
+    async def _call(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[Any], Any]) -> Any:
         """One request through the retry policy: the parsed answer, or LLMError once it gives up."""
         try:
             try:
@@ -346,7 +363,7 @@ class LLMEngine:
             raise error(redact(f"request failed: {e.decision.reason}: {e.cause}"),
                         status=None if error is MalformedAnswer else e.failure.status, attempts=e.attempt) from e.cause
 
-    async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any],
+    async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[Any], Any],
                      first: _AttemptFailed) -> Any:
         retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),
                                  wait=lambda state: state.outcome.exception().decision.delay,
@@ -359,7 +376,7 @@ class LLMEngine:
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def _attempt(self, endpoint: _Endpoint, body: bytes, booked: int, attempt: int,
-                       parse: Callable[[bytes], Any]) -> Any:
+                       parse: Callable[[Any], Any]) -> Any:
         # The pause may grow while we wait (another request got a 429): wait until it holds.
         delay = self.limiter.reserve(booked, self._clock())
         while delay > 0:
@@ -387,7 +404,7 @@ class LLMEngine:
         headers = rate_headers(raw.headers.raw)
         self._observe(headers)
         try:
-            return parse(raw.content)
+            return parse(raw)  # the response: its body, and its headers (a simulator says so)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             # A 200 with a body that is not the answer asked for: the same request would get the
             # same answer (llama-cpp-python's per-token embeddings), so it is not retried.

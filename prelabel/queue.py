@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .allowlist import AllowList
 from .config import JobSpec
+from .endpoint import Endpoint
 from .errors import InputError, JobExists, JobFileError, PrelabelError
 from .examples import load_examples
 from .inputs import read_items
@@ -82,11 +83,18 @@ def _check_text_field(spec: JobSpec, job_path) -> None:
 
 
 def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False,
-           prepared: tuple[JobSpec, Task] | None = None, allowed: AllowList | None = None) -> Submitted:
-    """Queue a job; ``prepared`` is what ``prepare`` returned for the same arguments, if it ran."""
+           prepared: tuple[JobSpec, Task] | None = None, endpoint: Endpoint | None = None,
+           allowed: AllowList | None = None) -> Submitted:
+    """Queue a job; ``prepared`` is what ``prepare`` returned for the same arguments, if it ran.
+
+    ``endpoint`` is what will answer: the same job for the built-in simulator is another job (its
+    id differs), so that a real run after a demo starts afresh. Another real endpoint keeps the id:
+    finished drafts stay (each names who answered), the rest go to the endpoint that runs them.
+    ``allowed``: the endpoints the job file may name (None: not checked).
+    """
     spec, task = prepared or prepare(job_path, input_path=input_path, out_dir=out_dir, allowed=allowed)
     input_sha = file_sha256(spec.input.path)
-    job_id = job_identity(spec, input_sha, task.prompt_version)
+    job_id = job_identity(spec, input_sha, task.prompt_version, endpoint is not None and endpoint.simulated)
     if new:
         job_id = f"{job_id}-{uuid.uuid4().hex[:6]}"
     spec_json = spec.model_dump(mode="json")
@@ -119,7 +127,8 @@ class SpoolEntry:
     error: str | None
 
 
-def submit_spool(store: Store, folder: str | Path, allowed: AllowList | None = None) -> list[SpoolEntry]:
+def submit_spool(store: Store, folder: str | Path, endpoint: Endpoint | None = None,
+                 allowed: AllowList | None = None) -> list[SpoolEntry]:
     """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever);
     ``allowed``: the endpoints a job file may name.
 
@@ -132,7 +141,7 @@ def submit_spool(store: Store, folder: str | Path, allowed: AllowList | None = N
         if store.spool_seen(key, digest):
             continue
         try:
-            job_id, error = submit(store, path, allowed=allowed).job_id, None
+            job_id, error = submit(store, path, endpoint=endpoint, allowed=allowed).job_id, None
         except PrelabelError as e:
             job_id, error = None, str(e)
         store.spool_record(key, digest, job_id, error)

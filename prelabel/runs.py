@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .allowlist import AllowList
 from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_UNAVAILABLE, Engine, JobSpec
 from .errors import JobFileError
 from .client import make_client
+from .endpoint import Endpoint
 from .llm import LLMEngine
 from .outputs.export import exit_code_for, export
 from .queue import check_endpoint
@@ -22,30 +22,6 @@ from .tasks import build_task
 from .tokens import TokenCounter
 from .owners import dead_local_owners
 from .worker import JobRunner, RunResult
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where requests go: from the environment (read by the CLI), unless the job file says.
-
-    ``override`` makes ``base_url`` win over the job file's: the built-in simulator of ``--simulate``
-    must answer every request, whatever endpoint the job names. ``allowed``: the endpoints a job
-    file may name (by default this one's ``base_url`` and OpenAI's).
-    """
-
-    api_key: str | None
-    base_url: str | None
-    override: bool = False
-    allowed: AllowList | None = None
-
-    def url_for(self, spec: JobSpec) -> str | None:
-        return self.base_url if self.override else (spec.model.base_url or self.base_url)
-
-    def check(self, spec: JobSpec, job_file: str | None) -> None:
-        """Refuse (JobFileError) a job whose own endpoint is not allowed: checked again before sending,
-        since the job may have been queued when the allowlist said otherwise."""
-        if not self.override:
-            check_endpoint(spec, job_file, self.allowed or AllowList.of([self.base_url], skip_invalid=True))
 
 
 @dataclass(slots=True)
@@ -68,10 +44,12 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
                            field="task.prompt")
     own_client = client is None
     if own_client:
-        endpoint.check(spec, job.job_file)
+        if (allowed := endpoint.allowlist()) is not None:  # again: it may have been queued when allowed
+            check_endpoint(spec, job.job_file, allowed)
         client = make_client(spec.model, api_key=endpoint.api_key, base_url=endpoint.url_for(spec))
     try:
-        engine = LLMEngine(client, spec.model, settings, store.cache_get)
+        engine = LLMEngine(client, spec.model, settings, store.cache_get, identity=endpoint.identity(spec),
+                           simulated=endpoint.simulated)
         variants = None
         if spec.augment is not None and spec.augment.steps:
             from .variants import VariantStage  # imports nlpaug's side only for jobs that augment

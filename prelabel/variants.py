@@ -136,8 +136,7 @@ class VariantStage:
         if completion.refusal or not completion.content:
             raise InvalidOutput(f"no rewrite: {completion.refusal or 'empty answer'}")
         result = parse(completion.content)
-        if not completion.cached:
-            cache.append((prepared.key, completion.to_cache()))
+        cache.append((prepared.key, completion.to_cache()))  # usable: it stays in the cache
         return result
 
     async def _dedupe_state(self) -> "augment.Deduper":

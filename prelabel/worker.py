@@ -2,8 +2,11 @@
 
 A producer leases items from the store in batches; ``max_concurrency`` consumers each take one item at
 a time through the task (request, validate, re-ask); finished items are group-committed with their
-usage and cached responses. A budget refusal stops the leasing, hands unstarted items back, and marks
-the rest of the job as stopped by budget.
+usage. Every answer is written to the response cache as it arrives (all that arrive in one turn of
+the event loop in one transaction), so a kill -9 costs only the requests in flight; an answer its
+item could not use (it broke the schema) is taken out of the cache when the item is committed. A
+budget refusal stops the leasing, hands unstarted items back, and marks the rest of the job as
+stopped by budget.
 """
 from __future__ import annotations
 
@@ -85,6 +88,9 @@ class JobRunner:
         self._units: asyncio.Queue[LeasedItem | None] = asyncio.Queue()  # augment units waiting
         self._units_open = 0  # augment units leased and not finished
         self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
+        self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn
+        self._asked: dict[int, list[str]] = {}  # per item: the cache keys of the answers it got (new or cached)
+        self._simulated: set[int] = set()  # items a simulator answered
         self.fewshot = FewShot.for_job(spec, task, self.counter)
         stored = store.cache_get(engine.caps_key)  # what earlier runs learned of this endpoint
         if stored is not None:
@@ -213,14 +219,46 @@ class JobRunner:
             await asyncio.sleep(self.settings.heartbeat_s)
             self.store.renew(self.owner, time.time(), self.settings.lease_s)
 
+    def _keep_answer(self, key: str, completion: Completion) -> None:
+        """Make an answer durable now, not with its item's result: batched per loop turn."""
+        if not self._answers:
+            asyncio.get_running_loop().call_soon(self._write_answers)
+        self._answers.append((key, completion.to_cache()))
+
+    def _write_answers(self) -> None:
+        if self._answers:
+            batch, self._answers = self._answers, []
+            self.store.cache_put(batch)
+
     def _flush(self) -> None:
+        self._write_answers()  # before the results: a commit takes unusable answers out again
         if self._results or self._side_usage:
             batch, self._results = self._results, []
             side, self._side_usage = self._side_usage, []
             self.store.complete(self.job.id, self.owner, batch, side)
 
     async def process(self, item: LeasedItem) -> ItemResult:
-        """One item through its stage: label it (or re-check a variant), or make variants; never raises."""
+        """One item through its stage: label it (or re-check a variant), or make variants; never raises.
+
+        Its answers are already in the cache; those it could not use are taken out with its result
+        (``uncache``), so that a later run asks again. Its drafts say who answered."""
+        result = await self._process(item)
+        usable = {key for key, _ in result.cache}
+        result.cache = []  # written as they arrived
+        result.uncache = [key for key in self._asked.pop(item.seq, ()) if key not in usable]
+        simulated = self.engine.simulated or item.seq in self._simulated
+        self._simulated.discard(item.seq)
+        if item.kind == AUGMENT:  # variants written without a re-check carry their source's label, and whence
+            simulated = simulated or bool(json.loads(item.payload).get("simulated"))
+        for record in result.records:
+            record["endpoint"], record["simulated"] = self.engine.identity, simulated
+        if simulated:
+            for child in result.spawn:
+                if child.kind == AUGMENT and child.payload is not None:
+                    child.payload["simulated"] = True
+        return result
+
+    async def _process(self, item: LeasedItem) -> ItemResult:
         usage: list[UsageRow] = []
         cache: list[tuple[str, dict]] = []
         try:
@@ -277,8 +315,7 @@ class JobRunner:
                 e.flags = flags
                 raise
             if completion.refusal:
-                if not completion.cached:
-                    cache.append((prepared.key, completion.to_cache()))
+                cache.append((prepared.key, completion.to_cache()))
                 return _Labelled(DONE, [], flags + [REFUSAL], f"refused: {completion.refusal}")
             try:
                 outputs = self.task.parse(completion, item.text)
@@ -291,8 +328,7 @@ class JobRunner:
                 prompt_tokens += self.counter.count(completion.content or "") + self.counter.count(
                     messages[-1]["content"]) + 2 * TOKENS_PER_MESSAGE
                 continue
-            if not completion.cached:
-                cache.append((prepared.key, completion.to_cache()))
+            cache.append((prepared.key, completion.to_cache()))  # usable: it stays in the cache
             if completion.finish_reason == "length":
                 flags.append(FINISH_LENGTH)
             return _Labelled(DONE, outputs, flags, None)
@@ -313,6 +349,7 @@ class JobRunner:
         if completion is not None:  # answered before: free, and needs no budget
             usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
                                   completion.completion_tokens, 0.0, True))
+            self._answered(seq, prepared.key, completion)
             return prepared, completion
         estimate = prompt_tokens + self.prompt_slack
         copies = self.engine.prompt_copies(samples)  # n ignored or refused: each sample is a request
@@ -342,8 +379,15 @@ class JobRunner:
             completion.prompt_tokens = estimate
             completion.completion_tokens = sum(self.counter.count(content or "")
                                                for content, _ in completion.all_samples())
+        self._keep_answer(prepared.key, completion)  # durable now: a kill from here on does not pay for it again
+        self._answered(seq, prepared.key, completion)
         self._account(reservation, completion, usage)
         return prepared, completion
+
+    def _answered(self, seq: int, key: str, completion: Completion) -> None:
+        self._asked.setdefault(seq, []).append(key)
+        if completion.simulated:
+            self._simulated.add(seq)
 
     def _learn_slack(self, estimated: int, billed: int) -> None:
         """The most the endpoint has billed beyond our estimate (a schema, its own framing); it is

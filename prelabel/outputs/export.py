@@ -9,7 +9,7 @@ from ..tasks import build_task
 from .drafts import write_drafts
 from .finetune import write_finetune
 from .labelstudio import write_labelstudio
-from .report import build_report, write_report
+from .report import build_report, model_version, write_report
 
 
 def exit_code_for(report: dict) -> int:
@@ -37,7 +37,7 @@ def export(store: Store, job_id: str, *, include_flagged: bool | None = None,
     report = build_report(store, job_id)
     if "labelstudio" in spec.output.formats:
         report["labelstudio"] = write_labelstudio(store.iter_records(job_id), out_dir, spec.task,
-                                                  f"{spec.model.name}|{job.prompt_version}")
+                                                  model_version(report))
     if "openai_finetune" in spec.output.formats:
         task = build_task(spec)
         report["openai_finetune"] = write_finetune(

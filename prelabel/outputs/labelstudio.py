@@ -222,6 +222,8 @@ def to_task(record: dict, model_version: str) -> dict:
         "predictions": [],
     }
     data = task["data"]
+    if record.get("endpoint") is not None:  # who answered (a base URL, or "simulator"): a stand-in's label, not a model's
+        data["endpoint"], data["simulated"] = record["endpoint"], bool(record.get("simulated"))
     if record.get("source_id") not in (None, record["id"]):  # an instruction pair, a variant
         data["source_id"] = record["source_id"]
     if record.get("augmentation"):  # what the variant was made by, and the label it came with

@@ -21,6 +21,7 @@ def build_report(store: Store, job_id: str) -> dict:
         "name": job.name,
         "model": spec["model"]["name"],
         "prompt_version": job.prompt_version,
+        **answered_by(store, job_id, spec["model"]["name"]),
         "task": spec["task"]["kind"],
         "items": sum(counts.values()),
         "by_state": counts,
@@ -39,6 +40,20 @@ def build_report(store: Store, job_id: str) -> dict:
     if spec.get("augment"):
         report["augmentation"] = augmentation_summary(store, job_id)
     return report
+
+
+def answered_by(store: Store, job_id: str, model: str) -> dict:
+    """Who answered: drafts per endpoint, and whether any came from a simulator (a stand-in)."""
+    origins = [{"endpoint": endpoint, "model": model, "simulated": simulated, "drafts": n}
+               for endpoint, simulated, n in store.origin_counts(job_id)]
+    return {"simulated": any(o["simulated"] for o in origins), "answered_by": origins}
+
+
+def model_version(report: dict) -> str:
+    """Label Studio's one ``model_version`` for a job: the model, who answered it, and the prompt."""
+    endpoints = sorted({o["endpoint"] or "unknown" for o in report["answered_by"]}) or ["none"]
+    simulated = " (simulated)" if report["simulated"] else ""
+    return f"{report['model']}@{'+'.join(endpoints)}{simulated}|{report['prompt_version']}"
 
 
 def augmentation_summary(store: Store, job_id: str) -> dict:

@@ -22,6 +22,7 @@ from .answers import (JSON_OBJECT_SCHEMA, MODEL_ID, REFUSAL, REFUSE_MARKER, Choo
 from . import gaps as gaps_
 from .gaps import Gaps
 from .limits import Window, duration
+from ..endpoint import SIMULATOR_HEADER
 from .rewrite import rewrite_answer
 
 
@@ -37,6 +38,7 @@ class SimConfig:
     invalid_rate: float = 0.0  # share of JSON answers that break the schema
     seed: int = 0
     track_contents: bool = True  # count requests per last user message (tests); off for benchmarks
+    identify: bool = True  # say "a simulator" in every response (SIMULATOR_HEADER); False: pose as a real endpoint
     gaps: Gaps = Gaps()  # behave like a self-hosted server that lacks some capabilities
 
 
@@ -47,6 +49,7 @@ class SimStats:
     rate_limited: int = 0
     server_errors: int = 0
     by_content: collections.Counter = field(default_factory=collections.Counter)
+    answered: collections.Counter = field(default_factory=collections.Counter)  # 200s sent, per content
 
 
 class Simulator:
@@ -158,9 +161,12 @@ class Simulator:
                 choices.append({"index": index, "message": message, "logprobs": logprobs,
                                 "finish_reason": finish_reason})
         self.stats.ok += 1
+        if self.config.track_contents:
+            self.stats.answered[text] += 1
         payload = {
             "id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion",
-            "created": int(time.time()), "model": model, "system_fingerprint": "fp_simulator",
+            "created": int(time.time()), "model": model,
+            "system_fingerprint": "fp_simulator" if self.config.identify else "fp_0000000000",
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
@@ -209,11 +215,13 @@ class Simulator:
             "by_content_max": max(stats.by_content.values(), default=0)}
         if request.query.get("contents") == "1":
             payload["by_content"] = [[text, count] for text, count in stats.by_content.items()]
+            payload["answered_by_content"] = [[text, count] for text, count in stats.answered.items()]
         return self._respond(200, payload)
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.stats.requests = self.stats.ok = self.stats.rate_limited = self.stats.server_errors = 0
         self.stats.by_content.clear()
+        self.stats.answered.clear()
         for window in self._windows.values():
             window.clear()
         return self._respond(200, {"reset": True})
@@ -287,6 +295,8 @@ class Simulator:
         now = self._clock()
         headers = {"Content-Type": "application/json",
                    "x-request-id": f"req_sim{next(self._ids):012d}"}
+        if self.config.identify:
+            headers[SIMULATOR_HEADER] = "1"
         for kind, window in self._windows.items():
             headers[f"x-ratelimit-limit-{kind}"] = str(window.per_minute)
             headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining(now))

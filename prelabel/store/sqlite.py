@@ -1,8 +1,8 @@
 """The embedded store: SQLite in WAL mode, safe for several worker processes on one host.
 
 Every multi-row change runs in one ``BEGIN IMMEDIATE`` transaction: two workers never lease the same
-item, and a result, its usage and its cached responses are committed together, so a crash loses no
-finished work and pays for none twice.
+item, and a result and its usage are committed together, so a crash loses no finished work; the
+worker writes each answer to the cache as it arrives, so a crash pays again only for what was in flight.
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ class SQLiteStore:
                  side_usage: Iterable[UsageRow] = ()) -> None:
         """Results, and usage that belongs to no item (``side_usage``: embeddings), in one transaction."""
         now = time.time()
-        finished, released, usage, cache, drafts, cleared, spawned = [], [], [], [], [], [], []
+        finished, released, usage, cache, drafts, cleared, spawned, uncache = [], [], [], [], [], [], [], []
         spent = [0, 0.0]  # tokens, cost
 
         def bill(seq: int, rows: Iterable[UsageRow]) -> None:
@@ -217,6 +217,7 @@ class SQLiteStore:
                 spawned.extend((r.seq, s) for s in r.spawn)
             bill(r.seq, r.usage)
             cache.extend((key, json.dumps(completion, ensure_ascii=False), now) for key, completion in r.cache)
+            uncache.extend((key,) for key in r.uncache)
         bill(NO_ITEM, side_usage)
         tokens, cost = spent
         with self._tx():
@@ -229,6 +230,7 @@ class SQLiteStore:
             self._db.executemany(Q["unlease_item"], released)
             self._db.executemany(Q["insert_usage"], usage)
             self._db.executemany(Q["insert_cache"], cache)
+            self._db.executemany(Q["delete_cache"], uncache)
             self._db.execute(Q["add_spent"], (tokens, cost, now, job_id))
             self._db.execute(Q["spend_hold"], (tokens, cost, job_id, owner))  # held -> spent
 
@@ -296,6 +298,11 @@ class SQLiteStore:
     def flag_counts(self, job_id: str) -> dict[str, int]:
         return dict(self._db.execute(Q["flag_counts"], (job_id,)).fetchall())
 
+    def origin_counts(self, job_id: str) -> list[tuple[str | None, bool, int]]:
+        """Drafts per (endpoint, simulated): who answered the job."""
+        return [(endpoint, bool(simulated), n)
+                for endpoint, simulated, n in self._db.execute(Q["origin_counts"], (job_id,))]
+
     def iter_records(self, job_id: str) -> Iterator[dict]:
         # A cursor of its own, read in pages: a million records never sit in memory at once.
         cursor = self._db.cursor()
@@ -330,7 +337,8 @@ class SQLiteStore:
         return json.loads(row[0]) if row else None
 
     def cache_put(self, entries: Iterable[tuple[str, dict]]) -> None:
-        """Entries not tied to an item's result (a job's example embeddings)."""
+        """Entries written on their own, not with an item's result: answers as they arrive, a job's
+        example embeddings."""
         now = time.time()
         rows = [(key, json.dumps(value, ensure_ascii=False), now) for key, value in entries]
         with self._tx():

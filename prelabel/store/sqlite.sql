@@ -207,6 +207,9 @@ UPDATE jobs SET spent_tokens = spent_tokens + ?, spent_cost = spent_cost + ?, up
 -- name: insert_cache
 INSERT INTO cache (key, response, created_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING;
 
+-- name: delete_cache
+DELETE FROM cache WHERE key = ?;
+
 -- name: get_cache
 SELECT response FROM cache WHERE key = ?;
 
@@ -251,6 +254,10 @@ SELECT result FROM items WHERE job_id = ? AND kind = 'augment' AND result IS NOT
 -- name: flag_counts
 SELECT f.value, count(*) FROM drafts d, json_each(d.record, '$.flags') f
 WHERE d.job_id = ? GROUP BY f.value;
+
+-- name: origin_counts
+SELECT json_extract(record, '$.endpoint'), coalesce(json_extract(record, '$.simulated'), 0), count(*)
+FROM drafts WHERE job_id = ? GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: records
 SELECT record FROM drafts WHERE job_id = ? ORDER BY priority DESC, seq, idx;

@@ -360,7 +360,7 @@ async def test_a_cache_hit_makes_no_request(client, fake):
         completion, key = await send(engine, request)
         assert mock.calls.call_count == 0
 
-    assert key == encode_request(request)[1] and asked == [key]
+    assert key == encode_request(request, BASE)[1] and asked == [key]
     assert completion.cached is True and completion.content == '{"label": "negative"}'
     assert completion.logprobs == [("negative", -0.1)]
     assert engine.stats.cache_hits == 1 and engine.stats.requests == 0
@@ -372,8 +372,39 @@ async def test_a_cache_miss_is_looked_up_by_the_request_key(client, api, fake):
     engine = make_engine(client, fake, cache_get=lambda key: asked.append(key))
     request = engine.request(MESSAGES, SCHEMA, 32)
     completion, key = await send(engine, request)
-    assert asked == [key] == [encode_request(request)[1]]
+    assert asked == [key] == [encode_request(request, BASE)[1]]
     assert completion.cached is False and engine.stats.cache_hits == 0
+
+
+async def test_the_cache_key_names_what_answers_as_well_as_the_request(client, fake):
+    # The engine's identity is the client's base URL unless told: the simulator is told "simulator".
+    by_url, simulator = make_engine(client, fake), LLMEngine(client, FAST, Engine(), lambda key: None,
+                                                            identity="simulator", simulated=True)
+    other_model = LLMEngine(client, FAST.model_copy(update={"name": "gpt-4o"}), Engine(), lambda key: None)
+    request = by_url.request(MESSAGES, SCHEMA, 32)
+    assert by_url.identity == BASE and simulator.identity == "simulator"
+    keys = {by_url.prepare(request).key, simulator.prepare(simulator.request(MESSAGES, SCHEMA, 32)).key,
+            other_model.prepare(other_model.request(MESSAGES, SCHEMA, 32)).key}
+    assert len(keys) == 3
+    assert by_url.prepare(request).key == by_url.prepare(dict(reversed(request.items()))).key  # canonical JSON
+    embed_keys = {e.prepare_embeddings(["x"], EMBED_MODEL).keys[0] for e in (by_url, simulator)}
+    assert len(embed_keys) == 2
+
+
+async def test_an_answer_from_an_identifying_simulator_is_marked_simulated(client, api, fake):
+    route = api.post("/chat/completions")
+    route.mock(return_value=httpx.Response(200, json=chat_body(), headers={"x-prelabel-simulator": "1"}))
+    engine = make_engine(client, fake)
+    completion, _ = await send(engine, engine.request(MESSAGES, SCHEMA, 32))
+    assert completion.simulated is True and completion.to_cache()["simulated"] is True
+    assert Completion.from_cache(completion.to_cache()).simulated is True
+
+    route.mock(return_value=ok())  # a real endpoint: not marked, unless the engine is the simulator's
+    completion, _ = await send(engine, engine.request(MESSAGES, SCHEMA, 16))
+    assert completion.simulated is False
+    simulator = LLMEngine(client, FAST, Engine(), lambda key: None, identity="simulator", simulated=True)
+    completion, _ = await send(simulator, simulator.request(MESSAGES, SCHEMA, 32))
+    assert completion.simulated is True
 
 
 # --- the production client -------------------------------------------------------------------------
@@ -489,7 +520,7 @@ def test_embedding_batches_close_at_the_text_or_token_limit():
 async def test_cached_embeddings_are_not_sent(client, api, fake):
     route = api.post("/embeddings").mock(side_effect=echo_embeddings)
     stored = {"embedding": base64.b64encode(array("f", [0.5, 0.25]).tobytes()).decode()}
-    hit = encode_request({"model": EMBED_MODEL, "input": "seen"})[1]
+    hit = encode_request({"model": EMBED_MODEL, "input": "seen"}, BASE)[1]
     engine = make_engine(client, fake, cache_get=lambda key: stored if key == hit else None)
     prepared = engine.prepare_embeddings(["seen", "new"], EMBED_MODEL)
     assert prepared.tokens == [0, 1]

@@ -232,16 +232,21 @@ def test_a_prefix_allows_the_paths_under_it_and_nothing_beside():
 def test_a_library_endpoint_allows_its_own_url_and_no_other(tmp_path):
     from prelabel.errors import JobFileError
     from prelabel.jobfile import load_job
+    from prelabel.queue import check_endpoint
     from prelabel.runs import Endpoint
+
+    def check(endpoint, spec, job):  # what run_job does before it makes a client
+        if (allowed := endpoint.allowlist()) is not None:
+            check_endpoint(spec, job, allowed)
 
     own = "http://127.0.0.1:9/v1"
     for url in (None, "", own):  # none or empty: the endpoint's own URL is used
         job = write_job(tmp_path / f"job{url!r}", base_url=url)
-        Endpoint(KEY, own).check(load_job(job), str(job))
+        check(Endpoint(KEY, own), load_job(job), str(job))
     job = write_job(tmp_path / "other", base_url="http://127.0.0.1:10/v1")
     with pytest.raises(JobFileError, match=r"job.yaml:3: model.base_url: 'http://127.0.0.1:10/v1' is not an allowed"):
-        Endpoint(KEY, own).check(load_job(job), str(job))
-    Endpoint("sk-simulator", own, override=True).check(load_job(job), str(job))  # --simulate: the job's URL unused
+        check(Endpoint(KEY, own), load_job(job), str(job))
+    check(Endpoint("sk-simulator", own, override=True), load_job(job), str(job))  # --simulate: the job's URL unused
 
 
 # --- an endpoint that echoes the key ------------------------------------------------------------
