@@ -258,6 +258,47 @@ def cmd_simulate(args) -> int:
     return EXIT_OK
 
 
+def cmd_probe(args) -> int:
+    from .capabilities import store_key
+    from .client import make_client
+    from .config import EXIT_UNAVAILABLE, ModelSpec
+    from .endpoint import normalise_url
+    from .probe import format_rows, probe
+
+    endpoint = _endpoint()
+    url = args.base_url or endpoint.base_url
+    if args.base_url and (refusal := endpoint.allowlist().refusal(args.base_url)):
+        raise JobFileError(refusal, field="--base-url")
+    spec = ModelSpec(name=args.model, timeout_s=args.timeout)
+
+    async def go():
+        client = make_client(spec, api_key=endpoint.api_key, base_url=url)
+        try:
+            return await probe(client, args.model, args.embedding_model)
+        finally:
+            await client.close()
+
+    try:
+        caps, rows = asyncio.run(go())
+    except ConnectionError as e:
+        print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    identity = normalise_url(url)
+    if args.json:
+        print(json.dumps({"endpoint": identity, "model": args.model, "capabilities": caps.to_json(),
+                          "rows": [{"capability": r.capability, "value": r.value, "detail": r.detail}
+                                   for r in rows]}, indent=2))
+    else:
+        print(f"{identity}  model {args.model}")
+        print(format_rows(rows))
+    store = open_store(args.db)  # the next run against it starts with what was learned
+    try:
+        store.cache_put([(store_key(identity, args.model), caps.to_json())])
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 def _fraction(value: str) -> float:
     try:
         f = float(value)
@@ -315,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="openai_finetune: share of source items held out for validation, 0 <= F < 1 "
                         "(overrides output.val_fraction)")
+
+    p = command("probe", cmd_probe, "what an endpoint and model can do (structured output, logprobs, n, "
+                                    "embeddings, usage), asked with a few tiny requests")
+    p.add_argument("--base-url", help="default: $OPENAI_BASE_URL (an allowed endpoint, as for a job)")
+    p.add_argument("--model", default="gpt-4o-mini")
+    p.add_argument("--embedding-model", help="default: --model")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per probe request")
+    p.add_argument("--json", action="store_true")
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")

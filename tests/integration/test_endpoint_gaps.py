@@ -135,3 +135,33 @@ async def test_every_gap_at_once_like_llama_cpp_python(store, job_dir):
         outcome, records = await run(store, job_dir, url, CONSISTENCY.replace("consistency", "both"))
     assert outcome.exit_code == EXIT_OK and outcome.run.counts == {"done": 8}
     assert all(r["confidence"] is not None for r in records)
+
+
+# --- prelabel probe -------------------------------------------------------------------------------
+
+async def test_probe_reads_each_gap_off_the_server():
+    from prelabel.probe import probe
+
+    async with simulator(refuse_json_schema=True, ignore_n=True, logprobs_need_top=True, no_usage=True,
+                         no_embeddings=True) as (sim, url):
+        spec = ModelSpec(name="gpt-4o-mini")
+        client = make_client(spec, api_key="sk-test", base_url=url)
+        caps, rows = await probe(client, "gpt-4o-mini")
+        await client.close()
+    assert caps.structured == JSON_OBJECT_SCHEMA and caps.n is False and caps.usage is False
+    assert caps.top_logprobs and caps.logprobs_seen and caps.embeddings is False
+    table = {r.capability: r.value for r in rows}
+    assert table["logprobs"] == "no" and table["top_logprobs"] == "yes" and table["n"] == "no"
+    assert sim.stats.requests <= 10  # a few tiny requests, none retried
+
+
+async def test_probe_of_a_full_endpoint():
+    from prelabel.probe import probe
+
+    async with simulator() as (sim, url):
+        spec = ModelSpec(name="gpt-4o-mini")
+        client = make_client(spec, api_key="sk-test", base_url=url)
+        caps, rows = await probe(client, "gpt-4o-mini", "text-embedding-3-small")
+        await client.close()
+    assert caps.structured == "json_schema" and caps.n and caps.usage and caps.embeddings
+    assert all(r.value != "no" for r in rows)
