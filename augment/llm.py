@@ -13,12 +13,15 @@ from functools import lru_cache
 from typing import Sequence
 
 from prelabel.config import LANGUAGES
+from prelabel.placeholders import is_placeholder
 from prelabel.prompts import PromptTemplate, load_template
 from prelabel.tasks import InvalidOutput
 
 PARAPHRASE_FORMAT = {"type": "json_schema", "json_schema": {"name": "paraphrases", "strict": True, "schema": {
     "type": "object", "properties": {"paraphrases": {"type": "array", "items": {"type": "string"}}},
     "required": ["paraphrases"], "additionalProperties": False}}}
+# The templates show their answers as "<paraphrase>" and the like: slots that is_placeholder knows.
+_PLACEHOLDERS: frozenset[str] = frozenset()
 TRANSLATION_FORMAT = {"type": "json_schema", "json_schema": {"name": "translation", "strict": True, "schema": {
     "type": "object", "properties": {"translation": {"type": "string"}},
     "required": ["translation"], "additionalProperties": False}}}
@@ -73,6 +76,9 @@ def parse_paraphrases(content: str, n: int) -> list[str]:
     if not isinstance(found, list) or not all(isinstance(p, str) for p in found):
         raise InvalidOutput('"paraphrases" must be a list of strings')
     found = [p.strip() for p in found if p.strip()]
+    if found and all(is_placeholder(p, _PLACEHOLDERS) for p in found):
+        raise InvalidOutput('"paraphrases" holds the prompt\'s placeholder, not a paraphrase of the text')
+    found = [p for p in found if not is_placeholder(p, _PLACEHOLDERS)]
     if not found:
         raise InvalidOutput('"paraphrases" holds no paraphrase')
     return found[:n]
@@ -83,6 +89,8 @@ def parse_translation(content: str) -> str:
     found = _object(content, "translation")
     if not isinstance(found, str) or not found.strip():
         raise InvalidOutput('"translation" must be a non-empty string')
+    if is_placeholder(found, _PLACEHOLDERS):
+        raise InvalidOutput('"translation" holds a placeholder, not a translation of the text')
     return found.strip()
 
 

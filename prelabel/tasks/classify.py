@@ -14,7 +14,7 @@ from ..completion import Completion
 from ..confidence import LOGPROBS, combine, label_probability, vote
 from ..labelscore import LabelScore
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
-from .answer import common_flags, dumps, load_object, valid_samples
+from .answer import common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import TaskOutput
 from .labelled import LabelledTask
 
@@ -65,7 +65,7 @@ class ClassifyTask(LabelledTask):
         probability, score = None, None
         if match:
             probability, score = label_probability(logprobs, content, match.start(1), match.end(1), self.labels)
-        return _Answer(label, probability, [LABEL_NORMALIZED] if normalized else [], score)
+        return _Answer(label, probability, ([LABEL_NORMALIZED] if normalized else []) + lenient_flags(data), score)
 
     # --- gold answers --------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from ..completion import Completion
 from ..confidence import label_probability, span_probability, vote_parts
 from ..config import MultilabelTask as MultilabelSpec
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
-from .answer import array_strings, common_flags, dumps, load_object, valid_samples
+from .answer import array_strings, common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask
 
@@ -62,7 +62,7 @@ class MultilabelTask(LabelledTask):
         raw = data.get("labels")
         if not isinstance(raw, list):
             raise InvalidOutput('"labels" must be a list of labels (empty when none applies)')
-        flags: list[str] = []
+        flags: list[str] = lenient_flags(data)
         labels: dict[str, float | None] = {}
         written = array_strings(content, "labels")
         positions = written[0] if written and len(written[0]) == len(raw) else [None] * len(raw)

@@ -16,7 +16,7 @@ from ..completion import Completion
 from ..confidence import label_probability, span_probability, vote_parts
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
 from ..spans import Mention, Span, locate, overlapping
-from .answer import common_flags, dumps, empty_array_close, load_object, string_values, valid_samples
+from .answer import common_flags, dumps, empty_array_close, lenient_flags, load_object, string_values, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask
 
@@ -63,7 +63,7 @@ class NerTask(LabelledTask):
             raise InvalidOutput('"entities" must be a list (empty when there are none)')
         texts, types = string_values(content, "text"), string_values(content, "type")
         priced = len(texts) == len(types) == len(entities)
-        flags: list[str] = []
+        flags: list[str] = lenient_flags(data)
         mentions = []
         for i, entity in enumerate(entities):
             if not isinstance(entity, dict) or not isinstance(entity.get("text"), str):
