@@ -60,6 +60,8 @@ def _say(outcome) -> None:
         return
     if "error" in outcome.report:
         print(f"{outcome.job_id}: error: {redact(outcome.report['error'])}", file=sys.stderr)
+        if outcome.out_dir is not None:
+            print(f"  what finished is written to {outcome.out_dir}", file=sys.stderr)
         return
     r = outcome.report
     print(f"{outcome.job_id}: {json.dumps(r['by_state'])}  flags {json.dumps(r['by_flag'])}  "
