@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from prelabel.labelscore import align, label_score
+from prelabel.labelscore import TAIL_TOKENS, align, label_score
 
 
 def lp(p):
@@ -17,10 +17,11 @@ def test_one_token_labels_renormalised_over_the_schema():
               ('"}', lp(0.9), [])]
     start = content.index("positive")
     score = label_score(tokens, content, start, start + 8, ["positive", "negative", "neutral"])
-    # neutral is not listed: at most as likely as the least likely alternative (0.1)
-    assert score.confidence == pytest.approx(0.6 / 0.9)
+    # neutral is not listed: the 0.1 the list leaves over, spread over the tokens it does not list
+    tail = 0.1 / TAIL_TOKENS
+    assert score.confidence == pytest.approx(0.6 / (0.8 + tail))
     assert score.runner_up == "negative"
-    assert score.margin == pytest.approx((0.6 - 0.2) / 0.9)
+    assert score.margin == pytest.approx((0.6 - 0.2) / (0.8 + tail))
 
 
 def test_a_label_spanning_several_tokens_is_decided_at_its_first_distinct_token():
@@ -89,3 +90,14 @@ def test_nothing_honest_to_say():
     assert label_score(None, content, 10, 11, ["x", "y"]) is None
     assert label_score([("nope", 0.0)], content, 10, 11, ["x", "y"]) is None
     assert label_score([(content, 0.0, [])], content, 10, 11, ["y", "z"]) is None
+
+
+def test_llamacpp_a_label_at_the_bottom_of_the_list_and_no_rival_listed():
+    # Measured on llama-cpp-python + Gemma 3 270M, top_logprobs=20: the chosen label at -4.38, the
+    # 20th alternative at -5.11, no other label listed. The worst case would say 1/3.
+    content = '{"label": "positive"}'
+    junk = [(f"w{k}", -2.5 - 0.14 * k) for k in range(19)] + [("positive", -4.38)]
+    tokens = [('{"label": "', -11.0, []), ("positive", -4.38, junk), ('"}', -1.5, [])]
+    start = content.index("positive")
+    score = label_score(tokens, content, start, start + 8, ["positive", "negative", "neutral"])
+    assert score.confidence > 0.9 and score.runner_up in ("negative", "neutral")
