@@ -251,11 +251,14 @@ def cmd_export(args) -> int:
 
 def cmd_simulate(args) -> int:
     from .simulator import SimConfig, serve
+    from .simulator.gaps import Gaps
 
+    gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
+    gaps = Gaps(**{**gaps.__dict__, **{name.replace("-", "_"): True for name in args.gap or ()}})
     serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
                     window=args.window, error_rate=args.error_rate, logprobs=not args.no_logprobs,
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
-                    identify=not args.as_real),
+                    identify=not args.as_real, gaps=gaps),
           host=args.host, port=args.port)
     return EXIT_OK
 
@@ -383,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--as-real", action="store_true",
                    help="do not say it is a simulator (tests: a stand-in for a real endpoint)")
+    p.add_argument("--like", choices=["llama-cpp-python"], help="lack what that server lacks")
+    p.add_argument("--gap", action="append", choices=["refuse-json-schema", "ignore-n", "logprobs-need-top",
+                                                      "pre-constraint-logprobs", "no-usage", "no-embeddings"],
+                   help="lack one capability (repeatable)")
     return parser
 
 
