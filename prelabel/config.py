@@ -47,6 +47,11 @@ class ModelSpec(Strict):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(6, ge=0, le=20)  # 429/5xx/timeouts, owned by prelabel.retry
     price: Price | None = None  # overrides prelabel.pricing for this model
+    # azure: Azure OpenAI through the SDK's AsyncAzureOpenAI; base_url is the resource's endpoint
+    # (https://NAME.openai.azure.com), ``deployment`` the deployment (default: ``name``).
+    provider: Literal["openai", "azure"] = "openai"
+    deployment: str | None = None
+    api_version: str = "2024-10-21"
 
 
 _LABEL_NAME = r"^\S(.*\S)?$"  # no leading or trailing space: a label is compared exactly
