@@ -32,6 +32,7 @@ from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer
 from .ratelimit import RateLimiter, rate_headers
 from .redact import redact
 from .retry import Failure, RetryDecision, decide
+from .slots import AdaptiveSlots
 from .stats import RunStats
 from .tokens import TokenCounter
 
@@ -188,6 +189,7 @@ class LLMEngine:
         # it in the store under ``caps_key`` (the endpoint's identity and the model, never the key).
         self.caps_key = caps_.store_key(self.identity, model.name)
         self.caps = capabilities or Capabilities()
+        self.slots = AdaptiveSlots(model.max_concurrency)  # fewer in flight after timeouts
 
     def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
                 temperature: float | None = None) -> dict:
@@ -385,7 +387,9 @@ class LLMEngine:
             delay = self.limiter.paused_until - now
         self.stats.requests += 1
         try:
-            raw = await send_json(self.client, endpoint.template, body, endpoint.path)
+            async with self.slots.held():
+                raw = await send_json(self.client, endpoint.template, body, endpoint.path)
+            self.slots.answered()
         except openai.APIStatusError as e:
             headers = rate_headers(e.response.headers.raw)
             self._observe(headers)
@@ -400,6 +404,8 @@ class LLMEngine:
             raise self._failed(failure, attempt, e) from e
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
             self.stats.timeouts += 1
+            if isinstance(e, openai.APITimeoutError):
+                self.slots.timed_out()
             raise self._failed(Failure(None, {}), attempt, e) from e
         headers = rate_headers(raw.headers.raw)
         self._observe(headers)
