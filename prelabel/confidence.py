@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
 
-from .labelscore import LabelScore, align, label_score
+from .labelscore import TAIL_TOKENS, LabelScore, align, label_score
 
 LOGPROBS, CONSISTENCY, BOTH = "logprobs", "consistency", "both"
 
@@ -56,6 +56,30 @@ def label_probability(logprobs: Sequence | None, content: str, start: int, end: 
         if score is not None:
             return score.confidence, score
     return span_probability(logprobs, content, start, end), None
+
+
+def close_probability(logprobs: Sequence | None, content: str, close: int) -> float | None:
+    """The confidence that an array was closed empty at ``close`` (its ``]``): where alternatives
+    were sent, ``]`` against opening a first element at that token (the choice the schema leaves);
+    else the probability of the character."""
+    shift = align(logprobs, content) if has_alternatives(logprobs) else None
+    if shift is not None:
+        at, position = close + shift, 0
+        for token in logprobs:
+            text, end = token[0], position + len(token[0])
+            if end > at and text:
+                lead = at - position
+                top = list(token[2]) if len(token) > 2 and token[2] else []
+                if not any(a == text for a, _ in top):
+                    top.append((text, token[1]))
+                alternatives = [(a[lead:].lstrip(), math.exp(lp)) for a, lp in top if a[:lead] == text[:lead]]
+                closed = sum(p for a, p in alternatives if a.startswith("]"))
+                opened = sum(p for a, p in alternatives if a[:1] in ('"', "{"))
+                if not opened:  # not listed: the tail the list leaves over (prelabel.labelscore)
+                    opened = max(0.0, 1.0 - sum(p for _, p in alternatives)) / TAIL_TOKENS
+                return closed / (closed + opened) if closed + opened > 0 else None
+            position = end
+    return span_probability(logprobs, content, close, close + 1)
 
 
 def least(values: Iterable[float | None]) -> float | None:

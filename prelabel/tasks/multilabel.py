@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..completion import Completion
-from ..confidence import label_probability, span_probability, vote_parts
+from ..confidence import close_probability, label_probability, vote_parts
 from ..config import MultilabelTask as MultilabelSpec
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import array_strings, common_flags, dumps, lenient_flags, load_object, valid_samples
@@ -76,7 +76,7 @@ class MultilabelTask(LabelledTask):
         empty = None
         if not labels and written:
             close = written[1]
-            empty = span_probability(logprobs, content, close, close + 1)
+            empty = close_probability(logprobs, content, close)
         return _Answer(labels, empty, flags)
 
     # --- gold answers --------------------------------------------------------------------------

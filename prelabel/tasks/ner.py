@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..completion import Completion
-from ..confidence import label_probability, span_probability, vote_parts
+from ..confidence import close_probability, label_probability, span_probability, vote_parts
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
 from ..spans import Mention, Span, locate, overlapping
 from .answer import common_flags, dumps, empty_array_close, lenient_flags, load_object, string_values, valid_samples
@@ -82,7 +82,7 @@ class NerTask(LabelledTask):
             flags.append(SPAN_NOT_FOUND)
         empty = None
         if not entities and (close := empty_array_close(content, "entities")) is not None:
-            empty = span_probability(logprobs, content, close, close + 1)
+            empty = close_probability(logprobs, content, close)
         return _Answer({(s.start, s.end, s.label): s.score for s in located.spans}, empty, flags)
 
     # --- gold answers --------------------------------------------------------------------------

@@ -101,3 +101,15 @@ def test_llamacpp_a_label_at_the_bottom_of_the_list_and_no_rival_listed():
     start = content.index("positive")
     score = label_score(tokens, content, start, start + 8, ["positive", "negative", "neutral"])
     assert score.confidence > 0.9 and score.runner_up in ("negative", "neutral")
+
+
+def test_an_empty_array_scored_against_opening_a_first_element():
+    from prelabel.confidence import close_probability
+
+    content = '{"labels": []}'
+    close = content.index("]")
+    # llama.cpp-like: junk leads, "]" against '"' (a first label) is what the model chose between.
+    tokens = [('{"labels": [', -9.0, []), ("]", -3.0, [("I", -0.5), ("]", -3.0), ('"', -4.5)]), ("}", -9.0, [])]
+    assert close_probability(tokens, content, close) == pytest.approx(1 / (1 + math.exp(-1.5)))
+    # without alternatives: the character's own probability, as before
+    assert close_probability([(t, lp) for t, lp, _ in tokens], content, close) == pytest.approx(math.exp(-3.0))
