@@ -1,6 +1,6 @@
 """Augmentation for prelabel: variants of labelled items that carry their source's label.
 
-Local kinds (``synonym``: WordNet via nlpaug; ``noise``: nlpaug's typing noise) run here, offline,
+Local kinds (``synonym``: WordNet, by our own rules; ``noise``: nlpaug's typing noise) run here, offline,
 synchronously: call them off the event loop. LLM kinds (``paraphrase``, ``back_translation``) are pure
 request builders and parsers; the job's engine sends the requests. Also: dropping duplicates, and
 finding NER spans again in a variant. This package never imports the worker.
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from .carry import relocate_spans
 from .dedupe import Deduper, normalize, similarity
-from .llm import (llm_requests, paraphrase_request, parse_paraphrases, parse_translation, prompt_versions,
-                  rewrite_tokens, translate_request)
+from .llm import (FIDELITY_TOKENS, fidelity_request, llm_requests, paraphrase_request, parse_fidelity,
+                  parse_paraphrases, parse_translation, prompt_versions, rewrite_tokens, translate_request)
 from .protect import protected_spans, protected_tokens_intact
 from .wordnet import WordNetMissing, check_wordnet
 
-__all__ = ["Deduper", "WordNetMissing", "check_wordnet", "llm_requests", "local_variants", "local_variants_many",
-           "normalize",
-           "paraphrase_request", "parse_paraphrases", "parse_translation", "prompt_versions",
+__all__ = ["FIDELITY_TOKENS", "Deduper", "WordNetMissing", "check_wordnet", "fidelity_request", "llm_requests",
+           "local_variants", "local_variants_many", "normalize",
+           "paraphrase_request", "parse_fidelity", "parse_paraphrases", "parse_translation", "prompt_versions",
            "protected_spans", "protected_tokens_intact", "relocate_spans", "rewrite_tokens", "similarity",
            "translate_request"]
 
@@ -27,7 +27,7 @@ def local_variants(step, text: str, protected: list[tuple[int, int]], seed: int)
     stopwords, numbers and capitalised words. The same (seed, step, text) gives the same variants,
     in any thread. Raises WordNetMissing (with the install hint) for a synonym step without WordNet."""
     if step.kind == "synonym":
-        from .synonym import synonym_variants  # nlpaug is imported only when used
+        from .synonym import synonym_variants  # WordNet is loaded only when used
 
         return synonym_variants(step, text, protected, seed)
     if step.kind == "noise":

@@ -1,10 +1,12 @@
-"""Paraphrase and back-translation through the job's model: pure request builders and parsers.
+"""Paraphrase, back-translation and the fidelity check through the job's model: pure request
+builders and parsers.
 
 The engine that labels sends these requests too (retries, budgets, cache); here are only the
 messages, the response format and the reading of the answer. Back-translation is two requests per
 pivot language: ``translate_request(text, pivot)``, then ``translate_request(pivot_text, source)``.
 Protected terms (entity texts, for instance) are listed in the prompt to be kept verbatim; whether
-they were is checked on the variant (``relocate_spans``), not here.
+they were is checked on the variant (``relocate_spans``), not here. The fidelity check is one
+request per variant: source, variant and carried label in, ``{"faithful", "reason"}`` out.
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ PARAPHRASE_FORMAT = {"type": "json_schema", "json_schema": {"name": "paraphrases
     "required": ["paraphrases"], "additionalProperties": False}}}
 # The templates show their answers as "<paraphrase>" and the like: slots that is_placeholder knows.
 _PLACEHOLDERS: frozenset[str] = frozenset()
+FIDELITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "fidelity", "strict": True, "schema": {
+    "type": "object", "properties": {"faithful": {"type": "boolean"}, "reason": {"type": "string"}},
+    "required": ["faithful", "reason"], "additionalProperties": False}}}
+FIDELITY_TOKENS = 64  # max_tokens of a fidelity answer: a boolean and a short reason
 TRANSLATION_FORMAT = {"type": "json_schema", "json_schema": {"name": "translation", "strict": True, "schema": {
     "type": "object", "properties": {"translation": {"type": "string"}},
     "required": ["translation"], "additionalProperties": False}}}
@@ -34,7 +40,7 @@ def _template(name: str) -> PromptTemplate:
 
 def prompt_versions() -> dict[str, str]:
     """The versions (name@hash) of the augmentation templates, for records."""
-    return {name: _template(name).version for name in ("paraphrase", "translate")}
+    return {name: _template(name).version for name in ("paraphrase", "translate", "fidelity")}
 
 
 def _protected(terms: Sequence[str]) -> str:
@@ -58,6 +64,14 @@ def translate_request(text: str, target_lang: str, protected_terms: Sequence[str
     messages = _template("translate").render(language=LANGUAGES[target_lang],
                                              protected=_protected(protected_terms), text=text)
     return messages, TRANSLATION_FORMAT
+
+
+def fidelity_request(source: str, variant: str, label) -> tuple[list[dict], dict]:
+    """Messages asking whether ``variant`` keeps the meaning of ``source`` and what its ``label``
+    (the label carried, in the task's shape) depends on, and their response format."""
+    messages = _template("fidelity").render(label=json.dumps(label, ensure_ascii=False), source=source,
+                                            text=variant)
+    return messages, FIDELITY_FORMAT
 
 
 def _object(content: str, key: str):
@@ -92,6 +106,15 @@ def parse_translation(content: str) -> str:
     if is_placeholder(found, _PLACEHOLDERS):
         raise InvalidOutput('"translation" holds a placeholder, not a translation of the text')
     return found.strip()
+
+
+def parse_fidelity(content: str) -> tuple[bool, str]:
+    """(faithful, reason) from a fidelity answer."""
+    faithful = _object(content, "faithful")
+    if not isinstance(faithful, bool):
+        raise InvalidOutput('"faithful" must be true or false')
+    reason = json.loads(content).get("reason", "")
+    return faithful, reason.strip()[:200] if isinstance(reason, str) else ""
 
 
 def rewrite_tokens(text_tokens: int) -> int:

@@ -48,7 +48,7 @@ def write_examples(path: Path, n: int = 200) -> None:
             f.write(json.dumps({"text": f"{text} (example {i})", "label": label}) + "\n")
 
 
-def write_job(folder: Path, data: Path, *, rpm: int, tpm: int = 100_000_000, concurrency: int = 32,
+def write_job(folder: Path, data: Path, *, rpm: int, tpm: int = 100_000_000, concurrency: int | str = 32,
               budget: str = "", variant: str = "base") -> Path:
     task_extra, extra = VARIANTS[variant]
     if "{examples}" in task_extra:
@@ -89,8 +89,9 @@ def peak_rss_mb() -> float:
 
 
 def sim_stats(url: str) -> dict:
+    """What the simulator counted, with its admissions (when, the longest gap): how the server saw it."""
     import urllib.request
-    with urllib.request.urlopen(url.replace("/v1", "/_sim/stats")) as r:
+    with urllib.request.urlopen(url.replace("/v1", "/_sim/stats") + "?admissions=1") as r:
         return json.loads(r.read())
 
 

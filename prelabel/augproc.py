@@ -1,4 +1,4 @@
-"""The augmentation process: nlpaug's synonym and noise steps run in a process of their own, so that
+"""The augmentation process: the synonym and noise steps run in a process of their own, so that
 their pure-Python work never holds the worker's event loop (the GIL would make labelling wait).
 
 Calls made while a batch is being worked on go over together as the next batch: one round trip

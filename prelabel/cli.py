@@ -9,14 +9,16 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
 from .allowlist import ALLOWLIST_ENV, AllowList
-from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, Engine
+from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_OK, EXIT_STORAGE, STORE_BUSY_TIMEOUT_S, Engine
 from .endpoint import Endpoint
-from .errors import JobFileError, PrelabelError
+from .errors import JobFileError, PrelabelError, StorageError
 from .plan import format_plan, make_plan
+from .ingest import reader_is_dead
 from .queue import prepare, submit, submit_spool
 from .outputs.export import exit_code_for, export
 from .redact import RedactingFilter, add_secret, redact
@@ -45,6 +47,28 @@ def _allowed() -> AllowList:
     return AllowList(tuple(dict.fromkeys(allowed.prefixes + extra.prefixes)))
 
 
+def _open_store(db: str):
+    """The store, waiting ``$PRELABEL_BUSY_TIMEOUT_S`` (default 30) for another process's lock."""
+    raw = os.environ.get("PRELABEL_BUSY_TIMEOUT_S")
+    try:
+        timeout = float(raw) if raw else STORE_BUSY_TIMEOUT_S
+    except ValueError:
+        timeout = -1.0
+    if not timeout >= 0:
+        raise PrelabelError(f"PRELABEL_BUSY_TIMEOUT_S={raw!r}: give the seconds to wait for the store's lock, e.g. 30")
+    return open_store(db, timeout)
+
+
+def _output_roots(args) -> list[Path]:
+    """Where jobs run by `work` may write: --output-root, else $PRELABEL_OUTPUT_ROOT (several joined
+    by ':'), else the folder of the database and the spool folder."""
+    if args.output_root:
+        return args.output_root
+    if os.environ.get("PRELABEL_OUTPUT_ROOT"):
+        return [Path(p) for p in os.environ["PRELABEL_OUTPUT_ROOT"].split(os.pathsep) if p]
+    return [Path(args.db).expanduser().absolute().parent] + ([args.spool.absolute()] if args.spool else [])
+
+
 def _endpoint(simulate: bool = False) -> Endpoint:
     if simulate:  # the built-in simulator's URL is known once it starts; its identity before
         return Endpoint("sk-simulator", None, override=True, simulated=True)
@@ -55,6 +79,9 @@ def _endpoint(simulate: bool = False) -> Endpoint:
 
 
 def _say(outcome) -> None:
+    if outcome.note is not None:
+        print(f"{outcome.job_id}: not run: {outcome.note}", file=sys.stderr)
+        return
     if outcome.report is None:
         print(f"{outcome.job_id}: this worker's share is done; another worker is finishing the job")
         return
@@ -129,10 +156,10 @@ def cmd_run(args) -> int:
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=None if args.simulate else _allowed())
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
-        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
-                     endpoint=_endpoint(args.simulate))
+        store.verify()  # a damaged store is found before a request is paid for, not when its pages are reached
+        sub = _submit_waiting(store, args, prepared, _endpoint(args.simulate))
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)
 
         async def go():
@@ -151,15 +178,41 @@ def cmd_run(args) -> int:
         store.close()
 
 
+_LOADING_POLL_S = 0.5  # `run` looks again this often while another process loads its job
+
+
+def _submit_waiting(store, args, prepared, endpoint):
+    """Submit; while another live process is loading the same job, wait for it (or take over when
+    it dies), so that `run` never starts a job whose input is not all in."""
+    told = False
+    while True:
+        sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
+                     endpoint=endpoint)
+        if sub.read_on_from is not None:
+            print(f"job {sub.job_id}: its earlier load was cut off; read the input on after line "
+                  f"{sub.read_on_from:,}", file=sys.stderr)
+        if sub.loading is None:
+            return sub
+        if not told:
+            print(f"job {sub.job_id}: another process ({sub.loading}) is loading its input; waiting for it",
+                  file=sys.stderr)
+            told = True
+        time.sleep(_LOADING_POLL_S)
+
+
 def cmd_submit(args) -> int:
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=_allowed())
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
                      endpoint=_endpoint())
     finally:
         store.close()
     state = "queued" if sub.created else f"already queued ({sub.resumed} items resumed)"
+    if sub.loading:
+        state = f"being loaded by another process ({sub.loading}); it queues the job when done"
+    elif sub.read_on_from is not None:
+        state = f"queued (its earlier load was cut off: read on after line {sub.read_on_from:,})"
     print(sub.job_id)
     print(f"{state}: {sub.items:,} items, {sub.input_errors} bad input lines", file=sys.stderr)
     return EXIT_OK
@@ -169,21 +222,25 @@ def cmd_work(args) -> int:
     from .runs import drain
     from .owners import worker_id
 
-    store = open_store(args.db)
+    roots = _output_roots(args)
+    store = _open_store(args.db)
     try:
         async def go():
             _install_sigterm()
             codes = [EXIT_OK]
             while True:
                 if args.spool:
-                    for entry in submit_spool(store, args.spool, _endpoint(), _allowed()):
+                    for entry in submit_spool(store, args.spool, _endpoint(), _allowed(), roots):
                         if entry.error:
                             print(f"spool: {redact(entry.error)}", file=sys.stderr)
                             codes.append(EXIT_JOB_ERROR)
+                        elif entry.loading:
+                            print(f"spool: {entry.path.name}: another process ({entry.loading}) is loading it",
+                                  file=sys.stderr)
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, _endpoint(), Engine(), worker_id(), on_start, _say), args.quiet)
+                    lambda on_start: drain(store, _endpoint(), Engine(), worker_id(), on_start, _say, roots), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
@@ -195,8 +252,9 @@ def cmd_work(args) -> int:
 
 
 def cmd_status(args) -> int:
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
+        store.verify()  # a damaged store says so here, not with counts read from what is left of it
         jobs = [store.get_job(args.job_id)] if args.job_id else store.list_jobs()
         if args.job_id and jobs[0] is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
@@ -206,6 +264,12 @@ def cmd_status(args) -> int:
             counts = store.counts(job.id)
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
+            loading = store.ingest_state(job.id) if job.status == "ingesting" else None
+            if loading is not None:  # how far its input is in, and whether anyone is still reading it
+                rows[-1]["loading"] = {"line": loading.line, "loader": loading.owner,
+                                       "alive": not reader_is_dead(loading, time.time())}
+        # Spool files whose latest try failed, while they are still there to fix.
+        failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -216,6 +280,12 @@ def cmd_status(args) -> int:
                                                               "stopped") if row.get(s))
                 print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
+                if "loading" in row and not row["loading"]["alive"]:
+                    print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
+                          "or work tick reads the input on from there")
+        for entry in failed:  # on stderr with --json, which stays a list of jobs
+            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)",
+                  file=sys.stderr if args.json else sys.stdout)
         return EXIT_OK
     finally:
         store.close()
@@ -229,14 +299,24 @@ def cmd_plan(args) -> int:
 
 
 def cmd_export(args) -> int:
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
-        if store.get_job(args.job_id) is None:
+        job = store.get_job(args.job_id)
+        if job is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
             return EXIT_JOB_ERROR
+        if job.status == "ingesting":  # outputs of a job whose input is not all in would look final
+            print(f"job {args.job_id} is still being loaded (its input is not all in): nothing to export yet",
+                  file=sys.stderr)
+            return EXIT_JOB_ERROR
         report, out_dir = export(store, args.job_id, include_flagged=args.include_flagged,
-                                 val_fraction=args.val_fraction)
+                                 val_fraction=args.val_fraction, accept_above=args.accept_above)
         print(f"wrote {out_dir}", file=sys.stderr)
+        if "reviewed" in report:
+            r = report["reviewed"]
+            print(f"  {r['drafts']:,} drafts with their reviewers' labels"
+                  + (f"; unreviewed drafts accepted at confidence >= {r['accept_above']:.4f}"
+                     if r["accept_above"] is not None else ""), file=sys.stderr)
         if "openai_finetune" in report:
             ft = report["openai_finetune"]
             sides = [side for side in ("train", "validation") if side in ft]
@@ -249,6 +329,128 @@ def cmd_export(args) -> int:
         store.close()
 
 
+def _needs_job(func):
+    """A review command on a job the store does not have says so, as `export` does (exit 3)."""
+    def run(args) -> int:
+        store = open_store(args.db)
+        try:
+            known = store.get_job(args.job_id) is not None
+        finally:
+            store.close()
+        if not known:
+            print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
+            return EXIT_JOB_ERROR
+        return func(args)
+    return run
+
+
+def cmd_review_import(args) -> int:
+    from .feedback.intake import import_reviews
+
+    store = open_store(args.db)
+    try:
+        summary = import_reviews(store, args.job_id, args.files)
+    finally:
+        store.close()
+    for f in summary["files"]:
+        print(f"{f['file']}: {f['reviews']} reviews from {f['tasks'] or 'no'} tasks; {f['not_fit']} did not fit "
+              f"the schema, {f['unknown_ids']} unknown ids, {f['skipped_by_reviewer']} skipped by the reviewer",
+              file=sys.stderr)
+        for problem in f["problems"]:
+            print(f"  skipped: {problem}", file=sys.stderr)
+    print(f"{summary['reviews_changed']} reviews new or updated; {summary['reviews_stored']} stored for "
+          f"{args.job_id}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def cmd_review_report(args) -> int:
+    from .feedback import report
+    from .feedback.intake import job_spec
+    from .jobfile import REVIEW_EXAMPLES
+
+    store = open_store(args.db)
+    try:
+        r = report.build(store, args.job_id, target_error=args.target_error)
+        out_dir = Path(args.out or job_spec(store, args.job_id).output.dir)
+        seeds = report.write_examples(store, args.job_id, out_dir / REVIEW_EXAMPLES)
+    finally:
+        store.close()
+    json_path, html_path = report.write(r, out_dir)
+    t, u = r["threshold"], r["unreviewed_error"]
+    print(f"{r['reviewed']} of {r['drafts']} drafts reviewed; correction rate "
+          f"{_share(r['reviews']['correction_rate'])}; ECE {_fmt(r['calibration']['ece'])}, "
+          f"Brier {_fmt(r['calibration']['brier'])}")
+    if t.get("confidence") is not None:
+        print(f"threshold for target error {t['target_error']:g}: confidence >= {t['confidence']:.4f} accepts "
+              f"{t['would_accept']} unreviewed drafts ({_share(t['share_of_job'])} of the job), error <= "
+              f"{_share(t['error_upper_bound'])} (95%)")
+    else:
+        print(f"threshold for target error {t['target_error']:g}: none ({t['why']})")
+    if u.get("n"):
+        print(f"error of the {u['unreviewed_drafts']} unreviewed drafts: {_share(u['rate'])} "
+              f"(95% interval {_share(u['interval_95'][0])} to {_share(u['interval_95'][1])}, audit of {u['n']})")
+    for pair in r["most_corrected"][:3]:
+        print(f"  most corrected: {pair['drafted']} -> {pair['reviewed']} ({pair['count']} times)")
+    print(f"wrote {json_path} and {html_path}" + (f"; {seeds} corrected items in {out_dir / REVIEW_EXAMPLES} "
+                                                   f"(task.examples: reviews)" if seeds else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_review_sample(args) -> int:
+    from .feedback.intake import drafts_by_id, job_spec
+    from .feedback.sampling import AUDIT, draw
+    from .outputs.labelstudio import write_labelstudio
+
+    store = open_store(args.db)
+    try:
+        spec = job_spec(store, args.job_id)
+        job = store.get_job(args.job_id)
+        reviewed = {r.draft_id for r in store.reviews(args.job_id)}
+        drawn = draw(store.iter_records(args.job_id), reviewed, args.size, args.audit, seed=args.seed)
+        out = args.out or Path(spec.output.dir) / "review_sample.json"
+        purpose = dict(drawn)
+        records = drafts_by_id(store, args.job_id, only=set(purpose))
+        counts = write_labelstudio((records[d] for d, _ in drawn), out.parent, spec.task,
+                                   f"{spec.model.name}|{job.prompt_version}", tasks_file=out.name,
+                                   extra_data=lambda r: {"review_sample": purpose[r["id"]]})
+        store.add_samples(args.job_id, purpose.items())
+    finally:
+        store.close()
+    audited = sum(why == AUDIT for why in purpose.values())
+    print(f"wrote {out}: {counts['tasks']} tasks, {counts['tasks'] - audited} most informative and {audited} "
+          f"uniform audit (data.review_sample says which); import it into the job's Label Studio project",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_review_examples(args) -> int:
+    from .feedback.intake import job_spec
+    from .feedback.report import write_examples
+    from .jobfile import REVIEW_EXAMPLES
+
+    store = open_store(args.db)
+    try:
+        out = args.out or Path(job_spec(store, args.job_id).output.dir) / REVIEW_EXAMPLES
+        n = write_examples(store, args.job_id, out, corrected_only=not args.all)
+    finally:
+        store.close()
+    if not n:
+        print(f"no {'reviewed' if args.all else 'corrected'} items yet: nothing written", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    print(f"wrote {out}: {n} examples, for task.examples in the next round's job file", file=sys.stderr)
+    return EXIT_OK
+
+
+def _share(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
 def cmd_simulate(args) -> int:
     from .simulator import SimConfig, serve
     from .simulator.gaps import Gaps
@@ -256,7 +458,8 @@ def cmd_simulate(args) -> int:
     gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
     gaps = Gaps(**{**gaps.__dict__, **{name.replace("-", "_"): True for name in args.gap or ()}})
     serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
-                    window=args.window, error_rate=args.error_rate, logprobs=not args.no_logprobs,
+                    window=args.window, style=args.style, capacity=args.capacity, queue_limit=args.queue_limit,
+                    error_rate=args.error_rate, logprobs=not args.no_logprobs,
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
                     identify=not args.as_real, gaps=gaps),
           host=args.host, port=args.port)
@@ -314,6 +517,18 @@ def _fraction(value: str) -> float:
     return f
 
 
+def _accept_above(value: str):
+    if value == "auto":
+        return value
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not 0 <= f <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither 'auto' nor a confidence in [0, 1]")
+    return f
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prelabel", description="LLM-drafted labels for people to review.")
     parser.add_argument("--version", action="version", version=f"prelabel {__version__}")
@@ -344,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("work", cmd_work, "run queued jobs; with --once, drain the queue and exit (for cron)")
     p.add_argument("--once", action="store_true", help="exit when no job has work left")
     p.add_argument("--spool", type=Path, help="first submit each new *.yaml in this folder")
+    p.add_argument("--output-root", type=Path, action="append", metavar="DIR",
+                   help="jobs may write their outputs only under DIR (repeatable; default: $PRELABEL_OUTPUT_ROOT, "
+                        "else the database's folder and the spool folder)")
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = command("status", cmd_status, "per-job counts")
@@ -361,6 +579,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="openai_finetune: share of source items held out for validation, 0 <= F < 1 "
                         "(overrides output.val_fraction)")
+    p.add_argument("--accept-above", type=_accept_above, metavar="C|auto",
+                   help="unreviewed drafts below this confidence stay flagged (out of the fine-tuning files); "
+                        "auto: the threshold the reviews support for review.target_error")
+
+    review = sub.add_parser("review", help="reviewers' corrections: import them, measure the drafts, "
+                                           "choose what to review next")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+
+    def review_command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = review_sub.add_parser(name, help=help, description=help)
+        p.add_argument("--db", default=default_db(), help="the store (as for the other commands)")
+        p.add_argument("job_id")
+        p.set_defaults(func=_needs_job(func))
+        return p
+
+    p = review_command("import", cmd_review_import,
+                       "read Label Studio JSON exports or JSONL {id, label} corrections into the store")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--json", action="store_true", help="print what was read as JSON")
+
+    p = review_command("report", cmd_review_report,
+                       "measure the drafts against the reviews: review.json and review.html")
+    p.add_argument("--out", type=Path, help="folder for review.json and review.html (default: output.dir)")
+    p.add_argument("--target-error", type=_fraction, metavar="E",
+                   help="error allowed among drafts accepted unreviewed (overrides review.target_error)")
+
+    p = review_command("sample", cmd_review_sample,
+                       "a Label Studio file of the next drafts to review: the most informative plus a "
+                       "uniform audit sample")
+    p.add_argument("--size", type=int, required=True, help="the most informative drafts")
+    p.add_argument("--audit", type=int, default=0, help="drafts drawn uniformly at random, for the error estimate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="the file (default: output.dir/review_sample.json)")
+
+    p = review_command("examples", cmd_review_examples,
+                       "the corrected items as a few-shot examples file (task.examples) for the next round")
+    p.add_argument("--all", action="store_true", help="accepted items too, not only corrected ones")
+    p.add_argument("--out", type=Path, help="the file (default: output.dir/review_examples.jsonl)")
 
     p = command("probe", cmd_probe, "what an endpoint and model can do (structured output, logprobs, n, "
                                     "embeddings, usage), asked with a few tiny requests")
@@ -379,6 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tpm", type=int, help="tokens per minute before 429s")
     p.add_argument("--window", choices=["second", "minute"], default="second",
                    help="enforce the limits per rolling second (as OpenAI does) or per minute")
+    p.add_argument("--style", choices=["openai", "azure", "bucket", "gateway"], default="openai",
+                   help="how limits are enforced and reported: openai (rolling window, headers per minute, "
+                        "retry-after-ms), azure (quota per minute, reset on the minute), bucket (token bucket, "
+                        "1 s of burst), gateway (no rate-limit headers, 429 without retry-after)")
+    p.add_argument("--capacity", type=int, help="a self-hosted server: requests served at once (the rest queue)")
+    p.add_argument("--queue-limit", type=int, help="with --capacity: 503 past this many requests in flight")
     p.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered with a 5xx")
     p.add_argument("--invalid-rate", type=float, default=0.0, help="share of answers that break the schema")
     p.add_argument("--no-logprobs", action="store_true")
@@ -406,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobFileError as e:
         print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_JOB_ERROR
+    except StorageError as e:
+        print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
+        return EXIT_STORAGE
     except PrelabelError as e:
         print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_ERROR

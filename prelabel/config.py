@@ -40,12 +40,16 @@ class ModelSpec(Strict):
     base_url: str | None = None  # falls back to OPENAI_BASE_URL, then OpenAI itself
     rpm: int = Field(500, gt=0)
     tpm: int = Field(200_000, gt=0)
-    max_concurrency: int = Field(32, gt=0, le=1024)
+    # requests in flight; ``auto``: found from the latency the endpoint gives (self-hosted servers)
+    max_concurrency: Union[int, Literal["auto"]] = Field(32)
     temperature: float = Field(0.0, ge=0, le=2)
     seed: int | None = None
     logprobs: bool = True  # ask for them; confidence is null where the endpoint gives none
     timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0, le=20)  # 429/5xx/timeouts, owned by prelabel.retry
+    max_retries: int = Field(6, ge=0, le=20)  # 5xx/timeouts, owned by prelabel.retry
+    # 429s are not counted as attempts: a request waits on the rate limit up to this long, then the
+    # run stops (exit 8) with its items back in the queue
+    max_rate_limit_wait_s: float = Field(600.0, gt=0)
     price: Price | None = None  # overrides prelabel.pricing for this model
     # azure: Azure OpenAI through the SDK's AsyncAzureOpenAI; base_url is the resource's endpoint
     # (https://NAME.openai.azure.com), ``deployment`` the deployment (default: ``name``).
@@ -53,6 +57,21 @@ class ModelSpec(Strict):
     deployment: str | None = None
     api_version: str = "2024-10-21"
 
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _concurrency_range(cls, value):
+        if value != "auto" and not 1 <= value <= 1024:
+            raise ValueError("max_concurrency must be from 1 to 1024, or auto")
+        return value
+
+    @property
+    def slots(self) -> int:
+        """Requests the worker may have under way: ``auto``'s ceiling, or the number given."""
+        return AUTO_MAX_CONCURRENCY if self.max_concurrency == "auto" else self.max_concurrency
+
+
+AUTO_MAX_CONCURRENCY = 256  # the most requests in flight ``max_concurrency: auto`` goes to
 
 _LABEL_NAME = r"^\S(.*\S)?$"  # no leading or trailing space: a label is compared exactly
 
@@ -140,6 +159,8 @@ class ReviewSpec(Strict):
     confidence: Literal["logprobs", "consistency", "both"] = "logprobs"
     samples: int = Field(5, ge=2, le=20)
     sample_temperature: float = Field(0.8, gt=0, le=2)
+    # `review report`: the error allowed among drafts accepted unreviewed, for the calibrated threshold.
+    target_error: float = Field(0.02, gt=0, lt=1)
 
 
 class OutputSpec(Strict):
@@ -147,6 +168,7 @@ class OutputSpec(Strict):
     formats: list[Literal["jsonl", "labelstudio", "openai_finetune"]] = ["jsonl", "labelstudio"]
     val_fraction: float = Field(0.0, ge=0, lt=1)  # openai_finetune: share of sources held out
     include_flagged: bool = False                 # openai_finetune: flagged drafts go in too
+    validation_variants: bool = False             # openai_finetune: variants of held-out sources go in the validation file
 
 
 # ISO 639-1 codes and the English names the translation prompt uses (pivot and source languages).
@@ -182,7 +204,7 @@ def _language(code: str) -> str:
 
 
 class SynonymStep(Strict):
-    """WordNet synonyms (nlpaug, offline) for a share of the words that may change."""
+    """WordNet synonyms that fit their sentence (offline) for a share of the words that may change."""
 
     kind: Literal["synonym"]
     n: int = Field(1, ge=1, le=20)             # variants per source
@@ -240,6 +262,8 @@ class AugmentSpec(Strict):
     steps: list[AugmentStep] = Field(min_length=1)
     seed: int = 0                  # same seed, same input: the same local (synonym, noise) variants
     recheck: bool = False          # label each variant again and flag label_drift where it differs
+    fidelity: bool = False         # ask the job's model whether each variant keeps its source's meaning;
+                                   # flag unfaithful_variant where it does not
     include_flagged: bool = False  # also make variants of originals flagged for review
     # A variant whose word-bigram Jaccard similarity to its source or to a sibling variant reaches
     # this is a near duplicate and dropped (augment.dedupe); exact duplicates always are.
@@ -293,7 +317,8 @@ class Engine(BaseModel):
 
     retry_base_s: float = 0.5        # first backoff; doubles each attempt, full jitter
     retry_max_s: float = 30.0        # one wait never exceeds this (retry-after may ask for more)
-    rate_headroom: float = 0.97      # pace at this share of the limit: windows are enforced per second
+    rate_headroom: float = 0.99      # pace at this share of the limit: windows are enforced per second
+    rate_recovery: float = 0.02      # after a 429 the pace grows back by this share of itself a second
     lease_s: float = 300.0           # an item leased by a dead worker is retaken after this
     heartbeat_s: float = 30.0        # leases are renewed this often while work is in flight
     commit_every: int = 64           # results committed together (group commit)...
@@ -315,3 +340,17 @@ EXIT_JOB_ERROR = 3      # a job file or input that cannot be run; bad input line
 EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again to resume
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
 EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost
+EXIT_STORAGE = 7        # the store or an output folder cannot be used (full, locked, damaged, read-only)
+
+EXIT_RATE_LIMITED = 8   # waited on the rate limit past model.max_rate_limit_wait_s: the run stopped, nothing lost
+
+STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
+
+# Files a job names that are read whole (the input is streamed, so it has no limit). A job file is
+# a few hundred bytes: these refuse a hostile one (a YAML "billion laughs" is 9^9 values once its
+# aliases are expanded) at once instead of after gigabytes.
+JOB_FILE_MAX_BYTES = 1 << 20       # 1 MiB
+JOB_FILE_MAX_VALUES = 20_000       # YAML values (keys, scalars, lists, mappings), aliases expanded: 0.5 s at most
+JOB_FILE_MAX_DEPTH = 64            # mappings and lists inside each other
+EXAMPLES_MAX_BYTES = 64 << 20      # task.examples (JSONL): far more than a prompt can show
+GUIDELINES_MAX_BYTES = 1 << 20     # task.guidelines: it goes into every prompt

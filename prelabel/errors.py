@@ -33,6 +33,22 @@ class StoreError(PrelabelError):
     """The store refused an operation (unknown job, schema mismatch)."""
 
 
+class StorageError(StoreError):
+    """The store or an output folder cannot be used: a full disk, a lock held too long by another
+    process, a damaged or foreign file, a read-only folder. The message is one line: the path, what
+    is wrong, what to do."""
+
+    def __init__(self, path: str, problem: str, fix: str, *, locked: bool = False) -> None:
+        self.path, self.problem, self.fix = str(path), problem, fix
+        self.locked = locked  # another process holds the lock: trying again now would wait as long again
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+class OutputError(StorageError):
+    """An output file cannot be written (full disk, read-only or forbidden folder); the store holds
+    the results, and ``prelabel export`` writes them again."""
+
+
 class JobExists(StoreError):
     """The job is in the store already (another process may be submitting it right now)."""
 
@@ -50,6 +66,11 @@ class LLMError(PrelabelError):
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
         self.status, self.attempts = status, attempts
         super().__init__(message)
+
+
+class RateLimitWaitExceeded(LLMError):
+    """A request waited on the rate limit (429 after 429) longer than ``model.max_rate_limit_wait_s``:
+    the run stops and its items go back to the queue; nothing failed."""
 
 
 class EmbeddingsUnavailable(LLMError):

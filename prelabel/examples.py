@@ -60,7 +60,7 @@ def load_examples(path: str | Path, spec: TaskSpec, task: Task) -> list[Example]
     examples: list[Example] = []
     seen: set[str] = set()
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not line 1's text
             for line_no, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -83,9 +83,11 @@ def load_examples(path: str | Path, spec: TaskSpec, task: Task) -> list[Example]
 
 def _example(line: str, line_no: int, kind: str, key: str, task: Task) -> Example:
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise _Bad(None, f"invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise _Bad(None, "invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise _Bad(None, f'a line is a JSON object: {{"text": ..., "{key}": ...}}')
     text = record.get("text")
@@ -104,6 +106,16 @@ def _example(line: str, line_no: int, kind: str, key: str, task: Task) -> Exampl
     if problem:
         raise _Bad(key, problem)
     return Example(text, answer, line_no)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object, refused if a key repeats: JSON would keep the last gold answer silently."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _Bad(key, "duplicate key; JSON would keep only the last one: remove one")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _spans(text: str, raw: Any) -> list[dict]:

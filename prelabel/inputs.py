@@ -4,6 +4,7 @@ A bad record becomes an ``InputError`` value (with its line) in the stream and t
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ def _item(record: dict, line: int, spec: InputSpec) -> RawItem | InputError:
 def _read_jsonl(spec: InputSpec) -> Iterator[RawItem | InputError]:
     with open(spec.path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
+            if line_no == 1:  # a byte-order mark (Windows tools write one) is not part of record 1
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             if not raw.strip():
                 continue
             try:
@@ -70,6 +73,9 @@ def _read_jsonl(spec: InputSpec) -> Iterator[RawItem | InputError]:
             except json.JSONDecodeError as e:
                 yield InputError(f"malformed JSON ({e.msg}, column {e.colno})", line=line_no)
                 continue
+            except RecursionError:  # thousands of nested brackets: one bad line, not a dead ingest
+                yield InputError("JSON nested too deeply", line=line_no)
+                continue
             if not isinstance(record, dict):
                 yield InputError("a JSONL line must be an object", line=line_no)
                 continue
@@ -77,8 +83,9 @@ def _read_jsonl(spec: InputSpec) -> Iterator[RawItem | InputError]:
 
 
 def _read_csv(spec: InputSpec) -> Iterator[RawItem | InputError]:
-    # surrogateescape keeps a bad byte as a marker in its own field instead of failing the file.
-    with open(spec.path, "r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    # surrogateescape keeps a bad byte as a marker in its own field instead of failing the file;
+    # utf-8-sig drops the byte-order mark Excel's "CSV UTF-8" starts with (else it is in the first column's name).
+    with open(spec.path, "r", encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None:
             return

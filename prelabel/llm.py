@@ -1,9 +1,10 @@
 """The LLM engine: chat requests and embeddings, paced, retried, cached.
 
 It owns the transient-failure retries (``prelabel.retry`` decides, tenacity carries it out), the
-pacing (``prelabel.ratelimit``) and cache look-ups; the SDK client it sends through comes from
-``prelabel.client``, with the SDK's own retries off. Responses are read from the raw body into a
-``Completion`` (or vectors) without building the SDK's pydantic models.
+pacing (``prelabel.ratelimit``), ``max_concurrency: auto`` (``prelabel.concurrency``) and cache
+look-ups; the SDK client it sends through comes from ``prelabel.client``, with the SDK's own retries
+off. Responses are read from the raw body into a ``Completion`` (or vectors) without building the
+SDK's pydantic models.
 """
 from __future__ import annotations
 
@@ -25,18 +26,28 @@ from . import capabilities as caps_
 from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
+from .concurrency import AdaptiveSlots, VegasLimit
+from .config import AUTO_MAX_CONCURRENCY
 from .config import Engine as EngineSettings
 from .config import ModelSpec
 from .endpoint import SIMULATOR_HEADER, normalise_url
-from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer
+from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded
 from .ratelimit import RateLimiter, rate_headers
 from .redact import redact
 from .retry import Failure, RetryDecision, decide
-from .slots import AdaptiveSlots
 from .stats import RunStats
 from .tokens import TokenCounter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Tries:
+    """One request's history: what its retry decisions are made from."""
+
+    sent: int = 0                     # attempts sent
+    failures: int = 0                 # failed other than by 429 (bounded by model.max_retries)
+    first_429: float | None = None    # when the limit first refused it (waiting is bounded by time)
 
 
 class _AttemptFailed(Exception):
@@ -179,7 +190,9 @@ class LLMEngine:
         self.client, self.model, self.settings = client, model, settings
         self.identity = identity or normalise_url(str(client.base_url))
         self.simulated = simulated
-        self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom)
+        self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom, settings.rate_recovery)
+        self.slots = (AdaptiveSlots(VegasLimit(AUTO_MAX_CONCURRENCY))
+                      if model.max_concurrency == "auto" else None)
         self.stats = RunStats()
         self._chat = _Endpoint(CHAT_PATH, request_template(client))
         self._embeddings = _Endpoint(EMBEDDINGS_PATH, request_template(client, EMBEDDINGS_PATH))
@@ -189,7 +202,6 @@ class LLMEngine:
         # it in the store under ``caps_key`` (the endpoint's identity and the model, never the key).
         self.caps_key = caps_.store_key(self.identity, model.name)
         self.caps = capabilities or Capabilities()
-        self.slots = AdaptiveSlots(model.max_concurrency)  # fewer in flight after timeouts
 
     def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
                 temperature: float | None = None) -> dict:
@@ -351,22 +363,26 @@ class LLMEngine:
 
     async def _call(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[Any], Any]) -> Any:
         """One request through the retry policy: the parsed answer, or LLMError once it gives up."""
+        tries = _Tries()
         try:
             try:
-                return await self._attempt(endpoint, body, booked, 1, parse)
+                return await self._attempt(endpoint, body, booked, tries, parse)
             except _AttemptFailed as first:
                 # Most requests succeed at once; tenacity takes over only when one did not.
                 if not first.decision.retry:
                     raise
-                return await self._retry(endpoint, body, booked, parse, first)
+                return await self._retry(endpoint, body, booked, parse, first, tries)
         except _AttemptFailed as e:
             # The cause's text is the endpoint's error body, which may echo the key it was sent.
-            error = MalformedAnswer if e.failure.status == MALFORMED else LLMError
-            raise error(redact(f"request failed: {e.decision.reason}: {e.cause}"),
-                        status=None if error is MalformedAnswer else e.failure.status, attempts=e.attempt) from e.cause
+            if e.failure.status == MALFORMED:
+                raise MalformedAnswer(redact(f"request failed: {e.decision.reason}: {e.cause}"),
+                                      attempts=e.attempt) from e.cause
+            error = RateLimitWaitExceeded if e.decision.rate_limit_wait_exceeded else LLMError
+            raise error(redact(f"request failed: {e.decision.reason}: {e.cause}"), status=e.failure.status,
+                        attempts=e.attempt) from e.cause
 
-    async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[Any], Any],
-                     first: _AttemptFailed) -> Any:
+    async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any],
+                     first: _AttemptFailed, tries: _Tries) -> Any:
         retrying = AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, _AttemptFailed) and e.decision.retry),
                                  wait=lambda state: state.outcome.exception().decision.delay,
                                  sleep=self._sleep, reraise=True)
@@ -374,39 +390,60 @@ class LLMEngine:
         async for attempt in retrying:
             with attempt:
                 self.stats.retries += 1
-                return await self._attempt(endpoint, body, booked, attempt.retry_state.attempt_number + 1, parse)
+                return await self._attempt(endpoint, body, booked, tries, parse)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
-    async def _attempt(self, endpoint: _Endpoint, body: bytes, booked: int, attempt: int,
-                       parse: Callable[[Any], Any]) -> Any:
-        # The pause may grow while we wait (another request got a 429): wait until it holds.
-        delay = self.limiter.reserve(booked, self._clock())
-        while delay > 0:
-            await self._sleep(delay)
-            now = self._clock()
-            delay = self.limiter.paused_until - now
-        self.stats.requests += 1
+    async def _paced(self, booked: int) -> None:
+        """Wait for a start the limiter books; a slot voided meanwhile (a pause, a lower pace) is
+        booked again, so that those waiting start one by one, never all at once."""
+        limiter = self.limiter
+        slot = limiter.book(booked, self._clock())
+        while True:
+            delay = slot.start - self._clock()
+            if delay > 0:
+                await self._sleep(delay)
+            if limiter.holds(slot):
+                break
+            slot = limiter.rebook(slot, self._clock())
+        limiter.started(self._clock(), slot)
+
+    async def _attempt(self, endpoint: _Endpoint, body: bytes, booked: int, tries: _Tries,
+                       parse: Callable[[bytes], Any]) -> Any:
+        slots = self.slots
+        if slots is not None:
+            await slots.acquire()
         try:
-            async with self.slots.held():
+            await self._paced(booked)
+            tries.sent += 1
+            self.stats.requests += 1
+            sent_at = self._clock()
+            epoch = slots.limit.epoch if slots is not None else 0
+            try:
                 raw = await send_json(self.client, endpoint.template, body, endpoint.path)
-            self.slots.answered()
-        except openai.APIStatusError as e:
-            headers = rate_headers(e.response.headers.raw)
-            self._observe(headers)
-            failure = Failure(e.status_code, headers, getattr(e, "code", None))
-            if self._capability_refused(e, body):
-                raise _AttemptFailed(failure, RetryDecision(False, 0.0, "a capability the endpoint lacks"),
-                                     e, attempt) from e
-            if e.status_code == 429:
-                self.stats.rate_limited += 1
-            elif e.status_code >= 500:
-                self.stats.server_errors += 1
-            raise self._failed(failure, attempt, e) from e
-        except (openai.APITimeoutError, openai.APIConnectionError) as e:
-            self.stats.timeouts += 1
-            if isinstance(e, openai.APITimeoutError):
-                self.slots.timed_out()
-            raise self._failed(Failure(None, {}), attempt, e) from e
+            except openai.APIStatusError as e:
+                headers = rate_headers(e.response.headers.raw)
+                self._observe(headers)
+                failure = Failure(e.status_code, headers, getattr(e, "code", None))
+                if self._capability_refused(e, body):
+                    raise _AttemptFailed(failure, RetryDecision(False, 0.0, "a capability the endpoint lacks"),
+                                         e, tries.sent) from e
+                if e.status_code == 429:
+                    self.stats.rate_limited += 1
+                    if failure.code != "insufficient_quota" and self.limiter.limited(sent_at, self._clock()):
+                        log.info("429: pacing at %.0f requests a minute", self.limiter.pace(self._clock()))
+                elif e.status_code >= 500:
+                    self.stats.server_errors += 1
+                    if e.status_code == 503 and slots is not None:
+                        slots.limit.overloaded(epoch)  # a full queue: fewer in flight
+                raise self._failed(failure, tries, e) from e
+            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                self.stats.timeouts += 1
+                raise self._failed(Failure(None, {}), tries, e) from e
+            if slots is not None:
+                slots.limit.sample(self._clock() - sent_at, slots.in_flight, epoch)
+        finally:
+            if slots is not None:
+                slots.release()
         headers = rate_headers(raw.headers.raw)
         self._observe(headers)
         try:
@@ -415,7 +452,7 @@ class LLMEngine:
             # A 200 with a body that is not the answer asked for: the same request would get the
             # same answer (llama-cpp-python's per-token embeddings), so it is not retried.
             raise _AttemptFailed(Failure(MALFORMED, headers), RetryDecision(False, 0.0, "a malformed answer"),
-                                 e, attempt) from e
+                                 e, tries.sent) from e
 
     @staticmethod
     def _capability_refused(error: openai.APIStatusError, body: bytes) -> bool:
@@ -429,6 +466,7 @@ class LLMEngine:
             return False
         return caps_.gap(error.status_code, str(error), request) is not None
 
+
     def _observe(self, headers: dict[str, str]) -> None:
         limits = (self.limiter.rpm, self.limiter.tpm)
         self.limiter.observe(headers, self._clock())
@@ -436,15 +474,24 @@ class LLMEngine:
             log.info("the server reports lower limits: pacing to %d requests and %d tokens a minute",
                      self.limiter.rpm, self.limiter.tpm)
 
-    def _failed(self, failure: Failure, attempt: int, cause: Exception) -> _AttemptFailed:
-        decision = decide(failure, attempt, max_retries=self.model.max_retries,
-                          base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng)
+    def _failed(self, failure: Failure, tries: _Tries, cause: Exception) -> _AttemptFailed:
+        now, waited = self._clock(), 0.0
+        if failure.status == 429:  # the limit's answer, bounded by the time spent waiting on it
+            tries.first_429 = now if tries.first_429 is None else tries.first_429
+            waited = now - tries.first_429
+        else:
+            tries.failures += 1
+        decision = decide(failure, tries.failures, max_retries=self.model.max_retries,
+                          base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng,
+                          rate_limited_s=waited, max_rate_limit_wait_s=self.model.max_rate_limit_wait_s)
+        attempt = tries.sent
         if decision.retry:
             log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
         else:
             log.warning("request failed for good after %d attempt(s): %s: %s", attempt, decision.reason,
                         redact(str(cause)))
-        if decision.retry and failure.status == 429:
-            # Everyone waits, not just this request: the window is shared.
-            self.limiter.pause(decision.server_wait or decision.delay, self._clock())
+        if decision.retry and failure.status == 429 and decision.server_wait:
+            # Everyone waits, not just this request: the window is shared. (Without a retry-after,
+            # the pace the 429 lowered is what spaces everyone.)
+            self.limiter.pause(decision.server_wait, now)
         return _AttemptFailed(failure, decision, cause, attempt)

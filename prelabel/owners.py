@@ -21,6 +21,17 @@ def dead_local_owners(owners: list[str]) -> list[str]:
             os.kill(int(parts[1]), 0)
         except ProcessLookupError:
             dead.append(owner)
+            continue
         except PermissionError:
             pass  # alive, someone else's
+        if _zombie(int(parts[1])):  # killed, not yet reaped by its parent: gone all the same
+            dead.append(owner)
     return dead
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False  # no /proc (not Linux): the signal check alone

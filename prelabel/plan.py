@@ -110,7 +110,9 @@ class _AugmentPlan:
         sentinel = "x"
         self.prompt_fixed = {
             "paraphrase": counter.count_messages(augment.paraphrase_request(sentinel, 1, [])[0]) - 1,
-            "back_translation": counter.count_messages(augment.translate_request(sentinel, "de", [])[0]) - 1}
+            "back_translation": counter.count_messages(augment.translate_request(sentinel, "de", [])[0]) - 1,
+            # source and variant (two texts), and a label of the task's (its longest name, as a guess)
+            "fidelity": counter.count_messages(augment.fidelity_request(sentinel, sentinel, _longest_label(spec))[0]) - 2}
 
     def add(self, plan: Plan, text_tokens: int) -> None:
         variants = 0
@@ -125,11 +127,21 @@ class _AugmentPlan:
             plan.prompt_tokens += requests * (self.prompt_fixed[step.kind] + text_tokens)
             plan.completion_tokens_expected += out // 2  # a rewrite is about as long as its text
             plan.completion_tokens_max += out
+        if self.spec.augment.fidelity:  # one check per variant: its source and itself
+            plan.augment_requests += variants
+            plan.prompt_tokens += variants * (self.prompt_fixed["fidelity"] + 2 * text_tokens)
+            plan.completion_tokens_expected += variants * self.augment.FIDELITY_TOKENS // 2
+            plan.completion_tokens_max += variants * self.augment.FIDELITY_TOKENS
         if self.spec.augment.recheck:
             plan.augment_requests += variants
             plan.prompt_tokens += variants * (self.fixed + text_tokens)
             plan.completion_tokens_expected += variants * self.expected_out
             plan.completion_tokens_max += variants * self.max_out
+
+
+def _longest_label(spec: JobSpec) -> str:
+    labels = getattr(spec.task, "labels", None) or {"": ""}
+    return max(labels, key=len)
 
 
 def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:

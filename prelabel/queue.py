@@ -1,25 +1,31 @@
 """The queue's front door: submit a job file (idempotently), or every new job file in a spool folder."""
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .allowlist import AllowList
 from .config import JobSpec
 from .endpoint import Endpoint
-from .errors import InputError, JobExists, JobFileError, PrelabelError
+from .errors import InputError, JobExists, JobFileError, PrelabelError, StoreError
 from .examples import load_examples
+from .ingest import INGEST_STALE_S, give_back, resume_ingest
 from .inputs import read_items
 from .jobfile import field_line, file_sha256, job_identity, load_job
+from .owners import worker_id
+from .outputs.root import confine
 from .pricing import price_for
 from .store import JobRecord, Store
 from .tasks import Task, build_task, fixed_prompt_tokens
 from .tokens import TokenCounter
 
-
-INGEST_STALE_S = 120.0  # a submission that wrote nothing for this long is taken to be dead
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,8 @@ class Submitted:
     items: int
     input_errors: int
     resumed: int = 0  # items stopped by budget or failed that went back to pending
+    loading: str | None = None  # another live process is reading the input in (its id): not runnable yet
+    read_on_from: int | None = None  # a killed load was taken over: the input was read on after this line
 
 
 def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
@@ -84,13 +92,15 @@ def _check_text_field(spec: JobSpec, job_path) -> None:
 
 def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None, new: bool = False,
            prepared: tuple[JobSpec, Task] | None = None, endpoint: Endpoint | None = None,
-           allowed: AllowList | None = None) -> Submitted:
+           allowed: AllowList | None = None, owner: str | None = None,
+           now: float | None = None, stale_s: float = INGEST_STALE_S) -> Submitted:
     """Queue a job; ``prepared`` is what ``prepare`` returned for the same arguments, if it ran.
 
     ``endpoint`` is what will answer: the same job for the built-in simulator is another job (its
     id differs), so that a real run after a demo starts afresh. Another real endpoint keeps the id:
     finished drafts stay (each names who answered), the rest go to the endpoint that runs them.
-    ``allowed``: the endpoints the job file may name (None: not checked).
+    ``allowed``: the endpoints the job file may name (None: not checked). A job whose earlier
+    submitter died while reading its input is read on from where it stopped.
     """
     spec, task = prepared or prepare(job_path, input_path=input_path, out_dir=out_dir, allowed=allowed)
     input_sha = file_sha256(spec.input.path)
@@ -98,25 +108,31 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
     if new:
         job_id = f"{job_id}-{uuid.uuid4().hex[:6]}"
     spec_json = spec.model_dump(mode="json")
-    existing = store.get_job(job_id)
+    owner = owner or worker_id()
+    existing, read_on_from = store.get_job(job_id), None
     if existing is not None and existing.status == "ingesting":
-        if time.time() - existing.updated_at < INGEST_STALE_S:
-            # Another process is submitting this very job now (two ticks on one spool file).
-            return Submitted(job_id, False, 0, 0)
-        store.discard_job(job_id)  # its submitter died half-way: start it over
-        existing = None
+        # The same content (the id holds its hash), so the lines stored are this input's lines.
+        ingest = resume_ingest(store, job_id, spec.input, owner, time.time() if now is None else now, stale_s)
+        if ingest.busy:
+            return Submitted(job_id, False, 0, 0, loading=ingest.owner or "another process")
+        read_on_from = ingest.after_line
+        existing = store.get_job(job_id)
     if existing is not None:
         # Same work again: take the new run settings (a raised budget), and go on where it stopped.
         store.update_job_spec(job_id, spec_json, str(job_path))
         resumed = store.resume_stopped(job_id) + store.retry_failed(job_id)
         counts = store.counts(job_id)
-        return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed)
+        return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed,
+                         read_on_from=read_on_from)
     record = JobRecord(job_id, spec.name, spec_json, str(job_path), input_sha, task.prompt_version,
                        "ingesting", 0.0, 0, 0.0)
     try:
-        items = store.create_job(record, read_items(spec.input))
+        items = store.create_job(record, read_items(spec.input), owner)
     except JobExists:
-        return Submitted(job_id, False, 0, 0)  # another process won the race to submit it
+        return Submitted(job_id, False, 0, 0, loading="another process")  # it won the race to submit it
+    except BaseException:
+        give_back(store, job_id, owner)
+        raise
     return Submitted(job_id, True, items, len(store.input_errors(job_id)))
 
 
@@ -125,25 +141,82 @@ class SpoolEntry:
     path: Path
     job_id: str | None
     error: str | None
+    loading: str | None = None  # another live process is loading it: looked at again next tick
 
 
 def submit_spool(store: Store, folder: str | Path, endpoint: Endpoint | None = None,
-                 allowed: AllowList | None = None) -> list[SpoolEntry]:
+                 allowed: AllowList | None = None, output_roots: Sequence[Path] | None = None, *,
+                 owner: str | None = None) -> list[SpoolEntry]:
     """Submit each ``*.yaml`` in ``folder`` not seen before (same path and content: once, ever);
     ``allowed``: the endpoints a job file may name.
 
-    A file that fails is recorded with its error and not tried again until its content changes.
+    A file that fails, however it fails, is recorded with its error and the next file goes on; it
+    is tried again when its content changes, or a file it names (input, guidelines, examples) does.
+    So is one whose ``output.dir`` is outside ``output_roots``, refused before it is queued.
     """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise JobFileError("the spool folder does not exist (create it, or fix --spool)", path=str(folder))
     entries = []
-    for path in sorted(Path(folder).glob("*.yaml")):
-        digest = file_sha256(path)
-        key = str(path.resolve())
-        if store.spool_seen(key, digest):
-            continue
-        try:
-            job_id, error = submit(store, path, endpoint=endpoint, allowed=allowed).job_id, None
-        except PrelabelError as e:
-            job_id, error = None, str(e)
-        store.spool_record(key, digest, job_id, error)
-        entries.append(SpoolEntry(path, job_id, error))
+    for path in sorted(folder.glob("*.yaml")):
+        entry = _submit_spooled(store, path, owner, endpoint, allowed, output_roots)
+        if entry is not None:
+            entries.append(entry)
     return entries
+
+
+def _submit_spooled(store: Store, path: Path, owner: str | None, endpoint: Endpoint | None,
+                    allowed: AllowList | None, output_roots: Sequence[Path] | None) -> SpoolEntry | None:
+    try:
+        digest = file_sha256(path)
+    except OSError as e:  # removed since the listing, or unreadable: nothing to record it by
+        return SpoolEntry(path, None, f"{path}: cannot be read ({e.strerror})")
+    key = str(path.resolve())
+    seen = store.spool_entry(key, digest)
+    if seen is not None and (seen.error is None or not _changed(seen.inputs)):
+        return None
+    job_id, named = None, {}
+    try:
+        prepared = prepare(path, allowed=allowed)
+        if output_roots is not None:
+            confine(prepared[0].output.dir, output_roots, str(path))
+        sub = submit(store, path, prepared=prepared, owner=owner, endpoint=endpoint)
+    except (StoreError, sqlite3.Error):
+        raise  # the store's fault, not the file's: the tick fails and the next one tries again
+    except PrelabelError as e:
+        error, named = str(e), _named_files(path)
+    except Exception as e:  # whatever one file does (a YAML bomb's MemoryError), the files after it go on
+        log.debug("spool file %s could not be loaded", path, exc_info=True)  # -v: the traceback
+        error = f"{path}: could not be loaded: {type(e).__name__}: {e}"
+    else:
+        if sub.loading:
+            return SpoolEntry(path, sub.job_id, None, sub.loading)
+        job_id, error = sub.job_id, None
+    store.spool_record(key, digest, job_id, error, named)
+    return SpoolEntry(path, job_id, error)
+
+
+def _named_files(path: Path) -> dict:
+    """The files a failed job file names, as they are now: it is tried again when one changes."""
+    try:
+        spec = load_job(path)
+    except PrelabelError as e:
+        spec = getattr(e, "spec", None)  # the input (or guidelines, examples) is the missing part
+    except Exception:
+        return {}
+    if spec is None:
+        return {}
+    files = [spec.input.path, spec.task.guidelines, spec.task.examples]
+    return {str(f): _stat(f) for f in files if f is not None}
+
+
+def _stat(path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _changed(named: dict) -> bool:
+    return any(_stat(path) != was for path, was in named.items())

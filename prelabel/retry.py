@@ -2,10 +2,12 @@
 
 Decisions are values computed from what the failure said (status, headers), so they are tested
 without a network or a clock; ``prelabel.llm`` carries them out with tenacity. The SDK's own retries
-are set to zero so that nothing else retries underneath this policy.
+are set to zero so that nothing else retries underneath this policy. A 429 never fails an item by
+count: it is bounded by the time spent waiting on the limit, 5xx and timeouts by the attempts.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Mapping
@@ -31,6 +33,7 @@ class RetryDecision:
     delay: float
     reason: str
     server_wait: float | None = None  # what retry-after asked, for pausing every request, not just this one
+    rate_limit_wait_exceeded: bool = False  # gave up on a 429: waited longer than allowed for the limit
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -45,12 +48,30 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def decide(failure: Failure, attempt: int, *, max_retries: int, base: float, cap: float,
-           rng: random.Random) -> RetryDecision:
-    """``attempt`` counts from 1 (the attempt that just failed)."""
+           rng: random.Random, rate_limited_s: float = 0.0,
+           max_rate_limit_wait_s: float = math.inf) -> RetryDecision:
+    """``attempt`` counts the failures other than 429 from 1 (the attempt that just failed).
+
+    A 429 is no failure of the request but the limit's answer: it is retried for as long as the
+    request has waited on the limit (``rate_limited_s``, since its first 429) stays within
+    ``max_rate_limit_wait_s``, whatever the attempts; 5xx and timeouts are bounded by ``max_retries``.
+    """
     if failure.status is not None and failure.status not in RETRYABLE_STATUS:
         return RetryDecision(False, 0.0, f"status {failure.status} is not transient")
     if failure.code == "insufficient_quota":
         return RetryDecision(False, 0.0, "quota exhausted: retrying cannot help")
+    if failure.status == 429:
+        if rate_limited_s > max_rate_limit_wait_s:
+            return RetryDecision(False, 0.0, f"rate limited for {rate_limited_s:.0f}s, longer than "
+                                 f"model.max_rate_limit_wait_s ({max_rate_limit_wait_s:g}s)",
+                                 rate_limit_wait_exceeded=True)
+        asked = retry_after(failure.headers)
+        if asked is None:
+            # No hint: the pace the 429 lowered is what spaces the retry (it books a slot like any).
+            return RetryDecision(True, 0.0, "status 429: paced", None)
+        asked = min(asked, MAX_RETRY_AFTER_S)
+        delay = asked + rng.uniform(0, min(0.1 * asked, base))
+        return RetryDecision(True, delay, f"status 429: server asked to wait {asked:.3g}s", asked)
     if attempt > max_retries:
         return RetryDecision(False, 0.0, f"gave up after {attempt} attempts")
     # Full jitter spreads retries out; a server's retry-after is a floor, never shortened.

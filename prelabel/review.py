@@ -7,12 +7,14 @@ from typing import Any
 LOW_CONFIDENCE = "low_confidence"
 NO_CONFIDENCE = "no_confidence"
 INVALID_OUTPUT = "invalid_output"
+REASKED = "reasked"  # the first answer broke the schema and a re-ask fixed it: it may have tried to inject a label
 TRUNCATED_INPUT = "truncated_input"
 REFUSAL = "refusal"
 FINISH_LENGTH = "finish_length"
 INPUT_TOO_LONG = "input_too_long"
 REQUEST_FAILED = "request_failed"
 LABEL_DRIFT = "label_drift"  # a variant's re-checked label differs from the one carried from its source
+UNFAITHFUL_VARIANT = "unfaithful_variant"  # augment.fidelity: the model says the variant changed its source's meaning
 EXAMPLES_TRIMMED = "examples_trimmed"      # fewer few-shot examples than asked: the prompt passed max_input_tokens
 GUIDELINES_TRIMMED = "guidelines_trimmed"  # the guidelines were left out too, for the same reason
 # From the task kinds (prelabel/tasks):

@@ -5,22 +5,25 @@ environment and shows progress.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_UNAVAILABLE, Engine, JobSpec
-from .errors import JobFileError
+from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, Engine, JobSpec
+from .errors import JobFileError, OutputError, StorageError
 from .client import make_client
 from .endpoint import Endpoint
 from .llm import LLMEngine
 from .outputs.export import exit_code_for, export
+from .outputs.root import confine
 from .queue import check_endpoint
 from .store import Store
 from .tasks import build_task
 from .tokens import TokenCounter
 from .owners import dead_local_owners
+from .ingest import resume_dead_ingests
 from .worker import JobRunner, RunResult
 
 
@@ -31,12 +34,21 @@ class JobOutcome:
     run: RunResult | None
     report: dict | None
     out_dir: Path | None
+    note: str | None = None  # why it did not run (its input is still being loaded)
 
 
 async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engine, owner: str,
-                  on_start: Callable[[JobRunner], None] | None = None, client=None) -> JobOutcome:
+                  on_start: Callable[[JobRunner], None] | None = None, client=None,
+                  output_roots: Sequence[Path] | None = None) -> JobOutcome:
+    """Run a job and write its outputs; with ``output_roots`` (``work``), a job whose ``output.dir``
+    is outside them is refused (``JobFileError``) before any request."""
     job = store.get_job(job_id)
+    if job.status == "ingesting":  # never run (nor call done) a job whose input is not all in
+        return JobOutcome(job_id, EXIT_OK, None, None, None,
+                          note="its input is still being loaded by another process, which queues it when done")
     spec = JobSpec.model_validate(job.spec)
+    if output_roots is not None:
+        confine(spec.output.dir, output_roots, job.job_file)
     task = build_task(spec)
     if task.prompt_version != job.prompt_version:
         raise JobFileError(f"the prompt template changed since job {job_id} was submitted "
@@ -60,12 +72,19 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
             on_start(runner)
         try:
             result = await runner.run()
-        except BaseException:  # interrupted (SIGTERM, Ctrl-C): what is left waits in the queue
-            store.set_status(job_id, "queued")
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C), or the store failed: what is left waits in the queue
+            with contextlib.suppress(StorageError):  # the first error is the one to report
+                store.set_status(job_id, "queued")
             raise
     finally:
         if own_client:
             await client.close()
+    if result.rate_limited:
+        store.set_status(job_id, "queued")
+        message = (f"{result.outage}. The run stopped and the items in flight are back in the queue with the "
+                   "rest: nothing is lost. Run again later, or raise model.max_rate_limit_wait_s (or lower "
+                   "model.rpm) in the job file.")
+        return JobOutcome(job_id, EXIT_RATE_LIMITED, result, {"error": message}, None)
     if result.outage is not None:
         store.set_status(job_id, "queued")
         message = (f"the endpoint kept failing ({settings.outage_after} items in a row after every retry), last: "
@@ -78,6 +97,8 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
     if busy:  # another worker still holds items of this job: it writes the outputs when it ends
         return JobOutcome(job_id, EXIT_OK, result, None, None)
     store.set_status(job_id, "budget_stopped" if result.budget_stopped else "done")
+    if output_roots is not None:  # again: a symlink may have been put in its way during the run
+        confine(spec.output.dir, output_roots, job.job_file)
     report, out_dir = export(store, job_id)
     return JobOutcome(job_id, exit_code_for(report), result, report, out_dir)
 
@@ -89,10 +110,19 @@ def reclaim_dead(store: Store) -> int:
 
 async def drain(store: Store, endpoint: Endpoint, settings: Engine, owner: str,
                 on_start: Callable[[JobRunner], None] | None = None,
-                on_outcome: Callable[[JobOutcome], None] | None = None) -> list[JobOutcome]:
-    """Run every job with work left until none has any (a cron tick's ``work --once``)."""
+                on_outcome: Callable[[JobOutcome], None] | None = None,
+                output_roots: Sequence[Path] | None = None) -> list[JobOutcome]:
+    """Run every job with work left until none has any (a cron tick's ``work --once``).
+
+    A job that cannot run (its file, its output folder) is reported and the next one runs; a store
+    that fails stops the drain (``StorageError``)."""
     outcomes, tried = [], set()
     reclaim_dead(store)
+    for job_id, error in resume_dead_ingests(store, owner, time.time()):  # loads killed half-way
+        if error is not None:
+            outcomes.append(JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": error}, None))
+            if on_outcome:
+                on_outcome(outcomes[-1])
     while True:
         runnable = [j for j in store.runnable_jobs(time.time()) if j not in tried]
         if not runnable:
@@ -100,9 +130,11 @@ async def drain(store: Store, endpoint: Endpoint, settings: Engine, owner: str,
         job_id = runnable[0]
         tried.add(job_id)
         try:
-            outcome = await run_job(store, job_id, endpoint, settings, owner, on_start)
+            outcome = await run_job(store, job_id, endpoint, settings, owner, on_start, output_roots=output_roots)
         except JobFileError as e:
             outcome = JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": str(e)}, None)
+        except OutputError as e:
+            outcome = JobOutcome(job_id, EXIT_STORAGE, None, {"error": str(e)}, None)
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)

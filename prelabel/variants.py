@@ -5,7 +5,9 @@ An original that deserves variants spawns one augment unit per step (in the tran
 finishes it). A unit makes its step's variants (synonym and noise in the augmentation process,
 ``prelabel.augproc``; paraphrase and back-translation through the job's LLM), drops duplicates, and either writes them as drafts with the carried label or, with
 ``recheck``, spawns them as items the job's task labels again; a new label that differs from the
-carried one is flagged ``label_drift``.
+carried one is flagged ``label_drift``. With ``fidelity``, the job's model first judges each kept
+variant against its source (one request each, at once); an unfaithful one is flagged
+``unfaithful_variant`` and its draft records the verdict under ``augmentation.fidelity``.
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import augment
 from .augproc import AugmentProcess
 from .draft import DONE, FAILED, draft_record
 from .errors import PrelabelError
-from .review import LOW_CONFIDENCE, NO_CONFIDENCE
+from .review import LOW_CONFIDENCE, NO_CONFIDENCE, UNFAITHFUL_VARIANT
 from .store import AUGMENT, VARIANT, Spawn
 from .tasks import InvalidOutput, TaskOutput
 
 
 LOCAL_KINDS = ("synonym", "noise")
+NO_VERDICT = "no verdict"
 
 
 class VariantStage:
@@ -73,9 +76,9 @@ class VariantStage:
             return FAILED, [], [], {**summary, "error": str(e)}
         deduper = await self._dedupe_state()
         dropped: dict[str, int] = {}
-        spawn, records = [], []
+        kept: list[tuple[str, dict]] = []  # (text, what it carries)
         admitted: list[str] = []
-        for k, text in enumerate(texts, 1):
+        for text in texts:
             reason = deduper.admit(text, source=item.text, siblings=admitted)
             carried = label
             if reason is None and spans:
@@ -87,15 +90,51 @@ class VariantStage:
                 continue
             admitted.append(text)
             deduper.add_existing(text)
-            payload = {"source_id": unit["source_id"], "label": carried, "augmentation": self._how(step, unit)}
+            kept.append((text, {"source_id": unit["source_id"], "label": carried,
+                                "augmentation": self._how(step, unit)}))
+        flagged: dict[str, int] = {}
+        fidelity: dict[str, int] = {}
+        if self.aug.fidelity and kept:
+            verdicts = await _all([self._fidelity(item.text, text, payload["label"], ask, usage, cache)
+                                   for text, payload in kept])
+            for (_text, payload), verdict in zip(kept, verdicts):
+                payload["augmentation"]["fidelity"] = verdict
+                outcome = {True: "faithful", False: "unfaithful", None: "no_verdict"}[verdict["faithful"]]
+                fidelity[outcome] = fidelity.get(outcome, 0) + 1
+                if verdict["faithful"] is not True:
+                    payload["flags"] = [UNFAITHFUL_VARIANT]
+                    flagged[UNFAITHFUL_VARIANT] = flagged.get(UNFAITHFUL_VARIANT, 0) + 1
+        spawn, records = [], []
+        for k, (text, payload) in enumerate(kept, 1):
             variant_id = f"{item.item_id}.{k}"
             if self.aug.recheck:
                 spawn.append(Spawn(variant_id, text, VARIANT, payload))
             else:
-                output = TaskOutput(carried, unit["confidence"])
-                records.append(draft_record(self.spec, self.task, variant_id, item, output, unit.get("flags", []),
+                output = TaskOutput(payload["label"], unit["confidence"])
+                flags = unit.get("flags", []) + payload.get("flags", [])
+                records.append(draft_record(self.spec, self.task, variant_id, item, output, flags,
                                             DONE, None, (), payload, text=text))
-        return DONE, spawn, records, {**summary, "made": len(admitted), "dropped": dropped}
+        counts = {"made": len(kept), "dropped": dropped, "flagged": flagged}
+        if fidelity:
+            counts["fidelity"] = fidelity
+        return DONE, spawn, records, {**summary, **counts}
+
+    async def _fidelity(self, source: str, text: str, label, ask, usage: list, cache: list) -> dict:
+        """The model's verdict on one variant: ``faithful`` true, false, or None for an answer that
+        cannot be read (flagged all the same: unverified, kept out of training data; not cached)."""
+        messages, fmt = augment.fidelity_request(source, text, label)
+        prepared, completion = await ask(messages, fmt, self.counter.count_messages(messages), usage,
+                                         max_out=augment.FIDELITY_TOKENS)
+        verdict = {"faithful": None, "reason": "", "prompt_version": self._versions["fidelity"]}
+        if completion.refusal or not completion.content:
+            return {**verdict, "reason": f"{NO_VERDICT}: {completion.refusal or 'empty answer'}"}
+        try:
+            verdict["faithful"], verdict["reason"] = augment.parse_fidelity(completion.content)
+        except InvalidOutput as e:
+            return {**verdict, "reason": f"{NO_VERDICT}: {e}"}
+        if not completion.cached:
+            cache.append((prepared.key, completion.to_cache()))
+        return verdict
 
     def _how(self, step, unit: dict) -> dict:
         """What a variant records of how it was made: enough to make it again."""
@@ -151,6 +190,16 @@ class VariantStage:
         for text in self._existing():
             deduper.add_existing(text)
         return deduper
+
+
+async def _all(calls: list) -> list:
+    """Every call's result; when one raised, the first such error, once all have finished (so each
+    request's usage is on the ledger before the unit's result is)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _seed(seed: int, source_id: str, step: int) -> int:

@@ -7,6 +7,11 @@ the event loop in one transaction), so a kill -9 costs only the requests in flig
 item could not use (it broke the schema) is taken out of the cache when the item is committed. A
 budget refusal stops the leasing, hands unstarted items back, and marks the rest of the job as
 stopped by budget.
+
+Writes to the store run in a thread of their own, one at a time and in order: a write waiting for
+another process's lock (up to the store's busy timeout) does not stall the requests in flight. A store
+that fails (full disk, lock held too long) stops the run: no new requests, what can still be
+committed is, leases are handed back if the store lets us, and the ``StorageError`` is raised.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import functools
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
@@ -23,12 +29,12 @@ from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import JobSpec
 from .draft import DONE, FAILED, SKIPPED, draft_record
-from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer
+from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
 from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
 from .retry import Outage
-from .review import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REFUSAL, REQUEST_FAILED,
+from .review import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REASKED, REFUSAL, REQUEST_FAILED,
                      TRUNCATED_INPUT)
 from .stats import RunStats
 from .store import AUGMENT, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
@@ -56,6 +62,7 @@ class RunResult:
     stats: RunStats
     counts: dict[str, int]
     outage: str | None = None  # the run stopped because the endpoint kept failing: the last error
+    rate_limited: bool = False  # ...because a request waited on the rate limit past model.max_rate_limit_wait_s
 
 
 class JobRunner:
@@ -76,15 +83,16 @@ class JobRunner:
         self.progress = Progress()
         # Lease about two rounds of work at a time: enough to keep every request slot busy, little
         # enough that several workers share a job evenly and a dead one strands few items.
-        self.lease_batch = min(settings.lease_batch, 2 * spec.model.max_concurrency)
+        self.lease_batch = min(settings.lease_batch, 2 * spec.model.slots)
         self._results: list[ItemResult] = []
         self._active = 0  # items handed to consumers and not yet finished
         self._budget_hit = asyncio.Event()
         self.outage = Outage(settings.outage_after)
         self._endpoint_down = asyncio.Event()
         self.last_error: str | None = None
+        self._rate_limit_stop = False
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
-        self._requests = asyncio.Semaphore(spec.model.max_concurrency)  # model.max_concurrency in flight
+        self._requests = asyncio.Semaphore(spec.model.slots)  # in flight (auto: its ceiling, the engine holds fewer)
         self._units: asyncio.Queue[LeasedItem | None] = asyncio.Queue()  # augment units waiting
         self._units_open = 0  # augment units leased and not finished
         self._side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
@@ -92,17 +100,46 @@ class JobRunner:
         self._asked: dict[int, list[str]] = {}  # per item: the cache keys of the answers it got (new or cached)
         self._simulated: set[int] = set()  # items a simulator answered
         self.fewshot = FewShot.for_job(spec, task, self.counter)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prelabel-store")  # store writes, in order
+        self._committing = 0  # batches handed to the store thread and not yet committed
+        self._holding = asyncio.Lock()  # a budget hold is being asked of the store
+        self.storage_error: StorageError | None = None  # the store failed: the run stops
         stored = store.cache_get(engine.caps_key)  # what earlier runs learned of this endpoint
         if stored is not None:
             engine.caps = Capabilities.from_json(stored)
 
     async def run(self) -> RunResult:
+        try:
+            return await self._run()
+        finally:
+            self._io.shutdown(wait=False)  # every write was awaited: nothing is left in it
+
+    async def _write(self, method, *args):
+        """A store write, in the store thread. Shielded: once handed over it completes (in order)
+        even if the run is cancelled meanwhile, so a committed batch is never half-known."""
+        call = asyncio.get_running_loop().run_in_executor(self._io, functools.partial(method, *args))
+        call.add_done_callback(self._written)
+        return await asyncio.shield(call)
+
+    def _written(self, call: asyncio.Future) -> None:
+        """Its waiter may have been cancelled (the run stopping) before the write failed: the failure
+        is still the run's, not asyncio's "exception was never retrieved" traceback on stderr."""
+        error = None if call.cancelled() else call.exception()
+        if isinstance(error, StorageError):
+            self._store_failed(error)
+
+    def _store_failed(self, error: StorageError) -> None:
+        if self.storage_error is None:
+            log.info("the store failed, stopping the run: %s", error)
+            self.storage_error = error
+
+    async def _run(self) -> RunResult:
         started_wall, started_mono = time.time(), time.monotonic()
         counts = self.store.counts(self.job.id)
         self.progress.total = sum(counts.values())
         self.progress.already = sum(counts.get(s, 0) for s in ("done", "failed", "skipped"))
         queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.lease_batch)
-        workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.max_concurrency)]
+        workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.slots)]
         # Augment units have consumers of their own: they wait on the augmentation process, and must
         # not take the slots labeling needs. (Requests in flight are bounded by ``_requests``.)
         units_at_once = self.settings.augment_slots if self.variants else 0
@@ -114,7 +151,7 @@ class JobRunner:
             if self.fewshot:
                 await self.fewshot.start(self._embed)
             await self._produce(queue)
-            for _ in range(self.spec.model.max_concurrency):
+            for _ in range(self.spec.model.slots):
                 await queue.put(None)
             for _ in range(units_at_once):
                 self._units.put_nowait(None)
@@ -127,35 +164,48 @@ class JobRunner:
             if self.variants:
                 self.variants.close()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
-            self._flush()
-            self.store.release(self.owner)  # anything unstarted goes back to the queue
+            await self._flush(final=True)
             stats = self.engine.stats       # recorded for an interrupted run too
             stats.wall_s = round(time.monotonic() - started_mono, 3)
-            self.store.add_run(self.job.id, self.owner, started_wall, stats)
-            self.store.cache_put([(self.engine.caps_key, self.engine.caps.to_json())])  # for the next run
-        if self._endpoint_down.is_set():
-            self.store.requeue(self.job.id, self.outage.streak)  # they failed with the endpoint, not alone
+            # Unless another process still holds the lock (these would wait as long again, and
+            # fail): the leases of a dead process are taken back by the next run on its host.
+            if not (self._results and self.storage_error is not None and self.storage_error.locked):
+                try:
+                    await self._write(self.store.release, self.owner)  # anything unstarted goes back to the queue
+                    await self._write(self.store.add_run, self.job.id, self.owner, started_wall, stats)
+                    await self._write(self.store.cache_put,  # what was learned of the endpoint, for the next run
+                                      [(self.engine.caps_key, self.engine.caps.to_json())])
+                except StorageError as e:
+                    self._store_failed(e)
+        if self.storage_error is not None:
+            raise self.storage_error
+        if self._endpoint_down.is_set():  # they failed with the endpoint, not alone
+            await self._write(self.store.requeue, self.job.id, self.outage.streak)
         elif self._budget_hit.is_set():
-            self.store.stop_remaining(self.job.id)
+            await self._write(self.store.stop_remaining, self.job.id)
         counts = self.store.counts(self.job.id)
         return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts,
-                         self.last_error if self._endpoint_down.is_set() else None)
+                         self.last_error if self._endpoint_down.is_set() else None, self._rate_limit_stop)
 
     def _stopping(self) -> bool:
-        return self._budget_hit.is_set() or self._endpoint_down.is_set()
+        return self._budget_hit.is_set() or self._endpoint_down.is_set() or self.storage_error is not None
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
             # Units too, not only through _produce_units: an empty lease here must mean no work of
             # any kind is left, or units committed since its last poll would be stranded.
-            items = self.store.lease(self.job.id, self.owner, self.lease_batch, time.time(), self.settings.lease_s,
-                                     self._free_units())
+            try:
+                items = await self._write(self.store.lease, self.job.id, self.owner, self.lease_batch, time.time(),
+                                          self.settings.lease_s, self._free_units())
+            except StorageError as e:
+                self._store_failed(e)
+                return
             if not items:
-                if self.variants is None or not (self._active or self._results):
+                if self.variants is None or not (self._active or self._results or self._committing):
                     return  # everything finished was committed before this lease: nothing more will come
                 # Items in flight may yet spawn work (augmentation): wait for them to be committed.
                 await asyncio.sleep(self.settings.commit_interval_s)
-                self._flush()
+                await self._flush()
                 continue
             if self.fewshot:
                 self.fewshot.add([item for item in items if item.kind != AUGMENT], self._embed)
@@ -182,7 +232,12 @@ class JobRunner:
         """Augment units at the pace their consumers take them, not only when labelling leases."""
         while not self._stopping():
             free = self._free_units()
-            items = self.store.lease(self.job.id, self.owner, 0, time.time(), self.settings.lease_s, free) if free else []
+            try:
+                items = await self._write(self.store.lease, self.job.id, self.owner, 0, time.time(),
+                                          self.settings.lease_s, free) if free else []
+            except StorageError as e:
+                self._store_failed(e)
+                return
             for item in items:
                 self._open_unit(item)
             if not items:
@@ -193,7 +248,12 @@ class JobRunner:
             if self._stopping():
                 self._finished(item)
                 continue  # left leased; released at the end of the run
-            result = await self.process(item)
+            try:
+                result = await self.process(item)
+            except StorageError as e:  # the item stays leased; released at the end of the run
+                self._store_failed(e)
+                self._finished(item)
+                continue
             self.progress.total += len(result.spawn)  # augmentation adds work as it goes
             self._results.append(result)
             self._finished(item)
@@ -202,7 +262,7 @@ class JobRunner:
             elif not result.release:
                 self.progress.finished += 1
             if len(self._results) >= self.settings.commit_every:
-                self._flush()
+                await self._flush()
 
     def _finished(self, item: LeasedItem) -> None:
         self._active -= 1
@@ -212,12 +272,16 @@ class JobRunner:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.commit_interval_s)
-            self._flush()
+            await self._flush()
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            self.store.renew(self.owner, time.time(), self.settings.lease_s)
+            try:
+                await self._write(self.store.renew, self.owner, time.time(), self.settings.lease_s)
+            except StorageError as e:
+                self._store_failed(e)
+                return
 
     def _keep_answer(self, key: str, completion: Completion) -> None:
         """Make an answer durable now, not with its item's result: batched per loop turn."""
@@ -225,17 +289,38 @@ class JobRunner:
             asyncio.get_running_loop().call_soon(self._write_answers)
         self._answers.append((key, completion.to_cache()))
 
-    def _write_answers(self) -> None:
-        if self._answers:
+    def _write_answers(self, final: bool = False) -> None:
+        """Hand the answers to the store thread now (not awaited: it is a loop callback), so that they
+        are written before any commit handed over after them. After a store failure they wait for
+        the final flush, in one write."""
+        if self._answers and (self.storage_error is None or final):
             batch, self._answers = self._answers, []
-            self.store.cache_put(batch)
+            written = asyncio.get_running_loop().run_in_executor(self._io, self.store.cache_put, batch)
+            written.add_done_callback(self._answers_written)
 
-    def _flush(self) -> None:
-        self._write_answers()  # before the results: a commit takes unusable answers out again
-        if self._results or self._side_usage:
-            batch, self._results = self._results, []
-            side, self._side_usage = self._side_usage, []
-            self.store.complete(self.job.id, self.owner, batch, side)
+    def _answers_written(self, written: asyncio.Future) -> None:
+        error = None if written.cancelled() else written.exception()
+        if isinstance(error, StorageError):
+            self._store_failed(error)
+        elif error is not None:
+            log.error("writing answers to the cache failed: %r", error)
+
+    async def _flush(self, final: bool = False) -> None:
+        """Commit the finished results. After a store failure only the final flush tries again (a
+        lock may have been let go by then); a batch that cannot be committed is kept for it."""
+        self._write_answers(final)  # before the results: a commit takes unusable answers out again
+        if not (self._results or self._side_usage) or (self.storage_error is not None and not final):
+            return
+        batch, self._results = self._results, []
+        side, self._side_usage = self._side_usage, []
+        self._committing += 1
+        try:
+            await self._write(self.store.complete, self.job.id, self.owner, batch, side)
+        except StorageError as e:
+            self._results[:0], self._side_usage[:0] = batch, side
+            self._store_failed(e)
+        finally:
+            self._committing -= 1
 
     async def process(self, item: LeasedItem) -> ItemResult:
         """One item through its stage: label it (or re-check a variant), or make variants; never raises.
@@ -272,6 +357,8 @@ class JobRunner:
             return ItemResult(item.seq, "pending", 0.0, [], usage, cache, release=True)
         except _RequestFailed as e:
             return self._failed(item, e.error, e.flags + [REQUEST_FAILED], usage, cache)
+        except StorageError:
+            raise  # not the item's fault: the run stops
         except Exception as e:  # a bug on one item must not stop the batch: record it (and what it spent)
             return self._failed(item, f"internal error: {type(e).__name__}: {e}", [REQUEST_FAILED], usage, cache)
 
@@ -331,6 +418,8 @@ class JobRunner:
             cache.append((prepared.key, completion.to_cache()))  # usable: it stays in the cache
             if completion.finish_reason == "length":
                 flags.append(FINISH_LENGTH)
+            if error is not None:  # an earlier answer of this item broke the schema
+                flags.append(REASKED)
             return _Labelled(DONE, outputs, flags, None)
         if completion is not None and completion.finish_reason == "length":
             flags.append(FINISH_LENGTH)
@@ -366,6 +455,10 @@ class JobRunner:
         except LLMError as e:
             self.gate.release(reservation)
             self._settled.set()
+            if isinstance(e, RateLimitWaitExceeded) and not self._endpoint_down.is_set():
+                # Not the item's fault: the run stops, and it goes back to the queue with the rest.
+                self.last_error, self._rate_limit_stop = str(e), True
+                self._endpoint_down.set()
             if self._endpoint_down.is_set():  # caught in an outage: back to the queue
                 raise _Requeue() from None
             if self.outage.failed(seq):
@@ -420,7 +513,7 @@ class JobRunner:
             cost = self.gate.settle(reservation, result.prompt_tokens, 0)  # at the chat price: on the safe side
             self._settled.set()
             self._side_usage.append(UsageRow(model, result.prompt_tokens, 0, cost, False))
-        self.store.cache_put([entry for entry in result.to_store if entry])
+        await self._write(self.store.cache_put, [entry for entry in result.to_store if entry])
         if isinstance(result.error, EmbeddingsUnavailable):
             log.warning("the endpoint has no embeddings (%s): similar examples by lexical similarity", result.error)
             return None, False
@@ -433,24 +526,26 @@ class JobRunner:
 
         None means the budget is spent: nothing in flight will free room for this request."""
         while True:
-            reservation = self._try_reserve(prompt_tokens, max_out)
+            reservation = await self._try_reserve(prompt_tokens, max_out)
             if reservation is not None or self.gate.in_flight == 0:
                 return reservation
             self._settled.clear()
             await self._settled.wait()
 
-    def _try_reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
-        need = self.gate.shortfall(prompt_tokens, max_out)
-        if need is not None:
-            # Ask for enough for a round of requests, not just this one: fewer trips to the store.
-            per_request = prompt_tokens + max_out
-            round_ = 2 * self.spec.model.max_concurrency
-            budget = self.spec.budget
-            granted = self.store.hold_budget(
-                self.job.id, self.owner, max(need.tokens, per_request * round_),
-                max(need.cost, cost_usd(self.gate.price, prompt_tokens, max_out) * round_),
-                budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s)
-            self.gate.grant(*granted)
+    async def _try_reserve(self, prompt_tokens: int, max_out: int) -> Reservation | None:
+        if self.gate.shortfall(prompt_tokens, max_out) is not None:
+            async with self._holding:  # one hold at a time: requests that wait share the one it grants
+                need = self.gate.shortfall(prompt_tokens, max_out)
+                if need is not None:
+                    # Ask for enough for a round of requests, not just this one: fewer trips to the store.
+                    per_request = prompt_tokens + max_out
+                    round_ = 2 * self.spec.model.slots
+                    budget = self.spec.budget
+                    granted = await self._write(
+                        self.store.hold_budget, self.job.id, self.owner, max(need.tokens, per_request * round_),
+                        max(need.cost, cost_usd(self.gate.price, prompt_tokens, max_out) * round_),
+                        budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s)
+                    self.gate.grant(*granted)
         return self.gate.reserve(prompt_tokens, max_out)
 
     def _account(self, reservation: Reservation, completion: Completion, usage: list[UsageRow]) -> None:
@@ -467,7 +562,7 @@ class JobRunner:
         carried = json.loads(item.payload) if item.kind == VARIANT else None
         records = []
         for i, output in enumerate(labelled.outputs or [TaskOutput(None, None)]):
-            flags = labelled.flags + output.flags
+            flags = labelled.flags + output.flags + (carried.get("flags", []) if carried else [])
             if carried is not None and output.label is not None and not self.task.same_label(
                     output.label, carried["label"]):
                 flags.append(LABEL_DRIFT)

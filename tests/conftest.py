@@ -21,13 +21,15 @@ def write_job(folder: Path, *, items: list[dict] | None = None, extra: str = "",
             f.write((item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)) + "\n")
     labels = ", ".join(f"{k}: {json.dumps(v)}" for k, v in LABELS.items())
     job = folder / "job.yaml"
+    # a key written twice is an error: the test's own max_output_tokens replaces the default
+    budget_fields = ", ".join(filter(None, ["" if "max_output_tokens" in budget else "max_output_tokens: 32", budget]))
     job.write_text(
         f"name: {name}\n"
         f"input: {{path: {data_name}, text_field: text, id_field: id}}\n"
         f"model: {{name: {model}, base_url: {json.dumps(base_url)}, rpm: 60000, tpm: 100000000, "
         f"max_concurrency: {concurrency}, max_retries: 4}}\n"
         f"task: {{kind: classify, labels: {{{labels}}}}}\n"
-        f"budget: {{max_output_tokens: 32{', ' + budget if budget else ''}}}\n"
+        f"budget: {{{budget_fields}}}\n"
         f"output: {{dir: out}}\n" + extra, encoding="utf-8")
     return job
 

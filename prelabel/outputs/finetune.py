@@ -11,6 +11,9 @@ same corpus puts each source on the side it was on before; nothing about the gro
 but 8 bytes a draft for counting them. The salt is fixed rather than per job for that last reason:
 the exports of a classify and an instruct job over one corpus can be merged without leakage.
 
+Variants (drafts with ``augmentation``) of a held-out source stay out of the validation file unless
+``validation_variants``: it measures the model on real items, and a variant only follows its source.
+
 Every example is checked against OpenAI's rules (``finetune_check``) before it is written; one that
 fails is left out and counted, so the files written always pass the check.
 """
@@ -75,7 +78,8 @@ class _Groups:
 
 
 def write_finetune(records: Iterable[dict], out_dir: Path, task, *, val_fraction: float = 0.0,
-                   include_flagged: bool = False, checker: ExampleChecker | None = None) -> dict:
+                   include_flagged: bool = False, validation_variants: bool = False,
+                   checker: ExampleChecker | None = None) -> dict:
     """Stream the examples to ``openai_finetune.jsonl`` (and ``openai_finetune_val.jsonl`` when
     ``val_fraction`` > 0), both replaced together at the end or not at all. Returns the counts."""
     if not 0 <= val_fraction < 1:
@@ -84,7 +88,8 @@ def write_finetune(records: Iterable[dict], out_dir: Path, task, *, val_fraction
     checker = checker or ExampleChecker()
     sides = {"train": {"examples": 0}, "validation": {"examples": 0}} if val_fraction else {"train": {"examples": 0}}
     groups = {side: _Groups() for side in sides}
-    skipped = {"not_done": 0, "unlabelled": 0, "flagged": 0, "no_example": 0, "invalid": 0}
+    skipped = {"not_done": 0, "unlabelled": 0, "flagged": 0, "no_example": 0, "invalid": 0,
+               "variant_of_validation": 0}
     rejections: list[str] = []
     with contextlib.ExitStack() as stack:
         # Entered val first: train is renamed into place first, val right after; an error while
@@ -106,6 +111,9 @@ def write_finetune(records: Iterable[dict], out_dir: Path, task, *, val_fraction
                 continue
             key = group_key(record)
             side = "validation" if in_validation(key, val_fraction) else "train"
+            if side == "validation" and record.get("augmentation") and not validation_variants:
+                skipped["variant_of_validation"] += 1
+                continue
             # allow_nan=False: a NaN would make the line invalid JSON.
             outs[side].write(json.dumps(example, ensure_ascii=False, allow_nan=False))
             outs[side].write("\n")

@@ -146,6 +146,11 @@ def _kind(name: str) -> _Kind:
                          f"known: {', '.join(sorted(_KINDS))}") from None
 
 
+def kind_results(kind: str, record: dict) -> list[dict]:
+    """The results a record's label makes for its kind (review import reads corrections this way)."""
+    return _kind(kind).results(record)
+
+
 def labeling_config(task) -> str:
     """The Label Studio labeling config (XML) matching the tasks ``to_task`` makes for ``task``."""
     return "\n".join(["<View>", *_kind(task.kind).controls(task), "</View>", ""])
@@ -302,6 +307,11 @@ def _result_errors(result: dict, schema: ConfigSchema, text: str | None = None) 
     return errors
 
 
+def result_errors(result: dict, schema: ConfigSchema, text: str | None = None) -> list[str]:
+    """Why one result (a prediction's or a reviewer's) does not fit the config; empty when it does."""
+    return _result_errors(result, schema, text)
+
+
 def _span_errors(value: dict, text: str | None) -> list[str]:
     start, end = value.get("start"), value.get("end")
     if (isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int)
@@ -327,10 +337,12 @@ def _unit_number(value) -> bool:
 
 # --- the files --------------------------------------------------------------------------------
 
-def write_labelstudio(records: Iterable[dict], out_dir: Path, task, model_version: str) -> dict:
+def write_labelstudio(records: Iterable[dict], out_dir: Path, task, model_version: str, *,
+                      tasks_file: str = TASKS_FILE, extra_data: Callable[[dict], dict] | None = None) -> dict:
     """Stream one task per record, in order, to ``labelstudio.json`` beside its config XML.
 
-    Both files are replaced together at the end or not at all. Returns the counts.
+    Both files are replaced together at the end or not at all. Returns the counts. ``extra_data``
+    adds data columns to a record's task (a review sample marks why each draft was drawn).
     """
     if not model_version or not model_version.strip():
         raise ValueError("model_version is empty: Label Studio selects predictions to show by it")
@@ -342,11 +354,13 @@ def write_labelstudio(records: Iterable[dict], out_dir: Path, task, model_versio
     # Nested: the JSON is renamed into place first, then the config; an error while streaming
     # leaves both old files untouched.
     with atomic_writer(out_dir / CONFIG_FILE) as config_out, \
-            atomic_writer(out_dir / TASKS_FILE) as out:
+            atomic_writer(out_dir / tasks_file) as out:
         config_out.write(xml)
         out.write("[\n")
         for record in records:
             ls_task = to_task(record, model_version)
+            if extra_data is not None:
+                ls_task["data"].update(extra_data(record))
             kept = []
             for prediction in ls_task["predictions"]:
                 errors = validate_prediction(prediction, schema, record["text"])

@@ -57,22 +57,27 @@ def model_version(report: dict) -> str:
 
 
 def augmentation_summary(store: Store, job_id: str) -> dict:
-    """Variants made and dropped, by step kind and reason; units that could make none, with why."""
+    """By step kind: variants made, dropped (by reason), flagged (by flag: ``unfaithful_variant``,
+    ``label_drift``, a source's flags carried...) and the fidelity check's verdicts; units that could
+    make none, with why."""
     by_kind = store.kind_counts(job_id)
     made: dict[str, int] = {}
     dropped: dict[str, dict[str, int]] = {}
+    fidelity: dict[str, dict[str, int]] = {}
     errors: dict[str, int] = {}
     for unit in store.unit_results(job_id):
         step = unit.get("step", "?")
         made[step] = made.get(step, 0) + unit.get("made", 0)
-        for reason, n in (unit.get("dropped") or {}).items():
-            dropped.setdefault(step, {})
-            dropped[step][reason] = dropped[step].get(reason, 0) + n
+        for into, counts in ((dropped, unit.get("dropped")), (fidelity, unit.get("fidelity"))):
+            for reason, n in (counts or {}).items():
+                into.setdefault(step, {})
+                into[step][reason] = into[step].get(reason, 0) + n
         if unit.get("error"):
             key = f"{step}: {unit['error'][:200]}"
             errors[key] = errors.get(key, 0) + 1
     return {"units": by_kind.get("augment", {}), "rechecked": by_kind.get("variant", {}),
-            "variants_made": made, "variants_dropped": dropped, "unit_errors": errors}
+            "variants_made": made, "variants_dropped": dropped,
+            "variants_flagged": store.variant_flag_counts(job_id), "fidelity": fidelity, "unit_errors": errors}
 
 
 def write_report(report: dict, out_dir: Path) -> None:

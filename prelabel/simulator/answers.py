@@ -7,6 +7,7 @@ Shapes it recognises besides enums and plain values: a list of entities (objects
 list of enum strings gets 0-3 distinct values; an array described as "exactly N ..." gets N items.
 The item is the text between triple quotes in the last user message (all of it when there are none).
 ``[[unsure]]`` in the item flattens every choice: sampled answers disagree and logprobs are low.
+A fidelity check (``fidelity_verdict``) fails a variant that changed a sentiment word of its source.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import tiktoken
 MODEL_ID = "sim-1"
 REFUSE_MARKER = "[[refuse]]"
 UNSURE_MARKER = "[[unsure]]"
+UNFAITHFUL_MARKER = "[[unfaithful]]"  # in a source: every variant of it is judged unfaithful
 REFUSAL = "I'm sorry, I can't help with that."
 EMBEDDING_DIMS = 64
 SURE_LOGPROB = -0.0001  # a token the simulated model does not hesitate over
@@ -82,6 +84,19 @@ def sentiment(text: str) -> str:
     words = _WORD.findall(text.lower())
     score = sum(w in _POSITIVE for w in words) - sum(w in _NEGATIVE for w in words)
     return "positive" if score > 0 else "negative" if score < 0 else "neutral"
+
+
+def fidelity_verdict(source: str, variant: str) -> tuple[bool, str]:
+    """Whether a variant keeps its source's meaning, as the simulated model judges it: not when the
+    source holds ``[[unfaithful]]``, nor when a sentiment word of the keyword rule was lost, added
+    or changed ("love" -> "enjoy" counts: the rule no longer sees it)."""
+    if UNFAITHFUL_MARKER in source:
+        return False, "the source is marked unfaithful"
+    before = [w for w in _WORD.findall(source.lower()) if w in _POSITIVE or w in _NEGATIVE]
+    after = [w for w in _WORD.findall(variant.lower()) if w in _POSITIVE or w in _NEGATIVE]
+    if collections.Counter(before) != collections.Counter(after):
+        return False, f"sentiment words changed: {' '.join(before) or '-'} -> {' '.join(after) or '-'}"
+    return True, "same meaning and sentiment"
 
 
 @dataclass

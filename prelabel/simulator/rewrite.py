@@ -1,12 +1,15 @@
 """What the simulated model writes when asked to rewrite a text (paraphrase, translate): the text
 with a few words swapped for near-synonyms, the swaps chosen by a stable hash. Names, numbers and
 the rest of the text stay as they are, so a caller can find its entities again. Meaningless, but
-distinct, deterministic and the right shape."""
+distinct, deterministic and the right shape. A fidelity check gets ``answers.fidelity_verdict``.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+
+from .answers import fidelity_verdict
 
 # Lower-case words and a stand-in each; only whole lower-case words are swapped.
 _SWAPS = {
@@ -51,13 +54,18 @@ def rewrite(text: str, salt: str) -> str:
 
 
 def rewrite_answer(response_format, system: str, user_text: str, index: int) -> str | None:
-    """The answer to a paraphrase or translation request (known by its schema), else None."""
+    """The answer to a paraphrase, translation or fidelity request (known by its schema), else None."""
     if not isinstance(response_format, dict):
         return None
     schema = (response_format.get("json_schema") or {}).get("schema") or {}
     properties = schema.get("properties") or {}
     match = _QUOTED.search(user_text)
     text = match.group(1) if match else user_text
+    if "faithful" in properties:
+        quoted = _QUOTED.findall(user_text)
+        source, variant = (quoted[0], quoted[-1]) if len(quoted) >= 2 else (user_text, user_text)
+        faithful, reason = fidelity_verdict(source, variant)
+        return json.dumps({"faithful": faithful, "reason": reason}, ensure_ascii=False)
     if "paraphrases" in properties:
         found = re.search(r"(\d+) paraphrases?", system)
         n = int(found.group(1)) if found else 1

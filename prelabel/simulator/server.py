@@ -1,4 +1,13 @@
-"""The simulator's HTTP side: OpenAI's endpoints on aiohttp, latency, limits, 5xx, statistics."""
+"""The simulator's HTTP side: OpenAI's endpoints on aiohttp, latency, limits, 5xx, statistics.
+
+Limits are enforced in one of the styles users meet (``SimConfig.style``): ``openai`` (a rolling
+window, headers per minute, 429 with ``retry-after-ms`` and a whole-second ``retry-after``),
+``azure`` (a quota per minute that resets on the minute, 429 with ``retry-after`` to the reset),
+``bucket`` (a token bucket with one second of burst) and ``gateway`` (a rolling second, but no
+rate-limit headers and a 429 without ``retry-after``: the client has to find the rate itself). A
+``capacity`` makes it a self-hosted server instead: ``capacity`` requests are served at once, the
+rest queue (latency grows), and past ``queue_limit`` in flight it answers 503.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +30,10 @@ from .answers import (JSON_OBJECT_SCHEMA, MODEL_ID, REFUSAL, REFUSE_MARKER, Choo
                       last_user_text, sentiment, serialize, token_logprobs)
 from . import gaps as gaps_
 from .gaps import Gaps
-from .limits import Window, duration
+from .limits import FixedWindow, TokenBucket, Window, duration
 from ..endpoint import SIMULATOR_HEADER
+
+STYLES = ("openai", "azure", "bucket", "gateway")
 from .rewrite import rewrite_answer
 
 
@@ -33,7 +44,10 @@ class SimConfig:
     rpm: int | None = None  # None = unlimited
     tpm: int | None = None  # prompt tokens + max_tokens, as OpenAI estimates
     window: str = "second"  # "second": limit/60 per rolling 1 s, as OpenAI enforces; "minute"
-    error_rate: float = 0.0  # share of admitted requests answered 500/502/503
+    style: str = "openai"  # how limits are enforced and reported: one of STYLES (``window`` is openai's)
+    error_rate: float = 0.0  # share of admitted requests answered 500/502/503 (they count against the limits)
+    capacity: int | None = None  # requests served at once (a self-hosted server); the rest wait their turn
+    queue_limit: int | None = None  # with ``capacity``: past this many in flight, 503 at once
     logprobs: bool = True  # False: an endpoint that never returns logprobs
     invalid_rate: float = 0.0  # share of JSON answers that break the schema
     seed: int = 0
@@ -48,6 +62,12 @@ class SimStats:
     ok: int = 0
     rate_limited: int = 0
     server_errors: int = 0
+    overloaded: int = 0  # 503s for a full queue (capacity mode)
+    admitted: int = 0  # requests the limits let through (answered 200 or 5xx)
+    first_admit: float | None = None
+    last_admit: float | None = None
+    last_ok: float | None = None
+    max_gap: float = 0.0  # the longest time between two admissions
     by_content: collections.Counter = field(default_factory=collections.Counter)
     answered: collections.Counter = field(default_factory=collections.Counter)  # 200s sent, per content
 
@@ -58,11 +78,14 @@ class Simulator:
     def __init__(self, config: SimConfig = SimConfig()) -> None:
         if config.window not in ("second", "minute"):
             raise ValueError(f"window must be 'second' or 'minute', not {config.window!r}")
+        if config.style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)}, not {config.style!r}")
         self.config = config
         self.stats = SimStats()
-        span = 1.0 if config.window == "second" else 60.0
-        self._windows = {kind: Window(limit, span) for kind, limit in
+        self._windows = {kind: _limit(config, limit) for kind, limit in
                          (("requests", config.rpm), ("tokens", config.tpm)) if limit}
+        self._in_flight = 0
+        self._serving = asyncio.Semaphore(config.capacity) if config.capacity else None
         # One stream per kind of draw, so turning one on does not reshuffle the others.
         self._error_rng = random.Random(f"{config.seed}:errors")
         self._invalid_rng = random.Random(f"{config.seed}:invalid")
@@ -213,15 +236,16 @@ class Simulator:
             "requests": stats.requests, "ok": stats.ok, "rate_limited": stats.rate_limited,
             "server_errors": stats.server_errors,
             "by_content_max": max(stats.by_content.values(), default=0)}
+        if request.query.get("admissions") == "1":  # what the benchmarks measure the client by
+            payload.update(overloaded=stats.overloaded, admitted=stats.admitted, first_admit=stats.first_admit,
+                           last_admit=stats.last_admit, last_ok=stats.last_ok, max_gap_s=round(stats.max_gap, 4))
         if request.query.get("contents") == "1":
             payload["by_content"] = [[text, count] for text, count in stats.by_content.items()]
             payload["answered_by_content"] = [[text, count] for text, count in stats.answered.items()]
         return self._respond(200, payload)
 
     async def _reset(self, request: web.Request) -> web.Response:
-        self.stats.requests = self.stats.ok = self.stats.rate_limited = self.stats.server_errors = 0
-        self.stats.by_content.clear()
-        self.stats.answered.clear()
+        self.stats = SimStats()
         for window in self._windows.values():
             window.clear()
         return self._respond(200, {"reset": True})
@@ -239,17 +263,34 @@ class Simulator:
         if rejection := self._admit(tokens, model):
             return rejection  # at once: a 429 costs OpenAI no model time either
         config = self.config
-        delay = config.latency_s
-        if config.jitter_s:
-            delay += self._jitter_rng.uniform(-config.jitter_s, config.jitter_s)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if self._serving is not None:
+            if config.queue_limit and self._in_flight >= config.queue_limit:
+                self.stats.overloaded += 1
+                return self._respond(503, {"error": {
+                    "message": "The server is overloaded: too many requests in its queue. (simulator)",
+                    "type": "server_error", "param": None, "code": None}})
+            self._in_flight += 1
+            try:
+                async with self._serving:  # past ``capacity`` a request waits for a free seat
+                    await self._latency()
+            finally:
+                self._in_flight -= 1
+        else:
+            await self._latency()
         if not config.error_rate or self._error_rng.random() >= config.error_rate:
+            self.stats.last_ok = self._clock()
             return None
         self.stats.server_errors += 1
         return self._respond(self._error_rng.choice((500, 502, 503)), {"error": {
             "message": "The server had an error while processing your request. (simulator)",
             "type": "server_error", "param": None, "code": None}})
+
+    async def _latency(self) -> None:
+        delay = self.config.latency_s
+        if self.config.jitter_s:
+            delay += self._jitter_rng.uniform(-self.config.jitter_s, self.config.jitter_s)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _admit(self, tokens: int, model: str) -> web.Response | None:
         """None when the request fits every window (and is counted in); else the 429 to send."""
@@ -260,6 +301,13 @@ class Simulator:
         if not waits:
             for kind, window in self._windows.items():
                 window.add(costs[kind], now)
+            stats = self.stats
+            stats.admitted += 1
+            if stats.last_admit is not None:
+                stats.max_gap = max(stats.max_gap, now - stats.last_admit)
+            else:
+                stats.first_admit = now
+            stats.last_admit = now
             return None
         self.stats.rate_limited += 1
         kind = "requests" if "requests" in waits else "tokens"
@@ -269,9 +317,14 @@ class Simulator:
                    f"Used {window.used}, Requested {costs[kind]}. Please try again in "
                    f"{duration(wait)}. (simulator)")
         error = {"message": message, "type": kind, "param": None, "code": "rate_limit_exceeded"}
-        return self._respond(429, {"error": error}, {
-            "retry-after": str(max(1, math.ceil(wait))),  # whole seconds, for clients without -ms
-            "retry-after-ms": str(math.ceil(wait * 1000))})
+        style = self.config.style
+        if style == "gateway":  # a proxy's bare 429: no hint how long to wait
+            error["message"] = "Too many requests. (simulator)"
+            return self._respond(429, {"error": error})
+        extra = {"retry-after": str(max(1, math.ceil(wait)))}  # whole seconds, for clients without -ms
+        if style != "azure":  # Azure says only when the minute's quota starts again
+            extra["retry-after-ms"] = str(math.ceil(wait * 1000))
+        return self._respond(429, {"error": error}, extra)
 
     def _content(self, response_format: Any, chooser: Chooser) -> tuple[str, list]:
         kind = response_format.get("type") if isinstance(response_format, dict) else None
@@ -297,13 +350,22 @@ class Simulator:
                    "x-request-id": f"req_sim{next(self._ids):012d}"}
         if self.config.identify:
             headers[SIMULATOR_HEADER] = "1"
-        for kind, window in self._windows.items():
-            headers[f"x-ratelimit-limit-{kind}"] = str(window.per_minute)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining(now))
-            headers[f"x-ratelimit-reset-{kind}"] = duration(window.reset_in(now))
+        if self.config.style != "gateway":  # a gateway says nothing about its limits
+            for kind, window in self._windows.items():
+                headers[f"x-ratelimit-limit-{kind}"] = str(window.per_minute)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining(now))
+                headers[f"x-ratelimit-reset-{kind}"] = duration(window.reset_in(now))
         if extra:
             headers.update(extra)
         return web.Response(status=status, body=dumps(payload).encode(), headers=headers)
+
+
+def _limit(config: SimConfig, per_minute: int):
+    if config.style == "azure":
+        return FixedWindow(per_minute)
+    if config.style == "bucket":
+        return TokenBucket(per_minute, burst_s=1.0)
+    return Window(per_minute, 1.0 if config.window == "second" else 60.0)
 
 
 async def _json_body(request: web.Request) -> Any:

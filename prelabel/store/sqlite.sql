@@ -93,7 +93,17 @@ CREATE TABLE IF NOT EXISTS spool (
     job_id TEXT,
     error TEXT,
     at REAL NOT NULL,
+    inputs TEXT,              -- JSON {path: [size, mtime_ns, ctime_ns] | null} of the files a failed job names
     PRIMARY KEY (path, sha256)
+);
+-- A job's input being read in: who reads it and how far it got. Each batch of items moves ``line``
+-- in its own transaction, so a reader killed at any point leaves an exact place to go on from.
+CREATE TABLE IF NOT EXISTS ingest (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT,               -- host:pid:nonce of the reader; NULL: nobody (an old store's, or given up)
+    line INTEGER NOT NULL,    -- every input line up to this one is stored (as an item or an input error)
+    next_seq INTEGER NOT NULL,
+    beat REAL NOT NULL        -- when the reader last committed a batch (or took the job over)
 );
 
 -- name: insert_job
@@ -106,10 +116,32 @@ UPDATE jobs SET spec = ?, job_file = ?, updated_at = ? WHERE id = ?;
 -- name: set_status
 UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?;
 
+-- name: insert_ingest
+INSERT INTO ingest (job_id, owner, line, next_seq, beat) VALUES (?, ?, 0, 0, ?);
+
+-- name: get_ingest
+SELECT owner, line, next_seq, beat FROM ingest WHERE job_id = ?;
+
+-- name: claim_ingest
+-- Taken over only from the reader the caller found dead: of two that find it, one wins.
+UPDATE ingest SET owner = ?, beat = ? WHERE job_id = ? AND owner IS ?;
+
 -- name: ingest_progress
-UPDATE jobs SET updated_at = ? WHERE id = ?;
+-- Only the current reader moves it: a reader taken for dead (and taken over) commits nothing more.
+UPDATE ingest SET line = ?, next_seq = ?, beat = ? WHERE job_id = ? AND owner = ?;
+
+-- name: release_ingest
+-- A reader that failed hands the job back at once (beat 0: no need to wait for it to look stale).
+UPDATE ingest SET owner = NULL, beat = 0 WHERE job_id = ? AND owner = ?;
+
+-- name: finish_ingest
+DELETE FROM ingest WHERE job_id = ?;
+
+-- name: ingest_done
+UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ? AND status = 'ingesting';
 
 -- name: discard_job
+DELETE FROM ingest WHERE job_id = ?;
 DELETE FROM drafts WHERE job_id = ?;
 DELETE FROM items WHERE job_id = ?;
 DELETE FROM input_errors WHERE job_id = ?;
@@ -259,6 +291,11 @@ WHERE d.job_id = ? GROUP BY f.value;
 SELECT json_extract(record, '$.endpoint'), coalesce(json_extract(record, '$.simulated'), 0), count(*)
 FROM drafts WHERE job_id = ? GROUP BY 1, 2 ORDER BY 1, 2;
 
+-- name: variant_flag_counts
+SELECT json_extract(d.record, '$.augmentation.kind'), f.value, count(*)
+FROM drafts d, json_each(d.record, '$.flags') f
+WHERE d.job_id = ? AND json_extract(d.record, '$.augmentation') IS NOT NULL GROUP BY 1, 2;
+
 -- name: records
 SELECT record FROM drafts WHERE job_id = ? ORDER BY priority DESC, seq, idx;
 
@@ -274,6 +311,22 @@ INSERT INTO drafts (job_id, seq, idx, priority, record)
 SELECT job_id, seq, 0, coalesce(priority, 0), result FROM items WHERE result IS NOT NULL;
 UPDATE items SET result = NULL WHERE result IS NOT NULL;
 DROP INDEX IF EXISTS items_state;
+
+-- name: migrate_2
+ALTER TABLE spool ADD COLUMN inputs TEXT;
+
+-- name: migrate_ingest
+-- Jobs an earlier version left half-read have no ingest row: where they got to is the last line
+-- stored (items and input errors of a batch were committed together), and their reader is unknown, so
+-- they are taken over once they look stale.
+INSERT INTO ingest (job_id, owner, line, next_seq, beat)
+SELECT j.id, NULL,
+       max(coalesce((SELECT max(line) FROM items WHERE job_id = j.id AND kind = 'label'), 0),
+           coalesce((SELECT max(line) FROM input_errors WHERE job_id = j.id), 0)),
+       (SELECT coalesce(max(seq), -1) + 1 FROM items WHERE job_id = j.id),
+       j.updated_at
+FROM jobs j
+WHERE j.status = 'ingesting' AND NOT EXISTS (SELECT 1 FROM ingest WHERE job_id = j.id);
 
 -- name: input_errors
 SELECT line, field, message FROM input_errors WHERE job_id = ? ORDER BY line;
@@ -298,7 +351,18 @@ FROM runs WHERE job_id = ?;
 SELECT 1 FROM spool WHERE path = ? AND sha256 = ?;
 
 -- name: spool_record
-INSERT INTO spool (path, sha256, job_id, error, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING;
+INSERT INTO spool (path, sha256, job_id, error, inputs, at) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (path, sha256) DO UPDATE SET job_id = excluded.job_id, error = excluded.error,
+                                         inputs = excluded.inputs, at = excluded.at;
+
+-- name: spool_entry
+SELECT job_id, error, inputs FROM spool WHERE path = ? AND sha256 = ?;
+
+-- name: spool_failures
+-- Each spool file's latest outcome, where it failed.
+SELECT s.path, s.error, s.at FROM spool s
+WHERE s.error IS NOT NULL AND s.at = (SELECT max(at) FROM spool WHERE path = s.path)
+ORDER BY s.path;
 
 -- name: job_spent
 SELECT spent_tokens, spent_cost FROM jobs WHERE id = ?;
@@ -319,3 +383,54 @@ UPDATE budget_holds SET expires = ? WHERE owner = ?;
 
 -- name: drop_holds
 DELETE FROM budget_holds WHERE owner = ?;
+
+-- name: reviews_schema
+-- ================================================================================================
+-- Reviews (issue 13): the reviewers' corrections and the samples drawn for them. One block, so it
+-- can be renumbered at merge. Run on every open: creates the tables an older store lacks.
+-- ================================================================================================
+-- One row per draft and reviewer: the latest annotation wins (re-imports are idempotent).
+CREATE TABLE IF NOT EXISTS reviews (
+    job_id TEXT NOT NULL,
+    draft_id TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    verdict TEXT NOT NULL,        -- accepted | corrected | rejected
+    label TEXT,                   -- JSON in the kind's shape, NULL when rejected
+    updated_at REAL NOT NULL,     -- when the reviewer last changed it (epoch seconds)
+    lead_time REAL,               -- seconds the reviewer spent, where the tool says
+    origin TEXT NOT NULL,         -- the file it was imported from
+    imported_at REAL NOT NULL,
+    PRIMARY KEY (job_id, draft_id, reviewer)
+);
+-- The drafts `review sample` sent out, and why: an audit draw is uniform, so the error estimate
+-- of what nobody reviewed uses only those.
+CREATE TABLE IF NOT EXISTS review_samples (
+    job_id TEXT NOT NULL,
+    draft_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,        -- informative | audit
+    drawn_at REAL NOT NULL,
+    PRIMARY KEY (job_id, draft_id)
+);
+
+-- name: upsert_review
+INSERT INTO reviews (job_id, draft_id, reviewer, verdict, label, updated_at, lead_time, origin, imported_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (job_id, draft_id, reviewer) DO UPDATE SET
+    verdict = excluded.verdict, label = excluded.label, updated_at = excluded.updated_at,
+    lead_time = excluded.lead_time, origin = excluded.origin, imported_at = excluded.imported_at
+WHERE excluded.updated_at >= reviews.updated_at
+  AND (excluded.verdict IS NOT reviews.verdict OR excluded.label IS NOT reviews.label
+       OR excluded.lead_time IS NOT reviews.lead_time);
+
+-- name: reviews
+SELECT draft_id, reviewer, verdict, label, updated_at, lead_time, origin FROM reviews
+WHERE job_id = ? ORDER BY draft_id, updated_at, reviewer;
+
+-- name: insert_sample
+-- An audit draw wins over an earlier informative one: the audit must stay uniform.
+INSERT INTO review_samples (job_id, draft_id, purpose, drawn_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (job_id, draft_id) DO UPDATE SET purpose = excluded.purpose, drawn_at = excluded.drawn_at
+WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
+
+-- name: samples
+SELECT draft_id, purpose FROM review_samples WHERE job_id = ?;

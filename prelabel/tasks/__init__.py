@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..config import JobSpec
+from ..errors import JobFileError
 from ..prompts import load_template
 from .base import Example, InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
 from .classify import ClassifyTask
@@ -25,5 +26,9 @@ def default_prompt(task_spec) -> str:
 def build_task(spec: JobSpec) -> Task:
     task_spec = spec.task
     template = load_template(task_spec.prompt or default_prompt(task_spec))
-    guidelines = task_spec.guidelines.read_text(encoding="utf-8") if task_spec.guidelines else None
+    try:  # -sig: a byte-order mark would go into every prompt
+        guidelines = task_spec.guidelines.read_text(encoding="utf-8-sig") if task_spec.guidelines else None
+    except UnicodeDecodeError as e:
+        raise JobFileError(f"guidelines file {task_spec.guidelines} is not UTF-8 ({e.reason})",
+                           field="task.guidelines") from None
     return _KINDS[task_spec.kind](task_spec, template, guidelines, spec.review)

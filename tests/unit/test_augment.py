@@ -287,7 +287,7 @@ def test_translate_request_and_parse():
 
 def test_prompt_versions_and_request_counts():
     versions = augment.prompt_versions()
-    assert set(versions) == {"paraphrase", "translate"}
+    assert set(versions) == {"paraphrase", "translate", "fidelity"}
     assert versions["paraphrase"].startswith("paraphrase@") and versions["translate"].startswith("translate@")
     assert augment.llm_requests(ParaphraseStep(kind="paraphrase", n=3)) == 1
     assert augment.llm_requests(BackTranslationStep(kind="back_translation", via=["de", "fr"])) == 4

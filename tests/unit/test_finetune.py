@@ -94,8 +94,8 @@ def test_no_source_on_both_sides_and_the_sides_do_not_depend_on_order(tmp_path):
     shuffled = records[:]
     random.Random(7).shuffle(shuffled)
     a, b = tmp_path / "a", tmp_path / "b"
-    report_a = write_finetune(records, a, FakeTask(), val_fraction=0.3)
-    report_b = write_finetune(shuffled, b, FakeTask(), val_fraction=0.3)
+    report_a = write_finetune(records, a, FakeTask(), val_fraction=0.3, validation_variants=True)
+    report_b = write_finetune(shuffled, b, FakeTask(), val_fraction=0.3, validation_variants=True)
 
     assert users(a / TRAIN_FILE) == users(b / TRAIN_FILE)
     assert users(a / VAL_FILE) == users(b / VAL_FILE)
@@ -111,6 +111,19 @@ def test_no_source_on_both_sides_and_the_sides_do_not_depend_on_order(tmp_path):
         assert report_a[side]["sources"] == len(sources)
         assert report_a[side] == report_b[side]
     assert report_a["train"]["examples"] + report_a["validation"]["examples"] == len(records)
+
+
+def test_variants_of_held_out_sources_stay_out_of_validation_by_default(tmp_path):
+    records = corpus()
+    report = write_finetune(records, tmp_path, FakeTask(), val_fraction=0.3)
+    val = users(tmp_path / VAL_FILE)
+    held_variants = [r for r in records if r["augmentation"] and in_validation(group_key(r), 0.3)]
+    assert held_variants and not any(r["text"] in val for r in held_variants)
+    assert any(not r["augmentation"] and r["text"] in val for r in records)  # the originals are there
+    assert report["skipped"]["variant_of_validation"] == len(held_variants)
+    train = users(tmp_path / TRAIN_FILE)  # and they do not move to the training side either
+    assert not any(r["text"] in train for r in held_variants)
+    assert all(r["text"] in train for r in records if r["augmentation"] and r not in held_variants)
 
 
 def test_a_draft_keeps_its_side_whatever_else_is_exported(tmp_path):
@@ -150,7 +163,8 @@ def test_failed_unlabelled_and_unrenderable_drafts_are_counted_not_written(tmp_p
                 record("no-example", label="-")]
     report = write_finetune(records, tmp_path, FakeTask())
     assert report["train"] == {"examples": 12, "sources": 12}
-    assert report["skipped"] == {"not_done": 1, "unlabelled": 1, "flagged": 0, "no_example": 1, "invalid": 0}
+    assert report["skipped"] == {"not_done": 1, "unlabelled": 1, "flagged": 0, "no_example": 1, "invalid": 0,
+                                 "variant_of_validation": 0}
     assert report["warnings"] == []
 
 

@@ -60,3 +60,69 @@ def test_identity_ignores_budget_and_output(job_dir: Path):
     assert job_identity(a, "sha", "v1") == job_identity(b, "sha", "v1")
     assert job_identity(a, "sha", "v1") != job_identity(a, "other", "v1")
     assert job_identity(a, "sha", "v1") != job_identity(a, "sha", "v2")
+
+
+# --- a key written twice: YAML keeps the last one silently, so it is an error -------------------
+
+DUPLICATE = "duplicate key (first on line {}); YAML would keep only the last one: remove or merge one of them"
+
+
+def load_error(tmp_path: Path, text: str) -> JobFileError:
+    (tmp_path / "d.jsonl").write_text('{"id": 1, "text": "hi"}\n', encoding="utf-8")
+    job = tmp_path / "j.yaml"
+    job.write_text(text, encoding="utf-8")
+    with pytest.raises(JobFileError) as e:
+        load_job(job)
+    return e.value
+
+
+HEAD = "name: x\ninput: {path: d.jsonl}\nmodel: {name: gpt-4o-mini}\n"
+TASK = "task: {kind: classify, labels: {a: one, b: two}}\n"
+
+
+def test_a_top_level_section_twice_is_an_error_naming_both_lines(tmp_path: Path):
+    # the first budget (a tiny cost cap) used to be dropped and the job ran with the default
+    e = load_error(tmp_path, HEAD + "budget:\n  max_cost_usd: 0.0001\n" + TASK + "budget:\n  max_output_tokens: 10\n")
+    assert (e.line, e.field) == (7, "budget")
+    assert str(e) == f"{tmp_path / 'j.yaml'}:7: budget: " + DUPLICATE.format(4)
+
+
+def test_a_nested_key_twice_is_an_error(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + TASK + "budget:\n  max_cost_usd: 0.0001\n  max_output_tokens: 10\n"
+                                              "  max_cost_usd: 5\n")
+    assert str(e) == f"{tmp_path / 'j.yaml'}:8: budget.max_cost_usd: " + DUPLICATE.format(6)
+
+
+def test_a_label_defined_twice_is_an_error(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + "task:\n  kind: classify\n  labels:\n    a: one\n    b: two\n    a: three\n")
+    assert str(e) == f"{tmp_path / 'j.yaml'}:9: task.labels.a: " + DUPLICATE.format(7)
+
+
+def test_a_duplicate_in_flow_style_is_an_error(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + "task: {kind: classify, labels: {a: one, b: two, a: three}}\n")
+    assert str(e) == f"{tmp_path / 'j.yaml'}:4: task.labels.a: " + DUPLICATE.format(4)
+    e = load_error(tmp_path, "name: x\ninput: {path: d.jsonl, path: other.jsonl}\nmodel: {name: m}\n" + TASK)
+    assert (e.line, e.field) == (2, "input.path")
+
+
+def test_a_duplicate_inside_a_list_names_its_index(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + TASK + "augment:\n  steps:\n    - {kind: noise, n: 1, n: 2}\n")
+    assert str(e) == f"{tmp_path / 'j.yaml'}:7: augment.steps.0.n: " + DUPLICATE.format(7)
+
+
+def test_a_key_beside_a_merge_overrides_it_and_is_no_duplicate(tmp_path: Path):
+    (tmp_path / "d.jsonl").write_text('{"id": 1, "text": "hi"}\n', encoding="utf-8")
+    job = tmp_path / "j.yaml"
+    job.write_text(HEAD + TASK + "budget:\n  <<: {max_output_tokens: 10, max_cost_usd: 1.0}\n  max_cost_usd: 2.0\n",
+                   encoding="utf-8")
+    spec = load_job(job)
+    assert spec.budget.max_cost_usd == 2.0 and spec.budget.max_output_tokens == 10
+
+
+def test_anchors_and_aliases_within_the_limits_work(tmp_path: Path):
+    (tmp_path / "d.jsonl").write_text('{"id": 1, "text": "hi"}\n', encoding="utf-8")
+    job = tmp_path / "j.yaml"
+    job.write_text(HEAD + "task:\n  kind: classify\n  labels: {a: &def the same, b: *def}\n"
+                   "review: &r {min_confidence: 0.5}\n", encoding="utf-8")
+    spec = load_job(job)
+    assert spec.task.labels == {"a": "the same", "b": "the same"} and spec.review.min_confidence == 0.5

@@ -1,0 +1,106 @@
+"""``max_concurrency: auto``: requests in flight set by the latency they get, for self-hosted servers.
+
+A vLLM, Ollama or llama.cpp server has a capacity, not a rate: past the requests it serves at once,
+more in flight only queue (latency grows, throughput does not), and past its queue it answers 503.
+``VegasLimit`` decides the limit from what each window of answers shows (pure, tested with no clock):
+the queue a window implies is ``limit * (1 - rtt_min / rtt)`` (TCP Vegas); under ``alpha`` the limit
+grows (doubling until the first sign of a queue, then by one), over ``beta`` it shrinks, and a 503
+cuts it by ``OVERLOAD_CUT``. ``AdaptiveSlots`` holds requests to the limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+
+OVERLOAD_CUT = 0.8
+AUTO_START = 4     # requests in flight ``auto`` starts from
+
+
+class VegasLimit:
+    def __init__(self, maximum: int, initial: int = AUTO_START) -> None:
+        self.limit = float(initial)
+        self.maximum = maximum
+        self.rtt_min = math.inf
+        self.slow_start = True
+        self._window: list[float] = []
+        self._epoch = 0  # bumped by every change: a 503 from before it does not cut again
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _thresholds(self) -> tuple[float, float]:
+        alpha = 2.0 * max(1.0, math.log10(self.limit))
+        return alpha, 2.0 * alpha
+
+    def sample(self, rtt: float, in_flight: int, epoch: int | None = None) -> None:
+        """An answer that took ``rtt`` seconds, sent with ``in_flight`` requests out (itself included),
+        under the limit of ``epoch`` (an answer sent under an older limit says nothing of this one)."""
+        if epoch is not None and epoch != self._epoch:
+            return
+        if in_flight < self.limit / 2 and not self.slow_start:
+            return  # the limit was not what held the requests back: this says nothing about it
+        self._window.append(rtt)
+        if len(self._window) < max(8, int(self.limit)):
+            return
+        rtt = sorted(self._window)[len(self._window) // 2]  # the window's median: one slow answer is noise
+        self._window.clear()
+        self.rtt_min = min(self.rtt_min, rtt)
+        queue = self.limit * (1.0 - self.rtt_min / rtt)
+        alpha, beta = self._thresholds()
+        if self.slow_start:
+            if queue < alpha:
+                self._set(self.limit * 2)
+                return
+            self.slow_start = False
+            self._set(self.limit * self.rtt_min / rtt + alpha)  # what the server serves, plus a short queue
+        elif queue < alpha:
+            self._set(self.limit + 1)
+        elif queue > beta:
+            self._set(self.limit - 1)
+
+    def overloaded(self, epoch: int) -> None:
+        """A 503 (the server's queue is full) from a request sent under ``epoch``."""
+        if epoch != self._epoch:
+            return  # sent before the last change: that change already answered it
+        self.slow_start = False
+        self._set(self.limit * OVERLOAD_CUT)
+
+    def _set(self, limit: float) -> None:
+        self.limit = min(float(self.maximum), max(1.0, limit))
+        self._window.clear()
+        self._epoch += 1
+
+
+class AdaptiveSlots:
+    """At most ``limit.limit`` holders at once; the limit may move while requests wait."""
+
+    def __init__(self, limit: VegasLimit) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self) -> None:
+        while self.in_flight >= int(self.limit.limit):
+            future = asyncio.get_running_loop().create_future()
+            self._waiting.append(future)
+            try:
+                await future
+            except BaseException:
+                if not future.cancelled() and future.done():
+                    self._wake()  # woken and cancelled at once: pass the turn on
+                raise
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        room = int(self.limit.limit) - self.in_flight
+        while room > 0 and self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                room -= 1
