@@ -15,12 +15,15 @@ from functools import lru_cache
 from typing import Sequence
 
 from prelabel.config import LANGUAGES
+from prelabel.placeholders import is_placeholder
 from prelabel.prompts import PromptTemplate, load_template
 from prelabel.tasks import InvalidOutput
 
 PARAPHRASE_FORMAT = {"type": "json_schema", "json_schema": {"name": "paraphrases", "strict": True, "schema": {
     "type": "object", "properties": {"paraphrases": {"type": "array", "items": {"type": "string"}}},
     "required": ["paraphrases"], "additionalProperties": False}}}
+# The templates show their answers as "<paraphrase>" and the like: slots that is_placeholder knows.
+_PLACEHOLDERS: frozenset[str] = frozenset()
 FIDELITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "fidelity", "strict": True, "schema": {
     "type": "object", "properties": {"faithful": {"type": "boolean"}, "reason": {"type": "string"}},
     "required": ["faithful", "reason"], "additionalProperties": False}}}
@@ -87,6 +90,9 @@ def parse_paraphrases(content: str, n: int) -> list[str]:
     if not isinstance(found, list) or not all(isinstance(p, str) for p in found):
         raise InvalidOutput('"paraphrases" must be a list of strings')
     found = [p.strip() for p in found if p.strip()]
+    if found and all(is_placeholder(p, _PLACEHOLDERS) for p in found):
+        raise InvalidOutput('"paraphrases" holds the prompt\'s placeholder, not a paraphrase of the text')
+    found = [p for p in found if not is_placeholder(p, _PLACEHOLDERS)]
     if not found:
         raise InvalidOutput('"paraphrases" holds no paraphrase')
     return found[:n]
@@ -97,6 +103,8 @@ def parse_translation(content: str) -> str:
     found = _object(content, "translation")
     if not isinstance(found, str) or not found.strip():
         raise InvalidOutput('"translation" must be a non-empty string')
+    if is_placeholder(found, _PLACEHOLDERS):
+        raise InvalidOutput('"translation" holds a placeholder, not a translation of the text')
     return found.strip()
 
 

@@ -86,6 +86,8 @@ def _say(outcome) -> None:
         return
     if "error" in outcome.report:
         print(f"{outcome.job_id}: error: {redact(outcome.report['error'])}", file=sys.stderr)
+        if outcome.out_dir is not None:
+            print(f"  what finished is written to {outcome.out_dir}", file=sys.stderr)
         return
     r = outcome.report
     print(f"{outcome.job_id}: {json.dumps(r['by_state'])}  flags {json.dumps(r['by_flag'])}  "
@@ -481,13 +483,57 @@ def _fmt(x) -> str:
 def cmd_simulate(args) -> int:
     from .config import EXIT_OK
     from .simulator import SimConfig, serve
+    from .simulator.gaps import Gaps
 
+    gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
+    gaps = Gaps(**{**gaps.__dict__, **{name.replace("-", "_"): True for name in args.gap or ()}})
     serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
                     window=args.window, style=args.style, capacity=args.capacity, queue_limit=args.queue_limit,
                     error_rate=args.error_rate, logprobs=not args.no_logprobs,
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
-                    identify=not args.as_real),
+                    identify=not args.as_real, gaps=gaps),
           host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_probe(args) -> int:
+    from .capabilities import store_key
+    from .client import make_client
+    from .config import EXIT_UNAVAILABLE, ModelSpec
+    from .endpoint import normalise_url
+    from .probe import format_rows, probe
+
+    endpoint = _endpoint()
+    url = args.base_url or endpoint.base_url
+    if args.base_url and (refusal := endpoint.allowlist().refusal(args.base_url)):
+        raise JobFileError(refusal, field="--base-url")
+    spec = ModelSpec(name=args.model, timeout_s=args.timeout)
+
+    async def go():
+        client = make_client(spec, api_key=endpoint.api_key, base_url=url)
+        try:
+            return await probe(client, args.model, args.embedding_model)
+        finally:
+            await client.close()
+
+    try:
+        caps, rows = asyncio.run(go())
+    except ConnectionError as e:
+        print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    identity = normalise_url(url)
+    if args.json:
+        print(json.dumps({"endpoint": identity, "model": args.model, "capabilities": caps.to_json(),
+                          "rows": [{"capability": r.capability, "value": r.value, "detail": r.detail}
+                                   for r in rows]}, indent=2))
+    else:
+        print(f"{identity}  model {args.model}")
+        print(format_rows(rows))
+    store = open_store(args.db)  # the next run against it starts with what was learned
+    try:
+        store.cache_put([(store_key(identity, args.model), caps.to_json())])
+    finally:
+        store.close()
     return EXIT_OK
 
 
@@ -602,6 +648,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="accepted items too, not only corrected ones")
     p.add_argument("--out", type=Path, help="the file (default: output.dir/review_examples.jsonl)")
 
+    p = command("probe", cmd_probe, "what an endpoint and model can do (structured output, logprobs, n, "
+                                    "embeddings, usage), asked with a few tiny requests")
+    p.add_argument("--base-url", help="default: $OPENAI_BASE_URL (an allowed endpoint, as for a job)")
+    p.add_argument("--model", default="gpt-4o-mini")
+    p.add_argument("--embedding-model", help="default: --model")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per probe request")
+    p.add_argument("--json", action="store_true")
+
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -624,6 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--as-real", action="store_true",
                    help="do not say it is a simulator (tests: a stand-in for a real endpoint)")
+    p.add_argument("--like", choices=["llama-cpp-python"], help="lack what that server lacks")
+    p.add_argument("--gap", action="append", choices=["refuse-json-schema", "ignore-n", "logprobs-need-top",
+                                                      "pre-constraint-logprobs", "no-usage", "no-embeddings"],
+                   help="lack one capability (repeatable)")
     return parser
 
 

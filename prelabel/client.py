@@ -90,6 +90,13 @@ def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) 
     import openai
 
     add_secret(api_key)
+    if model.provider == "azure":
+        # The api-key header, the deployment's path and the api-version query are the SDK's.
+        return openai.AsyncAzureOpenAI(api_key=api_key or "not-needed", azure_endpoint=base_url,
+                                       azure_deployment=model.deployment or model.name,
+                                       api_version=model.api_version, max_retries=0, timeout=model.timeout_s,
+                                       http_client=_http_client_class()(),
+                                       default_headers={name: openai.Omit() for name in _PLATFORM_HEADERS})
     return openai.AsyncOpenAI(api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
                               timeout=model.timeout_s, http_client=_http_client_class()(),
                               default_headers={name: openai.Omit() for name in _PLATFORM_HEADERS})

@@ -9,8 +9,9 @@ class Completion:
     content: str | None
     refusal: str | None
     finish_reason: str | None
-    # (token, logprob) pairs of the first choice, or None where the endpoint gave none.
-    logprobs: list[tuple[str, float]] | None
+    # (token, logprob, alternatives) of the first choice, or None where the endpoint gave none;
+    # alternatives are the top_logprobs [(token, logprob), ...] (empty where none were sent).
+    logprobs: list[tuple] | None
     prompt_tokens: int
     completion_tokens: int
     model: str
@@ -59,5 +60,6 @@ class Completion:
 def _logprobs(choice: dict) -> list[tuple[str, float]] | None:
     lp = choice.get("logprobs")
     if lp and lp.get("content"):
-        return [(t["token"], t["logprob"]) for t in lp["content"]]
+        return [(t["token"], t["logprob"], [(a["token"], a["logprob"]) for a in t.get("top_logprobs") or ()])
+                for t in lp["content"]]
     return None

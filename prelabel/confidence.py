@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
 
+from .labelscore import TAIL_TOKENS, LabelScore, align, label_score
+
 LOGPROBS, CONSISTENCY, BOTH = "logprobs", "consistency", "both"
 
 K = TypeVar("K", bound=Hashable)
@@ -27,16 +29,57 @@ def span_probability(logprobs: list[tuple[str, float]] | None, content: str, sta
     if not logprobs or start >= end:
         return None
     total, position = 0.0, 0
-    for token, logprob in logprobs:
+    for token, logprob, *_ in logprobs:
         token_end = position + len(token)
         if token_end > start and position < end:
             total += logprob
         position = token_end
         if position >= end:
             break
-    if "".join(token for token, _ in logprobs) != content:
+    if align(logprobs, content) != 0:
         return None
     return min(1.0, math.exp(total))
+
+
+def has_alternatives(logprobs: Sequence | None) -> bool:
+    """Whether the endpoint sent ``top_logprobs`` alternatives with its tokens."""
+    return bool(logprobs) and any(len(t) > 2 and t[2] for t in logprobs)
+
+
+def label_probability(logprobs: Sequence | None, content: str, start: int, end: int,
+                      labels: Sequence[str]) -> tuple[float | None, LabelScore | None]:
+    """A label's confidence: where the endpoint sent alternatives, its share among the schema's
+    labels at the tokens that decide it (``prelabel.labelscore``: this survives constrained
+    decoding); else the probability of its exact characters."""
+    if has_alternatives(logprobs):
+        score = label_score(logprobs, content, start, end, labels)
+        if score is not None:
+            return score.confidence, score
+    return span_probability(logprobs, content, start, end), None
+
+
+def close_probability(logprobs: Sequence | None, content: str, close: int) -> float | None:
+    """The confidence that an array was closed empty at ``close`` (its ``]``): where alternatives
+    were sent, ``]`` against opening a first element at that token (the choice the schema leaves);
+    else the probability of the character."""
+    shift = align(logprobs, content) if has_alternatives(logprobs) else None
+    if shift is not None:
+        at, position = close + shift, 0
+        for token in logprobs:
+            text, end = token[0], position + len(token[0])
+            if end > at and text:
+                lead = at - position
+                top = list(token[2]) if len(token) > 2 and token[2] else []
+                if not any(a == text for a, _ in top):
+                    top.append((text, token[1]))
+                alternatives = [(a[lead:].lstrip(), math.exp(lp)) for a, lp in top if a[:lead] == text[:lead]]
+                closed = sum(p for a, p in alternatives if a.startswith("]"))
+                opened = sum(p for a, p in alternatives if a[:1] in ('"', "{"))
+                if not opened:  # not listed: the tail the list leaves over (prelabel.labelscore)
+                    opened = max(0.0, 1.0 - sum(p for _, p in alternatives)) / TAIL_TOKENS
+                return closed / (closed + opened) if closed + opened > 0 else None
+            position = end
+    return span_probability(logprobs, content, close, close + 1)
 
 
 def least(values: Iterable[float | None]) -> float | None:

@@ -51,6 +51,11 @@ class ModelSpec(Strict):
     # run stops (exit 8) with its items back in the queue
     max_rate_limit_wait_s: float = Field(600.0, gt=0)
     price: Price | None = None  # overrides prelabel.pricing for this model
+    # azure: Azure OpenAI through the SDK's AsyncAzureOpenAI; base_url is the resource's endpoint
+    # (https://NAME.openai.azure.com), ``deployment`` the deployment (default: ``name``).
+    provider: Literal["openai", "azure"] = "openai"
+    deployment: str | None = None
+    api_version: str = "2024-10-21"
 
 
     @field_validator("max_concurrency")
@@ -141,6 +146,8 @@ class BudgetSpec(Strict):
     max_input_tokens: int | None = Field(None, gt=0)  # the whole prompt, per request
     on_overflow: Literal["truncate", "skip"] = "truncate"
     max_output_tokens: int = Field(64, gt=0)
+    # a re-ask after an answer cut off at max_tokens (finish_length) may use up to this; default 4x
+    max_output_tokens_reask: int | None = Field(None, gt=0)
     max_total_tokens: int | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(None, gt=0)
 
@@ -323,6 +330,7 @@ class Engine(BaseModel):
     embed_batch: int = 128           # texts per /v1/embeddings request...
     embed_batch_tokens: int = 250_000  # ...and tokens (OpenAI allows 2048 inputs, 300k tokens)
     embed_max_input_tokens: int = 8191  # one input's limit at OpenAI's embedding models: cut to it
+    top_logprobs: int = 5            # alternatives per token with logprobs: a label's confidence is computed from them
 
 
 EXIT_OK = 0

@@ -33,6 +33,8 @@ class Draft:
     scores: dict[str, float] | None = None  # per-label confidence, where the kind has several
     augmentation: dict | None = None  # a variant: how it was made ({"kind": ..., parameters})
     carried_label: Any = None         # a variant: the label carried over from its source
+    runner_up: str | None = None      # the next most probable label (from the endpoint's alternatives)
+    margin: float | None = None       # confidence minus the runner-up's
 
     def to_record(self) -> dict:
         # Not dataclasses.asdict: it deep-copies every value, and this runs once per item.
@@ -58,4 +60,5 @@ def draft_record(spec, task, draft_id: str, item, output, flags: list[str], stat
         cost_usd=round(sum(u.cost_usd for u in usage), 8), error=error, review_priority=v.priority,
         state=state, line=item.line, source_id=carried["source_id"] if carried else item.item_id,
         scores=output.scores, augmentation=carried["augmentation"] if carried else None,
-        carried_label=carried["label"] if carried else None).to_record()
+        carried_label=carried["label"] if carried else None,
+        runner_up=getattr(output, "runner_up", None), margin=getattr(output, "margin", None)).to_record()

@@ -76,3 +76,8 @@ class RateLimitWaitExceeded(LLMError):
 class EmbeddingsUnavailable(LLMError):
     """The endpoint has no /v1/embeddings, or not for this model: ``similar`` examples fall back to
     lexical similarity."""
+
+
+class MalformedAnswer(LLMError):
+    """A 200 whose body is not the answer asked for: a failure of that answer, not a transient one
+    (the same request gets the same body), so it is not retried."""

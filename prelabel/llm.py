@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple, Sequence
 
 from tenacity import AsyncRetrying, retry_if_exception
 
+from . import capabilities as caps_
+from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
 from .concurrency import AdaptiveSlots, VegasLimit
@@ -28,7 +30,7 @@ from .config import AUTO_MAX_CONCURRENCY
 from .config import Engine as EngineSettings
 from .config import ModelSpec
 from .endpoint import SIMULATOR_HEADER, normalise_url
-from .errors import EmbeddingsUnavailable, LLMError, RateLimitWaitExceeded
+from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded
 from .ratelimit import RateLimiter, rate_headers
 from .redact import redact
 from .retry import Failure, RetryDecision, decide
@@ -61,6 +63,7 @@ class Prepared:
     body: bytes                  # what is sent
     key: str                     # its cache key
     cached: Completion | None    # the stored answer, if any: then nothing is sent
+    request: dict | None = None  # as built, before it is adapted to the endpoint's capabilities
 
 
 def encode_request(request: dict, identity: str) -> tuple[bytes, str]:
@@ -157,6 +160,20 @@ def _completion(raw) -> Completion:
     return completion
 
 
+MALFORMED = -200  # Failure.status of a 200 whose body is not the answer asked for
+
+
+def _merged(completions: Sequence[Completion]) -> Completion:
+    """Samples asked apart, as one completion of several choices (usage summed)."""
+    first = completions[0]
+    samples = [s for c in completions for s in c.all_samples()]
+    return Completion(first.content, first.refusal, first.finish_reason, first.logprobs,
+                      sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions),
+                      first.model, usage_reported=all(c.usage_reported for c in completions),
+                      samples=samples if len(samples) > 1 else None,
+                      simulated=any(c.simulated for c in completions))
+
+
 class _Endpoint(NamedTuple):
     path: str
     template: Any  # from client.request_template
@@ -175,7 +192,8 @@ class LLMEngine:
                  cache_get: Callable[[str], dict | None], *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 identity: str | None = None, simulated: bool = False) -> None:
+                 identity: str | None = None, simulated: bool = False,
+                 capabilities: Capabilities | None = None) -> None:
         self.client, self.model, self.settings = client, model, settings
         self.identity = identity or normalise_url(str(client.base_url))
         self.simulated = simulated
@@ -192,6 +210,11 @@ class LLMEngine:
         self._status_error = openai.APIStatusError
         self._connection_errors = (openai.APITimeoutError, openai.APIConnectionError)
 
+        # What the endpoint can do, learned as requests are refused or answered; the worker keeps
+        # it in the store under ``caps_key`` (the endpoint's identity and the model, never the key).
+        self.caps_key = caps_.store_key(self.identity, model.name)
+        self.caps = capabilities or Capabilities()
+
     def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
                 temperature: float | None = None) -> dict:
         """A chat request; ``n`` > 1 asks several samples at once (``max_tokens`` is per sample)."""
@@ -204,6 +227,10 @@ class LLMEngine:
             body["response_format"] = response_format
         if self.model.logprobs:
             body["logprobs"] = True
+            if self.settings.top_logprobs > 0:
+                # 0 gives no logprobs at all on llama.cpp's servers; the alternatives are what a
+                # label's confidence is computed from (prelabel.labelscore).
+                body["top_logprobs"] = self.settings.top_logprobs
         if self.model.seed is not None:
             body["seed"] = self.model.seed
         return body
@@ -217,8 +244,8 @@ class LLMEngine:
         if cached is not None and (not cached.get("simulated") or self.simulated
                                    or self.identity in _SAID_SIMULATOR):
             self.stats.cache_hits += 1
-            return Prepared(body, key, Completion.from_cache(cached))
-        return Prepared(body, key, None)
+            return Prepared(body, key, Completion.from_cache(cached), request)
+        return Prepared(body, key, None, request)
 
     async def send(self, prepared: Prepared, booked_tokens: int) -> Completion:
         """Send it, paced and retried; raises LLMError when it fails for good.
@@ -226,7 +253,12 @@ class LLMEngine:
         ``booked_tokens`` is the request's worst case (prompt + max output) for the token pacing;
         what the usage shows was not used is given back.
         """
-        completion = await self._call(self._chat, prepared.body, booked_tokens, _completion)
+        if prepared.request is not None:
+            return await self._send_capable(prepared.request, booked_tokens)
+        return await self._send_body(prepared.body, booked_tokens)
+
+    async def _send_body(self, body: bytes, booked_tokens: int) -> Completion:
+        completion = await self._call(self._chat, body, booked_tokens, _completion)
         if completion.simulated:
             _SAID_SIMULATOR.add(self.identity)
         else:  # a real server has that URL now: no more simulator's answers for it
@@ -234,6 +266,53 @@ class LLMEngine:
         completion.simulated = completion.simulated or self.simulated
         self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion
+
+    async def _send_capable(self, request: dict, booked_tokens: int) -> Completion:
+        """The request in the form the endpoint takes; a capability it refuses is given up (and
+        remembered) and the request sent again: a missing feature is not an outage."""
+        samples = request.get("n", 1)
+        while True:
+            if samples > 1 and self.caps.n is False:
+                return await self._send_apart(request, booked_tokens)
+            adapted = caps_.adapt(request, self.caps)
+            try:
+                completion = await self._send_body(encode_request(adapted, self.identity)[0], booked_tokens)
+            except LLMError as e:
+                name = caps_.gap(e.status, str(e), adapted)
+                if name is None:
+                    raise
+                if caps_.adapt(request, self.caps) != adapted:
+                    continue  # another request in flight learned it meanwhile: send the new form
+                if not self.caps.weaken(name, str(e)):
+                    raise
+                self.stats.capability_fallbacks += 1
+                log.warning("the endpoint refused %s; sending requests without it from now on: %s", name, e)
+                continue
+            self._learn(request, completion)
+            if samples > 1 and len(completion.all_samples()) < samples:
+                # ``n`` ignored: the other samples are asked apart, with distinct seeds.
+                self.caps.n = False
+                self.caps.learned.append(f"n: asked {samples} choices, got {len(completion.all_samples())}")
+                rest = await self._send_apart(request, booked_tokens, skip=1)
+                return _merged([completion, rest])
+            return completion
+
+    async def _send_apart(self, request: dict, booked_tokens: int, skip: int = 0) -> Completion:
+        """``n`` samples as separate requests (distinct seeds), merged into one completion."""
+        requests = caps_.sample_requests(request, request["n"])[skip:]
+        each = max(1, booked_tokens - request.get("max_tokens", 0) * (request["n"] - 1))
+        return _merged(await asyncio.gather(*(self._send_capable(r, each) for r in requests)))
+
+    def _learn(self, request: dict, completion: Completion) -> None:
+        self.caps.usage = completion.usage_reported
+        if request.get("logprobs") and self.caps.logprobs:
+            self.caps.logprobs_seen = completion.logprobs is not None
+        if request.get("n", 1) > 1 and len(completion.all_samples()) >= request["n"]:
+            self.caps.n = True
+
+    def prompt_copies(self, samples: int) -> int:
+        """How many times a request of ``samples`` choices sends its prompt (for the budget)."""
+        return samples if samples > 1 and self.caps.n is False else 1
 
     def prepare_embeddings(self, texts: Sequence[str], model: str) -> PreparedEmbeddings:
         """Look each text up in the cache (per model and text), and count what would be sent.
@@ -284,7 +363,7 @@ class LLMEngine:
                                                    lambda raw, n=len(batch): parse_embeddings(raw.content, n))
             except LLMError as e:
                 error = e
-                if e.status in NO_EMBEDDINGS_STATUS:
+                if e.status in NO_EMBEDDINGS_STATUS or isinstance(e, MalformedAnswer):
                     error = EmbeddingsUnavailable(f"no embeddings for model {prepared.model!r} at this endpoint: {e}",
                                                   status=e.status, attempts=e.attempts)
                     error.__cause__ = e.__cause__
@@ -314,6 +393,9 @@ class LLMEngine:
                 return await self._retry(endpoint, body, booked, parse, first, tries)
         except _AttemptFailed as e:
             # The cause's text is the endpoint's error body, which may echo the key it was sent.
+            if e.failure.status == MALFORMED:
+                raise MalformedAnswer(redact(f"request failed: {e.decision.reason}: {e.cause}"),
+                                      attempts=e.attempt) from e.cause
             error = RateLimitWaitExceeded if e.decision.rate_limit_wait_exceeded else LLMError
             raise error(redact(f"request failed: {e.decision.reason}: {e.cause}"), status=e.failure.status,
                         attempts=e.attempt) from e.cause
@@ -361,6 +443,9 @@ class LLMEngine:
                 headers = rate_headers(e.response.headers.raw)
                 self._observe(headers)
                 failure = Failure(e.status_code, headers, getattr(e, "code", None))
+                if self._capability_refused(e, body):
+                    raise _AttemptFailed(failure, RetryDecision(False, 0.0, "a capability the endpoint lacks"),
+                                         e, tries.sent) from e
                 if e.status_code == 429:
                     self.stats.rate_limited += 1
                     if failure.code != "insufficient_quota" and self.limiter.limited(sent_at, self._clock()):
@@ -383,8 +468,22 @@ class LLMEngine:
         try:
             return parse(raw)  # the response: its body, and its headers (a simulator says so)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            # A 200 with a body that is not the answer asked for: a broken proxy; treat it as a 502.
-            raise self._failed(Failure(502, headers), tries, e) from e
+            # A 200 with a body that is not the answer asked for: the same request would get the
+            # same answer (llama-cpp-python's per-token embeddings), so it is not retried.
+            raise _AttemptFailed(Failure(MALFORMED, headers), RetryDecision(False, 0.0, "a malformed answer"),
+                                 e, tries.sent) from e
+
+    @staticmethod
+    def _capability_refused(error: openai.APIStatusError, body: bytes) -> bool:
+        """A refusal naming a parameter this request sent: not retried (``_send_capable`` gives the
+        parameter up instead)."""
+        if error.status_code not in caps_.CAPABILITY_STATUS:
+            return False
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return False
+        return caps_.gap(error.status_code, str(error), request) is not None
 
     def _observe(self, headers: dict[str, str]) -> None:
         limits = (self.limiter.rpm, self.limiter.tpm)

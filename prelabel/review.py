@@ -25,6 +25,8 @@ SPAN_CONFLICT = "span_conflict"        # ner: spans overlap (different types, or
 VERBATIM_SOURCE = "verbatim_source"    # instruct: the pair copies the source text (see tasks/instruct.py)
 EMPTY_OUTPUT = "empty_output"          # instruct: an empty instruction or response
 DUPLICATE_PAIR = "duplicate_pair"      # instruct: the same instruction as an earlier pair of the item
+PLACEHOLDER_OUTPUT = "placeholder_output"  # instruct: a template placeholder copied ("...", "<your response>")
+LENIENT_JSON = "lenient_json"          # the answer was JSON only leniently (raw control characters, a code fence)
 
 
 @dataclass(frozen=True, slots=True)

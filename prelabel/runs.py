@@ -94,7 +94,9 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
         message = (f"the endpoint kept failing ({settings.outage_after} items in a row after every retry), last: "
                    f"{result.outage}. The run stopped and those items are back in the queue with the rest: "
                    "nothing is lost. Fix the endpoint (or key, or model name) and run again.")
-        return JobOutcome(job_id, EXIT_UNAVAILABLE, result, {"error": message}, None)
+        # What finished is written all the same: a stopped run's drafts are not held back.
+        report, out_dir = export(store, job_id)
+        return JobOutcome(job_id, EXIT_UNAVAILABLE, result, {**report, "error": message}, out_dir)
     busy = result.counts.get("pending", 0) + result.counts.get("leased", 0)
     if busy:  # another worker still holds items of this job: it writes the outputs when it ends
         return JobOutcome(job_id, EXIT_OK, result, None, None)

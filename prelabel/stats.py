@@ -13,3 +13,4 @@ class RunStats:
     timeouts: int = 0       # timeouts and dropped connections
     cache_hits: int = 0     # answered from the store, not sent
     wall_s: float = 0.0
+    capability_fallbacks: int = 0  # requests sent again without a parameter the endpoint refused

@@ -24,11 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
+from .capabilities import Capabilities
 from .completion import Completion
 from .config import Engine as EngineSettings
 from .config import JobSpec
 from .draft import DONE, FAILED, SKIPPED, draft_record
-from .errors import EmbeddingsUnavailable, LLMError, RateLimitWaitExceeded, StorageError
+from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
 from .fewshot import FewShot
 from .llm import LLMEngine, Prepared
 from .pricing import cost_usd, price_for
@@ -103,6 +104,9 @@ class JobRunner:
         self._committing = 0  # batches handed to the store thread and not yet committed
         self._holding = asyncio.Lock()  # a budget hold is being asked of the store
         self.storage_error: StorageError | None = None  # the store failed: the run stops
+        stored = store.cache_get(engine.caps_key)  # what earlier runs learned of this endpoint
+        if stored is not None:
+            engine.caps = Capabilities.from_json(stored)
 
     async def run(self) -> RunResult:
         try:
@@ -169,6 +173,8 @@ class JobRunner:
                 try:
                     await self._write(self.store.release, self.owner)  # anything unstarted goes back to the queue
                     await self._write(self.store.add_run, self.job.id, self.owner, started_wall, stats)
+                    await self._write(self.store.cache_put,  # what was learned of the endpoint, for the next run
+                                      [(self.engine.caps_key, self.engine.caps.to_json())])
                 except StorageError as e:
                     self._store_failed(e)
         if self.storage_error is not None:
@@ -384,11 +390,14 @@ class JobRunner:
             prompt_tokens = self.counter.count_messages(messages)
         if messages is None:
             messages = self.task.messages(text)
-        error, completion = None, None
+        error, completion, max_out = None, None, spec.budget.max_output_tokens
         for _ in range(1 + spec.task.max_reasks):
             try:
                 prepared, completion = await self._ask(item.seq, messages, self.task.response_format(), prompt_tokens, usage,
-                                                       self.task.samples, self.task.temperature)
+                                                       self.task.samples, self.task.temperature, max_out)
+            except _Malformed as e:  # that answer failed, not the endpoint: ask again
+                error, completion = e.error, None
+                continue
             except _RequestFailed as e:
                 e.flags = flags
                 raise
@@ -400,6 +409,8 @@ class JobRunner:
             except InvalidOutput as e:
                 # Not cached: a later run of this item must be free to get a better answer.
                 error = str(e)
+                if completion.finish_reason == "length":  # the same max_tokens could not fit it again
+                    max_out = reask_max_tokens(spec.budget, max_out)
                 messages = messages + reask_messages(completion.content, error)
                 prompt_tokens += self.counter.count(completion.content or "") + self.counter.count(
                     messages[-1]["content"]) + 2 * TOKENS_PER_MESSAGE
@@ -430,12 +441,17 @@ class JobRunner:
             self._answered(seq, prepared.key, completion)
             return prepared, completion
         estimate = prompt_tokens + self.prompt_slack
-        reservation = await self._reserve(estimate, max_out * samples)
+        copies = self.engine.prompt_copies(samples)  # n ignored or refused: each sample is a request
+        reservation = await self._reserve(estimate * copies, max_out * samples)
         if reservation is None:
             raise _Requeue()
         try:
             async with self._requests:
                 completion = await self.engine.send(prepared, estimate + max_out * samples)
+        except MalformedAnswer as e:
+            self.gate.release(reservation)
+            self._settled.set()
+            raise _Malformed(str(e)) from None
         except LLMError as e:
             self.gate.release(reservation)
             self._settled.set()
@@ -576,3 +592,14 @@ class _RequestFailed(Exception):
     def __init__(self, error: str) -> None:
         super().__init__(error)
         self.error, self.flags = error, []
+
+
+class _Malformed(_RequestFailed):
+    """A 200 whose body was not an answer: labelling re-asks it; other stages fail the request."""
+
+
+def reask_max_tokens(budget, used: int) -> int:
+    """``max_tokens`` for a re-ask after an answer was cut off at ``used``: twice as many, up to
+    ``budget.max_output_tokens_reask`` (default four times ``max_output_tokens``)."""
+    ceiling = budget.max_output_tokens_reask or 4 * budget.max_output_tokens
+    return max(used, min(2 * used, ceiling))

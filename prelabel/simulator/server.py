@@ -28,6 +28,8 @@ from aiohttp import web
 from ..tokens import TokenCounter
 from .answers import (JSON_OBJECT_SCHEMA, MODEL_ID, REFUSAL, REFUSE_MARKER, Chooser, dumps, embedding, instance,
                       last_user_text, sentiment, serialize, token_logprobs)
+from . import gaps as gaps_
+from .gaps import Gaps
 from .limits import FixedWindow, TokenBucket, Window, duration
 from ..endpoint import SIMULATOR_HEADER
 
@@ -51,6 +53,7 @@ class SimConfig:
     seed: int = 0
     track_contents: bool = True  # count requests per last user message (tests); off for benchmarks
     identify: bool = True  # say "a simulator" in every response (SIMULATOR_HEADER); False: pose as a real endpoint
+    gaps: Gaps = Gaps()  # behave like a self-hosted server that lacks some capabilities
 
 
 @dataclass
@@ -133,6 +136,10 @@ class Simulator:
             return self._invalid("n, max_tokens, temperature, top_logprobs must be numbers", None)
         if not 1 <= n <= 128 or (max_tokens is not None and max_tokens < 1):
             return self._invalid("'n' must be from 1 to 128 and 'max_tokens' at least 1", None)
+        if refused := gaps_.refusal(self.config.gaps, body):
+            return self._respond(*refused)
+        n = gaps_.choices_to_make(self.config.gaps, n)
+        body = {**body, "response_format": gaps_.response_format(body.get("response_format"))}
         model = str(body.get("model") or MODEL_ID)
         counter = await self._counter(model)
         prompt_tokens = counter.count_messages(messages)
@@ -148,7 +155,8 @@ class Simulator:
                        for i in range(n)]
             completion_tokens = n * counter.count(REFUSAL)
         else:
-            want_logprobs = body.get("logprobs") is True and self.config.logprobs
+            want_logprobs = (body.get("logprobs") is True and self.config.logprobs
+                             and gaps_.wants_logprobs(self.config.gaps, body))
             choices, completion_tokens = [], 0
             seed = body.get("seed")
             for index in range(n):
@@ -170,23 +178,32 @@ class Simulator:
                 logprobs = None
                 if want_logprobs:
                     logprobs = token_logprobs(counter.encoding, content, tokens, spans, top_k)
+                    if self.config.gaps.pre_constraint_logprobs:
+                        logprobs = gaps_.pre_constraint(logprobs)
                 message = {"role": "assistant", "content": content, "refusal": None}
                 choices.append({"index": index, "message": message, "logprobs": logprobs,
                                 "finish_reason": finish_reason})
         self.stats.ok += 1
         if self.config.track_contents:
             self.stats.answered[text] += 1
-        return self._respond(200, {
+        payload = {
             "id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "system_fingerprint": "fp_simulator" if self.config.identify else "fp_0000000000",
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
-        })
+        }
+        if self.config.gaps.no_usage:
+            del payload["usage"]
+        return self._respond(200, payload)
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
+        if self.config.gaps.no_embeddings:  # llama.cpp started without --embeddings
+            return self._respond(501, {"error": {"message": "This server does not support embeddings. "
+                                                 "Start it with `--embeddings`", "type": "not_supported_error",
+                                                 "param": None, "code": 501}})
         body = await _json_body(request)
         inputs = body.get("input") if isinstance(body, dict) else None
         inputs = [inputs] if isinstance(inputs, str) else inputs

@@ -11,17 +11,45 @@ import re
 from json.decoder import scanstring
 from typing import Any, Callable, Sequence
 
+from ..review import LENIENT_JSON
 from .base import InvalidOutput
+
+
+class LenientObject(dict):
+    """An answer that is JSON only leniently (raw control characters inside strings, or a Markdown
+    code fence around the object): read as it unambiguously means; the draft is flagged."""
+
+
+_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?[ \t]*```\s*$", re.S)
+
+
+def _lenient(content: str) -> dict | None:
+    """The object in an answer a strict parser refuses, where only one reading exists; else None."""
+    fenced = _FENCE.match(content)
+    text = fenced.group(1) if fenced else content
+    try:
+        data = json.loads(text, strict=False)  # control characters (a raw newline) inside strings
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def load_object(content: str | None) -> dict:
     try:
         data = json.loads(content or "")
     except json.JSONDecodeError as e:
-        raise InvalidOutput(f"not JSON ({e.msg})") from None
+        data = _lenient(content or "")
+        if data is None:
+            raise InvalidOutput(f"not JSON ({e.msg})") from None
+        return LenientObject(data)
     if not isinstance(data, dict):
         raise InvalidOutput("the answer must be a JSON object")
     return data
+
+
+def lenient_flags(data: dict) -> list[str]:
+    """``[LENIENT_JSON]`` when the answer needed a lenient read."""
+    return [LENIENT_JSON] if isinstance(data, LenientObject) else []
 
 
 def dumps(value: Any) -> str:

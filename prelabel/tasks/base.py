@@ -29,6 +29,8 @@ class TaskOutput:
     flags: list[str] = field(default_factory=list)
     scores: dict[str, float] | None = None  # per-label confidence (multilabel; vote shares)
     suffix: str | None = None  # several drafts from one item: the draft id is "<item id>#<suffix>"
+    runner_up: str | None = None  # the next most probable label, and the confidence's lead over it
+    margin: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

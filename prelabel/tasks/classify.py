@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..completion import Completion
-from ..confidence import LOGPROBS, combine, span_probability, vote
+from ..confidence import LOGPROBS, combine, label_probability, vote
+from ..labelscore import LabelScore
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
-from .answer import common_flags, dumps, load_object, valid_samples
+from .answer import common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import TaskOutput
 from .labelled import LabelledTask
 
@@ -25,6 +26,7 @@ class _Answer:
     label: str
     probability: float | None
     flags: list[str]
+    score: LabelScore | None = None  # the runner-up and margin, where alternatives were sent
 
 
 class ClassifyTask(LabelledTask):
@@ -41,7 +43,8 @@ class ClassifyTask(LabelledTask):
     def parse(self, completion: Completion, text: str = "") -> list[TaskOutput]:
         answers: list[_Answer] = valid_samples(completion.all_samples(), self._read)
         winner, shares = vote([a.label for a in answers])
-        probability = next(a.probability for a in answers if a.label == winner)
+        chosen = next(a for a in answers if a.label == winner)
+        probability = chosen.probability
         several = len(answers) > 1
         flags = common_flags([a.flags for a in answers])
         if several and shares[winner] < 1.0:
@@ -50,16 +53,19 @@ class ClassifyTask(LabelledTask):
         scores = None
         if several and self.mode != LOGPROBS:
             scores = {name: round(share, 6) for name, share in shares.items()}
-        return [TaskOutput(winner, confidence, flags, scores)]
+        output = TaskOutput(winner, confidence, flags, scores)
+        if chosen.score is not None:
+            output.runner_up, output.margin = chosen.score.runner_up, round(chosen.score.margin, 6)
+        return [output]
 
     def _read(self, content: str | None, logprobs) -> _Answer:
         data = load_object(content)
         label, normalized = self.label_set.resolve(data.get("label"))
         match = _LABEL_VALUE.search(content)
-        probability = None
+        probability, score = None, None
         if match:
-            probability = span_probability(logprobs, content, match.start(1), match.end(1))
-        return _Answer(label, probability, [LABEL_NORMALIZED] if normalized else [])
+            probability, score = label_probability(logprobs, content, match.start(1), match.end(1), self.labels)
+        return _Answer(label, probability, ([LABEL_NORMALIZED] if normalized else []) + lenient_flags(data), score)
 
     # --- gold answers --------------------------------------------------------------------------
 

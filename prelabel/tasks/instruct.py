@@ -29,15 +29,16 @@ from ..completion import Completion
 from ..config import InstructTask as InstructSpec
 from ..config import ReviewSpec
 from ..prompts import PromptTemplate
-from ..review import DUPLICATE_PAIR, EMPTY_OUTPUT, VERBATIM_SOURCE
-from .answer import dumps, load_object, valid_samples
+from ..placeholders import example_values, is_placeholder
+from ..review import DUPLICATE_PAIR, EMPTY_OUTPUT, PLACEHOLDER_OUTPUT, VERBATIM_SOURCE
+from .answer import dumps, lenient_flags, load_object, valid_samples
 from .base import Example, InvalidOutput, TaskOutput
 from .request import Request
 
 # The system line of fine-tuning examples: the pairs are meant for a general assistant.
 FINETUNE_SYSTEM = "You are a helpful assistant."
 VERBATIM_SHARE = 0.9
-_UNFIT = {VERBATIM_SOURCE, EMPTY_OUTPUT, DUPLICATE_PAIR}  # pairs that make no fine-tuning example
+_UNFIT = {VERBATIM_SOURCE, EMPTY_OUTPUT, DUPLICATE_PAIR, PLACEHOLDER_OUTPUT}  # pairs that make no fine-tuning example
 _WORDS = re.compile(r"\w+")
 
 
@@ -72,6 +73,8 @@ class InstructTask:
         self.template = template
         self.prompt_version = template.version
         self._request = Request(template, guidelines, n=str(spec.n))
+        # What the prompt shows as example values: a model that copies them has not answered.
+        self._placeholders = example_values(" ".join(m["content"] for m in self._request.messages("")))
         pair = {"type": "object",
                 "properties": {"instruction": {"type": "string"}, "response": {"type": "string"}},
                 "required": ["instruction", "response"], "additionalProperties": False}
@@ -101,46 +104,53 @@ class InstructTask:
     def parse(self, completion: Completion, text: str) -> list[TaskOutput]:
         first = completion.all_samples()[:1]
         if self.from_instruction:
-            [response] = valid_samples(first, self._read_response)
+            [(response, lenient)] = valid_samples(first, self._read_response)
             pair = {"instruction": text, "response": response}
-            return [TaskOutput(pair, None, self._flags(pair, text, check_instruction=False))]
-        [pairs] = valid_samples(first, self._read_pairs)
+            return [TaskOutput(pair, None, lenient + self._flags(pair, text, check_instruction=False,
+                                                                 placeholders=self._placeholders))]
+        [(pairs, lenient)] = valid_samples(first, self._read_pairs)
         outputs, seen = [], set()
         for i, pair in enumerate(pairs[: self.n], start=1):
-            flags = self._flags(pair, text, check_instruction=True)
-            key = tuple(words(pair["instruction"]))
-            if key and key in seen:
+            flags = lenient + self._flags(pair, text, check_instruction=True, placeholders=self._placeholders)
+            # On words; a text with none ("...", "?") on its normalised characters, so it counts too.
+            key = tuple(words(pair["instruction"])) or (" ".join(pair["instruction"].split()),)
+            if key != ("",) and key in seen:
                 flags.append(DUPLICATE_PAIR)
             seen.add(key)
             outputs.append(TaskOutput(pair, None, flags, suffix=str(i)))
         return outputs
 
     @staticmethod
-    def _flags(pair: dict, source: str, check_instruction: bool) -> list[str]:
+    def _flags(pair: dict, source: str, check_instruction: bool, placeholders=frozenset()) -> list[str]:
         flags = []
         if not pair["instruction"].strip() or not pair["response"].strip():
             flags.append(EMPTY_OUTPUT)
+        if is_placeholder(pair["response"], placeholders) or (
+                check_instruction and is_placeholder(pair["instruction"], placeholders)):
+            flags.append(PLACEHOLDER_OUTPUT)
         if copies(pair["response"], source) or (check_instruction and copies(pair["instruction"], source)):
             flags.append(VERBATIM_SOURCE)
         return flags
 
     @staticmethod
-    def _read_response(content: str | None, logprobs) -> str:
-        response = load_object(content).get("response")
+    def _read_response(content: str | None, logprobs) -> tuple[str, list[str]]:
+        data = load_object(content)
+        response = data.get("response")
         if not isinstance(response, str):
             raise InvalidOutput('"response" must be a string')
-        return response
+        return response, lenient_flags(data)
 
     @staticmethod
-    def _read_pairs(content: str | None, logprobs) -> list[dict]:
-        pairs = load_object(content).get("pairs")
+    def _read_pairs(content: str | None, logprobs) -> tuple[list[dict], list[str]]:
+        data = load_object(content)
+        pairs = data.get("pairs")
         if not isinstance(pairs, list) or not pairs:
             raise InvalidOutput('"pairs" must be a non-empty list of {"instruction", "response"} objects')
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, dict) and isinstance(pair.get("instruction"), str)
                     and isinstance(pair.get("response"), str)):
                 raise InvalidOutput(f'pairs[{i}] must be an object with string "instruction" and "response"')
-        return [{"instruction": p["instruction"], "response": p["response"]} for p in pairs]
+        return [{"instruction": p["instruction"], "response": p["response"]} for p in pairs], lenient_flags(data)
 
     # --- gold answers --------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..completion import Completion
-from ..confidence import span_probability, vote_parts
+from ..confidence import close_probability, label_probability, vote_parts
 from ..config import MultilabelTask as MultilabelSpec
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
-from .answer import array_strings, common_flags, dumps, load_object, valid_samples
+from .answer import array_strings, common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask
 
@@ -62,7 +62,7 @@ class MultilabelTask(LabelledTask):
         raw = data.get("labels")
         if not isinstance(raw, list):
             raise InvalidOutput('"labels" must be a list of labels (empty when none applies)')
-        flags: list[str] = []
+        flags: list[str] = lenient_flags(data)
         labels: dict[str, float | None] = {}
         written = array_strings(content, "labels")
         positions = written[0] if written and len(written[0]) == len(raw) else [None] * len(raw)
@@ -70,12 +70,13 @@ class MultilabelTask(LabelledTask):
             label, normalized = self.label_set.resolve(value)
             if normalized:
                 flags.append(LABEL_NORMALIZED)
-            probability = span_probability(logprobs, content, where[1], where[2]) if where else None
+            probability = (label_probability(logprobs, content, where[1], where[2], self.labels)[0]
+                           if where else None)
             labels.setdefault(label, probability)
         empty = None
         if not labels and written:
             close = written[1]
-            empty = span_probability(logprobs, content, close, close + 1)
+            empty = close_probability(logprobs, content, close)
         return _Answer(labels, empty, flags)
 
     # --- gold answers --------------------------------------------------------------------------

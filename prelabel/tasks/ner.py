@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..completion import Completion
-from ..confidence import span_probability, vote_parts
+from ..confidence import close_probability, label_probability, span_probability, vote_parts
 from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
 from ..spans import Mention, Span, locate, overlapping
-from .answer import common_flags, dumps, empty_array_close, load_object, string_values, valid_samples
+from .answer import common_flags, dumps, empty_array_close, lenient_flags, load_object, string_values, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask
 
@@ -63,7 +63,7 @@ class NerTask(LabelledTask):
             raise InvalidOutput('"entities" must be a list (empty when there are none)')
         texts, types = string_values(content, "text"), string_values(content, "type")
         priced = len(texts) == len(types) == len(entities)
-        flags: list[str] = []
+        flags: list[str] = lenient_flags(data)
         mentions = []
         for i, entity in enumerate(entities):
             if not isinstance(entity, dict) or not isinstance(entity.get("text"), str):
@@ -74,7 +74,7 @@ class NerTask(LabelledTask):
             score = None
             if priced and texts[i][0] == entity["text"]:
                 p_text = span_probability(logprobs, content, texts[i][1], texts[i][2])
-                p_type = span_probability(logprobs, content, types[i][1], types[i][2])
+                p_type = label_probability(logprobs, content, types[i][1], types[i][2], self.labels)[0]
                 score = None if p_text is None or p_type is None else p_text * p_type
             mentions.append(Mention(entity["text"], label, score))
         located = locate(text, mentions)
@@ -82,7 +82,7 @@ class NerTask(LabelledTask):
             flags.append(SPAN_NOT_FOUND)
         empty = None
         if not entities and (close := empty_array_close(content, "entities")) is not None:
-            empty = span_probability(logprobs, content, close, close + 1)
+            empty = close_probability(logprobs, content, close)
         return _Answer({(s.start, s.end, s.label): s.score for s in located.spans}, empty, flags)
 
     # --- gold answers --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from prelabel.completion import Completion
 from prelabel.config import Engine, ModelSpec
-from prelabel.errors import EmbeddingsUnavailable, LLMError
+from prelabel.errors import EmbeddingsUnavailable, LLMError, MalformedAnswer
 from prelabel.client import make_client
 from prelabel.llm import LLMEngine, embedding_batches, encode_request
 
@@ -121,7 +121,7 @@ async def test_sends_the_built_body_and_the_key(client, api, fake):
     sent = route.calls.last.request
     assert json.loads(sent.content) == request == {
         "model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.2, "max_tokens": 32,
-        "response_format": SCHEMA, "logprobs": True, "seed": 7}
+        "response_format": SCHEMA, "logprobs": True, "top_logprobs": 5, "seed": 7}
     assert sent.headers["authorization"] == f"Bearer {KEY}"
     assert sent.headers["content-type"] == "application/json"
 
@@ -250,33 +250,29 @@ async def test_timeouts_exhausted_carry_no_status(client, api, fake):
     assert isinstance(caught.value.__cause__, openai.APITimeoutError)
 
 
-# --- a 200 that is not a chat completion is a broken proxy: transient --------------------------------
+# --- a 200 that is not a chat completion: a failure of that answer, not a transient ------------------
+# The same request gets the same body (llama-cpp-python's per-token embeddings were retried 7 times
+# as if they were 502s); the worker re-asks it as an invalid answer, within task.max_reasks.
 
 @pytest.mark.parametrize("content", [b"<html>502 Bad Gateway</html>", b"", b'{"object": "error"}',
                                      b'{"choices": []}', b"[1, 2]"])
-async def test_a_200_that_is_not_a_completion_is_retried(client, api, fake, content):
+async def test_a_200_that_is_not_a_completion_is_not_retried(client, api, fake, content):
     route = api.post("/chat/completions").mock(side_effect=[httpx.Response(200, content=content), ok()])
     engine = make_engine(client, fake)
-    completion = await complete(engine)
-    assert completion.content == '{"label": "positive"}'
-    assert route.call_count == 2 and engine.stats.retries == 1
+    with pytest.raises(MalformedAnswer) as caught:
+        await complete(engine)
+    assert route.call_count == 1 and engine.stats.retries == 0
+    assert caught.value.status is None and caught.value.attempts == 1
+    assert isinstance(caught.value.__cause__, (ValueError, KeyError, IndexError, TypeError))
 
 
 @pytest.mark.parametrize("body", [{"choices": [None]}, {"choices": [{"message": "hi"}]}, {"choices": ["x"]}])
-async def test_a_200_with_malformed_choices_is_retried(client, api, fake, body):
+async def test_a_200_with_malformed_choices_is_not_retried(client, api, fake, body):
     api.post("/chat/completions").mock(side_effect=[httpx.Response(200, json=body), ok()])
     engine = make_engine(client, fake)
-    await complete(engine)
-    assert engine.stats.retries == 1
-
-
-async def test_a_200_that_is_never_a_completion_fails_as_a_bad_gateway(client, api, fake):
-    api.post("/chat/completions").mock(return_value=httpx.Response(200, text="<html>login</html>"))
-    engine = make_engine(client, fake, FAST.model_copy(update={"max_retries": 1}))
-    with pytest.raises(LLMError) as caught:
+    with pytest.raises(MalformedAnswer):
         await complete(engine)
-    assert caught.value.status == 502 and caught.value.attempts == 2
-    assert isinstance(caught.value.__cause__, ValueError)
+    assert engine.stats.retries == 0
 
 
 # --- rate-limit headers ------------------------------------------------------------------------------
@@ -318,11 +314,12 @@ async def test_remaining_zero_pauses_until_the_reset(client, api, fake):
 
 async def test_reads_logprobs_usage_and_finish_reason(client, api, fake):
     lp = [{"token": '{"', "logprob": -0.01, "bytes": [123, 34], "top_logprobs": []},
-          {"token": "positive", "logprob": -0.25, "bytes": None, "top_logprobs": []}]
+          {"token": "positive", "logprob": -0.25, "bytes": None,
+           "top_logprobs": [{"token": "positive", "logprob": -0.25}, {"token": "negative", "logprob": -1.6}]}]
     api.post("/chat/completions").mock(return_value=ok(logprobs=lp, finish_reason="length", usage={
         "prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}))
     completion = await complete(make_engine(client, fake))
-    assert completion.logprobs == [('{"', -0.01), ("positive", -0.25)]
+    assert completion.logprobs == [('{"', -0.01, []), ("positive", -0.25, [("positive", -0.25), ("negative", -1.6)])]
     assert (completion.prompt_tokens, completion.completion_tokens) == (40, 2)
     assert completion.finish_reason == "length"
     assert completion.model == "gpt-4o-mini-2024-07-18"
@@ -698,11 +695,22 @@ async def test_a_list_of_floats_and_no_usage_are_accepted(client, api, fake):
 
 @pytest.mark.parametrize("body", [embeddings_body([[1.0], [2.0]]), embeddings_body([]), {"data": [{"index": 0}]},
                                   {"data": [{"index": 0, "embedding": "not base64!"}]}, {"object": "list"}])
-async def test_a_200_that_is_not_the_embeddings_asked_for_is_retried(client, api, fake, body):
+async def test_a_200_that_is_not_the_embeddings_asked_for_means_no_embeddings(client, api, fake, body):
+    # Not retried: the same request gets the same body; similar examples go lexical instead.
     route = api.post("/embeddings").mock(side_effect=[httpx.Response(200, json=body), echo_embeddings])
     engine = make_engine(client, fake)
     result = await engine.embed(engine.prepare_embeddings(["a"], EMBED_MODEL))
-    assert result.error is None and route.call_count == 2 and engine.stats.retries == 1
+    assert isinstance(result.error, EmbeddingsUnavailable)
+    assert route.call_count == 1 and engine.stats.retries == 0
+
+
+async def test_per_token_embedding_lists_are_no_embeddings(client, api, fake):
+    # llama-cpp-python without pooling: one vector per token, in a list of lists.
+    route = api.post("/embeddings").mock(return_value=httpx.Response(200, json={
+        "object": "list", "data": [{"index": 0, "embedding": [[0.1, 0.2], [0.3, 0.4]]}]}))
+    engine = make_engine(client, fake)
+    result = await engine.embed(engine.prepare_embeddings(["a"], EMBED_MODEL))
+    assert isinstance(result.error, EmbeddingsUnavailable) and route.call_count == 1
 
 
 async def test_a_long_text_is_cut_to_the_models_input_limit(client, api, fake):

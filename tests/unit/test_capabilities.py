@@ -1,0 +1,57 @@
+"""Capability gaps named by a server's refusal, and the request adapted to what it takes."""
+from prelabel.capabilities import (JSON_OBJECT_SCHEMA, N, PROMPT_ONLY, STRUCTURED, TOP_LOGPROBS, Capabilities,
+                                   adapt, gap, sample_requests, store_key)
+
+SCHEMA = {"type": "object"}
+REQUEST = {"model": "m", "messages": [], "logprobs": True, "top_logprobs": 5, "seed": 3, "n": 5,
+           "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": SCHEMA}}}
+
+LLAMA_CPP_PYTHON = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                    "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}")
+
+
+def test_llama_cpp_pythons_refusal_of_json_schema_is_a_structured_output_gap():
+    assert gap(500, LLAMA_CPP_PYTHON, REQUEST) == STRUCTURED
+
+
+def test_an_unrelated_500_is_no_gap():
+    assert gap(500, "CUDA out of memory", REQUEST) is None
+    assert gap(503, LLAMA_CPP_PYTHON, REQUEST) is None
+    assert gap(500, LLAMA_CPP_PYTHON, {"model": "m"}) is None  # it sent no response_format
+
+
+def test_n_refused_above_the_slot_count():
+    assert gap(400, "n must be less than or equal to the number of slots (1)", REQUEST) == N
+    assert gap(400, "'n' is not supported", REQUEST) == N
+
+
+def test_weakening_walks_the_forms_strongest_first():
+    caps = Capabilities()
+    assert caps.weaken(STRUCTURED, "no")
+    assert caps.structured == JSON_OBJECT_SCHEMA
+    assert adapt(REQUEST, caps)["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    while caps.weaken(STRUCTURED, "no"):
+        pass
+    assert caps.structured == PROMPT_ONLY and "response_format" not in adapt(REQUEST, caps)
+    assert len(caps.learned) == 3
+
+
+def test_top_logprobs_asked_with_logprobs_and_dropped_when_refused():
+    caps = Capabilities()
+    assert adapt(REQUEST, caps)["top_logprobs"] == 5
+    caps.weaken(TOP_LOGPROBS, "no")
+    body = adapt(REQUEST, caps)
+    assert "top_logprobs" not in body and body["logprobs"] is True
+    caps.weaken(TOP_LOGPROBS, "no")
+    assert "logprobs" not in adapt(REQUEST, caps)
+
+
+def test_samples_apart_with_distinct_seeds():
+    requests = sample_requests(REQUEST, 3)
+    assert [r["seed"] for r in requests] == [3, 4, 5] and all("n" not in r for r in requests)
+
+
+def test_stored_round_trip_without_the_key():
+    caps = Capabilities(structured=PROMPT_ONLY, n=False, learned=["x"])
+    assert Capabilities.from_json(caps.to_json() | {"future": 1}) == caps
+    assert "sk-" not in store_key("http://127.0.0.1:8000/v1", "m")
