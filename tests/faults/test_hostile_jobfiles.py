@@ -41,6 +41,10 @@ HEAD = "name: x\ninput: {path: d.jsonl}\nmodel: {name: gpt-4o-mini}\n"
 TASK = "task: {kind: classify, labels: {positive: good, negative: bad}}\n"
 
 
+# Bounded, not timed: unbounded, these files took a minute and gigabytes; the speed itself is measured
+# by bench/hostile_jobfiles.py (a test's wall time on a shared 2-core machine is noise at 0.5 s).
+BOUNDED_S = 5.0
+
 def job_file(folder: Path, text: str | bytes, name: str = "job.yaml") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "d.jsonl").write_text('{"id": 1, "text": "hi"}\n', encoding="utf-8")
@@ -72,7 +76,7 @@ def test_an_alias_bomb_is_refused_in_milliseconds_with_bounded_memory(tmp_path: 
     path = job_file(tmp_path, BOMB)
     assert len(BOMB) < 400
     error, seconds, peak = refused(path)
-    assert seconds < 0.5 and peak < 50 << 20, (seconds, peak)  # was: 3 GB and a minute, then MemoryError
+    assert seconds < BOUNDED_S and peak < 50 << 20, (seconds, peak)  # was: 3 GB and a minute, then MemoryError
     assert error.path == str(path) and error.line == 5 and error.field == "e"  # e: 9^5 values
     assert f"more than {JOB_FILE_MAX_VALUES:,} values once YAML aliases are expanded" in str(error)
 
@@ -81,14 +85,14 @@ def test_an_alias_bomb_inside_a_valid_job_is_refused_too(tmp_path: Path):
     bomb_under_labels = BOMB.replace("\n", "\n    ").replace("a: &a", "    a: &a", 1)
     path = job_file(tmp_path, HEAD + "task:\n  kind: classify\n  labels:\n" + bomb_under_labels)
     error, seconds, peak = refused(path)
-    assert seconds < 0.5 and peak < 50 << 20
+    assert seconds < BOUNDED_S and peak < 50 << 20
     assert error.field == "task.labels.e" and "aliases are expanded" in str(error)
 
 
 def test_an_alias_that_contains_itself_is_refused(tmp_path: Path):
     path = job_file(tmp_path, HEAD + TASK + "augment: &loop {steps: [*loop]}\n")
     error, seconds, _ = refused(path)
-    assert seconds < 0.5 and (error.line, error.field) == (5, "augment.steps.0")
+    assert seconds < BOUNDED_S and (error.line, error.field) == (5, "augment.steps.0")
     assert "an alias refers to a mapping or list that contains it" in str(error)
 
 
@@ -96,7 +100,7 @@ def test_an_alias_that_contains_itself_is_refused(tmp_path: Path):
 def test_deep_nesting_is_refused(tmp_path: Path, depth: int):
     path = job_file(tmp_path, HEAD + TASK + "review: " + "[" * depth + "]" * depth + "\n")
     error, seconds, _ = refused(path)
-    assert seconds < 0.5, seconds
+    assert seconds < BOUNDED_S, seconds
     assert error.path == str(path) and error.line == 5
     assert "nested more than 64 levels deep" in str(error) or "exceeded maximum nesting depth" in str(error)
 
@@ -108,7 +112,7 @@ def test_aliases_that_nest_deeper_than_the_text_are_refused(tmp_path: Path):
         f"a{k}: &a{k} " + "[" * 60 + f"*a{k - 1}" + "]" * 60 for k in range(1, 20)]
     path = job_file(tmp_path, HEAD + TASK + "\n".join(chain) + "\n")
     error, seconds, _ = refused(path)
-    assert seconds < 0.5 and (error.line, error.field) == (6, "a1.0")
+    assert seconds < BOUNDED_S and (error.line, error.field) == (6, "a1.0")
     assert "nested more than 64 levels deep once YAML aliases are expanded" in str(error)
 
 
@@ -143,7 +147,7 @@ def test_a_megabyte_of_tiny_values_is_refused_while_it_is_parsed(tmp_path: Path,
     body = values * ((JOB_FILE_MAX_BYTES - 200) // len(values))
     path = job_file(tmp_path, HEAD + TASK + ("review:\n" + body if values.startswith("-") else f"review: [{body}a]\n"))
     error, seconds, peak = refused(path)
-    assert seconds < 0.5 and peak < 20 << 20, (seconds, peak)
+    assert seconds < BOUNDED_S and peak < 20 << 20, (seconds, peak)
     assert str(error).endswith(f"more than {JOB_FILE_MAX_VALUES:,} values (a job file needs a few dozen)")
     # stopped at the value past the limit, not at the end of the file (line 262,000)
     assert (error.line < JOB_FILE_MAX_VALUES) if values.startswith("-") else error.line == 5
@@ -160,7 +164,7 @@ def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path: Path):
     fifo = tmp_path / "job.yaml"
     os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
     error, seconds, _ = refused(fifo)
-    assert seconds < 0.5 and str(error) == f"{fifo}: a job file must be a regular file"
+    assert seconds < BOUNDED_S and str(error) == f"{fifo}: a job file must be a regular file"
     error, _, _ = refused(Path("/dev/zero"))  # would never end
     assert str(error) == "/dev/zero: a job file must be a regular file"
 
@@ -212,7 +216,7 @@ def test_oversized_examples_and_guidelines_are_refused_naming_the_job_line(tmp_p
         f.truncate(EXAMPLES_MAX_BYTES + 1)  # sparse: costs no disk
     (tmp_path / "g.md").write_text("Read twice.\n")
     error, seconds, _ = refused(path)
-    assert seconds < 0.5
+    assert seconds < BOUNDED_S
     assert str(error) == (f"{path}:7: task.examples: examples file {tmp_path / 'ex.jsonl'} is "
                           f"{EXAMPLES_MAX_BYTES + 1:,} bytes; the limit is {EXAMPLES_MAX_BYTES:,}")
     (tmp_path / "ex.jsonl").write_text('{"text": "nice", "label": "positive"}\n')
