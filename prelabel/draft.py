@@ -50,7 +50,8 @@ def draft_record(spec, task, draft_id: str, item, output, flags: list[str], stat
     """One draft of ``item`` (a leased item) as a record: ``output`` is what the task made of it,
     ``usage`` the requests it cost (each with prompt_tokens, completion_tokens, cost_usd), and
     ``carried`` what a variant carries from its source (``text``: the variant's)."""
-    v = verdict(output.label, output.confidence, flags, spec.review.min_confidence, task.measures_confidence)
+    v = verdict(output.label, output.confidence, flags, spec.review.min_confidence, task.measures_confidence,
+                getattr(output, "margin", None))
     return Draft(
         id=draft_id, text=item.text if text is None else text, task=task.kind, label=output.label,
         confidence=None if output.confidence is None else round(output.confidence, 6),

@@ -37,13 +37,15 @@ class Verdict:
 
 
 def verdict(label: Any, confidence: float | None, flags: list[str],
-            min_confidence: float, measured: bool = True) -> Verdict:
+            min_confidence: float, measured: bool = True, margin: float | None = None) -> Verdict:
     """Flags from the run plus those the confidence implies; priority orders the review queue.
 
     Items with no label come first (someone must label them by hand), then flagged ones, each group
     least confident first. ``label`` is the kind's shape; only None counts as "no label" (an empty
     list of labels or entities is an answer). ``measured`` is False for kinds with no confidence to
-    measure (generated text): their drafts are flagged by their own checks only.
+    measure (generated text): their drafts are flagged by their own checks only. ``margin`` (the
+    label's probability minus the runner-up's, where the endpoint gave alternatives) ranks close
+    calls before clear ones of the same confidence.
     """
     flags = list(dict.fromkeys(flags))  # keep order, drop repeats
     if label is not None and not measured:
@@ -53,7 +55,10 @@ def verdict(label: Any, confidence: float | None, flags: list[str],
             flags.append(NO_CONFIDENCE)
         elif confidence < min_confidence:
             flags.append(LOW_CONFIDENCE)
-    uncertainty = 1.0 if confidence is None else 1.0 - confidence
+    if confidence is None:
+        uncertainty = 1.0
+    else:
+        uncertainty = 1.0 - (min(max(margin, 0.0), confidence) if margin is not None else confidence)
     other_flags = [f for f in flags if f not in (LOW_CONFIDENCE, NO_CONFIDENCE)]
     priority = uncertainty + (1.0 if other_flags else 0.0) + (1.0 if label is None else 0.0)
     return Verdict(bool(flags), flags, round(priority, 6))

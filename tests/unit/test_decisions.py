@@ -107,3 +107,11 @@ def test_verdict_orders_review():
     assert truncated.needs_review
     order = sorted([sure, unsure, none, broken, truncated], key=lambda v: -v.priority)
     assert order[0] is broken and order[-1] is sure
+
+
+def test_a_close_call_is_reviewed_before_a_clear_one_of_the_same_confidence():
+    close = verdict("positive", 0.8, [], 0.7, margin=0.62)  # runner-up at 0.18
+    clear = verdict("positive", 0.8, [], 0.7, margin=0.79)
+    unknown = verdict("positive", 0.8, [], 0.7)  # no alternatives: confidence alone
+    assert close.priority > clear.priority > unknown.priority - 1e-9
+    assert not close.needs_review  # the margin orders the queue; the threshold stays min_confidence
