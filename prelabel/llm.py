@@ -254,7 +254,7 @@ class LLMEngine:
         what the usage shows was not used is given back.
         """
         if prepared.request is not None:
-            return await self._send_capable(prepared.request, booked_tokens)
+            return await self._send_capable(prepared.request, booked_tokens, prepared.body)
         return await self._send_body(prepared.body, booked_tokens)
 
     async def _send_body(self, body: bytes, booked_tokens: int) -> Completion:
@@ -267,7 +267,7 @@ class LLMEngine:
         self.limiter.refund(booked_tokens - completion.prompt_tokens - completion.completion_tokens, self._clock())
         return completion
 
-    async def _send_capable(self, request: dict, booked_tokens: int) -> Completion:
+    async def _send_capable(self, request: dict, booked_tokens: int, body: bytes | None = None) -> Completion:
         """The request in the form the endpoint takes; a capability it refuses is given up (and
         remembered) and the request sent again: a missing feature is not an outage."""
         samples = request.get("n", 1)
@@ -276,7 +276,9 @@ class LLMEngine:
                 return await self._send_apart(request, booked_tokens)
             adapted = caps_.adapt(request, self.caps)
             try:
-                completion = await self._send_body(encode_request(adapted, self.identity)[0], booked_tokens)
+                # The body prepare serialised, while the endpoint takes the request as it is.
+                sent = body if body is not None and adapted == request else encode_request(adapted, self.identity)[0]
+                completion = await self._send_body(sent, booked_tokens)
             except LLMError as e:
                 name = caps_.gap(e.status, str(e), adapted)
                 if name is None:
