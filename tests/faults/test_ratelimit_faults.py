@@ -1,7 +1,6 @@
 """A run that waits on the rate limit past model.max_rate_limit_wait_s stops with exit 8 and loses nothing."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -9,19 +8,9 @@ import pytest
 from prelabel.config import EXIT_RATE_LIMITED, Engine
 from prelabel.queue import submit
 from prelabel.runs import Endpoint, run_job
-from prelabel.simulator import SimConfig, Simulator
 from prelabel.store import SQLiteStore
 from tests.conftest import write_job
-
-
-@contextlib.asynccontextmanager
-async def simulator(**config):
-    sim = Simulator(SimConfig(**{"latency_s": 0, **config}))
-    url = await sim.start()
-    try:
-        yield sim, url
-    finally:
-        await sim.stop()
+from tests.integration.test_worker import simulator
 
 
 @pytest.fixture
