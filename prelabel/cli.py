@@ -156,20 +156,21 @@ def cmd_run(args) -> int:
     from .owners import worker_id
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
-    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=None if args.simulate else _allowed())
+    endpoint = _endpoint(args.simulate)
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist())
     store = _open_store(args.db)
     try:
         store.verify()  # a damaged store is found before a request is paid for, not when its pages are reached
-        sub = _submit_waiting(store, args, prepared, _endpoint(args.simulate))
+        sub = _submit_waiting(store, args, prepared, endpoint)
         print(f"job {sub.job_id}: {sub.items:,} items" + (" (resumed)" if not sub.created else ""), file=sys.stderr)
 
         async def go():
             _install_sigterm()
             async with _maybe_simulator(args.simulate) as sim_url:
-                endpoint = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else _endpoint()
+                answering = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else endpoint
                 reclaim_dead(store)
                 return await _with_progress(
-                    lambda on_start: run_job(store, sub.job_id, endpoint, Engine(), worker_id(), on_start),
+                    lambda on_start: run_job(store, sub.job_id, answering, Engine(), worker_id(), on_start),
                     args.quiet)
 
         outcome = asyncio.run(go())
@@ -207,11 +208,12 @@ def cmd_submit(args) -> int:
     from .config import EXIT_OK
     from .queue import prepare, submit
 
-    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=_allowed())
+    endpoint = _endpoint()
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist())
     store = _open_store(args.db)
     try:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
-                     endpoint=_endpoint())
+                     endpoint=endpoint)
     finally:
         store.close()
     state = "queued" if sub.created else f"already queued ({sub.resumed} items resumed)"
@@ -231,6 +233,7 @@ def cmd_work(args) -> int:
     from .owners import worker_id
 
     roots = _output_roots(args)
+    endpoint = _endpoint()  # the environment is read once, not every tick
     store = _open_store(args.db)
     try:
         async def go():
@@ -238,7 +241,7 @@ def cmd_work(args) -> int:
             codes = [EXIT_OK]
             while True:
                 if args.spool:
-                    for entry in submit_spool(store, args.spool, _endpoint(), _allowed(), roots):
+                    for entry in submit_spool(store, args.spool, endpoint, endpoint.allowlist(), roots):
                         if entry.error:
                             print(f"spool: {redact(entry.error)}", file=sys.stderr)
                             codes.append(EXIT_JOB_ERROR)
@@ -248,7 +251,7 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, _endpoint(), Engine(), worker_id(), on_start, _say, roots), args.quiet)
+                    lambda on_start: drain(store, endpoint, Engine(), worker_id(), on_start, _say, roots), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
