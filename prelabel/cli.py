@@ -354,9 +354,8 @@ def _needs_job(func):
     """A review command on a job the store does not have says so, as `export` does (exit 3)."""
     def run(args) -> int:
         from .config import EXIT_JOB_ERROR
-        from .store import open_store
 
-        store = open_store(args.db)
+        store = _open_store(args.db)
         try:
             known = store.get_job(args.job_id) is not None
         finally:
@@ -371,9 +370,8 @@ def _needs_job(func):
 def cmd_review_import(args) -> int:
     from .config import EXIT_OK
     from .feedback.intake import import_reviews
-    from .store import open_store
 
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
         summary = import_reviews(store, args.job_id, args.files)
     finally:
@@ -396,9 +394,8 @@ def cmd_review_report(args) -> int:
     from .feedback import report
     from .feedback.intake import job_spec
     from .jobfile import REVIEW_EXAMPLES
-    from .store import open_store
 
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
         r = report.build(store, args.job_id, target_error=args.target_error)
         out_dir = Path(args.out or job_spec(store, args.job_id).output.dir)
@@ -431,19 +428,19 @@ def cmd_review_sample(args) -> int:
     from .feedback.intake import drafts_by_id, job_spec
     from .feedback.sampling import AUDIT, draw
     from .outputs.labelstudio import write_labelstudio
-    from .store import open_store
+    from .outputs.report import build_report, model_version
 
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
         spec = job_spec(store, args.job_id)
-        job = store.get_job(args.job_id)
         reviewed = {r.draft_id for r in store.reviews(args.job_id)}
         drawn = draw(store.iter_records(args.job_id), reviewed, args.size, args.audit, seed=args.seed)
         out = args.out or Path(spec.output.dir) / "review_sample.json"
         purpose = dict(drawn)
         records = drafts_by_id(store, args.job_id, only=set(purpose))
         counts = write_labelstudio((records[d] for d, _ in drawn), out.parent, spec.task,
-                                   f"{spec.model.name}|{job.prompt_version}", tasks_file=out.name,
+                                   # the export's: Label Studio shows predictions of one model_version
+                                   model_version(build_report(store, args.job_id)), tasks_file=out.name,
                                    extra_data=lambda r: {"review_sample": purpose[r["id"]]})
         store.add_samples(args.job_id, purpose.items())
     finally:
@@ -460,9 +457,8 @@ def cmd_review_examples(args) -> int:
     from .feedback.intake import job_spec
     from .feedback.report import write_examples
     from .jobfile import REVIEW_EXAMPLES
-    from .store import open_store
 
-    store = open_store(args.db)
+    store = _open_store(args.db)
     try:
         out = args.out or Path(job_spec(store, args.job_id).output.dir) / REVIEW_EXAMPLES
         n = write_examples(store, args.job_id, out, corrected_only=not args.all)
@@ -532,7 +528,7 @@ def cmd_probe(args) -> int:
     else:
         print(f"{identity}  model {args.model}")
         print(format_rows(rows))
-    store = open_store(args.db)  # the next run against it starts with what was learned
+    store = _open_store(args.db)  # the next run against it starts with what was learned
     try:
         store.cache_put([(store_key(identity, args.model), caps.to_json())])
     finally:

@@ -95,16 +95,20 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
                    f"{result.outage}. The run stopped and those items are back in the queue with the rest: "
                    "nothing is lost. Fix the endpoint (or key, or model name) and run again.")
         # What finished is written all the same: a stopped run's drafts are not held back.
-        report, out_dir = export(store, job_id)
+        report, out_dir = _write_outputs(store, job_id, spec, job, output_roots)
         return JobOutcome(job_id, EXIT_UNAVAILABLE, result, {**report, "error": message}, out_dir)
     busy = result.counts.get("pending", 0) + result.counts.get("leased", 0)
     if busy:  # another worker still holds items of this job: it writes the outputs when it ends
         return JobOutcome(job_id, EXIT_OK, result, None, None)
     store.set_status(job_id, "budget_stopped" if result.budget_stopped else "done")
+    report, out_dir = _write_outputs(store, job_id, spec, job, output_roots)
+    return JobOutcome(job_id, exit_code_for(report), result, report, out_dir)
+
+
+def _write_outputs(store: Store, job_id: str, spec: JobSpec, job, output_roots: Sequence[Path] | None):
     if output_roots is not None:  # again: a symlink may have been put in its way during the run
         confine(spec.output.dir, output_roots, job.job_file)
-    report, out_dir = export(store, job_id)
-    return JobOutcome(job_id, exit_code_for(report), result, report, out_dir)
+    return export(store, job_id)
 
 
 def reclaim_dead(store: Store) -> int:
