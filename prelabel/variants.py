@@ -132,8 +132,8 @@ class VariantStage:
             verdict["faithful"], verdict["reason"] = augment.parse_fidelity(completion.content)
         except InvalidOutput as e:
             return {**verdict, "reason": f"{NO_VERDICT}: {e}"}
-        if not completion.cached:
-            cache.append((prepared.key, completion.to_cache()))
+        # Usable, from the cache or not: an answer not listed here is taken out of the cache at commit.
+        cache.append((prepared.key, completion.to_cache()))
         return verdict
 
     def _how(self, step, unit: dict) -> dict:

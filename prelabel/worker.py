@@ -451,6 +451,13 @@ class JobRunner:
         except MalformedAnswer as e:
             self.gate.release(reservation)
             self._settled.set()
+            if self._endpoint_down.is_set():  # caught in an outage: back to the queue
+                raise _Requeue() from None
+            # Answers that are never answers, item after item (an HTML page at the wrong URL), are an
+            # endpoint down, not each item's fault.
+            if self.outage.failed(seq):
+                self.last_error = str(e)
+                self._endpoint_down.set()
             raise _Malformed(str(e)) from None
         except LLMError as e:
             self.gate.release(reservation)

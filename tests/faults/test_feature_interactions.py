@@ -83,3 +83,29 @@ def test_a_refused_spool_file_is_tried_again_once_the_operator_allows_it(store, 
     assert submit_spool(store, elsewhere, endpoint, allowed, roots) == []
     taken = submit_spool(store, elsewhere, endpoint, allowed, [*roots, elsewhere])
     assert len(taken) == 1 and taken[0].error is None
+
+
+async def test_an_endpoint_answering_200_with_a_web_page_is_an_outage_not_every_items_fault(store, tmp_path):
+    """A wrong base URL that serves HTML (a captive portal, a web server's index) answers every request
+    with a 200 that is no answer: after `outage_after` items in a row the run stops, nothing failed."""
+    from aiohttp import web
+
+    async def page(request):
+        return web.Response(text="<html><body>Welcome</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+    try:
+        job = write_job(tmp_path / "job", items=items(30), concurrency=1)
+        endpoint = Endpoint("sk-test", url)
+        outcome = await run_job(store, submit(store, job, endpoint=endpoint).job_id, endpoint, ENGINE, OWNER)
+    finally:
+        await runner.cleanup()
+    assert outcome.exit_code == 6, outcome.report
+    counts = store.counts(outcome.job_id)
+    assert counts.get("failed", 0) == 0 and counts.get("pending", 0) == 30, counts
