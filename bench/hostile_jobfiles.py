@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="hostile-"))
     (folder / "d.jsonl").write_text('{"id": 1, "text": "hi"}\n', encoding="utf-8")
-    print(f"| file | bytes | ms | peak MiB | outcome |\n|---|---:|---:|---:|---|")
+    print("| file | bytes | ms | peak MiB | outcome |\n|---|---:|---:|---:|---|")
     for name, text in cases(not args.no_bomb).items():
         path = folder / "job.yaml"
         path.write_text(text, encoding="utf-8")

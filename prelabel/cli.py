@@ -498,7 +498,7 @@ def cmd_simulate(args) -> int:
 def cmd_probe(args) -> int:
     from .capabilities import store_key
     from .client import make_client
-    from .config import EXIT_UNAVAILABLE, ModelSpec
+    from .config import EXIT_OK, EXIT_UNAVAILABLE, ModelSpec
     from .endpoint import normalise_url
     from .probe import format_rows, probe
 

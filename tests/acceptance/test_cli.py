@@ -291,3 +291,11 @@ def test_a_dead_endpoint_stops_the_run_with_exit_6_and_loses_nothing(env, tmp_pa
     assert done.returncode == 6, done.stderr
     assert "kept failing" in done.stderr and "nothing is lost" in done.stderr
     assert db_counts(Path(env["PRELABEL_DB"])) == {"pending": 60}
+
+
+def test_probe_prints_the_table_and_keeps_what_it_learned(sim, env):
+    done = prelabel("probe", "--model", "gpt-4o-mini", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "structured output" in done.stdout and "top_logprobs" in done.stdout
+    with sqlite3.connect(env["PRELABEL_DB"]) as conn:  # the next run against it starts with the table
+        assert conn.execute("SELECT count(*) FROM cache").fetchone()[0] >= 1
