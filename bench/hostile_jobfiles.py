@@ -14,7 +14,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from prelabel.jobfile import load_job
+from prelabel.job.jobfile import load_job
 
 LOL = '["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'
 HEAD = ("name: x\ninput: {path: d.jsonl}\nmodel: {name: gpt-4o-mini}\n"

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import machine, make_items, simulator, write_job  # noqa: E402
 from prelabel.config import Engine  # noqa: E402
-from prelabel.queue import submit  # noqa: E402
-from prelabel.runs import Endpoint, run_job  # noqa: E402
+from prelabel.queue.submit import submit  # noqa: E402
+from prelabel.worker.runs import Endpoint, run_job  # noqa: E402
 from prelabel.store import open_store  # noqa: E402
 
 # The holder says when it took and let go of the lock, by the system's monotonic clock (the same in

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import cpu_seconds, machine, make_items, now, sim_stats, simulator, write_job  # noqa: E402
 from prelabel.config import Engine  # noqa: E402
-from prelabel.queue import submit  # noqa: E402
-from prelabel.runs import Endpoint, run_job  # noqa: E402
+from prelabel.queue.submit import submit  # noqa: E402
+from prelabel.worker.runs import Endpoint, run_job  # noqa: E402
 from prelabel.store import open_store  # noqa: E402
-from prelabel.tokens import TokenCounter  # noqa: E402
+from prelabel.budget.tokens import TokenCounter  # noqa: E402
 
 
 VARIANT = "base"
@@ -112,8 +112,8 @@ def cpu(repeats: int = 3) -> dict:
 def startup() -> dict:
     """What a process pays once before its first item: imports and the tokenizer's rank file."""
     import subprocess
-    code = ("import resource, time; t=time.perf_counter(); import prelabel.cli, prelabel.llm; "
-            "from prelabel.tokens import TokenCounter; TokenCounter('gpt-4o-mini'); "
+    code = ("import resource, time; t=time.perf_counter(); import prelabel.cli, prelabel.llm.engine; "
+            "from prelabel.budget.tokens import TokenCounter; TokenCounter('gpt-4o-mini'); "
             "u=resource.getrusage(resource.RUSAGE_SELF); print(u.ru_utime+u.ru_stime, time.perf_counter()-t)")
     cpu_s, wall_s = map(float, subprocess.check_output([sys.executable, "-c", code], text=True).split())
     return {"cpu_s": round(cpu_s, 2), "wall_s": round(wall_s, 2)}

@@ -19,7 +19,7 @@ def __getattr__(name: str):
 
         return JobSpec
     if name == "load_job":
-        from .jobfile import load_job
+        from .job.jobfile import load_job
 
         return load_job
     raise AttributeError(f"module 'prelabel' has no attribute {name!r}")

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .allowlist import ALLOWLIST_ENV, AllowList
-from .endpoint import Endpoint
+from .llm.allowlist import ALLOWLIST_ENV, AllowList
+from .llm.endpoint import Endpoint
 from .errors import JobFileError, PrelabelError, StorageError
 from .redact import RedactingFilter, add_secret, redact
 
@@ -107,7 +107,7 @@ def _say(outcome) -> None:
 
 async def _with_progress(coro_factory, quiet: bool):
     """Run a job coroutine, drawing progress for whichever job is running."""
-    from .progress import show
+    from .worker.progress import show
 
     shown: list[asyncio.Task] = []
 
@@ -151,9 +151,9 @@ def _install_sigterm() -> None:
 
 def cmd_run(args) -> int:
     from .config import Engine
-    from .queue import prepare
-    from .runs import reclaim_dead, run_job
-    from .owners import worker_id
+    from .queue.submit import prepare
+    from .worker.runs import reclaim_dead, run_job
+    from .queue.owners import worker_id
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
     endpoint = _endpoint(args.simulate)
@@ -186,7 +186,7 @@ _LOADING_POLL_S = 0.5  # `run` looks again this often while another process load
 def _submit_waiting(store, args, prepared, endpoint):
     """Submit; while another live process is loading the same job, wait for it (or take over when
     it dies), so that `run` never starts a job whose input is not all in."""
-    from .queue import submit
+    from .queue.submit import submit
 
     told = False
     while True:
@@ -206,7 +206,7 @@ def _submit_waiting(store, args, prepared, endpoint):
 
 def cmd_submit(args) -> int:
     from .config import EXIT_OK
-    from .queue import prepare, submit
+    from .queue.submit import prepare, submit
 
     endpoint = _endpoint()
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist())
@@ -228,9 +228,9 @@ def cmd_submit(args) -> int:
 
 def cmd_work(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK, Engine
-    from .queue import submit_spool
-    from .runs import drain
-    from .owners import worker_id
+    from .queue.submit import submit_spool
+    from .worker.runs import drain
+    from .queue.owners import worker_id
 
     roots = _output_roots(args)
     endpoint = _endpoint()  # the environment is read once, not every tick
@@ -264,7 +264,7 @@ def cmd_work(args) -> int:
 
 def cmd_status(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK
-    from .ingest import reader_is_dead
+    from .queue.ingest import reader_is_dead
 
     store = _open_store(args.db)
     try:
@@ -307,8 +307,8 @@ def cmd_status(args) -> int:
 
 def cmd_plan(args) -> int:
     from .config import EXIT_OK
-    from .plan import format_plan, make_plan
-    from .queue import prepare
+    from .budget.plan import format_plan, make_plan
+    from .queue.submit import prepare
 
     spec, task = prepare(args.job, input_path=args.input)
     plan = make_plan(spec, task)
@@ -393,7 +393,7 @@ def cmd_review_report(args) -> int:
     from .config import EXIT_OK
     from .feedback import report
     from .feedback.intake import job_spec
-    from .jobfile import REVIEW_EXAMPLES
+    from .job.jobfile import REVIEW_EXAMPLES
 
     store = _open_store(args.db)
     try:
@@ -456,7 +456,7 @@ def cmd_review_examples(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK
     from .feedback.intake import job_spec
     from .feedback.report import write_examples
-    from .jobfile import REVIEW_EXAMPLES
+    from .job.jobfile import REVIEW_EXAMPLES
 
     store = _open_store(args.db)
     try:
@@ -496,11 +496,11 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .capabilities import store_key
-    from .client import make_client
+    from .llm.capabilities import store_key
+    from .llm.client import make_client
     from .config import EXIT_OK, EXIT_UNAVAILABLE, ModelSpec
-    from .endpoint import normalise_url
-    from .probe import format_rows, probe
+    from .llm.endpoint import normalise_url
+    from .llm.probe import format_rows, probe
 
     endpoint = _endpoint()
     url = args.base_url or endpoint.base_url

@@ -46,11 +46,11 @@ class ModelSpec(Strict):
     seed: int | None = None
     logprobs: bool = True  # ask for them; confidence is null where the endpoint gives none
     timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0, le=20)  # 5xx/timeouts, owned by prelabel.retry
+    max_retries: int = Field(6, ge=0, le=20)  # 5xx/timeouts, owned by prelabel.llm.retry
     # 429s are not counted as attempts: a request waits on the rate limit up to this long, then the
     # run stops (exit 8) with its items back in the queue
     max_rate_limit_wait_s: float = Field(600.0, gt=0)
-    price: Price | None = None  # overrides prelabel.pricing for this model
+    price: Price | None = None  # overrides prelabel.budget.pricing for this model
     # azure: Azure OpenAI through the SDK's AsyncAzureOpenAI; base_url is the resource's endpoint
     # (https://NAME.openai.azure.com), ``deployment`` the deployment (default: ``name``).
     provider: Literal["openai", "azure"] = "openai"

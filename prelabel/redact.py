@@ -4,7 +4,7 @@ An endpoint may echo the key it was sent (a 401 saying "Incorrect API key provid
 error text travels to the log, to ``drafts.jsonl`` and into the store. ``redact`` is the one place
 that removes it: the exact secrets registered with ``add_secret`` (the CLI registers
 ``$OPENAI_API_KEY``, ``make_client`` the key it is given), and anything shaped like a credential.
-It is applied where an engine error becomes text (``prelabel.llm``), where records are written
+It is applied where an engine error becomes text (``prelabel.llm.engine``), where records are written
 (the store) and, through ``RedactingFilter``, on every log line the CLI's handlers emit.
 """
 from __future__ import annotations

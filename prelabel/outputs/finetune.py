@@ -26,7 +26,7 @@ from array import array
 from pathlib import Path
 from typing import Iterable
 
-from ..draft import DONE
+from ..pipeline.draft import DONE
 from .atomic import atomic_writer
 from .finetune_check import MIN_TRAINING_EXAMPLES, ExampleChecker
 

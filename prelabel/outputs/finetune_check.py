@@ -29,7 +29,7 @@ What is checked, and where OpenAI documents it:
   assistant's answer, so an example over the limit is an error here, not a warning.
 
 Tokens are counted as the cookbook does (content tokens plus 3 per message plus 3), with the
-model's encoding from ``prelabel.tokens`` (o200k_base for gpt-4o-mini); images are not counted.
+model's encoding from ``prelabel.budget.tokens`` (o200k_base for gpt-4o-mini); images are not counted.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCounter
+from ..budget.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCounter
 
 DEFAULT_MODEL = "gpt-4o-mini"  # the model fine-tuned when none is named: the guide's recommendation
 MIN_TRAINING_EXAMPLES = 10

@@ -25,13 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..tokens import TokenCounter
+from ..budget.tokens import TokenCounter
 from .answers import (JSON_OBJECT_SCHEMA, MODEL_ID, REFUSAL, REFUSE_MARKER, Chooser, dumps, embedding, instance,
                       last_user_text, sentiment, serialize, token_logprobs)
 from . import gaps as gaps_
 from .gaps import Gaps
 from .limits import FixedWindow, TokenBucket, Window, duration
-from ..endpoint import SIMULATOR_HEADER
+from ..llm.endpoint import SIMULATOR_HEADER
 
 STYLES = ("openai", "azure", "bucket", "gateway")
 from .rewrite import rewrite_answer

@@ -1,7 +1,7 @@
 """The store's interface: jobs, items and their leases, results, the usage ledger, the response cache.
 
 A job is ``ingesting`` (workers leave it alone) until all of its input is in; its ingest row says
-who reads it and the line reached, committed with each batch (see prelabel.ingest).
+who reads it and the line reached, committed with each batch (see prelabel.queue.ingest).
 Item states: ``pending`` -> ``leased`` (with an owner and an expiry) -> ``done`` | ``failed`` |
 ``skipped``; ``stopped`` when a budget stopped the job (back to ``pending`` when it is resubmitted).
 A lease whose owner died is taken again after it expires, or at once by a worker on the same host
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
-from ..stats import RunStats
+from ..llm.stats import RunStats
 
 PENDING, LEASED, STOPPED = "pending", "leased", "stopped"
 FINAL_STATES = ("done", "failed", "skipped")

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import InputError, JobExists, StorageError
-from ..owners import worker_id
+from ..queue.owners import worker_id
 from ..redact import redact, redact_error
 from .base import IngestState, InputErrorRow, ItemResult, JobRecord, LeasedItem, ReviewRow, RunStats, SpoolRecord, UsageRow
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..config import JobSpec
 from ..errors import JobFileError
-from ..prompts import load_template
+from ..job.prompts import load_template
 from .base import Example, InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
 from .classify import ClassifyTask
 from .instruct import InstructTask

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from ..completion import Completion
-from ..tokens import TokenCounter
+from ..llm.completion import Completion
+from ..budget.tokens import TokenCounter
 
 
 class InvalidOutput(ValueError):

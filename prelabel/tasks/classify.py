@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..completion import Completion
-from ..confidence import LOGPROBS, combine, label_probability, vote
-from ..labelscore import LabelScore
-from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
+from ..llm.completion import Completion
+from ..pipeline.confidence import LOGPROBS, combine, label_probability, vote
+from ..pipeline.labelscore import LabelScore
+from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import TaskOutput
 from .labelled import LabelledTask

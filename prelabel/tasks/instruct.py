@@ -25,12 +25,12 @@ import unicodedata
 from difflib import SequenceMatcher
 from typing import Any, Sequence
 
-from ..completion import Completion
+from ..llm.completion import Completion
 from ..config import InstructTask as InstructSpec
 from ..config import ReviewSpec
-from ..prompts import PromptTemplate
-from ..placeholders import example_values, is_placeholder
-from ..review import DUPLICATE_PAIR, EMPTY_OUTPUT, PLACEHOLDER_OUTPUT, VERBATIM_SOURCE
+from ..job.prompts import PromptTemplate
+from ..pipeline.placeholders import example_values, is_placeholder
+from ..pipeline.flags import DUPLICATE_PAIR, EMPTY_OUTPUT, PLACEHOLDER_OUTPUT, VERBATIM_SOURCE
 from .answer import dumps, lenient_flags, load_object, valid_samples
 from .base import Example, InvalidOutput, TaskOutput
 from .request import Request

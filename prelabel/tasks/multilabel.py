@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..completion import Completion
-from ..confidence import close_probability, label_probability, vote_parts
+from ..llm.completion import Completion
+from ..pipeline.confidence import close_probability, label_probability, vote_parts
 from ..config import MultilabelTask as MultilabelSpec
-from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE
+from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import array_strings, common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask

@@ -1,6 +1,6 @@
 """Named entities: the model names each mention and its type; prelabel finds the offsets.
 
-Label: spans ``{"start", "end", "text", "label", "score"}`` in the item's text (prelabel.spans has
+Label: spans ``{"start", "end", "text", "label", "score"}`` in the item's text (prelabel.tasks.spans has
 the rules: repeated mentions, accents, overlaps). A span's score is the probability the model gave
 the mention's text and its type (their tokens' joint probability); with consistency, the share of
 samples that hold the same span (start, end, type), spans held by at least half being kept.
@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..completion import Completion
-from ..confidence import close_probability, label_probability, span_probability, vote_parts
-from ..review import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
-from ..spans import Mention, Span, locate, overlapping
+from ..llm.completion import Completion
+from ..pipeline.confidence import close_probability, label_probability, span_probability, vote_parts
+from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
+from .spans import Mention, Span, locate, overlapping
 from .answer import common_flags, dumps, empty_array_close, lenient_flags, load_object, string_values, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask

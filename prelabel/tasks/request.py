@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..prompts import PromptTemplate
+from ..job.prompts import PromptTemplate
 
 
 def guidelines_field(guidelines: str | None) -> str:

@@ -9,9 +9,9 @@ import httpx
 import pytest
 import respx
 
-from prelabel.client import make_client
+from prelabel.llm.client import make_client
 from prelabel.config import Engine, ModelSpec
-from prelabel.llm import LLMEngine
+from prelabel.llm.engine import LLMEngine
 
 ENDPOINT = "https://myres.openai.azure.com"
 KEY = "azure-key-0123456789abcdef"

@@ -17,11 +17,11 @@ import pytest
 import respx
 from httpx_aiohttp import AiohttpTransport
 
-from prelabel.completion import Completion
+from prelabel.llm.completion import Completion
 from prelabel.config import Engine, ModelSpec
 from prelabel.errors import EmbeddingsUnavailable, LLMError, MalformedAnswer
-from prelabel.client import make_client
-from prelabel.llm import LLMEngine, embedding_batches, encode_request
+from prelabel.llm.client import make_client
+from prelabel.llm.engine import LLMEngine, embedding_batches, encode_request
 
 BASE = "https://api.test/v1"
 KEY = "sk-test"

@@ -10,7 +10,7 @@ import respx
 
 from prelabel.config import Engine, ModelSpec
 from prelabel.errors import LLMError, RateLimitWaitExceeded
-from prelabel.llm import LLMEngine
+from prelabel.llm.engine import LLMEngine
 
 BASE = "https://api.test/v1"
 MESSAGES = [{"role": "user", "content": "I love it"}]

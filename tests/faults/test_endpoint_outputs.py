@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from prelabel.config import EXIT_UNAVAILABLE, Engine
-from prelabel.queue import submit
-from prelabel.runs import Endpoint, run_job
+from prelabel.queue.submit import submit
+from prelabel.worker.runs import Endpoint, run_job
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.store import SQLiteStore
 from tests.conftest import TEXTS, write_job

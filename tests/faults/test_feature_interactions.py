@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from prelabel import llm
-from prelabel.allowlist import AllowList
-from prelabel.queue import submit, submit_spool
-from prelabel.runs import Endpoint, drain, run_job
+from prelabel.llm import engine as llm
+from prelabel.llm.allowlist import AllowList
+from prelabel.queue.submit import submit, submit_spool
+from prelabel.worker.runs import Endpoint, drain, run_job
 from prelabel.store import SQLiteStore
 from tests.conftest import write_job
 from tests.integration.test_worker import ENGINE, OWNER, drafts, items, simulator

@@ -22,11 +22,11 @@ if str(REPO) not in sys.path:  # `from tests...` without a conftest in this fold
 from prelabel.config import (EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, JOB_FILE_MAX_BYTES,  # noqa: E402
                              JOB_FILE_MAX_VALUES, Engine, InputSpec)
 from prelabel.errors import InputError, JobFileError  # noqa: E402
-from prelabel.examples import load_examples  # noqa: E402
-from prelabel.inputs import RawItem, read_items  # noqa: E402
-from prelabel.jobfile import load_job  # noqa: E402
-from prelabel.queue import prepare, submit, submit_spool  # noqa: E402
-from prelabel.runs import Endpoint, run_job  # noqa: E402
+from prelabel.fewshot.examples import load_examples  # noqa: E402
+from prelabel.job.inputs import RawItem, read_items  # noqa: E402
+from prelabel.job.jobfile import load_job  # noqa: E402
+from prelabel.queue.submit import prepare, submit, submit_spool  # noqa: E402
+from prelabel.worker.runs import Endpoint, run_job  # noqa: E402
 from prelabel.simulator import SimConfig, Simulator  # noqa: E402
 from prelabel.store import SQLiteStore  # noqa: E402
 from tests.acceptance.clitools import prelabel, prelabel_all  # noqa: E402
@@ -124,8 +124,8 @@ def test_aliases_that_nest_deeper_than_the_text_are_refused(tmp_path: Path):
 ])
 def test_without_libyaml_the_same_files_are_refused_in_bounded_time(tmp_path: Path, monkeypatch, text: str, message: str):
     import yaml
-    import prelabel.jobfile
-    monkeypatch.setattr(prelabel.jobfile, "_Loader", yaml.SafeLoader)  # PyYAML built without libyaml
+    import prelabel.job.jobfile
+    monkeypatch.setattr(prelabel.job.jobfile, "_Loader", yaml.SafeLoader)  # PyYAML built without libyaml
     error, seconds, peak = refused(job_file(tmp_path, text))
     # the pure-Python parser is ~5x slower, and tracemalloc slows it more (before: 20 to 80 s)
     assert seconds < 5 and peak < 20 << 20, (seconds, peak)

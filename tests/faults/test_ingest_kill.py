@@ -20,8 +20,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.* as a package from this folder
 
 from prelabel.errors import InputError  # noqa: E402
-from prelabel.inputs import RawItem  # noqa: E402
-from prelabel.queue import INGEST_STALE_S, submit  # noqa: E402
+from prelabel.job.inputs import RawItem  # noqa: E402
+from prelabel.queue.submit import INGEST_STALE_S, submit  # noqa: E402
 from prelabel.store import JobRecord, SQLiteStore  # noqa: E402
 from tests.acceptance.clitools import CLI, finish, prelabel, prelabel_all, start  # noqa: E402
 from tests.conftest import write_job  # noqa: E402
@@ -239,9 +239,9 @@ def _dies_after(entries, n: int):
 
 def _half_load(store: SQLiteStore, job_path: Path, owner: str, n: int) -> str:
     """Load the job as `submit` would, its reader dying after ``n`` entries; returns the job id."""
-    from prelabel.inputs import read_items
-    from prelabel.jobfile import file_sha256, job_identity
-    from prelabel.queue import prepare
+    from prelabel.job.inputs import read_items
+    from prelabel.job.jobfile import file_sha256, job_identity
+    from prelabel.queue.submit import prepare
 
     spec, task = prepare(job_path)
     job_id = job_identity(spec, file_sha256(spec.input.path), task.prompt_version)
@@ -331,7 +331,7 @@ def test_a_csv_load_with_multiline_records_is_read_on_at_the_right_record(tmp_pa
 
 
 def test_a_dead_load_whose_input_changed_is_dropped_and_reported_once(tmp_path):
-    from prelabel.ingest import resume_dead_ingests
+    from prelabel.queue.ingest import resume_dead_ingests
 
     job = write_job(tmp_path / "job", items=lines(12_000))
     store = SQLiteStore(tmp_path / "s.db")
@@ -351,7 +351,7 @@ def test_a_killed_loader_not_yet_reaped_counts_as_dead(big_job, env):
     # A parent that has not waited for its killed child leaves a zombie, whose pid still answers.
     import socket
 
-    from prelabel.owners import dead_local_owners
+    from prelabel.queue.owners import dead_local_owners
 
     db = env["PRELABEL_DB"]
     loader = start("submit", big_job, env=env)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the helpers are imported as `tests.*`, as the other suites do
     sys.path.insert(0, str(REPO))
 
-from prelabel.allowlist import DEFAULT_BASE_URL, AllowList, parse  # noqa: E402
+from prelabel.llm.allowlist import DEFAULT_BASE_URL, AllowList, parse  # noqa: E402
 from prelabel.redact import REDACTED, RedactingFilter, add_secret, redact, redact_error  # noqa: E402
 from tests.acceptance.clitools import prelabel, sim_processes  # noqa: E402
 from tests.conftest import write_job  # noqa: E402
@@ -231,9 +231,9 @@ def test_a_prefix_allows_the_paths_under_it_and_nothing_beside():
 
 def test_a_library_endpoint_allows_its_own_url_and_no_other(tmp_path):
     from prelabel.errors import JobFileError
-    from prelabel.jobfile import load_job
-    from prelabel.queue import check_endpoint
-    from prelabel.runs import Endpoint
+    from prelabel.job.jobfile import load_job
+    from prelabel.queue.submit import check_endpoint
+    from prelabel.worker.runs import Endpoint
 
     def check(endpoint, spec, job):  # what run_job does before it makes a client
         if (allowed := endpoint.allowlist()) is not None:
@@ -328,7 +328,7 @@ def test_redact_error_touches_only_the_error():
 
 
 def test_the_logging_filter_redacts_message_arguments_and_traceback():
-    record = logging.LogRecord("prelabel.llm", logging.WARNING, __file__, 1, "failed: %s (%d)", (f"echo {KEY}", 401),
+    record = logging.LogRecord("prelabel.llm.engine", logging.WARNING, __file__, 1, "failed: %s (%d)", (f"echo {KEY}", 401),
                                None)
     try:
         raise RuntimeError(f"Authorization: Bearer {KEY}")

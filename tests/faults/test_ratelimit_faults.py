@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from prelabel.config import EXIT_RATE_LIMITED, Engine
-from prelabel.queue import submit
-from prelabel.runs import Endpoint, run_job
+from prelabel.queue.submit import submit
+from prelabel.worker.runs import Endpoint, run_job
 from prelabel.store import SQLiteStore
 from tests.conftest import write_job
 from tests.integration.test_worker import simulator

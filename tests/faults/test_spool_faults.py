@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.* as a package from this folder
 
-from prelabel import queue  # noqa: E402
+from prelabel.queue import submit as queue  # noqa: E402
 from prelabel.store import SQLiteStore  # noqa: E402
 from tests.acceptance.clitools import prelabel, sim_processes  # noqa: E402
 from tests.conftest import LABELS, TEXTS  # noqa: E402
@@ -175,8 +175,8 @@ def test_an_unexpected_exception_in_one_file_is_recorded_and_the_rest_go_on(spoo
 def test_an_exception_half_way_through_the_input_leaves_it_to_be_read_on(spool, tmp_path, monkeypatch):
     # The input fails after some batches are in (a disk error): the file is recorded failed, and
     # the job, handed back, is read on by the next tick once the input reads again.
-    from prelabel import inputs
-    from prelabel.ingest import resume_dead_ingests
+    from prelabel.job import inputs
+    from prelabel.queue.ingest import resume_dead_ingests
     from prelabel.store import sqlite
 
     data(spool / "data.jsonl", n=50)

@@ -24,8 +24,8 @@ import pytest
 from prelabel import cli
 from prelabel.config import EXIT_JOB_ERROR, EXIT_OK, EXIT_STORAGE, Engine
 from prelabel.outputs import atomic
-from prelabel.queue import submit
-from prelabel.runs import Endpoint, run_job
+from prelabel.queue.submit import submit
+from prelabel.worker.runs import Endpoint, run_job
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.store import SQLiteStore
 from tests.acceptance.clitools import Sim, finish, prelabel, sim_processes, start

@@ -5,13 +5,13 @@ import os
 import signal
 from pathlib import Path
 
-from prelabel.completion import Completion
+from prelabel.llm.completion import Completion
 from prelabel.config import EXIT_OK, JobSpec
-from prelabel.draft import FAILED
+from prelabel.pipeline.draft import FAILED
 from prelabel.store import LeasedItem, SQLiteStore
 from prelabel.tasks import build_task
-from prelabel.tokens import TokenCounter
-from prelabel.variants import VariantStage
+from prelabel.budget.tokens import TokenCounter
+from prelabel.variants.stage import VariantStage
 from tests.conftest import write_job
 from tests.integration.test_worker import drafts, run, simulator
 
@@ -196,7 +196,7 @@ def test_the_augmentation_process_exits_when_its_worker_is_killed(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(
         "import asyncio, sys\n"
-        "from prelabel.augproc import AugmentProcess\n"
+        "from prelabel.variants.process import AugmentProcess\n"
         "from prelabel.config import NoiseStep\n"
         "async def main():\n"
         "    local = AugmentProcess()\n"

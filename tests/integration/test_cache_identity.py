@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from prelabel.inputs import RawItem
-from prelabel.queue import submit
-from prelabel.runs import Endpoint, run_job
+from prelabel.job.inputs import RawItem
+from prelabel.queue.submit import submit
+from prelabel.worker.runs import Endpoint, run_job
 from prelabel.store import ItemResult, JobRecord, SQLiteStore
 from tests.conftest import write_job
 from tests.integration.test_worker import ENGINE, OWNER, drafts, items, simulator

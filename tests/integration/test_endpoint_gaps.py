@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from prelabel.capabilities import JSON_OBJECT_SCHEMA, Capabilities
-from prelabel.client import make_client
+from prelabel.llm.capabilities import JSON_OBJECT_SCHEMA, Capabilities
+from prelabel.llm.client import make_client
 from prelabel.config import EXIT_OK, Engine, ModelSpec
 from prelabel.errors import EmbeddingsUnavailable
-from prelabel.llm import LLMEngine
-from prelabel.queue import submit
-from prelabel.runs import Endpoint, run_job
+from prelabel.llm.engine import LLMEngine
+from prelabel.queue.submit import submit
+from prelabel.worker.runs import Endpoint, run_job
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.simulator.gaps import Gaps
 from prelabel.store import SQLiteStore
@@ -140,7 +140,7 @@ async def test_every_gap_at_once_like_llama_cpp_python(store, job_dir):
 # --- prelabel probe -------------------------------------------------------------------------------
 
 async def test_probe_reads_each_gap_off_the_server():
-    from prelabel.probe import probe
+    from prelabel.llm.probe import probe
 
     async with simulator(refuse_json_schema=True, ignore_n=True, logprobs_need_top=True, no_usage=True,
                          no_embeddings=True) as (sim, url):
@@ -156,7 +156,7 @@ async def test_probe_reads_each_gap_off_the_server():
 
 
 async def test_probe_of_a_full_endpoint():
-    from prelabel.probe import probe
+    from prelabel.llm.probe import probe
 
     async with simulator() as (sim, url):
         spec = ModelSpec(name="gpt-4o-mini")

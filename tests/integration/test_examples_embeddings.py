@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from prelabel.client import make_client
+from prelabel.llm.client import make_client
 from prelabel.config import Engine, ModelSpec
-from prelabel.examples import ExampleSelector
-from prelabel.llm import LLMEngine
+from prelabel.fewshot.examples import ExampleSelector
+from prelabel.llm.engine import LLMEngine
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.simulator.answers import embedding
 from prelabel.store import SQLiteStore

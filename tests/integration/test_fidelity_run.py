@@ -10,7 +10,7 @@ import pytest
 import augment
 from prelabel.config import EXIT_OK, JobSpec
 from prelabel.outputs.finetune import VAL_FILE, group_key, in_validation
-from prelabel.plan import make_plan
+from prelabel.budget.plan import make_plan
 from prelabel.simulator.answers import fidelity_verdict
 from prelabel.store import SQLiteStore
 from prelabel.tasks import build_task
@@ -111,10 +111,10 @@ def test_plan_counts_one_fidelity_request_per_variant(tmp_path):
 
 
 async def test_a_verdict_that_cannot_be_read_flags_the_variant_and_is_not_cached():
-    from prelabel.completion import Completion
+    from prelabel.llm.completion import Completion
     from prelabel.store import LeasedItem
-    from prelabel.tokens import TokenCounter
-    from prelabel.variants import VariantStage
+    from prelabel.budget.tokens import TokenCounter
+    from prelabel.variants.stage import VariantStage
 
     spec = JobSpec.model_validate({
         "name": "t", "input": {"path": "x.jsonl"}, "model": {"name": "gpt-4o-mini"},

@@ -15,13 +15,13 @@ import openai
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from prelabel.completion import Completion
+from prelabel.llm.completion import Completion
 from prelabel.config import JobSpec
-from prelabel.review import verdict
+from prelabel.pipeline.flags import verdict
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.simulator.answers import Chooser
 from prelabel.tasks import build_task
-from prelabel.tokens import TokenCounter
+from prelabel.budget.tokens import TokenCounter
 
 pytestmark = pytest.mark.asyncio
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prelabel.errors import InputError, JobExists, StoreError
-from prelabel.inputs import RawItem
+from prelabel.job.inputs import RawItem
 from prelabel.store import AUGMENT, ItemResult, JobRecord, RunStats, Spawn, SQLiteStore, UsageRow
 
 OWNER_A, OWNER_B = "host-a:1:aaaaaa", "host-b:2:bbbbbb"

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from prelabel.config import EXIT_BUDGET, EXIT_ITEMS_FAILED, EXIT_JOB_ERROR, EXIT_OK, Engine
-from prelabel.queue import prepare, submit
-from prelabel.runs import Endpoint, JobOutcome, exit_code_for, run_job
+from prelabel.queue.submit import prepare, submit
+from prelabel.worker.runs import Endpoint, JobOutcome, exit_code_for, run_job
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.store import SQLiteStore
 from prelabel.tasks import fixed_prompt_tokens
-from prelabel.tokens import TokenCounter
+from prelabel.budget.tokens import TokenCounter
 from tests.conftest import LABELS, TEXTS, write_job
 
 ENGINE = Engine(retry_base_s=0.001, retry_max_s=0.01, commit_interval_s=0.01)
@@ -446,7 +446,7 @@ async def test_the_api_key_is_never_written_anywhere(tmp_path, job_dir):
 
 async def test_an_endpoint_that_reports_no_usage_is_charged_our_count(store, job_dir, monkeypatch):
     # Some OpenAI-compatible servers send no usage; the caps must still count something real.
-    from prelabel.completion import Completion
+    from prelabel.llm.completion import Completion
     real = Completion.from_response.__func__
 
     def without_usage(cls, body):

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from prelabel.config import LANGUAGES, AugmentSpec, BackTranslationStep, NoiseStep, SynonymStep
 from prelabel.errors import JobFileError
-from prelabel.jobfile import load_job
+from prelabel.job.jobfile import load_job
 from tests.conftest import write_job
 
 ISSUE_EXAMPLE = """augment:

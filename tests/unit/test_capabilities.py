@@ -1,5 +1,5 @@
 """Capability gaps named by a server's refusal, and the request adapted to what it takes."""
-from prelabel.capabilities import (JSON_OBJECT_SCHEMA, N, PROMPT_ONLY, STRUCTURED, TOP_LOGPROBS, Capabilities,
+from prelabel.llm.capabilities import (JSON_OBJECT_SCHEMA, N, PROMPT_ONLY, STRUCTURED, TOP_LOGPROBS, Capabilities,
                                    adapt, gap, sample_requests, store_key)
 
 SCHEMA = {"type": "object"}

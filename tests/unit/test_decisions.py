@@ -2,12 +2,12 @@
 import math
 import random
 
-from prelabel.budget import SKIP, TRUNCATE, BudgetGate, Shortfall, fit_input
+from prelabel.budget.gate import SKIP, TRUNCATE, BudgetGate, Shortfall, fit_input
 from prelabel.config import Price
-from prelabel.confidence import span_probability
-from prelabel.ratelimit import RateLimiter, parse_duration
-from prelabel.retry import Failure, decide, retry_after
-from prelabel.review import verdict
+from prelabel.pipeline.confidence import span_probability
+from prelabel.llm.pacing import RateLimiter, parse_duration
+from prelabel.llm.retry import Failure, decide, retry_after
+from prelabel.pipeline.flags import verdict
 
 RNG = random.Random(0)
 

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from prelabel.endpoint import OPENAI_URL, SIMULATOR, Endpoint, normalise_url
-from prelabel.jobfile import job_identity, load_job
-from prelabel.llm import cache_key, encode_request
+from prelabel.llm.endpoint import OPENAI_URL, SIMULATOR, Endpoint, normalise_url
+from prelabel.job.jobfile import job_identity, load_job
+from prelabel.llm.engine import cache_key, encode_request
 
 
 @pytest.mark.parametrize("url, name", [

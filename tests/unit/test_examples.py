@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prelabel.budget import FIT, SKIP, TRUNCATE
+from prelabel.budget.gate import FIT, SKIP, TRUNCATE
 from prelabel.config import ClassifyTask, InstructTask, MultilabelTask, NerTask
 from prelabel.errors import JobFileError
-from prelabel.examples import (ExampleSelector, PromptFitter, diverse_order, load_examples, normalize,
+from prelabel.fewshot.examples import (ExampleSelector, PromptFitter, diverse_order, load_examples, normalize,
                                top_k)
-from prelabel.review import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
+from prelabel.pipeline.flags import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
 from prelabel.tasks.base import Example
-from prelabel.tokens import TokenCounter
+from prelabel.budget.tokens import TokenCounter
 
 LABELS = {"positive": "pleased", "negative": "unhappy", "neutral": "no attitude"}
 CLASSIFY = ClassifyTask(kind="classify", labels=LABELS)
@@ -351,7 +351,7 @@ def test_examples_rendered_in_one_block_are_verified_and_trimmed_on():
 # --- the job file ------------------------------------------------------------------------------------
 
 def test_the_job_file_resolves_the_examples_beside_it_and_hashes_their_content(job_dir):
-    from prelabel.jobfile import job_identity, load_job
+    from prelabel.job.jobfile import job_identity, load_job
     from tests.conftest import write_job
 
     job = write_job(job_dir)

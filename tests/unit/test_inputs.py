@@ -3,7 +3,7 @@ from pathlib import Path
 
 from prelabel.config import InputSpec
 from prelabel.errors import InputError
-from prelabel.inputs import RawItem, read_items
+from prelabel.job.inputs import RawItem, read_items
 
 
 def read(path: Path, **kw) -> list:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from prelabel.errors import JobFileError
-from prelabel.jobfile import job_identity, load_job
+from prelabel.job.jobfile import job_identity, load_job
 from tests.conftest import write_job
 
 

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from prelabel.concurrency import AdaptiveSlots, VegasLimit
-from prelabel.ratelimit import MIN_CUT, RateLimiter
-from prelabel.retry import Failure, decide
+from prelabel.llm.concurrency import AdaptiveSlots, VegasLimit
+from prelabel.llm.pacing import MIN_CUT, RateLimiter
+from prelabel.llm.retry import Failure, decide
 
 RNG = random.Random(0)
 

@@ -126,7 +126,7 @@ def test_store_keeps_latest_per_reviewer_and_reimport_changes_nothing(tmp_path):
 ])
 def test_corrected_items_make_an_examples_file_the_next_round_loads(tmp_path, kind, draft_label, reviewed):
     from prelabel.config import JobSpec
-    from prelabel.examples import load_examples
+    from prelabel.fewshot.examples import load_examples
     from prelabel.feedback.seeds import examples
     from prelabel.tasks import build_task
 

@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from prelabel.spans import Mention, Span, locate, overlapping
+from prelabel.tasks.spans import Mention, Span, locate, overlapping
 
 
 def where(text: str, *mentions: tuple[str, str]) -> list[tuple[int, int, str, str]]:

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from prelabel.completion import Completion
+from prelabel.llm.completion import Completion
 from prelabel.config import JobSpec, ReviewSpec
 from prelabel.errors import JobFileError
-from prelabel.review import verdict
+from prelabel.pipeline.flags import verdict
 from prelabel.tasks import InvalidOutput, build_task
 from prelabel.tasks.base import Example, fixed_prompt_tokens
 from prelabel.tasks.instruct import copies
-from prelabel.tokens import TokenCounter
+from prelabel.budget.tokens import TokenCounter
 
 SENTIMENT = {"positive": "pleased", "negative": "unhappy", "neutral": "neither"}
 TOPICS = {"billing": "money", "bug": "broken", "how_to": "asks how", "account": "their account"}

@@ -3,10 +3,10 @@ import socket
 import pytest
 
 from prelabel.errors import JobFileError
-from prelabel.pricing import cost_usd, price_for
-from prelabel.prompts import load_template
-from prelabel import tokens
-from prelabel.tokens import FALLBACK_ENCODING, TokenCounter, encoding_name_for
+from prelabel.budget.pricing import cost_usd, price_for
+from prelabel.job.prompts import load_template
+from prelabel.budget import tokens
+from prelabel.budget.tokens import FALLBACK_ENCODING, TokenCounter, encoding_name_for
 
 
 def test_encodings_load_with_no_network(monkeypatch):

@@ -11,20 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, Engine, JobSpec
-from .errors import JobFileError, OutputError, StorageError
-from .client import make_client
-from .endpoint import Endpoint
-from .llm import LLMEngine
-from .outputs.export import exit_code_for, export
-from .outputs.root import confine
-from .queue import check_endpoint
-from .store import Store
-from .tasks import build_task
-from .tokens import TokenCounter
-from .owners import dead_local_owners
-from .ingest import resume_dead_ingests
-from .worker import JobRunner, RunResult
+from ..config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, Engine, JobSpec
+from ..errors import JobFileError, OutputError, StorageError
+from ..llm.client import make_client
+from ..llm.endpoint import Endpoint
+from ..llm.engine import LLMEngine
+from ..outputs.export import exit_code_for, export
+from ..outputs.root import confine
+from ..queue.submit import check_endpoint
+from ..store import Store
+from ..tasks import build_task
+from ..budget.tokens import TokenCounter
+from ..queue.owners import dead_local_owners
+from ..queue.ingest import resume_dead_ingests
+from .runner import JobRunner, RunResult
 
 
 @dataclass(slots=True)
@@ -68,7 +68,7 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
                            simulated=endpoint.simulated)
         variants = None
         if spec.augment is not None and spec.augment.steps:
-            from .variants import VariantStage  # imports nlpaug's side only for jobs that augment
+            from ..variants.stage import VariantStage  # imports nlpaug's side only for jobs that augment
             variants = VariantStage(spec, task, TokenCounter(spec.model.name), lambda: store.item_texts(job_id))
         runner = JobRunner(store, job, spec, task, engine, settings, owner, variants)
         store.set_status(job_id, "running")

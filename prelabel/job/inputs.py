@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Iterator
 
-from .config import InputSpec
-from .errors import InputError
+from ..config import InputSpec
+from ..errors import InputError
 
 csv.field_size_limit(1 << 30)  # long documents are legitimate; the token budget handles them
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .budget import FIT, SKIP, TRUNCATE
-from .config import TaskSpec
-from .errors import JobFileError
-from .review import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
-from .tasks.base import Example, Task
-from .tokens import TokenCounter
+from ..budget.gate import FIT, SKIP, TRUNCATE
+from ..config import TaskSpec
+from ..errors import JobFileError
+from ..pipeline.flags import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
+from ..tasks.base import Example, Task
+from ..budget.tokens import TokenCounter
 
 if TYPE_CHECKING:
     import numpy as np  # imported where vectors are ranked: jobs without ``similar`` never load it

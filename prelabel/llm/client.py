@@ -1,6 +1,6 @@
 """The official SDK client, configured for a batch worker that sends many small requests.
 
-``AsyncOpenAI`` on the SDK's aiohttp transport, its retries off (``prelabel.retry`` owns them), and
+``AsyncOpenAI`` on the SDK's aiohttp transport, its retries off (``prelabel.llm.retry`` owns them), and
 the layers a batch worker does not use taken out of each request's path; each cut is measured in
 bench/RESULTS.md. Tests intercept it with ``respx.mock(using="httpx")``.
 """
@@ -10,8 +10,8 @@ import functools
 import json
 from typing import TYPE_CHECKING
 
-from .config import ModelSpec
-from .redact import add_secret
+from ..config import ModelSpec
+from ..redact import add_secret
 
 if TYPE_CHECKING:
     import httpx
@@ -84,7 +84,7 @@ def _http_client_class() -> type:
 
 
 def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:
-    """The production client: aiohttp transport, SDK retries off (prelabel.retry owns them).
+    """The production client: aiohttp transport, SDK retries off (prelabel.llm.retry owns them).
 
     The key is registered for redaction: an endpoint's error text that echoes it never gets further."""
     import openai

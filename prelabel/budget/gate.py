@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Price
+from ..config import Price
 from .pricing import cost_usd
 
 FIT, TRUNCATE, SKIP = "fit", "truncate", "skip"

@@ -6,7 +6,7 @@ your contract. A model absent here costs 0 in reports unless the job sets ``mode
 """
 from __future__ import annotations
 
-from .config import Price
+from ..config import Price
 
 PRICES: dict[str, Price] = {
     "gpt-4o-mini": Price(input_per_mtok=0.15, output_per_mtok=0.60),

@@ -15,7 +15,7 @@ from pathlib import Path
 import tiktoken
 
 FALLBACK_ENCODING = "o200k_base"
-_DIR = Path(__file__).parent / "encodings"
+_DIR = Path(__file__).parents[1] / "encodings"
 
 # Constructor data copied from tiktoken_ext/openai_public.py (MIT); only the rank files differ in
 # where they come from.

@@ -3,7 +3,7 @@ their source and carrying its label.
 
 An original that deserves variants spawns one augment unit per step (in the transaction that
 finishes it). A unit makes its step's variants (synonym and noise in the augmentation process,
-``prelabel.augproc``; paraphrase and back-translation through the job's LLM), drops duplicates, and either writes them as drafts with the carried label or, with
+``prelabel.variants.process``; paraphrase and back-translation through the job's LLM), drops duplicates, and either writes them as drafts with the carried label or, with
 ``recheck``, spawns them as items the job's task labels again; a new label that differs from the
 carried one is flagged ``label_drift``. With ``fidelity``, the job's model first judges each kept
 variant against its source (one request each, at once); an unfaithful one is flagged
@@ -18,12 +18,12 @@ from typing import Callable, Iterable
 
 import augment
 
-from .augproc import AugmentProcess
-from .draft import DONE, FAILED, draft_record
-from .errors import PrelabelError
-from .review import LOW_CONFIDENCE, NO_CONFIDENCE, UNFAITHFUL_VARIANT
-from .store import AUGMENT, VARIANT, Spawn
-from .tasks import InvalidOutput, TaskOutput
+from .process import AugmentProcess
+from ..pipeline.draft import DONE, FAILED, draft_record
+from ..errors import PrelabelError
+from ..pipeline.flags import LOW_CONFIDENCE, NO_CONFIDENCE, UNFAITHFUL_VARIANT
+from ..store import AUGMENT, VARIANT, Spawn
+from ..tasks import InvalidOutput, TaskOutput
 
 
 LOCAL_KINDS = ("synonym", "noise")

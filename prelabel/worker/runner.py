@@ -23,23 +23,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .budget import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
-from .capabilities import Capabilities
-from .completion import Completion
-from .config import Engine as EngineSettings
-from .config import JobSpec
-from .draft import DONE, FAILED, SKIPPED, draft_record
-from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
-from .fewshot import FewShot
-from .llm import LLMEngine, Prepared
-from .pricing import cost_usd, price_for
-from .retry import Outage
-from .review import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REASKED, REFUSAL, REQUEST_FAILED,
+from ..budget.gate import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
+from ..llm.capabilities import Capabilities
+from ..llm.completion import Completion
+from ..config import Engine as EngineSettings
+from ..config import JobSpec
+from ..pipeline.draft import DONE, FAILED, SKIPPED, draft_record
+from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
+from ..fewshot.selection import FewShot
+from ..llm.engine import LLMEngine, Prepared
+from ..budget.pricing import cost_usd, price_for
+from ..llm.retry import Outage
+from ..pipeline.flags import (FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REASKED, REFUSAL, REQUEST_FAILED,
                      TRUNCATED_INPUT)
-from .stats import RunStats
-from .store import AUGMENT, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
-from .tasks import InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
-from .tokens import TOKENS_PER_MESSAGE, TokenCounter
+from ..llm.stats import RunStats
+from ..store import AUGMENT, LABEL, VARIANT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
+from ..tasks import InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
+from ..budget.tokens import TOKENS_PER_MESSAGE, TokenCounter
 
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class JobRunner:
     def __init__(self, store: Store, job: JobRecord, spec: JobSpec, task: Task, engine: LLMEngine,
                  settings: EngineSettings, owner: str, variants=None) -> None:
         self.store, self.job, self.spec, self.task, self.engine = store, job, spec, task, engine
-        self.variants = variants  # the augmentation stage (prelabel.variants), when the job augments
+        self.variants = variants  # the augmentation stage (prelabel.variants.stage), when the job augments
         self.settings, self.owner = settings, owner
         self.counter = TokenCounter(spec.model.name)
         self.gate = BudgetGate(spec.budget.max_total_tokens, spec.budget.max_cost_usd,

@@ -15,7 +15,7 @@ import openai
 from .capabilities import FORMS, JSON_SCHEMA, PROMPT_ONLY, Capabilities, adapt
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
-from .llm import parse_embeddings
+from .engine import parse_embeddings
 
 _SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": ["yes", "no"]}},
            "required": ["label"], "additionalProperties": False}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .review import verdict
+from .flags import verdict
 
 # Final states of an item (the store also has ``pending``, ``leased`` and ``stopped``).
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
@@ -21,7 +21,7 @@ class Draft:
     flags: list[str]
     model: str
     prompt_version: str
-    endpoint: str | None = None  # who answered (prelabel.endpoint: a base URL, or "simulator")
+    endpoint: str | None = None  # who answered (prelabel.llm.endpoint: a base URL, or "simulator")
     simulated: bool = False      # True: a simulator answered, a stand-in, not a model
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     cost_usd: float = 0.0

@@ -1,8 +1,8 @@
 """The LLM engine: chat requests and embeddings, paced, retried, cached.
 
-It owns the transient-failure retries (``prelabel.retry`` decides, tenacity carries it out), the
-pacing (``prelabel.ratelimit``), ``max_concurrency: auto`` (``prelabel.concurrency``) and cache
-look-ups; the SDK client it sends through comes from ``prelabel.client``, with the SDK's own retries
+It owns the transient-failure retries (``prelabel.llm.retry`` decides, tenacity carries it out), the
+pacing (``prelabel.llm.pacing``), ``max_concurrency: auto`` (``prelabel.llm.concurrency``) and cache
+look-ups; the SDK client it sends through comes from ``prelabel.llm.client``, with the SDK's own retries
 off. Responses are read from the raw body into a ``Completion`` (or vectors) without building the
 SDK's pydantic models.
 """
@@ -26,16 +26,16 @@ from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
 from .concurrency import AdaptiveSlots, VegasLimit
-from .config import AUTO_MAX_CONCURRENCY
-from .config import Engine as EngineSettings
-from .config import ModelSpec
+from ..config import AUTO_MAX_CONCURRENCY
+from ..config import Engine as EngineSettings
+from ..config import ModelSpec
 from .endpoint import SIMULATOR_HEADER, normalise_url
-from .errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded
-from .ratelimit import RateLimiter, rate_headers
-from .redact import redact
+from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded
+from .pacing import RateLimiter, rate_headers
+from ..redact import redact
 from .retry import Failure, RetryDecision, decide
 from .stats import RunStats
-from .tokens import TokenCounter
+from ..budget.tokens import TokenCounter
 
 if TYPE_CHECKING:
     import openai
@@ -185,7 +185,7 @@ _SAID_SIMULATOR: set[str] = set()
 
 
 class LLMEngine:
-    """``identity`` names what answers (``prelabel.endpoint``; by default the client's base URL), in
+    """``identity`` names what answers (``prelabel.llm.endpoint``; by default the client's base URL), in
     every cache key; ``simulated``: the built-in simulator answers, so every answer is marked so."""
 
     def __init__(self, client: openai.AsyncOpenAI, model: ModelSpec, settings: EngineSettings,
@@ -229,7 +229,7 @@ class LLMEngine:
             body["logprobs"] = True
             if self.settings.top_logprobs > 0:
                 # 0 gives no logprobs at all on llama.cpp's servers; the alternatives are what a
-                # label's confidence is computed from (prelabel.labelscore).
+                # label's confidence is computed from (prelabel.pipeline.labelscore).
                 body["top_logprobs"] = self.settings.top_logprobs
         if self.model.seed is not None:
             body["seed"] = self.model.seed

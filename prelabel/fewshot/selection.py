@@ -11,7 +11,7 @@ import asyncio
 from typing import Awaitable, Callable, Sequence
 
 from .examples import ExampleSelector, Fit, PromptFitter, load_examples
-from .store import LeasedItem
+from ..store import LeasedItem
 
 # texts -> (one vector or None per text, whether the endpoint has embeddings at all)
 Embed = Callable[[list[str], str], Awaitable[tuple[list | None, bool]]]

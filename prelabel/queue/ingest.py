@@ -14,12 +14,12 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
-from .config import InputSpec, JobSpec
-from .errors import JobExists, StoreError
-from .inputs import read_items
-from .jobfile import file_sha256
+from ..config import InputSpec, JobSpec
+from ..errors import JobExists, StoreError
+from ..job.inputs import read_items
+from ..job.jobfile import file_sha256
 from .owners import dead_local_owners
-from .store import IngestState, Store
+from ..store import IngestState, Store
 
 log = logging.getLogger(__name__)
 

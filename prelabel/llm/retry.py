@@ -1,7 +1,7 @@
 """The one policy for transient failures: 429, 5xx, timeouts and dropped connections.
 
 Decisions are values computed from what the failure said (status, headers), so they are tested
-without a network or a clock; ``prelabel.llm`` carries them out with tenacity. The SDK's own retries
+without a network or a clock; ``prelabel.llm.engine`` carries them out with tenacity. The SDK's own retries
 are set to zero so that nothing else retries underneath this policy. A 429 never fails an item by
 count: it is bounded by the time spent waiting on the limit, 5xx and timeouts by the attempts.
 """
@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Mapping
 
-from .ratelimit import parse_duration
+from .pacing import parse_duration
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 120.0  # a server asking for longer is treated as asking for this

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from .worker import JobRunner
+from .runner import JobRunner
 
 
 def render(runner: JobRunner, width: int = 24) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .config import (EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, JOB_FILE_MAX_BYTES, JOB_FILE_MAX_DEPTH,
+from ..config import (EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, JOB_FILE_MAX_BYTES, JOB_FILE_MAX_DEPTH,
                      JOB_FILE_MAX_VALUES, JobSpec)
-from .endpoint import SIMULATOR
-from .errors import JobFileError
+from ..llm.endpoint import SIMULATOR
+from ..errors import JobFileError
 
 # libyaml (in PyYAML's wheels) parses about five times faster; without it the pure-Python loader
 # gives the same results, within the same limits.

@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .budget import SKIP, TRUNCATE, fit_input
-from .config import JobSpec
-from .errors import InputError
-from .examples import load_examples
-from .inputs import read_items
+from .gate import SKIP, TRUNCATE, fit_input
+from ..config import JobSpec
+from ..errors import InputError
+from ..fewshot.examples import load_examples
+from ..job.inputs import read_items
 from .pricing import cost_usd, price_for
-from .tasks import Task, fixed_prompt_tokens
+from ..tasks import Task, fixed_prompt_tokens
 from .tokens import TokenCounter
 
 _BATCH = 2000

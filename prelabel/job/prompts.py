@@ -11,10 +11,10 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import JobFileError
+from ..errors import JobFileError
 
 # Installed wheels carry the templates inside the package; a source checkout has them at the top.
-_SEARCH = (Path(__file__).parent / "prompts", Path(__file__).parent.parent / "prompts")
+_SEARCH = (Path(__file__).parents[1] / "prompts", Path(__file__).parents[2] / "prompts")
 _SECTION = re.compile(r"^## (system|user)\s*$", re.MULTILINE)
 _COMMENT = re.compile(r"<!--.*?-->\s*", re.DOTALL)
 

@@ -10,20 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .allowlist import AllowList
-from .config import JobSpec
-from .endpoint import Endpoint
-from .errors import InputError, JobExists, JobFileError, PrelabelError, StoreError
-from .examples import load_examples
+from ..llm.allowlist import AllowList
+from ..config import JobSpec
+from ..llm.endpoint import Endpoint
+from ..errors import InputError, JobExists, JobFileError, PrelabelError, StoreError
+from ..fewshot.examples import load_examples
 from .ingest import INGEST_STALE_S, give_back, resume_ingest
-from .inputs import read_items
-from .jobfile import field_line, file_sha256, job_identity, load_job
+from ..job.inputs import read_items
+from ..job.jobfile import field_line, file_sha256, job_identity, load_job
 from .owners import worker_id
-from .outputs.root import confine
-from .pricing import price_for
-from .store import JobRecord, Store
-from .tasks import Task, build_task, fixed_prompt_tokens
-from .tokens import TokenCounter
+from ..outputs.root import confine
+from ..budget.pricing import price_for
+from ..store import JobRecord, Store
+from ..tasks import Task, build_task, fixed_prompt_tokens
+from ..budget.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,4 @@
+"""Token and cost budgets: counting tokens, prices, the budget gate's decisions, and `prelabel plan`.
+
+Pure: no I/O, no clock; the worker carries the decisions out.
+"""

@@ -1,0 +1,2 @@
+"""Few-shot examples: read and checked (`examples`), chosen for each item during a run (`selection`).
+"""
