@@ -150,7 +150,7 @@ def _install_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import Engine
+    from .config import EngineSettings
     from .queue.submit import prepare
     from .worker.runs import reclaim_dead, run_job
     from .queue.owners import worker_id
@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
                 answering = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else endpoint
                 reclaim_dead(store)
                 return await _with_progress(
-                    lambda on_start: run_job(store, sub.job_id, answering, Engine(), worker_id(), on_start),
+                    lambda on_start: run_job(store, sub.job_id, answering, EngineSettings(), worker_id(), on_start),
                     args.quiet)
 
         outcome = asyncio.run(go())
@@ -227,7 +227,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_work(args) -> int:
-    from .config import EXIT_JOB_ERROR, EXIT_OK, Engine
+    from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .queue.submit import submit_spool
     from .worker.runs import drain
     from .queue.owners import worker_id
@@ -251,11 +251,11 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, endpoint, Engine(), worker_id(), on_start, _say, roots), args.quiet)
+                    lambda on_start: drain(store, endpoint, EngineSettings(), worker_id(), on_start, _say, roots), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
-                await asyncio.sleep(Engine().poll_s)
+                await asyncio.sleep(EngineSettings().poll_s)
 
         return asyncio.run(go())
     finally:

@@ -29,6 +29,11 @@ class InputError(PrelabelError):
         super().__init__(f"line {line}: {field + ': ' if field else ''}{message}")
 
 
+class OutputConfigError(PrelabelError, ValueError):
+    """An output cannot be made from this job (a label Label Studio's XML cannot hold, an unknown
+    task kind in a record); also a ``ValueError``, as it was before it had a class."""
+
+
 class StoreError(PrelabelError):
     """The store refused an operation (unknown job, schema mismatch)."""
 

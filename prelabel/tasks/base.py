@@ -20,6 +20,15 @@ class InvalidOutput(ValueError):
     """The model's answer broke the task's schema; the message says how, for the re-ask."""
 
 
+class BadExample(ValueError):
+    """A few-shot example's line that does not fit; the loader reports it as a ``JobFileError``
+    naming the file, the line and ``field``."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(slots=True)
 class TaskOutput:
     """One draft's worth of answer."""

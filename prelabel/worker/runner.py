@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ..budget.gate import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
 from ..llm.capabilities import Capabilities
 from ..llm.completion import Completion
-from ..config import Engine as EngineSettings
+from ..config import EngineSettings
 from ..config import JobSpec
 from ..pipeline.draft import DONE, FAILED, SKIPPED, draft_record
 from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError

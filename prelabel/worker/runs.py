@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, Engine, JobSpec
+from ..config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, EngineSettings, JobSpec
 from ..errors import JobFileError, OutputError, StorageError
 from ..llm.client import make_client
 from ..llm.endpoint import Endpoint
@@ -37,7 +37,7 @@ class JobOutcome:
     note: str | None = None  # why it did not run (its input is still being loaded)
 
 
-async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engine, owner: str,
+async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: EngineSettings, owner: str,
                   on_start: Callable[[JobRunner], None] | None = None, client=None,
                   output_roots: Sequence[Path] | None = None) -> JobOutcome:
     """Run a job and write its outputs; with ``output_roots`` (``work``), a job whose ``output.dir``
@@ -116,7 +116,7 @@ def reclaim_dead(store: Store) -> int:
     return store.reclaim(dead_local_owners(store.leased_owners()))
 
 
-async def drain(store: Store, endpoint: Endpoint, settings: Engine, owner: str,
+async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owner: str,
                 on_start: Callable[[JobRunner], None] | None = None,
                 on_outcome: Callable[[JobOutcome], None] | None = None,
                 output_roots: Sequence[Path] | None = None) -> list[JobOutcome]:
