@@ -18,6 +18,7 @@ from .llm.allowlist import ALLOWLIST_ENV, AllowList
 from .llm.endpoint import Endpoint
 from .errors import JobFileError, PrelabelError, StorageError
 from .redact import RedactingFilter, add_secret, redact
+from .states import ITEM_STATES, ItemState, JobStatus
 
 # Each command imports what it uses when it runs: `--help` loads neither pydantic (the job-file
 # schema) nor the store, `status` no job-file reader, and only `run` and `work` the LLM stack (the
@@ -96,8 +97,8 @@ def _say(outcome) -> None:
         first = r["input_errors"]["errors"][:3]
         print(f"  {r['input_errors']['count']} bad input lines, e.g. "
               + "; ".join(f"line {e['line']}: {e['error']}" for e in first), file=sys.stderr)
-    if r["by_state"].get("stopped"):
-        print(f"  stopped by budget: {r['by_state']['stopped']} items left; raise the budget in the job file "
+    if r["by_state"].get(ItemState.STOPPED):
+        print(f"  stopped by budget: {r['by_state'][ItemState.STOPPED]} items left; raise the budget in the job file "
               "and run (or submit) it again to resume", file=sys.stderr)
     if r.get("simulated"):
         print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
@@ -278,7 +279,7 @@ def cmd_status(args) -> int:
             counts = store.counts(job.id)
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
-            loading = store.ingest_state(job.id) if job.status == "ingesting" else None
+            loading = store.ingest_state(job.id) if job.status == JobStatus.INGESTING else None
             if loading is not None:  # how far its input is in, and whether anyone is still reading it
                 rows[-1]["loading"] = {"line": loading.line, "loader": loading.owner,
                                        "alive": not reader_is_dead(loading, time.time())}
@@ -290,8 +291,7 @@ def cmd_status(args) -> int:
             if not rows:
                 print(f"no jobs in {args.db}")
             for row in rows:
-                states = "  ".join(f"{s}={row[s]}" for s in ("pending", "leased", "done", "failed", "skipped",
-                                                              "stopped") if row.get(s))
+                states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
                 print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
                 if "loading" in row and not row["loading"]["alive"]:
@@ -326,7 +326,7 @@ def cmd_export(args) -> int:
         if job is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
             return EXIT_JOB_ERROR
-        if job.status == "ingesting":  # outputs of a job whose input is not all in would look final
+        if job.status == JobStatus.INGESTING:  # outputs of a job whose input is not all in would look final
             print(f"job {args.job_id} is still being loaded (its input is not all in): nothing to export yet",
                   file=sys.stderr)
             return EXIT_JOB_ERROR

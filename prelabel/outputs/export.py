@@ -6,6 +6,7 @@ from pathlib import Path
 from ..errors import PrelabelError
 from ..config import EXIT_BUDGET, EXIT_ITEMS_FAILED, EXIT_JOB_ERROR, EXIT_OK, JobSpec
 from ..errors import OutputError
+from ..states import ItemState
 from ..store import Store
 from ..tasks import build_task
 from .drafts import write_drafts
@@ -16,9 +17,9 @@ from .report import build_report, model_version, write_report
 
 def exit_code_for(report: dict) -> int:
     by_state = report["by_state"]
-    if by_state.get("stopped"):
+    if by_state.get(ItemState.STOPPED):
         return EXIT_BUDGET
-    if by_state.get("failed"):
+    if by_state.get(ItemState.FAILED):
         return EXIT_ITEMS_FAILED
     if report["input_errors"]["count"]:
         return EXIT_JOB_ERROR

@@ -22,6 +22,7 @@ from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import InputError, JobExists, StorageError
 from ..queue.owners import worker_id
 from ..redact import redact, redact_error
+from ..states import JobStatus
 from .base import IngestState, InputErrorRow, ItemResult, JobRecord, LeasedItem, ReviewRow, RunStats, SpoolRecord, UsageRow
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -315,7 +316,7 @@ class SQLiteStore:
         row = self._db.execute(Q["get_ingest"], (job_id,)).fetchone()
         if row is None:
             job = self.get_job(job_id)
-            if job is None or job.status != "ingesting":
+            if job is None or job.status != JobStatus.INGESTING:
                 return None
             with self._tx():  # left half-read by an earlier version: where it got to is in its rows
                 self._script("migrate_ingest")

@@ -29,6 +29,7 @@ from ..llm.completion import Completion
 from ..config import EngineSettings
 from ..config import JobSpec
 from ..pipeline.draft import DONE, FAILED, SKIPPED, draft_record
+from ..states import FINAL_STATES, ItemState
 from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
 from ..fewshot.selection import FewShot
 from ..llm.engine import LLMEngine, Prepared
@@ -137,7 +138,7 @@ class JobRunner:
         started_wall, started_mono = time.time(), time.monotonic()
         counts = self.store.counts(self.job.id)
         self.progress.total = sum(counts.values())
-        self.progress.already = sum(counts.get(s, 0) for s in ("done", "failed", "skipped"))
+        self.progress.already = sum(counts.get(s, 0) for s in FINAL_STATES)
         queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.lease_batch)
         workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.slots)]
         # Augment units have consumers of their own: they wait on the augmentation process, and must
@@ -184,7 +185,7 @@ class JobRunner:
         elif self._budget_hit.is_set():
             await self._write(self.store.stop_remaining, self.job.id)
         counts = self.store.counts(self.job.id)
-        return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts,
+        return RunResult(self.job.id, counts.get(ItemState.STOPPED, 0) > 0, stats, counts,
                          self.last_error if self._endpoint_down.is_set() else None, self._rate_limit_stop)
 
     def _stopping(self) -> bool:
@@ -354,7 +355,7 @@ class JobRunner:
                 return ItemResult(item.seq, state, priority, records, usage, cache, spawn=spawn, summary=summary)
             return self._result(item, await self._label(item, usage, cache), usage, cache)
         except _Requeue:
-            return ItemResult(item.seq, "pending", 0.0, [], usage, cache, release=True)
+            return ItemResult(item.seq, ItemState.PENDING, 0.0, [], usage, cache, release=True)
         except _RequestFailed as e:
             return self._failed(item, e.error, e.flags + [REQUEST_FAILED], usage, cache)
         except StorageError:
