@@ -181,12 +181,12 @@ def cmd_run(args) -> int:
         store.close()
 
 
-_LOADING_POLL_S = 0.5  # `run` looks again this often while another process loads its job
 
 
 def _submit_waiting(store, args, prepared, endpoint):
     """Submit; while another live process is loading the same job, wait for it (or take over when
     it dies), so that `run` never starts a job whose input is not all in."""
+    from .config import LOADING_POLL_S
     from .queue.submit import submit
 
     told = False
@@ -202,7 +202,7 @@ def _submit_waiting(store, args, prepared, endpoint):
             print(f"job {sub.job_id}: another process ({sub.loading}) is loading its input; waiting for it",
                   file=sys.stderr)
             told = True
-        time.sleep(_LOADING_POLL_S)
+        time.sleep(LOADING_POLL_S)
 
 
 def cmd_submit(args) -> int:

@@ -126,7 +126,8 @@ class BudgetSpec(Strict):
     max_input_tokens: int | None = Field(None, gt=0)  # the whole prompt, per request
     on_overflow: Literal["truncate", "skip"] = "truncate"
     max_output_tokens: int = Field(64, gt=0)
-    # a re-ask after an answer cut off at max_tokens (finish_length) may use up to this; default 4x
+    # a re-ask after an answer cut off at max_tokens (finish_length) may use up to this; default
+    # REASK_CEILING (4) x max_output_tokens
     max_output_tokens_reask: int | None = Field(None, gt=0)
     max_total_tokens: int | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(None, gt=0)
@@ -312,6 +313,26 @@ class EngineSettings(BaseModel):
     embed_batch_tokens: int = 250_000  # ...and tokens (OpenAI allows 2048 inputs, 300k tokens)
     embed_max_input_tokens: int = 8191  # one input's limit at OpenAI's embedding models: cut to it
     top_logprobs: int = 5            # alternatives per token with logprobs: a label's confidence is computed from them
+    # Work taken ahead of the slots, so none waits on the store: items leased (at most
+    # ``lease_batch``) per request slot, and augment units queued per augment slot.
+    lease_ahead: int = 2
+    augment_ahead: int = 2
+    hold_ahead: int = 2  # a budget hold asked of the store covers this many requests per slot: fewer trips
+
+
+# Tunables read where they are used, as module constants (no settings object reaches those places:
+# the store, the ingest of a job's input, the retry policy, the planner). Tests patch the module's name.
+INGEST_BATCH = 5000          # input items stored per transaction while a job's input is read...
+INGEST_BEAT_S = 1.0          # ...or after this long, whichever comes first: a kill loses at most that
+INGEST_STALE_S = 120.0       # a loader on another host that stored no batch for this long is dead
+MAX_RETRY_AFTER_S = 120.0    # a server asking (retry-after) for longer is treated as asking for this
+AUGMENT_BATCH = 64           # texts per round trip to the augment process, at most
+PLAN_BATCH = 2000            # texts tokenised together by `prelabel plan`
+LOADING_POLL_S = 0.5         # `run` looks again this often while another process loads its job
+# A re-ask after an answer cut off at max_tokens gets this many times the tokens it used, up to
+# budget.max_output_tokens_reask, whose default is REASK_CEILING times budget.max_output_tokens.
+REASK_GROWTH = 2
+REASK_CEILING = 4
 
 
 EXIT_OK = 0

@@ -25,7 +25,7 @@ from ..store import IngestState, Store
 log = logging.getLogger(__name__)
 
 # A reader commits a batch at least every second; one that has not for this long is dead.
-INGEST_STALE_S = 120.0
+from ..config import INGEST_STALE_S  # noqa: E402  (submit and tests import it from here)
 
 
 def reader_is_dead(state: IngestState, now: float, stale_s: float = INGEST_STALE_S) -> bool:

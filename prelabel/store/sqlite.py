@@ -36,8 +36,7 @@ def _load_queries() -> dict[str, str]:
 
 Q = _load_queries()
 NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
-_INGEST_BATCH = 5000
-_INGEST_BEAT_S = 1.0
+from ..config import INGEST_BATCH as _INGEST_BATCH, INGEST_BEAT_S as _INGEST_BEAT_S  # noqa: E402
 _FULL_BELOW_BYTES = 1 << 20  # free space under this after an I/O error: the disk is full
 _OWN_TABLES = {"jobs", "items"}  # a SQLite file with tables but neither of these belongs to something else
 

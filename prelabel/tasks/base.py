@@ -10,10 +10,12 @@ A label's shape is the kind's: classify ``str``; multilabel ``list[str]``; ner a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from ..llm.completion import Completion
-from ..budget.tokens import TokenCounter
+
+if TYPE_CHECKING:  # tiktoken is not needed to read a job file
+    from ..budget.tokens import TokenCounter
 
 
 class InvalidOutput(ValueError):

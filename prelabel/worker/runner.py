@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ..budget.gate import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
 from ..llm.capabilities import Capabilities
 from ..llm.completion import Completion
-from ..config import EngineSettings
+from ..config import REASK_CEILING, REASK_GROWTH, EngineSettings
 from ..config import JobSpec
 from ..pipeline.draft import DONE, FAILED, SKIPPED, draft_record
 from ..states import FINAL_STATES, ItemState
@@ -84,7 +84,7 @@ class JobRunner:
         self.progress = Progress()
         # Lease about two rounds of work at a time: enough to keep every request slot busy, little
         # enough that several workers share a job evenly and a dead one strands few items.
-        self.lease_batch = min(settings.lease_batch, 2 * spec.model.slots)
+        self.lease_batch = min(settings.lease_batch, settings.lease_ahead * spec.model.slots)
         self._results: list[ItemResult] = []
         self._active = 0  # items handed to consumers and not yet finished
         self._budget_hit = asyncio.Event()
@@ -222,7 +222,7 @@ class JobRunner:
     def _free_units(self) -> int:
         """Augment units to lease: while few are open (two per unit consumer), so that labelling
         never waits for augmentation and one worker does not hoard every unit."""
-        return max(0, 2 * self.settings.augment_slots - self._units_open) if self.variants else 0
+        return max(0, self.settings.augment_ahead * self.settings.augment_slots - self._units_open) if self.variants else 0
 
     def _open_unit(self, item: LeasedItem) -> None:
         self._active += 1
@@ -547,7 +547,7 @@ class JobRunner:
                 if need is not None:
                     # Ask for enough for a round of requests, not just this one: fewer trips to the store.
                     per_request = prompt_tokens + max_out
-                    round_ = 2 * self.spec.model.slots
+                    round_ = self.settings.hold_ahead * self.spec.model.slots
                     budget = self.spec.budget
                     granted = await self._write(
                         self.store.hold_budget, self.job.id, self.owner, max(need.tokens, per_request * round_),
@@ -609,5 +609,5 @@ class _Malformed(_RequestFailed):
 def reask_max_tokens(budget, used: int) -> int:
     """``max_tokens`` for a re-ask after an answer was cut off at ``used``: twice as many, up to
     ``budget.max_output_tokens_reask`` (default four times ``max_output_tokens``)."""
-    ceiling = budget.max_output_tokens_reask or 4 * budget.max_output_tokens
-    return max(used, min(2 * used, ceiling))
+    ceiling = budget.max_output_tokens_reask or REASK_CEILING * budget.max_output_tokens
+    return max(used, min(REASK_GROWTH * used, ceiling))
