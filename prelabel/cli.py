@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .llm.allowlist import ALLOWLIST_ENV, AllowList
 from .llm.endpoint import Endpoint
-from .errors import JobFileError, PrelabelError, StorageError
+from .errors import JobFileError, PrelabelError, StorageError, UsageError
 from .redact import RedactingFilter, add_secret, redact
 from .states import ITEM_STATES, ItemState, JobStatus
 
@@ -40,7 +40,7 @@ def _allowed() -> AllowList:
     try:
         extra = AllowList.of(os.environ.get(ALLOWLIST_ENV, "").split(","))
     except ValueError as e:
-        raise PrelabelError(f"{ALLOWLIST_ENV}: {e}") from None
+        raise UsageError(f"{ALLOWLIST_ENV}: {e}") from None
     return AllowList(tuple(dict.fromkeys(allowed.prefixes + extra.prefixes)))
 
 
@@ -55,7 +55,7 @@ def _open_store(db: str):
     except ValueError:
         timeout = -1.0
     if not timeout >= 0:
-        raise PrelabelError(f"PRELABEL_BUSY_TIMEOUT_S={raw!r}: give the seconds to wait for the store's lock, e.g. 30")
+        raise UsageError(f"PRELABEL_BUSY_TIMEOUT_S={raw!r}: give the seconds to wait for the store's lock, e.g. 30")
     return open_store(db, timeout)
 
 
@@ -481,17 +481,22 @@ def _fmt(x) -> str:
 
 def cmd_simulate(args) -> int:
     from .config import EXIT_OK
-    from .simulator import SimConfig, serve
+    from .simulator import SimConfig
+    from .simulator import serve as _serve
     from .simulator.gaps import Gaps
 
     gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
     gaps = Gaps(**{**gaps.__dict__, **{name.replace("-", "_"): True for name in args.gap or ()}})
-    serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
+    try:
+        _serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
                     window=args.window, style=args.style, capacity=args.capacity, queue_limit=args.queue_limit,
                     error_rate=args.error_rate, logprobs=not args.no_logprobs,
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
                     identify=not args.as_real, gaps=gaps),
-          host=args.host, port=args.port)
+               host=args.host, port=args.port)
+    except OSError as e:  # the port is taken, or the host is not this machine's
+        raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e}); "
+                         f"choose another port") from None
     return EXIT_OK
 
 
@@ -544,6 +549,26 @@ def _fraction(value: str) -> float:
     if not 0 <= f < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number in [0, 1)")
     return f
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 0 or more")
+    return n
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0 to 65535; 0: any free one)")
+    return n
 
 
 def _accept_above(value: str):
@@ -637,8 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = review_command("sample", cmd_review_sample,
                        "a Label Studio file of the next drafts to review: the most informative plus a "
                        "uniform audit sample")
-    p.add_argument("--size", type=int, required=True, help="the most informative drafts")
-    p.add_argument("--audit", type=int, default=0, help="drafts drawn uniformly at random, for the error estimate")
+    p.add_argument("--size", type=_count, required=True, help="the most informative drafts")
+    p.add_argument("--audit", type=_count, default=0, help="drafts drawn uniformly at random, for the error estimate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="the file (default: output.dir/review_sample.json)")
 
@@ -657,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--latency-ms", type=float, default=200.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
     p.add_argument("--rpm", type=int, help="requests per minute before 429s")

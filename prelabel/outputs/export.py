@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import PrelabelError
 from ..config import EXIT_BUDGET, EXIT_ITEMS_FAILED, EXIT_JOB_ERROR, EXIT_OK, JobSpec
-from ..errors import OutputError
+from ..errors import OutputError, UsageError
 from ..states import ItemState
 from ..store import Store
 from ..tasks import build_task
@@ -33,7 +32,7 @@ def _accept_above(store: Store, job_id: str, accept_above: float | str | None) -
 
     threshold = build(store, job_id)["threshold"]
     if threshold.get("confidence") is None:
-        raise PrelabelError(f"--accept-above auto: {threshold['why']}; review more drafts "
+        raise UsageError(f"--accept-above auto: {threshold['why']}; review more drafts "
                             f"(`prelabel review sample {job_id} --size N --audit M`) or give a confidence")
     return threshold["confidence"]
 
