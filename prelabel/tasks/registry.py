@@ -4,7 +4,9 @@ From an entry come the job file's schema (``TaskSpec``, the union tagged by ``ki
 the field names errors report), the task that renders requests, parses answers and renders
 fine-tuning examples, the few-shot examples' gold-answer key and reader, the default prompt, and
 the Label Studio view. A new kind is a module under ``prelabel/tasks/`` holding those parts, a
-prompt under ``prompts/``, and one entry below; nothing else names kinds.
+prompt under ``prompts/``, and one entry below. Not yet from here: the review loop
+(``prelabel/feedback``: reading corrections back, agreement metrics, the HTML report) still branches
+on the four kinds' names; a kind it does not know has its corrections counted as not fitting.
 """
 from __future__ import annotations
 
