@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import machine, make_items, simulator, write_job  # noqa: E402
-from prelabel.config import Engine  # noqa: E402
+from prelabel.config import EngineSettings  # noqa: E402
 from prelabel.queue.submit import submit  # noqa: E402
 from prelabel.worker.runs import Endpoint, run_job  # noqa: E402
 from prelabel.store import open_store  # noqa: E402
@@ -64,7 +64,7 @@ async def measure(db: Path, job_id: str, url: str, hold_s: float) -> dict:
     ticker = asyncio.create_task(tick())
     holder = asyncio.create_task(hold_lock())
     try:
-        outcome = await run_job(store, job_id, Endpoint("sk-bench", url), Engine(), "bench:1:x", runner_box.append)
+        outcome = await run_job(store, job_id, Endpoint("sk-bench", url), EngineSettings(), "bench:1:x", runner_box.append)
         start, end, running = await holder
     finally:
         ticker.cancel()

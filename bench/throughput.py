@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import cpu_seconds, machine, make_items, now, sim_stats, simulator, write_job  # noqa: E402
-from prelabel.config import Engine  # noqa: E402
+from prelabel.config import EngineSettings  # noqa: E402
 from prelabel.queue.submit import submit  # noqa: E402
 from prelabel.worker.runs import Endpoint, run_job  # noqa: E402
 from prelabel.store import open_store  # noqa: E402
@@ -72,7 +72,7 @@ async def timed_run(store, job_id: str, url: str, n: int, watch: bool):
     """Run the job, noting when its last input item was labelled (augmentation may go on after);
     without ``watch`` (the CPU scenario: the polling costs CPU too), when the run ended."""
     if not watch:
-        outcome = await run_job(store, job_id, Endpoint("sk-bench", url), Engine(), "bench:1:x")
+        outcome = await run_job(store, job_id, Endpoint("sk-bench", url), EngineSettings(), "bench:1:x")
         return outcome, now()
     labelled_at = None
 
@@ -84,7 +84,7 @@ async def timed_run(store, job_id: str, url: str, n: int, watch: bool):
                 labelled_at = now()
 
     watcher = asyncio.create_task(watch())
-    outcome = await run_job(store, job_id, Endpoint("sk-bench", url), Engine(), "bench:1:x")
+    outcome = await run_job(store, job_id, Endpoint("sk-bench", url), EngineSettings(), "bench:1:x")
     watcher.cancel()
     return outcome, labelled_at or now()
 

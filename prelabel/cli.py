@@ -16,8 +16,9 @@ from pathlib import Path
 from . import __version__
 from .llm.allowlist import ALLOWLIST_ENV, AllowList
 from .llm.endpoint import Endpoint
-from .errors import JobFileError, PrelabelError, StorageError
+from .errors import JobFileError, PrelabelError, StorageError, UsageError
 from .redact import RedactingFilter, add_secret, redact
+from .states import ITEM_STATES, ItemState, JobStatus
 
 # Each command imports what it uses when it runs: `--help` loads neither pydantic (the job-file
 # schema) nor the store, `status` no job-file reader, and only `run` and `work` the LLM stack (the
@@ -39,7 +40,7 @@ def _allowed() -> AllowList:
     try:
         extra = AllowList.of(os.environ.get(ALLOWLIST_ENV, "").split(","))
     except ValueError as e:
-        raise PrelabelError(f"{ALLOWLIST_ENV}: {e}") from None
+        raise UsageError(f"{ALLOWLIST_ENV}: {e}") from None
     return AllowList(tuple(dict.fromkeys(allowed.prefixes + extra.prefixes)))
 
 
@@ -54,7 +55,7 @@ def _open_store(db: str):
     except ValueError:
         timeout = -1.0
     if not timeout >= 0:
-        raise PrelabelError(f"PRELABEL_BUSY_TIMEOUT_S={raw!r}: give the seconds to wait for the store's lock, e.g. 30")
+        raise UsageError(f"PRELABEL_BUSY_TIMEOUT_S={raw!r}: give the seconds to wait for the store's lock, e.g. 30")
     return open_store(db, timeout)
 
 
@@ -96,8 +97,8 @@ def _say(outcome) -> None:
         first = r["input_errors"]["errors"][:3]
         print(f"  {r['input_errors']['count']} bad input lines, e.g. "
               + "; ".join(f"line {e['line']}: {e['error']}" for e in first), file=sys.stderr)
-    if r["by_state"].get("stopped"):
-        print(f"  stopped by budget: {r['by_state']['stopped']} items left; raise the budget in the job file "
+    if r["by_state"].get(ItemState.STOPPED):
+        print(f"  stopped by budget: {r['by_state'][ItemState.STOPPED]} items left; raise the budget in the job file "
               "and run (or submit) it again to resume", file=sys.stderr)
     if r.get("simulated"):
         print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
@@ -150,7 +151,7 @@ def _install_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import Engine
+    from .config import EngineSettings
     from .queue.submit import prepare
     from .worker.runs import reclaim_dead, run_job
     from .queue.owners import worker_id
@@ -170,7 +171,7 @@ def cmd_run(args) -> int:
                 answering = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else endpoint
                 reclaim_dead(store)
                 return await _with_progress(
-                    lambda on_start: run_job(store, sub.job_id, answering, Engine(), worker_id(), on_start),
+                    lambda on_start: run_job(store, sub.job_id, answering, EngineSettings(), worker_id(), on_start),
                     args.quiet)
 
         outcome = asyncio.run(go())
@@ -180,12 +181,12 @@ def cmd_run(args) -> int:
         store.close()
 
 
-_LOADING_POLL_S = 0.5  # `run` looks again this often while another process loads its job
 
 
 def _submit_waiting(store, args, prepared, endpoint):
     """Submit; while another live process is loading the same job, wait for it (or take over when
     it dies), so that `run` never starts a job whose input is not all in."""
+    from .config import LOADING_POLL_S
     from .queue.submit import submit
 
     told = False
@@ -201,7 +202,7 @@ def _submit_waiting(store, args, prepared, endpoint):
             print(f"job {sub.job_id}: another process ({sub.loading}) is loading its input; waiting for it",
                   file=sys.stderr)
             told = True
-        time.sleep(_LOADING_POLL_S)
+        time.sleep(LOADING_POLL_S)
 
 
 def cmd_submit(args) -> int:
@@ -227,7 +228,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_work(args) -> int:
-    from .config import EXIT_JOB_ERROR, EXIT_OK, Engine
+    from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .queue.submit import submit_spool
     from .worker.runs import drain
     from .queue.owners import worker_id
@@ -251,11 +252,11 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, endpoint, Engine(), worker_id(), on_start, _say, roots), args.quiet)
+                    lambda on_start: drain(store, endpoint, EngineSettings(), worker_id(), on_start, _say, roots), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
-                await asyncio.sleep(Engine().poll_s)
+                await asyncio.sleep(EngineSettings().poll_s)
 
         return asyncio.run(go())
     finally:
@@ -278,7 +279,7 @@ def cmd_status(args) -> int:
             counts = store.counts(job.id)
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
-            loading = store.ingest_state(job.id) if job.status == "ingesting" else None
+            loading = store.ingest_state(job.id) if job.status == JobStatus.INGESTING else None
             if loading is not None:  # how far its input is in, and whether anyone is still reading it
                 rows[-1]["loading"] = {"line": loading.line, "loader": loading.owner,
                                        "alive": not reader_is_dead(loading, time.time())}
@@ -290,8 +291,7 @@ def cmd_status(args) -> int:
             if not rows:
                 print(f"no jobs in {args.db}")
             for row in rows:
-                states = "  ".join(f"{s}={row[s]}" for s in ("pending", "leased", "done", "failed", "skipped",
-                                                              "stopped") if row.get(s))
+                states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
                 print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
                 if "loading" in row and not row["loading"]["alive"]:
@@ -326,7 +326,7 @@ def cmd_export(args) -> int:
         if job is None:
             print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
             return EXIT_JOB_ERROR
-        if job.status == "ingesting":  # outputs of a job whose input is not all in would look final
+        if job.status == JobStatus.INGESTING:  # outputs of a job whose input is not all in would look final
             print(f"job {args.job_id} is still being loaded (its input is not all in): nothing to export yet",
                   file=sys.stderr)
             return EXIT_JOB_ERROR
@@ -481,17 +481,22 @@ def _fmt(x) -> str:
 
 def cmd_simulate(args) -> int:
     from .config import EXIT_OK
-    from .simulator import SimConfig, serve
+    from .simulator import SimConfig
+    from .simulator import serve as _serve
     from .simulator.gaps import Gaps
 
     gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
     gaps = Gaps(**{**gaps.__dict__, **{name.replace("-", "_"): True for name in args.gap or ()}})
-    serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
+    try:
+        _serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
                     window=args.window, style=args.style, capacity=args.capacity, queue_limit=args.queue_limit,
                     error_rate=args.error_rate, logprobs=not args.no_logprobs,
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
                     identify=not args.as_real, gaps=gaps),
-          host=args.host, port=args.port)
+               host=args.host, port=args.port)
+    except OSError as e:  # the port is taken, or the host is not this machine's
+        raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e}); "
+                         f"choose another port") from None
     return EXIT_OK
 
 
@@ -544,6 +549,26 @@ def _fraction(value: str) -> float:
     if not 0 <= f < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number in [0, 1)")
     return f
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 0 or more")
+    return n
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0 to 65535; 0: any free one)")
+    return n
 
 
 def _accept_above(value: str):
@@ -637,8 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = review_command("sample", cmd_review_sample,
                        "a Label Studio file of the next drafts to review: the most informative plus a "
                        "uniform audit sample")
-    p.add_argument("--size", type=int, required=True, help="the most informative drafts")
-    p.add_argument("--audit", type=int, default=0, help="drafts drawn uniformly at random, for the error estimate")
+    p.add_argument("--size", type=_count, required=True, help="the most informative drafts")
+    p.add_argument("--audit", type=_count, default=0, help="drafts drawn uniformly at random, for the error estimate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="the file (default: output.dir/review_sample.json)")
 
@@ -657,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("simulate", cmd_simulate, "serve the OpenAI-compatible simulator (a stand-in for tests and demos)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--latency-ms", type=float, default=200.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
     p.add_argument("--rpm", type=int, help="requests per minute before 429s")

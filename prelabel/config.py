@@ -5,7 +5,7 @@ Library code takes these values as arguments; only the CLI reads the environment
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -76,8 +76,15 @@ AUTO_MAX_CONCURRENCY = 256  # the most requests in flight ``max_concurrency: aut
 _LABEL_NAME = r"^\S(.*\S)?$"  # no leading or trailing space: a label is compared exactly
 
 
-class _TaskBase(Strict):
-    """What every task kind shares: its prompt, guidelines, few-shot examples and re-asks."""
+class TaskSpecBase(Strict):
+    """What every task kind's section shares: its prompt, guidelines, few-shot examples and re-asks.
+
+    Each kind's own section (its ``kind`` tag and fields) lives in its module under
+    ``prelabel/tasks/`` and is listed once in ``prelabel.tasks.registry``, which makes ``TaskSpec``.
+    """
+
+    # False: the drafts have no label an augmented variant could carry (instruction generation).
+    carries_label: ClassVar[bool] = True
 
     guidelines: Path | None = None
     prompt: str | None = None  # a template under prompts/ or a path; default: the kind's
@@ -90,7 +97,9 @@ class _TaskBase(Strict):
     embedding_model: str | None = None
 
 
-class _LabelledTask(_TaskBase):
+class LabelledSpec(TaskSpecBase):
+    """A kind whose answer uses a fixed set of labels (classify, multilabel, ner's entity types)."""
+
     labels: dict[str, str]  # label -> definition
     # Near-misses the model may write for a label (besides case and spacing), normalised and flagged.
     aliases: dict[str, list[str]] = {}
@@ -113,40 +122,12 @@ class _LabelledTask(_TaskBase):
         return self
 
 
-class ClassifyTask(_LabelledTask):
-    kind: Literal["classify"]
-
-    @field_validator("labels")
-    @classmethod
-    def _two_or_more(cls, labels: dict[str, str]) -> dict[str, str]:
-        if len(labels) < 2:
-            raise ValueError("a classification needs at least two labels")
-        return labels
-
-
-class MultilabelTask(_LabelledTask):
-    kind: Literal["multilabel"]
-
-
-class NerTask(_LabelledTask):
-    kind: Literal["ner"]  # labels: the entity types
-
-
-class InstructTask(_TaskBase):
-    kind: Literal["instruct"]
-    n: int = Field(3, ge=1, le=20)  # pairs generated from each passage
-    # Set: each item's field is an instruction and only the response is generated.
-    instruction_field: str | None = None
-
-
-TaskSpec = Annotated[Union[ClassifyTask, MultilabelTask, NerTask, InstructTask], Field(discriminator="kind")]
-
-
 class BudgetSpec(Strict):
     max_input_tokens: int | None = Field(None, gt=0)  # the whole prompt, per request
     on_overflow: Literal["truncate", "skip"] = "truncate"
     max_output_tokens: int = Field(64, gt=0)
-    # a re-ask after an answer cut off at max_tokens (finish_length) may use up to this; default 4x
+    # a re-ask after an answer cut off at max_tokens (finish_length) may use up to this; default
+    # REASK_CEILING (4) x max_output_tokens
     max_output_tokens_reask: int | None = Field(None, gt=0)
     max_total_tokens: int | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(None, gt=0)
@@ -253,6 +234,7 @@ class BackTranslationStep(Strict):
 
 AugmentStep = Annotated[Union[SynonymStep, NoiseStep, ParaphraseStep, BackTranslationStep],
                         Field(discriminator="kind")]
+AUGMENT_STEPS = tuple(get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(AugmentStep)[0]))
 
 
 class AugmentSpec(Strict):
@@ -297,9 +279,9 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _augment_has_a_label_to_carry(self) -> "JobSpec":
-        if self.augment is not None and self.task.kind == "instruct":
-            raise ValueError("augment: variants carry their source's label, and instruct drafts have none "
-                             "(augment the passages in a labelling job instead)")
+        if self.augment is not None and not self.task.carries_label:
+            raise ValueError(f"augment: variants carry their source's label, and {self.task.kind} drafts have "
+                             f"none (augment the passages in a labelling job instead)")
         return self
 
     @model_validator(mode="after")
@@ -310,7 +292,7 @@ class JobSpec(Strict):
         return self
 
 
-class Engine(BaseModel):
+class EngineSettings(BaseModel):
     """Tunables of the engine and worker that job files do not set (tests shrink the delays)."""
 
     model_config = ConfigDict(frozen=True)
@@ -331,6 +313,26 @@ class Engine(BaseModel):
     embed_batch_tokens: int = 250_000  # ...and tokens (OpenAI allows 2048 inputs, 300k tokens)
     embed_max_input_tokens: int = 8191  # one input's limit at OpenAI's embedding models: cut to it
     top_logprobs: int = 5            # alternatives per token with logprobs: a label's confidence is computed from them
+    # Work taken ahead of the slots, so none waits on the store: items leased (at most
+    # ``lease_batch``) per request slot, and augment units queued per augment slot.
+    lease_ahead: int = 2
+    augment_ahead: int = 2
+    hold_ahead: int = 2  # a budget hold asked of the store covers this many requests per slot: fewer trips
+
+
+# Tunables read where they are used, as module constants (no settings object reaches those places:
+# the store, the ingest of a job's input, the retry policy, the planner). Tests patch the module's name.
+INGEST_BATCH = 5000          # input items stored per transaction while a job's input is read...
+INGEST_BEAT_S = 1.0          # ...or after this long, whichever comes first: a kill loses at most that
+INGEST_STALE_S = 120.0       # a loader on another host that stored no batch for this long is dead
+MAX_RETRY_AFTER_S = 120.0    # a server asking (retry-after) for longer is treated as asking for this
+AUGMENT_BATCH = 64           # texts per round trip to the augment process, at most
+PLAN_BATCH = 2000            # texts tokenised together by `prelabel plan`
+LOADING_POLL_S = 0.5         # `run` looks again this often while another process loads its job
+# A re-ask after an answer cut off at max_tokens gets this many times the tokens it used, up to
+# budget.max_output_tokens_reask, whose default is REASK_CEILING times budget.max_output_tokens.
+REASK_GROWTH = 2
+REASK_CEILING = 4
 
 
 EXIT_OK = 0
@@ -354,3 +356,28 @@ JOB_FILE_MAX_VALUES = 20_000       # YAML values (keys, scalars, lists, mappings
 JOB_FILE_MAX_DEPTH = 64            # mappings and lists inside each other
 EXAMPLES_MAX_BYTES = 64 << 20      # task.examples (JSONL): far more than a prompt can show
 GUIDELINES_MAX_BYTES = 1 << 20     # task.guidelines: it goes into every prompt
+
+
+Engine = EngineSettings  # the name before the rename, kept so code written against it still imports
+
+# The task kinds: each kind's section is defined in its own module and listed once in
+# prelabel.tasks.registry, which builds the tagged union ``TaskSpec`` and installs it here when it is
+# complete. Imported last, as those modules derive from the bases above; when the registry was
+# imported first it is still loading here, and installs itself once done.
+def _install_task_kinds(task_spec) -> None:
+    global TaskSpec
+    TaskSpec = task_spec
+    JobSpec.model_rebuild(force=True, _types_namespace={"TaskSpec": task_spec})
+
+
+def __getattr__(name: str):
+    # ``config.ClassifyTask`` and the like, the kinds' sections before they moved to their modules.
+    if name.endswith("Task") and not name.startswith("_"):
+        from .tasks.registry import spec_by_old_name
+
+        if (spec := spec_by_old_name(name)) is not None:
+            return spec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+from .tasks import registry as _registry  # noqa: E402,F401

@@ -29,6 +29,26 @@ class InputError(PrelabelError):
         super().__init__(f"line {line}: {field + ': ' if field else ''}{message}")
 
 
+class UsageError(PrelabelError):
+    """A command-line value or an environment setting that cannot be used; the message names it
+    and says what would do."""
+
+
+class ReviewFileError(PrelabelError):
+    """A reviewers' file (``review import``) that cannot be read at all: missing, not UTF-8, not
+    JSON. Entries that do not fit are skipped and counted instead."""
+
+    def __init__(self, message: str, *, path: str, line: int | None = None) -> None:
+        self.path, self.line = str(path), line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class OutputConfigError(PrelabelError, ValueError):
+    """An output cannot be made from this job (a label Label Studio's XML cannot hold, an unknown
+    task kind in a record); also a ``ValueError``, as it was before it had a class."""
+
+
 class StoreError(PrelabelError):
     """The store refused an operation (unknown job, schema mismatch)."""
 
@@ -47,6 +67,14 @@ class StorageError(StoreError):
 class OutputError(StorageError):
     """An output file cannot be written (full disk, read-only or forbidden folder); the store holds
     the results, and ``prelabel export`` writes them again."""
+
+
+class UnknownJob(StoreError):
+    """No job of that id in the store."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id} in the store")
 
 
 class JobExists(StoreError):

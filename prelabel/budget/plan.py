@@ -13,7 +13,7 @@ from .pricing import cost_usd, price_for
 from ..tasks import Task, fixed_prompt_tokens
 from .tokens import TokenCounter
 
-_BATCH = 2000
+from ..config import PLAN_BATCH as _BATCH  # noqa: E402
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
+from ..errors import ReviewFileError
 from ..outputs.labelstudio import ConfigSchema, kind_results, result_errors
 from ..store.base import ReviewRow
 
@@ -175,7 +176,7 @@ def read(content: str, origin: str, kind: str, drafts: Mapping[str, dict], schem
         try:
             entries = json.loads(content)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{origin}: not valid JSON (line {e.lineno}: {e.msg})") from None
+            raise ReviewFileError(f"not valid JSON (line {e.lineno}: {e.msg})", path=origin) from None
         lines: Iterable[tuple[str, Any]] = ((f"{origin} task {i}", e) for i, e in enumerate(entries))
     else:
         lines = _jsonl(content, origin, parsed)

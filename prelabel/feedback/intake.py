@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from ..config import JobSpec
-from ..errors import PrelabelError
+from ..errors import ReviewFileError, UnknownJob
 from ..outputs.labelstudio import labeling_config, parse_config
 from ..store import Store
 from .corrections import Parsed, read, referenced_ids
@@ -14,7 +14,7 @@ from .corrections import Parsed, read, referenced_ids
 def job_spec(store: Store, job_id: str) -> JobSpec:
     job = store.get_job(job_id)
     if job is None:
-        raise PrelabelError(f"no job {job_id} in the store")
+        raise UnknownJob(job_id)
     return JobSpec.model_validate(job.spec)
 
 
@@ -34,7 +34,7 @@ def import_reviews(store: Store, job_id: str, paths: list[Path], now: float | No
         try:
             contents.append(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
-            raise PrelabelError(f"{path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+            raise ReviewFileError(f"cannot read it: {getattr(e, 'strerror', None) or e}", path=str(path)) from None
     # Only the drafts the files name are held: a job may have millions.
     drafts = drafts_by_id(store, job_id, only={i for c in contents for i in referenced_ids(c)})
     files, rows = [], []
@@ -42,7 +42,7 @@ def import_reviews(store: Store, job_id: str, paths: list[Path], now: float | No
         try:
             parsed: Parsed = read(content, str(path), kind, drafts, schema, now)
         except ValueError as e:
-            raise PrelabelError(str(e)) from None
+            raise ReviewFileError(str(e), path=str(path)) from None
         rows.extend(parsed.rows)
         files.append({"file": str(path), "tasks": parsed.tasks, "reviews": len(parsed.rows),
                       "not_fit": parsed.not_fit, "unknown_ids": parsed.unknown,

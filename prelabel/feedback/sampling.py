@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from typing import Iterable, Sequence
 
+from ..errors import UsageError
+
 AUDIT, INFORMATIVE = "audit", "informative"
 
 
@@ -32,7 +34,7 @@ def draw(records: Iterable[dict], reviewed: set[str], size: int, audit: int,
     of the rest; interleaved, so a reviewer who stops early has done some of each. Streams
     ``records``, keeping only each unreviewed draft's id and uncertainty."""
     if size < 0 or audit < 0:
-        raise ValueError("sizes must be >= 0")
+        raise UsageError("--size and --audit must be 0 or more")
     pool = [(r["id"], uncertainty(r)) for r in records if r["id"] not in reviewed]
     rng = random.Random(seed)
     audited = rng.sample(pool, min(audit, len(pool)))

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..budget.gate import FIT, SKIP, TRUNCATE
-from ..config import TaskSpec
 from ..errors import JobFileError
 from ..pipeline.flags import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
-from ..tasks.base import Example, Task
+from ..tasks.base import BadExample, Example, Task
+from ..tasks.registry import kind
 from ..budget.tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -36,20 +36,12 @@ def normalize(text: str) -> str:
 
 # --- loading ---------------------------------------------------------------------------------------
 
-class _Bad(ValueError):
-    def __init__(self, field: str | None, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+def answer_key(spec) -> str:
+    """The key holding an example's gold answer: the task kind's (``prelabel.tasks.registry``)."""
+    return kind(spec.kind).answer_key(spec)
 
 
-def answer_key(spec: TaskSpec) -> str:
-    """The key holding an example's gold answer, by task kind."""
-    if spec.kind == "instruct":
-        return "response" if spec.instruction_field else "pairs"
-    return {"classify": "label", "multilabel": "labels", "ner": "spans"}[spec.kind]
-
-
-def load_examples(path: str | Path, spec: TaskSpec, task: Task) -> list[Example]:
+def load_examples(path: str | Path, spec, task: Task) -> list[Example]:
     """Read a JSONL examples file: one ``{"text": ..., <answer key>: ...}`` per line.
 
     Every answer is checked with ``task.check_answer``; the first problem raises ``JobFileError``
@@ -66,8 +58,8 @@ def load_examples(path: str | Path, spec: TaskSpec, task: Task) -> list[Example]
                 if not line.strip():
                     continue
                 try:
-                    example = _example(line, line_no, spec.kind, key, task)
-                except _Bad as e:
+                    example = _example(line, line_no, spec, key, task)
+                except BadExample as e:
                     raise JobFileError(str(e), path=str(path), line=line_no, field=e.field) from None
                 if normalize(example.text) not in seen:
                     seen.add(normalize(example.text))
@@ -82,30 +74,24 @@ def load_examples(path: str | Path, spec: TaskSpec, task: Task) -> list[Example]
     return examples
 
 
-def _example(line: str, line_no: int, kind: str, key: str, task: Task) -> Example:
+def _example(line: str, line_no: int, spec, key: str, task: Task) -> Example:
     try:
         record = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
-        raise _Bad(None, f"invalid JSON ({e.msg})") from None
+        raise BadExample(None, f"invalid JSON ({e.msg})") from None
     except RecursionError:
-        raise _Bad(None, "invalid JSON (nested too deeply)") from None
+        raise BadExample(None, "invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
-        raise _Bad(None, f'a line is a JSON object: {{"text": ..., "{key}": ...}}')
+        raise BadExample(None, f'a line is a JSON object: {{"text": ..., "{key}": ...}}')
     text = record.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise _Bad("text", "required: the example's text, a non-empty string")
+        raise BadExample("text", "required: the example's text, a non-empty string")
     if key not in record:
-        raise _Bad(key, "required field is missing")
-    answer = record[key]
-    if kind == "ner":
-        answer = _spans(text, answer)
-    elif key == "response":
-        if not isinstance(answer, str):
-            raise _Bad(key, "must be a string")
-        answer = {"instruction": text, "response": answer}
+        raise BadExample(key, "required field is missing")
+    answer = kind(spec.kind).example_answer(spec, text, record[key])
     problem = task.check_answer(answer)
     if problem:
-        raise _Bad(key, problem)
+        raise BadExample(key, problem)
     return Example(text, answer, line_no)
 
 
@@ -114,40 +100,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            raise _Bad(key, "duplicate key; JSON would keep only the last one: remove one")
+            raise BadExample(key, "duplicate key; JSON would keep only the last one: remove one")
         seen.add(key)
     return dict(pairs)
-
-
-def _spans(text: str, raw: Any) -> list[dict]:
-    """Spans given as ``{"text", "label"}`` (found in order: a repeated text takes its next
-    occurrence) or ``{"start", "end", "label"}``, in the task's span shape."""
-    if not isinstance(raw, list):
-        raise _Bad("spans", 'must be a list of {"text", "label"} or {"start", "end", "label"}')
-    spans, next_from = [], {}
-    for index, span in enumerate(raw):
-        where = f"spans[{index}]"
-        if not isinstance(span, dict):
-            raise _Bad(where, 'must be {"text", "label"} or {"start", "end", "label"}')
-        if "start" in span or "end" in span:
-            start, end = span.get("start"), span.get("end")
-            if not (type(start) is int and type(end) is int and 0 <= start < end <= len(text)):
-                raise _Bad(where, f"start and end must be offsets with 0 <= start < end <= {len(text)}")
-            if "text" in span and span["text"] != text[start:end]:
-                raise _Bad(f"{where}.text", f"{span['text']!r} is not the text at {start}:{end} ({text[start:end]!r})")
-        else:
-            surface = span.get("text")
-            if not isinstance(surface, str) or not surface:
-                raise _Bad(f"{where}.text", "required: the span's text (or its start and end)")
-            start = text.find(surface, next_from.get(surface, 0))
-            if start < 0:
-                again = " again" if surface in next_from else ""
-                raise _Bad(f"{where}.text", f"{surface!r} does not occur{again} in the text")
-            end = next_from[surface] = start + len(surface)
-        spans.append({"start": start, "end": end, "text": text[start:end], "label": span.get("label"),
-                      "score": None})
-    spans.sort(key=lambda s: (s["start"], s["end"]))
-    return spans
 
 
 # --- selection -------------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..config import (EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, JOB_FILE_MAX_BYTES, JOB_FILE_MAX_DEPTH,
-                     JOB_FILE_MAX_VALUES, JobSpec)
+from ..config import (AUGMENT_STEPS, EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, JOB_FILE_MAX_BYTES,
+                      JOB_FILE_MAX_DEPTH, JOB_FILE_MAX_VALUES, JobSpec)
 from ..llm.endpoint import SIMULATOR
 from ..errors import JobFileError
+from ..tasks.registry import KINDS
 
 # libyaml (in PyYAML's wheels) parses about five times faster; without it the pure-Python loader
 # gives the same results, within the same limits.
@@ -48,7 +49,9 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
-_TAGS = frozenset({"classify", "multilabel", "ner", "instruct", "synonym", "noise", "paraphrase", "back_translation"})
+# The tags of the job file's tagged unions (task kinds, augment steps): pydantic puts them in an
+# error's path, the user did not write them.
+_TAGS = frozenset(KINDS) | frozenset(AUGMENT_STEPS)
 
 
 def _plain_loc(loc: tuple) -> tuple:

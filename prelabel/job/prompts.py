@@ -63,7 +63,11 @@ def _locate(name: str) -> Path:
 def load_template(name: str) -> PromptTemplate:
     path = _locate(name)
     raw = path.read_bytes()
-    text = _COMMENT.sub("", raw.decode("utf-8"))
+    try:
+        text = _COMMENT.sub("", raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise JobFileError(f"prompt template is not UTF-8 ({e.reason} at byte {e.start})", path=str(path),
+                           field="task.prompt") from None
     parts = _SECTION.split(text)
     sections = dict(zip(parts[1::2], parts[2::2]))
     if set(sections) != {"system", "user"}:

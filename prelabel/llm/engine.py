@@ -27,7 +27,7 @@ from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
 from .concurrency import AdaptiveSlots, VegasLimit
 from ..config import AUTO_MAX_CONCURRENCY
-from ..config import Engine as EngineSettings
+from ..config import EngineSettings
 from ..config import ModelSpec
 from .endpoint import SIMULATOR_HEADER, normalise_url
 from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded

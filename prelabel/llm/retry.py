@@ -15,7 +15,7 @@ from typing import Mapping
 from .pacing import parse_duration
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-MAX_RETRY_AFTER_S = 120.0  # a server asking for longer is treated as asking for this
+from ..config import MAX_RETRY_AFTER_S  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)

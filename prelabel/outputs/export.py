@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import PrelabelError
 from ..config import EXIT_BUDGET, EXIT_ITEMS_FAILED, EXIT_JOB_ERROR, EXIT_OK, JobSpec
-from ..errors import OutputError
+from ..errors import OutputError, UsageError
+from ..states import ItemState
 from ..store import Store
 from ..tasks import build_task
 from .drafts import write_drafts
@@ -16,9 +16,9 @@ from .report import build_report, model_version, write_report
 
 def exit_code_for(report: dict) -> int:
     by_state = report["by_state"]
-    if by_state.get("stopped"):
+    if by_state.get(ItemState.STOPPED):
         return EXIT_BUDGET
-    if by_state.get("failed"):
+    if by_state.get(ItemState.FAILED):
         return EXIT_ITEMS_FAILED
     if report["input_errors"]["count"]:
         return EXIT_JOB_ERROR
@@ -32,7 +32,7 @@ def _accept_above(store: Store, job_id: str, accept_above: float | str | None) -
 
     threshold = build(store, job_id)["threshold"]
     if threshold.get("confidence") is None:
-        raise PrelabelError(f"--accept-above auto: {threshold['why']}; review more drafts "
+        raise UsageError(f"--accept-above auto: {threshold['why']}; review more drafts "
                             f"(`prelabel review sample {job_id} --size N --audit M`) or give a confidence")
     return threshold["confidence"]
 

@@ -26,7 +26,7 @@ from array import array
 from pathlib import Path
 from typing import Iterable
 
-from ..pipeline.draft import DONE
+from ..states import ItemState
 from .atomic import atomic_writer
 from .finetune_check import MIN_TRAINING_EXAMPLES, ExampleChecker
 
@@ -54,7 +54,7 @@ def in_validation(key: str, val_fraction: float) -> bool:
 
 def exclusion(record: dict, include_flagged: bool) -> str | None:
     """Why a draft stays out of the fine-tuning files; None when it goes in."""
-    if record.get("state") != DONE:
+    if record.get("state") != ItemState.DONE:
         return "not_done"
     if record.get("label") is None:
         return "unlabelled"

@@ -7,153 +7,46 @@ written: failed, invalid and refused items are exactly the ones people must labe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from prelabel.outputs.atomic import atomic_writer
+from ..errors import OutputConfigError
+from ..tasks.registry import KINDS
+from ..tasks.studio import TEXT
+from .atomic import atomic_writer
 
 TASKS_FILE = "labelstudio.json"
 CONFIG_FILE = "labelstudio_config.xml"
 MAX_REJECTIONS_KEPT = 20
-
-TEXT = "text"  # the object tag's name, and the key under task["data"] it reads ($text)
 
 # Control tag -> the ``type`` of its results and the key under result["value"] holding the values.
 _CONTROL_TAGS = {"Choices": "choices", "Labels": "labels", "TextArea": "textarea"}
 _VALUE_KEY = {"choices": "choices", "labels": "labels", "textarea": "text"}
 _OPTION_TAGS = {"Choices": "Choice", "Labels": "Label"}
 
-# XML 1.0 cannot carry these at all, not even as character references.
-_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-
-
 # --- the config -------------------------------------------------------------------------------
-
-def _attr(value: str, what: str) -> str:
-    """A quoted XML attribute; newlines and tabs as references so parsing keeps them."""
-    if _XML_ILLEGAL.search(value):
-        raise ValueError(f"{what} {value!r} has a control character XML cannot hold; remove it")
-    escaped = (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-               .replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;")
-               .replace("\t", "&#9;"))
-    return f'"{escaped}"'
-
-
-def _options(task, tag: str) -> list[str]:
-    """One option per label, its definition as the hover hint."""
-    return [f"    <{tag} value={_attr(label, 'label')} hint={_attr(hint, f'definition of {label!r}')}/>"
-            for label, hint in task.labels.items()]
-
-
-def _classify_controls(task) -> list[str]:
-    return ['  <Header value="Choose the label that fits the text"/>',
-            f'  <Text name="{TEXT}" value="${TEXT}"/>',
-            f'  <Choices name="label" toName="{TEXT}" choice="single-radio" showInline="true">',
-            *_options(task, "Choice"),
-            "  </Choices>"]
-
-
-def _classify_results(record: dict) -> list[dict]:
-    if record.get("label") is None:
-        return []
-    return [{"id": _result_id(record["id"], "label"), "from_name": "label", "to_name": TEXT,
-             "type": "choices", "value": {"choices": [record["label"]]}}]
-
-
-def _multilabel_controls(task) -> list[str]:
-    return ['  <Header value="Choose every label that applies (or none)"/>',
-            f'  <Text name="{TEXT}" value="${TEXT}"/>',
-            f'  <Choices name="labels" toName="{TEXT}" choice="multiple" showInline="true">',
-            *_options(task, "Choice"),
-            "  </Choices>"]
-
-
-def _multilabel_results(record: dict) -> list[dict]:
-    # An empty answer has no result: Label Studio shows "nothing chosen" for it anyway.
-    if not record.get("label"):
-        return []
-    return [{"id": _result_id(record["id"], "labels"), "from_name": "labels", "to_name": TEXT,
-             "type": "choices", "value": {"choices": list(record["label"])}}]
-
-
-def _ner_controls(task) -> list[str]:
-    return ['  <Header value="Mark every entity; fix or delete the drafted ones"/>',
-            f'  <Labels name="label" toName="{TEXT}">',
-            *_options(task, "Label"),
-            "  </Labels>",
-            f'  <Text name="{TEXT}" value="${TEXT}"/>']
-
-
-def _ner_results(record: dict) -> list[dict]:
-    results = []
-    for span in record.get("label") or []:
-        value = {"start": span["start"], "end": span["end"], "text": span["text"], "labels": [span["label"]]}
-        result = {"id": _result_id(record["id"], f"label/{span['start']}/{span['end']}/{span['label']}"),
-                  "from_name": "label", "to_name": TEXT, "type": "labels", "value": value}
-        if span.get("score") is not None:
-            # Label Studio's docs put a region's score in value; its editor reads it on the result.
-            value["score"] = result["score"] = span["score"]
-        results.append(result)
-    return results
-
-
-def _instruct_controls(task) -> list[str]:
-    source = "instruction" if getattr(task, "instruction_field", None) else "passage"
-    return [f'  <Header value="Check the pair against the {source}: edit it, or reject the task"/>',
-            f'  <Text name="{TEXT}" value="${TEXT}"/>',
-            '  <Header value="Instruction" size="5"/>',
-            f'  <TextArea name="instruction" toName="{TEXT}" editable="true" maxSubmissions="1" rows="2"/>',
-            '  <Header value="Response" size="5"/>',
-            f'  <TextArea name="response" toName="{TEXT}" editable="true" maxSubmissions="1" rows="8"/>']
-
-
-def _instruct_results(record: dict) -> list[dict]:
-    pair = record.get("label")
-    if not isinstance(pair, dict):
-        return []
-    return [{"id": _result_id(record["id"], name), "from_name": name, "to_name": TEXT,
-             "type": "textarea", "value": {"text": [pair[name]]}}
-            for name in ("instruction", "response") if isinstance(pair.get(name), str) and pair[name].strip()]
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """How one task kind appears in Label Studio: its controls, and a draft's results for them."""
-
-    controls: Callable[[object], list[str]]
-    results: Callable[[dict], list[dict]]
-
-
-_KINDS: dict[str, _Kind] = {
-    "classify": _Kind(controls=_classify_controls, results=_classify_results),
-    "multilabel": _Kind(controls=_multilabel_controls, results=_multilabel_results),
-    "ner": _Kind(controls=_ner_controls, results=_ner_results),
-    "instruct": _Kind(controls=_instruct_controls, results=_instruct_results),
-}
-
-
-def _kind(name: str) -> _Kind:
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise ValueError(f"no Label Studio export for task kind {name!r}; "
-                         f"known: {', '.join(sorted(_KINDS))}") from None
-
 
 def kind_results(kind: str, record: dict) -> list[dict]:
     """The results a record's label makes for its kind (review import reads corrections this way)."""
-    return _kind(kind).results(record)
+    return _kind(kind).studio_results(record)
 
 
 def labeling_config(task) -> str:
-    """The Label Studio labeling config (XML) matching the tasks ``to_task`` makes for ``task``."""
-    return "\n".join(["<View>", *_kind(task.kind).controls(task), "</View>", ""])
+    """The Label Studio labeling config (XML) matching the tasks ``to_task`` makes for ``task``
+    (the job's task section: its kind's controls, from the task registry)."""
+    return "\n".join(["<View>", *_kind(task.kind).studio_controls(task), "</View>", ""])
+
+
+def _kind(name: str):
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise OutputConfigError(f"no Label Studio export for task kind {name!r}; "
+                                f"known: {', '.join(sorted(KINDS))}") from None
 
 
 # --- what a config admits ---------------------------------------------------------------------
@@ -211,11 +104,6 @@ def _control(el: ET.Element) -> Control:
 
 # --- tasks and predictions --------------------------------------------------------------------
 
-def _result_id(record_id: str, from_name: str) -> str:
-    """Stable across runs (re-exports do not churn) and distinct between tasks."""
-    return hashlib.sha1(f"{record_id}\x1f{from_name}".encode()).hexdigest()[:10]
-
-
 def to_task(record: dict, model_version: str) -> dict:
     """One Label Studio task for one draft; with no prediction when the draft has no label."""
     # Review fields sit in ``data``: the Data Manager filters and sorts on data columns, not on meta.
@@ -235,7 +123,7 @@ def to_task(record: dict, model_version: str) -> dict:
         data["augmentation"] = record["augmentation"]["kind"]
         carried = record.get("carried_label")
         data["carried_label"] = carried if isinstance(carried, str) else json.dumps(carried, ensure_ascii=False)
-    results = _kind(record["task"]).results(record)
+    results = _kind(record["task"]).studio_results(record)
     if results:
         prediction: dict = {"model_version": model_version}
         if record.get("confidence") is not None:

@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+from ..states import ItemState
 from ..store import Store
 from .atomic import atomic_writer
 
@@ -31,7 +32,7 @@ def build_report(store: Store, job_id: str) -> dict:
         "budget": {"max_total_tokens": spec["budget"]["max_total_tokens"],
                    "max_cost_usd": spec["budget"]["max_cost_usd"],
                    "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6),
-                   "stopped_items": counts.get("stopped", 0)},
+                   "stopped_items": counts.get(ItemState.STOPPED, 0)},
         "input_errors": {"count": len(errors),
                          "errors": [{"line": e.line, "field": e.field, "error": e.message}
                                     for e in errors[:MAX_LISTED_INPUT_ERRORS]]},

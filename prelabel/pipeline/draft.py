@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..states import ItemState
 from .flags import verdict
 
-# Final states of an item (the store also has ``pending``, ``leased`` and ``stopped``).
-DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+DONE, FAILED, SKIPPED = ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED  # the final states, by their short names
 
 
 @dataclass(slots=True)

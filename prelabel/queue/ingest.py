@@ -19,12 +19,13 @@ from ..errors import JobExists, StoreError
 from ..job.inputs import read_items
 from ..job.jobfile import file_sha256
 from .owners import dead_local_owners
+from ..states import JobStatus
 from ..store import IngestState, Store
 
 log = logging.getLogger(__name__)
 
 # A reader commits a batch at least every second; one that has not for this long is dead.
-INGEST_STALE_S = 120.0
+from ..config import INGEST_STALE_S  # noqa: E402  (submit and tests import it from here)
 
 
 def reader_is_dead(state: IngestState, now: float, stale_s: float = INGEST_STALE_S) -> bool:
@@ -80,7 +81,7 @@ def resume_dead_ingests(store: Store, owner: str, now: float,
     reported once), or cannot be read now."""
     taken = []
     for job in store.list_jobs():
-        state = store.ingest_state(job.id) if job.status == "ingesting" else None
+        state = store.ingest_state(job.id) if job.status == JobStatus.INGESTING else None
         if state is None or not reader_is_dead(state, now, stale_s):
             continue
         source = JobSpec.model_validate(job.spec).input

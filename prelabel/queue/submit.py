@@ -21,6 +21,7 @@ from ..job.jobfile import field_line, file_sha256, job_identity, load_job
 from .owners import worker_id
 from ..outputs.root import confine
 from ..budget.pricing import price_for
+from ..states import JobStatus
 from ..store import JobRecord, Store
 from ..tasks import Task, build_task, fixed_prompt_tokens
 from ..budget.tokens import TokenCounter
@@ -110,7 +111,7 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
     spec_json = spec.model_dump(mode="json")
     owner = owner or worker_id()
     existing, read_on_from = store.get_job(job_id), None
-    if existing is not None and existing.status == "ingesting":
+    if existing is not None and existing.status == JobStatus.INGESTING:
         # The same content (the id holds its hash), so the lines stored are this input's lines.
         ingest = resume_ingest(store, job_id, spec.input, owner, time.time() if now is None else now, stale_s)
         if ingest.busy:
@@ -125,7 +126,7 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
         return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed,
                          read_on_from=read_on_from)
     record = JobRecord(job_id, spec.name, spec_json, str(job_path), input_sha, task.prompt_version,
-                       "ingesting", 0.0, 0, 0.0, simulated=endpoint is not None and endpoint.simulated)
+                       JobStatus.INGESTING, 0.0, 0, 0.0, simulated=endpoint is not None and endpoint.simulated)
     try:
         items = store.create_job(record, read_items(spec.input), owner)
     except JobExists:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
 from ..llm.stats import RunStats
+from ..states import FINAL_STATES, ItemState
 
-PENDING, LEASED, STOPPED = "pending", "leased", "stopped"
-FINAL_STATES = ("done", "failed", "skipped")
+PENDING, LEASED, STOPPED = ItemState.PENDING, ItemState.LEASED, ItemState.STOPPED
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import InputError, JobExists, StorageError
 from ..queue.owners import worker_id
 from ..redact import redact, redact_error
+from ..states import JobStatus
 from .base import IngestState, InputErrorRow, ItemResult, JobRecord, LeasedItem, ReviewRow, RunStats, SpoolRecord, UsageRow
 
 _QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -35,8 +36,7 @@ def _load_queries() -> dict[str, str]:
 
 Q = _load_queries()
 NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
-_INGEST_BATCH = 5000
-_INGEST_BEAT_S = 1.0
+from ..config import INGEST_BATCH as _INGEST_BATCH, INGEST_BEAT_S as _INGEST_BEAT_S  # noqa: E402
 _FULL_BELOW_BYTES = 1 << 20  # free space under this after an I/O error: the disk is full
 _OWN_TABLES = {"jobs", "items"}  # a SQLite file with tables but neither of these belongs to something else
 
@@ -315,7 +315,7 @@ class SQLiteStore:
         row = self._db.execute(Q["get_ingest"], (job_id,)).fetchone()
         if row is None:
             job = self.get_job(job_id)
-            if job is None or job.status != "ingesting":
+            if job is None or job.status != JobStatus.INGESTING:
                 return None
             with self._tx():  # left half-read by an earlier version: where it got to is in its rows
                 self._script("migrate_ingest")

@@ -10,14 +10,25 @@ A label's shape is the kind's: classify ``str``; multilabel ``list[str]``; ner a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from ..llm.completion import Completion
-from ..budget.tokens import TokenCounter
+
+if TYPE_CHECKING:  # tiktoken is not needed to read a job file
+    from ..budget.tokens import TokenCounter
 
 
 class InvalidOutput(ValueError):
     """The model's answer broke the task's schema; the message says how, for the re-ask."""
+
+
+class BadExample(ValueError):
+    """A few-shot example's line that does not fit; the loader reports it as a ``JobFileError``
+    naming the file, the line and ``field``."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(slots=True)

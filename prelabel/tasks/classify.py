@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import field_validator
+
+from ..config import LabelledSpec
 from ..llm.completion import Completion
 from ..pipeline.confidence import LOGPROBS, combine, label_probability, vote
 from ..pipeline.labelscore import LabelScore
@@ -17,8 +20,22 @@ from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import TaskOutput
 from .labelled import LabelledTask
+from .studio import TEXT, choices_result, options
 
 _LABEL_VALUE = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+class ClassifySpec(LabelledSpec):
+    """The job file's ``task:`` section for ``kind: classify``."""
+
+    kind: Literal["classify"]
+
+    @field_validator("labels")
+    @classmethod
+    def _two_or_more(cls, labels: dict[str, str]) -> dict[str, str]:
+        if len(labels) < 2:
+            raise ValueError("a classification needs at least two labels")
+        return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +94,19 @@ class ClassifyTask(LabelledTask):
 
     def _answer(self, label: str) -> str:
         return dumps({"label": label})
+
+
+# --- Label Studio ------------------------------------------------------------------------------
+
+def studio_controls(spec) -> list[str]:
+    return ['  <Header value="Choose the label that fits the text"/>',
+            f'  <Text name="{TEXT}" value="${TEXT}"/>',
+            f'  <Choices name="label" toName="{TEXT}" choice="single-radio" showInline="true">',
+            *options(spec, "Choice"),
+            "  </Choices>"]
+
+
+def studio_results(record: dict) -> list[dict]:
+    if record.get("label") is None:
+        return []
+    return [choices_result(record, "label", [record["label"]])]

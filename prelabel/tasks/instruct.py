@@ -23,23 +23,53 @@ from __future__ import annotations
 import re
 import unicodedata
 from difflib import SequenceMatcher
-from typing import Any, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
+from pydantic import Field
+
+from ..config import ReviewSpec, TaskSpecBase
 from ..llm.completion import Completion
-from ..config import InstructTask as InstructSpec
-from ..config import ReviewSpec
 from ..job.prompts import PromptTemplate
 from ..pipeline.placeholders import example_values, is_placeholder
 from ..pipeline.flags import DUPLICATE_PAIR, EMPTY_OUTPUT, PLACEHOLDER_OUTPUT, VERBATIM_SOURCE
 from .answer import dumps, lenient_flags, load_object, valid_samples
-from .base import Example, InvalidOutput, TaskOutput
+from .base import BadExample, Example, InvalidOutput, TaskOutput
 from .request import Request
+from .studio import TEXT, result_id
 
 # The system line of fine-tuning examples: the pairs are meant for a general assistant.
 FINETUNE_SYSTEM = "You are a helpful assistant."
 VERBATIM_SHARE = 0.9
 _UNFIT = {VERBATIM_SOURCE, EMPTY_OUTPUT, DUPLICATE_PAIR, PLACEHOLDER_OUTPUT}  # pairs that make no fine-tuning example
 _WORDS = re.compile(r"\w+")
+
+
+class InstructSpec(TaskSpecBase):
+    """The job file's ``task:`` section for ``kind: instruct``."""
+
+    carries_label: ClassVar[bool] = False  # a pair is no label a variant could carry
+
+    kind: Literal["instruct"]
+    n: int = Field(3, ge=1, le=20)  # pairs generated from each passage
+    # Set: each item's field is an instruction and only the response is generated.
+    instruction_field: str | None = None
+
+
+def default_prompt(spec: InstructSpec) -> str:
+    return "instruct_response" if spec.instruction_field is not None else "instruct"
+
+
+def example_key(spec: InstructSpec) -> str:
+    """An example's gold answer: its pairs, or with an instruction field, the response."""
+    return "response" if spec.instruction_field else "pairs"
+
+
+def example_answer(spec: InstructSpec, text: str, raw: Any) -> Any:
+    if not spec.instruction_field:
+        return raw
+    if not isinstance(raw, str):
+        raise BadExample("response", "must be a string")
+    return {"instruction": text, "response": raw}
 
 
 def words(text: str) -> list[str]:
@@ -203,3 +233,24 @@ def _pair_error(pair: Any) -> str | None:
         if not isinstance(pair.get(key), str) or not pair[key].strip():
             return f'"{key}" must be a non-empty string'
     return None
+
+
+# --- Label Studio ------------------------------------------------------------------------------
+
+def studio_controls(spec) -> list[str]:
+    source = "instruction" if getattr(spec, "instruction_field", None) else "passage"
+    return [f'  <Header value="Check the pair against the {source}: edit it, or reject the task"/>',
+            f'  <Text name="{TEXT}" value="${TEXT}"/>',
+            '  <Header value="Instruction" size="5"/>',
+            f'  <TextArea name="instruction" toName="{TEXT}" editable="true" maxSubmissions="1" rows="2"/>',
+            '  <Header value="Response" size="5"/>',
+            f'  <TextArea name="response" toName="{TEXT}" editable="true" maxSubmissions="1" rows="8"/>']
+
+
+def studio_results(record: dict) -> list[dict]:
+    pair = record.get("label")
+    if not isinstance(pair, dict):
+        return []
+    return [{"id": result_id(record["id"], name), "from_name": name, "to_name": TEXT,
+             "type": "textarea", "value": {"text": [pair[name]]}}
+            for name in ("instruction", "response") if isinstance(pair.get(name), str) and pair[name].strip()]

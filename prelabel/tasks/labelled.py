@@ -28,8 +28,12 @@ class LabelledTask:
         self.mode = review.confidence
         self.samples = 1 if self.mode == LOGPROBS else review.samples
         self.temperature = None if self.mode == LOGPROBS else review.sample_temperature
-        self._request = Request(template, guidelines, labels=labels_field(spec.labels))
+        self._request = Request(template, guidelines, **self._fields(spec))
         self._format = json_format(self.format_name, self._schema())
+
+    def _fields(self, spec) -> dict[str, str]:
+        """The template's ``$`` fields besides the text and the guidelines."""
+        return {"labels": labels_field(spec.labels)}
 
     def _schema(self) -> dict:
         raise NotImplementedError

@@ -9,15 +9,22 @@ consistency, the agreement on leaving every label out).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from ..config import LabelledSpec
 from ..llm.completion import Completion
 from ..pipeline.confidence import close_probability, label_probability, vote_parts
-from ..config import MultilabelTask as MultilabelSpec
 from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import array_strings, common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask
+from .studio import TEXT, choices_result, options
+
+
+class MultilabelSpec(LabelledSpec):
+    """The job file's ``task:`` section for ``kind: multilabel``."""
+
+    kind: Literal["multilabel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +101,20 @@ class MultilabelTask(LabelledTask):
 
     def _answer(self, labels: list[str]) -> str:
         return dumps({"labels": sorted(dict.fromkeys(labels), key=self._order.__getitem__)})
+
+
+# --- Label Studio ------------------------------------------------------------------------------
+
+def studio_controls(spec) -> list[str]:
+    return ['  <Header value="Choose every label that applies (or none)"/>',
+            f'  <Text name="{TEXT}" value="${TEXT}"/>',
+            f'  <Choices name="labels" toName="{TEXT}" choice="multiple" showInline="true">',
+            *options(spec, "Choice"),
+            "  </Choices>"]
+
+
+def studio_results(record: dict) -> list[dict]:
+    # An empty answer has no result: Label Studio shows "nothing chosen" for it anyway.
+    if not record.get("label"):
+        return []
+    return [choices_result(record, "labels", list(record["label"]))]

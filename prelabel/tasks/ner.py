@@ -10,15 +10,23 @@ Flags: ``span_not_found`` (a mention not in the text, dropped), ``span_conflict`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from ..config import LabelledSpec
 from ..llm.completion import Completion
 from ..pipeline.confidence import close_probability, label_probability, span_probability, vote_parts
 from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
 from .spans import Mention, Span, locate, overlapping
 from .answer import common_flags, dumps, empty_array_close, lenient_flags, load_object, string_values, valid_samples
-from .base import InvalidOutput, TaskOutput
+from .base import BadExample, InvalidOutput, TaskOutput
 from .labelled import LabelledTask
+from .studio import TEXT, options, result_id
+
+
+class NerSpec(LabelledSpec):
+    """The job file's ``task:`` section for ``kind: ner``; ``labels`` are the entity types."""
+
+    kind: Literal["ner"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +122,60 @@ class NerTask(LabelledTask):
         ordered = sorted(spans, key=lambda s: s.get("start", 0))
         mentions = dict.fromkeys((s["text"], s["label"]) for s in ordered)
         return dumps({"entities": [{"text": t, "type": label} for t, label in mentions]})
+
+
+# --- few-shot examples -----------------------------------------------------------------------------
+
+def example_spans(spec, text: str, raw: Any) -> list[dict]:
+    """Spans given as ``{"text", "label"}`` (found in order: a repeated text takes its next
+    occurrence) or ``{"start", "end", "label"}``, in the task's span shape."""
+    if not isinstance(raw, list):
+        raise BadExample("spans", 'must be a list of {"text", "label"} or {"start", "end", "label"}')
+    spans, next_from = [], {}
+    for index, span in enumerate(raw):
+        where = f"spans[{index}]"
+        if not isinstance(span, dict):
+            raise BadExample(where, 'must be {"text", "label"} or {"start", "end", "label"}')
+        if "start" in span or "end" in span:
+            start, end = span.get("start"), span.get("end")
+            if not (type(start) is int and type(end) is int and 0 <= start < end <= len(text)):
+                raise BadExample(where, f"start and end must be offsets with 0 <= start < end <= {len(text)}")
+            if "text" in span and span["text"] != text[start:end]:
+                raise BadExample(f"{where}.text",
+                                 f"{span['text']!r} is not the text at {start}:{end} ({text[start:end]!r})")
+        else:
+            surface = span.get("text")
+            if not isinstance(surface, str) or not surface:
+                raise BadExample(f"{where}.text", "required: the span's text (or its start and end)")
+            start = text.find(surface, next_from.get(surface, 0))
+            if start < 0:
+                again = " again" if surface in next_from else ""
+                raise BadExample(f"{where}.text", f"{surface!r} does not occur{again} in the text")
+            end = next_from[surface] = start + len(surface)
+        spans.append({"start": start, "end": end, "text": text[start:end], "label": span.get("label"),
+                      "score": None})
+    spans.sort(key=lambda s: (s["start"], s["end"]))
+    return spans
+
+
+# --- Label Studio ------------------------------------------------------------------------------
+
+def studio_controls(spec) -> list[str]:
+    return ['  <Header value="Mark every entity; fix or delete the drafted ones"/>',
+            f'  <Labels name="label" toName="{TEXT}">',
+            *options(spec, "Label"),
+            "  </Labels>",
+            f'  <Text name="{TEXT}" value="${TEXT}"/>']
+
+
+def studio_results(record: dict) -> list[dict]:
+    results = []
+    for span in record.get("label") or []:
+        value = {"start": span["start"], "end": span["end"], "text": span["text"], "labels": [span["label"]]}
+        result = {"id": result_id(record["id"], f"label/{span['start']}/{span['end']}/{span['label']}"),
+                  "from_name": "label", "to_name": TEXT, "type": "labels", "value": value}
+        if span.get("score") is not None:
+            # Label Studio's docs put a region's score in value; its editor reads it on the result.
+            value["score"] = result["score"] = span["score"]
+        results.append(result)
+    return results

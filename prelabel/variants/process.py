@@ -16,7 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import augment
 
-BATCH = 64  # texts per round trip, at most
+from prelabel.config import AUGMENT_BATCH as BATCH  # noqa: E402
 
 
 def _exit_with(parent: int) -> None:

@@ -48,7 +48,7 @@ class VariantStage:
         """One augment unit per step for an original that deserves variants (labelled, and unflagged
         unless the job asks for variants of flagged ones too)."""
         record = records[0]
-        if len(records) != 1 or record["label"] is None or record["state"] != "done":
+        if len(records) != 1 or record["label"] is None or record["state"] != DONE:
             return []
         if record["needs_review"] and not self.aug.include_flagged:
             return []

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from ..budget.gate import SKIP, TRUNCATE, BudgetGate, Reservation, fit_input
 from ..llm.capabilities import Capabilities
 from ..llm.completion import Completion
-from ..config import Engine as EngineSettings
+from ..config import REASK_CEILING, REASK_GROWTH, EngineSettings
 from ..config import JobSpec
 from ..pipeline.draft import DONE, FAILED, SKIPPED, draft_record
+from ..states import FINAL_STATES, ItemState
 from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
 from ..fewshot.selection import FewShot
 from ..llm.engine import LLMEngine, Prepared
@@ -83,7 +84,7 @@ class JobRunner:
         self.progress = Progress()
         # Lease about two rounds of work at a time: enough to keep every request slot busy, little
         # enough that several workers share a job evenly and a dead one strands few items.
-        self.lease_batch = min(settings.lease_batch, 2 * spec.model.slots)
+        self.lease_batch = min(settings.lease_batch, settings.lease_ahead * spec.model.slots)
         self._results: list[ItemResult] = []
         self._active = 0  # items handed to consumers and not yet finished
         self._budget_hit = asyncio.Event()
@@ -137,7 +138,7 @@ class JobRunner:
         started_wall, started_mono = time.time(), time.monotonic()
         counts = self.store.counts(self.job.id)
         self.progress.total = sum(counts.values())
-        self.progress.already = sum(counts.get(s, 0) for s in ("done", "failed", "skipped"))
+        self.progress.already = sum(counts.get(s, 0) for s in FINAL_STATES)
         queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue(maxsize=self.lease_batch)
         workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.slots)]
         # Augment units have consumers of their own: they wait on the augmentation process, and must
@@ -184,7 +185,7 @@ class JobRunner:
         elif self._budget_hit.is_set():
             await self._write(self.store.stop_remaining, self.job.id)
         counts = self.store.counts(self.job.id)
-        return RunResult(self.job.id, counts.get("stopped", 0) > 0, stats, counts,
+        return RunResult(self.job.id, counts.get(ItemState.STOPPED, 0) > 0, stats, counts,
                          self.last_error if self._endpoint_down.is_set() else None, self._rate_limit_stop)
 
     def _stopping(self) -> bool:
@@ -221,7 +222,7 @@ class JobRunner:
     def _free_units(self) -> int:
         """Augment units to lease: while few are open (two per unit consumer), so that labelling
         never waits for augmentation and one worker does not hoard every unit."""
-        return max(0, 2 * self.settings.augment_slots - self._units_open) if self.variants else 0
+        return max(0, self.settings.augment_ahead * self.settings.augment_slots - self._units_open) if self.variants else 0
 
     def _open_unit(self, item: LeasedItem) -> None:
         self._active += 1
@@ -354,7 +355,7 @@ class JobRunner:
                 return ItemResult(item.seq, state, priority, records, usage, cache, spawn=spawn, summary=summary)
             return self._result(item, await self._label(item, usage, cache), usage, cache)
         except _Requeue:
-            return ItemResult(item.seq, "pending", 0.0, [], usage, cache, release=True)
+            return ItemResult(item.seq, ItemState.PENDING, 0.0, [], usage, cache, release=True)
         except _RequestFailed as e:
             return self._failed(item, e.error, e.flags + [REQUEST_FAILED], usage, cache)
         except StorageError:
@@ -546,7 +547,7 @@ class JobRunner:
                 if need is not None:
                     # Ask for enough for a round of requests, not just this one: fewer trips to the store.
                     per_request = prompt_tokens + max_out
-                    round_ = 2 * self.spec.model.slots
+                    round_ = self.settings.hold_ahead * self.spec.model.slots
                     budget = self.spec.budget
                     granted = await self._write(
                         self.store.hold_budget, self.job.id, self.owner, max(need.tokens, per_request * round_),
@@ -608,5 +609,5 @@ class _Malformed(_RequestFailed):
 def reask_max_tokens(budget, used: int) -> int:
     """``max_tokens`` for a re-ask after an answer was cut off at ``used``: twice as many, up to
     ``budget.max_output_tokens_reask`` (default four times ``max_output_tokens``)."""
-    ceiling = budget.max_output_tokens_reask or 4 * budget.max_output_tokens
-    return max(used, min(2 * used, ceiling))
+    ceiling = budget.max_output_tokens_reask or REASK_CEILING * budget.max_output_tokens
+    return max(used, min(REASK_GROWTH * used, ceiling))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, Engine, JobSpec
+from ..config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, EngineSettings, JobSpec
 from ..errors import JobFileError, OutputError, StorageError
 from ..llm.client import make_client
 from ..llm.endpoint import Endpoint
@@ -19,6 +19,7 @@ from ..llm.engine import LLMEngine
 from ..outputs.export import exit_code_for, export
 from ..outputs.root import confine
 from ..queue.submit import check_endpoint
+from ..states import ItemState, JobStatus
 from ..store import Store
 from ..tasks import build_task
 from ..budget.tokens import TokenCounter
@@ -37,13 +38,13 @@ class JobOutcome:
     note: str | None = None  # why it did not run (its input is still being loaded)
 
 
-async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engine, owner: str,
+async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: EngineSettings, owner: str,
                   on_start: Callable[[JobRunner], None] | None = None, client=None,
                   output_roots: Sequence[Path] | None = None) -> JobOutcome:
     """Run a job and write its outputs; with ``output_roots`` (``work``), a job whose ``output.dir``
     is outside them is refused (``JobFileError``) before any request."""
     job = store.get_job(job_id)
-    if job.status == "ingesting":  # never run (nor call done) a job whose input is not all in
+    if job.status == JobStatus.INGESTING:  # never run (nor call done) a job whose input is not all in
         return JobOutcome(job_id, EXIT_OK, None, None, None,
                           note="its input is still being loaded by another process, which queues it when done")
     if job.simulated and not endpoint.simulated:  # its drafts are a stand-in's: never mixed with a model's
@@ -71,36 +72,36 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
             from ..variants.stage import VariantStage  # imports nlpaug's side only for jobs that augment
             variants = VariantStage(spec, task, TokenCounter(spec.model.name), lambda: store.item_texts(job_id))
         runner = JobRunner(store, job, spec, task, engine, settings, owner, variants)
-        store.set_status(job_id, "running")
+        store.set_status(job_id, JobStatus.RUNNING)
         if on_start:
             on_start(runner)
         try:
             result = await runner.run()
         except BaseException:  # interrupted (SIGTERM, Ctrl-C), or the store failed: what is left waits in the queue
             with contextlib.suppress(StorageError):  # the first error is the one to report
-                store.set_status(job_id, "queued")
+                store.set_status(job_id, JobStatus.QUEUED)
             raise
     finally:
         if own_client:
             await client.close()
     if result.rate_limited:
-        store.set_status(job_id, "queued")
+        store.set_status(job_id, JobStatus.QUEUED)
         message = (f"{result.outage}. The run stopped and the items in flight are back in the queue with the "
                    "rest: nothing is lost. Run again later, or raise model.max_rate_limit_wait_s (or lower "
                    "model.rpm) in the job file.")
         return JobOutcome(job_id, EXIT_RATE_LIMITED, result, {"error": message}, None)
     if result.outage is not None:
-        store.set_status(job_id, "queued")
+        store.set_status(job_id, JobStatus.QUEUED)
         message = (f"the endpoint kept failing ({settings.outage_after} items in a row after every retry), last: "
                    f"{result.outage}. The run stopped and those items are back in the queue with the rest: "
                    "nothing is lost. Fix the endpoint (or key, or model name) and run again.")
         # What finished is written all the same: a stopped run's drafts are not held back.
         report, out_dir = _write_outputs(store, job_id, spec, job, output_roots)
         return JobOutcome(job_id, EXIT_UNAVAILABLE, result, {**report, "error": message}, out_dir)
-    busy = result.counts.get("pending", 0) + result.counts.get("leased", 0)
+    busy = result.counts.get(ItemState.PENDING, 0) + result.counts.get(ItemState.LEASED, 0)
     if busy:  # another worker still holds items of this job: it writes the outputs when it ends
         return JobOutcome(job_id, EXIT_OK, result, None, None)
-    store.set_status(job_id, "budget_stopped" if result.budget_stopped else "done")
+    store.set_status(job_id, JobStatus.BUDGET_STOPPED if result.budget_stopped else JobStatus.DONE)
     report, out_dir = _write_outputs(store, job_id, spec, job, output_roots)
     return JobOutcome(job_id, exit_code_for(report), result, report, out_dir)
 
@@ -116,7 +117,7 @@ def reclaim_dead(store: Store) -> int:
     return store.reclaim(dead_local_owners(store.leased_owners()))
 
 
-async def drain(store: Store, endpoint: Endpoint, settings: Engine, owner: str,
+async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owner: str,
                 on_start: Callable[[JobRunner], None] | None = None,
                 on_outcome: Callable[[JobOutcome], None] | None = None,
                 output_roots: Sequence[Path] | None = None) -> list[JobOutcome]:
