@@ -713,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 # aiohttp's requests and responses): the youngest generation collected every 10,000 allocations, not
 # 700, takes the collector from 0.4 to 0.05 CPU s of a 10,000-item run (bench/RESULTS.md).
 GC_THRESHOLD = (10_000, 10, 10)
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command that died of SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -725,13 +726,18 @@ def main(argv: list[str] | None = None) -> int:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is a BrokenPipeError caught below
+        return code
     except PrelabelError as e:
         from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_STORAGE
 
         print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
         return (EXIT_JOB_ERROR if isinstance(e, JobFileError) else EXIT_STORAGE if isinstance(e, StorageError)
                 else EXIT_ERROR)
+    except BrokenPipeError:  # `prelabel status | head`: the reader left; say nothing more, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit raises again
+        return EXIT_BROKEN_PIPE
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("prelabel: interrupted; finished work is saved, run the same command to go on", file=sys.stderr)
         return 130

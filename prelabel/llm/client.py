@@ -65,7 +65,10 @@ def _http_client_class() -> type:
             return None
 
         async def send(self, request: httpx.Request, *, stream: bool = False, **_: object) -> httpx.Response:
-            response = await self._transport_for_url(request.url).handle_async_request(request)
+            try:
+                response = await self._transport_for_url(request.url).handle_async_request(request)
+            except httpx.ConnectTimeout as e:
+                raise _refused(e, request) from e.__cause__
             response.request = request
             if not stream:
                 try:
@@ -81,6 +84,23 @@ def _http_client_class() -> type:
             return response
 
     return _ApiHttpClient
+
+
+def _refused(error, request):
+    """httpx-aiohttp maps every aiohttp connection error to ``ConnectTimeout`` (its table gives
+    ``ClientConnectionError`` precedence over ``ClientConnectorError``), so a refused connection read
+    as "Request timed out". A failure to connect that is not a timeout becomes ``ConnectError``: the
+    SDK reports it as a connection error, with aiohttp's reason."""
+    import asyncio
+
+    import aiohttp
+    import httpx
+
+    cause = error.__cause__
+    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+            cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return httpx.ConnectError(str(cause) or type(cause).__name__, request=request)
+    return error
 
 
 def make_client(model: ModelSpec, *, api_key: str | None, base_url: str | None) -> openai.AsyncOpenAI:

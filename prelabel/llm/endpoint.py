@@ -56,6 +56,17 @@ class Endpoint:
         """The name cache keys, the job id and drafts use: never the key, never the simulator's port."""
         return SIMULATOR if self.simulated else normalise_url(self.url_for(spec))
 
+    def missing_key(self, spec) -> str | None:
+        """Why no request could succeed, when that is known before sending one: OpenAI's API (or an
+        Azure deployment) with no key. A self-hosted server may need none."""
+        if self.api_key or self.simulated:
+            return None
+        if spec.model.provider == "azure" or normalise_url(self.url_for(spec)) == OPENAI_URL:
+            where = "Azure OpenAI" if spec.model.provider == "azure" else OPENAI_URL
+            return (f"no API key for {where}: set OPENAI_API_KEY, or point OPENAI_BASE_URL (or model.base_url) "
+                    "at a server that needs none, or run with --simulate")
+        return None
+
     def allowlist(self) -> AllowList | None:
         """The endpoints a job file may name; None when the simulator answers whatever the job says."""
         if self.override:

@@ -52,6 +52,16 @@ class _Tries:
     first_429: float | None = None    # when the limit first refused it (waiting is bounded by time)
 
 
+def _reason(cause: BaseException) -> str:
+    """What went wrong, as a person can act on it: the SDK's "Connection error." with the reason
+    underneath it (refused, no such host), not alone."""
+    text = str(cause)
+    inner = cause.__cause__
+    if inner is not None and str(inner) and str(inner) not in text:
+        text = f"{text} ({inner})"
+    return text
+
+
 class _AttemptFailed(Exception):
     def __init__(self, failure: Failure, decision: RetryDecision, cause: Exception, attempt: int) -> None:
         super().__init__(decision.reason)
@@ -396,10 +406,10 @@ class LLMEngine:
         except _AttemptFailed as e:
             # The cause's text is the endpoint's error body, which may echo the key it was sent.
             if e.failure.status == MALFORMED:
-                raise MalformedAnswer(redact(f"request failed: {e.decision.reason}: {e.cause}"),
+                raise MalformedAnswer(redact(f"request failed: {e.decision.reason}: {_reason(e.cause)}"),
                                       attempts=e.attempt) from e.cause
             error = RateLimitWaitExceeded if e.decision.rate_limit_wait_exceeded else LLMError
-            raise error(redact(f"request failed: {e.decision.reason}: {e.cause}"), status=e.failure.status,
+            raise error(redact(f"request failed: {e.decision.reason}: {_reason(e.cause)}"), status=e.failure.status,
                         attempts=e.attempt) from e.cause
 
     async def _retry(self, endpoint: _Endpoint, body: bytes, booked: int, parse: Callable[[bytes], Any],
@@ -509,7 +519,7 @@ class LLMEngine:
             log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
         else:
             log.warning("request failed for good after %d attempt(s): %s: %s", attempt, decision.reason,
-                        redact(str(cause)))
+                        redact(_reason(cause)))
         if decision.retry and failure.status == 429 and decision.server_wait:
             # Everyone waits, not just this request: the window is shared. (Without a retry-after,
             # the pace the 429 lowered is what spaces everyone.)

@@ -60,6 +60,8 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
                            f"({job.prompt_version} -> {task.prompt_version}); submit the job file again",
                            field="task.prompt")
     own_client = client is None
+    if own_client and (missing := endpoint.missing_key(spec)) is not None:  # not 7 retries x 10 items to say so
+        return JobOutcome(job_id, EXIT_UNAVAILABLE, None, {"error": missing}, None)
     if own_client:
         if (allowed := endpoint.allowlist()) is not None:  # again: it may have been queued when allowed
             check_endpoint(spec, job.job_file, allowed)

@@ -54,13 +54,14 @@ def job_file(folder: Path, text: str | bytes, name: str = "job.yaml") -> Path:
 
 
 def refused(path: Path) -> tuple[JobFileError, float, int]:
-    """The error load_job raises, how long it took, and the peak memory it allocated."""
+    """The error load_job raises, the CPU seconds it took (this process's, so that other work on a
+    loaded machine does not count), and the peak memory it allocated."""
     tracemalloc.start()
-    began = time.perf_counter()
+    began = time.process_time()
     try:
         with pytest.raises(JobFileError) as e:
             load_job(path)
-        return e.value, time.perf_counter() - began, tracemalloc.get_traced_memory()[1]
+        return e.value, time.process_time() - began, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
@@ -128,7 +129,7 @@ def test_without_libyaml_the_same_files_are_refused_in_bounded_time(tmp_path: Pa
     monkeypatch.setattr(prelabel.job.jobfile, "_Loader", yaml.SafeLoader)  # PyYAML built without libyaml
     error, seconds, peak = refused(job_file(tmp_path, text))
     # the pure-Python parser is ~5x slower, and tracemalloc slows it more (before: 20 to 80 s)
-    assert seconds < 5 and peak < 20 << 20, (seconds, peak)
+    assert seconds < BOUNDED_S and peak < 20 << 20, (seconds, peak)
     assert message in str(error)
 
 
