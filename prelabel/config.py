@@ -380,4 +380,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-from .tasks import registry as _registry  # noqa: E402,F401
+import importlib  # noqa: E402
+
+importlib.import_module(".tasks.registry", __package__)  # for its side effect: it puts the kinds' union here

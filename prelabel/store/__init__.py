@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (AUGMENT, FINAL_STATES, LABEL, VARIANT, IngestState, ItemResult, JobRecord, LeasedItem, ReviewRow,
+from ..states import FINAL_STATES
+from .base import (AUGMENT, LABEL, VARIANT, IngestState, ItemResult, JobRecord, LeasedItem, ReviewRow,
                    RunStats, Spawn, SpoolRecord, Store, UsageRow)
 from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import StoreError

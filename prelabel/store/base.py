@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
 from ..llm.stats import RunStats
-from ..states import FINAL_STATES, ItemState
+from ..states import ItemState
 
 PENDING, LEASED, STOPPED = ItemState.PENDING, ItemState.LEASED, ItemState.STOPPED
 
