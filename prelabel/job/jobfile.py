@@ -104,7 +104,11 @@ def _resolve(spec: JobSpec, base: Path, input_override: Path | None, out_overrid
     out_dir = out_override.resolve() if out_override else absolute(spec.output.dir or Path("out") / spec.name)
     # `examples: reviews`: the corrected items the last `prelabel review report` wrote into output.dir.
     examples = out_dir / REVIEW_EXAMPLES if task.examples == Path(REVIEWS) else absolute(task.examples)
-    task = task.model_copy(update={"guidelines": absolute(task.guidelines), "examples": examples})
+    updates = {"guidelines": absolute(task.guidelines), "examples": examples}
+    prompt = getattr(task, "prompt", None)
+    if isinstance(prompt, str) and ("/" in prompt or Path(prompt).suffix):  # a file, not a template's name
+        updates["prompt"] = str(absolute(Path(prompt)))
+    task = task.model_copy(update=updates)
     output = spec.output.model_copy(update={"dir": out_dir})
     return spec.model_copy(update={"input": inp, "task": task, "output": output})
 

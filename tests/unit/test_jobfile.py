@@ -126,3 +126,20 @@ def test_anchors_and_aliases_within_the_limits_work(tmp_path: Path):
                    "review: &r {min_confidence: 0.5}\n", encoding="utf-8")
     spec = load_job(job)
     assert spec.task.labels == {"a": "the same", "b": "the same"} and spec.review.min_confidence == 0.5
+
+
+def test_a_prompt_file_resolves_against_the_job_folder_not_the_working_directory(job_dir: Path, tmp_path: Path,
+                                                                                 monkeypatch):
+    job = write_job(job_dir)
+    (job_dir / "prompts").mkdir()
+    template = (Path(__file__).resolve().parents[2] / "prompts" / "classify.md").read_text(encoding="utf-8")
+    (job_dir / "prompts" / "mine.md").write_text(template.replace("careful annotator", "very careful annotator"),
+                                                 encoding="utf-8")
+    job.write_text(job.read_text().replace("task: {kind: classify,", "task: {kind: classify, prompt: prompts/mine.md,"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the README: relative paths resolve against the job file's folder
+    spec = load_job(job)
+    assert spec.task.prompt == str(job_dir / "prompts" / "mine.md")
+    from prelabel.tasks import build_task
+    assert "very careful annotator" in build_task(spec).messages("hi")[0]["content"]
