@@ -693,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-shuffle", action="store_true", default=None, help="batch output lines in a random order")
     p.add_argument("--batch-expire-first", type=int, help="the first N batches expire part-way (their completed lines kept)")
     p.add_argument("--batch-expire-share", type=float, help="share of an expiring batch's lines done before it expires (0.5)")
-    p.add_argument("--batch-max-file-bytes", type=int, help="an input file upload past this is refused (200 MiB)")
+    p.add_argument("--batch-max-file-bytes", type=int, help="an input file upload past this is refused (200 MB)")
     p.add_argument("--batch-max-requests", type=int,
                    help="a batch whose input file has more lines fails validation")
     return parser

@@ -44,7 +44,7 @@ class BatchConfig:
     shuffle: bool = False           # output and error lines in a random order, not the input's
     expire_first: int = 0           # the first N batches created expire part-way...
     expire_share: float = 0.5       # ...with this share of their lines done
-    max_file_bytes: int = 200 * 1024 * 1024  # an upload past this is refused
+    max_file_bytes: int = 200_000_000  # an upload past this is refused (OpenAI: 200 MB)
     max_requests: int = 50_000      # a batch's input file with more lines fails validation
 
 
