@@ -54,3 +54,14 @@ def test_a_cost_cap_is_checked_at_the_jobs_modes_price(job_dir):
         job.write_text(text.replace("max_retries: 4}", f"max_retries: 4, mode: {mode}}}"))
         spec, task = prepare(job)
         assert make_plan(spec, task).fits is fits, mode
+
+
+def test_a_batch_job_is_refused_before_any_request_until_the_executor_lands(job_dir):
+    from prelabel.errors import JobFileError
+    from prelabel.llm.allowlist import AllowList
+
+    job = write_job(job_dir)
+    job.write_text(job.read_text().replace("max_retries: 4}", "max_retries: 4, mode: batch}"))
+    prepare(job)  # plan: fine
+    with pytest.raises(JobFileError, match="model.mode: batch cannot run yet"):
+        prepare(job, allowed=AllowList.of([]))
