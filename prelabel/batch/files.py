@@ -10,6 +10,7 @@ million-item job never has its requests in memory.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ class InputFile:
     """A complete input file: what to upload as one batch (one chunk of the job)."""
 
     path: Path
-    chunk: int
+    chunk: str  # its name in the store and at the provider (``reconcile.file_name``)
     endpoint: str
     model: str
     requests: int
@@ -70,7 +71,7 @@ class InputFile:
 @dataclass(slots=True)
 class _Open:
     path: Path
-    chunk: int
+    chunk: str
     endpoint: str
     model: str
     handle: IO[bytes]
@@ -80,7 +81,10 @@ class _Open:
 
 
 class InputFileWriter:
-    """Writes lines into ``folder/{name}-{chunk:06d}.jsonl``, a new file whenever one is full.
+    """Writes lines into ``folder/{name}-{chunk}.jsonl``, a new file whenever one is full.
+
+    Chunks are named ``000000``, ``000001``... from ``first_chunk``, or taken from ``chunks`` (a
+    retry's: ``reconcile.retry_chunk``).
 
     ``add`` returns the files it completed (at most one); ``close`` completes the rest. A request
     already in its file (the same cache key: two identical items) is written once: the Batch API
@@ -88,13 +92,14 @@ class InputFileWriter:
     """
 
     def __init__(self, folder: Path, name: str, *, max_requests: int = BatchSpec().max_requests_per_file,
-                 max_bytes: int = BatchSpec().max_bytes_per_file, first_chunk: int = 0) -> None:
+                 max_bytes: int = BatchSpec().max_bytes_per_file, first_chunk: int = 0,
+                 chunks: Iterable[str] | None = None) -> None:
         if max_requests < 1 or max_bytes < 1:
             raise ValueError("max_requests and max_bytes must be positive")
         self.folder, self.name = Path(folder), name
         self.max_requests, self.max_bytes = max_requests, max_bytes
         self.duplicates = 0
-        self._next_chunk = first_chunk
+        self._chunks = iter(chunks) if chunks is not None else (f"{n:06d}" for n in itertools.count(first_chunk))
         self._open: dict[tuple[str, str], _Open] = {}
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -137,9 +142,10 @@ class InputFileWriter:
         self._open.clear()
 
     def _start(self, line: BatchLine) -> _Open:
-        chunk = self._next_chunk
-        self._next_chunk += 1
-        path = self.folder / f"{self.name}-{chunk:06d}.jsonl"
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            raise BatchError("the lines need more input files than the chunk names given")
+        path = self.folder / f"{self.name}-{chunk}.jsonl"
         handle = open(path.with_suffix(".part"), "wb", buffering=1 << 20)
         return _Open(path, chunk, line.endpoint, line.model, handle)
 

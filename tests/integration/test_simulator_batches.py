@@ -63,8 +63,8 @@ def files(engine: LLMEngine, folder: Path, count: int, **limits) -> list[InputFi
 
 
 async def submit(provider: BatchProvider, file: InputFile):
-    uploaded = await provider.upload(file.path, str(file.chunk))
-    return await provider.create(str(file.chunk), uploaded.id, file.endpoint)
+    uploaded = await provider.upload(file.path, file.chunk)
+    return await provider.create(file.chunk, uploaded.id, file.endpoint)
 
 
 async def results(provider: BatchProvider, batch, folder: Path, sent) -> tuple:
@@ -84,7 +84,7 @@ async def test_a_batch_moves_through_its_statuses_on_the_clock_and_answers_as_li
         [file] = files(engine, tmp_path, 30)
         provider = BatchProvider(client, "job")
         created = await submit(provider, file)
-        assert (created.status, created.total, created.job, created.chunk) == ("validating", 30, "job", "0")
+        assert (created.status, created.total, created.job, created.chunk) == ("validating", 30, "job", "000000")
         seen = []
         for step in (5, 20, 30, 30, 5, 10):
             clock.now += step
@@ -167,7 +167,7 @@ async def test_an_upload_past_the_file_size_limit_is_refused_as_openai_refuses_i
         assert len(small) > 1
         provider = BatchProvider(client, "job")
         for f in small:
-            await provider.upload(f.path, str(f.chunk))
+            await provider.upload(f.path, f.chunk)
         assert len(await provider.files()) == len(small)
 
 

@@ -52,7 +52,7 @@ def test_embeddings_lines_ask_one_text_each_as_the_engine_does(tmp_path):
 
 def test_files_hold_at_most_max_requests(tmp_path):
     files = list(write_input_files((line(n) for n in range(25)), tmp_path, "job", max_requests=10))
-    assert [f.requests for f in files] == [10, 10, 5] and [f.chunk for f in files] == [0, 1, 2]
+    assert [f.requests for f in files] == [10, 10, 5] and [f.chunk for f in files] == ["000000", "000001", "000002"]
     assert [len(read(f.path)) for f in files] == [10, 10, 5]
     assert not list(tmp_path.glob("*.part"))
 
@@ -72,6 +72,15 @@ def test_one_model_and_endpoint_per_file(tmp_path):
         (CHAT_ENDPOINT, "m1", 3), (CHAT_ENDPOINT, "m2", 3), (EMBEDDINGS_ENDPOINT, "m1", 1)]
     for f in files:
         assert {r["body"]["model"] for r in read(f.path)} == {f.model}
+
+
+def test_chunks_can_be_named_for_a_retry(tmp_path):
+    writer = InputFileWriter(tmp_path, "job", chunks=["000007.1"])
+    writer.add(line(1))
+    [written] = writer.close()
+    assert written.chunk == "000007.1" and written.path.name == "job-000007.1.jsonl"
+    with pytest.raises(BatchError, match="chunk names"):
+        InputFileWriter(tmp_path, "job", chunks=[]).add(line(1))
 
 
 def test_a_request_twice_in_a_file_is_written_once(tmp_path):
