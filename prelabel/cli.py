@@ -483,6 +483,7 @@ def cmd_simulate(args) -> int:
     from .config import EXIT_OK
     from .simulator import SimConfig
     from .simulator import serve as _serve
+    from .simulator.batches import BatchConfig
     from .simulator.gaps import Gaps
 
     gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
@@ -492,7 +493,12 @@ def cmd_simulate(args) -> int:
                     window=args.window, style=args.style, capacity=args.capacity, queue_limit=args.queue_limit,
                     error_rate=args.error_rate, logprobs=not args.no_logprobs,
                     invalid_rate=args.invalid_rate, seed=args.seed, track_contents=not args.no_tracking,
-                    identify=not args.as_real, gaps=gaps),
+                    identify=not args.as_real, gaps=gaps,
+                    batch=BatchConfig(**{name: value for name, value in (
+                        ("delay_s", args.batch_delay_s), ("line_error_rate", args.batch_error_rate),
+                        ("shuffle", args.batch_shuffle), ("expire_first", args.batch_expire_first),
+                        ("expire_share", args.batch_expire_share), ("max_file_bytes", args.batch_max_file_bytes),
+                        ("max_requests", args.batch_max_requests)) if value is not None})),
                host=args.host, port=args.port)
     except OSError as e:  # the port is taken, or the host is not this machine's
         raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e}); "
@@ -706,6 +712,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap", action="append", choices=["refuse-json-schema", "ignore-n", "logprobs-need-top",
                                                       "pre-constraint-logprobs", "no-usage", "no-embeddings"],
                    help="lack one capability (repeatable)")
+    # The Files and Batches endpoints' switches; unset: prelabel.simulator.batches.BatchConfig's defaults.
+    p.add_argument("--batch-delay-s", type=float, help="a batch's time to complete (default 0)")
+    p.add_argument("--batch-error-rate", type=float, help="share of batch lines answered 500 (in the error file)")
+    p.add_argument("--batch-shuffle", action="store_true", default=None, help="batch output lines in a random order")
+    p.add_argument("--batch-expire-first", type=int, help="the first N batches expire part-way (their completed lines kept)")
+    p.add_argument("--batch-expire-share", type=float, help="share of an expiring batch's lines done before it expires (0.5)")
+    p.add_argument("--batch-max-file-bytes", type=int, help="an input file upload past this is refused (200 MB)")
+    p.add_argument("--batch-max-requests", type=int,
+                   help="a batch whose input file has more lines fails validation")
     return parser
 
 

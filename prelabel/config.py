@@ -51,6 +51,9 @@ class ModelSpec(Strict):
     # run stops (exit 8) with its items back in the queue
     max_rate_limit_wait_s: float = Field(600.0, gt=0)
     price: Price | None = None  # overrides prelabel.budget.pricing for this model
+    # live: one request at a time; batch: the provider's Batch API (half the price, within 24 h)
+    mode: Literal["live", "batch"] = "live"
+    batch_price: Price | None = None  # the Batch API's price; default: prelabel.budget.pricing's
     # azure: Azure OpenAI through the SDK's AsyncAzureOpenAI; base_url is the resource's endpoint
     # (https://NAME.openai.azure.com), ``deployment`` the deployment (default: ``name``).
     provider: Literal["openai", "azure"] = "openai"
@@ -131,6 +134,16 @@ class BudgetSpec(Strict):
     max_output_tokens_reask: int | None = Field(None, gt=0)
     max_total_tokens: int | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(None, gt=0)
+
+
+class BatchSpec(Strict):
+    """How ``model.mode: batch`` submits: input files within the provider's limits, and retries."""
+
+    max_requests_per_file: int = Field(50_000, ge=1, le=50_000)            # OpenAI's limit
+    max_bytes_per_file: int = Field(200_000_000, ge=1 << 16, le=200_000_000)  # 200 MB
+    live_reasks: bool = False          # an invalid answer re-asked live at once, not in the next batch
+    max_attempts: int = Field(3, ge=1, le=10)  # batches a line is sent in before its item fails
+    poll_interval_s: float = Field(60.0, gt=0)  # `run --batch`: between looks at the batches in flight
 
 
 class ReviewSpec(Strict):
@@ -273,6 +286,7 @@ class JobSpec(Strict):
     model: ModelSpec
     task: TaskSpec
     budget: BudgetSpec = BudgetSpec()
+    batch: BatchSpec = BatchSpec()
     review: ReviewSpec = ReviewSpec()
     output: OutputSpec = OutputSpec()
     augment: AugmentSpec | None = None

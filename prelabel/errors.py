@@ -109,3 +109,12 @@ class EmbeddingsUnavailable(LLMError):
 class MalformedAnswer(LLMError):
     """A 200 whose body is not the answer asked for: a failure of that answer, not a transient one
     (the same request gets the same body), so it is not retried."""
+
+
+class BatchError(PrelabelError):
+    """The provider's Batch API, or a batch input file, could not be used as asked (a line past the
+    file limit, a call to Files or Batches that failed); ``status`` is the provider's, if any."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)

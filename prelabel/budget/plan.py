@@ -9,7 +9,7 @@ from ..config import JobSpec
 from ..errors import InputError
 from ..fewshot.examples import load_examples
 from ..job.inputs import read_items
-from .pricing import cost_usd, price_for
+from .pricing import batch_price_for, cost_usd, price_for
 from ..tasks import Task, fixed_prompt_tokens
 from .tokens import TokenCounter
 
@@ -27,6 +27,8 @@ class Plan:
     completion_tokens_max: int = 0
     cost_expected_usd: float | None = None
     cost_max_usd: float | None = None
+    batch_cost_expected_usd: float | None = None  # the same requests through the Batch API
+    batch_cost_max_usd: float | None = None
     augment_requests: int = 0  # of the requests above, those augmentation makes (rewrites, re-checks)
     first_prompt: list[dict] = field(default_factory=list)
     fits: bool = True
@@ -75,14 +77,19 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
     if price is not None:
         plan.cost_expected_usd = cost_usd(price, plan.prompt_tokens, plan.completion_tokens_expected)
         plan.cost_max_usd = cost_usd(price, plan.prompt_tokens, plan.completion_tokens_max)
+    batch_price = batch_price_for(spec.model.name, spec.model.price, spec.model.batch_price)
+    if batch_price is not None:
+        plan.batch_cost_expected_usd = cost_usd(batch_price, plan.prompt_tokens, plan.completion_tokens_expected)
+        plan.batch_cost_max_usd = cost_usd(batch_price, plan.prompt_tokens, plan.completion_tokens_max)
     budget = spec.budget
     expected_tokens = plan.prompt_tokens + plan.completion_tokens_expected
     if budget.max_total_tokens is not None and expected_tokens > budget.max_total_tokens:
         plan.fits = False
         plan.reasons.append(f"expected {expected_tokens} tokens > budget.max_total_tokens {budget.max_total_tokens}")
-    if budget.max_cost_usd is not None and (plan.cost_expected_usd or 0) > budget.max_cost_usd:
+    cost = plan.batch_cost_expected_usd if spec.model.mode == "batch" else plan.cost_expected_usd
+    if budget.max_cost_usd is not None and (cost or 0) > budget.max_cost_usd:
         plan.fits = False
-        plan.reasons.append(f"expected ${plan.cost_expected_usd:.4f} > budget.max_cost_usd ${budget.max_cost_usd}")
+        plan.reasons.append(f"expected ${cost:.4f} > budget.max_cost_usd ${budget.max_cost_usd}")
     return plan
 
 
@@ -144,6 +151,19 @@ def _longest_label(spec: JobSpec) -> str:
     return max(labels, key=len)
 
 
+def _costs(plan: Plan, mode: str, money) -> list[str]:
+    """The cost in the job's mode first, then the other way (live requests or the Batch API)."""
+    ways = {"live": (plan.cost_expected_usd, plan.cost_max_usd, "live requests"),
+            "batch": (plan.batch_cost_expected_usd, plan.batch_cost_max_usd, "the Batch API, within 24 h")}
+    other = "live" if mode == "batch" else "batch"
+    lines = []
+    for label, way in (("cost:", mode), (f"cost if {other}:", other)):
+        expected, most, how = ways[way]
+        lines.append(f"{label:<21}~{money(expected)} expected, {money(most)} at most   ({how}"
+                     + (", model.mode)" if way == mode else ")"))
+    return lines
+
+
 def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
     def money(value: float | None) -> str:
         return "unknown (no price for this model)" if value is None else f"${value:,.4f}"
@@ -156,7 +176,7 @@ def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
         f"prompt tokens:       {plan.prompt_tokens:,}" + (
             f"   (incl. {plan.augment_requests:,} augmentation requests, at most)" if spec.augment else ""),
         f"completion tokens:   ~{plan.completion_tokens_expected:,} expected, {plan.completion_tokens_max:,} at most",
-        f"cost:                ~{money(plan.cost_expected_usd)} expected, {money(plan.cost_max_usd)} at most",
+        *_costs(plan, spec.model.mode, money),
         "re-asks (invalid output) and retries may add to these; the caps below are enforced while running",
         f"budget:              max_total_tokens={spec.budget.max_total_tokens}  max_cost_usd={spec.budget.max_cost_usd}",
         f"fits the budget:     {'yes' if plan.fits else 'NO: ' + '; '.join(plan.reasons)}",

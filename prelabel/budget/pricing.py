@@ -1,7 +1,7 @@
 """What tokens cost: one table, USD per million tokens; a job file may override it per model.
 
 Prices are list prices for standard (non-batch) requests as published by OpenAI; check them against
-your contract. A model absent here costs 0 in reports unless the job sets ``model.price``; a job with
+your contract. Batch API prices (``batch_price_for``) are half of them, as OpenAI bills. A model absent here costs 0 in reports unless the job sets ``model.price``; a job with
 ``max_cost_usd`` on such a model is refused (a cap on a cost that cannot be computed is no cap).
 """
 from __future__ import annotations
@@ -34,6 +34,22 @@ def price_for(model: str, override: Price | None = None) -> Price | None:
         if model.startswith(name + "-"):
             return PRICES[name]
     return None
+
+
+# OpenAI's Batch API bills half the live price, for every model in the table above.
+BATCH_DISCOUNT = 0.5
+
+
+def batch_price_for(model: str, override: Price | None = None, batch_override: Price | None = None) -> Price | None:
+    """A batch line's price: ``model.batch_price``, else half the live price (the job's or the table's)
+    of a model in the table. Another model's endpoint gives no known discount: the live price holds,
+    so that a cost cap is never loosened by a guess."""
+    if batch_override is not None:
+        return batch_override
+    live = price_for(model, override)
+    if live is None or price_for(model) is None:
+        return live
+    return Price(input_per_mtok=live.input_per_mtok * BATCH_DISCOUNT, output_per_mtok=live.output_per_mtok * BATCH_DISCOUNT)
 
 
 def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float:

@@ -118,6 +118,11 @@ class Embeddings:
     error: LLMError | None = None            # the first failure (EmbeddingsUnavailable: none here)
 
 
+def embeddings_request(model: str, texts: Sequence[str]) -> dict:
+    """An embeddings request as sent (live, or as a batch line): vectors asked as base64."""
+    return {"model": model, "input": list(texts), "encoding_format": "base64"}
+
+
 def embedding_batches(tokens: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:
     """Positions grouped into requests of at most ``max_texts`` texts and ``max_tokens`` tokens
     (a text larger than that goes alone)."""
@@ -367,8 +372,8 @@ class LLMEngine:
         for batch in embedding_batches([prepared.tokens[p] for p in firsts], settings.embed_batch,
                                        settings.embed_batch_tokens):
             batch = [firsts[i] for i in batch]
-            body = encode_request({"model": prepared.model, "input": [prepared.texts[p] for p in batch],
-                                   "encoding_format": "base64"}, self.identity)[0]
+            body = encode_request(embeddings_request(prepared.model, [prepared.texts[p] for p in batch]),
+                                  self.identity)[0]
             booked = sum(prepared.tokens[p] for p in batch)
             try:
                 vectors, billed = await self._call(self._embeddings, body, booked,

@@ -49,6 +49,10 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
     spec = load_job(job_path, input_path=input_path, out_dir=out_dir)
     if allowed is not None:
         check_endpoint(spec, job_path, allowed)
+        if spec.model.mode == "batch":  # TODO(issue 12, step two): the batch executor
+            raise JobFileError("model.mode: batch cannot run yet (the Batch API executor is not in this version); "
+                               "`prelabel plan` shows its cost; set mode: live to run now",
+                               path=str(job_path), field="model.mode")
     try:
         task = build_task(spec)
     except JobFileError as e:  # the task's own checks (aliases) know the field, not the file

@@ -21,7 +21,7 @@ import signal
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -30,6 +30,7 @@ from .answers import (JSON_OBJECT_SCHEMA, MODEL_ID, REFUSAL, REFUSE_MARKER, Choo
                       last_user_text, sentiment, serialize, token_logprobs)
 from . import gaps as gaps_
 from .gaps import Gaps
+from .batches import BatchConfig, Batches
 from .limits import FixedWindow, TokenBucket, Window, duration
 from ..llm.endpoint import SIMULATOR_HEADER
 
@@ -54,6 +55,7 @@ class SimConfig:
     track_contents: bool = True  # count requests per last user message (tests); off for benchmarks
     identify: bool = True  # say "a simulator" in every response (SIMULATOR_HEADER); False: pose as a real endpoint
     gaps: Gaps = Gaps()  # behave like a self-hosted server that lacks some capabilities
+    batch: BatchConfig = BatchConfig()  # the Files and Batches endpoints (prelabel.simulator.batches)
 
 
 @dataclass
@@ -75,7 +77,7 @@ class SimStats:
 class Simulator:
     """The server: ``start()`` it on a loopback port and point the OpenAI SDK at the URL."""
 
-    def __init__(self, config: SimConfig = SimConfig()) -> None:
+    def __init__(self, config: SimConfig = SimConfig(), *, batch_clock: Callable[[], float] = time.time) -> None:
         if config.window not in ("second", "minute"):
             raise ValueError(f"window must be 'second' or 'minute', not {config.window!r}")
         if config.style not in STYLES:
@@ -95,7 +97,9 @@ class Simulator:
         self._counters: dict[str, TokenCounter] = {}
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.batches = Batches(self, config.batch, seed=config.seed, clock=batch_clock)
         self.app = web.Application()
+        self.app.add_routes(self.batches.routes())
         self.app.add_routes([
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/embeddings", self._embeddings),
@@ -120,11 +124,15 @@ class Simulator:
 
     async def _chat(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
-        body = await _json_body(request)
+        return await self.answer_chat(await _json_body(request), self._gate, self._respond)
+
+    async def answer_chat(self, body: Any, gate, respond):
+        """A chat request's answer (``respond(status, payload[, headers])``), past ``gate`` (None:
+        a batch line, which meets no rate limit or latency); live requests and batch lines share it."""
         messages = body.get("messages") if isinstance(body, dict) else None
         if not (isinstance(messages, list) and messages
                 and all(isinstance(m, dict) for m in messages)):
-            return self._invalid("'messages' must be a non-empty array of objects", "messages")
+            return self._invalid("'messages' must be a non-empty array of objects", "messages", respond)
         try:
             n = int(body.get("n") or 1)
             max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -133,11 +141,11 @@ class Simulator:
             temperature = 1.0 if temperature is None else float(temperature)  # OpenAI's default
             top_k = min(20, int(body.get("top_logprobs") or 0))
         except (TypeError, ValueError):
-            return self._invalid("n, max_tokens, temperature, top_logprobs must be numbers", None)
+            return self._invalid("n, max_tokens, temperature, top_logprobs must be numbers", None, respond)
         if not 1 <= n <= 128 or (max_tokens is not None and max_tokens < 1):
-            return self._invalid("'n' must be from 1 to 128 and 'max_tokens' at least 1", None)
+            return self._invalid("'n' must be from 1 to 128 and 'max_tokens' at least 1", None, respond)
         if refused := gaps_.refusal(self.config.gaps, body):
-            return self._respond(*refused)
+            return respond(*refused)
         n = gaps_.choices_to_make(self.config.gaps, n)
         body = {**body, "response_format": gaps_.response_format(body.get("response_format"))}
         model = str(body.get("model") or MODEL_ID)
@@ -146,7 +154,7 @@ class Simulator:
         text = last_user_text(messages)
         if self.config.track_contents:
             self.stats.by_content[text] += 1
-        if failure := await self._gate(prompt_tokens + (max_tokens or 0), model):
+        if gate is not None and (failure := await gate(prompt_tokens + (max_tokens or 0), model)):
             return failure
 
         if REFUSE_MARKER in text:
@@ -196,24 +204,27 @@ class Simulator:
         }
         if self.config.gaps.no_usage:
             del payload["usage"]
-        return self._respond(200, payload)
+        return respond(200, payload)
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
+        return await self.answer_embeddings(await _json_body(request), self._gate, self._respond)
+
+    async def answer_embeddings(self, body: Any, gate, respond):
+        """An embeddings request's answer, as ``answer_chat``."""
         if self.config.gaps.no_embeddings:  # llama.cpp started without --embeddings
-            return self._respond(501, {"error": {"message": "This server does not support embeddings. "
+            return respond(501, {"error": {"message": "This server does not support embeddings. "
                                                  "Start it with `--embeddings`", "type": "not_supported_error",
                                                  "param": None, "code": 501}})
-        body = await _json_body(request)
         inputs = body.get("input") if isinstance(body, dict) else None
         inputs = [inputs] if isinstance(inputs, str) else inputs
         if not (isinstance(inputs, list) and inputs and all(isinstance(t, str) for t in inputs)):
             return self._invalid("'input' must be a string or a non-empty array of strings",
-                                 "input")
+                                 "input", respond)
         model = str(body.get("model") or MODEL_ID)
         counter = await self._counter(model)
         tokens = sum(counter.count(t) for t in inputs)
-        if failure := await self._gate(tokens, model):
+        if gate is not None and (failure := await gate(tokens, model)):
             return failure
         as_base64 = body.get("encoding_format") == "base64"  # the SDK asks for it by default
         data = []
@@ -223,7 +234,7 @@ class Simulator:
                 vector = base64.b64encode(array("f", vector).tobytes()).decode()
             data.append({"object": "embedding", "index": index, "embedding": vector})
         self.stats.ok += 1
-        return self._respond(200, {"object": "list", "data": data, "model": model,
+        return respond(200, {"object": "list", "data": data, "model": model,
                                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -340,8 +351,8 @@ class Simulator:
             content = content[: max(1, len(content) // 2)]
         return content, spans
 
-    def _invalid(self, message: str, param: str | None) -> web.Response:
-        return self._respond(400, {"error": {"message": message, "type": "invalid_request_error",
+    def _invalid(self, message: str, param: str | None, respond=None) -> web.Response:
+        return (respond or self._respond)(400, {"error": {"message": message, "type": "invalid_request_error",
                                              "param": param, "code": None}})
 
     def _respond(self, status: int, payload: dict, extra: dict | None = None) -> web.Response:
