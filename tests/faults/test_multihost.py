@@ -127,3 +127,30 @@ async def test_two_workers_of_one_key_together_stay_under_the_ceiling(tmp_path: 
     assert stats.rate_limited <= 0.02 * stats.requests, stats
     # and together near the ceiling: 500 requests at 100/s, plus the start and the last answers
     assert wall < n / 100 * 1.5 + 2, wall
+
+
+# --- the simulator's per-second counts (what bench/multihost.py reports peaks from) ---------------
+
+async def test_the_simulator_counts_arrivals_and_admissions_per_second():
+    import httpx
+    import openai
+
+    now = [1000.2]
+    sim = Simulator(SimConfig(latency_s=0, rpm=120, window="second"))  # 2 a second
+    url = await sim.start()
+    sim._clock = lambda: now[0]
+    client = openai.AsyncOpenAI(base_url=url, api_key="sk-test", max_retries=0)
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        for step in (0.0, 0.1, 0.1, 2.0, 0.2):  # 3 in second 1000 (one refused), none in 1001, 2 in 1002
+            now[0] += step
+            try:
+                await client.chat.completions.create(**ask)
+            except openai.RateLimitError:
+                pass
+        async with httpx.AsyncClient(base_url=url.removesuffix("/v1")) as http:
+            seconds = (await http.get("/_sim/stats", params={"seconds": "1"})).json()["per_second"]
+    finally:
+        await client.close()
+        await sim.stop()
+    assert seconds == [[0, 3, 2], [1, 0, 0], [2, 2, 2]]
