@@ -29,11 +29,12 @@ class Coordinator(Protocol):
     def secret(self) -> bytes:
         """The key pace keys are hashed under: one per store, made at its creation, never shown."""
 
-    def beat(self, worker: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
-        """Say ``worker`` sends under ``pace_key`` at a ceiling of ``rpm``/``tpm``, now (on the
-        coordinator's clock). Its ``joined`` stays as it was unless its last beat is ``stale_s`` old
-        or more (it was counted out: it joins again now). Returns every worker of ``pace_key``
-        whose last beat is younger than ``stale_s``, itself included."""
+    def beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
+        """Say ``worker`` runs ``job_id`` and sends under ``pace_key`` at a ceiling of ``rpm``/``tpm``,
+        now (on the coordinator's clock; ``prelabel status`` lists the workers from these beats).
+        Its ``joined`` stays as it was unless its last beat is ``stale_s`` old or more (it was
+        counted out: it joins again now). Returns every worker of ``pace_key`` whose last beat is
+        younger than ``stale_s``, itself included."""
 
     def leave(self, worker: str) -> None:
         """``worker`` sends no more: its share goes to the others at their next beat."""
@@ -46,17 +47,19 @@ class MemoryCoordinator:
         self._clock = clock
         self._secret = secrets.token_bytes(32)
         self._workers: dict[str, tuple[str, Peer]] = {}  # worker -> (pace key, what it said)
+        self.jobs: dict[str, str] = {}  # worker -> the job it runs
         self._lock = threading.Lock()
 
     def secret(self) -> bytes:
         return self._secret
 
-    def beat(self, worker: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
+    def beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
         with self._lock:
             now = self._clock()
             known = self._workers.get(worker)
             joined = known[1].joined if known is not None and now - known[1].beat < stale_s else now
             self._workers[worker] = (pace_key, Peer(worker, joined, now, rpm, tpm))
+            self.jobs[worker] = job_id
             peers = tuple(peer for key, peer in self._workers.values()
                           if key == pace_key and now - peer.beat < stale_s)
             return Roll(now, peers)
@@ -64,3 +67,4 @@ class MemoryCoordinator:
     def leave(self, worker: str) -> None:
         with self._lock:
             self._workers.pop(worker, None)
+            self.jobs.pop(worker, None)

@@ -26,13 +26,14 @@ log = logging.getLogger(__name__)
 
 
 class ShareKeeper:
-    def __init__(self, coordinator: Coordinator, limiter: RateLimiter, worker: str, pace_key: str, *,
+    def __init__(self, coordinator: Coordinator, limiter: RateLimiter, worker: str, job_id: str, pace_key: str, *,
                  interval_s: float, stale_s: float, settle_s: float,
                  clock: Callable[[], float] = time.monotonic,
                  call: Callable[..., Awaitable[Any]] = asyncio.to_thread) -> None:
         if not interval_s < stale_s or not interval_s < settle_s:
             raise ValueError("a worker must beat more often than it is counted out, and wait longer than a beat")
         self.coordinator, self.limiter, self.worker, self.pace_key = coordinator, limiter, worker, pace_key
+        self.job_id = job_id
         self.interval_s, self.stale_s, self.settle_s = interval_s, stale_s, settle_s
         self._clock, self._call = clock, call
         self._confirmed = -math.inf   # when (our clock) the last beat that landed was sent
@@ -70,7 +71,8 @@ class ShareKeeper:
                      self.stale_s, e)
 
     def _beat(self) -> Roll:
-        return self.coordinator.beat(self.worker, self.pace_key, self.limiter.rpm, self.limiter.tpm, self.stale_s)
+        return self.coordinator.beat(self.worker, self.job_id, self.pace_key, self.limiter.rpm, self.limiter.tpm,
+                                     self.stale_s)
 
     def _landed(self, done: asyncio.Future, sent: float) -> None:
         self._pending = None
@@ -94,7 +96,7 @@ class ShareKeeper:
         self.last = decision
 
 
-def keeper_for(coordinator: Coordinator | None, limiter: RateLimiter, worker: str, spec: JobSpec,
+def keeper_for(coordinator: Coordinator | None, limiter: RateLimiter, worker: str, job_id: str, spec: JobSpec,
                endpoint: Endpoint, settings: Engine) -> ShareKeeper | None:
     """The keeper of a job's run: its limit is shared with the workers of the same endpoint, model
     (Azure: deployment) and key."""
@@ -103,7 +105,7 @@ def keeper_for(coordinator: Coordinator | None, limiter: RateLimiter, worker: st
     model = spec.model
     key = pace_key(coordinator.secret(), model.provider, endpoint.url_for(spec),
                    model.deployment or model.name if model.provider == "azure" else model.name, endpoint.api_key)
-    return ShareKeeper(coordinator, limiter, worker, key, interval_s=settings.share_interval_s,
+    return ShareKeeper(coordinator, limiter, worker, job_id, key, interval_s=settings.share_interval_s,
                        stale_s=settings.share_stale_s, settle_s=settings.share_settle_s)
 
 

@@ -157,7 +157,7 @@ async def inline(fn, *args):  # the coordinator called on the loop, not in a thr
 
 
 def keeper(coordinator, clock, name: str, key: str = "k", rpm: int = 6000) -> ShareKeeper:
-    return ShareKeeper(coordinator, RateLimiter(rpm=rpm, tpm=10**9, headroom=1.0), name, key,
+    return ShareKeeper(coordinator, RateLimiter(rpm=rpm, tpm=10**9, headroom=1.0), name, "job", key,
                        interval_s=1.0, stale_s=3.0, settle_s=1.5, clock=clock, call=inline)
 
 
