@@ -22,12 +22,12 @@ What it learns, and how (each a unit-tested decision):
 - ``remaining`` 0 pauses until the reset; a reset within a second (a rolling window's, or a token
   bucket's "until full") for at most the time one request's share of the limit takes to come back.
 - A minute quota (Azure's ``remaining`` with a ``reset`` beyond a second) caps the pace at what is
-  left over the time to the reset.
+  left over the time to the reset. A sub-second window's ``remaining`` (OpenAI's, scaled to a minute)
+  says nothing the pacing does not already know, and is only read for 0.
 - A share (``allot``): where several workers send under one key, each paces at its share of the
   ceiling (``prelabel.llm.shares``), which changes while it runs. Everything learned scales with it:
   a pace cut to 90% of one share is 90% of the next; the server's limit and its quota stay the whole
-  key's, of which this worker takes its share. A sub-second window's ``remaining`` (OpenAI's, scaled to a minute)
-  says nothing the pacing does not already know, and is only read for 0.
+  key's, of which this worker takes its share.
 """
 from __future__ import annotations
 
