@@ -589,6 +589,22 @@ def _accept_above(value: str):
     return f
 
 
+def _host_id(value: str) -> str:
+    from .queue.owners import HOST_ID
+
+    if not HOST_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: 1-64 letters, digits, '.', '_' or '-', starting with a "
+                                         "letter or digit")
+    return value
+
+
+def _host_id_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host-id", type=_host_id, default=os.environ.get("PRELABEL_HOST_ID") or None,
+                   help="act as this host (default: $PRELABEL_HOST_ID, else the machine's name): processes "
+                        "with different host ids on one machine take over each other's leases only when "
+                        "they expire, as between machines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prelabel", description="LLM-drafted labels for people to review.")
     parser.add_argument("--version", action="version", version=f"prelabel {__version__}")
@@ -603,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("run", cmd_run, "submit a job file and run it now, with progress; writes its outputs")
+    _host_id_option(p)
     p.add_argument("job", type=Path)
     p.add_argument("--input", type=Path, help="override input.path")
     p.add_argument("--out", type=Path, help="override output.dir")
@@ -611,12 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
     p = command("submit", cmd_submit, "queue a job file; prints the job id (the same file and input: the same id)")
+    _host_id_option(p)
     p.add_argument("job", type=Path)
     p.add_argument("--input", type=Path)
     p.add_argument("--out", type=Path)
     p.add_argument("--new", action="store_true")
 
     p = command("work", cmd_work, "run queued jobs; with --once, drain the queue and exit (for cron)")
+    _host_id_option(p)
     p.add_argument("--once", action="store_true", help="exit when no job has work left")
     p.add_argument("--spool", type=Path, help="first submit each new *.yaml in this folder")
     p.add_argument("--output-root", type=Path, action="append", metavar="DIR",
@@ -737,6 +756,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     add_secret(os.environ.get("OPENAI_API_KEY"))
+    if getattr(args, "host_id", None):
+        from .queue.owners import set_host_id
+
+        set_host_id(args.host_id)
     for handler in logging.getLogger().handlers:  # on the handlers: a logger's filter misses its children
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())

@@ -317,6 +317,9 @@ class EngineSettings(BaseModel):
     rate_recovery: float = 0.02      # after a 429 the pace grows back by this share of itself a second
     lease_s: float = 300.0           # an item leased by a dead worker is retaken after this
     heartbeat_s: float = 30.0        # leases are renewed this often while work is in flight
+    share_interval_s: float = 1.0    # workers sharing an endpoint and key beat this often for their share...
+    share_stale_s: float = 5.0       # ...are counted out after this long without a beat (a busy loop, a lock)...
+    share_settle_s: float = 1.5      # ...and a newcomer waits this long (past a beat) before sending
     commit_every: int = 64           # results committed together (group commit)...
     commit_interval_s: float = 0.05  # ...or after this long, whichever comes first
     lease_batch: int = 256           # items taken from the store at a time

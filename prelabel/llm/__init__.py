@@ -1,4 +1,4 @@
 """The LLM adapter: the engine (`engine`) over the official SDK client (`client`), with its pacing,
-retry policy, adaptive concurrency, the endpoint's identity and allowlist, and what it can do
-(`capabilities`, `probe`).
+a rate limit shared with other workers (`shares`), retry policy, adaptive concurrency, the endpoint's
+identity and allowlist, and what it can do (`capabilities`, `probe`).
 """

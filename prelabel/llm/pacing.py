@@ -24,6 +24,10 @@ What it learns, and how (each a unit-tested decision):
 - A minute quota (Azure's ``remaining`` with a ``reset`` beyond a second) caps the pace at what is
   left over the time to the reset. A sub-second window's ``remaining`` (OpenAI's, scaled to a minute)
   says nothing the pacing does not already know, and is only read for 0.
+- A share (``allot``): where several workers send under one key, each paces at its share of the
+  ceiling (``prelabel.llm.shares``), which changes while it runs. Everything learned scales with it:
+  a pace cut to 90% of one share is 90% of the next; the server's limit and its quota stay the whole
+  key's, of which this worker takes its share.
 """
 from __future__ import annotations
 
@@ -98,6 +102,8 @@ class RateLimiter:
         self._cut_at = -math.inf       # when a 429 last lowered the pace
         self._reported = False         # the server states its limit: a 429 is jitter, not a wrong rate
         self.cuts = 0                  # how often (for the run's statistics and tests)
+        self.share = 1.0               # of the ceiling, this worker's (others send under the same key)
+        self._caps()
 
     # --- booking ---------------------------------------------------------------------------------
 
@@ -107,10 +113,10 @@ class RateLimiter:
         knee = max(self._pace, KNEE * self._bad)
         if pace > knee:
             pace = knee + (pace - knee) * SLOW
-        pace = min(self.rpm, pace)
+        pace = min(self._rpm_cap, pace)
         if self._quota is not None:
             if now < self._quota[1]:
-                pace = min(pace, self._quota[0])
+                pace = min(pace, self._quota[0] * self.share)  # what is left is the whole key's
             else:
                 self._quota = None
         return pace
@@ -125,7 +131,7 @@ class RateLimiter:
         if start < now - spacing:
             start = now  # idle, or woken later than a spacing: from now
         self._next_request = start + spacing
-        self._next_tokens = start + tokens * 60.0 / (self.tpm * self.headroom)
+        self._next_tokens = start + tokens * 60.0 / (self._tpm_cap * self.headroom)
         return Slot(start, self.epoch, tokens)
 
     def holds(self, slot: Slot) -> bool:
@@ -143,14 +149,35 @@ class RateLimiter:
     def started(self, now: float, slot: Slot | None = None) -> None:
         """A request leaves now, on ``slot`` (what the admitted rate is measured from)."""
         if slot is not None:
-            self._tokens_fired = max(self._tokens_fired, now) + slot.tokens * 60.0 / (self.tpm * self.headroom)
+            self._tokens_fired = max(self._tokens_fired, now) + slot.tokens * 60.0 / (self._tpm_cap * self.headroom)
         self._started.append(now)
         self._forget(self._started, now)
 
     def refund(self, tokens: int, now: float) -> None:
         """Give back tokens booked but not used (the estimate exceeded the usage)."""
         if tokens > 0:
-            self._next_tokens = max(now, self._next_tokens - tokens * 60.0 / (self.tpm * self.headroom))
+            self._next_tokens = max(now, self._next_tokens - tokens * 60.0 / (self._tpm_cap * self.headroom))
+
+    def allot(self, share: float, now: float) -> None:
+        """Pace at ``share`` (0 < share <= 1) of the ceiling from now: others send under this key too.
+
+        The pace scales with the share, so what 429s taught stays in proportion; a smaller share voids
+        the slots booked at the old one (their holders book again, at the new spacing)."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a share of the ceiling is in (0, 1], not {share}")
+        if share == self.share:
+            return
+        scale, current = share / self.share, self.pace(now)
+        self.share = share
+        self._caps()
+        self._set_pace(current * scale, now)
+        self._bad *= scale
+        if scale < 1.0:
+            self._respace(now)
+
+    def _caps(self) -> None:
+        """This worker's ceiling: its share of the job's limits, or of the server's when lower."""
+        self._rpm_cap, self._tpm_cap = self.rpm * self.share, self.tpm * self.share
 
     # --- what the server says --------------------------------------------------------------------
 
@@ -232,12 +259,14 @@ class RateLimiter:
         if limit and limit > 0 and min(self.configured_rpm, limit) != self.rpm:
             lower = min(self.configured_rpm, limit) < self.rpm
             self.rpm = min(self.configured_rpm, limit)
-            self._set_pace(min(self._pace, self.rpm), now)
+            self._caps()
+            self._set_pace(min(self._pace, self._rpm_cap), now)
             if lower:  # what was booked at the job's rpm would overrun the server's
                 self._respace(now)
         limit = _int(headers.get("x-ratelimit-limit-tokens"))
         if limit and limit > 0:
             self.tpm = min(self.configured_tpm, limit)
+            self._caps()
         for kind in ("requests", "tokens"):
             remaining = _int(headers.get(f"x-ratelimit-remaining-{kind}"))
             reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
@@ -254,7 +283,7 @@ class RateLimiter:
                 self._quota = (remaining * 60.0 / reset, now + reset)
 
     def _set_pace(self, pace: float, now: float) -> None:
-        self._pace, self._pace_at = max(FLOOR * self.rpm, pace), now
+        self._pace, self._pace_at = max(FLOOR * self._rpm_cap, pace), now
 
     @staticmethod
     def _forget(times: collections.deque[float], now: float) -> None:

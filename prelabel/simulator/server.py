@@ -72,6 +72,9 @@ class SimStats:
     max_gap: float = 0.0  # the longest time between two admissions
     by_content: collections.Counter = field(default_factory=collections.Counter)
     answered: collections.Counter = field(default_factory=collections.Counter)  # 200s sent, per content
+    # per whole second of the server's clock: requests that arrived, and those the limits let through
+    arrived_per_s: collections.Counter = field(default_factory=collections.Counter)
+    admitted_per_s: collections.Counter = field(default_factory=collections.Counter)
 
 
 class Simulator:
@@ -124,6 +127,7 @@ class Simulator:
 
     async def _chat(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
+        self.stats.arrived_per_s[int(self._clock())] += 1
         return await self.answer_chat(await _json_body(request), self._gate, self._respond)
 
     async def answer_chat(self, body: Any, gate, respond):
@@ -250,6 +254,11 @@ class Simulator:
         if request.query.get("admissions") == "1":  # what the benchmarks measure the client by
             payload.update(overloaded=stats.overloaded, admitted=stats.admitted, first_admit=stats.first_admit,
                            last_admit=stats.last_admit, last_ok=stats.last_ok, max_gap_s=round(stats.max_gap, 4))
+        if request.query.get("seconds") == "1":  # [second from the first, arrived, admitted], every second
+            first = min(stats.arrived_per_s, default=0)
+            last = max(stats.arrived_per_s, default=-1)
+            payload["per_second"] = [[t - first, stats.arrived_per_s[t], stats.admitted_per_s[t]]
+                                     for t in range(first, last + 1)]
         if request.query.get("contents") == "1":
             payload["by_content"] = [[text, count] for text, count in stats.by_content.items()]
             payload["answered_by_content"] = [[text, count] for text, count in stats.answered.items()]
@@ -314,6 +323,7 @@ class Simulator:
                 window.add(costs[kind], now)
             stats = self.stats
             stats.admitted += 1
+            stats.admitted_per_s[int(now)] += 1
             if stats.last_admit is not None:
                 stats.max_gap = max(stats.max_gap, now - stats.last_admit)
             else:

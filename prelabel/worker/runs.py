@@ -25,7 +25,9 @@ from ..tasks import build_task
 from ..budget.tokens import TokenCounter
 from ..queue.owners import dead_local_owners
 from ..queue.ingest import resume_dead_ingests
+from .coordinator import Coordinator
 from .runner import JobRunner, RunResult
+from .sharing import keeper_for, shared_pace
 
 
 @dataclass(slots=True)
@@ -40,9 +42,10 @@ class JobOutcome:
 
 async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: EngineSettings, owner: str,
                   on_start: Callable[[JobRunner], None] | None = None, client=None,
-                  output_roots: Sequence[Path] | None = None) -> JobOutcome:
+                  output_roots: Sequence[Path] | None = None, coordinator: Coordinator | None = None) -> JobOutcome:
     """Run a job and write its outputs; with ``output_roots`` (``work``), a job whose ``output.dir``
-    is outside them is refused (``JobFileError``) before any request."""
+    is outside them is refused (``JobFileError``) before any request. With a ``coordinator``, the
+    endpoint's rate limit is shared with the other workers sending under the same key."""
     job = store.get_job(job_id)
     if job.status == JobStatus.INGESTING:  # never run (nor call done) a job whose input is not all in
         return JobOutcome(job_id, EXIT_OK, None, None, None,
@@ -78,7 +81,8 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
         if on_start:
             on_start(runner)
         try:
-            result = await runner.run()
+            async with shared_pace(keeper_for(coordinator, engine.limiter, owner, job_id, spec, endpoint, settings)):
+                result = await runner.run()
         except BaseException:  # interrupted (SIGTERM, Ctrl-C), or the store failed: what is left waits in the queue
             with contextlib.suppress(StorageError):  # the first error is the one to report
                 store.set_status(job_id, JobStatus.QUEUED)
@@ -122,7 +126,8 @@ def reclaim_dead(store: Store) -> int:
 async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owner: str,
                 on_start: Callable[[JobRunner], None] | None = None,
                 on_outcome: Callable[[JobOutcome], None] | None = None,
-                output_roots: Sequence[Path] | None = None) -> list[JobOutcome]:
+                output_roots: Sequence[Path] | None = None,
+                coordinator: Coordinator | None = None) -> list[JobOutcome]:
     """Run every job with work left until none has any (a cron tick's ``work --once``).
 
     A job that cannot run (its file, its output folder) is reported and the next one runs; a store
@@ -141,7 +146,8 @@ async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owne
         job_id = runnable[0]
         tried.add(job_id)
         try:
-            outcome = await run_job(store, job_id, endpoint, settings, owner, on_start, output_roots=output_roots)
+            outcome = await run_job(store, job_id, endpoint, settings, owner, on_start, output_roots=output_roots,
+                                    coordinator=coordinator)
         except JobFileError as e:
             outcome = JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": str(e)}, None)
         except OutputError as e:

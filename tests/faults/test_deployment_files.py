@@ -42,9 +42,21 @@ def test_compose_passes_no_empty_endpoint_and_signals_reach_prelabel():
     assert worker.get("init") is True
     env = worker["environment"]
     # A list entry without '=' passes the host's value only when it is set; `${VAR:-}` passes "".
-    assert isinstance(env, list) and all("=" not in entry for entry in env), env
+    # (The one value compose sets is the database's URL.)
+    assert isinstance(env, list) and all("=" not in entry for entry in env if not entry.startswith("PRELABEL_DB=")), env
     spool = next(v for v in worker["volumes"] if v.endswith(":/spool"))
     assert "../spool" in spool, "relative to docker/, ./spool would be docker/spool"
+
+
+def test_compose_scales_workers_over_one_postgresql_database():
+    worker, postgres = COMPOSE["services"]["worker"], COMPOSE["services"]["postgres"]
+    # `--scale worker=3`: nothing in the worker may be one per host
+    assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
+    db = next(entry for entry in worker["environment"] if entry.startswith("PRELABEL_DB="))
+    assert db.startswith("PRELABEL_DB=postgresql://") and "@postgres:5432/" in db
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in postgres["healthcheck"]["test"] and "ports" not in postgres
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
 
 
 def test_the_build_context_leaves_out_venvs_stores_and_outputs():

@@ -1,0 +1,221 @@
+"""Several hosts, one queue (issue 11): N worker processes on one job, sharing nothing but the database.
+
+    python bench/multihost.py                          # clean, kill and stop, 3 workers, SQLite in a temp folder
+    python bench/multihost.py clean --workers 4        # one scenario
+    python bench/multihost.py --db postgresql://postgres@127.0.0.1:5432/multihost   # once that backend exists
+    python bench/multihost.py --mode long              # long-running `prelabel work` instead of `work --once`
+
+Each worker is `prelabel work --once` (or `work`) in a folder of its own with a host identity of its own
+(`PRELABEL_HOST_ID=bench-N`), so the pid check between processes of one host does not apply: they are
+hosts as far as the queue can tell. One job of 3,000 items (rpm 6000 in the job) against the simulator
+in its own process, enforcing 100 requests/s per rolling second (`--style`, as in
+`bench/throughput.py styles`), 200 ms latency.
+
+Scenarios:
+  clean   all workers run to the end.
+  kill    worker 0 is SIGKILLed once a third of the items are done; the others go on. Its leases expire
+          after `Engine.lease_s`; then (with --once) a takeover tick on another host id finishes them,
+          as the next cron tick would (long-running workers take them themselves).
+  stop    worker 0 is SIGSTOPped at a third, left stopped past its lease while the others (and a
+          takeover tick) finish its items, then SIGCONTed: its late commits should be refused.
+
+Reported, from the simulator's own counts: items answered exactly once / more than once / never,
+duplicate ids in drafts.jsonl, tokens billed (the job's spent_tokens), combined throughput as a share of
+the ceiling (admissions between the first and the last, as the server saw them, until the workers that
+were not stopped exited), 429s as a share of requests, and the peak requests per second (arrivals,
+429s included) with the seconds over the ceiling.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import machine, make_items, write_job  # noqa: E402
+from prelabel.config import Engine  # noqa: E402
+from prelabel.store import open_store  # noqa: E402
+
+CLI = [sys.executable, "-m", "prelabel"]
+CEILING_PER_S = 100  # the simulator's limit: 6000 RPM enforced per rolling second
+
+
+@contextmanager
+def simulator(style: str):
+    """`prelabel simulate` with its per-content counts on (the per-item request count)."""
+    proc = subprocess.Popen([*CLI, "simulate", "--port", "0", "--style", style, "--rpm", str(CEILING_PER_S * 60),
+                             "--latency-ms", "200", "--seed", "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"(http://\S+)", proc.stdout.readline()).group(1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def sim_stats(url: str) -> dict:
+    with urllib.request.urlopen(url.replace("/v1", "/_sim/stats") + "?admissions=1&seconds=1&contents=1") as r:
+        return json.loads(r.read())
+
+
+class Fleet:
+    """The worker processes, each in its own folder, with its own host identity."""
+
+    def __init__(self, folder: Path, db: str, url: str, mode: str) -> None:
+        self.folder, self.db, self.url, self.mode = folder, db, url, mode
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, host: str, once: bool | None = None) -> subprocess.Popen:
+        home = self.folder / host
+        home.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PRELABEL_"))}
+        env.update(PRELABEL_DB=self.db, PRELABEL_HOST_ID=host, OPENAI_BASE_URL=self.url, OPENAI_API_KEY="sk-bench",
+                   XDG_DATA_HOME=str(home / "xdg"))
+        once = self.mode == "once" if once is None else once
+        args = ["work", "--quiet", "--output-root", str(self.folder / "out")] + (["--once"] if once else [])
+        log = open(home / "worker.log", "w")
+        proc = subprocess.Popen([*CLI, *args], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[host] = proc
+        return proc
+
+    def running(self, skip: set[str] = frozenset()) -> list[str]:
+        return [h for h, p in self.procs.items() if h not in skip and p.poll() is None]
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def counts(db: str, job_id: str) -> dict:
+    store = open_store(db)
+    try:
+        return store.counts(job_id)
+    finally:
+        store.close()
+
+
+def wait_until(check, timeout: float, every: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return False
+
+
+def scenario(name: str, workers: int, items: int, style: str, db: str | None, mode: str) -> dict:
+    lease_s = Engine().lease_s
+    with tempfile.TemporaryDirectory(prefix="multihost-") as tmp, simulator(style) as url:
+        folder = Path(tmp)
+        (folder / "out").mkdir()
+        make_items(folder / "items.jsonl", items, seed=11)
+        job = write_job(folder / "out", folder / "items.jsonl", rpm=CEILING_PER_S * 60, concurrency=32)
+        db = db or str(folder / "bench.db")
+        env = {**os.environ, "PRELABEL_DB": db}
+        job_id = subprocess.run([*CLI, "submit", str(job), "--new"], env=env, check=True, capture_output=True,
+                                text=True).stdout.strip()
+        fleet = Fleet(folder, db, url, mode)
+        row: dict = {"scenario": name, "workers": workers, "items": items, "mode": mode, "style": style}
+        t0 = time.monotonic()
+        try:
+            for n in range(workers):
+                fleet.start(f"bench-{n}")
+            victim = fleet.procs["bench-0"]
+            struck = None
+            if name in ("kill", "stop"):
+                wait_until(lambda: counts(db, job_id).get("done", 0) >= items // 3, 600)
+                victim.send_signal(signal.SIGKILL if name == "kill" else signal.SIGSTOP)
+                struck = time.monotonic()
+                row["struck_at_done"] = counts(db, job_id).get("done", 0)
+            skip = {"bench-0"} if name == "stop" else set()
+
+            def settled() -> bool:  # --once: the workers exited; long-running: the job is done
+                if mode == "once":
+                    return not fleet.running(skip)
+                c = counts(db, job_id)
+                return c.get("done", 0) + c.get("failed", 0) >= items or not fleet.running(skip)
+
+            wait_until(settled, 900)
+            row["main_wall_s"] = round(time.monotonic() - t0, 1)
+            main = sim_stats(url)
+            left = counts(db, job_id)
+            row["left_when_survivors_settled"] = {k: v for k, v in left.items() if k != "done"}
+            if struck is not None and left.get("done", 0) < items:
+                # The dead (or stopped) worker's leases expire lease_s after its last renewal at most.
+                wait = max(0.0, struck + lease_s + 2 - time.monotonic())
+                row["waited_for_lease_s"] = round(wait, 1)
+                time.sleep(wait)
+                if mode == "once":  # the next cron tick, on another host
+                    fleet.start("bench-takeover").wait(600)
+                else:
+                    wait_until(lambda: counts(db, job_id).get("done", 0) >= items, 600)
+            if name == "stop":
+                victim.send_signal(signal.SIGCONT)
+                try:
+                    row["stopped_worker_exit"] = victim.wait(120) if mode == "once" else None
+                except subprocess.TimeoutExpired:
+                    row["stopped_worker_exit"] = "still running after 120 s"
+                time.sleep(2 if mode == "long" else 0)
+            row["exit_codes"] = {h: p.poll() for h, p in fleet.procs.items()}
+        finally:
+            fleet.stop_all()
+        row["total_wall_s"] = round(time.monotonic() - t0, 1)
+        final = sim_stats(url)
+        store = open_store(db)
+        try:
+            row["counts"] = store.counts(job_id)
+            row["spent_tokens"] = store.get_job(job_id).spent_tokens
+        finally:
+            store.close()
+        subprocess.run([*CLI, "export", job_id], env=env, capture_output=True, text=True)
+        ids = [json.loads(line)["id"] for line in (folder / "out" / "out" / "drafts.jsonl").read_text().splitlines()]
+        answered = dict((text, n) for text, n in final["answered_by_content"])
+        seconds = [arrived for _, arrived, _ in main["per_second"]]
+        span = (main["last_admit"] or 0) - (main["first_admit"] or 0)
+        row.update({
+            "items_answered_once": sum(1 for n in answered.values() if n == 1),
+            "items_answered_more": sum(1 for n in answered.values() if n > 1),
+            "items_never_answered": items - len(answered),
+            "draft_lines": len(ids), "duplicate_ids": len(ids) - len(set(ids)),
+            "share_of_ceiling": round((main["admitted"] - 1) / span / CEILING_PER_S, 3) if span > 0 else 0.0,
+            "requests": final["requests"], "rate_limited": final["rate_limited"],
+            "share_429": round(final["rate_limited"] / max(1, final["requests"]), 4),
+            "peak_requests_per_s": max(seconds, default=0),
+            "seconds_over_ceiling": f"{sum(1 for s in seconds if s > CEILING_PER_S)} of {len(seconds)}",
+        })
+    return row
+
+
+SCENARIOS = ("clean", "kill", "stop")
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", metavar="|".join(SCENARIOS), help="default: all")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--style", default="openai", choices=["openai", "azure", "bucket", "gateway"])
+    parser.add_argument("--db", help="a SQLite path or a postgresql:// URL (default: a SQLite file per scenario)")
+    parser.add_argument("--mode", choices=["once", "long"], default="once")
+    args = parser.parse_args()
+    if unknown := set(args.scenarios) - set(SCENARIOS):
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}: one of {', '.join(SCENARIOS)}")
+    print(f"# {machine()}  load {os.getloadavg()[0]:.2f}", flush=True)
+    for name in args.scenarios or SCENARIOS:
+        print(name, json.dumps(scenario(name, args.workers, args.items, args.style, args.db, args.mode)), flush=True)

@@ -1,0 +1,72 @@
+"""One rate limit shared by every worker that sends under one endpoint, model and key. Pure.
+
+A provider's limit is the key's, not a process's: three workers each pacing at a job's full ``rpm``
+send three times what the key may. So each live worker beats to a coordinator under a *pace key*
+(``pace_key``: a keyed hash of what the limit belongs to, never the API key itself), and paces at the
+share ``decide_share`` gives it from the live workers of that key: the lowest ceiling any of them
+paces under (the job's limits, or the server's when it reported lower ones), split evenly.
+
+The shares of workers that decide at different moments must never add up to more than the ceiling:
+
+- A newcomer waits ``settle_s`` (longer than a beat interval) before sending, unless it is alone:
+  by then every peer has beaten once since it joined, counted it, and lowered its own share.
+- A worker is counted out ``stale_s`` after its last beat; one that could not beat for that long
+  holds its requests (``prelabel.worker.sharing``): its share may have been handed out, and it comes
+  back as a newcomer.
+
+Why evenly and not by demand: a worker whose demand grew would take its larger share at once while
+the others still send at theirs until their next beat (an overshoot of up to one interval each time
+demand moves). Workers that have nothing left to send leave (``Coordinator.leave``), and their share
+goes to the others at the next beat.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Sequence
+
+from .endpoint import normalise_url
+
+
+def pace_key(secret: bytes, provider: str, base_url: str | None, model: str, api_key: str | None) -> str:
+    """What one rate limit belongs to: the endpoint (its URL without user info or query), the model
+    (Azure's deployment) and the key, as an HMAC under the store's ``secret``: equal for workers that
+    share a limit, and neither the key nor a guessable digest of it is ever stored."""
+    parts = (provider, normalise_url(base_url), model, api_key or "")
+    message = "\0".join(parts).encode("utf-8")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A worker as the coordinator last heard from it, on the coordinator's clock (one for all hosts)."""
+
+    worker: str     # its owner id (host:pid:nonce)
+    joined: float   # when its current run of beats began (a worker counted out joins again)
+    beat: float     # its last beat
+    rpm: float      # the ceiling it paces under: its job's limits, or the server's when lower
+    tpm: float
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What a worker does until its next beat: pace at ``share`` of its own ceiling, and wait
+    ``wait_s`` before sending at all (peers have not all counted it yet)."""
+
+    share: float
+    wait_s: float
+    live: int  # workers sharing the key, itself included
+
+
+def decide_share(me: str, peers: Sequence[Peer], now: float, stale_s: float, settle_s: float) -> Share:
+    """My share of the key's ceiling from the live workers of my pace key (``peers``, me among them)."""
+    live = [p for p in peers if p.worker == me or now - p.beat < stale_s]
+    mine = next((p for p in live if p.worker == me), None)
+    if mine is None:  # not registered (the coordinator lost me): send nothing until it has me
+        return Share(min(1.0, 1.0 / (len(live) + 1)), settle_s, len(live) + 1)
+    n = len(live)
+    share = min(1.0, min(p.rpm for p in live) / n / mine.rpm, min(p.tpm for p in live) / n / mine.tpm)
+    others = n > 1
+    wait = max(0.0, mine.joined + settle_s - now) if others else 0.0
+    return Share(share, wait, n)

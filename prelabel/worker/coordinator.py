@@ -1,0 +1,70 @@
+"""Where the workers of several hosts find each other: the live workers of a pace key.
+
+``Coordinator`` is the interface the worker's share loop (``sharing``) talks to; the store-backed one
+(a ``workers`` table, on SQLite and PostgreSQL) implements it over the store's connection, and
+``MemoryCoordinator`` does it in memory, for tests and for several runs in one process.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ..llm.shares import Peer
+
+
+@dataclass(frozen=True, slots=True)
+class Roll:
+    """The live workers of one pace key as a beat found them, with the coordinator's clock then."""
+
+    now: float
+    peers: tuple[Peer, ...]
+
+
+class Coordinator(Protocol):
+    """Every method may raise ``StorageError``; each may be called from any thread."""
+
+    def secret(self) -> bytes:
+        """The key pace keys are hashed under: one per store, made at its creation, never shown."""
+
+    def beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
+        """Say ``worker`` runs ``job_id`` and sends under ``pace_key`` at a ceiling of ``rpm``/``tpm``,
+        now (on the coordinator's clock; ``prelabel status`` lists the workers from these beats).
+        Its ``joined`` stays as it was unless its last beat is ``stale_s`` old or more (it was
+        counted out: it joins again now). Returns every worker of ``pace_key`` whose last beat is
+        younger than ``stale_s``, itself included."""
+
+    def leave(self, worker: str) -> None:
+        """``worker`` sends no more: its share goes to the others at their next beat."""
+
+
+class MemoryCoordinator:
+    """In memory, with an injectable clock: workers in one process (tests) share through it."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._secret = secrets.token_bytes(32)
+        self._workers: dict[str, tuple[str, Peer]] = {}  # worker -> (pace key, what it said)
+        self.jobs: dict[str, str] = {}  # worker -> the job it runs
+        self._lock = threading.Lock()
+
+    def secret(self) -> bytes:
+        return self._secret
+
+    def beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
+        with self._lock:
+            now = self._clock()
+            known = self._workers.get(worker)
+            joined = known[1].joined if known is not None and now - known[1].beat < stale_s else now
+            self._workers[worker] = (pace_key, Peer(worker, joined, now, rpm, tpm))
+            self.jobs[worker] = job_id
+            peers = tuple(peer for key, peer in self._workers.values()
+                          if key == pace_key and now - peer.beat < stale_s)
+            return Roll(now, peers)
+
+    def leave(self, worker: str) -> None:
+        with self._lock:
+            self._workers.pop(worker, None)
+            self.jobs.pop(worker, None)

@@ -1,0 +1,269 @@
+"""One rate limit shared by the workers of one endpoint and key: the pace key, the share decision,
+the limiter's share changing at runtime, and the worker's share loop over an in-memory coordinator.
+No sleeping: every clock is a number the test moves."""
+from __future__ import annotations
+
+import pytest
+
+from prelabel.llm.pacing import RateLimiter
+from prelabel.llm.shares import Peer, decide_share, pace_key
+from prelabel.worker.coordinator import MemoryCoordinator
+from prelabel.worker.sharing import ShareKeeper
+
+SECRET = b"s" * 32
+
+
+# --- the pace key ---------------------------------------------------------------------------------
+
+def test_pace_key_is_one_per_endpoint_model_and_key_and_never_holds_the_key():
+    key = pace_key(SECRET, "openai", "https://api.example.com/v1/", "gpt-4o-mini", "sk-secret-123")
+    assert key == pace_key(SECRET, "openai", "HTTPS://API.example.com:443/v1", "gpt-4o-mini", "sk-secret-123")
+    others = {pace_key(SECRET, "openai", "https://api.example.com/v1", "gpt-4o", "sk-secret-123"),
+              pace_key(SECRET, "openai", "https://api.example.com/v1", "gpt-4o-mini", "sk-other"),
+              pace_key(SECRET, "openai", "https://gw.example.com/v1", "gpt-4o-mini", "sk-secret-123"),
+              pace_key(SECRET, "azure", "https://api.example.com/v1", "gpt-4o-mini", "sk-secret-123"),
+              pace_key(b"t" * 32, "openai", "https://api.example.com/v1", "gpt-4o-mini", "sk-secret-123")}
+    assert key not in others and len(others) == 5
+    assert "sk-secret" not in key and len(key) == 32
+    # a URL's user info (where a key could hide) is not part of what the limit belongs to
+    assert key == pace_key(SECRET, "openai", "https://user:pw@api.example.com/v1", "gpt-4o-mini", "sk-secret-123")
+
+
+# --- the share decision ---------------------------------------------------------------------------
+
+def peer(name: str, joined: float = 0.0, beat: float = 10.0, rpm: float = 6000, tpm: float = 1e6) -> Peer:
+    return Peer(name, joined, beat, rpm, tpm)
+
+
+def test_the_ceiling_is_split_evenly_among_live_workers():
+    peers = [peer("a"), peer("b"), peer("c")]
+    share = decide_share("a", peers, now=10.5, stale_s=3.0, settle_s=1.5)
+    assert share.share == pytest.approx(1 / 3) and share.wait_s == 0.0 and share.live == 3
+
+
+def test_a_worker_silent_for_stale_s_is_counted_out():
+    peers = [peer("a"), peer("b"), peer("dead", beat=7.0)]
+    share = decide_share("a", peers, now=10.0, stale_s=3.0, settle_s=1.5)
+    assert share.share == pytest.approx(1 / 2) and share.live == 2
+
+
+def test_a_newcomer_waits_until_every_peer_has_counted_it_unless_alone():
+    peers = [peer("old"), peer("new", joined=10.0, beat=10.0)]
+    share = decide_share("new", peers, now=10.2, stale_s=3.0, settle_s=1.5)
+    assert share.share == pytest.approx(1 / 2) and share.wait_s == pytest.approx(1.3)
+    assert decide_share("old", peers, now=10.2, stale_s=3.0, settle_s=1.5).wait_s == 0.0
+    alone = decide_share("new", [peer("new", joined=10.0, beat=10.0)], now=10.0, stale_s=3.0, settle_s=1.5)
+    assert alone.share == 1.0 and alone.wait_s == 0.0
+
+
+def test_the_lowest_ceiling_of_the_key_is_shared():
+    # b knows the server's limit is 3000 (its headers said so): a, at 6000, paces at half of 3000
+    peers = [peer("a", rpm=6000), peer("b", rpm=3000)]
+    assert decide_share("a", peers, 10.0, 3.0, 1.5).share == pytest.approx(0.25)
+    assert decide_share("b", peers, 10.0, 3.0, 1.5).share == pytest.approx(0.5)
+    tokens = [peer("a", tpm=1e6), peer("b", tpm=1e5)]
+    assert decide_share("a", tokens, 10.0, 3.0, 1.5).share == pytest.approx(0.05)
+
+
+def test_a_worker_the_coordinator_does_not_list_waits_as_a_newcomer():
+    share = decide_share("me", [peer("a")], now=10.0, stale_s=3.0, settle_s=1.5)
+    assert share.share == pytest.approx(1 / 2) and share.wait_s == 1.5
+
+
+# --- the limiter's share at runtime ---------------------------------------------------------------
+
+def starts(lim: RateLimiter, n: int, now: float) -> list[float]:
+    return [lim.book(1, now).start for _ in range(n)]
+
+
+def test_a_share_spaces_requests_at_that_share_of_the_ceiling():
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)  # one every 10 ms
+    lim.allot(0.25, 0.0)
+    got = starts(lim, 3, 0.0)
+    assert got[1] - got[0] == pytest.approx(0.04) and got[2] - got[1] == pytest.approx(0.04)
+    assert lim.pace(0.0) == pytest.approx(1500)
+
+
+def test_a_smaller_share_voids_the_slots_booked_at_the_larger_one():
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
+    booked = [lim.book(1, 0.0) for _ in range(10)]    # 0, 10, ..., 90 ms
+    lim.started(0.0, booked[0])
+    lim.allot(0.5, 0.001)
+    assert not lim.holds(booked[5])
+    again = lim.rebook(booked[5], 0.001)
+    assert again.start == pytest.approx(0.02)          # 20 ms after the last start, at the new spacing
+    assert lim.holds(again)
+
+
+def test_a_larger_share_lets_the_pace_grow_at_once():
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
+    lim.allot(1 / 3, 0.0)
+    assert lim.pace(0.0) == pytest.approx(2000)
+    lim.allot(1 / 2, 5.0)                              # a worker died: its share is ours
+    assert lim.pace(5.0) == pytest.approx(3000)
+    got = starts(lim, 2, 5.0)
+    assert got[1] - got[0] == pytest.approx(0.02)
+
+
+def test_what_a_429_taught_scales_with_the_share():
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
+    lim.allot(0.5, 0.0)
+    for i in range(60):                                # 50 ms apart: 20/s admitted before the refusal
+        lim.started(i * 0.05)
+    assert lim.limited(sent_at=3.0, now=3.0)
+    cut = lim.pace(3.0)
+    assert cut < 3000
+    lim.allot(1.0, 3.0)
+    assert lim.pace(3.0) == pytest.approx(2 * cut)     # the same share of the ceiling as before
+
+
+def test_tokens_are_shared_too():
+    lim = RateLimiter(rpm=10**6, tpm=60_000, headroom=1.0)  # 1000 tokens/s
+    lim.allot(0.5, 0.0)
+    first, second = lim.book(100, 0.0), lim.book(100, 0.0)
+    assert second.start - first.start == pytest.approx(0.2)  # 100 tokens at 500 a second
+
+
+def test_the_servers_limit_and_quota_are_the_keys_and_the_share_applies_to_them():
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
+    lim.allot(0.5, 0.0)
+    lim.observe({"x-ratelimit-limit-requests": "3000"}, 0.0)
+    assert lim.rpm == 3000 and lim.pace(0.0) == pytest.approx(1500)
+    # Azure: 600 requests left of the minute's quota, 60 s to its reset: 10/s for the whole key
+    lim.observe({"x-ratelimit-limit-requests": "3000", "x-ratelimit-remaining-requests": "600",
+                 "x-ratelimit-reset-requests": "60s"}, 0.0)
+    assert lim.pace(1.0) == pytest.approx(300)
+
+
+def test_a_share_outside_0_1_is_refused():
+    lim = RateLimiter(rpm=6000, tpm=10**9)
+    for share in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            lim.allot(share, 0.0)
+
+
+# --- the worker's share loop ----------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def inline(fn, *args):  # the coordinator called on the loop, not in a thread: deterministic
+    return fn(*args)
+
+
+def keeper(coordinator, clock, name: str, key: str = "k", rpm: int = 6000) -> ShareKeeper:
+    return ShareKeeper(coordinator, RateLimiter(rpm=rpm, tpm=10**9, headroom=1.0), name, "job", key,
+                       interval_s=1.0, stale_s=3.0, settle_s=1.5, clock=clock, call=inline)
+
+
+async def settle() -> None:
+    import asyncio
+    for _ in range(3):  # the beats step() started land
+        await asyncio.sleep(0)
+
+
+async def test_workers_of_one_key_share_and_a_newcomer_waits_for_the_others():
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a = keeper(coordinator, clock, "a")
+    await a.start()
+    assert a.last.share == 1.0 and a.limiter.paused_until == 0.0  # alone: at once, at the whole ceiling
+    clock.t += 0.5
+    b = keeper(coordinator, clock, "b")
+    await b.start()
+    assert b.last.share == 0.5 and b.limiter.paused_until == pytest.approx(clock.t + 1.5)
+    assert a.limiter.pace(clock.t) == 6000              # a has not beaten since b came...
+    clock.t += 1.0
+    a.step()
+    await settle()
+    assert a.last.share == 0.5 and a.limiter.pace(clock.t) == pytest.approx(3000)  # ...before b sends
+    assert clock.t < b.limiter.paused_until
+    other = keeper(coordinator, clock, "c", key="another key")
+    await other.start()
+    assert other.last.share == 1.0
+
+
+async def test_a_dead_workers_share_goes_to_the_others_and_one_that_leaves_gives_it_back():
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a, b, c = (keeper(coordinator, clock, name) for name in "abc")
+    for k in (a, b, c):
+        await k.start()
+    for k in (a, b, c):
+        k.step()
+    await settle()
+    assert a.last.share == pytest.approx(1 / 3)
+    for _ in range(3):                                  # c is killed: a and b go on beating
+        clock.t += 1.0
+        a.step(), b.step()
+        await settle()
+    assert a.last.share == pytest.approx(1 / 2) and b.last.share == pytest.approx(1 / 2)
+    assert a.limiter.pace(clock.t) == pytest.approx(3000)
+    await b.leave()
+    clock.t += 1.0
+    a.step()
+    await settle()
+    assert a.last.share == 1.0 and a.limiter.pace(clock.t) == pytest.approx(6000)
+
+
+async def test_a_worker_that_cannot_beat_holds_its_requests_before_the_others_count_it_out():
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
+    await a.start()
+    await b.start()
+    for _ in range(2):
+        clock.t += 1.0
+        a.step(), b.step()
+        await settle()
+    assert b.limiter.paused_until < clock.t
+    beat = coordinator.beat
+
+    def down(worker, *args):
+        if worker == "b":
+            raise OSError("the database is gone")
+        return beat(worker, *args)
+
+    coordinator.beat = down
+    clock.t += 1.0
+    a.step(), b.step()
+    await settle()
+    assert b.limiter.paused_until < clock.t             # 1 s since its last beat: on at its share
+    clock.t += 1.0
+    a.step(), b.step()
+    await settle()
+    # 2 s (stale_s - interval_s) without a beat: the others may count it out at 3 s; it holds
+    assert b.limiter.paused_until == pytest.approx(clock.t + 1.0)
+    clock.t += 1.0
+    a.step()
+    await settle()
+    assert a.last.share == 1.0                          # b counted out
+    coordinator.beat = beat                             # back: b is a newcomer again, and waits
+    clock.t += 1.0
+    a.step(), b.step()
+    await settle()
+    assert b.last.share == 0.5 and b.limiter.paused_until == pytest.approx(clock.t + 1.5)
+
+
+async def test_a_worker_woken_after_a_long_stop_holds_before_it_beats():
+    # SIGSTOP past stale_s, then SIGCONT: its share was handed out meanwhile
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
+    await a.start()
+    await b.start()
+    for _ in range(10):                                 # b stopped: a beats on alone
+        clock.t += 1.0
+        a.step()
+        await settle()
+    assert a.last.share == 1.0
+    b.step()                                            # paused at once, before the beat lands
+    assert b.limiter.paused_until >= clock.t + 1.0
+    await settle()
+    assert b.last.share == 0.5
+    assert b.limiter.paused_until == pytest.approx(clock.t + 1.5)  # a had counted b out: b joins again
