@@ -1,3 +1,4 @@
-"""The job loop: leasing items, running them, committing results (`runner`), and running queued jobs
-end to end with their outputs (`runs`).
+"""The job loop: leasing items, handing them to consumers, committing results (`runner`); the live
+executor that carries out the items' requests (`live`); store writes in their own thread (`writer`);
+and running queued jobs end to end with their outputs (`runs`).
 """
