@@ -56,15 +56,19 @@ def redact(text: str) -> str:
 
 
 def redact_error(record: dict) -> dict:
-    """A record (a draft, a unit's summary) with its ``error`` redacted; the same dict if it has none.
+    """A record (a draft, a unit's summary) with its ``error`` (and a failed draft's ``raw_output``,
+    which an error is read with) redacted; the same dict if it has neither.
 
-    Only the error: the item's text and the model's answer are the user's data, kept as they are.
+    Only those: the item's text and the model's usable answer are the user's data, kept as they are.
     """
-    error = record.get("error")
-    if not isinstance(error, str):
-        return record
-    clean = redact(error)
-    return record if clean == error else {**record, "error": clean}
+    clean = record
+    for name in ("error", "raw_output"):
+        value = record.get(name)
+        if isinstance(value, str):
+            redacted = redact(value)
+            if redacted != value:
+                clean = {**clean, name: redacted}
+    return clean
 
 
 class RedactingFilter(logging.Filter):

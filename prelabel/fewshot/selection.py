@@ -1,9 +1,10 @@
 """Few-shot examples for one run: chosen for each item (by the endpoint's embeddings when the job
 names an embedding model, else lexically), then trimmed with the rest of the prompt to the budget.
 
-The embedding requests themselves go through the worker (``embed``), which owns the budget. A
-leased batch is embedded in one request while the batch before it is being labelled; an item waits
-for its batch's vectors only if they are not there yet.
+The embedding requests themselves go through the executor (``embed``), which owns the budget. A
+leased batch is embedded in one request while the batch before it is being labelled; an item (its
+pipeline's ``Embed`` request) waits for its batch's vectors only if they are not there yet.
+``choose`` is the pure part the item's pipeline calls.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class FewShot:
         self.fitter = PromptFitter(task, counter, self.examples, spec.budget.max_input_tokens,
                                    spec.budget.on_overflow)
         self.embedding_model = t.embedding_model if t.example_selection == "similar" else None
+        self.by_vectors = False  # the examples have vectors: each item asks for its own (None: lexical)
         self._vectors: dict[int, object] = {}  # item seq -> its embedding, until the item is fitted
         self._batches: dict[int, asyncio.Future] = {}  # item seq -> its batch's embedding request
 
@@ -39,6 +41,7 @@ class FewShot:
             vectors, available = await embed([e.text for e in self.examples], self.embedding_model)
             if available and vectors is not None and all(v is not None for v in vectors):
                 self.selector.set_vectors(vectors)
+                self.by_vectors = True
             else:
                 self.embedding_model = None
 
@@ -56,12 +59,16 @@ class FewShot:
         elif vectors is not None:
             self._vectors.update((item.seq, v) for item, v in zip(items, vectors) if v is not None)
 
-    async def fit(self, item: LeasedItem, text_tokens: int) -> Fit:
+    async def vector(self, item: LeasedItem):
+        """The item's vector, once its batch's request is answered; None if it has none."""
         batch = self._batches.pop(item.seq, None)
         if batch is not None:
             await asyncio.shield(batch)  # several items wait on one request: none may cancel it
-        examples = self.selector.select(item.text, self._vectors.pop(item.seq, None))
-        return self.fitter.fit(item.text, text_tokens, examples)
+        return self._vectors.pop(item.seq, None)
+
+    def choose(self, text: str, text_tokens: int, vector=None) -> Fit:
+        """The examples for an item (by its vector, else lexically), trimmed with its prompt."""
+        return self.fitter.fit(text, text_tokens, self.selector.select(text, vector))
 
     def close(self) -> None:
         """Cancel embedding requests of a run that stops."""

@@ -26,6 +26,7 @@ class Draft:
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     cost_usd: float = 0.0
     error: str | None = None
+    raw_output: str | None = None     # failed after its re-asks: the model's last answer, for the reviewer
     review_priority: float = 0.0
     state: str = DONE
     line: int | None = None  # line of the input file the item came from
@@ -46,7 +47,7 @@ _FIELDS = tuple(f.name for f in fields(Draft))
 
 
 def draft_record(spec, task, draft_id: str, item, output, flags: list[str], state: str, error: str | None,
-                 usage, carried: dict | None = None, text: str | None = None) -> dict:
+                 usage, carried: dict | None = None, text: str | None = None, raw_output: str | None = None) -> dict:
     """One draft of ``item`` (a leased item) as a record: ``output`` is what the task made of it,
     ``usage`` the requests it cost (each with prompt_tokens, completion_tokens, cost_usd), and
     ``carried`` what a variant carries from its source (``text``: the variant's)."""
@@ -58,7 +59,7 @@ def draft_record(spec, task, draft_id: str, item, output, flags: list[str], stat
         needs_review=v.needs_review, flags=v.flags, model=spec.model.name, prompt_version=task.prompt_version,
         usage={"prompt_tokens": sum(u.prompt_tokens for u in usage),
                "completion_tokens": sum(u.completion_tokens for u in usage)},
-        cost_usd=round(sum(u.cost_usd for u in usage), 8), error=error, review_priority=v.priority,
+        cost_usd=round(sum(u.cost_usd for u in usage), 8), error=error, raw_output=raw_output, review_priority=v.priority,
         state=state, line=item.line, source_id=carried["source_id"] if carried else item.item_id,
         scores=output.scores, augmentation=carried["augmentation"] if carried else None,
         carried_label=carried["label"] if carried else None,

@@ -16,7 +16,7 @@ import math
 import time
 from typing import Any, Awaitable, Callable
 
-from ..config import Engine, JobSpec
+from ..config import EngineSettings as Engine, JobSpec
 from ..llm.endpoint import Endpoint
 from ..llm.pacing import RateLimiter
 from ..llm.shares import Share, decide_share, pace_key

@@ -1,0 +1,261 @@
+"""The live executor: drives items' pipelines (``prelabel.pipeline.protocol``) with requests sent now.
+
+A chat request is answered from the response cache when it was answered before (free), else under
+the budget (``prelabel.budget.session``: a reservation of its worst case, a slice asked of the store
+when this worker holds too little, waiting while others are in flight), through the engine (pacing,
+retries), settled to what was billed, and made durable in the cache the moment it arrives (all the
+answers of one turn of the event loop in one write). Failures become answers: ``Failed`` for a
+request that failed for good, ``Unavailable`` when the budget is spent or the endpoint is down (items
+after items failing: ``outage``), so that the item goes back to the queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from ..budget.pricing import price_for
+from ..budget.session import SPENT, WAIT, BudgetSession
+from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
+from ..llm.capabilities import Capabilities
+from ..llm.completion import Completion
+from ..llm.engine import LLMEngine
+from ..llm.retry import Outage
+from ..pipeline.flags import REQUEST_FAILED
+from ..pipeline.item import JobContext, failed_result, outcome_result
+from ..pipeline.protocol import UNAVAILABLE, Chat, Dedupe, Embed, Failed, LocalVariants, Requeue
+from ..store import AUGMENT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
+from .writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+class LiveExecutor:
+    def __init__(self, store: Store, job: JobRecord, ctx: JobContext, engine: LLMEngine, settings, owner: str,
+                 writer: StoreWriter, progress) -> None:
+        self.store, self.job, self.ctx, self.engine, self.settings, self.owner = store, job, ctx, engine, settings, owner
+        self.spec, self.writer, self.progress = ctx.spec, writer, progress
+        spec = ctx.spec
+        self.session = BudgetSession(spec.budget.max_total_tokens, spec.budget.max_cost_usd,
+                                     price_for(spec.model.name, spec.model.price), settings.hold_ahead * spec.model.slots,
+                                     ctx.counter.count(json.dumps(ctx.task.response_format() or "")))
+        self.outage = Outage(settings.outage_after)
+        self.endpoint_down = asyncio.Event()
+        self.budget_hit = asyncio.Event()  # set here by embeddings, by the loop for an item sent back
+        self.last_error: str | None = None
+        self.rate_limit_stop = False
+        self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
+        self._requests = asyncio.Semaphore(spec.model.slots)  # in flight (auto: its ceiling, the engine holds fewer)
+        self._holding = asyncio.Lock()  # a budget hold is being asked of the store
+        self.side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
+        self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn
+        stored = store.cache_get(engine.caps_key)  # what earlier runs learned of this endpoint
+        if stored is not None:
+            engine.caps = Capabilities.from_json(stored)
+
+    # --- the job-level requests --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.ctx.fewshot:
+            await self.ctx.fewshot.start(self.embed)
+
+    def leased(self, items: list[LeasedItem]) -> None:
+        """A leased batch: its label items' embeddings are asked in one request, ahead of them."""
+        if self.ctx.fewshot:
+            self.ctx.fewshot.add([item for item in items if item.kind != AUGMENT], self.embed)
+
+    def close(self) -> None:
+        if self.ctx.fewshot:
+            self.ctx.fewshot.close()
+        if self.ctx.variants:
+            self.ctx.variants.close()
+
+    # --- one item ------------------------------------------------------------------------------------
+
+    async def process(self, item: LeasedItem) -> ItemResult:
+        """One item through its steps; never raises but for the store failing.
+
+        Its answers are already in the cache; those it could not use are taken out with its result
+        (``uncache``), so that a later run asks again. Its drafts say who answered."""
+        usage: list[UsageRow] = []
+        asked: list[Completion] = []  # the chat answers it was given, in order, with their keys
+        keys: list[str] = []
+        try:
+            steps = self.ctx.steps(item)
+            need = next(steps)
+            while True:
+                need = steps.send(await self._answer(item, need, usage, asked, keys))
+        except StopIteration as done:
+            outcome = done.value
+            result = outcome_result(self.ctx, item, outcome, usage)
+            kept = set() if isinstance(outcome, Requeue) else {keys[i] for i in outcome.kept}
+        except StorageError:
+            raise  # not the item's fault: the run stops
+        except Exception as e:  # a bug on one item must not stop the batch: record it (and what it spent)
+            result = failed_result(self.ctx, item, f"internal error: {type(e).__name__}: {e}", [REQUEST_FAILED], usage)
+            kept = set()
+        result.uncache = [key for key in keys if key not in kept]
+        simulated = self.engine.simulated or any(c.simulated for c in asked)
+        if item.kind == AUGMENT:  # variants written without a re-check carry their source's label, and whence
+            simulated = simulated or bool(json.loads(item.payload).get("simulated"))
+        for record in result.records:
+            record["endpoint"], record["simulated"] = self.engine.identity, simulated
+        if simulated:
+            for child in result.spawn:
+                if child.kind == AUGMENT and child.payload is not None:
+                    child.payload["simulated"] = True
+        return result
+
+    async def _answer(self, item: LeasedItem, need: tuple, usage: list, asked: list, keys: list) -> list:
+        if len(need) == 1:
+            replies = [await self._carry_out(item, need[0], usage)]
+        else:  # every reply, once all are in (so each request's usage is on the ledger); then the first error
+            replies = await asyncio.gather(*(self._carry_out(item, r, usage) for r in need), return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+        answers = []
+        for request, reply in zip(need, replies):
+            if isinstance(request, Chat):
+                answer, key = reply
+                if isinstance(answer, Completion):
+                    asked.append(answer)
+                    keys.append(key)
+                answers.append(answer)
+            else:
+                answers.append(reply)
+        return answers
+
+    async def _carry_out(self, item: LeasedItem, request, usage: list):
+        if isinstance(request, Chat):
+            return await self._chat(item.seq, request, usage)
+        if isinstance(request, Embed):
+            return await self.ctx.fewshot.vector(item)
+        if isinstance(request, LocalVariants):
+            return await self.ctx.variants.local_variants(request)
+        if isinstance(request, Dedupe):
+            return await self.ctx.variants.dedupe(request)
+        raise TypeError(f"no such request: {request!r}")
+
+    async def _chat(self, seq: int, request: Chat, usage: list[UsageRow]):
+        """One chat request, from the cache or under the budget: (the answer, its cache key)."""
+        engine, session = self.engine, self.session
+        prepared = engine.prepare(engine.request(request.messages, request.response_format, request.max_tokens,
+                                                 request.samples, request.temperature))
+        completion = prepared.cached
+        if completion is not None:  # answered before: free, and needs no budget
+            usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
+                                  completion.completion_tokens, 0.0, True))
+            return completion, prepared.key
+        estimate = session.estimate(request.prompt_tokens)
+        copies = engine.prompt_copies(request.samples)  # n ignored or refused: each sample is a request
+        max_out = request.max_tokens * request.samples
+        reservation = await self._reserve(estimate * copies, max_out)
+        if reservation is None:
+            return UNAVAILABLE, None
+        try:
+            async with self._requests:
+                completion = await engine.send(prepared, estimate + max_out)
+        except LLMError as e:
+            session.release(reservation)
+            self._settled.set()
+            return self._failed(seq, e), None
+        self.outage.succeeded()
+        if completion.usage_reported:
+            session.learn_slack(request.prompt_tokens, completion.prompt_tokens)
+        else:  # some servers send no usage: charge our own count, so the caps still hold
+            completion.prompt_tokens = estimate
+            completion.completion_tokens = sum(self.ctx.counter.count(content or "")
+                                               for content, _ in completion.all_samples())
+        self._keep_answer(prepared.key, completion)  # durable now: a kill from here on does not pay for it again
+        self._account(reservation, completion, usage)
+        return completion, prepared.key
+
+    def _failed(self, seq: int, error: LLMError):
+        """A request that failed for good: the item's failure, or (the endpoint down) back to the queue."""
+        malformed = isinstance(error, MalformedAnswer)
+        if not malformed and isinstance(error, RateLimitWaitExceeded) and not self.endpoint_down.is_set():
+            # Not the item's fault: the run stops, and it goes back to the queue with the rest.
+            self.last_error, self.rate_limit_stop = str(error), True
+            self.endpoint_down.set()
+        if self.endpoint_down.is_set():  # caught in an outage: back to the queue
+            return UNAVAILABLE
+        # Failures item after item (answers that are never answers too: an HTML page at the wrong
+        # URL) are an endpoint down, not each item's fault.
+        if self.outage.failed(seq):
+            self.last_error = str(error)
+            self.endpoint_down.set()
+        return Failed(str(error), malformed)
+
+    def _account(self, reservation, completion: Completion, usage: list[UsageRow]) -> None:
+        cost = self.session.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
+        self._settled.set()
+        usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
+                              completion.completion_tokens, cost, False))
+        self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
+        self.progress.cost += cost
+
+    # --- the budget: the waiting part of the session's decisions ----------------------------------
+
+    async def _reserve(self, prompt_tokens: int, max_out: int):
+        """Reserve a request's worst case, taking another slice of the job's budget when needed.
+
+        None means the budget is spent: nothing in flight will free room for this request."""
+        session = self.session
+        while True:
+            if session.hold_needed(prompt_tokens, max_out) is not None:
+                async with self._holding:  # one hold at a time: requests that wait share the one it grants
+                    hold = session.hold_needed(prompt_tokens, max_out)
+                    if hold is not None:
+                        budget = self.spec.budget
+                        session.grant(*await self.writer.write(
+                            self.store.hold_budget, self.job.id, self.owner, hold.tokens, hold.cost,
+                            budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s))
+            decision = session.reserve(prompt_tokens, max_out)
+            if decision is SPENT:
+                return None
+            if decision is not WAIT:
+                return decision
+            self._settled.clear()
+            await self._settled.wait()
+
+    # --- embeddings (few-shot selection), job-level ------------------------------------------------
+
+    async def embed(self, texts: list[str], model: str) -> tuple[list | None, bool]:
+        """Embeddings under the budget: (one vector or None per text, whether the endpoint has any)."""
+        prepared = self.engine.prepare_embeddings(texts, model)
+        reservation = None
+        if prepared.tokens_to_send:
+            reservation = await self._reserve(prepared.tokens_to_send, 0)
+            if reservation is None:
+                self.budget_hit.set()
+                return None, True
+        result = await self.engine.embed(prepared)
+        if reservation is not None:
+            cost = self.session.settle(reservation, result.prompt_tokens, 0)  # at the chat price: on the safe side
+            self._settled.set()
+            self.side_usage.append(UsageRow(model, result.prompt_tokens, 0, cost, False))
+        await self.writer.write(self.store.cache_put, [entry for entry in result.to_store if entry])
+        if isinstance(result.error, EmbeddingsUnavailable):
+            log.warning("the endpoint has no embeddings (%s): similar examples by lexical similarity", result.error)
+            return None, False
+        if result.error is not None:
+            log.warning("embeddings failed for some items (%s): lexical similarity for those", result.error)
+        return result.vectors, True
+
+    # --- durable answers ---------------------------------------------------------------------------
+
+    def _keep_answer(self, key: str, completion: Completion) -> None:
+        """Make an answer durable now, not with its item's result: batched per loop turn."""
+        if not self._answers:
+            asyncio.get_running_loop().call_soon(self.write_answers)
+        self._answers.append((key, completion.to_cache()))
+
+    def write_answers(self, final: bool = False) -> None:
+        """Hand the answers to the store thread now (not awaited: it is a loop callback), so that they
+        are written before any commit handed over after them. After a store failure they wait for
+        the final flush, in one write."""
+        if self._answers and (self.writer.error is None or final):
+            batch, self._answers = self._answers, []
+            self.writer.submit(self.store.cache_put, batch)
