@@ -1,16 +1,24 @@
-"""The store contract, against a real SQLite file (WAL mode) in tmp_path."""
+"""The store contract, once per backend: a real SQLite file (WAL mode) in tmp_path, and a real PostgreSQL
+server (127.0.0.1:5432, a database made for the session, a schema per test). State is read only through
+the store's interface. Without a server the PostgreSQL half is skipped, except under CI=true, where it fails.
+"""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from prelabel.errors import InputError, JobExists, StoreError
 from prelabel.job.inputs import RawItem
-from prelabel.store import AUGMENT, ItemResult, JobRecord, RunStats, Spawn, SQLiteStore, UsageRow
+from prelabel.store import AUGMENT, ItemResult, JobRecord, RunStats, Spawn, SQLiteStore, UsageRow, open_store
+
+PG_SERVER = os.environ.get("PRELABEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 OWNER_A, OWNER_B = "host-a:1:aaaaaa", "host-b:2:bbbbbb"
 T0 = 1_000_000.0  # a hand-picked "now": leases are tested without a clock
@@ -36,28 +44,57 @@ def usage(prompt: int = 10, completion: int = 2, cost: float = 0.001, cached: bo
     return UsageRow("m", prompt, completion, cost, cached)
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store" / "prelabel.db"
+@pytest.fixture(scope="session")
+def pg_database():
+    """A database of its own for this session (dropped at its end), or a skip where no server runs."""
+    try:
+        import psycopg
+        admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=3)
+    except Exception as e:  # psycopg missing, or no server
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} under CI=true: {e}")
+        pytest.skip(f"no PostgreSQL at {PG_SERVER}: {e}")
+    name = f"prelabel_contract_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path: Path):
+    """Where a store lives: a SQLite path, or a PostgreSQL URL whose search_path is a fresh schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "store" / "prelabel.db")
+        return
+    import psycopg
+    database = request.getfixturevalue("pg_database")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    yield f"{database}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture
-def store(db_path: Path):
-    s = SQLiteStore(db_path)
+def store(url: str):
+    s = open_store(url)
     yield s
     s.close()
 
 
-def item_state(db_path: Path, seq: int, job_id: str = "job-1") -> tuple:
-    with sqlite3.connect(db_path) as db:
-        return db.execute("SELECT state, lease_owner, (SELECT group_concat(record) FROM drafts d "
-                          "WHERE d.job_id = i.job_id AND d.seq = i.seq) FROM items i WHERE job_id = ? AND seq = ?",
-                          (job_id, seq)).fetchone()
+def item_state(store, seq: int, job_id: str = "job-1") -> tuple:
+    item = store.item(job_id, seq)
+    import json
+    return item.state, item.lease_owner, "".join(json.dumps(d) for d in item.drafts) or None
 
 
 # --- jobs and ingest --------------------------------------------------------------------------
 
-def test_create_job_stores_items_and_input_errors_and_reopens(store, db_path):
+def test_create_job_stores_items_and_input_errors_and_reopens(store, url):
     entries = [RawItem(1, "a", "first"), InputError("malformed JSON", line=2),
                RawItem(3, "b", "second"), InputError("text is empty", line=4, field="text")]
     assert store.create_job(job_record(), entries) == 2
@@ -69,7 +106,7 @@ def test_create_job_stores_items_and_input_errors_and_reopens(store, db_path):
         (2, None, "malformed JSON"), (4, "text", "text is empty")]
     assert [j.id for j in store.list_jobs()] == ["job-1"]
     store.close()
-    again = SQLiteStore(db_path)  # the file, not the connection, holds it all
+    again = open_store(url)  # the file, not the connection, holds it all
     try:
         assert again.counts("job-1") == {"pending": 2}
         assert again.get_job("nope") is None
@@ -127,7 +164,7 @@ def test_two_owners_never_get_the_same_item(store):
     assert sorted(store.leased_owners()) == sorted([OWNER_A, OWNER_B])
 
 
-def test_lease_s_is_honoured_and_expired_leases_are_retaken(store, db_path):
+def test_lease_s_is_honoured_and_expired_leases_are_retaken(store, url):
     store.create_job(job_record(), raw_items(3))
     store.lease("job-1", OWNER_A, 3, T0, lease_s=10)
     assert store.lease("job-1", OWNER_B, 3, T0 + 9.9, 60) == []  # still A's
@@ -135,7 +172,7 @@ def test_lease_s_is_honoured_and_expired_leases_are_retaken(store, db_path):
     assert store.runnable_jobs(T0 + 10.1) == ["job-1"]
     retaken = store.lease("job-1", OWNER_B, 3, T0 + 10.1, 60)
     assert [i.seq for i in retaken] == [0, 1, 2]
-    assert item_state(db_path, 0)[:2] == ("leased", OWNER_B)
+    assert item_state(store, 0)[:2] == ("leased", OWNER_B)
 
 
 def test_renew_extends_only_the_owners_leases(store):
@@ -161,14 +198,14 @@ def test_release_and_reclaim_hand_leases_back(store):
 
 # --- results ----------------------------------------------------------------------------------
 
-def test_complete_commits_result_usage_and_cache_together(store, db_path):
+def test_complete_commits_result_usage_and_cache_together(store, url):
     store.create_job(job_record(), raw_items(3))
     store.lease("job-1", OWNER_A, 3, T0, 60)
     store.complete("job-1", OWNER_A, [
         result(0, usage=[usage(100, 5, 0.01)], cache=[("k0", {"content": "x"})]),
         result(1, state="failed", usage=[usage(50, 0, 0.0)]),
     ])
-    state, owner, raw = item_state(db_path, 0)
+    state, owner, raw = item_state(store, 0)
     assert (state, owner) == ("done", None) and '"label": "positive"' in raw
     assert store.counts("job-1") == {"done": 1, "failed": 1, "leased": 1}
     assert store.cache_get("k0") == {"content": "x"}
@@ -177,7 +214,7 @@ def test_complete_commits_result_usage_and_cache_together(store, db_path):
     assert job.spent_tokens == 155 and job.spent_cost == pytest.approx(0.01)
 
 
-def test_complete_is_all_or_nothing(store, db_path):
+def test_complete_is_all_or_nothing(store, url):
     store.create_job(job_record(), raw_items(2))
     store.lease("job-1", OWNER_A, 2, T0, 60)
     unserialisable = result(1)
@@ -192,16 +229,16 @@ def test_complete_is_all_or_nothing(store, db_path):
     assert store.counts("job-1") == {"done": 2}
 
 
-def test_a_result_for_a_lost_lease_is_not_applied(store, db_path):
+def test_a_result_for_a_lost_lease_is_not_applied(store, url):
     store.create_job(job_record(), raw_items(1))
     store.lease("job-1", OWNER_A, 1, T0, lease_s=1)
     store.lease("job-1", OWNER_B, 1, T0 + 2, 60)  # A's lease expired and B took the item
     late = result(0)
     late.records[0]["label"] = "from-A"
     store.complete("job-1", OWNER_A, [late])
-    assert item_state(db_path, 0)[:2] == ("leased", OWNER_B)
+    assert item_state(store, 0)[:2] == ("leased", OWNER_B)
     store.complete("job-1", OWNER_B, [result(0)])
-    state, owner, raw = item_state(db_path, 0)
+    state, owner, raw = item_state(store, 0)
     assert state == "done" and "from-A" not in raw
     # nor after a release: the item went back to pending, A's answer must not finish it
     store.create_job(job_record("job-2"), raw_items(1))
@@ -320,7 +357,7 @@ def test_spool_remembers_path_and_content(store):
 # --- two processes on one file ----------------------------------------------------------------
 
 def _lease_until_empty(path: str, owner: str, start, out) -> None:
-    store = SQLiteStore(path)
+    store = open_store(path)
     start.wait(30)
     taken: list[int] = []
     while batch := store.lease("job-1", owner, 3, T0, 600):
@@ -334,12 +371,12 @@ def _lease_until_empty(path: str, owner: str, start, out) -> None:
     out.put((owner, taken))
 
 
-def test_two_processes_lease_disjoint_sets_that_cover_everything(store, db_path):
+def test_two_processes_lease_disjoint_sets_that_cover_everything(store, url):
     n = 600
     store.create_job(job_record(), raw_items(n))
     ctx = multiprocessing.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_lease_until_empty, args=(str(db_path), owner, start, out))
+    procs = [ctx.Process(target=_lease_until_empty, args=(url, owner, start, out))
              for owner in (OWNER_A, OWNER_B)]
     for p in procs:
         p.start()
@@ -356,11 +393,11 @@ def test_two_processes_lease_disjoint_sets_that_cover_everything(store, db_path)
     assert store.counts("job-1") == {"done": n // 2, "leased": n // 2}
 
 
-def test_a_concurrent_create_of_the_same_job_fails_cleanly(store, db_path):
+def test_a_concurrent_create_of_the_same_job_fails_cleanly(store, url):
     # Two cron ticks submitting one spool file at once: the second create starts while the first one
     # is still reading its input. The loser must fail at once with the store's error, write nothing,
     # and leave the winner's job, which workers do not see until all of it is in.
-    other = SQLiteStore(db_path)
+    other = open_store(url)
     outcome = {}
 
     def input_that_races():
