@@ -328,6 +328,7 @@ class JobRunner:
         Its answers are already in the cache; those it could not use are taken out with its result
         (``uncache``), so that a later run asks again. Its drafts say who answered."""
         result = await self._process(item)
+        result.epoch = item.epoch  # the lease's fencing token: committed after the lease was lost, it is refused
         usable = {key for key, _ in result.cache}
         result.cache = []  # written as they arrived
         result.uncache = [key for key in self._asked.pop(item.seq, ()) if key not in usable]

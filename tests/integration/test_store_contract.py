@@ -477,3 +477,148 @@ def test_a_lease_takes_labelling_work_and_besides_it_at_most_the_units_asked(sto
     leased = store.lease("job-1", OWNER_B, 3, T0 + 100, 60, units=2)  # A's lease on item 1 expired: first
     assert [(i.seq, i.kind) for i in leased] == [(1, "label"), (2, "label"), (3, "label"), (6, AUGMENT), (7, AUGMENT)]
     assert [i.seq for i in store.lease("job-1", OWNER_B, 0, T0 + 100, 60, units=5)] == [8]  # units only
+
+
+# --- leases for several hosts: fencing, takeover only after expiry ----------------------------
+
+def test_a_late_commit_after_the_lease_was_taken_over_is_refused_and_billed_once(store):
+    store.create_job(job_record(), raw_items(1))
+    [a] = store.lease("job-1", OWNER_A, 1, T0, lease_s=10)
+    assert store.lease("job-1", OWNER_B, 1, T0 + 9, 60) == []  # another host waits for the expiry
+    [b] = store.lease("job-1", OWNER_B, 1, T0 + 11, 60)  # A was paused past its lease: B takes the item
+    assert b.epoch == a.epoch + 1
+    late = result(0, usage=[usage(100, 5, 0.01)])
+    late.epoch, late.records[0]["label"] = a.epoch, "from-A"
+    assert store.complete("job-1", OWNER_A, [late]) == [0]  # refused: nothing written, nothing billed
+    assert store.item("job-1", 0).state == "leased" and store.item("job-1", 0).lease_owner == OWNER_B
+    assert store.usage_totals("job-1")["requests_billed"] == 0 and store.get_job("job-1").spent_tokens == 0
+    mine = result(0, usage=[usage(100, 5, 0.01)])
+    mine.epoch = b.epoch
+    assert store.complete("job-1", OWNER_B, [mine]) == []
+    item = store.item("job-1", 0)
+    assert item.state == "done" and [d["label"] for d in item.drafts] == ["positive"]
+    assert store.usage_totals("job-1")["requests_billed"] == 1 and store.get_job("job-1").spent_tokens == 105
+
+
+def test_a_result_from_an_earlier_lease_of_the_same_owner_is_refused(store):
+    # The owner's own lease expired and it leased the item again (epoch 2): work done under epoch 1
+    # committing now is refused; the same owner's owner check alone could not tell them apart.
+    store.create_job(job_record(), raw_items(1))
+    [first] = store.lease("job-1", OWNER_A, 1, T0, lease_s=1)
+    store.complete("job-1", OWNER_A, [result(0, state="pending", release=True)])  # back to pending
+    [second] = store.lease("job-1", OWNER_A, 1, T0 + 5, 60)
+    stale = result(0, usage=[usage()])
+    stale.epoch = first.epoch
+    assert store.complete("job-1", OWNER_A, [stale]) == [0]
+    assert store.counts("job-1") == {"leased": 1} and store.usage_totals("job-1")["requests_billed"] == 0
+    fresh = result(0)
+    fresh.epoch = second.epoch
+    assert store.complete("job-1", OWNER_A, [fresh]) == [] and store.counts("job-1") == {"done": 1}
+
+
+def test_heartbeats_keep_a_lease_from_being_taken_over(store):
+    store.create_job(job_record(), raw_items(2))
+    store.lease("job-1", OWNER_A, 2, T0, lease_s=10)
+    for k in range(1, 6):
+        store.renew(OWNER_A, T0 + 8 * k, 10)  # every 8 s, 10 s each time
+        assert store.lease("job-1", OWNER_B, 2, T0 + 8 * k + 9, 60) == []
+    assert [i.seq for i in store.lease("job-1", OWNER_B, 2, T0 + 8 * 5 + 11, 60)] == [0, 1]
+
+
+# --- concurrency: threads and processes on one store ------------------------------------------
+
+def _threads(n: int, target) -> list:
+    out: list = [None] * n
+    errors: list = []
+
+    def run(k: int) -> None:
+        try:
+            out[k] = target(k)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return out
+
+
+def test_threads_leasing_one_job_get_disjoint_items(url, store):
+    n = 400
+    store.create_job(job_record(), raw_items(n))
+    stores = [open_store(url) for _ in range(4)]  # a store each: four workers, four connections
+
+    def drain(k: int) -> list[int]:
+        owner, taken = f"host-{k}:{k}:x", []
+        while batch := stores[k].lease("job-1", owner, 7, T0, 600):
+            taken += [i.seq for i in batch]
+            done = [result(i.seq) for i in batch]
+            for r, i in zip(done, batch):
+                r.epoch = i.epoch
+            assert stores[k].complete("job-1", owner, done) == []
+        return taken
+
+    try:
+        taken = _threads(4, drain)
+    finally:
+        for s in stores:
+            s.close()
+    every = [seq for t in taken for seq in t]
+    assert len(every) == len(set(every)) == n and set(every) == set(range(n))
+    assert store.counts("job-1") == {"done": n}
+
+
+def test_racing_budget_holds_on_a_tight_cap_overspend_by_nothing(url, store):
+    cap, ask = 1000, 7  # 1000 is not a multiple of 7: the last grant is a remainder
+    store.create_job(job_record(), raw_items(400))
+    stores = [open_store(url) for _ in range(4)]
+
+    def spend(k: int) -> int:
+        owner, granted = f"host-{k}:{k}:x", 0
+        while True:
+            tokens, _ = stores[k].hold_budget("job-1", owner, ask, 0.0, cap, None, T0, 600)
+            if tokens == 0:
+                return granted
+            granted += tokens
+            leased = stores[k].lease("job-1", owner, 1, T0, 600)
+            r = result(leased[0].seq, usage=[usage(tokens, 0, 0.0)])
+            r.epoch = leased[0].epoch
+            stores[k].complete("job-1", owner, [r])  # spent, and the hold goes down by as much
+
+    try:
+        granted = _threads(4, spend)
+    finally:
+        for s in stores:
+            s.close()
+    assert sum(granted) == cap  # every token of the cap granted once: none over, none lost
+    assert store.get_job("job-1").spent_tokens == cap
+    assert store.usage_totals("job-1")["prompt_tokens"] == cap
+
+
+def test_spawned_items_from_concurrent_commits_get_unique_seqs(url, store):
+    store.create_job(job_record(), raw_items(40))
+    stores = [open_store(url) for _ in range(4)]
+
+    def finish(k: int) -> None:
+        owner = f"host-{k}:{k}:x"
+        while batch := stores[k].lease("job-1", owner, 2, T0, 600):
+            done = []
+            for item in batch:
+                r = result(item.seq)
+                r.epoch = item.epoch
+                r.spawn = [Spawn(f"{item.item_id}~{j}", item.text, AUGMENT, {"step": j}) for j in range(3)]
+                done.append(r)
+            assert stores[k].complete("job-1", owner, done) == []
+
+    try:
+        _threads(4, finish)
+    finally:
+        for s in stores:
+            s.close()
+    assert store.kind_counts("job-1") == {"label": {"done": 40}, "augment": {"pending": 120}}
+    units = store.lease("job-1", OWNER_A, 0, T0, 600, units=500)
+    assert len(units) == 120 and len({u.seq for u in units}) == 120 and min(u.seq for u in units) == 40
+    assert sorted(u.seq for u in units) == list(range(40, 160))  # numbered without gaps or repeats
