@@ -202,7 +202,7 @@ WHERE d.job_id = :job_id GROUP BY f.value;
 
 -- name: origin_counts
 SELECT record::jsonb->>'endpoint', coalesce((record::jsonb->>'simulated')::boolean, false), count(*)
-FROM drafts WHERE job_id = :job_id GROUP BY 1, 2 ORDER BY 1 COLLATE "C" NULLS FIRST, 2;
+FROM drafts WHERE job_id = :job_id GROUP BY 1, 2 ORDER BY (record::jsonb->>'endpoint') COLLATE "C" NULLS FIRST, 2;
 
 -- name: variant_flag_counts
 SELECT d.record::jsonb->'augmentation'->>'kind', f.value, count(*)

@@ -622,3 +622,36 @@ def test_spawned_items_from_concurrent_commits_get_unique_seqs(url, store):
     units = store.lease("job-1", OWNER_A, 0, T0, 600, units=500)
     assert len(units) == 120 and len({u.seq for u in units}) == 120 and min(u.seq for u in units) == 40
     assert sorted(u.seq for u in units) == list(range(40, 160))  # numbered without gaps or repeats
+
+
+# --- the queries each backend writes in its own dialect ---------------------------------------
+
+def test_origin_and_variant_flag_counts_reviews_samples_and_spool_failures(store):
+    from prelabel.store import ReviewRow
+
+    store.create_job(job_record(), raw_items(4))
+    leased = store.lease("job-1", OWNER_A, 4, T0, 60)
+    records = [{"id": "a", "review_priority": 0.1, "flags": ["x"], "endpoint": "http://b", "simulated": True},
+               {"id": "b", "review_priority": 0.2, "flags": [], "endpoint": "http://a"},
+               {"id": "c", "review_priority": 0.3, "flags": ["y", "x"], "augmentation": {"kind": "noise"},
+                "text": "variant text"},
+               {"id": "d", "review_priority": 0.4, "flags": ["y"], "augmentation": None}]
+    store.complete("job-1", OWNER_A, [ItemResult(i.seq, "done", 0.5, [r]) for i, r in zip(leased, records)])
+    assert store.origin_counts("job-1") == [(None, False, 2), ("http://a", False, 1), ("http://b", True, 1)]
+    assert store.variant_flag_counts("job-1") == {"noise": {"x": 1, "y": 1}}
+    assert store.flag_counts("job-1") == {"x": 2, "y": 2}
+    rows = [ReviewRow("a", "r1", "accepted", "positive", 10.0, 3.5, "f.json"),
+            ReviewRow("a", "r1", "corrected", "negative", 5.0, None, "f.json"),  # older: kept out
+            ReviewRow("b", "r2", "rejected", None, 10.0)]
+    assert store.add_reviews("job-1", rows) == 2
+    assert store.add_reviews("job-1", rows[:1]) == 0  # the same again changes nothing
+    assert [(r.draft_id, r.verdict, r.label) for r in store.reviews("job-1")] == [
+        ("a", "accepted", "positive"), ("b", "rejected", None)]
+    store.add_samples("job-1", [("a", "informative"), ("b", "informative")])
+    store.add_samples("job-1", [("a", "audit"), ("b", "informative")])
+    assert store.samples("job-1") == {"a": "audit", "b": "informative"}
+    store.spool_record("/s/b.yaml", "1", None, "bad")
+    store.spool_record("/s/a.yaml", "1", None, "worse")
+    store.spool_record("/s/B.yaml", "1", "job-1", None)
+    assert [(f.path, f.error) for f in store.spool_failures()] == [("/s/a.yaml", "worse"), ("/s/b.yaml", "bad")]
+    assert store.spool_entry("/s/B.yaml", "1").job_id == "job-1"
