@@ -655,3 +655,50 @@ def test_origin_and_variant_flag_counts_reviews_samples_and_spool_failures(store
     store.spool_record("/s/B.yaml", "1", "job-1", None)
     assert [(f.path, f.error) for f in store.spool_failures()] == [("/s/a.yaml", "worse"), ("/s/b.yaml", "bad")]
     assert store.spool_entry("/s/B.yaml", "1").job_id == "job-1"
+
+
+# --- PostgreSQL's migrations ------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # SQLite migrates by its columns (tested above)
+def test_hosts_starting_at_once_migrate_a_new_database_once(url):
+    barrier = threading.Barrier(4)
+
+    def start(_: int) -> int:
+        barrier.wait(30)
+        s = open_store(url)
+        try:
+            s.create_job(job_record(f"job-{_}"), raw_items(2))
+            return s._c.schema_version()
+        finally:
+            s.close()
+
+    assert _threads(4, start) == [1, 1, 1, 1]
+    import psycopg
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM prelabel_schema").fetchall() == [(1,)]
+    s = open_store(url)
+    try:
+        assert sorted(j.id for j in s.list_jobs()) == ["job-0", "job-1", "job-2", "job-3"]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # SQLite's case: tests/faults/test_storage_faults.py
+def test_a_postgresql_database_that_is_not_prelabels_is_refused(url):
+    import psycopg
+
+    from prelabel.errors import StorageError
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StorageError, match="not prelabel's"):
+        open_store(url)
+
+
+def test_an_unreachable_postgresql_server_is_a_storage_error_naming_it_without_its_password():
+    pytest.importorskip("psycopg")
+    from prelabel.errors import StorageError
+    with pytest.raises(StorageError) as raised:
+        open_store("postgresql://postgres:s3cret@127.0.0.1:1/prelabel", busy_timeout_s=2)
+    message = str(raised.value)
+    assert message.startswith("postgresql://postgres@127.0.0.1:1/prelabel: cannot reach the PostgreSQL server")
+    assert "s3cret" not in message
