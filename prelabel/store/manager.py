@@ -273,7 +273,8 @@ class StoreManager:
             self._c.one("lock_job", job_id=job_id)  # first: spending and spawned seqs are the job row's
             epochs = dict(self._c.all("fence", job_id=job_id, owner=owner, seqs=sorted({r.seq for r in results})))
             accepted = [p for p in prepared if p[0].seq in epochs and p[0].epoch in (None, epochs[p[0].seq])]
-            refused = [r.seq for r in results if r.seq not in {p[0].seq for p in accepted}]
+            applied = {p[0].seq for p in accepted}
+            refused = [r.seq for r in results if r.seq not in applied]
             finished, released, drafts, usage, spawned, uncache = [], [], [], [], [], []
             for r, summary, item_drafts, item_usage in accepted:
                 if r.release:

@@ -3,7 +3,9 @@
 The rules are ``manager.StoreManager``'s; ``postgres.sql`` says what each query locks. The schema is
 created and migrated by the first process that connects: numbered migrations (``migration_N`` in
 postgres.sql), applied under a transaction-scoped advisory lock, so two hosts starting at once apply
-each one once. Connections come from a pool; a transaction keeps one connection for its thread until it ends.
+each one once. Connections come from a pool; a transaction keeps one connection for its thread until
+it ends. A connection the server dropped (a restart) fails its call with ``StorageError`` and is
+replaced by the pool.
 """
 from __future__ import annotations
 
@@ -40,6 +42,23 @@ def _shown(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", url)
 
 
+def storage_error(location: str, error: BaseException) -> StorageError | None:
+    """What a psycopg error means for the person running prelabel, or None for one that is a bug."""
+    detail = " ".join(str(error).split())
+    if isinstance(error, psycopg.errors.DiskFull):
+        return StorageError(location, f"the server's disk is full ({detail})",
+                            "free space on the database server and run the same command again")
+    if isinstance(error, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
+        return StorageError(location, f"a lock was held too long ({detail})",
+                            "let the other process finish and run the same command again", locked=True)
+    if isinstance(error, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
+        return StorageError(location, f"the database cannot be written ({detail})",
+                            "grant this user write access, or choose another --db")
+    if isinstance(error, psycopg.OperationalError):  # refused, dropped (a restart), timed out, pool exhausted
+        return StorageError(location, f"cannot reach the PostgreSQL server ({detail})", _UNREACHABLE_FIX)
+    return None
+
+
 class PostgresConnector:
     errors = (psycopg.Error,)
     integrity_errors = (psycopg.errors.UniqueViolation,)
@@ -54,19 +73,7 @@ class PostgresConnector:
                                    timeout=busy_timeout_s, name="prelabel", open=True)
 
     def translate(self, error: BaseException) -> StorageError | None:
-        detail = " ".join(str(error).split())
-        if isinstance(error, psycopg.errors.DiskFull):
-            return StorageError(self.location, f"the server's disk is full ({detail})",
-                                "free space on the database server and run the same command again")
-        if isinstance(error, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
-            return StorageError(self.location, f"a lock was held too long ({detail})",
-                                "let the other process finish and run the same command again", locked=True)
-        if isinstance(error, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
-            return StorageError(self.location, f"the database cannot be written ({detail})",
-                                "grant this user write access, or choose another --db")
-        if isinstance(error, psycopg.OperationalError):  # refused, dropped, timed out, pool exhausted
-            return StorageError(self.location, f"cannot reach the PostgreSQL server ({detail})", _UNREACHABLE_FIX)
-        return None
+        return storage_error(self.location, error)
 
     def _migrate(self) -> None:
         """Apply the migrations this database lacks, one process at a time (the advisory lock ends
@@ -169,12 +176,5 @@ class PostgresStore(StoreManager):
         try:
             connector = PostgresConnector(url, busy_timeout_s)
         except psycopg.Error as e:
-            raise (PostgresConnector.translate(_Shown(self.path), e) or e) from e
+            raise (storage_error(self.path, e) or e) from e
         super().__init__(connector)
-
-
-class _Shown:
-    """Enough of a connector for ``translate`` before the connector exists."""
-
-    def __init__(self, location: str) -> None:
-        self.location = location
