@@ -135,7 +135,7 @@ async def measure(url: str, job_id: str, sim: str) -> dict:
         outcome = await run_job(store, job_id, Endpoint("sk-bench", sim), Engine(), "bench:1:x", box.append)
     finally:
         ticker.cancel()
-        store.close()
+        store._store.close()  # after the run: not one of its calls
     longest, name = max(store.on_loop)
     return {**_lag(ticks, box[0].progress.total), "longest_store_call_on_loop_ms": round(1000 * longest, 2),
             "it_was": name, "store_calls_on_loop": len(store.on_loop),

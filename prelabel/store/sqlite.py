@@ -139,7 +139,7 @@ class SQLiteConnector:
             return 0
         db = self.db
         before = db.total_changes
-        db.executemany(Q[query], [_adapt(row) for row in rows])
+        db.executemany(Q[query], rows)  # rows of scalars: nothing to adapt (the hot path of a commit)
         return db.total_changes - before
 
     def stream(self, query: str, /, **params) -> Iterator[tuple]:
