@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prelabel.config import Engine
-from prelabel.queue import owners
+from prelabel.store import owners
 from prelabel.store.owners import dead_local_owners, host_id, set_host_id, worker_id
 from prelabel.queue.submit import submit
 from prelabel.simulator import SimConfig, Simulator
