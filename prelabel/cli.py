@@ -99,6 +99,8 @@ def _say(outcome) -> None:
     if r["by_state"].get("stopped"):
         print(f"  stopped by budget: {r['by_state']['stopped']} items left; raise the budget in the job file "
               "and run (or submit) it again to resume", file=sys.stderr)
+    if (r.get("augmentation") or {}).get("none_made"):
+        print(f"  augmentation: {r['augmentation']['none_made']}", file=sys.stderr)
     if r.get("simulated"):
         print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
               file=sys.stderr)

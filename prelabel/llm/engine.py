@@ -171,7 +171,8 @@ def _merged(completions: Sequence[Completion]) -> Completion:
                       sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions),
                       first.model, usage_reported=all(c.usage_reported for c in completions),
                       samples=samples if len(samples) > 1 else None,
-                      simulated=any(c.simulated for c in completions))
+                      simulated=any(c.simulated for c in completions),
+                      cached_prompt_tokens=sum(c.cached_prompt_tokens for c in completions))
 
 
 class _Endpoint(NamedTuple):
@@ -307,6 +308,8 @@ class LLMEngine:
 
     def _learn(self, request: dict, completion: Completion) -> None:
         self.caps.usage = completion.usage_reported
+        if completion.cached_prompt_tokens:
+            self.caps.prompt_cache = True
         if request.get("logprobs") and self.caps.logprobs:
             self.caps.logprobs_seen = completion.logprobs is not None
         if request.get("n", 1) > 1 and len(completion.all_samples()) >= request["n"]:

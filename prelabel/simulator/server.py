@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import hashlib
 import itertools
 import json
 import math
@@ -54,6 +55,9 @@ class SimConfig:
     track_contents: bool = True  # count requests per last user message (tests); off for benchmarks
     identify: bool = True  # say "a simulator" in every response (SIMULATOR_HEADER); False: pose as a real endpoint
     gaps: Gaps = Gaps()  # behave like a self-hosted server that lacks some capabilities
+    # OpenAI's prompt caching: a prompt whose leading messages (at least this many tokens) were sent
+    # before reports them as usage.prompt_tokens_details.cached_tokens; None: no prompt cache
+    prompt_cache_min_tokens: int | None = 1024
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Simulator:
         self._clock = time.monotonic  # tests swap in a hand-driven clock
         self._counters: dict[str, TokenCounter] = {}
         self._ids = itertools.count(1)
+        self._prefixes: collections.OrderedDict[bytes, None] = collections.OrderedDict()  # prompt cache
         self._runner: web.AppRunner | None = None
         self.app = web.Application()
         self.app.add_routes([
@@ -192,11 +197,38 @@ class Simulator:
             "system_fingerprint": "fp_simulator" if self.config.identify else "fp_0000000000",
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": self._cached_prefix(messages, counter)}},
         }
         if self.config.gaps.no_usage:
             del payload["usage"]
         return self._respond(200, payload)
+
+    def _cached_prefix(self, messages: list, counter) -> int:
+        """Tokens of the longest run of leading messages sent before (whole messages, as a stand-in
+        for OpenAI's 128-token blocks), if it reaches ``prompt_cache_min_tokens``; then remembered."""
+        minimum = self.config.prompt_cache_min_tokens
+        if minimum is None or len(messages) < 2:
+            return 0
+        keys = []
+        digest = hashlib.blake2b(digest_size=16)
+        for message in messages[:-1]:
+            digest.update(json.dumps(message, sort_keys=True, default=str).encode())
+            keys.append(digest.copy().digest())
+        shared = 0
+        for k, key in enumerate(keys, 1):
+            if key not in self._prefixes:
+                break
+            shared = k
+        for key in keys:
+            self._prefixes[key] = None
+            self._prefixes.move_to_end(key)
+        while len(self._prefixes) > 50_000:
+            self._prefixes.popitem(last=False)
+        if not shared:
+            return 0
+        tokens = counter.count_messages(messages[:shared])
+        return tokens if tokens >= minimum else 0
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         self.stats.requests += 1

@@ -208,6 +208,10 @@ class SQLiteStore:
             with self._tx():
                 if "simulated" not in self._columns("jobs"):
                     self._script("migrate_simulated")
+        if "cached_prompt_tokens" not in self._columns("usage"):  # before prompt caching was billed
+            with self._tx():
+                if "cached_prompt_tokens" not in self._columns("usage"):
+                    self._script("migrate_cached_prompt_tokens")
         self._script("indexes")
         self._script("reviews_schema")  # issue 13: review tables, created where missing
 
@@ -400,7 +404,7 @@ class SQLiteStore:
         def bill(seq: int, rows: Iterable[UsageRow]) -> None:
             for u in rows:
                 usage.append((job_id, seq, now, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd,
-                              int(u.cached)))
+                              int(u.cached), u.cached_prompt_tokens))
                 if not u.cached:
                     spent[0] += u.prompt_tokens + u.completion_tokens
                     spent[1] += u.cost_usd
@@ -527,10 +531,12 @@ class SQLiteStore:
         return [InputErrorRow(*row) for row in self._db.execute(Q["input_errors"], (job_id,))]
 
     def usage_totals(self, job_id: str) -> dict:
-        n, prompt, completion, cost, cached = self._db.execute(Q["usage_totals"], (job_id,)).fetchone()
-        # Tokens and cost are what was billed; answers from the cache cost nothing.
+        n, prompt, completion, cost, cached, prompt_cached = self._db.execute(Q["usage_totals"], (job_id,)).fetchone()
+        # Tokens and cost are what was billed; answers from the cache cost nothing. Of the prompt
+        # tokens, ``cached_prompt_tokens`` came from the provider's prompt cache (the cached price).
         return {"requests_billed": n - cached, "cached_answers": cached, "prompt_tokens": prompt,
-                "completion_tokens": completion, "cost_usd": round(cost, 6)}
+                "cached_prompt_tokens": prompt_cached, "completion_tokens": completion,
+                "cost_usd": round(cost, 6)}
 
     def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None:
         self._db.execute(Q["insert_run"], (job_id, owner, started, time.time(), stats.requests, stats.retries,

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS usage (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
-    cached INTEGER NOT NULL
+    cached INTEGER NOT NULL,
+    cached_prompt_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_job ON usage (job_id);
 CREATE TABLE IF NOT EXISTS cache (
@@ -231,8 +232,8 @@ UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
 WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?;
 
 -- name: insert_usage
-INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached, cached_prompt_tokens)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: add_spent
 UPDATE jobs SET spent_tokens = spent_tokens + ?, spent_cost = spent_cost + ?, updated_at = ? WHERE id = ?;
@@ -318,6 +319,9 @@ DROP INDEX IF EXISTS items_state;
 -- name: migrate_2
 ALTER TABLE spool ADD COLUMN inputs TEXT;
 
+-- name: migrate_cached_prompt_tokens
+ALTER TABLE usage ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+
 -- name: migrate_simulated
 ALTER TABLE jobs ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0;
 
@@ -339,7 +343,8 @@ SELECT line, field, message FROM input_errors WHERE job_id = ? ORDER BY line;
 
 -- name: usage_totals
 SELECT count(*), coalesce(sum(prompt_tokens * (1 - cached)), 0), coalesce(sum(completion_tokens * (1 - cached)), 0),
-       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0)
+       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0),
+       coalesce(sum(cached_prompt_tokens * (1 - cached)), 0)
 FROM usage WHERE job_id = ?;
 
 -- name: insert_run

@@ -556,10 +556,11 @@ class JobRunner:
         return self.gate.reserve(prompt_tokens, max_out)
 
     def _account(self, reservation: Reservation, completion: Completion, usage: list[UsageRow]) -> None:
-        cost = self.gate.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
+        cost = self.gate.settle(reservation, completion.prompt_tokens, completion.completion_tokens,
+                                completion.cached_prompt_tokens)
         self._settled.set()
         usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
-                              completion.completion_tokens, cost, False))
+                              completion.completion_tokens, cost, False, completion.cached_prompt_tokens))
         self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
         self.progress.cost += cost
 
