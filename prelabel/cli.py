@@ -484,9 +484,9 @@ def _fmt(x) -> str:
 def cmd_simulate(args) -> int:
     from .config import EXIT_OK
     from .simulator import SimConfig, serve
-    from .simulator.gaps import Gaps
+    from .simulator.gaps import PROFILES, Gaps
 
-    gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
+    gaps = PROFILES[args.like] if args.like else Gaps()
     gaps = Gaps(**{**gaps.__dict__, **{name.replace("-", "_"): True for name in args.gap or ()}})
     serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
                     window=args.window, style=args.style, capacity=args.capacity, queue_limit=args.queue_limit,
@@ -679,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--as-real", action="store_true",
                    help="do not say it is a simulator (tests: a stand-in for a real endpoint)")
-    p.add_argument("--like", choices=["llama-cpp-python"], help="lack what that server lacks")
+    p.add_argument("--like", choices=["llama-cpp-python", "llama-server", "vllm", "ollama", "litellm"],
+                   help="lack what that server lacks (llama-cpp-python measured; the others from their docs)")
     p.add_argument("--gap", action="append", choices=["refuse-json-schema", "ignore-n", "logprobs-need-top",
                                                       "pre-constraint-logprobs", "no-usage", "no-embeddings"],
                    help="lack one capability (repeatable)")

@@ -207,7 +207,7 @@ class Simulator:
     def _cached_prefix(self, messages: list, counter) -> int:
         """Tokens of the longest run of leading messages sent before (whole messages, as a stand-in
         for OpenAI's 128-token blocks), if it reaches ``prompt_cache_min_tokens``; then remembered."""
-        minimum = self.config.prompt_cache_min_tokens
+        minimum = gaps_.prompt_cache_min(self.config.gaps, self.config.prompt_cache_min_tokens)
         if minimum is None or len(messages) < 2:
             return 0
         keys = []
@@ -232,10 +232,8 @@ class Simulator:
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
-        if self.config.gaps.no_embeddings:  # llama.cpp started without --embeddings
-            return self._respond(501, {"error": {"message": "This server does not support embeddings. "
-                                                 "Start it with `--embeddings`", "type": "not_supported_error",
-                                                 "param": None, "code": 501}})
+        if refused := gaps_.embeddings_refusal(self.config.gaps):  # llama.cpp without --embeddings, vLLM's chat model
+            return self._respond(*refused)
         body = await _json_body(request)
         inputs = body.get("input") if isinstance(body, dict) else None
         inputs = [inputs] if isinstance(inputs, str) else inputs
