@@ -6,7 +6,8 @@ with a ``schema`` is its form); ``ignore_n`` (one choice whatever ``n`` asks); `
 the slot count); ``logprobs_need_top`` (logprobs only when ``top_logprobs`` > 0);
 ``pre_constraint_logprobs`` (the model's logprobs *before* the grammar constrains it, so the JSON
 framing and the chosen label look improbable while the label still leads the labels); ``no_usage``;
-``no_embeddings`` (answered with ``embeddings_status``); ``refuse_params`` (a 400 naming them, as a
+``no_embeddings`` (answered with ``embeddings_status``); ``per_token_embeddings`` (a list of
+vectors, one per token, for each input: llama-cpp-python without pooling); ``refuse_params`` (a 400 naming them, as a
 LiteLLM proxy does for what its backend lacks); ``cached_tokens`` (how the prompt cache is reported in
 ``usage.prompt_tokens_details.cached_tokens``: ``openai`` from 1,024 shared tokens, ``any`` for any
 shared prefix, ``none`` never).
@@ -56,6 +57,7 @@ class Gaps:
     no_usage: bool = False
     no_embeddings: bool = False
     embeddings_status: int = 501
+    per_token_embeddings: bool = False
     refuse_params: tuple[str, ...] = ()
     cached_tokens: str = "openai"  # "openai" (from 1,024 shared tokens), "any", "none"
 
@@ -66,7 +68,7 @@ class Gaps:
 
 PROFILES: dict[str, Gaps] = {
     "llama-cpp-python": Gaps(refuse_json_schema=True, ignore_n=True, logprobs_need_top=True,
-                             pre_constraint_logprobs=True, cached_tokens="none"),
+                             pre_constraint_logprobs=True, per_token_embeddings=True, cached_tokens="none"),
     "llama-server": Gaps(max_n=1, logprobs_need_top=True, pre_constraint_logprobs=True, no_embeddings=True,
                          cached_tokens="any"),
     "vllm": Gaps(pre_constraint_logprobs=True, no_embeddings=True, embeddings_status=404, cached_tokens="none"),

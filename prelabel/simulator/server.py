@@ -208,11 +208,12 @@ class Simulator:
         """Tokens of the longest run of leading messages sent before (whole messages, as a stand-in
         for OpenAI's 128-token blocks), if it reaches ``prompt_cache_min_tokens``; then remembered."""
         minimum = gaps_.prompt_cache_min(self.config.gaps, self.config.prompt_cache_min_tokens)
-        if minimum is None or len(messages) < 2:
+        whole = self.config.gaps.cached_tokens == "any"  # llama.cpp: a repeated prompt is all cached
+        if minimum is None or (len(messages) < 2 and not whole):
             return 0
         keys = []
         digest = hashlib.blake2b(digest_size=16)
-        for message in messages[:-1]:
+        for message in messages if whole else messages[:-1]:
             digest.update(json.dumps(message, sort_keys=True, default=str).encode())
             keys.append(digest.copy().digest())
         shared = 0
@@ -228,6 +229,8 @@ class Simulator:
         if not shared:
             return 0
         tokens = counter.count_messages(messages[:shared])
+        if whole and shared == len(messages):
+            tokens -= 1  # the last prompt token is always evaluated again
         return tokens if tokens >= minimum else 0
 
     async def _embeddings(self, request: web.Request) -> web.Response:
@@ -249,7 +252,9 @@ class Simulator:
         data = []
         for index, text in enumerate(inputs):
             vector: Any = embedding(text)
-            if as_base64:
+            if self.config.gaps.per_token_embeddings:  # llama-cpp-python: one vector per token
+                vector = [vector for _ in text.split()] or [vector]
+            elif as_base64:
                 vector = base64.b64encode(array("f", vector).tobytes()).decode()
             data.append({"object": "embedding", "index": index, "embedding": vector})
         self.stats.ok += 1
