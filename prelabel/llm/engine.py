@@ -304,6 +304,10 @@ class LLMEngine:
         """``n`` samples as separate requests (distinct seeds), merged into one completion."""
         requests = caps_.sample_requests(request, request["n"])[skip:]
         each = max(1, booked_tokens - request.get("max_tokens", 0) * (request["n"] - 1))
+        if self.slots is None:
+            # A fixed max_concurrency counts items in flight, one request each: samples go one by
+            # one, or an item would put n requests on a server that serves few at once.
+            return _merged([await self._send_capable(r, each) for r in requests])
         return _merged(await asyncio.gather(*(self._send_capable(r, each) for r in requests)))
 
     def _learn(self, request: dict, completion: Completion) -> None:
@@ -462,6 +466,8 @@ class LLMEngine:
                 raise self._failed(failure, tries, e) from e
             except self._connection_errors as e:
                 self.stats.timeouts += 1
+                if slots is not None:  # a request that outwaited timeout_s queued behind too many
+                    slots.limit.overloaded(epoch)
                 raise self._failed(Failure(None, {}), tries, e) from e
             if slots is not None:
                 slots.limit.sample(self._clock() - sent_at, slots.in_flight, epoch)

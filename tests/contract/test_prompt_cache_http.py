@@ -46,3 +46,4 @@ def test_samples_asked_apart_sum_their_cached_tokens():
 
     one = Completion.from_response(chat_body(usage=CACHED))
     assert _merged([one, one, one]).cached_prompt_tokens == 3 * 1920
+

@@ -95,3 +95,25 @@ async def test_llama_server_reports_cached_prompt_tokens(tmp_path):
     async with server("llama-server") as (sim, url):
         code, records, report = await run_example(tmp_path, "sentiment", url)
     assert code == EXIT_OK and report["usage"]["cached_prompt_tokens"] > 0
+
+
+async def test_samples_sent_apart_keep_a_fixed_concurrency(tmp_path):
+    """A one-slot server that ignores n, with max_concurrency 1: the 5 samples of an item go one by
+    one, so the server never sees two at once (it would answer 503 past one in flight)."""
+    from prelabel.simulator.gaps import Gaps
+    from tests.conftest import write_job
+
+    sim = Simulator(SimConfig(latency_s=0.01, capacity=1, queue_limit=1, gaps=Gaps(ignore_n=True)))
+    url = await sim.start()
+    store = SQLiteStore(tmp_path / "prelabel.db")
+    try:
+        job = write_job(tmp_path / "job", base_url=url, concurrency=1,
+                        items=[{"id": f"i{k}", "text": f"great service, thanks #{k}"} for k in range(3)],
+                        extra="review: {confidence: consistency, samples: 5}\n")
+        job_id = submit(store, job).job_id
+        outcome = await run_job(store, job_id, Endpoint("sk-test", url), ENGINE, "host:1:x")
+    finally:
+        store.close()
+        await sim.stop()
+    assert outcome.exit_code == EXIT_OK and outcome.run.counts == {"done": 3}
+    assert sim.stats.overloaded == 0 and sim.stats.ok == 15
