@@ -25,7 +25,7 @@ from . import capabilities as caps_
 from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
-from .concurrency import AdaptiveSlots, VegasLimit
+from .concurrency import TIMEOUT_CUT, AdaptiveSlots, VegasLimit
 from ..config import AUTO_MAX_CONCURRENCY
 from ..config import Engine as EngineSettings
 from ..config import ModelSpec
@@ -467,7 +467,7 @@ class LLMEngine:
             except self._connection_errors as e:
                 self.stats.timeouts += 1
                 if slots is not None:  # a request that outwaited timeout_s queued behind too many
-                    slots.limit.overloaded(epoch)
+                    slots.limit.overloaded(epoch, TIMEOUT_CUT)
                 raise self._failed(Failure(None, {}), tries, e) from e
             if slots is not None:
                 slots.limit.sample(self._clock() - sent_at, slots.in_flight, epoch)

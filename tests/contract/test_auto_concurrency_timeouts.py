@@ -16,4 +16,4 @@ async def test_a_timeout_cuts_autos_limit(client, fake, api):
     engine = make_engine(client, fake, spec)
     before = engine.slots.limit.limit
     await complete(engine)
-    assert engine.slots.limit.limit < before and engine.stats.timeouts == 1
+    assert engine.slots.limit.limit == before / 2 and engine.stats.timeouts == 1
