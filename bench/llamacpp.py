@@ -73,6 +73,24 @@ def cut_input(job: Path, items: int, folder: Path) -> Path:
     return target
 
 
+def job_variant(job: Path, folder: Path, **model: object) -> Path:
+    """The job file with ``model`` fields replaced (e.g. ``max_concurrency="auto"``), written to
+    ``folder`` with its relative paths made absolute; the file itself is left as it is."""
+    import yaml
+
+    spec = yaml.safe_load(job.read_text())
+    spec["model"].update(model)
+    base = job.parent.resolve()
+    spec["input"]["path"] = str(base / spec["input"]["path"])
+    for key in ("guidelines", "examples"):
+        if isinstance(spec["task"].get(key), str) and spec["task"][key] != "reviews":
+            spec["task"][key] = str(base / spec["task"][key])
+    spec.setdefault("output", {})["dir"] = str(folder / f"out-{job.stem}")
+    target = folder / f"{job.stem}-{'-'.join(f'{k}{v}' for k, v in model.items())}.yaml"
+    target.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return target
+
+
 def confidence_summary(records: list[dict]) -> dict:
     values = [r["confidence"] for r in records if r.get("confidence") is not None]
     measured = [r for r in records if r.get("task") in ("classify", "multilabel", "ner") and r["state"] == "done"]

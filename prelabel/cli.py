@@ -101,6 +101,8 @@ def _say(outcome) -> None:
     if r["by_state"].get(ItemState.STOPPED):
         print(f"  stopped by budget: {r['by_state'][ItemState.STOPPED]} items left; raise the budget in the job file "
               "and run (or submit) it again to resume", file=sys.stderr)
+    if (r.get("augmentation") or {}).get("none_made"):
+        print(f"  augmentation: {r['augmentation']['none_made']}", file=sys.stderr)
     if r.get("simulated"):
         print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
               file=sys.stderr)
@@ -485,9 +487,9 @@ def cmd_simulate(args) -> int:
     from .simulator import SimConfig
     from .simulator import serve as _serve
     from .simulator.batches import BatchConfig
-    from .simulator.gaps import Gaps
+    from .simulator.gaps import PROFILES, Gaps
 
-    gaps = Gaps.llama_cpp_python() if args.like == "llama-cpp-python" else Gaps()
+    gaps = PROFILES[args.like] if args.like else Gaps()
     gaps = Gaps(**{**gaps.__dict__, **{name.replace("-", "_"): True for name in args.gap or ()}})
     try:
         _serve(SimConfig(latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000, rpm=args.rpm, tpm=args.tpm,
@@ -728,7 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--as-real", action="store_true",
                    help="do not say it is a simulator (tests: a stand-in for a real endpoint)")
-    p.add_argument("--like", choices=["llama-cpp-python"], help="lack what that server lacks")
+    p.add_argument("--like", choices=["llama-cpp-python", "llama-server", "vllm", "ollama", "litellm"],
+                   help="lack what that server lacks (llama-cpp-python measured; the others from their docs)")
     p.add_argument("--gap", action="append", choices=["refuse-json-schema", "ignore-n", "logprobs-need-top",
                                                       "pre-constraint-logprobs", "no-usage", "no-embeddings"],
                    help="lack one capability (repeatable)")

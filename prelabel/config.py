@@ -33,6 +33,9 @@ class Price(Strict):
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    # prompt tokens the provider served from its prompt cache (usage.prompt_tokens_details.cached_tokens);
+    # None: billed like any other prompt token
+    cached_input_per_mtok: float | None = Field(None, ge=0)
 
 
 class ModelSpec(Strict):

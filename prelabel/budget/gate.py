@@ -84,9 +84,11 @@ class BudgetGate:
         self.in_flight += 1
         return Reservation(tokens, cost)
 
-    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> float:
-        """Replace the reservation by what was spent; returns the cost."""
-        cost = cost_usd(self.price, prompt_tokens, completion_tokens)
+    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int,
+               cached_tokens: int = 0) -> float:
+        """Replace the reservation by what was spent (``cached_tokens`` of the prompt at the cached
+        price); returns the cost."""
+        cost = cost_usd(self.price, prompt_tokens, completion_tokens, cached_tokens)
         self.used_tokens += prompt_tokens + completion_tokens - reservation.tokens
         self.used_cost += cost - reservation.cost
         self.in_flight -= 1

@@ -66,9 +66,11 @@ class BudgetSession:
             return reservation
         return SPENT if self.gate.in_flight == 0 else WAIT
 
-    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> float:
-        """Replace the reservation by what was billed; returns the cost."""
-        return self.gate.settle(reservation, prompt_tokens, completion_tokens)
+    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int,
+               cached_tokens: int = 0) -> float:
+        """Replace the reservation by what was billed (``cached_tokens`` of the prompt at the cached
+        price); returns the cost."""
+        return self.gate.settle(reservation, prompt_tokens, completion_tokens, cached_tokens)
 
     def release(self, reservation: Reservation) -> None:
         """Nothing was billed (the request failed)."""

@@ -40,6 +40,7 @@ class Capabilities:
     embeddings: bool | None = None
     usage: bool | None = None
     logprobs_seen: bool | None = None
+    prompt_cache: bool | None = None  # usage reports cached prompt tokens (billed at the cached price)
     learned: list[str] = field(default_factory=list)  # what the server said, for `prelabel probe`
 
     def to_json(self) -> dict:

@@ -20,6 +20,8 @@ class Completion:
     # Every choice as (content, logprobs), the first one included: n > 1 asks several samples.
     samples: list[tuple[str | None, list[tuple[str, float]] | None]] | None = None
     simulated: bool = False  # a simulator answered (a stand-in), not a model
+    # of prompt_tokens, those the provider served from its prompt cache (billed at the cached price)
+    cached_prompt_tokens: int = 0
 
     def all_samples(self) -> list[tuple[str | None, list[tuple[str, float]] | None]]:
         return self.samples if self.samples else [(self.content, self.logprobs)]
@@ -28,7 +30,8 @@ class Completion:
         return {"content": self.content, "refusal": self.refusal, "finish_reason": self.finish_reason,
                 "logprobs": self.logprobs, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "model": self.model,
-                "samples": self.samples, "simulated": self.simulated}
+                "samples": self.samples, "simulated": self.simulated,
+                "cached_prompt_tokens": self.cached_prompt_tokens}
 
     @classmethod
     def from_cache(cls, data: dict) -> "Completion":
@@ -38,7 +41,8 @@ class Completion:
             samples = [(content, [tuple(p) for p in lp] if lp else None) for content, lp in data["samples"]]
         return cls(data["content"], data["refusal"], data["finish_reason"], logprobs,
                    data["prompt_tokens"], data["completion_tokens"], data["model"], cached=True,
-                   samples=samples, simulated=bool(data.get("simulated")))
+                   samples=samples, simulated=bool(data.get("simulated")),
+                   cached_prompt_tokens=int(data.get("cached_prompt_tokens") or 0))
 
     @classmethod
     def from_response(cls, body: dict) -> "Completion":
@@ -54,7 +58,14 @@ class Completion:
         reported = "prompt_tokens" in usage and "completion_tokens" in usage
         return cls(message.get("content"), message.get("refusal"), choice.get("finish_reason"), logprobs,
                    usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, body.get("model", ""),
-                   usage_reported=reported, samples=samples)
+                   usage_reported=reported, samples=samples, cached_prompt_tokens=cached_prompt_tokens(usage))
+
+
+def cached_prompt_tokens(usage: dict) -> int:
+    """``usage.prompt_tokens_details.cached_tokens`` (OpenAI, Azure, vLLM, llama.cpp's server), else 0."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and cached > 0 else 0
 
 
 def _logprobs(choice: dict) -> list[tuple[str, float]] | None:

@@ -4,8 +4,8 @@ A vLLM, Ollama or llama.cpp server has a capacity, not a rate: past the requests
 more in flight only queue (latency grows, throughput does not), and past its queue it answers 503.
 ``VegasLimit`` decides the limit from what each window of answers shows (pure, tested with no clock):
 the queue a window implies is ``limit * (1 - rtt_min / rtt)`` (TCP Vegas); under ``alpha`` the limit
-grows (doubling until the first sign of a queue, then by one), over ``beta`` it shrinks, and a 503
-cuts it by ``OVERLOAD_CUT``. ``AdaptiveSlots`` holds requests to the limit.
+grows (doubling until the first sign of a queue, then by one), over ``beta`` it shrinks, a 503
+cuts it by ``OVERLOAD_CUT`` and a timeout by ``TIMEOUT_CUT``. ``AdaptiveSlots`` holds requests to the limit.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import collections
 import math
 
 OVERLOAD_CUT = 0.8
+# A request that outwaited its timeout queued behind far too many (a one-slot llama.cpp server works
+# on to the end of a request its client gave up, so each timeout also costs the server a whole answer).
+TIMEOUT_CUT = 0.5
 AUTO_START = 4     # requests in flight ``auto`` starts from
 
 
@@ -60,12 +63,13 @@ class VegasLimit:
         elif queue > beta:
             self._set(self.limit - 1)
 
-    def overloaded(self, epoch: int) -> None:
-        """A 503 (the server's queue is full) from a request sent under ``epoch``."""
+    def overloaded(self, epoch: int, cut: float = OVERLOAD_CUT) -> None:
+        """A 503 (the server's queue is full), or with ``TIMEOUT_CUT`` a timeout, from a request sent
+        under ``epoch``."""
         if epoch != self._epoch:
             return  # sent before the last change: that change already answered it
         self.slow_start = False
-        self._set(self.limit * OVERLOAD_CUT)
+        self._set(self.limit * cut)
 
     def _set(self, limit: float) -> None:
         self.limit = min(float(self.maximum), max(1.0, limit))

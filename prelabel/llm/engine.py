@@ -25,7 +25,7 @@ from . import capabilities as caps_
 from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion
-from .concurrency import AdaptiveSlots, VegasLimit
+from .concurrency import TIMEOUT_CUT, AdaptiveSlots, VegasLimit
 from ..config import AUTO_MAX_CONCURRENCY
 from ..config import EngineSettings
 from ..config import ModelSpec
@@ -186,7 +186,8 @@ def _merged(completions: Sequence[Completion]) -> Completion:
                       sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions),
                       first.model, usage_reported=all(c.usage_reported for c in completions),
                       samples=samples if len(samples) > 1 else None,
-                      simulated=any(c.simulated for c in completions))
+                      simulated=any(c.simulated for c in completions),
+                      cached_prompt_tokens=sum(c.cached_prompt_tokens for c in completions))
 
 
 class _Endpoint(NamedTuple):
@@ -318,10 +319,16 @@ class LLMEngine:
         """``n`` samples as separate requests (distinct seeds), merged into one completion."""
         requests = caps_.sample_requests(request, request["n"])[skip:]
         each = max(1, booked_tokens - request.get("max_tokens", 0) * (request["n"] - 1))
+        if self.slots is None:
+            # A fixed max_concurrency counts items in flight, one request each: samples go one by
+            # one, or an item would put n requests on a server that serves few at once.
+            return _merged([await self._send_capable(r, each) for r in requests])
         return _merged(await asyncio.gather(*(self._send_capable(r, each) for r in requests)))
 
     def _learn(self, request: dict, completion: Completion) -> None:
         self.caps.usage = completion.usage_reported
+        if completion.cached_prompt_tokens:
+            self.caps.prompt_cache = True
         if request.get("logprobs") and self.caps.logprobs:
             self.caps.logprobs_seen = completion.logprobs is not None
         if request.get("n", 1) > 1 and len(completion.all_samples()) >= request["n"]:
@@ -474,6 +481,8 @@ class LLMEngine:
                 raise self._failed(failure, tries, e) from e
             except self._connection_errors as e:
                 self.stats.timeouts += 1
+                if slots is not None:  # a request that outwaited timeout_s queued behind too many
+                    slots.limit.overloaded(epoch, TIMEOUT_CUT)
                 raise self._failed(Failure(None, {}), tries, e) from e
             if slots is not None:
                 slots.limit.sample(self._clock() - sent_at, slots.in_flight, epoch)

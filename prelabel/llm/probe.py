@@ -120,6 +120,14 @@ async def probe(client: openai.AsyncOpenAI, model: str, embedding_model: str | N
     caps.seed = seeded is not None
     rows.append(Row("seed", "yes" if caps.seed else "no", ""))
 
+    # The first request's prompt again: a server that caches prompts says so in its usage.
+    again = _completion(await _post(client, base))
+    cached = again.cached_prompt_tokens if again else 0
+    caps.prompt_cache = cached > 0
+    rows.append(Row("prompt cache", "yes" if cached else "not seen",
+                    f"usage.prompt_tokens_details.cached_tokens: {cached} of {again.prompt_tokens} on a repeat"
+                    if cached else "no cached_tokens on a repeated short prompt (OpenAI caches from 1,024 tokens)"))
+
     name = embedding_model or model
     embedded = await _post(client, {"model": name, "input": ["probe"]}, EMBEDDINGS_PATH)
     caps.embeddings = False

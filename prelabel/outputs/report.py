@@ -76,9 +76,40 @@ def augmentation_summary(store: Store, job_id: str) -> dict:
         if unit.get("error"):
             key = f"{step}: {unit['error'][:200]}"
             errors[key] = errors.get(key, 0) + 1
-    return {"units": by_kind.get("augment", {}), "rechecked": by_kind.get("variant", {}),
-            "variants_made": made, "variants_dropped": dropped,
-            "variants_flagged": store.variant_flag_counts(job_id), "fidelity": fidelity, "unit_errors": errors}
+    summary = {"units": by_kind.get("augment", {}), "rechecked": by_kind.get("variant", {}),
+               "variants_made": made, "variants_dropped": dropped,
+               "variants_flagged": store.variant_flag_counts(job_id), "fidelity": fidelity, "unit_errors": errors}
+    if not sum(made.values()):
+        summary["none_made"] = _why_none(store, job_id, summary)
+    return summary
+
+
+def _why_none(store: Store, job_id: str, summary: dict) -> str:
+    """Why augmentation made no variant at all, naming what would change it (a silent no-op misleads)."""
+    if summary["units"]:
+        parts = []
+        if summary["unit_errors"]:
+            parts.append("units failed (" + "; ".join(summary["unit_errors"])[:300] + ")")
+        if summary["variants_dropped"]:
+            parts.append(f"every variant was dropped ({json.dumps(summary['variants_dropped'])})")
+        return "no variant was made: " + (", ".join(parts) or "the units made none")
+    labelled, flagged, flags = 0, 0, {}
+    for record in store.iter_records(job_id):
+        if record.get("augmentation") is not None or record.get("state") != "done" or record.get("label") is None:
+            continue
+        labelled += 1
+        if record.get("needs_review"):
+            flagged += 1
+            for flag in record.get("flags") or ():
+                flags[flag] = flags.get(flag, 0) + 1
+    if not labelled:
+        return "no variant was made: no original was labelled"
+    if flagged == labelled:
+        top = ", ".join(f"{flag} {n}" for flag, n in sorted(flags.items(), key=lambda kv: -kv[1])[:3])
+        return (f"no variant was made: all {labelled} labelled originals were flagged for review ({top}), and "
+                "only unflagged ones get variants; set augment.include_flagged: true to augment flagged "
+                "originals too (or review.min_confidence lower, if low_confidence is the flag)")
+    return "no variant was made: the originals' units have not run yet"
 
 
 def write_report(report: dict, out_dir: Path) -> None:

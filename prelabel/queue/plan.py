@@ -34,6 +34,8 @@ class Plan:
     fits: bool = True
     reasons: list[str] = field(default_factory=list)
     prompt_version: str = ""
+    shared_prefix_tokens: int = 0  # the leading tokens every item's prompt has in common
+    prefix_note: str = ""          # what that means for providers' prompt caching
 
 
 def make_plan(spec: JobSpec, task: Task) -> Plan:
@@ -73,6 +75,7 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
             flush()
     flush()
 
+    plan.shared_prefix_tokens, plan.prefix_note = prefix_sharing(spec, task, counter)
     price = price_for(spec.model.name, spec.model.price)
     if price is not None:
         plan.cost_expected_usd = cost_usd(price, plan.prompt_tokens, plan.completion_tokens_expected)
@@ -104,6 +107,32 @@ def _examples_tokens(spec: JobSpec, task: Task, counter: TokenCounter) -> int:
     bare = counter.count_messages(task.messages("x", (), guidelines=False))
     each = sum(counter.count_messages(task.messages("x", [e], guidelines=False)) - bare for e in examples)
     return round(each / len(examples) * min(t.max_examples, len(examples)))
+
+
+# Providers cache a prompt's leading tokens from this many on (OpenAI, Azure: 1,024, in 128-token steps).
+CACHE_MIN_TOKENS = 1024
+
+
+def prefix_sharing(spec: JobSpec, task: Task, counter: TokenCounter) -> tuple[int, str]:
+    """How many leading tokens every item's prompt shares, and a sentence on prompt caching.
+
+    A prompt is system (instructions, labels, guidelines), then the few-shot turns, then the item:
+    the stable parts first. ``fixed`` and ``diverse`` examples are the same for every item, so they
+    are shared too; ``similar`` ones are chosen per item and end the shared prefix at the system."""
+    system = counter.count_messages(task.messages("x")[:1])
+    t = spec.task
+    examples = t.examples is not None and t.max_examples
+    shared = system + (_examples_tokens(spec, task, counter) if examples and t.example_selection != "similar" else 0)
+    if examples and t.example_selection == "similar":
+        why = (f"example_selection: similar breaks prefix sharing: the examples are chosen per item and follow "
+               f"the system prompt, so only its ~{system:,} tokens are shared (fixed or diverse share the examples too)")
+    else:
+        why = f"~{shared:,} leading tokens are the same in every prompt (system" + (", examples)" if examples else ")")
+    if shared < CACHE_MIN_TOKENS:
+        why += f"; under the {CACHE_MIN_TOKENS:,} tokens providers cache from, so none will be billed as cached"
+    else:
+        why += "; providers bill them at the cached price (model.price.cached_input_per_mtok) once cached"
+    return shared, why
 
 
 class _AugmentPlan:
@@ -180,6 +209,7 @@ def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
         "re-asks (invalid output) and retries may add to these; the caps below are enforced while running",
         f"budget:              max_total_tokens={spec.budget.max_total_tokens}  max_cost_usd={spec.budget.max_cost_usd}",
         f"fits the budget:     {'yes' if plan.fits else 'NO: ' + '; '.join(plan.reasons)}",
+        f"prompt caching:      {plan.prefix_note}",
         "",
         "first prompt:",
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import hashlib
 import itertools
 import json
 import math
@@ -56,6 +57,9 @@ class SimConfig:
     identify: bool = True  # say "a simulator" in every response (SIMULATOR_HEADER); False: pose as a real endpoint
     gaps: Gaps = Gaps()  # behave like a self-hosted server that lacks some capabilities
     batch: BatchConfig = BatchConfig()  # the Files and Batches endpoints (prelabel.simulator.batches)
+    # OpenAI's prompt caching: a prompt whose leading messages (at least this many tokens) were sent
+    # before reports them as usage.prompt_tokens_details.cached_tokens; None: no prompt cache
+    prompt_cache_min_tokens: int | None = 1024
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Simulator:
         self._clock = time.monotonic  # tests swap in a hand-driven clock
         self._counters: dict[str, TokenCounter] = {}
         self._ids = itertools.count(1)
+        self._prefixes: collections.OrderedDict[bytes, None] = collections.OrderedDict()  # prompt cache
         self._runner: web.AppRunner | None = None
         self.batches = Batches(self, config.batch, seed=config.seed, clock=batch_clock)
         self.app = web.Application()
@@ -204,11 +209,41 @@ class Simulator:
             "system_fingerprint": "fp_simulator" if self.config.identify else "fp_0000000000",
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": self._cached_prefix(messages, counter)}},
         }
         if self.config.gaps.no_usage:
             del payload["usage"]
         return respond(200, payload)
+
+    def _cached_prefix(self, messages: list, counter) -> int:
+        """Tokens of the longest run of leading messages sent before (whole messages, as a stand-in
+        for OpenAI's 128-token blocks), if it reaches ``prompt_cache_min_tokens``; then remembered."""
+        minimum = gaps_.prompt_cache_min(self.config.gaps, self.config.prompt_cache_min_tokens)
+        whole = self.config.gaps.cached_tokens == "any"  # llama.cpp: a repeated prompt is all cached
+        if minimum is None or (len(messages) < 2 and not whole):
+            return 0
+        keys = []
+        digest = hashlib.blake2b(digest_size=16)
+        for message in messages if whole else messages[:-1]:
+            digest.update(json.dumps(message, sort_keys=True, default=str).encode())
+            keys.append(digest.copy().digest())
+        shared = 0
+        for k, key in enumerate(keys, 1):
+            if key not in self._prefixes:
+                break
+            shared = k
+        for key in keys:
+            self._prefixes[key] = None
+            self._prefixes.move_to_end(key)
+        while len(self._prefixes) > 50_000:
+            self._prefixes.popitem(last=False)
+        if not shared:
+            return 0
+        tokens = counter.count_messages(messages[:shared])
+        if whole and shared == len(messages):
+            tokens -= 1  # the last prompt token is always evaluated again
+        return tokens if tokens >= minimum else 0
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
@@ -216,10 +251,8 @@ class Simulator:
 
     async def answer_embeddings(self, body: Any, gate, respond):
         """An embeddings request's answer, as ``answer_chat``."""
-        if self.config.gaps.no_embeddings:  # llama.cpp started without --embeddings
-            return respond(501, {"error": {"message": "This server does not support embeddings. "
-                                                 "Start it with `--embeddings`", "type": "not_supported_error",
-                                                 "param": None, "code": 501}})
+        if refused := gaps_.embeddings_refusal(self.config.gaps):  # llama.cpp without --embeddings, vLLM's chat model
+            return respond(*refused)
         inputs = body.get("input") if isinstance(body, dict) else None
         inputs = [inputs] if isinstance(inputs, str) else inputs
         if not (isinstance(inputs, list) and inputs and all(isinstance(t, str) for t in inputs)):
@@ -234,7 +267,9 @@ class Simulator:
         data = []
         for index, text in enumerate(inputs):
             vector: Any = embedding(text)
-            if as_base64:
+            if self.config.gaps.per_token_embeddings:  # llama-cpp-python: one vector per token
+                vector = [vector for _ in text.split()] or [vector]
+            elif as_base64:
                 vector = base64.b64encode(array("f", vector).tobytes()).decode()
             data.append({"object": "embedding", "index": index, "embedding": vector})
         self.stats.ok += 1

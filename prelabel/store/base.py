@@ -67,7 +67,8 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-    cached: bool
+    cached: bool  # answered from prelabel's response cache: free
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
 
 
 @dataclass(slots=True)

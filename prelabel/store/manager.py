@@ -261,11 +261,13 @@ class StoreManager:
             drafts = [] if r.release else [dict(job_id=job_id, seq=r.seq, idx=idx, priority=record["review_priority"],
                                                 record=_json(record)) for idx, record in enumerate(r.records)]
             usage = [dict(job_id=job_id, seq=r.seq, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
-                          completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached))
+                          completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached),
+                          cached_prompt_tokens=u.cached_prompt_tokens)
                      for u in r.usage]
             prepared.append((r, summary, drafts, usage))
         side = [dict(job_id=job_id, seq=NO_ITEM, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
-                     completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached))
+                     completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached),
+                          cached_prompt_tokens=u.cached_prompt_tokens)
                 for u in side_usage]
         cache = [dict(key=key, response=json.dumps(completion, ensure_ascii=False), now=now)
                  for r in results for key, completion in r.cache]
@@ -390,11 +392,13 @@ class StoreManager:
         return [InputErrorRow(*row) for row in self._c.all("input_errors", job_id=job_id)]
 
     def usage_totals(self, job_id: str) -> dict:
-        n, prompt, completion, cost, cached = (int(v) if i != 3 else float(v)
-                                               for i, v in enumerate(self._c.one("usage_totals", job_id=job_id)))
-        # Tokens and cost are what was billed; answers from the cache cost nothing.
+        n, prompt, completion, cost, cached, prompt_cached = (
+            int(v) if i != 3 else float(v) for i, v in enumerate(self._c.one("usage_totals", job_id=job_id)))
+        # Tokens and cost are what was billed; answers from the cache cost nothing. Of the prompt
+        # tokens, ``cached_prompt_tokens`` came from the provider's prompt cache (the cached price).
         return {"requests_billed": n - cached, "cached_answers": cached, "prompt_tokens": prompt,
-                "completion_tokens": completion, "cost_usd": round(cost, 6)}
+                "cached_prompt_tokens": prompt_cached, "completion_tokens": completion,
+                "cost_usd": round(cost, 6)}
 
     def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None:
         self._c.run("insert_run", job_id=job_id, owner=owner, started=started, ended=time.time(),

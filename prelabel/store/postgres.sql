@@ -130,6 +130,10 @@ CREATE TABLE IF NOT EXISTS review_samples (
     PRIMARY KEY (job_id, draft_id)
 );
 
+-- name: migration_2
+-- Prompt caching billed: of a request's prompt tokens, those the provider served from its prompt cache.
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+
 -- name: claim_ingest
 UPDATE ingest SET owner = :owner, beat = :now WHERE job_id = :job_id AND owner IS NOT DISTINCT FROM :dead_owner;
 
@@ -306,8 +310,8 @@ UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
 WHERE job_id = :job_id AND seq = :seq AND state = 'leased' AND lease_owner = :owner;
 
 -- name: insert_usage
-INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached)
-VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached);
+INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached, cached_prompt_tokens)
+VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached, :cached_prompt_tokens);
 
 -- name: add_spent
 UPDATE jobs SET spent_tokens = spent_tokens + :tokens, spent_cost = spent_cost + :cost, updated_at = :now
@@ -369,7 +373,8 @@ SELECT line, field, message FROM input_errors WHERE job_id = :job_id ORDER BY li
 
 -- name: usage_totals
 SELECT count(*), coalesce(sum(prompt_tokens * (1 - cached)), 0), coalesce(sum(completion_tokens * (1 - cached)), 0),
-       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0)
+       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0),
+       coalesce(sum(cached_prompt_tokens * (1 - cached)), 0)
 FROM usage WHERE job_id = :job_id;
 
 -- name: insert_run

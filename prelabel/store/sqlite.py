@@ -175,7 +175,8 @@ class SQLiteConnector:
         (checked again inside it: two processes may open an old store at once)."""
         steps = [("items", "kind", "migrate_1"),  # before drafts had their own table
                  ("spool", "inputs", "migrate_2"),  # before failed spool files were retried
-                 ("jobs", "simulated", "migrate_simulated")]  # before a --simulate job was marked as one
+                 ("jobs", "simulated", "migrate_simulated"),  # before a --simulate job was marked as one
+                 ("usage", "cached_prompt_tokens", "migrate_cached_prompt_tokens")]  # before prompt caching was billed
         for table, column, script in steps:
             if column not in self.columns(table):
                 with self.transaction():

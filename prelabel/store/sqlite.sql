@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS usage (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
-    cached INTEGER NOT NULL
+    cached INTEGER NOT NULL,
+    cached_prompt_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_job ON usage (job_id);
 CREATE TABLE IF NOT EXISTS cache (
@@ -237,8 +238,8 @@ UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
 WHERE job_id = :job_id AND seq = :seq AND state = 'leased' AND lease_owner = :owner;
 
 -- name: insert_usage
-INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached)
-VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached);
+INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached, cached_prompt_tokens)
+VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached, :cached_prompt_tokens);
 
 -- name: add_spent
 UPDATE jobs SET spent_tokens = spent_tokens + :tokens, spent_cost = spent_cost + :cost, updated_at = :now
@@ -331,6 +332,9 @@ DROP INDEX IF EXISTS items_state;
 -- name: migrate_2
 ALTER TABLE spool ADD COLUMN inputs TEXT;
 
+-- name: migrate_cached_prompt_tokens
+ALTER TABLE usage ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+
 -- name: migrate_simulated
 ALTER TABLE jobs ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0;
 
@@ -352,7 +356,8 @@ SELECT line, field, message FROM input_errors WHERE job_id = :job_id ORDER BY li
 
 -- name: usage_totals
 SELECT count(*), coalesce(sum(prompt_tokens * (1 - cached)), 0), coalesce(sum(completion_tokens * (1 - cached)), 0),
-       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0)
+       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0),
+       coalesce(sum(cached_prompt_tokens * (1 - cached)), 0)
 FROM usage WHERE job_id = :job_id;
 
 -- name: insert_run

@@ -147,7 +147,7 @@ class LiveExecutor:
         completion = prepared.cached
         if completion is not None:  # answered before: free, and needs no budget
             usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
-                                  completion.completion_tokens, 0.0, True))
+                                  completion.completion_tokens, 0.0, True, completion.cached_prompt_tokens))
             return completion, prepared.key
         estimate = session.estimate(request.prompt_tokens)
         copies = engine.prompt_copies(request.samples)  # n ignored or refused: each sample is a request
@@ -190,10 +190,11 @@ class LiveExecutor:
         return Failed(str(error), malformed)
 
     def _account(self, reservation, completion: Completion, usage: list[UsageRow]) -> None:
-        cost = self.session.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
+        cost = self.session.settle(reservation, completion.prompt_tokens, completion.completion_tokens,
+                                   completion.cached_prompt_tokens)
         self._settled.set()
         usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
-                              completion.completion_tokens, cost, False))
+                              completion.completion_tokens, cost, False, completion.cached_prompt_tokens))
         self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
         self.progress.cost += cost
 

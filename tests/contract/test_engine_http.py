@@ -72,25 +72,6 @@ def error(status: int, code: str | None = None, headers: dict | None = None) -> 
     return httpx.Response(status, json=body, headers=headers)
 
 
-@pytest.fixture
-def fake() -> FakeTime:
-    return FakeTime()
-
-
-@pytest.fixture
-async def client():
-    # A plain httpx transport: respx's default (httpcore) mocker intercepts it.
-    c = openai.AsyncOpenAI(api_key=KEY, base_url=BASE, max_retries=0, http_client=httpx.AsyncClient())
-    yield c
-    await c.close()
-
-
-@pytest.fixture
-def api():
-    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
-        yield mock
-
-
 def make_engine(client, fake: FakeTime, spec: ModelSpec = FAST, settings: Engine = Engine(), *,
                 cache_get=lambda key: None, rng: random.Random | None = None) -> LLMEngine:
     return LLMEngine(client, spec, settings, cache_get=cache_get, sleep=fake.sleep, clock=fake.clock,

@@ -321,10 +321,43 @@ def test_usage_totals_exclude_cached_tokens(store):
         result(2, usage=[usage(90, 9, 0.001)]),
     ])
     assert store.usage_totals("job-1") == {"requests_billed": 3, "cached_answers": 1, "prompt_tokens": 310,
-                                           "completion_tokens": 27, "cost_usd": 0.006}
+                                           "cached_prompt_tokens": 0, "completion_tokens": 27, "cost_usd": 0.006}
     assert store.get_job("job-1").spent_tokens == 337
     assert store.usage_totals("nope") == {"requests_billed": 0, "cached_answers": 0, "prompt_tokens": 0,
-                                          "completion_tokens": 0, "cost_usd": 0}
+                                          "cached_prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0}
+
+
+def test_usage_totals_count_provider_cached_prompt_tokens(store):
+    """The ledger keeps, per request, the prompt tokens the provider served from its prompt cache;
+    an answer from prelabel's own response cache counts none (it was not billed at all)."""
+    store.create_job(job_record(), raw_items(2))
+    store.lease("job-1", OWNER_A, 2, T0, 60)
+    store.complete("job-1", OWNER_A, [
+        result(0, usage=[UsageRow("m", 1500, 10, 0.001, False, 1280)]),
+        result(1, usage=[UsageRow("m", 1500, 10, 0.0, True, 1280)]),
+    ])
+    totals = store.usage_totals("job-1")
+    assert totals["cached_prompt_tokens"] == 1280 and totals["prompt_tokens"] == 1500
+
+
+def test_old_usage_table_gains_cached_prompt_tokens(tmp_path):
+    """A store made before prompt caching was billed (no cached_prompt_tokens column) is migrated."""
+    path = tmp_path / "old.db"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE usage")
+    db.execute("CREATE TABLE usage (job_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, model TEXT NOT NULL, "
+               "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL, "
+               "cached INTEGER NOT NULL)")
+    db.execute("INSERT INTO usage VALUES ('job-1', 0, 0, 'm', 100, 10, 0.001, 0)")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.usage_totals("job-1")["cached_prompt_tokens"] == 0
+        assert store.usage_totals("job-1")["prompt_tokens"] == 100
+    finally:
+        store.close()
 
 
 def test_runs_are_summed(store):
@@ -672,10 +705,13 @@ def test_hosts_starting_at_once_migrate_a_new_database_once(url):
         finally:
             s.close()
 
-    assert _threads(4, start) == [1, 1, 1, 1]
+    from prelabel.store.postgres import MIGRATIONS
+    latest = MIGRATIONS[-1][0]
+    assert _threads(4, start) == [latest] * 4
     import psycopg
-    with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT version FROM prelabel_schema").fetchall() == [(1,)]
+    with psycopg.connect(url) as conn:  # each migration applied once, by one of them
+        assert conn.execute("SELECT version FROM prelabel_schema ORDER BY version").fetchall() == [
+            (version,) for version, _ in MIGRATIONS]
     s = open_store(url)
     try:
         assert sorted(j.id for j in s.list_jobs()) == ["job-0", "job-1", "job-2", "job-3"]

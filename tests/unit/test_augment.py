@@ -261,10 +261,11 @@ def test_paraphrase_request_and_parse():
     messages, fmt = augment.paraphrase_request("The box was damaged.", 2, ["Acme", 'say "hi"'])
     system, user = messages[0]["content"], messages[1]["content"]
     assert [m["role"] for m in messages] == ["system", "user"]
-    assert "2 paraphrases" in system and '- "Acme"' in system and '- "say \\"hi\\""' in system
+    # the item's protected terms are in the user message: the system prompt is the same for every item
+    assert "2 paraphrases" in system and '- "Acme"' in user and '- "say \\"hi\\""' in user
     assert "The box was damaged." in user and "$" not in system + user
     assert fmt["json_schema"]["schema"]["required"] == ["paraphrases"]
-    assert "Keep each" not in augment.paraphrase_request("x", 1, [])[0][0]["content"]
+    assert "Keep each" not in augment.paraphrase_request("x", 1, [])[0][-1]["content"]
     assert augment.parse_paraphrases(json.dumps({"paraphrases": [" a ", "", "b", "c"]}), 2) == ["a", "b"]
     for bad in ("nope", "[]", '{"paraphrases": "a"}', '{"paraphrases": [1]}', '{"paraphrases": [" "]}', "{}"):
         with pytest.raises(InvalidOutput):
@@ -273,7 +274,7 @@ def test_paraphrase_request_and_parse():
 
 def test_translate_request_and_parse():
     messages, fmt = augment.translate_request("Hello Maria", "de", ["Maria"])
-    assert "into German" in messages[0]["content"] and '- "Maria"' in messages[0]["content"]
+    assert "into German" in messages[0]["content"] and '- "Maria"' in messages[1]["content"]
     assert "Hello Maria" in messages[1]["content"]
     assert fmt["json_schema"]["schema"]["required"] == ["translation"]
     assert "into English" in augment.translate_request("Hallo", "en", [])[0][0]["content"]
