@@ -7,6 +7,7 @@ never see a driver, a cursor or a dialect; a backend never holds a rule. Lists p
 """
 from __future__ import annotations
 
+import functools
 import re
 from contextlib import AbstractContextManager
 from importlib import resources
@@ -24,10 +25,12 @@ def load_queries(filename: str) -> dict[str, str]:
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
 
 
-def statements(sql: str) -> list[str]:
-    """A block's statements (our SQL has no ``;`` inside a literal)."""
-    return [s.strip() for s in sql.split(";") if s.strip() and not all(
-        line.lstrip().startswith("--") or not line.strip() for line in s.splitlines())]
+@functools.lru_cache(maxsize=None)
+def statements(sql: str) -> tuple[str, ...]:
+    """A block's statements (our SQL has no ``;`` inside a literal). Cached: a query runs once per
+    input line while a job is read in."""
+    return tuple(s.strip() for s in sql.split(";") if s.strip() and not all(
+        line.lstrip().startswith("--") or not line.strip() for line in s.splitlines()))
 
 
 class Connector(Protocol):

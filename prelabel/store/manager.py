@@ -129,18 +129,17 @@ class StoreManager:
                                        owner=owner)
                 if not ours:
                     raise JobExists(job_id)  # taken over: what this reader holds is not to be stored
-                for entry in batch:
-                    if isinstance(entry, InputError):
-                        self._c.run("insert_input_error", job_id=job_id, line=entry.line, field=entry.field,
-                                    message=entry.reason)
-                        continue
-                    position, item = entry
-                    if self._c.run("insert_item", job_id=job_id, seq=position, item_id=item.item_id, line=item.line,
-                                   text=item.text):
-                        added += 1
-                    else:
-                        self._c.run("insert_input_error", job_id=job_id, line=item.line, field=None,
-                                    message=f"duplicate id {item.item_id!r}: kept the first")
+                errors = [dict(job_id=job_id, line=e.line, field=e.field, message=e.reason)
+                          for e in batch if isinstance(e, InputError)]
+                rows = [dict(job_id=job_id, seq=position, item_id=item.item_id, line=item.line, text=item.text)
+                        for position, item in (e for e in batch if not isinstance(e, InputError))]
+                added = self._c.many("insert_item", rows)  # one round trip for the batch, not one per line
+                if added < len(rows):  # ids seen before (in this batch or an earlier one): the first is kept
+                    stored = dict(self._c.all("item_seqs", job_id=job_id, ids=[r["item_id"] for r in rows]))
+                    errors += [dict(job_id=job_id, line=r["line"], field=None,
+                                    message=f"duplicate id {r['item_id']!r}: kept the first")
+                               for r in rows if stored.get(r["item_id"]) != r["seq"]]
+                self._c.many("insert_input_error", errors)
                 if last:
                     self._c.run("finish_ingest", job_id=job_id)
                     self._c.run("ingest_done", now=time.time(), job_id=job_id)

@@ -81,7 +81,10 @@ def storage_error(path: str, e: sqlite3.Error, busy_timeout_s: float) -> Storage
 
 def _adapt(params: dict) -> dict:
     """Lists go to SQLite as JSON, read back with ``json_each``."""
-    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
+    for k, v in params.items():
+        if isinstance(v, (list, tuple)):
+            return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
+    return params  # the common case: scalars only, passed as they are
 
 
 class SQLiteConnector:
@@ -131,8 +134,11 @@ class SQLiteConnector:
         return self.db.execute(Q[query], _adapt(params)).fetchall()
 
     def run(self, query: str, /, **params) -> int:
-        params = _adapt(params)
-        return sum(self.db.execute(statement, params).rowcount for statement in statements(Q[query]))
+        params, db = _adapt(params), self.db
+        block = statements(Q[query])
+        if len(block) == 1:  # most queries: one statement (an input line's insert runs it a million times)
+            return db.execute(block[0], params).rowcount
+        return sum(db.execute(statement, params).rowcount for statement in block)
 
     def many(self, query: str, /, rows: list[dict]) -> int:
         if not rows:

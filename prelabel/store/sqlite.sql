@@ -152,6 +152,10 @@ DELETE FROM items WHERE job_id = :job_id;
 DELETE FROM input_errors WHERE job_id = :job_id;
 DELETE FROM jobs WHERE id = :job_id;
 
+-- name: item_seqs
+-- Where the ids of a batch are stored: an id stored at another seq was a duplicate, ignored.
+SELECT item_id, seq FROM items WHERE job_id = :job_id AND item_id IN (SELECT value FROM json_each(:ids));
+
 -- name: insert_item
 INSERT INTO items (job_id, seq, item_id, line, text) VALUES (:job_id, :seq, :item_id, :line, :text)
 ON CONFLICT (job_id, item_id) DO NOTHING;

