@@ -72,7 +72,13 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
     loc = _plain_loc(first["loc"])
     field = ".".join(str(part) for part in loc) or None
     kind = first["type"]
-    if kind == "extra_forbidden":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # task.kind, augment.steps.N.kind
+        loc += ("kind",)
+        field = ".".join(str(part) for part in loc)
+        known = ", ".join(KINDS if loc[0] == "task" else AUGMENT_STEPS)
+        message = (f"unknown kind {first['ctx']['tag']!r}; the kinds are: {known}" if kind == "union_tag_invalid"
+                   else f"required field is missing; the kinds are: {known}")
+    elif kind == "extra_forbidden":
         message = "unknown key (check its spelling and section)"
     elif kind == "missing":
         message = "required field is missing"
@@ -80,6 +86,8 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
         message = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], (dict, list)):
             message += f" (got {first['input']!r})"
+            if kind.endswith("_type") and isinstance(first["input"], str):  # rpm: "6000"
+                message += "; write a number or true/false without quotes"
     more = len(err.errors()) - 1
     if more:
         message += f" [and {more} more error{'s' if more > 1 else ''}]"
