@@ -507,6 +507,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_probe(args) -> int:
+    from types import SimpleNamespace
+
     from .llm.capabilities import store_key
     from .llm.client import make_client
     from .config import EXIT_OK, EXIT_UNAVAILABLE, ModelSpec
@@ -515,9 +517,14 @@ def cmd_probe(args) -> int:
 
     endpoint = _endpoint()
     url = args.base_url or endpoint.base_url
-    if args.base_url and (refusal := endpoint.allowlist().refusal(args.base_url)):
-        raise JobFileError(refusal, field="--base-url")
+    if args.base_url and (refusal := endpoint.allowlist().refusal(
+            args.base_url, named_by="--base-url", command="`prelabel probe`")):
+        raise UsageError(f"--base-url: {refusal}")
     spec = ModelSpec(name=args.model, timeout_s=args.timeout)
+    # the check `run` makes: OpenAI's API with no key is said at once, not as a connection error
+    if (missing := Endpoint(endpoint.api_key, url).missing_key(SimpleNamespace(model=spec))) is not None:
+        print(f"prelabel: error: {missing.removesuffix(', or run with --simulate')}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
     async def go():
         client = make_client(spec, api_key=endpoint.api_key, base_url=url)
@@ -768,11 +775,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a reader gone away is a BrokenPipeError caught below
         return code
     except PrelabelError as e:
-        from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_STORAGE
+        from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_STORAGE, EXIT_USAGE
+        from .errors import ReviewFileError
 
         print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
-        return (EXIT_JOB_ERROR if isinstance(e, JobFileError) else EXIT_STORAGE if isinstance(e, StorageError)
-                else EXIT_ERROR)
+        # 1 is for what nobody foresaw: a user's mistake has the code of its kind
+        return (EXIT_JOB_ERROR if isinstance(e, (JobFileError, ReviewFileError))
+                else EXIT_STORAGE if isinstance(e, StorageError)
+                else EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR)
     except BrokenPipeError:  # `prelabel status | head`: the reader left; say nothing more, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit raises again
         return EXIT_BROKEN_PIPE

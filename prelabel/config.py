@@ -358,8 +358,8 @@ REASK_CEILING = 4
 
 EXIT_OK = 0
 EXIT_ERROR = 1          # an unexpected error: a bug, or the store unreachable
-EXIT_USAGE = 2          # the command line itself (argparse)
-EXIT_JOB_ERROR = 3      # a job file or input that cannot be run; bad input lines after the run
+EXIT_USAGE = 2          # the command line itself (argparse), a flag's value or an environment setting (UsageError)
+EXIT_JOB_ERROR = 3      # a job file, input or reviewers' file that cannot be used; bad input lines after the run
 EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again to resume
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
 EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost

@@ -123,4 +123,4 @@ def test_the_finetuning_export_after_review(job):
     assert kept == set(truth) | unreviewed_kept
     assert check(out / TRAIN).returncode == 0
     auto = prelabel("export", job_id, "--accept-above", "auto", env=cli_env)
-    assert auto.returncode == 1 and "review more drafts" in auto.stderr  # 90 reviews, 30 corrected
+    assert auto.returncode == 2 and "review more drafts" in auto.stderr  # 90 reviews, 30 corrected

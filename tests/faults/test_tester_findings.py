@@ -1,0 +1,48 @@
+"""What a tester found following the README on a fresh clone: each command run as they ran it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prelabel.cli import main
+from tests.conftest import write_job
+
+
+@pytest.fixture
+def no_endpoint(monkeypatch, tmp_path: Path) -> Path:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PRELABEL_ALLOWED_BASE_URLS", "PRELABEL_OUTPUT_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    db = tmp_path / "prelabel.db"
+    monkeypatch.setenv("PRELABEL_DB", str(db))
+    return db
+
+
+def test_probe_without_a_key_for_openai_says_so_before_connecting(no_endpoint, capsys):
+    assert main(["probe", "--model", "gpt-4o-mini"]) == 6
+    err = capsys.readouterr().err
+    assert "no API key for https://api.openai.com/v1" in err and "OPENAI_API_KEY" in err
+    assert "Connection error" not in err and "--simulate" not in err  # probe has no --simulate
+
+
+def test_probe_base_url_refusal_is_worded_for_the_flag(no_endpoint, capsys):
+    assert main(["probe", "--base-url", "https://elsewhere.example/v1", "--model", "m"]) == 2
+    err = capsys.readouterr().err
+    assert "--base-url may only name endpoints the operator allowed" in err
+    assert "job file" not in err and "PRELABEL_ALLOWED_BASE_URLS" in err
+
+
+def _run_job(tmp_path: Path, capsys, **kw) -> tuple[str, Path]:
+    job = write_job(tmp_path / "job", **kw)
+    assert main(["run", str(job), "--simulate", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["jobs"]
+    return row["job_id"], job
+
+
+def test_review_import_of_a_missing_file_is_exit_3_not_an_unexpected_error(no_endpoint, tmp_path, capsys):
+    job_id, _ = _run_job(tmp_path, capsys)
+    assert main(["review", "import", job_id, str(tmp_path / "missing.json")]) == 3
+    assert "missing.json: cannot read it" in capsys.readouterr().err
