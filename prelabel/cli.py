@@ -91,7 +91,9 @@ def _say(outcome) -> None:
             print(f"  what finished is written to {outcome.out_dir}", file=sys.stderr)
         return
     r = outcome.report
-    print(f"{outcome.job_id}: {json.dumps(r['by_state'])}  flags {json.dumps(r['by_flag'])}  "
+    variants = (f"  {r['variants']:,} variants (augmentation units {json.dumps(r['augmentation_units'])})"
+                if "variants" in r else "")
+    print(f"{outcome.job_id}: {r['items']:,} items {json.dumps(r['by_state'])}{variants}  flags {json.dumps(r['by_flag'])}  "
           f"{r['usage']['prompt_tokens'] + r['usage']['completion_tokens']:,} tokens  ${r['usage']['cost_usd']:.4f}")
     if r["input_errors"]["count"]:
         first = r["input_errors"]["errors"][:3]
@@ -265,6 +267,7 @@ def cmd_work(args) -> int:
 
 def cmd_status(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK
+    from .outputs.report import work_counts
     from .queue.ingest import reader_is_dead
 
     store = _open_store(args.db)
@@ -276,8 +279,11 @@ def cmd_status(args) -> int:
             return EXIT_JOB_ERROR
         rows = []
         for job in jobs:
-            counts = store.counts(job.id)
+            work = work_counts(store, job.id)  # input items; variants and augmentation units apart
+            counts = work["by_state"]
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
+                         **({"variants": work["variants"], "augmentation_units": work["augmentation_units"]}
+                            if "variants" in work else {}),
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
             loading = store.ingest_state(job.id) if job.status == JobStatus.INGESTING else None
             if loading is not None:  # how far its input is in, and whether anyone is still reading it
@@ -285,21 +291,25 @@ def cmd_status(args) -> int:
                                        "alive": not reader_is_dead(loading, time.time())}
         # Spool files whose latest try failed, while they are still there to fix.
         failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
-        if args.json:
-            print(json.dumps(rows, indent=2))
+        if args.json:  # an object: room for more than jobs
+            print(json.dumps({"jobs": rows, "spool_failures": [{"path": f.path, "error": f.error} for f in failed]},
+                             indent=2))
         else:
             if not rows:
                 print(f"no jobs in {args.db}")
             for row in rows:
                 states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
-                print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
+                variants = ""
+                if "variants" in row:
+                    units = "  ".join(f"{s}={n}" for s, n in row["augmentation_units"].items())
+                    variants = f"{row['variants']:,} variants (augmentation units: {units})  "
+                print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  {variants}"
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
                 if "loading" in row and not row["loading"]["alive"]:
                     print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
                           "or work tick reads the input on from there")
-        for entry in failed:  # on stderr with --json, which stays a list of jobs
-            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)",
-                  file=sys.stderr if args.json else sys.stdout)
+        for entry in failed if not args.json else ():
+            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)")
         return EXIT_OK
     finally:
         store.close()

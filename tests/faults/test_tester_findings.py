@@ -46,3 +46,32 @@ def test_review_import_of_a_missing_file_is_exit_3_not_an_unexpected_error(no_en
     job_id, _ = _run_job(tmp_path, capsys)
     assert main(["review", "import", job_id, str(tmp_path / "missing.json")]) == 3
     assert "missing.json: cannot read it" in capsys.readouterr().err
+
+
+def test_status_json_is_an_object_with_the_spool_failures(no_endpoint, tmp_path, capsys):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "broken.yaml").write_text("name: [\n", encoding="utf-8")
+    assert main(["work", "--once", "--spool", str(spool), "-q"]) == 3
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    out, err = capsys.readouterr()
+    status = json.loads(out)
+    assert status["jobs"] == [] and err == ""
+    (failure,) = status["spool_failures"]
+    assert "broken.yaml" in failure["path"] and "invalid YAML" in failure["error"]
+
+
+def test_an_augment_job_counts_input_items_variants_and_units_apart(no_endpoint, tmp_path, capsys):
+    job_id, _ = _run_job(tmp_path, capsys, extra="augment:\n  seed: 1\n  steps:\n    - {kind: noise, n: 2}\n")
+    assert main(["status", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["jobs"]
+    assert row["items"] == 12 and row["done"] == 12  # the input's items, not the job's units of work
+    assert row["variants"] > 0 and sum(row["augmentation_units"].values()) > 0
+    report = json.loads((tmp_path / "job" / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["items"] == 12 and report["by_state"] == {"done": 12}
+    assert report["variants"] == row["variants"]
+    drafts = (tmp_path / "job" / "out" / "drafts.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(drafts) == 12 + report["variants"]
+    assert main(["status"]) == 0
+    assert f"{row['variants']} variants" in capsys.readouterr().out
