@@ -349,12 +349,22 @@ def cmd_export(args) -> int:
                   + (f"; unreviewed drafts accepted at confidence >= {r['accept_above']:.4f}"
                      if r["accept_above"] is not None else ""), file=sys.stderr)
         if "openai_finetune" in report:
+            from .outputs.finetune import TRAIN_FILE, VAL_FILE
+
             ft = report["openai_finetune"]
-            sides = [side for side in ("train", "validation") if side in ft]
-            print("  " + "; ".join(f"{name}: {ft[side]['examples']:,} examples from {ft[side]['sources']:,} sources"
-                                   for name, side in zip(ft["files"], sides)), file=sys.stderr)
+            names = {"train": TRAIN_FILE, "validation": VAL_FILE}
+            print("  " + "; ".join(f"{names[side]}{'' if names[side] in ft['files'] else ' (not written)'}: "
+                                   f"{ft[side]['examples']:,} examples from {ft[side]['sources']:,} sources"
+                                   for side in names if side in ft), file=sys.stderr)
             for warning in ft["warnings"]:
                 print(f"  warning: {warning}", file=sys.stderr)
+        elif args.include_flagged is not None or args.val_fraction is not None:
+            flags = " and ".join(flag for flag, value in (("--include-flagged", args.include_flagged),
+                                                          ("--val-fraction", args.val_fraction)) if value is not None)
+            formats = ", ".join(job.spec["output"]["formats"])
+            print(f"  warning: {flags} shape the fine-tuning files, and this job's output.formats ({formats}) has "
+                  f"no openai_finetune: none was written; add openai_finetune to output.formats and run "
+                  f"or export again", file=sys.stderr)
         return exit_code_for(report)
     finally:
         store.close()

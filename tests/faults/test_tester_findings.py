@@ -75,3 +75,11 @@ def test_an_augment_job_counts_input_items_variants_and_units_apart(no_endpoint,
     assert len(drafts) == 12 + report["variants"]
     assert main(["status"]) == 0
     assert f"{row['variants']} variants" in capsys.readouterr().out
+
+
+def test_export_finetune_flags_without_the_format_say_no_file_was_written(no_endpoint, tmp_path, capsys):
+    job_id, _ = _run_job(tmp_path, capsys)
+    assert main(["export", job_id, "--include-flagged", "--val-fraction", "0.2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --include-flagged and --val-fraction" in err and "output.formats (jsonl, labelstudio)" in err
+    assert not (tmp_path / "job" / "out" / "openai_finetune.jsonl").exists()
