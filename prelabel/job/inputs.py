@@ -40,7 +40,7 @@ def _has_bad_bytes(text: str) -> bool:
 
 def _item(record: dict, line: int, spec: InputSpec) -> RawItem | InputError:
     if spec.text_field not in record:
-        return InputError(f"the record has no field {spec.text_field!r} (input.text_field)",
+        return InputError(f"field {spec.text_field!r} is missing from the record (input.text_field)",
                           line=line, field=spec.text_field)
     text = record[spec.text_field]
     if not isinstance(text, str):
@@ -151,7 +151,7 @@ def _read_csv(spec: InputSpec) -> Iterator[RawItem | InputError]:
                     continue
                 if len(row) < len(header) and header.index(spec.text_field) >= len(row):
                     yield InputError(f"the row has {len(row)} field(s) and the header {len(header)}: "
-                                     f"no value for column {spec.text_field!r}", line=line_no, field=spec.text_field)
+                                     f"the value of column {spec.text_field!r} is missing", line=line_no, field=spec.text_field)
                     continue
                 yield _item(dict(zip(header, row)), line_no, spec)
             lines.restart_after(offset, line_no)
