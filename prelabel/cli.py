@@ -69,6 +69,11 @@ def _output_roots(args) -> list[Path]:
     return [Path(args.db).expanduser().absolute().parent] + ([args.spool.absolute()] if args.spool else [])
 
 
+def _plural(n: int, noun: str) -> str:
+    """``1 bad input line``, ``2 bad input lines``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _endpoint(simulate: bool = False) -> Endpoint:
     if simulate:  # the built-in simulator's URL is known once it starts; its identity before
         return Endpoint("sk-simulator", None, override=True, simulated=True)
@@ -97,7 +102,7 @@ def _say(outcome) -> None:
           f"{r['usage']['prompt_tokens'] + r['usage']['completion_tokens']:,} tokens  ${r['usage']['cost_usd']:.4f}")
     if r["input_errors"]["count"]:
         first = r["input_errors"]["errors"][:3]
-        print(f"  {r['input_errors']['count']} bad input lines, e.g. "
+        print(f"  {_plural(r['input_errors']['count'], 'bad input line')}, e.g. "
               + "; ".join(f"line {e['line']}: {e['error']}" for e in first), file=sys.stderr)
     if r["by_state"].get(ItemState.STOPPED):
         print(f"  stopped by budget: {r['by_state'][ItemState.STOPPED]} items left; raise the budget in the job file "
@@ -225,7 +230,7 @@ def cmd_submit(args) -> int:
     elif sub.read_on_from is not None:
         state = f"queued (its earlier load was cut off: read on after line {sub.read_on_from:,})"
     print(sub.job_id)
-    print(f"{state}: {sub.items:,} items, {sub.input_errors} bad input lines", file=sys.stderr)
+    print(f"{state}: {sub.items:,} items, {_plural(sub.input_errors, 'bad input line')}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -397,7 +402,8 @@ def cmd_review_import(args) -> int:
     finally:
         store.close()
     for f in summary["files"]:
-        print(f"{f['file']}: {f['reviews']} reviews from {f['tasks'] or 'no'} tasks; {f['not_fit']} did not fit "
+        source = f" from {_plural(f['tasks'], 'Label Studio task')}" if f["tasks"] else ""  # none in a JSONL file
+        print(f"{f['file']}: {_plural(f['reviews'], 'review')}{source}; {f['not_fit']} did not fit "
               f"the schema, {f['unknown_ids']} unknown ids, {f['skipped_by_reviewer']} skipped by the reviewer",
               file=sys.stderr)
         for problem in f["problems"]:
@@ -437,7 +443,7 @@ def cmd_review_report(args) -> int:
         print(f"error of the {u['unreviewed_drafts']} unreviewed drafts: {_share(u['rate'])} "
               f"(95% interval {_share(u['interval_95'][0])} to {_share(u['interval_95'][1])}, audit of {u['n']})")
     for pair in r["most_corrected"][:3]:
-        print(f"  most corrected: {pair['drafted']} -> {pair['reviewed']} ({pair['count']} times)")
+        print(f"  most corrected: {pair['drafted']} -> {pair['reviewed']} ({_plural(pair['count'], 'time')})")
     print(f"wrote {json_path} and {html_path}" + (f"; {seeds} corrected items in {out_dir / REVIEW_EXAMPLES} "
                                                    f"(task.examples: reviews)" if seeds else ""), file=sys.stderr)
     return EXIT_OK

@@ -83,3 +83,21 @@ def test_export_finetune_flags_without_the_format_say_no_file_was_written(no_end
     err = capsys.readouterr().err
     assert "warning: --include-flagged and --val-fraction" in err and "output.formats (jsonl, labelstudio)" in err
     assert not (tmp_path / "job" / "out" / "openai_finetune.jsonl").exists()
+
+
+def test_plan_shows_the_few_shot_turns_and_says_no_cap(no_endpoint, tmp_path, capsys):
+    job = write_job(tmp_path / "job", extra="")
+    (tmp_path / "job" / "shots.jsonl").write_text(
+        '{"text": "An example that is praise", "label": "positive"}\n', encoding="utf-8")
+    job.write_text(job.read_text().replace("task: {kind: classify,", "task: {kind: classify, examples: shots.jsonl,"))
+    assert main(["plan", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "first prompt (with 1 few-shot example as turns before the item; fixed):" in out
+    assert "An example that is praise" in out and "--- assistant ---" in out
+    assert "max_total_tokens=no cap  max_cost_usd=no cap" in out and "None" not in out
+
+
+def test_one_bad_line_is_one_bad_input_line(no_endpoint, tmp_path, capsys):
+    job = write_job(tmp_path / "job", items=[{"id": "a", "text": "fine"}, "{not json"])
+    assert main(["run", str(job), "--simulate", "-q"]) == 3
+    assert "1 bad input line," in capsys.readouterr().err
