@@ -762,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not say it is a simulator (tests: a stand-in for a real endpoint)")
     p.add_argument("--like", choices=["llama-cpp-python"], help="lack what that server lacks")
     p.add_argument("--gap", action="append", choices=["refuse-json-schema", "ignore-n", "logprobs-need-top",
-                                                      "pre-constraint-logprobs", "no-usage", "no-embeddings"],
+                                                      "pre-constraint-logprobs", "no-usage", "no-embeddings",
+                                                      "per-token-embeddings"],
                    help="lack one capability (repeatable)")
     # The Files and Batches endpoints' switches; unset: prelabel.simulator.batches.BatchConfig's defaults.
     p.add_argument("--batch-delay-s", type=float, help="a batch's time to complete (default 0)")

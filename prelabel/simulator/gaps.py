@@ -6,7 +6,8 @@ message; ``json_object`` with a ``schema`` is its form); ``max_n`` is llama.cpp'
 ``top_logprobs`` > 0; ``pre_constraint_logprobs``: both report the model's logprobs *before* the
 grammar constrains it, so the JSON framing and the chosen label look improbable while the label
 still leads the labels; ``no_usage`` and ``no_embeddings`` (a server started without
-``--embeddings``).
+``--embeddings``); ``per_token_embeddings``: llama-cpp-python's ``/v1/embeddings`` without pooling,
+one vector per token (a list of lists), which prelabel reads as no embeddings.
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ class Gaps:
     pre_constraint_logprobs: bool = False
     no_usage: bool = False
     no_embeddings: bool = False
+    per_token_embeddings: bool = False
 
     @classmethod
     def llama_cpp_python(cls) -> "Gaps":
-        return cls(refuse_json_schema=True, ignore_n=True, logprobs_need_top=True, pre_constraint_logprobs=True)
+        return cls(refuse_json_schema=True, ignore_n=True, logprobs_need_top=True, pre_constraint_logprobs=True,
+                   per_token_embeddings=True)
 
 
 def refusal(gaps: Gaps, body: dict) -> tuple[int, dict] | None:

@@ -234,7 +234,9 @@ class Simulator:
         data = []
         for index, text in enumerate(inputs):
             vector: Any = embedding(text)
-            if as_base64:
+            if self.config.gaps.per_token_embeddings:  # no pooling: a vector per token, JSON whatever was asked
+                vector = [embedding(word) for word in text.split()[:8] or [text]]
+            elif as_base64:
                 vector = base64.b64encode(array("f", vector).tobytes()).decode()
             data.append({"object": "embedding", "index": index, "embedding": vector})
         self.stats.ok += 1
