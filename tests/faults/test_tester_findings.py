@@ -101,3 +101,27 @@ def test_one_bad_line_is_one_bad_input_line(no_endpoint, tmp_path, capsys):
     job = write_job(tmp_path / "job", items=[{"id": "a", "text": "fine"}, "{not json"])
     assert main(["run", str(job), "--simulate", "-q"]) == 3
     assert "1 bad input line," in capsys.readouterr().err
+
+
+async def test_exit_8_writes_what_finished_and_does_not_log_items_as_failed(tmp_path, caplog):
+    from prelabel.config import EXIT_RATE_LIMITED, Engine
+    from prelabel.queue.submit import submit
+    from prelabel.store import SQLiteStore
+    from prelabel.worker.runs import Endpoint, run_job
+    from tests.integration.test_worker import simulator
+
+    store = SQLiteStore(tmp_path / "prelabel.db")
+    try:
+        async with simulator(rpm=60, style="gateway") as (sim, url):  # one request a second admitted
+            job = write_job(tmp_path / "job", base_url=url, concurrency=3,
+                            items=[{"id": f"i{n}", "text": f"text {n}"} for n in range(3)])
+            job.write_text(job.read_text().replace("max_retries: 4", "max_retries: 4, max_rate_limit_wait_s: 0.05"))
+            job_id = submit(store, job).job_id
+            outcome = await run_job(store, job_id, Endpoint("sk-test", url), Engine(commit_interval_s=0.01), "host:1:x")
+        assert outcome.exit_code == EXIT_RATE_LIMITED and outcome.out_dir is not None
+        done = store.counts(job_id).get("done", 0)
+        drafts = (tmp_path / "job" / "out" / "drafts.jsonl").read_text(encoding="utf-8").splitlines()
+        assert done >= 1 and len(drafts) == done
+    finally:
+        store.close()
+    assert "failed for good" not in caplog.text and "goes back to the queue" in caplog.text
