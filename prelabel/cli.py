@@ -104,8 +104,9 @@ def _say(outcome) -> None:
         first = r["input_errors"]["errors"][:3]
         print(f"  {_plural(r['input_errors']['count'], 'bad input line')}, e.g. "
               + "; ".join(f"line {e['line']}: {e['error']}" for e in first), file=sys.stderr)
-    if r["by_state"].get(ItemState.STOPPED):
-        print(f"  stopped by budget: {r['by_state'][ItemState.STOPPED]} items left; raise the budget in the job file "
+    if stopped := r["budget"]["stopped_items"]:  # augmentation units and re-checks too
+        what = "units of work (items, variant re-checks, augmentation)" if "variants" in r else "items"
+        print(f"  stopped by budget: {stopped} {what} left; raise the budget in the job file "
               "and run (or submit) it again to resume", file=sys.stderr)
     if r.get("simulated"):
         print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
