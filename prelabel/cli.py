@@ -18,7 +18,7 @@ from .llm.allowlist import ALLOWLIST_ENV, AllowList
 from .llm.endpoint import Endpoint
 from .errors import JobFileError, PrelabelError, StorageError, UsageError
 from .redact import RedactingFilter, add_secret, redact
-from .states import ITEM_STATES, ItemState, JobStatus
+from .states import ITEM_STATES, JobStatus
 
 # Each command imports what it uses when it runs: `--help` loads neither pydantic (the job-file
 # schema) nor the store, `status` no job-file reader, and only `run` and `work` the LLM stack (the
@@ -70,6 +70,11 @@ def _output_roots(args) -> list[Path]:
     return db + ([args.spool.absolute()] if args.spool else [])
 
 
+def _plural(n: int, noun: str) -> str:
+    """``1 bad input line``, ``2 bad input lines``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _endpoint(simulate: bool = False) -> Endpoint:
     if simulate:  # the built-in simulator's URL is known once it starts; its identity before
         return Endpoint("sk-simulator", None, override=True, simulated=True)
@@ -92,14 +97,17 @@ def _say(outcome) -> None:
             print(f"  what finished is written to {outcome.out_dir}", file=sys.stderr)
         return
     r = outcome.report
-    print(f"{outcome.job_id}: {json.dumps(r['by_state'])}  flags {json.dumps(r['by_flag'])}  "
+    variants = (f"  {r['variants']:,} variants (augmentation units {json.dumps(r['augmentation_units'])})"
+                if "variants" in r else "")
+    print(f"{outcome.job_id}: {r['items']:,} items {json.dumps(r['by_state'])}{variants}  flags {json.dumps(r['by_flag'])}  "
           f"{r['usage']['prompt_tokens'] + r['usage']['completion_tokens']:,} tokens  ${r['usage']['cost_usd']:.4f}")
     if r["input_errors"]["count"]:
         first = r["input_errors"]["errors"][:3]
-        print(f"  {r['input_errors']['count']} bad input lines, e.g. "
+        print(f"  {_plural(r['input_errors']['count'], 'bad input line')}, e.g. "
               + "; ".join(f"line {e['line']}: {e['error']}" for e in first), file=sys.stderr)
-    if r["by_state"].get(ItemState.STOPPED):
-        print(f"  stopped by budget: {r['by_state'][ItemState.STOPPED]} items left; raise the budget in the job file "
+    if stopped := r["budget"]["stopped_items"]:  # augmentation units and re-checks too
+        what = "units of work (items, variant re-checks, augmentation)" if "variants" in r else "items"
+        print(f"  stopped by budget: {stopped} {what} left; raise the budget in the job file "
               "and run (or submit) it again to resume", file=sys.stderr)
     if (r.get("augmentation") or {}).get("none_made"):
         print(f"  augmentation: {r['augmentation']['none_made']}", file=sys.stderr)
@@ -226,7 +234,7 @@ def cmd_submit(args) -> int:
     elif sub.read_on_from is not None:
         state = f"queued (its earlier load was cut off: read on after line {sub.read_on_from:,})"
     print(sub.job_id)
-    print(f"{state}: {sub.items:,} items, {sub.input_errors} bad input lines", file=sys.stderr)
+    print(f"{state}: {sub.items:,} items, {_plural(sub.input_errors, 'bad input line')}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -268,6 +276,7 @@ def cmd_work(args) -> int:
 
 def cmd_status(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK
+    from .outputs.report import work_counts
     from .queue.ingest import reader_is_dead
 
     store = _open_store(args.db)
@@ -279,8 +288,11 @@ def cmd_status(args) -> int:
             return EXIT_JOB_ERROR
         rows = []
         for job in jobs:
-            counts = store.counts(job.id)
+            work = work_counts(store, job.id)  # input items; variants and augmentation units apart
+            counts = work["by_state"]
             rows.append({"job_id": job.id, "status": job.status, "items": sum(counts.values()), **counts,
+                         **({"variants": work["variants"], "augmentation_units": work["augmentation_units"]}
+                            if "variants" in work else {}),
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
             loading = store.ingest_state(job.id) if job.status == JobStatus.INGESTING else None
             if loading is not None:  # how far its input is in, and whether anyone is still reading it
@@ -288,21 +300,25 @@ def cmd_status(args) -> int:
                                        "alive": not reader_is_dead(loading, time.time())}
         # Spool files whose latest try failed, while they are still there to fix.
         failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
-        if args.json:
-            print(json.dumps(rows, indent=2))
+        if args.json:  # an object: room for more than jobs
+            print(json.dumps({"jobs": rows, "spool_failures": [{"path": f.path, "error": f.error} for f in failed]},
+                             indent=2))
         else:
             if not rows:
                 print(f"no jobs in {args.db}")
             for row in rows:
                 states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
-                print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
+                variants = ""
+                if "variants" in row:
+                    units = "  ".join(f"{s}={n}" for s, n in row["augmentation_units"].items())
+                    variants = f"{row['variants']:,} variants (augmentation units: {units})  "
+                print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  {variants}"
                       f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
                 if "loading" in row and not row["loading"]["alive"]:
                     print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
                           "or work tick reads the input on from there")
-        for entry in failed:  # on stderr with --json, which stays a list of jobs
-            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)",
-                  file=sys.stderr if args.json else sys.stdout)
+        for entry in failed if not args.json else ():
+            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)")
         return EXIT_OK
     finally:
         store.close()
@@ -342,12 +358,22 @@ def cmd_export(args) -> int:
                   + (f"; unreviewed drafts accepted at confidence >= {r['accept_above']:.4f}"
                      if r["accept_above"] is not None else ""), file=sys.stderr)
         if "openai_finetune" in report:
+            from .outputs.finetune import TRAIN_FILE, VAL_FILE
+
             ft = report["openai_finetune"]
-            sides = [side for side in ("train", "validation") if side in ft]
-            print("  " + "; ".join(f"{name}: {ft[side]['examples']:,} examples from {ft[side]['sources']:,} sources"
-                                   for name, side in zip(ft["files"], sides)), file=sys.stderr)
+            names = {"train": TRAIN_FILE, "validation": VAL_FILE}
+            print("  " + "; ".join(f"{names[side]}{'' if names[side] in ft['files'] else ' (not written)'}: "
+                                   f"{ft[side]['examples']:,} examples from {ft[side]['sources']:,} sources"
+                                   for side in names if side in ft), file=sys.stderr)
             for warning in ft["warnings"]:
                 print(f"  warning: {warning}", file=sys.stderr)
+        elif args.include_flagged is not None or args.val_fraction is not None:
+            flags = " and ".join(flag for flag, value in (("--include-flagged", args.include_flagged),
+                                                          ("--val-fraction", args.val_fraction)) if value is not None)
+            formats = ", ".join(job.spec["output"]["formats"])
+            print(f"  warning: {flags} shape the fine-tuning files, and this job's output.formats ({formats}) has "
+                  f"no openai_finetune: none was written; add openai_finetune to output.formats and run "
+                  f"or export again", file=sys.stderr)
         return exit_code_for(report)
     finally:
         store.close()
@@ -380,7 +406,8 @@ def cmd_review_import(args) -> int:
     finally:
         store.close()
     for f in summary["files"]:
-        print(f"{f['file']}: {f['reviews']} reviews from {f['tasks'] or 'no'} tasks; {f['not_fit']} did not fit "
+        source = f" from {_plural(f['tasks'], 'Label Studio task')}" if f["tasks"] else ""  # none in a JSONL file
+        print(f"{f['file']}: {_plural(f['reviews'], 'review')}{source}; {f['not_fit']} did not fit "
               f"the schema, {f['unknown_ids']} unknown ids, {f['skipped_by_reviewer']} skipped by the reviewer",
               file=sys.stderr)
         for problem in f["problems"]:
@@ -420,7 +447,7 @@ def cmd_review_report(args) -> int:
         print(f"error of the {u['unreviewed_drafts']} unreviewed drafts: {_share(u['rate'])} "
               f"(95% interval {_share(u['interval_95'][0])} to {_share(u['interval_95'][1])}, audit of {u['n']})")
     for pair in r["most_corrected"][:3]:
-        print(f"  most corrected: {pair['drafted']} -> {pair['reviewed']} ({pair['count']} times)")
+        print(f"  most corrected: {pair['drafted']} -> {pair['reviewed']} ({_plural(pair['count'], 'time')})")
     print(f"wrote {json_path} and {html_path}" + (f"; {seeds} corrected items in {out_dir / REVIEW_EXAMPLES} "
                                                    f"(task.examples: reviews)" if seeds else ""), file=sys.stderr)
     return EXIT_OK
@@ -510,6 +537,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_probe(args) -> int:
+    from types import SimpleNamespace
+
     from .llm.capabilities import store_key
     from .llm.client import make_client
     from .config import EXIT_OK, EXIT_UNAVAILABLE, ModelSpec
@@ -518,9 +547,14 @@ def cmd_probe(args) -> int:
 
     endpoint = _endpoint()
     url = args.base_url or endpoint.base_url
-    if args.base_url and (refusal := endpoint.allowlist().refusal(args.base_url)):
-        raise JobFileError(refusal, field="--base-url")
+    if args.base_url and (refusal := endpoint.allowlist().refusal(
+            args.base_url, named_by="--base-url", command="`prelabel probe`")):
+        raise UsageError(f"--base-url: {refusal}")
     spec = ModelSpec(name=args.model, timeout_s=args.timeout)
+    # the check `run` makes: OpenAI's API with no key is said at once, not as a connection error
+    if (missing := Endpoint(endpoint.api_key, url).missing_key(SimpleNamespace(model=spec))) is not None:
+        print(f"prelabel: error: {missing.removesuffix(', or run with --simulate')}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
     async def go():
         client = make_client(spec, api_key=endpoint.api_key, base_url=url)
@@ -733,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--like", choices=["llama-cpp-python", "llama-server", "vllm", "ollama", "litellm"],
                    help="lack what that server lacks (llama-cpp-python measured; the others from their docs)")
     p.add_argument("--gap", action="append", choices=["refuse-json-schema", "ignore-n", "logprobs-need-top",
-                                                      "pre-constraint-logprobs", "no-usage", "no-embeddings"],
+                                                      "pre-constraint-logprobs", "no-usage", "no-embeddings",
+                                                      "per-token-embeddings"],
                    help="lack one capability (repeatable)")
     # The Files and Batches endpoints' switches; unset: prelabel.simulator.batches.BatchConfig's defaults.
     p.add_argument("--batch-delay-s", type=float, help="a batch's time to complete (default 0)")
@@ -772,11 +807,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a reader gone away is a BrokenPipeError caught below
         return code
     except PrelabelError as e:
-        from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_STORAGE
+        from .config import EXIT_ERROR, EXIT_JOB_ERROR, EXIT_STORAGE, EXIT_USAGE
+        from .errors import ReviewFileError
 
         print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
-        return (EXIT_JOB_ERROR if isinstance(e, JobFileError) else EXIT_STORAGE if isinstance(e, StorageError)
-                else EXIT_ERROR)
+        # 1 is for what nobody foresaw: a user's mistake has the code of its kind
+        return (EXIT_JOB_ERROR if isinstance(e, (JobFileError, ReviewFileError))
+                else EXIT_STORAGE if isinstance(e, StorageError)
+                else EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR)
     except BrokenPipeError:  # `prelabel status | head`: the reader left; say nothing more, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit raises again
         return EXIT_BROKEN_PIPE

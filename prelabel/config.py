@@ -11,13 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Strict(BaseModel):
-    """A section of the job file: unknown keys are errors, not silently ignored."""
+    """A section of the job file: unknown keys are errors, not silently ignored, and so is a value
+    of the wrong type (``rpm: "6000"``, ``logprobs: "yes"``): strict, except paths, written as strings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class InputSpec(Strict):
-    path: Path
+    path: Path = Field(strict=False)  # paths are written as strings
     text_field: str = "text"
     id_field: str | None = None
     format: Literal["jsonl", "csv"] | None = None  # from the file's suffix when absent
@@ -64,11 +65,14 @@ class ModelSpec(Strict):
     api_version: str = "2024-10-21"
 
 
-    @field_validator("max_concurrency")
+    @field_validator("max_concurrency", mode="before")
     @classmethod
     def _concurrency_range(cls, value):
-        if value != "auto" and not 1 <= value <= 1024:
-            raise ValueError("max_concurrency must be from 1 to 1024, or auto")
+        # before the union: one message, not one per member (``.int``, ``.literal['auto']``)
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise ValueError("must be an integer from 1 to 1024, or auto")
         return value
 
     @property
@@ -92,10 +96,10 @@ class TaskSpecBase(Strict):
     # False: the drafts have no label an augmented variant could carry (instruction generation).
     carries_label: ClassVar[bool] = True
 
-    guidelines: Path | None = None
+    guidelines: Path | None = Field(None, strict=False)
     prompt: str | None = None  # a template under prompts/ or a path; default: the kind's
     max_reasks: int = Field(1, ge=0, le=5)
-    examples: Path | None = None  # JSONL: text plus the gold answer in the kind's shape
+    examples: Path | None = Field(None, strict=False)  # JSONL: text plus the gold answer in the kind's shape
     example_selection: Literal["fixed", "similar", "diverse"] = "fixed"
     max_examples: int = Field(3, ge=0, le=50)  # shown per item (fewer when the budget trims them)
     # ``similar`` ranks examples by the endpoint's /v1/embeddings with this model; without one,
@@ -161,7 +165,7 @@ class ReviewSpec(Strict):
 
 
 class OutputSpec(Strict):
-    dir: Path | None = None  # default: out/<name> beside the job file
+    dir: Path | None = Field(None, strict=False)  # default: out/<name> beside the job file
     formats: list[Literal["jsonl", "labelstudio", "openai_finetune"]] = ["jsonl", "labelstudio"]
     val_fraction: float = Field(0.0, ge=0, lt=1)  # openai_finetune: share of sources held out
     include_flagged: bool = False                 # openai_finetune: flagged drafts go in too
@@ -357,8 +361,8 @@ REASK_CEILING = 4
 
 EXIT_OK = 0
 EXIT_ERROR = 1          # an unexpected error: a bug, or the store unreachable
-EXIT_USAGE = 2          # the command line itself (argparse)
-EXIT_JOB_ERROR = 3      # a job file or input that cannot be run; bad input lines after the run
+EXIT_USAGE = 2          # the command line itself (argparse), a flag's value or an environment setting (UsageError)
+EXIT_JOB_ERROR = 3      # a job file, input or reviewers' file that cannot be used; bad input lines after the run
 EXIT_BUDGET = 4         # a budget cap stopped the job; raise it and run again to resume
 EXIT_ITEMS_FAILED = 5   # some items failed after every retry; the rest are written
 EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown model): the run stopped, nothing lost

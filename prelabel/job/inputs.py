@@ -40,7 +40,8 @@ def _has_bad_bytes(text: str) -> bool:
 
 def _item(record: dict, line: int, spec: InputSpec) -> RawItem | InputError:
     if spec.text_field not in record:
-        return InputError("the text column is missing", line=line, field=spec.text_field)
+        return InputError(f"field {spec.text_field!r} is missing from the record (input.text_field)",
+                          line=line, field=spec.text_field)
     text = record[spec.text_field]
     if not isinstance(text, str):
         return InputError(f"text must be a string, not {type(text).__name__}", line=line, field=spec.text_field)
@@ -82,24 +83,78 @@ def _read_jsonl(spec: InputSpec) -> Iterator[RawItem | InputError]:
             yield _item(record, line_no, spec)
 
 
+class _Lines:
+    """The CSV file's lines, decoded, with the byte offset and the number of lines read so far:
+    a record that goes wrong is read again from the line after its first one."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.offset, self.count = handle, 0, 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        raw = self.handle.readline()
+        if not raw:
+            raise StopIteration
+        if self.count == 0:  # Excel's "CSV UTF-8" starts with a byte-order mark, not part of the header
+            raw_text = raw.removeprefix(codecs.BOM_UTF8)
+        else:
+            raw_text = raw
+        self.offset += len(raw)
+        self.count += 1
+        # surrogateescape keeps a bad byte as a marker in its own field instead of failing the file
+        return raw_text.decode("utf-8", "surrogateescape")
+
+    def restart_after(self, offset: int, line: int) -> None:
+        """Read on from the line after ``line``, which started at ``offset``."""
+        self.handle.seek(offset)
+        self.offset, self.count = offset, line - 1
+        next(self, None)
+
+
 def _read_csv(spec: InputSpec) -> Iterator[RawItem | InputError]:
-    # surrogateescape keeps a bad byte as a marker in its own field instead of failing the file;
-    # utf-8-sig drops the byte-order mark Excel's "CSV UTF-8" starts with (else it is in the first column's name).
-    with open(spec.path, "r", encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
+    # strict: a quote opened and never closed is an error at the end of the file, not a field that
+    # swallows every line after it; that record is rejected and the lines after its first are read again.
+    with open(spec.path, "rb") as handle:
+        lines = _Lines(handle)
+        try:
+            header = next(csv.reader(lines, strict=True))
+        except StopIteration:
             return
-        if spec.text_field not in reader.fieldnames:
-            yield InputError(f"the header has no column {spec.text_field!r} (it has {reader.fieldnames})",
+        except csv.Error as e:
+            yield InputError(f"the header is not valid CSV ({e})", line=1)
+            return
+        if spec.text_field not in header:
+            yield InputError(f"the header has no column {spec.text_field!r} (it has {header})",
                              line=1, field=spec.text_field)
             return
-        start = reader.line_num + 1
-        for record in reader:
-            line_no, start = start, reader.line_num + 1
-            if record.get(spec.text_field) is None:  # a short row
-                yield InputError("the text column is missing", line=line_no, field=spec.text_field)
-                continue
-            yield _item(record, line_no, spec)
+        while True:
+            reader = csv.reader(lines, strict=True)
+            while True:
+                line_no, offset = lines.count + 1, lines.offset
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    yield InputError(f"not valid CSV from this line on ({e}): a quote opened and not closed? "
+                                     f"The lines after it are read as rows of their own", line=line_no)
+                    break
+                if not row:  # a blank line
+                    continue
+                if len(row) > len(header):
+                    yield InputError(f"the row has {len(row)} fields and the header {len(header)}: a comma "
+                                     f"inside a field needs quotes around the field", line=line_no)
+                    if lines.count > line_no:  # it spanned lines: a stray quote took them in
+                        break
+                    continue
+                if len(row) < len(header) and header.index(spec.text_field) >= len(row):
+                    yield InputError(f"the row has {len(row)} field(s) and the header {len(header)}: "
+                                     f"the value of column {spec.text_field!r} is missing", line=line_no, field=spec.text_field)
+                    continue
+                yield _item(dict(zip(header, row)), line_no, spec)
+            lines.restart_after(offset, line_no)
 
 
 __all__ = ["RawItem", "read_items"]

@@ -18,7 +18,8 @@ from ..config import (AUGMENT_STEPS, EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, J
                       JOB_FILE_MAX_DEPTH, JOB_FILE_MAX_VALUES, JobSpec)
 from ..llm.endpoint import SIMULATOR
 from ..errors import JobFileError
-from ..tasks.registry import KINDS
+from ..tasks.registry import KINDS, build_task
+from .prompts import builtin_template, load_template, locate_template
 
 # libyaml (in PyYAML's wheels) parses about five times faster; without it the pure-Python loader
 # gives the same results, within the same limits.
@@ -72,7 +73,13 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
     loc = _plain_loc(first["loc"])
     field = ".".join(str(part) for part in loc) or None
     kind = first["type"]
-    if kind == "extra_forbidden":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # task.kind, augment.steps.N.kind
+        loc += ("kind",)
+        field = ".".join(str(part) for part in loc)
+        known = ", ".join(map(repr, KINDS if loc[0] == "task" else AUGMENT_STEPS))
+        message = (f"unknown kind {first['ctx']['tag']!r}; the kinds are: {known}" if kind == "union_tag_invalid"
+                   else f"required field is missing; the kinds are: {known}")
+    elif kind == "extra_forbidden":
         message = "unknown key (check its spelling and section)"
     elif kind == "missing":
         message = "required field is missing"
@@ -80,6 +87,8 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
         message = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], (dict, list)):
             message += f" (got {first['input']!r})"
+            if kind.endswith("_type") and isinstance(first["input"], str):  # rpm: "6000"
+                message += "; write a number or true/false without quotes"
     more = len(err.errors()) - 1
     if more:
         message += f" [and {more} more error{'s' if more > 1 else ''}]"
@@ -251,6 +260,7 @@ def load_job(path: str | Path, *, input_path: str | Path | None = None,
                     Path(out_dir) if out_dir else None)
     try:
         _check_files(spec, path, lines)
+        _check_prompt(spec, path, lines)
     except JobFileError as e:
         e.spec = spec  # a spool tries the file again when the file it lacks appears
         raise
@@ -272,6 +282,37 @@ def _check_files(spec: JobSpec, path: Path, lines: dict[tuple, int]) -> None:
             raise JobFileError(f"{name} file not found: {file}{hint}", **where)
         if (size := file.stat().st_size) > limit:  # both are read whole
             raise JobFileError(f"{name} file {file} is {size:,} bytes; the limit is {limit:,}", **where)
+
+
+def _check_prompt(spec: JobSpec, path: Path, lines: dict[tuple, int]) -> None:
+    """The template must fit the task's kind: not another kind's built-in (which would render, and
+    ask for another kind's answer), showing the item, using no field the kind does not fill."""
+    task_spec = spec.task
+    entry = KINDS[task_spec.kind]
+    default = entry.default_prompt(task_spec)
+    where = {"path": str(path), "line": lines.get(("task", "prompt")) or lines.get(("task", "kind")),
+             "field": "task.prompt"}
+    if task_spec.prompt is None:
+        return
+    try:
+        file = locate_template(task_spec.prompt)
+        template = load_template(str(file))
+    except JobFileError as e:
+        if e.path is not None:  # the template file itself is wrong: its own path says where
+            raise
+        raise JobFileError(e.message, **where) from None
+    if builtin_template(file) and file.stem != default:
+        raise JobFileError(f"{task_spec.prompt!r} is a built-in template for another task (a {task_spec.kind} job's "
+                           f"is {default!r}); leave task.prompt out, or name a template file of your own", **where)
+    if "text" not in template.fields:
+        raise JobFileError(f"prompt template {file} has no $text field: the item would never be shown", **where)
+    try:  # a $field the kind does not fill fails at the first render: here, not at the first item
+        build_task(spec).messages("x")
+    except JobFileError as e:
+        if e.field not in (None, "task.prompt"):
+            raise JobFileError(e.message, path=str(path), line=lines.get(tuple(e.field.split("."))),
+                               field=e.field) from None
+        raise JobFileError(e.message, **where) from None
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -82,8 +82,10 @@ class AllowList:
                     raise ValueError(f"{url!r} cannot be allowed: {e}") from None
         return cls(tuple(dict.fromkeys(prefixes)))
 
-    def refusal(self, url: str) -> str | None:
-        """Why the key may not go to ``url``, or None when an allowed prefix covers it."""
+    def refusal(self, url: str, *, named_by: str = "a job file",
+                command: str = "the command that submits and runs the job") -> str | None:
+        """Why the key may not go to ``url``, or None when an allowed prefix covers it; ``named_by``:
+        what named the URL (a job file, a command-line flag), ``command``: whose environment allows it."""
         try:
             target = parse(url)
         except ValueError as e:
@@ -91,7 +93,6 @@ class AllowList:
         if any(prefix.covers(target) for prefix in self.prefixes):
             return None
         allowed = ", ".join(str(p) for p in self.prefixes)
-        return (f"{url!r} is not an allowed endpoint: every request carries the key ($OPENAI_API_KEY), so a "
-                f"job file may only name endpoints the operator allowed (now: {allowed}). If you trust it, "
-                f"add it to {ALLOWLIST_ENV} (comma-separated URL prefixes) in the environment of the "
-                "command that submits and runs the job")
+        return (f"{url!r} is not an allowed endpoint: every request carries the key ($OPENAI_API_KEY), so "
+                f"{named_by} may only name endpoints the operator allowed (now: {allowed}). If you trust it, "
+                f"add it to {ALLOWLIST_ENV} (comma-separated URL prefixes) in the environment of {command}")

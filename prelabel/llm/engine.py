@@ -531,6 +531,9 @@ class LLMEngine:
         attempt = tries.sent
         if decision.retry:
             log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
+        elif failure.status == 429:  # no failed item: the run stops and the item goes back to the queue
+            log.warning("request given up on the rate limit after %d attempt(s) (%s); the run stops and its "
+                        "item goes back to the queue", attempt, decision.reason)
         else:
             log.warning("request failed for good after %d attempt(s): %s: %s", attempt, decision.reason,
                         redact(_reason(cause)))

@@ -15,7 +15,7 @@ from .report import build_report, model_version, write_report
 
 
 def exit_code_for(report: dict) -> int:
-    by_state = report["by_state"]
+    by_state = report.get("work_by_state", report["by_state"])  # augmentation units and variants too
     if by_state.get(ItemState.STOPPED):
         return EXIT_BUDGET
     if by_state.get(ItemState.FAILED):

@@ -125,11 +125,15 @@ def write_finetune(records: Iterable[dict], out_dir: Path, task, *, val_fraction
     for side, counts in sides.items():
         counts["sources"] = groups[side].count()
     warnings = []
+    files = [TRAIN_FILE, VAL_FILE] if val_fraction else [TRAIN_FILE]
     if sides["train"]["examples"] < MIN_TRAINING_EXAMPLES:
-        warnings.append(f"{TRAIN_FILE} has {sides['train']['examples']} examples; OpenAI requires at "
-                        f"least {MIN_TRAINING_EXAMPLES}")
+        # OpenAI (and finetune_check) refuse such a file: none is better than one that fails the upload
+        (out_dir / TRAIN_FILE).unlink(missing_ok=True)
+        files.remove(TRAIN_FILE)
+        warnings.append(f"{TRAIN_FILE} not written: {sides['train']['examples']} examples, and OpenAI requires "
+                        f"at least {MIN_TRAINING_EXAMPLES} in a training file")
     if val_fraction and not sides["validation"]["examples"]:
         warnings.append(f"{VAL_FILE} is empty: too few sources for val_fraction {val_fraction}")
-    return {"files": [TRAIN_FILE, VAL_FILE] if val_fraction else [TRAIN_FILE],
+    return {"files": files,
             "val_fraction": val_fraction, "include_flagged": include_flagged, **sides,
             "skipped": skipped, "rejections": rejections, "warnings": warnings}

@@ -44,6 +44,7 @@ from ..budget.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCount
 
 DEFAULT_MODEL = "gpt-4o-mini"  # the model fine-tuned when none is named: the guide's recommendation
 MIN_TRAINING_EXAMPLES = 10
+VALIDATION_SUFFIX = "_val.jsonl"  # openai_finetune_val.jsonl: a validation file unless --training says not
 # Training examples context length, by model name prefix (the guide's "Token limits" table).
 TRAINING_CONTEXT = {
     "gpt-4o-mini": 65_536,
@@ -301,14 +302,18 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Check chat fine-tuning JSONL files against OpenAI's rules.")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"the model to fine-tune (default {DEFAULT_MODEL})")
-    parser.add_argument("--validation", action="store_true",
-                        help="the files are validation files: no minimum number of examples")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--validation", action="store_true",
+                      help="the files are validation files: no minimum number of examples (the default for "
+                           "a file named *_val.jsonl, as prelabel writes them)")
+    kind.add_argument("--training", action="store_true", help="the files are training files, whatever their names")
     args = parser.parse_args(argv)
     checker = ExampleChecker(args.model)
     failed = False
     for path in args.files:
         try:
-            result = check_file(path, validation=args.validation, checker=checker)
+            validation = args.validation or (not args.training and path.name.endswith(VALIDATION_SUFFIX))
+            result = check_file(path, validation=validation, checker=checker)
         except OSError as e:
             print(f"{path}: cannot read: {e.strerror}", file=sys.stderr)
             failed = True

@@ -6,15 +6,28 @@ import time
 from pathlib import Path
 
 from ..states import ItemState
-from ..store import Store
+from ..store import AUGMENT, LABEL, Store
+
 from .atomic import atomic_writer
 
 MAX_LISTED_INPUT_ERRORS = 1000
 
 
+def work_counts(store: Store, job_id: str) -> dict:
+    """The input items by state; in an augmentation job also the variants made and the
+    augmentation units (the store's own work, not items) by state."""
+    by_kind = store.kind_counts(job_id)
+    counts = {"by_state": by_kind.get(LABEL, {})}
+    if AUGMENT in by_kind:
+        counts["variants"] = sum(unit.get("made", 0) for unit in store.unit_results(job_id))
+        counts["augmentation_units"] = by_kind[AUGMENT]
+    return counts
+
+
 def build_report(store: Store, job_id: str) -> dict:
     job = store.get_job(job_id)
-    counts = store.counts(job_id)
+    counts = store.counts(job_id)  # every unit of work: a failed augmentation unit fails the run too
+    work = work_counts(store, job_id)
     errors = store.input_errors(job_id)
     spec = job.spec
     report = {
@@ -24,8 +37,8 @@ def build_report(store: Store, job_id: str) -> dict:
         "prompt_version": job.prompt_version,
         **answered_by(store, job_id, spec["model"]["name"]),
         "task": spec["task"]["kind"],
-        "items": sum(counts.values()),
-        "by_state": counts,
+        "items": sum(work["by_state"].values()),  # input items, not variants nor augmentation units
+        "by_state": work["by_state"],
         "by_flag": store.flag_counts(job_id),
         "usage": store.usage_totals(job_id),
         "runs": store.run_totals(job_id),
@@ -38,6 +51,9 @@ def build_report(store: Store, job_id: str) -> dict:
                                     for e in errors[:MAX_LISTED_INPUT_ERRORS]]},
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if "variants" in work:
+        report.update(variants=work["variants"], augmentation_units=work["augmentation_units"],
+                      work_by_state=counts)
     if spec.get("augment"):
         report["augmentation"] = augmentation_summary(store, job_id)
     return report

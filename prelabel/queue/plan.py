@@ -7,7 +7,7 @@ from pathlib import Path
 from ..budget.gate import SKIP, TRUNCATE, fit_input
 from ..config import JobSpec
 from ..errors import InputError
-from ..fewshot.examples import load_examples
+from ..fewshot.examples import ExampleSelector, load_examples
 from ..job.inputs import read_items
 from ..budget.pricing import batch_price_for, cost_usd, price_for
 from ..tasks import Task, fixed_prompt_tokens
@@ -31,6 +31,7 @@ class Plan:
     batch_cost_max_usd: float | None = None
     augment_requests: int = 0  # of the requests above, those augmentation makes (rewrites, re-checks)
     first_prompt: list[dict] = field(default_factory=list)
+    first_prompt_examples: int = 0  # few-shot examples in it, as user/assistant turns before the item
     fits: bool = True
     reasons: list[str] = field(default_factory=list)
     prompt_version: str = ""
@@ -47,6 +48,9 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
     plan = Plan(prompt_version=task.prompt_version)
     augmenting = _AugmentPlan(spec, counter, fixed, expected_out, max_out) if spec.augment else None
     batch: list[str] = []
+    t = spec.task
+    selector = (ExampleSelector(load_examples(t.examples, t, task), t.example_selection, t.max_examples,
+                                task.answer_labels) if t.examples is not None and t.max_examples else None)
 
     def flush() -> None:
         # Batched encoding runs in tiktoken's threads (a million items: about a minute on two cores).
@@ -68,8 +72,10 @@ def make_plan(spec: JobSpec, task: Task) -> Plan:
             plan.input_errors += 1
             continue
         plan.items += 1
-        if not plan.first_prompt:
-            plan.first_prompt = task.messages(entry.text)
+        if not plan.first_prompt:  # with its few-shot turns, as the run sends them (before any trimming)
+            shots = selector.select(entry.text) if selector is not None else []
+            plan.first_prompt = task.messages(entry.text, shots)
+            plan.first_prompt_examples = len(shots)
         batch.append(entry.text)
         if len(batch) >= _BATCH:
             flush()
@@ -193,6 +199,21 @@ def _costs(plan: Plan, mode: str, money) -> list[str]:
     return lines
 
 
+def _first_prompt_heading(plan: Plan, spec: JobSpec) -> str:
+    n = plan.first_prompt_examples
+    if not n:
+        return "first prompt:"
+    how = spec.task.example_selection
+    if how == "similar":
+        how += ": chosen per item" + (", by embeddings when the run has them (lexical here)"
+                                      if spec.task.embedding_model else "")
+    return f"first prompt (with {n} few-shot example{'' if n == 1 else 's'} as turns before the item; {how}):"
+
+
+def _cap(value) -> str:
+    return "no cap" if value is None else f"{value:,}"
+
+
 def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
     def money(value: float | None) -> str:
         return "unknown (no price for this model)" if value is None else f"${value:,.4f}"
@@ -200,18 +221,20 @@ def format_plan(plan: Plan, spec: JobSpec, path: Path | str) -> str:
     lines = [
         f"job file:            {path}",
         f"model:               {spec.model.name}   prompt: {plan.prompt_version}",
-        f"items:               {plan.items:,}" + (f"   (+{plan.input_errors} bad input lines)" if plan.input_errors else ""),
+        f"items:               {plan.items:,}" + (f"   (+{plan.input_errors:,} bad input line{'' if plan.input_errors == 1 else 's'})"
+                                                 if plan.input_errors else ""),
         f"truncated / skipped: {plan.truncated:,} / {plan.skipped:,}   (budget.max_input_tokens)",
         f"prompt tokens:       {plan.prompt_tokens:,}" + (
             f"   (incl. {plan.augment_requests:,} augmentation requests, at most)" if spec.augment else ""),
         f"completion tokens:   ~{plan.completion_tokens_expected:,} expected, {plan.completion_tokens_max:,} at most",
         *_costs(plan, spec.model.mode, money),
         "re-asks (invalid output) and retries may add to these; the caps below are enforced while running",
-        f"budget:              max_total_tokens={spec.budget.max_total_tokens}  max_cost_usd={spec.budget.max_cost_usd}",
+        f"budget:              max_total_tokens={_cap(spec.budget.max_total_tokens)}  "
+        f"max_cost_usd={_cap(spec.budget.max_cost_usd)}",
         f"fits the budget:     {'yes' if plan.fits else 'NO: ' + '; '.join(plan.reasons)}",
         f"prompt caching:      {plan.prefix_note}",
         "",
-        "first prompt:",
+        _first_prompt_heading(plan, spec),
     ]
     for message in plan.first_prompt:
         lines.append(f"--- {message['role']} ---")

@@ -26,6 +26,11 @@ class PromptTemplate:
     system: string.Template
     user: string.Template
 
+    @property
+    def fields(self) -> set[str]:
+        """The ``$`` fields the template uses."""
+        return set(self.system.get_identifiers()) | set(self.user.get_identifiers())
+
     def bind(self, **fields: str):
         """A function of the item's text alone, with everything else rendered once."""
         system = self.render(**fields, text="")[0]
@@ -48,7 +53,12 @@ class PromptTemplate:
             raise JobFileError(f"prompt template {self.name!r} uses ${e.args[0]}, which this task does not fill") from None
 
 
-def _locate(name: str) -> Path:
+def builtin_template(path: Path) -> bool:
+    """Whether a template file is one prelabel ships (a kind's, or augmentation's)."""
+    return any(path.resolve().parent == folder.resolve() for folder in _SEARCH)
+
+
+def locate_template(name: str) -> Path:
     candidate = Path(name)
     if candidate.suffix and candidate.is_file():
         return candidate
@@ -56,8 +66,12 @@ def _locate(name: str) -> Path:
         path = folder / f"{name}.md"
         if path.is_file():
             return path
-    raise JobFileError(f"prompt template not found: {name!r} (looked in {', '.join(map(str, _SEARCH))})",
+    looked = [str(folder) for folder in _SEARCH if folder.is_dir()]  # the one a clone lacks is no help
+    raise JobFileError(f"prompt template not found: {name!r} (a file path, or a name under {', '.join(looked)})",
                        field="task.prompt")
+
+
+_locate = locate_template
 
 
 def load_template(name: str) -> PromptTemplate:

@@ -95,7 +95,8 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
         message = (f"{result.outage}. The run stopped and the items in flight are back in the queue with the "
                    "rest: nothing is lost. Run again later, or raise model.max_rate_limit_wait_s (or lower "
                    "model.rpm) in the job file.")
-        return JobOutcome(job_id, EXIT_RATE_LIMITED, result, {"error": message}, None)
+        report, out_dir = _write_outputs(store, job_id, spec, job, output_roots)  # what finished, as on exit 6
+        return JobOutcome(job_id, EXIT_RATE_LIMITED, result, {**report, "error": message}, out_dir)
     if result.outage is not None:
         store.set_status(job_id, JobStatus.QUEUED)
         message = (f"the endpoint kept failing ({settings.outage_after} items in a row after every retry), last: "

@@ -45,7 +45,7 @@ def job(tmp_path_factory):
     assert prelabel("run", job, "--input", subset, "--simulate", "-q", env=cli_env, timeout=120).returncode == 0
     out = tmp_path / "out"
     drafts = lines(out / "drafts.jsonl")
-    (job_id,) = [row["job_id"] for row in json.loads(prelabel("status", "--json", env=cli_env).stdout)]
+    (job_id,) = [row["job_id"] for row in json.loads(prelabel("status", "--json", env=cli_env).stdout)["jobs"]]
     before = {"train": item_ids(out / TRAIN, drafts), "val": item_ids(out / VAL, drafts)}
 
     corrections, truth = [], {}
@@ -123,4 +123,4 @@ def test_the_finetuning_export_after_review(job):
     assert kept == set(truth) | unreviewed_kept
     assert check(out / TRAIN).returncode == 0
     auto = prelabel("export", job_id, "--accept-above", "auto", env=cli_env)
-    assert auto.returncode == 1 and "review more drafts" in auto.stderr  # 90 reviews, 30 corrected
+    assert auto.returncode == 2 and "review more drafts" in auto.stderr  # 90 reviews, 30 corrected

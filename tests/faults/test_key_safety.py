@@ -158,7 +158,7 @@ def test_a_job_queued_while_its_endpoint_was_allowed_is_refused_by_the_worker(en
     assert catcher.auth == []
     allowed = f"{DEFAULT_BASE_URL}, {env['OPENAI_BASE_URL']}"
     assert f"{job_id}: error: {refusal(job, catcher.url, allowed)}" in result.stderr.splitlines()
-    status = json.loads(prelabel("status", job_id, "--json", env=env).stdout)
+    status = json.loads(prelabel("status", job_id, "--json", env=env).stdout)["jobs"]
     assert status[0]["pending"] == 12  # nothing lost: allowed again, it runs
 
 
@@ -179,7 +179,7 @@ def test_an_endpoint_the_operator_allows_is_used(env, sims, tmp_path):
 def test_a_malformed_allowlist_is_an_error_naming_the_variable(env, tmp_path):
     job = write_job(tmp_path / "job")
     result = prelabel("submit", job, env={**env, "PRELABEL_ALLOWED_BASE_URLS": "https://ok.example/v1,ftp://x"})
-    assert result.returncode == 1
+    assert result.returncode == 2  # an environment setting: a usage error
     assert result.stderr.strip() == ("prelabel: error: PRELABEL_ALLOWED_BASE_URLS: 'ftp://x' cannot be allowed: "
                                      "it is not an http:// or https:// URL")
 

@@ -36,7 +36,7 @@ def job(tmp_path):
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     run = prelabel("run", path, "--simulate", "-q", env=env, timeout=60)
     assert run.returncode == 0, run.stderr
-    (job_id,) = [r["job_id"] for r in json.loads(prelabel("status", "--json", env=env).stdout)]
+    (job_id,) = [r["job_id"] for r in json.loads(prelabel("status", "--json", env=env).stdout)["jobs"]]
     return env, job_id, tmp_path / "out"
 
 
@@ -47,7 +47,7 @@ def test_broken_and_hostile_review_files(job, tmp_path):
     truncated = tmp_path / "truncated.json"
     truncated.write_text(json.dumps(tasks)[:-40], encoding="utf-8")
     bad = prelabel("review", "import", job_id, truncated, env=env)
-    assert bad.returncode == 1 and "truncated.json: not valid JSON (line 1" in bad.stderr
+    assert bad.returncode == 3 and "truncated.json: not valid JSON (line 1" in bad.stderr
 
     other = [{**t, "data": {**t["data"], "ref_id": "elsewhere-" + t["data"]["ref_id"]},
               "annotations": [{"id": 1, "completed_by": 1, "result": [], "was_cancelled": False}]} for t in tasks]

@@ -165,3 +165,18 @@ async def test_probe_of_a_full_endpoint():
         await client.close()
     assert caps.structured == "json_schema" and caps.n and caps.usage and caps.embeddings
     assert all(r.value != "no" for r in rows)
+
+
+async def test_like_llama_cpp_python_answers_embeddings_per_token_so_examples_go_lexical():
+    # The README: llama-cpp-python's server returns per-token embeddings (similar examples go lexical).
+    sim = Simulator(SimConfig(latency_s=0, gaps=Gaps.llama_cpp_python()))
+    url = await sim.start()
+    try:
+        spec = ModelSpec(name="gpt-4o-mini", max_retries=3)
+        client = make_client(spec, api_key="sk-test", base_url=url)
+        engine = LLMEngine(client, spec, ENGINE, lambda key: None)
+        result = await engine.embed(engine.prepare_embeddings(["a b", "c"], "text-embedding-3-small"))
+        await client.close()
+    finally:
+        await sim.stop()
+    assert isinstance(result.error, EmbeddingsUnavailable) and sim.stats.requests == 1

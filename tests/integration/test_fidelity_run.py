@@ -79,7 +79,9 @@ async def test_unfaithful_variants_are_flagged_counted_and_kept_out_of_finetunin
     assert checked == len(variants)
     assert sum(c.get("unfaithful", 0) for c in summary["fidelity"].values()) == len(unfaithful)
 
-    lines = (job_dir / "out" / "openai_finetune.jsonl").read_text().splitlines()
+    train = job_dir / "out" / "openai_finetune.jsonl"  # not written with fewer than OpenAI's 10 examples
+    lines = train.read_text().splitlines() if train.exists() else []
+    assert train.exists() or any("not written" in w for w in outcome.report["openai_finetune"]["warnings"])
     trained = [json.loads(line)["messages"][-2]["content"] for line in lines]
     for v in unfaithful:
         assert not any(v["text"] in content for content in trained), "an unfaithful variant reached training data"

@@ -47,7 +47,7 @@ def test_unknown_kind_names_the_step(job_dir: Path):
     job = write_job(job_dir, extra="augment:\n  steps:\n    - {kind: synonym}\n    - {kind: sinonym, n: 2}\n")
     with pytest.raises(JobFileError) as e:
         load_job(job)
-    assert e.value.field == "augment.steps.1" and e.value.line == 10
+    assert e.value.field == "augment.steps.1.kind" and e.value.line == 10
     assert "sinonym" in str(e.value) and "back_translation" in str(e.value)
 
 

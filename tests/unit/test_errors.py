@@ -81,7 +81,7 @@ def test_a_taken_port_is_one_line_not_a_traceback(capsys):
         taken.listen()
         port = taken.getsockname()[1]
         code, line = one_line_failure(capsys, ["simulate", "--port", str(port)])
-    assert code == 1 and f"--port {port}: cannot listen there" in line
+    assert code == 2 and f"--port {port}: cannot listen there" in line
 
 
 def test_review_files_that_cannot_be_read_name_the_file(job_dir: Path, capsys, tmp_path: Path):
@@ -90,13 +90,13 @@ def test_review_files_that_cannot_be_read_name_the_file(job_dir: Path, capsys, t
     assert main(["run", str(job), "--simulate", "-q", "--db", db]) == 0
     capsys.readouterr()
     assert main(["status", "--json", "--db", db]) == 0
-    [job_id] = [row["job_id"] for row in json.loads(capsys.readouterr().out)]
+    [job_id] = [row["job_id"] for row in json.loads(capsys.readouterr().out)["jobs"]]
     (tmp_path / "cut.json").write_text('[{"id": "i1", "annotations": [')
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe")
     for name, says in (("cut.json", "cut.json: not valid JSON (line 1"), ("bin.jsonl", "bin.jsonl: cannot read it"),
                        ("absent.json", "absent.json: cannot read it")):
         code, line = one_line_failure(capsys, ["review", "import", job_id, str(tmp_path / name), "--db", db])
-        assert code == 1 and says in line
+        assert code == 3 and says in line
     with pytest.raises(ReviewFileError) as e:
         from prelabel.feedback.corrections import read
         read("[{", "f.json", "classify", {}, None, 0.0)

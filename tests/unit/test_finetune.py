@@ -198,6 +198,23 @@ def test_too_few_examples_is_a_warning_in_the_report(tmp_path):
     assert any("requires at least 10" in w for w in report["warnings"])
 
 
+def test_no_training_file_the_checker_would_reject_is_written(tmp_path):
+    (tmp_path / TRAIN_FILE).write_text("an old export\n")
+    report = write_finetune([record(f"i{n}") for n in range(MIN_TRAINING_EXAMPLES - 1)], tmp_path, FakeTask())
+    assert not (tmp_path / TRAIN_FILE).exists() and TRAIN_FILE not in report["files"]
+    assert any(f"{TRAIN_FILE} not written" in w for w in report["warnings"])
+    report = write_finetune([record(f"i{n}") for n in range(MIN_TRAINING_EXAMPLES)], tmp_path, FakeTask())
+    assert check_file(tmp_path / TRAIN_FILE).ok and report["files"] == [TRAIN_FILE]
+
+
+def test_the_command_knows_a_validation_file_by_its_name(tmp_path, capsys):
+    val = tmp_path / VAL_FILE
+    write_lines(val, [GOOD] * (MIN_TRAINING_EXAMPLES - 1))  # what an export with val_fraction writes
+    assert main([str(val)]) == 0
+    assert main(["--training", str(val)]) == 1
+    capsys.readouterr()
+
+
 # --- the files ----------------------------------------------------------------------------------
 
 def test_without_a_split_only_the_train_file_exists_and_a_stale_val_file_goes(tmp_path):

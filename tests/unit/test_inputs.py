@@ -52,3 +52,25 @@ def test_csv_without_the_text_column_says_so_once(tmp_path: Path):
     path.write_text("id,body\n1,x\n2,y\n")
     (error,) = read(path)
     assert error.line == 1 and "no column 'text'" in error.reason
+
+
+def test_csv_row_with_more_fields_than_the_header_is_rejected_alone(tmp_path: Path):
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n1,I love it\n2,fine, thanks\n3,ok\n")
+    out = read(path, id_field="id")
+    assert out[0] == RawItem(2, "1", "I love it") and out[-1] == RawItem(4, "3", "ok")
+    (error,) = [e for e in out if isinstance(e, InputError)]
+    assert error.line == 3 and "3 fields" in error.reason
+
+
+def test_csv_unclosed_quote_rejects_its_line_and_loses_nothing_after(tmp_path: Path):
+    path = tmp_path / "in.csv"
+    path.write_text('id,text\n1,good\n2,"broken quote\n3,hello there\n4,fine, thanks\n5,"two\nlines"\n')
+    out = read(path, id_field="id")
+    items = [e for e in out if isinstance(e, RawItem)]
+    errors = [(e.line, e.reason) for e in out if isinstance(e, InputError)]
+    assert [(i.line, i.item_id, i.text) for i in items] == [
+        (2, "1", "good"), (4, "3", "hello there"), (6, "5", "two\nlines")]
+    assert [line for line, _ in errors] == [3, 5]
+    assert "quote" in errors[0][1]
+    assert [e.line for e in out] == sorted(e.line for e in out)  # ingest resumes by line

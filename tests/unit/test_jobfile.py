@@ -143,3 +143,61 @@ def test_a_prompt_file_resolves_against_the_job_folder_not_the_working_directory
     assert spec.task.prompt == str(job_dir / "prompts" / "mine.md")
     from prelabel.tasks import build_task
     assert "very careful annotator" in build_task(spec).messages("hi")[0]["content"]
+
+
+# --- the tester's findings: messages a user can act on -------------------------------------------
+
+def test_a_misspelled_task_kind_names_task_kind_its_line_and_the_kinds(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + "task:\n  labels: {a: one, b: two}\n  kind: clasify\n")
+    assert (e.field, e.line) == ("task.kind", 6)
+    assert "unknown kind 'clasify'; the kinds are: 'classify', 'multilabel', 'ner', 'instruct'" in str(e)
+    assert "Input tag" not in str(e)
+
+
+def test_a_misspelled_augment_step_kind_names_its_field_and_the_step_kinds(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + TASK + "augment:\n  steps:\n    - {kind: synonym}\n    - {kind: noize}\n")
+    assert (e.field, e.line) == ("augment.steps.1.kind", 8)
+    assert "'noize'; the kinds are: 'synonym', 'noise', 'paraphrase', 'back_translation'" in str(e)
+
+
+def test_max_concurrency_of_the_wrong_kind_gives_one_message_naming_auto(tmp_path: Path):
+    e = load_error(tmp_path, HEAD.replace("gpt-4o-mini}", "gpt-4o-mini, max_concurrency: lots}") + TASK)
+    assert e.field == "model.max_concurrency"
+    assert "an integer from 1 to 1024, or auto" in str(e) and "more error" not in str(e)
+
+
+@pytest.mark.parametrize("field, value", [("rpm", '"6000"'), ("temperature", '"0"'), ("logprobs", '"yes"'),
+                                          ("max_concurrency", '"8"')])
+def test_a_number_or_flag_in_quotes_is_a_wrong_type(tmp_path: Path, field: str, value: str):
+    e = load_error(tmp_path, HEAD.replace("gpt-4o-mini}", f"gpt-4o-mini, {field}: {value}}}") + TASK)
+    assert e.field == f"model.{field}" and e.line == 3
+
+
+def test_an_integer_is_still_a_float(tmp_path: Path):
+    (tmp_path / "d.jsonl").write_text('{"id": 1, "text": "hi"}\n', encoding="utf-8")
+    job = tmp_path / "j.yaml"
+    job.write_text(HEAD.replace("gpt-4o-mini}", "gpt-4o-mini, temperature: 1}") + TASK
+                   + "budget: {max_cost_usd: 5}\n", encoding="utf-8")
+    spec = load_job(job)
+    assert spec.model.temperature == 1.0 and spec.budget.max_cost_usd == 5.0
+
+
+def test_a_missing_prompt_names_its_line_and_only_folders_that_exist(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + "task:\n  kind: classify\n  labels: {a: one, b: two}\n  prompt: nosuch\n")
+    assert (e.field, e.line) == ("task.prompt", 7) and "'nosuch'" in str(e)
+    folders = str(e).split("a name under ", 1)[1].rstrip(")").split(", ")
+    assert folders and all(Path(folder).is_dir() for folder in folders)
+
+
+def test_another_kinds_builtin_template_is_refused_at_load(tmp_path: Path):
+    e = load_error(tmp_path, HEAD + "task:\n  kind: classify\n  labels: {a: one, b: two}\n  prompt: ner\n")
+    assert (e.field, e.line) == ("task.prompt", 7) and "another task" in str(e)
+
+
+def test_a_template_with_fields_the_kind_does_not_fill_is_refused_at_load(tmp_path: Path):
+    (tmp_path / "mine.md").write_text("## system\nMake $n pairs.\n## user\n$text\n", encoding="utf-8")
+    e = load_error(tmp_path, HEAD + "task:\n  kind: classify\n  labels: {a: one, b: two}\n  prompt: mine.md\n")
+    assert (e.field, e.line) == ("task.prompt", 7) and "$n" in str(e)
+    (tmp_path / "mine.md").write_text("## system\nLabel: $labels\n## user\nno item here\n", encoding="utf-8")
+    e = load_error(tmp_path, HEAD + "task:\n  kind: classify\n  labels: {a: one, b: two}\n  prompt: mine.md\n")
+    assert e.field == "task.prompt" and "$text" in str(e)
