@@ -19,7 +19,7 @@ from ..config import (AUGMENT_STEPS, EXAMPLES_MAX_BYTES, GUIDELINES_MAX_BYTES, J
 from ..llm.endpoint import SIMULATOR
 from ..errors import JobFileError
 from ..tasks.registry import KINDS, build_task
-from .prompts import builtin_template, load_template, locate_template
+from ..tasks.prompts import builtin_template, load_template, locate_template
 
 # libyaml (in PyYAML's wheels) parses about five times faster; without it the pure-Python loader
 # gives the same results, within the same limits.
