@@ -43,7 +43,7 @@ def test_the_run_summary_prints_why(capsys, tmp_path):
     from prelabel.worker.runs import JobOutcome
 
     why = "no variant was made: all 4 labelled originals were flagged for review (low_confidence 4), ..."
-    report = {"items": 4, "by_state": {"done": 4}, "by_flag": {"low_confidence": 4}, "input_errors": {"count": 0},
+    report = {"items": 4, "by_state": {"done": 4}, "by_flag": {"low_confidence": 4}, "input_errors": {"count": 0}, "budget": {"stopped_items": 0},
               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": 0.0},
               "augmentation": {"none_made": why}}
     _say(JobOutcome("job", EXIT_OK, None, report, tmp_path))
