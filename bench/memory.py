@@ -110,7 +110,7 @@ def _check(step: Step, expected: int) -> None:
 
 def _done(job_id: str, env: dict) -> int:
     rows = json.loads(subprocess.check_output([sys.executable, "-m", "prelabel", "status", job_id, "--json"],
-                                              env=env, text=True))
+                                              env=env, text=True))["jobs"]
     return rows[0].get("done", 0)
 
 

@@ -45,7 +45,7 @@ def prelabel(*args: str, db: Path) -> subprocess.CompletedProcess:
 
 def job_id_of(db: Path, name: str) -> str:
     rows = json.loads(subprocess.run([*PRELABEL, "status", "--json", "--db", str(db)], cwd=ROOT,
-                                     capture_output=True, text=True, check=True).stdout)
+                                     capture_output=True, text=True, check=True).stdout)["jobs"]
     return next(r["job_id"] for r in rows if r["job_id"].startswith(name + "-"))
 
 

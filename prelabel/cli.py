@@ -154,6 +154,7 @@ def _install_sigterm() -> None:
 def cmd_run(args) -> int:
     from .config import EngineSettings
     from .queue.submit import prepare
+    from .worker.coordinator import StoreCoordinator
     from .worker.runs import reclaim_dead, run_job
     from .queue.owners import worker_id
 
@@ -172,7 +173,8 @@ def cmd_run(args) -> int:
                 answering = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else endpoint
                 reclaim_dead(store)
                 return await _with_progress(
-                    lambda on_start: run_job(store, sub.job_id, answering, EngineSettings(), worker_id(), on_start),
+                    lambda on_start: run_job(store, sub.job_id, answering, EngineSettings(), worker_id(), on_start,
+                                             coordinator=StoreCoordinator(store)),
                     args.quiet)
 
         outcome = asyncio.run(go())
@@ -231,12 +233,14 @@ def cmd_submit(args) -> int:
 def cmd_work(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .queue.submit import submit_spool
+    from .worker.coordinator import StoreCoordinator
     from .worker.runs import drain
     from .queue.owners import worker_id
 
     roots = _output_roots(args)
     endpoint = _endpoint()  # the environment is read once, not every tick
     store = _open_store(args.db)
+    coordinator = StoreCoordinator(store)  # the rate limit is shared with every worker of this store
     try:
         async def go():
             _install_sigterm()
@@ -253,7 +257,8 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, endpoint, EngineSettings(), worker_id(), on_start, _say, roots), args.quiet)
+                    lambda on_start: drain(store, endpoint, EngineSettings(), worker_id(), on_start, _say, roots,
+                                           coordinator=coordinator), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
@@ -265,7 +270,7 @@ def cmd_work(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .config import EXIT_JOB_ERROR, EXIT_OK
+    from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .queue.ingest import reader_is_dead
 
     store = _open_store(args.db)
@@ -286,21 +291,31 @@ def cmd_status(args) -> int:
                                        "alive": not reader_is_dead(loading, time.time())}
         # Spool files whose latest try failed, while they are still there to fix.
         failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
+        workers = [w for w in store.live_workers(EngineSettings().share_stale_s)
+                   if not args.job_id or w.job_id == args.job_id]
         if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            if not rows:
-                print(f"no jobs in {args.db}")
-            for row in rows:
-                states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
-                print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
-                      f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
-                if "loading" in row and not row["loading"]["alive"]:
-                    print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
-                          "or work tick reads the input on from there")
-        for entry in failed:  # on stderr with --json, which stays a list of jobs
-            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)",
-                  file=sys.stderr if args.json else sys.stdout)
+            print(json.dumps({"jobs": rows,
+                              "spool_failures": [{"path": f.path, "error": f.error} for f in failed],
+                              "workers": [{"host": w.host, "pid": w.pid, "worker": w.worker, "job_id": w.job_id,
+                                           "items_leased": w.leased, "last_heartbeat_s_ago": w.age_s}
+                                          for w in workers]}, indent=2))
+            return EXIT_OK
+        if not rows:
+            print(f"no jobs in {args.db}")
+        for row in rows:
+            states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
+            print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  "
+                  f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
+            if "loading" in row and not row["loading"]["alive"]:
+                print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
+                      "or work tick reads the input on from there")
+        if workers:
+            print(f"{len(workers)} live worker{'s' if len(workers) != 1 else ''}:")
+            for w in workers:
+                print(f"  {w.host} pid {w.pid}  {w.job_id}  {w.leased:,} items leased  "
+                      f"last heartbeat {w.age_s:.0f} s ago")
+        for entry in failed:
+            print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)")
         return EXIT_OK
     finally:
         store.close()

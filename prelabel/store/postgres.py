@@ -108,12 +108,16 @@ class PostgresConnector:
         return int(version)
 
     @contextmanager
-    def transaction(self):
+    def transaction(self, wait_s: float | None = None):
         if getattr(self._local, "conn", None) is not None:  # already in one on this thread: join it
             yield
             return
-        with self.pool.connection() as conn:
+        with self.pool.connection(timeout=wait_s) as conn:
             with conn.transaction():
+                if wait_s is not None:  # for a connection, a lock, and each statement
+                    ms = max(1, int(wait_s * 1000))
+                    conn.execute(f"SET LOCAL lock_timeout = {ms}")
+                    conn.execute(f"SET LOCAL statement_timeout = {ms}")
                 self._local.conn = conn
                 try:
                     yield

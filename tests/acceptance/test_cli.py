@@ -39,7 +39,7 @@ def drafts(out: Path) -> list[dict]:
 def status_json(env: dict) -> list[dict]:
     result = prelabel("status", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["jobs"]
 
 
 def db_counts(db: Path) -> dict[str, int]:
@@ -72,7 +72,7 @@ def test_run_then_status_and_plan(sim, env, job_dir):
 
     status, as_json, plan = prelabel_all(("status",), ("status", "--json"), ("plan", job), env=env)
     assert status.returncode == as_json.returncode == plan.returncode == 0
-    (row,) = json.loads(as_json.stdout)
+    (row,) = json.loads(as_json.stdout)["jobs"]
     assert row["items"] == 12 and row["done"] == 12 and row["status"] == "done"
     assert row["spent_tokens"] > 0
     assert row["job_id"] in status.stdout and "done=12" in status.stdout
@@ -136,7 +136,7 @@ def test_submit_is_idempotent_and_work_once_drains_the_queue(sim, env, job_dir):
     idle, status = prelabel_all(("work", "--once"), ("status", "--json"), env=env)
     assert idle.returncode == 0, idle.stderr
     assert idle.stdout == "" and sim.stats()["requests"] == 12
-    jobs = {row["job_id"]: row for row in json.loads(status.stdout)}
+    jobs = {row["job_id"]: row for row in json.loads(status.stdout)["jobs"]}
     assert set(jobs) == {first.stdout.strip(), new.stdout.strip()}
     assert all(row["done"] == 12 and row["status"] == "done" for row in jobs.values())
 

@@ -87,7 +87,7 @@ def test_demo_job_exports_checked_finetuning_files_split_by_source(tmp_path, cli
         assert [m["role"] for m in json.loads(line)["messages"]] == ["system", "user", "assistant"]
 
     # Re-exported with flagged drafts in and a larger split: nothing held out before comes back to train.
-    (job_id,) = [row["job_id"] for row in json.loads(prelabel("status", "--json", env=cli_env).stdout)]
+    (job_id,) = [row["job_id"] for row in json.loads(prelabel("status", "--json", env=cli_env).stdout)["jobs"]]
     again = prelabel("export", job_id, "--include-flagged", "--val-fraction", "0.4", env=cli_env)
     assert again.returncode == 0, again.stderr
     assert "examples from" in again.stderr

@@ -45,7 +45,7 @@ def job(tmp_path_factory):
     assert prelabel("run", job, "--input", subset, "--simulate", "-q", env=cli_env, timeout=120).returncode == 0
     out = tmp_path / "out"
     drafts = lines(out / "drafts.jsonl")
-    (job_id,) = [row["job_id"] for row in json.loads(prelabel("status", "--json", env=cli_env).stdout)]
+    (job_id,) = [row["job_id"] for row in json.loads(prelabel("status", "--json", env=cli_env).stdout)["jobs"]]
     before = {"train": item_ids(out / TRAIN, drafts), "val": item_ids(out / VAL, drafts)}
 
     corrections, truth = [], {}

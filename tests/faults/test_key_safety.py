@@ -159,7 +159,7 @@ def test_a_job_queued_while_its_endpoint_was_allowed_is_refused_by_the_worker(en
     allowed = f"{DEFAULT_BASE_URL}, {env['OPENAI_BASE_URL']}"
     assert f"{job_id}: error: {refusal(job, catcher.url, allowed)}" in result.stderr.splitlines()
     status = json.loads(prelabel("status", job_id, "--json", env=env).stdout)
-    assert status[0]["pending"] == 12  # nothing lost: allowed again, it runs
+    assert status["jobs"][0]["pending"] == 12  # nothing lost: allowed again, it runs
 
 
 @pytest.mark.slow

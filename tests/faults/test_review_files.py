@@ -36,7 +36,7 @@ def job(tmp_path):
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     run = prelabel("run", path, "--simulate", "-q", env=env, timeout=60)
     assert run.returncode == 0, run.stderr
-    (job_id,) = [r["job_id"] for r in json.loads(prelabel("status", "--json", env=env).stdout)]
+    (job_id,) = [r["job_id"] for r in json.loads(prelabel("status", "--json", env=env).stdout)["jobs"]]
     return env, job_id, tmp_path / "out"
 
 

@@ -90,7 +90,7 @@ def test_review_files_that_cannot_be_read_name_the_file(job_dir: Path, capsys, t
     assert main(["run", str(job), "--simulate", "-q", "--db", db]) == 0
     capsys.readouterr()
     assert main(["status", "--json", "--db", db]) == 0
-    [job_id] = [row["job_id"] for row in json.loads(capsys.readouterr().out)]
+    [job_id] = [row["job_id"] for row in json.loads(capsys.readouterr().out)["jobs"]]
     (tmp_path / "cut.json").write_text('[{"id": "i1", "annotations": [')
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe")
     for name, says in (("cut.json", "cut.json: not valid JSON (line 1"), ("bin.jsonl", "bin.jsonl: cannot read it"),
