@@ -39,6 +39,8 @@ class Connector(Protocol):
     integrity_errors: tuple[type[BaseException], ...]  # a unique key taken (a job created twice)
 
     def translate(self, error: BaseException) -> StorageError | None: ...
+    def disconnected(self, error: BaseException) -> bool: ...  # the server went away: worth trying again
+    def recover(self) -> None: ...  # before trying again: drop the connections that went with it
 
     def transaction(self, wait_s: float | None = None) -> AbstractContextManager[None]:
         """A write transaction on this thread: the calls inside it, on this thread, are in it. SQLite

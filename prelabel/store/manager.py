@@ -17,12 +17,14 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import secrets
+import threading
 import time
 from typing import Iterable, Iterator
 
 from ..config import INGEST_BATCH, INGEST_BEAT_S  # input items per transaction, or after this long
-from ..config import WORKER_BEAT_WAIT_S, WORKER_FORGET_S
+from ..config import STORE_RECONNECT_S, WORKER_BEAT_WAIT_S, WORKER_FORGET_S
 from ..llm.shares import Peer
 from ..errors import InputError, JobExists
 from ..queue.owners import worker_id
@@ -32,13 +34,20 @@ from .base import (IngestState, InputErrorRow, ItemResult, ItemView, JobRecord, 
                    SpoolRecord, UsageRow, WorkerView)
 from .connector import Connector
 
+log = logging.getLogger(__name__)
+
 NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
 LOST_LEASE = -2  # ...and for what was paid for items whose lease was lost before their commit
 _FINAL = ("done", "failed", "skipped")
 
 
 def _translated(method):
-    """Driver errors a user can act on leave the store as ``StorageError`` (one line: place, problem, fix)."""
+    """Driver errors a user can act on leave the store as ``StorageError`` (one line: place, problem, fix).
+
+    A call that lost its connection to the server (a restart) is made again, whole, with backoff, for
+    up to ``STORE_RECONNECT_S``: each rule is one transaction (or several that are each safe to repeat:
+    a commit sent again after its acknowledgement was lost is refused by its fence, and bills nothing
+    twice). Only the outermost call of a thread retries; ``_once`` methods never do."""
     if inspect.isgeneratorfunction(method):
         @functools.wraps(method)
         def stream(self, *args, **kwargs):
@@ -48,13 +57,41 @@ def _translated(method):
                 raise (self._c.translate(e) or e) from e
         return stream
 
+    retry = not getattr(method, "_once", False)
+
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except self._c.errors as e:
-            raise (self._c.translate(e) or e) from e
+        local = self._calls
+        outer = not getattr(local, "depth", 0)
+        deadline, attempt = time.monotonic() + STORE_RECONNECT_S, 0
+        while True:
+            local.depth = getattr(local, "depth", 0) + 1
+            try:
+                return method(self, *args, **kwargs)
+            except self._c.errors as e:
+                if not (retry and outer and self._c.disconnected(e) and time.monotonic() < deadline):
+                    raise (self._c.translate(e) or e) from e
+                wait = reconnect_delay(attempt)
+                log.warning("lost the connection to the store (%s); trying again in %.1f s", " ".join(str(e).split()),
+                            wait)
+            finally:
+                local.depth -= 1
+            time.sleep(wait)
+            attempt += 1
+            self._c.recover()
     return call
+
+
+def reconnect_delay(attempt: int) -> float:
+    """0.1 s, doubling, at most 2 s: a restart is over in seconds, and nothing waits on a worker's store
+    thread but its own commits."""
+    return min(2.0, 0.1 * 2 ** attempt)
+
+
+def _once(method):
+    """Not made again after a lost connection: its caller has a bound of its own (a beat)."""
+    method._once = True
+    return method
 
 
 def each_public_method_translated(cls):
@@ -87,6 +124,7 @@ class StoreManager:
 
     def __init__(self, connector: Connector) -> None:
         self._c = connector
+        self._calls = threading.local()  # how deep this thread is in the store's calls: the outermost retries
 
     def close(self) -> None:
         self._c.close()
@@ -103,6 +141,7 @@ class StoreManager:
     def list_jobs(self) -> list[JobRecord]:
         return [_job(row) for row in self._c.all("list_jobs")]
 
+    @_once  # its ingest, cut off, is read on by the next submit or tick (continue_ingest)
     def create_job(self, job: JobRecord, items: Iterable, owner: str | None = None) -> int:
         """Claim the job, stream its items in (``RawItem`` or ``InputError`` values), open it to workers.
 
@@ -125,6 +164,7 @@ class StoreManager:
             raise JobExists(job.id) from None
         return self.continue_ingest(job.id, owner, items, 0)
 
+    @_once
     def continue_ingest(self, job_id: str, owner: str, items: Iterable, next_seq: int) -> int:
         """Store the input entries of a job ``owner`` reads (from where the last batch ended), then
         open the job to workers. Raises ``JobExists`` if another reader has taken the job over."""
@@ -499,6 +539,7 @@ class StoreManager:
             (secret,) = self._c.one("get_secret")
         return bytes(secret)
 
+    @_once
     def worker_beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float,
                     stale_s: float) -> tuple[float, list[Peer]]:
         """``worker`` runs ``job_id`` under ``pace_key`` now (the database's clock, one for every host):
@@ -515,6 +556,7 @@ class StoreManager:
             rows = self._c.all("pace_peers", pace_key=pace_key, now=now, stale_s=stale_s)
         return now, [Peer(w, float(joined), float(beat), float(r), float(t)) for w, joined, beat, r, t in rows]
 
+    @_once
     def worker_leave(self, worker: str) -> None:
         with self._c.transaction(wait_s=WORKER_BEAT_WAIT_S):
             self._c.run("worker_leave", worker=worker)

@@ -104,6 +104,12 @@ class SQLiteConnector:
     def translate(self, error: BaseException) -> StorageError | None:
         return storage_error(self.location, error, self.busy_timeout_s)
 
+    def disconnected(self, error: BaseException) -> bool:
+        return False  # a file: there is no server to lose
+
+    def recover(self) -> None:
+        pass
+
     @property
     def db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
