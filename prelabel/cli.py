@@ -59,6 +59,23 @@ def _open_store(db: str):
     return open_store(db, timeout)
 
 
+def _settings():
+    """The engine settings; ``$PRELABEL_LEASE_S`` sets how long a lease lasts (a dead host's items are
+    taken over after it), the heartbeat renewing it three times a lease, at most every 30 s."""
+    from .config import EngineSettings
+
+    raw = os.environ.get("PRELABEL_LEASE_S")
+    if not raw:
+        return EngineSettings()
+    try:
+        lease_s = float(raw)
+    except ValueError:
+        lease_s = -1.0
+    if not lease_s >= 3:
+        raise UsageError(f"PRELABEL_LEASE_S={raw!r}: give the seconds a lease lasts, at least 3, e.g. 300")
+    return EngineSettings(lease_s=lease_s, heartbeat_s=min(EngineSettings().heartbeat_s, lease_s / 3))
+
+
 def _output_roots(args) -> list[Path]:
     """Where jobs run by `work` may write: --output-root, else $PRELABEL_OUTPUT_ROOT (several joined
     by ':'), else the folder of the database (a SQLite file's; a PostgreSQL URL has none) and the spool folder."""
@@ -152,7 +169,6 @@ def _install_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import EngineSettings
     from .queue.submit import prepare
     from .worker.coordinator import StoreCoordinator
     from .worker.runs import reclaim_dead, run_job
@@ -173,7 +189,7 @@ def cmd_run(args) -> int:
                 answering = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else endpoint
                 reclaim_dead(store)
                 return await _with_progress(
-                    lambda on_start: run_job(store, sub.job_id, answering, EngineSettings(), worker_id(), on_start,
+                    lambda on_start: run_job(store, sub.job_id, answering, _settings(), worker_id(), on_start,
                                              coordinator=StoreCoordinator(store)),
                     args.quiet)
 
@@ -231,7 +247,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_work(args) -> int:
-    from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
+    from .config import EXIT_JOB_ERROR, EXIT_OK
     from .queue.submit import submit_spool
     from .worker.coordinator import StoreCoordinator
     from .worker.runs import drain
@@ -241,6 +257,7 @@ def cmd_work(args) -> int:
     endpoint = _endpoint()  # the environment is read once, not every tick
     store = _open_store(args.db)
     coordinator = StoreCoordinator(store)  # the rate limit is shared with every worker of this store
+    settings = _settings()
     try:
         async def go():
             _install_sigterm()
@@ -257,12 +274,12 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, endpoint, EngineSettings(), worker_id(), on_start, _say, roots,
+                    lambda on_start: drain(store, endpoint, settings, worker_id(), on_start, _say, roots,
                                            coordinator=coordinator), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
-                await asyncio.sleep(EngineSettings().poll_s)
+                await asyncio.sleep(settings.poll_s)
 
         return asyncio.run(go())
     finally:
