@@ -10,7 +10,9 @@ writers never wait on each other in a cycle.
 Fencing: every lease bumps the item's ``attempts``, returned as ``LeasedItem.epoch``. A commit
 writes, bills and spawns only the results whose item is still leased to the committer at the epoch
 it carries (``ItemResult.epoch``; without one, the owner alone is checked): a worker whose lease
-expired and was taken over (it was paused, partitioned, slow) and commits late is refused.
+expired and was taken over (it was paused, partitioned, slow) and commits late is refused. What the
+provider charged for a refused result is still billed, once, to no item (``LOST_LEASE``): the spend
+and the caps count what was paid, and no item's cost is counted twice.
 """
 from __future__ import annotations
 
