@@ -117,7 +117,9 @@ def run(db_url: str, items: int, workers: int, window: float) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PRELABEL_"))}
         env.update(PRELABEL_DB=db)
         sub = subprocess.run(["/usr/bin/time", "-v", *CLI, "submit", str(job), "--new"], env=env,
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+        if sub.returncode != 0:
+            raise SystemExit(f"submit failed ({sub.returncode}): {sub.stderr}")
         job_id = sub.stdout.strip()
         wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", sub.stderr)[1]
         row["submit_wall"] = wall
