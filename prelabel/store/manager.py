@@ -71,7 +71,9 @@ def _translated(method):
             try:
                 return method(self, *args, **kwargs)
             except self._c.errors as e:
-                if not (retry and outer and self._c.disconnected(e) and time.monotonic() < deadline):
+                if not outer:
+                    raise  # as it is: the outermost call retries or translates it
+                if not (retry and self._c.disconnected(e) and time.monotonic() < deadline):
                     raise (self._c.translate(e) or e) from e
                 wait = reconnect_delay(attempt)
                 log.warning("lost the connection to the store (%s); trying again in %.1f s", " ".join(str(e).split()),
