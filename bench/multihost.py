@@ -2,7 +2,8 @@
 
     python bench/multihost.py                          # clean, kill and stop, 3 workers, SQLite in a temp folder
     python bench/multihost.py clean --workers 4        # one scenario
-    python bench/multihost.py --db postgresql://postgres@127.0.0.1:5432/multihost   # once that backend exists
+    python bench/multihost.py --db postgresql://postgres@127.0.0.1:5432/multihost --lease-s 20
+                                  # PostgreSQL: a database of that name (+ scenario) made and dropped per scenario
     python bench/multihost.py --mode long              # long-running `prelabel work` instead of `work --once`
 
 Each worker is `prelabel work --once` (or `work`) in a folder of its own with a host identity of its own
@@ -71,8 +72,8 @@ def sim_stats(url: str) -> dict:
 class Fleet:
     """The worker processes, each in its own folder, with its own host identity."""
 
-    def __init__(self, folder: Path, db: str, url: str, mode: str) -> None:
-        self.folder, self.db, self.url, self.mode = folder, db, url, mode
+    def __init__(self, folder: Path, db: str, url: str, mode: str, lease_s: float) -> None:
+        self.folder, self.db, self.url, self.mode, self.lease_s = folder, db, url, mode, lease_s
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, host: str, once: bool | None = None) -> subprocess.Popen:
@@ -80,7 +81,7 @@ class Fleet:
         home.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PRELABEL_"))}
         env.update(PRELABEL_DB=self.db, PRELABEL_HOST_ID=host, OPENAI_BASE_URL=self.url, OPENAI_API_KEY="sk-bench",
-                   XDG_DATA_HOME=str(home / "xdg"))
+                   XDG_DATA_HOME=str(home / "xdg"), PRELABEL_LEASE_S=str(self.lease_s))
         once = self.mode == "once" if once is None else once
         args = ["work", "--quiet", "--output-root", str(self.folder / "out")] + (["--once"] if once else [])
         log = open(home / "worker.log", "w")
@@ -120,18 +121,36 @@ def wait_until(check, timeout: float, every: float = 0.2) -> bool:
     return False
 
 
-def scenario(name: str, workers: int, items: int, style: str, db: str | None, mode: str) -> dict:
-    lease_s = Engine().lease_s
-    with tempfile.TemporaryDirectory(prefix="multihost-") as tmp, simulator(style) as url:
+@contextmanager
+def database(db: str | None, folder: Path, name: str):
+    """A store of its own per scenario (answers cached by one must not answer the next): a SQLite file
+    in the scenario's folder, or a PostgreSQL database made for it and dropped after."""
+    if not db or not db.startswith(("postgres://", "postgresql://")):
+        yield db or str(folder / "bench.db")
+        return
+    import psycopg
+    server, base = db.rsplit("/", 1)
+    own = f"{base}_{name}_{os.getpid()}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{own}"')
+    try:
+        yield f"{server}/{own}"
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)')
+
+
+def scenario(name: str, workers: int, items: int, style: str, db: str | None, mode: str, lease_s: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="multihost-") as tmp, simulator(style) as url, \
+            database(db, Path(tmp), name) as db:
         folder = Path(tmp)
         (folder / "out").mkdir()
         make_items(folder / "items.jsonl", items, seed=11)
         job = write_job(folder / "out", folder / "items.jsonl", rpm=CEILING_PER_S * 60, concurrency=32)
-        db = db or str(folder / "bench.db")
         env = {**os.environ, "PRELABEL_DB": db}
         job_id = subprocess.run([*CLI, "submit", str(job), "--new"], env=env, check=True, capture_output=True,
                                 text=True).stdout.strip()
-        fleet = Fleet(folder, db, url, mode)
+        fleet = Fleet(folder, db, url, mode, lease_s)
         row: dict = {"scenario": name, "workers": workers, "items": items, "mode": mode, "style": style}
         t0 = time.monotonic()
         try:
@@ -182,6 +201,9 @@ def scenario(name: str, workers: int, items: int, style: str, db: str | None, mo
         try:
             row["counts"] = store.counts(job_id)
             row["spent_tokens"] = store.get_job(job_id).spent_tokens
+            totals = store.usage_totals(job_id)
+            row["ledger_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+            row["paid_for_lost_leases"] = totals["paid_for_lost_leases"]
         finally:
             store.close()
         subprocess.run([*CLI, "export", job_id], env=env, capture_output=True, text=True)
@@ -213,9 +235,12 @@ if __name__ == "__main__":
     parser.add_argument("--style", default="openai", choices=["openai", "azure", "bucket", "gateway"])
     parser.add_argument("--db", help="a SQLite path or a postgresql:// URL (default: a SQLite file per scenario)")
     parser.add_argument("--mode", choices=["once", "long"], default="once")
+    parser.add_argument("--lease-s", type=float, default=Engine().lease_s,
+                        help="the workers' lease ($PRELABEL_LEASE_S); kill and stop wait past it")
     args = parser.parse_args()
     if unknown := set(args.scenarios) - set(SCENARIOS):
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}: one of {', '.join(SCENARIOS)}")
     print(f"# {machine()}  load {os.getloadavg()[0]:.2f}", flush=True)
     for name in args.scenarios or SCENARIOS:
-        print(name, json.dumps(scenario(name, args.workers, args.items, args.style, args.db, args.mode)), flush=True)
+        print(name, json.dumps(scenario(name, args.workers, args.items, args.style, args.db, args.mode,
+                                                 args.lease_s)), flush=True)

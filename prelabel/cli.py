@@ -59,6 +59,23 @@ def _open_store(db: str):
     return open_store(db, timeout)
 
 
+def _settings():
+    """The engine settings; ``$PRELABEL_LEASE_S`` sets how long a lease lasts (a dead host's items are
+    taken over after it), the heartbeat renewing it three times a lease, at most every 30 s."""
+    from .config import EngineSettings
+
+    raw = os.environ.get("PRELABEL_LEASE_S")
+    if not raw:
+        return EngineSettings()
+    try:
+        lease_s = float(raw)
+    except ValueError:
+        lease_s = -1.0
+    if not lease_s >= 3:
+        raise UsageError(f"PRELABEL_LEASE_S={raw!r}: give the seconds a lease lasts, at least 3, e.g. 300")
+    return EngineSettings(lease_s=lease_s, heartbeat_s=min(EngineSettings().heartbeat_s, lease_s / 3))
+
+
 def _output_roots(args) -> list[Path]:
     """Where jobs run by `work` may write: --output-root, else $PRELABEL_OUTPUT_ROOT (several joined
     by ':'), else the folder of the database (a SQLite file's; a PostgreSQL URL has none) and the spool folder."""
@@ -162,8 +179,8 @@ def _install_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import EngineSettings
     from .queue.submit import prepare
+    from .worker.coordinator import StoreCoordinator
     from .worker.runs import reclaim_dead, run_job
     from .store.owners import worker_id
 
@@ -182,7 +199,8 @@ def cmd_run(args) -> int:
                 answering = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else endpoint
                 reclaim_dead(store)
                 return await _with_progress(
-                    lambda on_start: run_job(store, sub.job_id, answering, EngineSettings(), worker_id(), on_start),
+                    lambda on_start: run_job(store, sub.job_id, answering, _settings(), worker_id(), on_start,
+                                             coordinator=StoreCoordinator(store)),
                     args.quiet)
 
         outcome = asyncio.run(go())
@@ -239,14 +257,17 @@ def cmd_submit(args) -> int:
 
 
 def cmd_work(args) -> int:
-    from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
+    from .config import EXIT_JOB_ERROR, EXIT_OK
     from .queue.submit import submit_spool
+    from .worker.coordinator import StoreCoordinator
     from .worker.runs import drain
     from .store.owners import worker_id
 
     roots = _output_roots(args)
     endpoint = _endpoint()  # the environment is read once, not every tick
     store = _open_store(args.db)
+    coordinator = StoreCoordinator(store)  # the rate limit is shared with every worker of this store
+    settings = _settings()
     try:
         async def go():
             _install_sigterm()
@@ -263,11 +284,12 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, endpoint, EngineSettings(), worker_id(), on_start, _say, roots), args.quiet)
+                    lambda on_start: drain(store, endpoint, settings, worker_id(), on_start, _say, roots,
+                                           coordinator=coordinator), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return max(codes)
-                await asyncio.sleep(EngineSettings().poll_s)
+                await asyncio.sleep(settings.poll_s)
 
         return asyncio.run(go())
     finally:
@@ -275,7 +297,7 @@ def cmd_work(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .config import EXIT_JOB_ERROR, EXIT_OK
+    from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .outputs.report import work_counts
     from .queue.ingest import reader_is_dead
 
@@ -300,24 +322,34 @@ def cmd_status(args) -> int:
                                        "alive": not reader_is_dead(loading, time.time())}
         # Spool files whose latest try failed, while they are still there to fix.
         failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
+        workers = [w for w in store.live_workers(EngineSettings().share_stale_s)
+                   if not args.job_id or w.job_id == args.job_id]
         if args.json:  # an object: room for more than jobs
-            print(json.dumps({"jobs": rows, "spool_failures": [{"path": f.path, "error": f.error} for f in failed]},
-                             indent=2))
-        else:
-            if not rows:
-                print(f"no jobs in {args.db}")
-            for row in rows:
-                states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
-                variants = ""
-                if "variants" in row:
-                    units = "  ".join(f"{s}={n}" for s, n in row["augmentation_units"].items())
-                    variants = f"{row['variants']:,} variants (augmentation units: {units})  "
-                print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  {variants}"
-                      f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
-                if "loading" in row and not row["loading"]["alive"]:
-                    print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
-                          "or work tick reads the input on from there")
-        for entry in failed if not args.json else ():
+            print(json.dumps({"jobs": rows,
+                              "spool_failures": [{"path": f.path, "error": f.error} for f in failed],
+                              "workers": [{"host": w.host, "pid": w.pid, "worker": w.worker, "job_id": w.job_id,
+                                           "items_leased": w.leased, "last_heartbeat_s_ago": w.age_s}
+                                          for w in workers]}, indent=2))
+            return EXIT_OK
+        if not rows:
+            print(f"no jobs in {args.db}")
+        for row in rows:
+            states = "  ".join(f"{s}={row[s]}" for s in ITEM_STATES if row.get(s))
+            variants = ""
+            if "variants" in row:
+                units = "  ".join(f"{s}={n}" for s, n in row["augmentation_units"].items())
+                variants = f"{row['variants']:,} variants (augmentation units: {units})  "
+            print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  {variants}"
+                  f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
+            if "loading" in row and not row["loading"]["alive"]:
+                print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
+                      "or work tick reads the input on from there")
+        if workers:
+            print(f"{len(workers)} live worker{'s' if len(workers) != 1 else ''}:")
+            for w in workers:
+                print(f"  {w.host} pid {w.pid}  {w.job_id}  {w.leased:,} items leased  "
+                      f"last heartbeat {w.age_s:.0f} s ago")
+        for entry in failed:
             print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)")
         return EXIT_OK
     finally:

@@ -371,6 +371,9 @@ EXIT_STORAGE = 7        # the store or an output folder cannot be used (full, lo
 EXIT_RATE_LIMITED = 8   # waited on the rate limit past model.max_rate_limit_wait_s: the run stopped, nothing lost
 
 STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
+STORE_RECONNECT_S = 60.0     # a store call that lost its server (a restart) is made again for this long
+WORKER_BEAT_WAIT_S = 1.0     # a worker's beat waits this long for the store (about one share interval)
+WORKER_FORGET_S = 3600.0     # a worker's row is deleted this long after its last beat (it was killed)
 
 # Files a job names that are read whole (the input is streamed, so it has no limit). A job file is
 # a few hundred bytes: these refuse a hostile one (a YAML "billion laughs" is 9^9 values once its

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..states import FINAL_STATES
 from .base import (AUGMENT, LABEL, VARIANT, IngestState, ItemResult, ItemView, JobRecord, LeasedItem,
-                   ReviewRow, RunStats, Spawn, SpoolRecord, Store, UsageRow)
+                   ReviewRow, RunStats, Spawn, SpoolRecord, Store, UsageRow, WorkerView)
 from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import StoreError
 from .sqlite import SQLiteStore
@@ -14,7 +14,7 @@ from .sqlite import SQLiteStore
 __all__ = ["AUGMENT", "FINAL_STATES", "LABEL", "VARIANT", "IngestState", "ItemResult", "ItemView", "JobRecord",
            "LeasedItem",
            "ReviewRow", "RunStats", "SQLiteStore", "Spawn", "SpoolRecord", "Store",
-           "UsageRow", "open_store"]
+           "UsageRow", "WorkerView", "open_store"]
 
 
 def open_store(url: str | Path, busy_timeout_s: float = STORE_BUSY_TIMEOUT_S) -> Store:

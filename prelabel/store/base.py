@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
+from ..llm.shares import Peer
 from ..llm.stats import RunStats
 from ..states import ItemState
 
@@ -136,6 +137,20 @@ class ReviewRow:
     origin: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """A live worker as ``prelabel status`` shows it (times on the database's clock)."""
+
+    worker: str     # host:pid:nonce
+    host: str
+    pid: int
+    job_id: str
+    leased: int     # items it holds leased now
+    joined: float
+    beat: float     # its last heartbeat
+    age_s: float    # how long ago that was
+
+
 class Store(Protocol):
     """Every method may raise ``StorageError`` (full disk, lock held too long, damaged file).
 
@@ -198,6 +213,13 @@ class Store(Protocol):
     def reviews(self, job_id: str) -> list[ReviewRow]: ...
     def add_samples(self, job_id: str, drafts: Iterable[tuple[str, str]]) -> None: ...
     def samples(self, job_id: str) -> dict[str, str]: ...
+
+    # workers (issue 11): the shared rate limit's coordinator, and `prelabel status`
+    def pace_secret(self) -> bytes: ...
+    def worker_beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float,
+                    stale_s: float) -> tuple[float, list[Peer]]: ...
+    def worker_leave(self, worker: str) -> None: ...
+    def live_workers(self, stale_s: float) -> list[WorkerView]: ...
 
     # spool
     def spool_seen(self, path: str, sha256: str) -> bool: ...

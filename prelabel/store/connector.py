@@ -42,10 +42,14 @@ class Connector(Protocol):
     integrity_errors: tuple[type[BaseException], ...]  # a unique key taken (a job created twice)
 
     def translate(self, error: BaseException) -> StorageError | None: ...
+    def disconnected(self, error: BaseException) -> bool: ...  # the server went away: worth trying again
+    def recover(self) -> None: ...  # before trying again: drop the connections that went with it
 
-    def transaction(self) -> AbstractContextManager[None]:
+    def transaction(self, wait_s: float | None = None) -> AbstractContextManager[None]:
         """A write transaction on this thread: the calls inside it, on this thread, are in it. SQLite
-        takes the database's write lock at its start; PostgreSQL locks what each query says."""
+        takes the database's write lock at its start; PostgreSQL locks what each query says. With
+        ``wait_s``, it waits at most that long for a lock (or a connection) instead of the store's
+        busy timeout: a locked error after it."""
         ...
 
     def one(self, query: str, /, **params) -> tuple | None: ...

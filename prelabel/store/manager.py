@@ -10,30 +10,46 @@ writers never wait on each other in a cycle.
 Fencing: every lease bumps the item's ``attempts``, returned as ``LeasedItem.epoch``. A commit
 writes, bills and spawns only the results whose item is still leased to the committer at the epoch
 it carries (``ItemResult.epoch``; without one, the owner alone is checked): a worker whose lease
-expired and was taken over (it was paused, partitioned, slow) and commits late is refused.
+expired and was taken over (it was paused, partitioned, slow) and commits late is refused. What the
+provider charged for a refused result is still billed, once, to no item (``LOST_LEASE``): the spend
+and the caps count what was paid, and no item's cost is counted twice.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import json
+import logging
+import secrets
+import threading
 import time
 from typing import Iterable, Iterator
 
 from ..config import INGEST_BATCH, INGEST_BEAT_S  # input items per transaction, or after this long
+from ..config import STORE_RECONNECT_S, WORKER_BEAT_WAIT_S, WORKER_FORGET_S
+from ..llm.shares import Peer
 from ..errors import InputError, JobExists
 from .owners import worker_id
 from ..redact import redact, redact_error
 from ..states import JobStatus
 from .base import (IngestState, InputErrorRow, ItemResult, ItemView, JobRecord, LeasedItem, ReviewRow, RunStats,
-                   SpoolRecord, UsageRow)
+                   SpoolRecord, UsageRow, WorkerView)
 from .connector import Connector
 
+log = logging.getLogger(__name__)
+
 NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
+LOST_LEASE = -2  # ...and for what was paid for items whose lease was lost before their commit
+_FINAL = ("done", "failed", "skipped")
 
 
 def _translated(method):
-    """Driver errors a user can act on leave the store as ``StorageError`` (one line: place, problem, fix)."""
+    """Driver errors a user can act on leave the store as ``StorageError`` (one line: place, problem, fix).
+
+    A call that lost its connection to the server (a restart) is made again, whole, with backoff, for
+    up to ``STORE_RECONNECT_S``: each rule is one transaction (or several that are each safe to repeat:
+    a commit sent again after its acknowledgement was lost is refused by its fence, and bills nothing
+    twice). Only the outermost call of a thread retries; ``_once`` methods never do."""
     if inspect.isgeneratorfunction(method):
         @functools.wraps(method)
         def stream(self, *args, **kwargs):
@@ -43,13 +59,43 @@ def _translated(method):
                 raise (self._c.translate(e) or e) from e
         return stream
 
+    retry = not getattr(method, "_once", False)
+
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except self._c.errors as e:
-            raise (self._c.translate(e) or e) from e
+        local = self._calls
+        outer = not getattr(local, "depth", 0)
+        deadline, attempt = time.monotonic() + STORE_RECONNECT_S, 0
+        while True:
+            local.depth = getattr(local, "depth", 0) + 1
+            try:
+                return method(self, *args, **kwargs)
+            except self._c.errors as e:
+                if not outer:
+                    raise  # as it is: the outermost call retries or translates it
+                if not (retry and self._c.disconnected(e) and time.monotonic() < deadline):
+                    raise (self._c.translate(e) or e) from e
+                wait = reconnect_delay(attempt)
+                log.warning("lost the connection to the store (%s); trying again in %.1f s", " ".join(str(e).split()),
+                            wait)
+            finally:
+                local.depth -= 1
+            time.sleep(wait)
+            attempt += 1
+            self._c.recover()
     return call
+
+
+def reconnect_delay(attempt: int) -> float:
+    """0.1 s, doubling, at most 2 s: a restart is over in seconds, and nothing waits on a worker's store
+    thread but its own commits."""
+    return min(2.0, 0.1 * 2 ** attempt)
+
+
+def _once(method):
+    """Not made again after a lost connection: its caller has a bound of its own (a beat)."""
+    method._once = True
+    return method
 
 
 def each_public_method_translated(cls):
@@ -64,6 +110,14 @@ def _job(row: tuple) -> JobRecord:
                      float(row[9]), row[10], bool(row[11]))
 
 
+def _host_pid(worker: str) -> tuple[str, int]:
+    """An owner id's host and pid (``host:pid:nonce``); another shape (a test's name) is its own host."""
+    parts = worker.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return worker, 0
+
+
 def _json(value) -> str:
     return json.dumps(redact_error(value), ensure_ascii=False)
 
@@ -74,6 +128,7 @@ class StoreManager:
 
     def __init__(self, connector: Connector) -> None:
         self._c = connector
+        self._calls = threading.local()  # how deep this thread is in the store's calls: the outermost retries
 
     def close(self) -> None:
         self._c.close()
@@ -90,6 +145,7 @@ class StoreManager:
     def list_jobs(self) -> list[JobRecord]:
         return [_job(row) for row in self._c.all("list_jobs")]
 
+    @_once  # its ingest, cut off, is read on by the next submit or tick (continue_ingest)
     def create_job(self, job: JobRecord, items: Iterable, owner: str | None = None) -> int:
         """Claim the job, stream its items in (``RawItem`` or ``InputError`` values), open it to workers.
 
@@ -112,6 +168,7 @@ class StoreManager:
             raise JobExists(job.id) from None
         return self.continue_ingest(job.id, owner, items, 0)
 
+    @_once
     def continue_ingest(self, job_id: str, owner: str, items: Iterable, next_seq: int) -> int:
         """Store the input entries of a job ``owner`` reads (from where the last batch ended), then
         open the job to workers. Raises ``JobExists`` if another reader has taken the job over."""
@@ -276,6 +333,7 @@ class StoreManager:
             accepted = [p for p in prepared if p[0].seq in epochs and p[0].epoch in (None, epochs[p[0].seq])]
             applied = {p[0].seq for p in accepted}
             refused = [r.seq for r in results if r.seq not in applied]
+            lost = self._lost_usage(job_id, [p for p in prepared if p[0].seq not in applied], now)
             finished, released, drafts, usage, spawned, uncache = [], [], [], [], [], []
             for r, summary, item_drafts, item_usage in accepted:
                 if r.release:
@@ -288,6 +346,7 @@ class StoreManager:
                 usage.extend(item_usage)
                 uncache.extend(dict(key=key) for key in r.uncache)
             usage.extend(side)
+            usage.extend(lost)
             tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage if not u["cached"])
             cost = sum(u["cost_usd"] for u in usage if not u["cached"])
             self._c.many("clear_drafts", [dict(job_id=job_id, seq=f["seq"]) for f in finished])
@@ -302,6 +361,25 @@ class StoreManager:
             self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
             self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent
         return refused
+
+    def _lost_usage(self, job_id: str, refused: list, now: float) -> list[dict]:
+        """What the provider charged for refused results, as usage of no item (``LOST_LEASE``): it
+        counts in the job's spend and caps, and no item's cost twice (the item's own is its new
+        lease's). A result its own lease already committed (a commit sent again after its
+        acknowledgement was lost) was billed then, and is not again."""
+        if not refused:
+            return []
+        states = {seq: (state, int(epoch)) for seq, state, epoch
+                  in self._c.all("item_epochs", job_id=job_id, seqs=sorted({p[0].seq for p in refused}))}
+        rows = []
+        for r, _, _, item_usage in refused:
+            state, epoch = states.get(r.seq, (None, None))
+            if state in _FINAL and r.epoch in (None, epoch):
+                continue
+            if not self._c.run("insert_lost_result", job_id=job_id, seq=r.seq, epoch=-1 if r.epoch is None else r.epoch):
+                continue  # billed when this same result was refused before
+            rows.extend({**u, "seq": LOST_LEASE} for u in item_usage if not u["cached"])
+        return rows
 
     def _spawn(self, job_id: str, spawned: list) -> None:
         """New items made from finished ones (augmentation), in the finishing transaction, numbered
@@ -395,9 +473,14 @@ class StoreManager:
             int(v) if i != 3 else float(v) for i, v in enumerate(self._c.one("usage_totals", job_id=job_id)))
         # Tokens and cost are what was billed; answers from the cache cost nothing. Of the prompt
         # tokens, ``cached_prompt_tokens`` came from the provider's prompt cache (the cached price).
+        lost_n, lost_tokens, lost_cost = self._c.one("lost_usage_totals", job_id=job_id, seq=LOST_LEASE)
         return {"requests_billed": n - cached, "cached_answers": cached, "prompt_tokens": prompt,
                 "cached_prompt_tokens": prompt_cached, "completion_tokens": completion,
-                "cost_usd": round(cost, 6)}
+                "cost_usd": round(cost, 6),
+                # Of those, paid for items whose lease was lost before their commit (a worker paused or
+                # cut off past its lease): charged by the provider, the items' drafts are their new lease's.
+                "paid_for_lost_leases": {"requests": int(lost_n), "tokens": int(lost_tokens),
+                                         "cost_usd": round(float(lost_cost), 6)}}
 
     def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None:
         self._c.run("insert_run", job_id=job_id, owner=owner, started=started, ended=time.time(),
@@ -452,6 +535,47 @@ class StoreManager:
 
     def samples(self, job_id: str) -> dict[str, str]:
         return dict(self._c.all("samples", job_id=job_id))
+
+    # workers (issue 11) --------------------------------------------------------------------------
+
+    def pace_secret(self) -> bytes:
+        """The key pace keys are hashed under: 32 random bytes made by the first caller of a store
+        (of two at once, one's is kept: both read back the same). Never shown nor exported."""
+        with self._c.transaction():
+            self._c.run("insert_secret", secret=secrets.token_bytes(32))
+            (secret,) = self._c.one("get_secret")
+        return bytes(secret)
+
+    @_once
+    def worker_beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float,
+                    stale_s: float) -> tuple[float, list[Peer]]:
+        """``worker`` runs ``job_id`` under ``pace_key`` now (the database's clock, one for every host):
+        its row upserted (``joined`` kept unless its last beat is ``stale_s`` old), and the live
+        workers of that pace key returned, itself among them. Waits at most ``WORKER_BEAT_WAIT_S``
+        (about a beat) for a lock: a beat that cannot land soon is of no use, the next one comes."""
+        host, pid = _host_pid(worker)
+        with self._c.transaction(wait_s=WORKER_BEAT_WAIT_S):
+            (now,) = self._c.one("db_now")
+            now = float(now)
+            self._c.run("worker_beat", worker=worker, host=host, pid=pid, job_id=job_id, pace_key=pace_key,
+                        rpm=float(rpm), tpm=float(tpm), now=now, stale_s=stale_s)
+            self._c.run("forget_workers", before=now - max(WORKER_FORGET_S, stale_s))
+            rows = self._c.all("pace_peers", pace_key=pace_key, now=now, stale_s=stale_s)
+        return now, [Peer(w, float(joined), float(beat), float(r), float(t)) for w, joined, beat, r, t in rows]
+
+    @_once
+    def worker_leave(self, worker: str) -> None:
+        with self._c.transaction(wait_s=WORKER_BEAT_WAIT_S):
+            self._c.run("worker_leave", worker=worker)
+
+    def live_workers(self, stale_s: float) -> list[WorkerView]:
+        """The workers that beat within ``stale_s``, with the items each holds leased."""
+        (now,) = self._c.one("db_now")
+        now = float(now)
+        return [WorkerView(worker, host, int(pid), job_id, int(leased), float(joined), float(beat),
+                           round(max(0.0, now - float(beat)), 1))
+                for worker, host, pid, job_id, joined, beat, leased
+                in self._c.all("live_workers", now=now, stale_s=stale_s)]
 
     # spool --------------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ The rules are ``manager.StoreManager``'s; ``postgres.sql`` says what each query 
 created and migrated by the first process that connects: numbered migrations (``migration_N`` in
 postgres.sql), applied under a transaction-scoped advisory lock, so two hosts starting at once apply
 each one once. Connections come from a pool; a transaction keeps one connection for its thread until
-it ends. A connection the server dropped (a restart) fails its call with ``StorageError`` and is
-replaced by the pool.
+it ends. A connection the server dropped (a restart) is replaced by the pool, and the call that lost it is
+made again with backoff (``manager._translated``); past ``STORE_RECONNECT_S`` it fails with ``StorageError``.
 """
 from __future__ import annotations
 
@@ -82,6 +82,22 @@ class PostgresConnector:
     def translate(self, error: BaseException) -> StorageError | None:
         return storage_error(self.location, error)
 
+    def disconnected(self, error: BaseException) -> bool:
+        """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting
+        up, class 08, or no SQLSTATE at all: the socket), as opposed to a lock or a full disk."""
+        if not isinstance(error, psycopg.OperationalError):
+            return False
+        state = getattr(error, "sqlstate", None)
+        return state is None or state.startswith(("08", "57P"))
+
+    def recover(self) -> None:
+        """The pool's idle connections went with the server: check them now (the broken are replaced)
+        rather than fail one call each."""
+        try:
+            self.pool.check()
+        except psycopg.Error:
+            pass  # the server is not back yet: the next try waits for a connection
+
     def _migrate(self) -> None:
         """Apply the migrations this database lacks, one process at a time (the advisory lock ends
         with the transaction). A database with tables that are not prelabel's is refused."""
@@ -108,12 +124,16 @@ class PostgresConnector:
         return int(version)
 
     @contextmanager
-    def transaction(self):
+    def transaction(self, wait_s: float | None = None):
         if getattr(self._local, "conn", None) is not None:  # already in one on this thread: join it
             yield
             return
-        with self.pool.connection() as conn:
+        with self.pool.connection(timeout=wait_s) as conn:
             with conn.transaction():
+                if wait_s is not None:  # for a connection, a lock, and each statement
+                    ms = max(1, int(wait_s * 1000))
+                    conn.execute(f"SET LOCAL lock_timeout = {ms}")
+                    conn.execute(f"SET LOCAL statement_timeout = {ms}")
                 self._local.conn = conn
                 try:
                     yield

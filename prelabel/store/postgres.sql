@@ -134,6 +134,34 @@ CREATE TABLE IF NOT EXISTS review_samples (
 -- Prompt caching billed: of a request's prompt tokens, those the provider served from its prompt cache.
 ALTER TABLE usage ADD COLUMN IF NOT EXISTS cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
 
+-- name: migration_3
+-- Workers (issue 11): who is running what, for the shared rate limit and `prelabel status`, and
+-- the key pace keys are hashed under (one row, made once, never shown or exported).
+CREATE TABLE IF NOT EXISTS workers (
+    worker TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    pace_key TEXT NOT NULL,
+    rpm DOUBLE PRECISION NOT NULL,
+    tpm DOUBLE PRECISION NOT NULL,
+    joined DOUBLE PRECISION NOT NULL,
+    beat DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workers_pace ON workers (pace_key, beat);
+CREATE TABLE IF NOT EXISTS store_secret (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    secret BYTEA NOT NULL
+);
+-- The refused results billed as paid for a lost lease (usage seq -2): each lease's result once, if
+-- its commit is sent again.
+CREATE TABLE IF NOT EXISTS lost_results (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (job_id, seq, epoch)
+);
+
 -- name: claim_ingest
 UPDATE ingest SET owner = :owner, beat = :now WHERE job_id = :job_id AND owner IS NOT DISTINCT FROM :dead_owner;
 
@@ -436,3 +464,49 @@ WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
 
 -- name: samples
 SELECT draft_id, purpose FROM review_samples WHERE job_id = :job_id;
+
+-- name: insert_secret
+INSERT INTO store_secret (id, secret) VALUES (1, :secret) ON CONFLICT (id) DO NOTHING;
+
+-- name: get_secret
+SELECT secret FROM store_secret WHERE id = 1;
+
+-- name: db_now
+-- The server's clock: one for the workers of every host.
+SELECT extract(epoch FROM clock_timestamp())::double precision;
+
+-- name: worker_beat
+-- Its own row only: a beat never waits on another worker's.
+INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat)
+VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, :now, :now)
+ON CONFLICT (worker) DO UPDATE SET
+    job_id = excluded.job_id, pace_key = excluded.pace_key, rpm = excluded.rpm, tpm = excluded.tpm,
+    joined = CASE WHEN excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
+    beat = excluded.beat;
+
+-- name: forget_workers
+-- Rows of workers long gone (killed: they never left). A row another beat holds is left for later.
+DELETE FROM workers WHERE worker IN (SELECT worker FROM workers WHERE beat < :before FOR UPDATE SKIP LOCKED);
+
+-- name: pace_peers
+SELECT worker, joined, beat, rpm, tpm FROM workers WHERE pace_key = :pace_key AND beat > :now - :stale_s
+ORDER BY worker COLLATE "C";
+
+-- name: worker_leave
+DELETE FROM workers WHERE worker = :worker;
+
+-- name: live_workers
+SELECT w.worker, w.host, w.pid, w.job_id, w.joined, w.beat,
+       (SELECT count(*) FROM items i WHERE i.lease_owner = w.worker AND i.state = 'leased')
+FROM workers w WHERE w.beat > :now - :stale_s ORDER BY w.host COLLATE "C", w.pid, w.worker COLLATE "C";
+
+-- name: item_epochs
+-- Where a commit's refused items stand: a result its own lease already committed is not billed again.
+SELECT seq, state, attempts FROM items WHERE job_id = :job_id AND seq = ANY(:seqs);
+
+-- name: lost_usage_totals
+SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0)
+FROM usage WHERE job_id = :job_id AND seq = :seq AND cached = 0;
+
+-- name: insert_lost_result
+INSERT INTO lost_results (job_id, seq, epoch) VALUES (:job_id, :seq, :epoch) ON CONFLICT DO NOTHING;

@@ -107,6 +107,12 @@ class SQLiteConnector:
     def translate(self, error: BaseException) -> StorageError | None:
         return storage_error(self.location, error, self.busy_timeout_s)
 
+    def disconnected(self, error: BaseException) -> bool:
+        return False  # a file: there is no server to lose
+
+    def recover(self) -> None:
+        pass
+
     @property
     def db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -123,9 +129,18 @@ class SQLiteConnector:
         return db
 
     @contextmanager
-    def transaction(self):
-        with _Transaction(self.db):
-            yield
+    def transaction(self, wait_s: float | None = None):
+        db = self.db
+        if wait_s is None:
+            with _Transaction(db):
+                yield
+            return
+        db.execute(f"PRAGMA busy_timeout={max(1, int(wait_s * 1000))}")  # this connection's, until the end
+        try:
+            with _Transaction(db):
+                yield
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
 
     def one(self, query: str, /, **params) -> tuple | None:
         return self.db.execute(Q[query], _adapt(params)).fetchone()
@@ -190,6 +205,7 @@ class SQLiteConnector:
                         self.script(script)
         self.script("indexes")
         self.script("reviews_schema")  # issue 13: review tables, created where missing
+        self.script("workers_schema")  # issue 11: the workers and the pace keys' secret, where missing
 
     def verify(self) -> None:
         """Read every page (``PRAGMA quick_check``): damage anywhere in the file is found now, not

@@ -461,3 +461,81 @@ WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
 
 -- name: samples
 SELECT draft_id, purpose FROM review_samples WHERE job_id = :job_id;
+
+-- name: workers_schema
+-- ================================================================================================
+-- Workers (issue 11): who is running what, for the shared rate limit and `prelabel status`. One
+-- block (PostgreSQL's migration_2), run on every open: creates the tables an older store lacks.
+-- ================================================================================================
+-- One row per worker (host:pid:nonce) while it runs a job: its beats, on the database's clock.
+CREATE TABLE IF NOT EXISTS workers (
+    worker TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    pace_key TEXT NOT NULL,       -- a keyed hash of endpoint, model and API key (never the key)
+    rpm REAL NOT NULL,            -- the ceiling it paces under
+    tpm REAL NOT NULL,
+    joined REAL NOT NULL,         -- when its current run of beats began
+    beat REAL NOT NULL            -- its last beat
+);
+CREATE INDEX IF NOT EXISTS workers_pace ON workers (pace_key, beat);
+-- The key pace keys are hashed under: one row, made once, never shown or exported.
+CREATE TABLE IF NOT EXISTS store_secret (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    secret BLOB NOT NULL
+);
+-- The refused results billed as paid for a lost lease (usage seq -2): each lease's result once, if
+-- its commit is sent again.
+CREATE TABLE IF NOT EXISTS lost_results (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (job_id, seq, epoch)
+);
+
+-- name: insert_secret
+INSERT INTO store_secret (id, secret) VALUES (1, :secret) ON CONFLICT (id) DO NOTHING;
+
+-- name: get_secret
+SELECT secret FROM store_secret WHERE id = 1;
+
+-- name: db_now
+-- The database's clock (one for every worker of the store).
+SELECT (julianday('now') - 2440587.5) * 86400.0;
+
+-- name: worker_beat
+-- A worker counted out (its last beat stale_s old or more) joins again now.
+INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat)
+VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, :now, :now)
+ON CONFLICT (worker) DO UPDATE SET
+    job_id = excluded.job_id, pace_key = excluded.pace_key, rpm = excluded.rpm, tpm = excluded.tpm,
+    joined = CASE WHEN excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
+    beat = excluded.beat;
+
+-- name: forget_workers
+-- Rows of workers long gone (killed: they never left).
+DELETE FROM workers WHERE beat < :before;
+
+-- name: pace_peers
+SELECT worker, joined, beat, rpm, tpm FROM workers WHERE pace_key = :pace_key AND beat > :now - :stale_s
+ORDER BY worker;
+
+-- name: worker_leave
+DELETE FROM workers WHERE worker = :worker;
+
+-- name: live_workers
+SELECT w.worker, w.host, w.pid, w.job_id, w.joined, w.beat,
+       (SELECT count(*) FROM items i WHERE i.lease_owner = w.worker AND i.state = 'leased')
+FROM workers w WHERE w.beat > :now - :stale_s ORDER BY w.host, w.pid, w.worker;
+
+-- name: item_epochs
+-- Where a commit's refused items stand: a result its own lease already committed is not billed again.
+SELECT seq, state, attempts FROM items WHERE job_id = :job_id AND seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: lost_usage_totals
+SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0)
+FROM usage WHERE job_id = :job_id AND seq = :seq AND cached = 0;
+
+-- name: insert_lost_result
+INSERT INTO lost_results (job_id, seq, epoch) VALUES (:job_id, :seq, :epoch) ON CONFLICT DO NOTHING;

@@ -40,6 +40,27 @@ class Coordinator(Protocol):
         """``worker`` sends no more: its share goes to the others at their next beat."""
 
 
+class StoreCoordinator:
+    """The coordinator of every worker of one store (SQLite or PostgreSQL): its ``workers`` table,
+    on the database's clock. The secret is read once."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self._secret: bytes | None = None
+
+    def secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = self.store.pace_secret()
+        return self._secret
+
+    def beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
+        now, peers = self.store.worker_beat(worker, job_id, pace_key, rpm, tpm, stale_s)
+        return Roll(now, tuple(peers))
+
+    def leave(self, worker: str) -> None:
+        self.store.worker_leave(worker)
+
+
 class MemoryCoordinator:
     """In memory, with an injectable clock: workers in one process (tests) share through it."""
 

@@ -17,6 +17,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from ..config import EngineSettings as Engine, JobSpec
+from ..errors import StoreError
 from ..llm.endpoint import Endpoint
 from ..llm.pacing import RateLimiter
 from ..llm.shares import Share, decide_share, pace_key
@@ -41,9 +42,22 @@ class ShareKeeper:
         self.last: Share | None = None  # the last decision (for tests and the run's statistics)
 
     async def start(self) -> None:
-        """The first beat, awaited: nothing is sent before this worker knows its share."""
-        sent = self._clock()
-        self._apply(await self._call(self._beat), sent)
+        """The first beat, awaited: nothing is sent before this worker knows its share. A beat that
+        fails (the store busy for longer than a beat waits) is tried again every interval, up to
+        ``stale_s`` worth of tries, before the run fails with it."""
+        tries = max(1, math.ceil(self.stale_s / self.interval_s))
+        for attempt in range(tries):
+            sent = self._clock()
+            try:
+                roll = await self._call(self._beat)
+            except StoreError as e:
+                if attempt == tries - 1:
+                    raise
+                log.info("the first beat to the coordinator failed (trying again in %.1f s): %s", self.interval_s, e)
+                await asyncio.sleep(self.interval_s)
+                continue
+            self._apply(roll, sent)
+            return
 
     def step(self) -> None:
         """One tick: hold the requests if this worker may have been counted out, and beat again."""

@@ -158,8 +158,8 @@ def test_a_job_queued_while_its_endpoint_was_allowed_is_refused_by_the_worker(en
     assert catcher.auth == []
     allowed = f"{DEFAULT_BASE_URL}, {env['OPENAI_BASE_URL']}"
     assert f"{job_id}: error: {refusal(job, catcher.url, allowed)}" in result.stderr.splitlines()
-    status = json.loads(prelabel("status", job_id, "--json", env=env).stdout)["jobs"]
-    assert status[0]["pending"] == 12  # nothing lost: allowed again, it runs
+    status = json.loads(prelabel("status", job_id, "--json", env=env).stdout)
+    assert status["jobs"][0]["pending"] == 12  # nothing lost: allowed again, it runs
 
 
 @pytest.mark.slow

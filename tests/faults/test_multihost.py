@@ -157,3 +157,48 @@ async def test_the_simulator_counts_arrivals_and_admissions_per_second():
         await client.close()
         await sim.stop()
     assert seconds == [[0, 3, 2], [1, 0, 0], [2, 2, 2]]
+
+
+# --- the store-backed coordinator, through the CLI ------------------------------------------------
+
+def test_status_lists_the_live_workers_and_run_shares_its_limit_through_the_store(tmp_path: Path, capsys):
+    import json
+
+    from prelabel.cli import main
+
+    db = str(tmp_path / "prelabel.db")
+    assert main(["run", str(write_job(tmp_path / "job")), "--simulate", "-q", "--db", db]) == 0
+    store = SQLiteStore(db)
+    try:
+        # The run beat under its pace key (the secret was made for it) and left when it ended.
+        assert store._db.execute("SELECT count(*) FROM store_secret").fetchone() == (1,)
+        assert store.live_workers(stale_s=5) == []
+        [job] = store.list_jobs()
+        store.worker_beat("host-b:4242:abcdef", job.id, "key", 6000, 1e6, stale_s=5)
+        store.worker_beat("host-c:7:abcdef", job.id, "key", 6000, 1e6, stale_s=5)
+    finally:
+        store.close()
+    capsys.readouterr()
+    assert main(["status", "--json", "--db", db]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert set(shown) == {"jobs", "spool_failures", "workers"} and shown["jobs"][0]["done"] == 12
+    assert [(w["host"], w["pid"], w["job_id"], w["items_leased"]) for w in shown["workers"]] == [
+        ("host-b", 4242, job.id, 0), ("host-c", 7, job.id, 0)]
+    assert all(w["last_heartbeat_s_ago"] < 5 for w in shown["workers"])
+    assert main(["status", "--db", db]) == 0
+    text = capsys.readouterr().out
+    assert "2 live workers:" in text and f"host-b pid 4242  {job.id}  0 items leased  last heartbeat" in text
+
+
+def test_the_lease_is_a_setting(monkeypatch):
+    from prelabel.cli import _settings
+    from prelabel.errors import UsageError
+
+    monkeypatch.delenv("PRELABEL_LEASE_S", raising=False)
+    assert (_settings().lease_s, _settings().heartbeat_s) == (Engine().lease_s, Engine().heartbeat_s)
+    monkeypatch.setenv("PRELABEL_LEASE_S", "15")
+    assert (_settings().lease_s, _settings().heartbeat_s) == (15.0, 5.0)  # renewed three times a lease
+    for bad in ("soon", "0", "-5", "nan"):
+        monkeypatch.setenv("PRELABEL_LEASE_S", bad)
+        with pytest.raises(UsageError, match="PRELABEL_LEASE_S"):
+            _settings()

@@ -320,11 +320,14 @@ def test_usage_totals_exclude_cached_tokens(store):
         result(1, usage=[usage(100, 10, 0.0, cached=True)]),
         result(2, usage=[usage(90, 9, 0.001)]),
     ])
+    none_lost = {"requests": 0, "tokens": 0, "cost_usd": 0}
     assert store.usage_totals("job-1") == {"requests_billed": 3, "cached_answers": 1, "prompt_tokens": 310,
-                                           "cached_prompt_tokens": 0, "completion_tokens": 27, "cost_usd": 0.006}
+                                           "cached_prompt_tokens": 0, "completion_tokens": 27, "cost_usd": 0.006,
+                                           "paid_for_lost_leases": none_lost}
     assert store.get_job("job-1").spent_tokens == 337
     assert store.usage_totals("nope") == {"requests_billed": 0, "cached_answers": 0, "prompt_tokens": 0,
-                                          "cached_prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0}
+                                          "cached_prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0,
+                                          "paid_for_lost_leases": none_lost}
 
 
 def test_usage_totals_count_provider_cached_prompt_tokens(store):
@@ -522,15 +525,25 @@ def test_a_late_commit_after_the_lease_was_taken_over_is_refused_and_billed_once
     assert b.epoch == a.epoch + 1
     late = result(0, usage=[usage(100, 5, 0.01)])
     late.epoch, late.records[0]["label"] = a.epoch, "from-A"
-    assert store.complete("job-1", OWNER_A, [late]) == [0]  # refused: nothing written, nothing billed
+    assert store.complete("job-1", OWNER_A, [late]) == [0]  # refused: nothing written to the item...
     assert store.item("job-1", 0).state == "leased" and store.item("job-1", 0).lease_owner == OWNER_B
-    assert store.usage_totals("job-1")["requests_billed"] == 0 and store.get_job("job-1").spent_tokens == 0
+    assert store.item("job-1", 0).drafts == []
+    # ...but what the provider charged for it is on the ledger, as paid for a lost lease, once
+    totals = store.usage_totals("job-1")
+    assert totals["requests_billed"] == 1 and store.get_job("job-1").spent_tokens == 105
+    assert totals["paid_for_lost_leases"] == {"requests": 1, "tokens": 105, "cost_usd": 0.01}
+    assert store.complete("job-1", OWNER_A, [late]) == [0]  # sent again: refused, not billed again
+    assert store.get_job("job-1").spent_tokens == 105
     mine = result(0, usage=[usage(100, 5, 0.01)])
     mine.epoch = b.epoch
     assert store.complete("job-1", OWNER_B, [mine]) == []
     item = store.item("job-1", 0)
     assert item.state == "done" and [d["label"] for d in item.drafts] == ["positive"]
-    assert store.usage_totals("job-1")["requests_billed"] == 1 and store.get_job("job-1").spent_tokens == 105
+    totals = store.usage_totals("job-1")  # the item's own cost is B's; A's is no item's
+    assert totals["requests_billed"] == 2 and store.get_job("job-1").spent_tokens == 210
+    assert totals["paid_for_lost_leases"]["requests"] == 1
+    # B's commit sent again (its acknowledgement lost): refused, and not billed twice either
+    assert store.complete("job-1", OWNER_B, [mine]) == [0] and store.get_job("job-1").spent_tokens == 210
 
 
 def test_a_result_from_an_earlier_lease_of_the_same_owner_is_refused(store):
@@ -543,7 +556,8 @@ def test_a_result_from_an_earlier_lease_of_the_same_owner_is_refused(store):
     stale = result(0, usage=[usage()])
     stale.epoch = first.epoch
     assert store.complete("job-1", OWNER_A, [stale]) == [0]
-    assert store.counts("job-1") == {"leased": 1} and store.usage_totals("job-1")["requests_billed"] == 0
+    assert store.counts("job-1") == {"leased": 1} and store.item("job-1", 0).drafts == []
+    assert store.usage_totals("job-1")["paid_for_lost_leases"]["requests"] == 1  # paid, for no item
     fresh = result(0)
     fresh.epoch = second.epoch
     assert store.complete("job-1", OWNER_A, [fresh]) == [] and store.counts("job-1") == {"done": 1}
@@ -738,3 +752,68 @@ def test_an_unreachable_postgresql_server_is_a_storage_error_naming_it_without_i
     message = str(raised.value)
     assert message.startswith("postgresql://postgres@127.0.0.1:1/prelabel: cannot reach the PostgreSQL server")
     assert "s3cret" not in message
+
+
+# --- workers: the shared rate limit's coordinator, and `prelabel status` ----------------------
+
+def test_the_pace_secret_is_made_once_per_store_and_read_back_by_everyone(store, url):
+    secrets = _threads(4, lambda _: store.pace_secret())
+    other = open_store(url)
+    try:
+        again = other.pace_secret()
+    finally:
+        other.close()
+    assert len(secrets[0]) == 32 and set(secrets) == {again}
+
+
+def test_a_beat_keeps_joined_returns_the_live_workers_of_its_pace_key_and_counts_leases(store):
+    store.create_job(job_record(), raw_items(5))
+    store.lease("job-1", OWNER_A, 3, time.time(), 60)
+    now, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=5)
+    assert [(p.worker, p.joined, p.beat, p.rpm) for p in peers] == [(OWNER_A, now, now, 6000.0)]
+    assert abs(now - time.time()) < 5  # the database's clock
+    later, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 3000, 1e6, stale_s=5)
+    assert later >= now and [(p.joined, p.beat, p.rpm) for p in peers] == [(now, later, 3000.0)]
+    _, peers = store.worker_beat(OWNER_B, "job-1", "key-1", 6000, 1e6, stale_s=5)
+    assert [p.worker for p in peers] == [OWNER_A, OWNER_B]
+    _, peers = store.worker_beat("host-c:3:cccccc", "job-1", "key-2", 6000, 1e6, stale_s=5)
+    assert [p.worker for p in peers] == ["host-c:3:cccccc"]  # another endpoint or key: its own share
+    live = {w.worker: w for w in store.live_workers(stale_s=5)}
+    assert set(live) == {OWNER_A, OWNER_B, "host-c:3:cccccc"}
+    a = live[OWNER_A]
+    assert (a.host, a.pid, a.job_id, a.leased) == ("host-a", 1, "job-1", 3) and a.age_s < 5
+    assert live[OWNER_B].leased == 0
+    store.worker_leave(OWNER_B)
+    _, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=5)
+    assert [p.worker for p in peers] == [OWNER_A]
+    assert OWNER_B not in {w.worker for w in store.live_workers(stale_s=5)}
+
+
+def test_a_worker_counted_out_joins_again_and_stale_ones_are_not_live(store):
+    first, _ = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=0.05)
+    store.worker_beat(OWNER_B, "job-1", "key-1", 6000, 1e6, stale_s=0.05)
+    time.sleep(0.1)  # past stale_s: both counted out
+    now, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=0.05)
+    assert [(p.worker, p.joined) for p in peers] == [(OWNER_A, now)] and now > first
+    assert [w.worker for w in store.live_workers(stale_s=0.05)] == [OWNER_A]
+
+
+def test_a_beat_does_not_wait_long_on_a_lock(store, url):
+    store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=5)
+    if url.startswith("postgresql://"):
+        import psycopg
+        holder = psycopg.connect(url)
+        holder.execute("LOCK TABLE workers IN EXCLUSIVE MODE")
+    else:
+        holder = sqlite3.connect(url, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as raised:
+            store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=5)
+        assert time.monotonic() - started < 10 and raised.value.locked  # about a beat, not the busy timeout
+    finally:
+        holder.rollback() if url.startswith("postgresql://") else holder.execute("ROLLBACK")
+        holder.close()
+    _, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=5)  # and then it lands
+    assert [p.worker for p in peers] == [OWNER_A]

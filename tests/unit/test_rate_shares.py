@@ -267,3 +267,36 @@ async def test_a_worker_woken_after_a_long_stop_holds_before_it_beats():
     await settle()
     assert b.last.share == 0.5
     assert b.limiter.paused_until == pytest.approx(clock.t + 1.5)  # a had counted b out: b joins again
+
+
+async def test_a_first_beat_the_store_refuses_is_tried_again_before_the_run_fails(monkeypatch):
+    import asyncio
+
+    from prelabel.errors import StorageError
+
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    clock = Clock()
+
+    class Busy(MemoryCoordinator):
+        def __init__(self, fails: int) -> None:
+            super().__init__(clock)
+            self.fails = fails
+
+        def beat(self, *args):
+            if self.fails:
+                self.fails -= 1
+                raise StorageError("store", "the database is locked", "wait", locked=True)
+            return super().beat(*args)
+
+    k = keeper(Busy(fails=2), clock, "a")
+    await k.start()
+    assert k.last.share == 1.0 and slept == [1.0, 1.0]
+    k = keeper(Busy(fails=10), clock, "b")
+    with pytest.raises(StorageError):
+        await k.start()  # stale_s (3 s) worth of tries, then the run fails with the store's error
+    assert slept == [1.0, 1.0, 1.0, 1.0]
