@@ -342,6 +342,7 @@ class EngineSettings(BaseModel):
     lease_ahead: int = 2
     augment_ahead: int = 2
     hold_ahead: int = 2  # a budget hold asked of the store covers this many requests per slot: fewer trips
+    read_threads: int = 4  # cache look-ups in flight at once when the store is a server (PostgreSQL)
 
 
 # Tunables read where they are used, as module constants (no settings object reaches those places:

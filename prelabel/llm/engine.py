@@ -254,7 +254,14 @@ class LLMEngine:
     def prepare(self, request: dict) -> Prepared:
         """Serialise the request once, and look for its answer in the cache."""
         body, key = encode_request(request, self.identity)
-        cached = self._cache_get(key)
+        return self.prepared(request, body, key, self._cache_get(key))
+
+    def encode(self, request: dict) -> tuple[bytes, str]:
+        """The request's body and cache key, for a caller that looks the cache up itself (off the loop)."""
+        return encode_request(request, self.identity)
+
+    def prepared(self, request: dict, body: bytes, key: str, cached: dict | None) -> Prepared:
+        """``prepare`` with the cache's answer (or None) looked up by the caller."""
         # A simulator's answer is served only to a simulator: a URL a hand-started simulator had may
         # be a real endpoint's now. Until this one has said what it is (its header), ask it again.
         if cached is not None and (not cached.get("simulated") or self.simulated

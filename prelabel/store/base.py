@@ -156,6 +156,8 @@ class Store(Protocol):
 
     Methods may be called from several threads: each thread gets a connection of its own."""
 
+    network_reads: bool  # a read is a round trip to a server (PostgreSQL): not to be made on an event loop
+
     def close(self) -> None: ...
     def verify(self) -> None: ...  # read the whole store: StorageError if any of it is damaged
 

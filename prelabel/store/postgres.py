@@ -198,6 +198,8 @@ class PostgresConnector:
 class PostgresStore(StoreManager):
     """The store in a PostgreSQL database (``postgresql://user@host:5432/db``)."""
 
+    network_reads = True  # a round trip to the server: callers on an event loop make it off the loop
+
     def __init__(self, url: str, busy_timeout_s: float = STORE_BUSY_TIMEOUT_S) -> None:
         self.path = _shown(url)
         try:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..budget.pricing import price_for
 from ..budget.session import SPENT, WAIT, BudgetSession
@@ -50,6 +51,9 @@ class LiveExecutor:
         self._holding = asyncio.Lock()  # a budget hold is being asked of the store
         self.side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
         self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn
+        # Cache look-ups over the network (PostgreSQL): a few threads of their own, apart from the writes.
+        self._network_reads = getattr(store, "network_reads", False)
+        self._reads = ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="prelabel-read")
         stored = store.cache_get(engine.caps_key)  # what earlier runs learned of this endpoint
         if stored is not None:
             engine.caps = Capabilities.from_json(stored)
@@ -66,6 +70,7 @@ class LiveExecutor:
             self.ctx.fewshot.add([item for item in items if item.kind != AUGMENT], self.embed)
 
     def close(self) -> None:
+        self._reads.shutdown(wait=False)  # every look-up was awaited
         if self.ctx.fewshot:
             self.ctx.fewshot.close()
         if self.ctx.variants:
@@ -142,8 +147,14 @@ class LiveExecutor:
     async def _chat(self, seq: int, request: Chat, usage: list[UsageRow]):
         """One chat request, from the cache or under the budget: (the answer, its cache key)."""
         engine, session = self.engine, self.session
-        prepared = engine.prepare(engine.request(request.messages, request.response_format, request.max_tokens,
-                                                 request.samples, request.temperature))
+        body = engine.request(request.messages, request.response_format, request.max_tokens, request.samples,
+                              request.temperature)
+        if self._network_reads:  # a round trip to a server: off the loop, so requests in flight go on
+            encoded, key = engine.encode(body)
+            stored = await asyncio.get_running_loop().run_in_executor(self._reads, self.store.cache_get, key)
+            prepared = engine.prepared(body, encoded, key, stored)
+        else:  # SQLite: a lookup in a local file costs less than the hop to a thread
+            prepared = engine.prepare(body)
         completion = prepared.cached
         if completion is not None:  # answered before: free, and needs no budget
             usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
