@@ -75,6 +75,13 @@ class BudgetGate:
         self.granted_tokens += tokens
         self.granted_cost += cost
 
+    def forfeit(self) -> None:
+        """The store's holds lapsed (this worker was paused or cut off past its lease): what was
+        granted and is not reserved or spent may be another worker's now. The next request asks again."""
+        if self.granted_tokens > self.used_tokens or self.granted_cost > self.used_cost:
+            self.granted_tokens, self.granted_cost = min(self.granted_tokens, self.used_tokens), \
+                min(self.granted_cost, self.used_cost)
+
     def reserve(self, prompt_tokens: int, max_output_tokens: int) -> Reservation | None:
         if self.shortfall(prompt_tokens, max_output_tokens) is not None:
             return None

@@ -59,6 +59,10 @@ class BudgetSession:
     def grant(self, tokens: int, cost: float) -> None:
         self.gate.grant(tokens, cost)
 
+    def forfeit(self) -> None:
+        """The holds lapsed with the lease: nothing more is spent of them (see ``BudgetGate.forfeit``)."""
+        self.gate.forfeit()
+
     def reserve(self, prompt_tokens: int, max_out: int) -> Reservation | str:
         """The request's worst case reserved, or ``WAIT`` / ``SPENT`` (after any hold was asked)."""
         reservation = self.gate.reserve(prompt_tokens, max_out)

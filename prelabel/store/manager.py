@@ -266,7 +266,7 @@ class StoreManager:
         """The heartbeat: the owner's leases (and budget holds) last ``lease_s`` more from now."""
         with self._c.transaction():
             self._c.run("renew", expires=now + lease_s, owner=owner)
-            self._c.run("renew_holds", expires=now + lease_s, owner=owner)
+            self._c.run("renew_holds", expires=now + lease_s, owner=owner, now=now)
 
     def release(self, owner: str) -> int:
         with self._c.transaction():

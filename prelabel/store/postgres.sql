@@ -447,7 +447,8 @@ ON CONFLICT (job_id, owner) DO UPDATE SET tokens = budget_holds.tokens + exclude
                                           cost = budget_holds.cost + excluded.cost, expires = excluded.expires;
 
 -- name: renew_holds
-UPDATE budget_holds SET expires = :expires WHERE owner = :owner;
+-- Only holds still live: one that lapsed may have been counted out and granted to another worker.
+UPDATE budget_holds SET expires = :expires WHERE owner = :owner AND expires > :now;
 
 -- name: drop_holds
 DELETE FROM budget_holds WHERE owner = :owner;

@@ -406,7 +406,8 @@ UPDATE budget_holds SET tokens = max(0, tokens - :tokens), cost = max(0, cost - 
 WHERE job_id = :job_id AND owner = :owner;
 
 -- name: renew_holds
-UPDATE budget_holds SET expires = :expires WHERE owner = :owner;
+-- Only holds still live: one that lapsed may have been counted out and granted to another worker.
+UPDATE budget_holds SET expires = :expires WHERE owner = :owner AND expires > :now;
 
 -- name: drop_holds
 DELETE FROM budget_holds WHERE owner = :owner;

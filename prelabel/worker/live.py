@@ -49,6 +49,7 @@ class LiveExecutor:
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
         self._requests = asyncio.Semaphore(spec.model.slots)  # in flight (auto: its ceiling, the engine holds fewer)
         self._holding = asyncio.Lock()  # a budget hold is being asked of the store
+        self._holds_until = 0.0  # when the budget holds granted to this worker expire in the store (0: none)
         self.side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
         self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn
         # Cache look-ups over the network (PostgreSQL): a few threads of their own, apart from the writes.
@@ -94,7 +95,9 @@ class LiveExecutor:
         except StopIteration as done:
             outcome = done.value
             result = outcome_result(self.ctx, item, outcome, usage)
-            kept = set() if isinstance(outcome, Requeue) else {keys[i] for i in outcome.kept}
+            # Sent back to the queue part-way: every answer it got was paid for, and its replay resumes from
+            # them (the old runner kept them too); a finished item keeps only the answers it used.
+            kept = set(keys) if isinstance(outcome, Requeue) else {keys[i] for i in outcome.kept}
         except StorageError:
             raise  # not the item's fault: the run stops
         except Exception as e:  # a bug on one item must not stop the batch: record it (and what it spent)
@@ -168,6 +171,10 @@ class LiveExecutor:
             return UNAVAILABLE, None
         try:
             async with self._requests:
+                if self._holds_lapsed():  # paused past the lease while it waited: its budget may be another's
+                    session.release(reservation)
+                    self._settled.set()
+                    return UNAVAILABLE, None
                 completion = await engine.send(prepared, estimate + max_out)
         except LLMError as e:
             session.release(reservation)
@@ -211,20 +218,34 @@ class LiveExecutor:
 
     # --- the budget: the waiting part of the session's decisions ----------------------------------
 
+    def renewed(self, at: float) -> None:
+        """The store renewed (or granted) this worker's leases and budget holds at ``at``."""
+        self._holds_until = max(self._holds_until, at + self.settings.lease_s)
+
+    def _holds_lapsed(self) -> bool:
+        """The holds this worker was granted have expired in the store (nothing renewed them in a
+        lease's time: the process was stopped, or the store out of reach), so others may hold that
+        budget now. Spending them would pass the cap; the session asks again instead."""
+        return self._holds_until != 0.0 and time.time() >= self._holds_until
+
     async def _reserve(self, prompt_tokens: int, max_out: int):
         """Reserve a request's worst case, taking another slice of the job's budget when needed.
 
         None means the budget is spent: nothing in flight will free room for this request."""
         session = self.session
         while True:
+            if self._holds_lapsed():
+                session.forfeit()
             if session.hold_needed(prompt_tokens, max_out) is not None:
                 async with self._holding:  # one hold at a time: requests that wait share the one it grants
                     hold = session.hold_needed(prompt_tokens, max_out)
                     if hold is not None:
                         budget = self.spec.budget
+                        asked = time.time()
                         session.grant(*await self.writer.write(
                             self.store.hold_budget, self.job.id, self.owner, hold.tokens, hold.cost,
-                            budget.max_total_tokens, budget.max_cost_usd, time.time(), self.settings.lease_s))
+                            budget.max_total_tokens, budget.max_cost_usd, asked, self.settings.lease_s))
+                        self.renewed(asked)
             decision = session.reserve(prompt_tokens, max_out)
             if decision is SPENT:
                 return None

@@ -228,7 +228,9 @@ class JobRunner:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
-                await self._write(self.store.renew, self.owner, time.time(), self.settings.lease_s)
+                beat = time.time()
+                await self._write(self.store.renew, self.owner, beat, self.settings.lease_s)
+                self.live.renewed(beat)
             except StorageError as e:
                 self._store_failed(e)
                 return

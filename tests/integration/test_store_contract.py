@@ -618,6 +618,18 @@ def test_threads_leasing_one_job_get_disjoint_items(url, store):
     assert store.counts("job-1") == {"done": n}
 
 
+def test_a_heartbeat_does_not_revive_a_budget_hold_that_lapsed(store):
+    """A worker paused past its lease: its hold lapsed and another worker was granted that budget.
+    Its next heartbeat renews its leases but not the lapsed hold, which would count the cap twice."""
+    store.create_job(job_record(), raw_items(4))
+    assert store.hold_budget("job-1", OWNER_A, 1000, 0.0, 1000, None, T0, 60) == (1000, 0.0)
+    assert store.hold_budget("job-1", OWNER_B, 1000, 0.0, 1000, None, T0 + 61, 60) == (1000, 0.0)  # A's lapsed
+    store.renew(OWNER_A, T0 + 62, 60)  # A wakes up: its heartbeat
+    assert store.hold_budget("job-1", "host-c:3:cccccc", 1000, 0.0, 1000, None, T0 + 63, 60) == (0, 0.0)
+    store.renew(OWNER_B, T0 + 100, 60)  # a live hold is renewed as before
+    assert store.hold_budget("job-1", "host-c:3:cccccc", 1000, 0.0, 1000, None, T0 + 150, 60) == (0, 0.0)
+
+
 def test_racing_budget_holds_on_a_tight_cap_overspend_by_nothing(url, store):
     cap, ask = 1000, 7  # 1000 is not a multiple of 7: the last grant is a remainder
     store.create_job(job_record(), raw_items(400))

@@ -57,3 +57,17 @@ def test_slack_starts_at_the_guess_then_is_the_most_the_endpoint_billed_beyond_t
     assert session.prompt_slack == 12  # then the most seen
     session.learn_slack(100, 90)
     assert session.prompt_slack == 12
+
+
+def test_a_lapsed_grant_is_forfeited_and_asked_again():
+    """Holds that lapsed with the lease may be another worker's: what was granted and not used is
+    given up, so the next request asks the store again instead of spending it."""
+    session = BudgetSession(1000, None, None, round_requests=1)
+    session.grant(500, 0.0)
+    reservation = session.reserve(100, 100)
+    session.settle(reservation, 100, 50)  # 150 spent of the 500 held
+    assert session.hold_needed(100, 100) is None  # 350 left: it fits
+    session.forfeit()
+    assert session.hold_needed(100, 100) is not None  # nothing left of the lapsed grant
+    session.forfeit()  # twice changes nothing
+    assert session.hold_needed(100, 100).tokens >= 200
