@@ -61,12 +61,13 @@ def _open_store(db: str):
 
 def _output_roots(args) -> list[Path]:
     """Where jobs run by `work` may write: --output-root, else $PRELABEL_OUTPUT_ROOT (several joined
-    by ':'), else the folder of the database and the spool folder."""
+    by ':'), else the folder of the database (a SQLite file's; a PostgreSQL URL has none) and the spool folder."""
     if args.output_root:
         return args.output_root
     if os.environ.get("PRELABEL_OUTPUT_ROOT"):
         return [Path(p) for p in os.environ["PRELABEL_OUTPUT_ROOT"].split(os.pathsep) if p]
-    return [Path(args.db).expanduser().absolute().parent] + ([args.spool.absolute()] if args.spool else [])
+    db = [] if args.db.startswith(("postgres://", "postgresql://")) else [Path(args.db).expanduser().absolute().parent]
+    return db + ([args.spool.absolute()] if args.spool else [])
 
 
 def _endpoint(simulate: bool = False) -> Endpoint:
@@ -613,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--db", default=default_db(), help="the store: a SQLite path (default: $PRELABEL_DB or "
-                                                          "~/.local/share/prelabel/prelabel.db)")
+        p.add_argument("--db", default=default_db(), help="the store: a SQLite path or a postgresql:// URL "
+                                                          "(default: $PRELABEL_DB or ~/.local/share/prelabel/prelabel.db)")
         p.set_defaults(func=func)
         return p
 

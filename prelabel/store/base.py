@@ -5,8 +5,10 @@ who reads it and the line reached, committed with each batch (see prelabel.queue
 Item states: ``pending`` -> ``leased`` (with an owner and an expiry) -> ``done`` | ``failed`` |
 ``skipped``; ``stopped`` when a budget stopped the job (back to ``pending`` when it is resubmitted).
 A lease whose owner died is taken again after it expires, or at once by a worker on the same host
-that sees the owner's process is gone. SQLite is the embedded implementation; others follow the
-same contract (see tests/integration/test_store.py).
+that sees the owner's process is gone; each lease has an epoch, and a result committed under a lease
+that was since lost is refused. The rules live once in ``manager.py`` over a ``Connector``; SQLite
+(embedded, the default) and PostgreSQL (several hosts) supply the SQL. Both pass one contract suite
+(tests/integration/test_store_contract.py).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class LeasedItem:
     text: str
     kind: str = LABEL
     payload: str | None = None  # JSON; parsed by the stage that handles the kind
+    epoch: int = 0  # the lease's fencing token: its result carries it back (``ItemResult.epoch``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,17 @@ class ItemResult:
     spawn: list[Spawn] = field(default_factory=list)  # items made from this one
     summary: dict | None = None  # what a unit without drafts reports (augmentation counts)
     uncache: list[str] = field(default_factory=list)  # cache keys to drop: answers it could not use
+    epoch: int | None = None  # the lease it was worked under (``LeasedItem.epoch``): a later lease refuses it
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    """One item as the store holds it."""
+
+    state: str
+    lease_owner: str | None
+    epoch: int          # how many times it was leased: the current lease's fencing token
+    drafts: list[dict]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +166,14 @@ class Store(Protocol):
     def reclaim(self, owners: Iterable[str]) -> int: ...
     def leased_owners(self) -> list[str]: ...
     def complete(self, job_id: str, owner: str, results: list[ItemResult],
-                 side_usage: Iterable[UsageRow] = ()) -> None: ...
+                 side_usage: Iterable[UsageRow] = ()) -> list[int]: ...  # the seqs refused (lease lost)
     def stop_remaining(self, job_id: str) -> int: ...
     def resume_stopped(self, job_id: str) -> int: ...
     def retry_failed(self, job_id: str) -> int: ...
     def requeue(self, job_id: str, seqs: Iterable[int]) -> int: ...
 
     # reading
+    def item(self, job_id: str, seq: int) -> ItemView | None: ...
     def counts(self, job_id: str) -> dict[str, int]: ...
     def kind_counts(self, job_id: str) -> dict[str, dict[str, int]]: ...
     def unit_results(self, job_id: str) -> Iterator[dict]: ...

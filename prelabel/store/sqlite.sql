@@ -1,4 +1,7 @@
--- The SQLite store's schema and queries. Each query starts with "-- name: NAME".
+-- The SQLite store's schema and queries. Each query starts with "-- name: NAME"; parameters are named
+-- (:job_id), the same as postgres.sql's. Every write transaction is BEGIN IMMEDIATE: it holds the
+-- database's write lock from its start, so no query here needs to lock rows (lock_job and fence are
+-- plain reads); postgres.sql says, query by query, what it locks instead.
 
 -- name: schema
 CREATE TABLE IF NOT EXISTS jobs (
@@ -109,67 +112,73 @@ CREATE TABLE IF NOT EXISTS ingest (
 
 -- name: insert_job
 INSERT INTO jobs (id, name, spec, job_file, input_sha256, prompt_version, status, created_at, updated_at, simulated)
-VALUES (?, ?, ?, ?, ?, ?, 'ingesting', ?, ?, ?);
+VALUES (:id, :name, :spec, :job_file, :input_sha256, :prompt_version, 'ingesting', :now, :now, :simulated);
 
 -- name: update_job_spec
-UPDATE jobs SET spec = ?, job_file = ?, updated_at = ? WHERE id = ?;
+UPDATE jobs SET spec = :spec, job_file = :job_file, updated_at = :now WHERE id = :job_id;
 
 -- name: set_status
-UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?;
+UPDATE jobs SET status = :status, updated_at = :now WHERE id = :job_id;
 
 -- name: insert_ingest
-INSERT INTO ingest (job_id, owner, line, next_seq, beat) VALUES (?, ?, 0, 0, ?);
+INSERT INTO ingest (job_id, owner, line, next_seq, beat) VALUES (:job_id, :owner, 0, 0, :now);
 
 -- name: get_ingest
-SELECT owner, line, next_seq, beat FROM ingest WHERE job_id = ?;
+SELECT owner, line, next_seq, beat FROM ingest WHERE job_id = :job_id;
 
 -- name: claim_ingest
 -- Taken over only from the reader the caller found dead: of two that find it, one wins.
-UPDATE ingest SET owner = ?, beat = ? WHERE job_id = ? AND owner IS ?;
+UPDATE ingest SET owner = :owner, beat = :now WHERE job_id = :job_id AND owner IS :dead_owner;
 
 -- name: ingest_progress
 -- Only the current reader moves it: a reader taken for dead (and taken over) commits nothing more.
-UPDATE ingest SET line = ?, next_seq = ?, beat = ? WHERE job_id = ? AND owner = ?;
+UPDATE ingest SET line = :line, next_seq = :next_seq, beat = :now WHERE job_id = :job_id AND owner = :owner;
 
 -- name: release_ingest
 -- A reader that failed hands the job back at once (beat 0: no need to wait for it to look stale).
-UPDATE ingest SET owner = NULL, beat = 0 WHERE job_id = ? AND owner = ?;
+UPDATE ingest SET owner = NULL, beat = 0 WHERE job_id = :job_id AND owner = :owner;
 
 -- name: finish_ingest
-DELETE FROM ingest WHERE job_id = ?;
+DELETE FROM ingest WHERE job_id = :job_id;
 
 -- name: ingest_done
-UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ? AND status = 'ingesting';
+UPDATE jobs SET status = 'queued', updated_at = :now WHERE id = :job_id AND status = 'ingesting';
 
 -- name: discard_job
-DELETE FROM ingest WHERE job_id = ?;
-DELETE FROM drafts WHERE job_id = ?;
-DELETE FROM items WHERE job_id = ?;
-DELETE FROM input_errors WHERE job_id = ?;
-DELETE FROM jobs WHERE id = ?;
+DELETE FROM ingest WHERE job_id = :job_id;
+DELETE FROM drafts WHERE job_id = :job_id;
+DELETE FROM items WHERE job_id = :job_id;
+DELETE FROM input_errors WHERE job_id = :job_id;
+DELETE FROM jobs WHERE id = :job_id;
 
 -- name: insert_item
-INSERT INTO items (job_id, seq, item_id, line, text) VALUES (?, ?, ?, ?, ?)
+INSERT INTO items (job_id, seq, item_id, line, text) VALUES (:job_id, :seq, :item_id, :line, :text)
 ON CONFLICT (job_id, item_id) DO NOTHING;
 
--- name: next_seq
-SELECT coalesce(max(seq), -1) + 1 FROM items WHERE job_id = ?;
+-- name: lock_job
+-- What a budget hold and a commit reckon with (the write lock is held already).
+SELECT spent_tokens, spent_cost FROM jobs WHERE id = :job_id;
 
--- name: owns_item
-SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?;
+-- name: fence
+-- A commit's items still leased to the committer, with their epochs.
+SELECT seq, attempts FROM items
+WHERE job_id = :job_id AND seq IN (SELECT value FROM json_each(:seqs)) AND state = 'leased' AND lease_owner = :owner;
+
+-- name: next_seq
+SELECT coalesce(max(seq), -1) + 1 FROM items WHERE job_id = :job_id;
 
 -- name: spawn_item
 INSERT INTO items (job_id, seq, item_id, line, text, kind, parent_seq, payload)
-SELECT ?, ?, ?, line, ?, ?, seq, ? FROM items WHERE job_id = ? AND seq = ?
+SELECT :job_id, :seq, :item_id, line, :text, :kind, seq, :payload FROM items WHERE job_id = :job_id AND seq = :parent
 ON CONFLICT (job_id, item_id) DO NOTHING;
 
 -- name: insert_input_error
-INSERT INTO input_errors (job_id, line, field, message) VALUES (?, ?, ?, ?);
+INSERT INTO input_errors (job_id, line, field, message) VALUES (:job_id, :line, :field, :message);
 
 -- name: get_job
 SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
        updated_at, simulated
-FROM jobs WHERE id = ?;
+FROM jobs WHERE id = :job_id;
 
 -- name: list_jobs
 SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
@@ -180,127 +189,131 @@ FROM jobs ORDER BY created_at;
 SELECT j.id FROM jobs j
 WHERE j.status != 'ingesting'
   AND (EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
-       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < ?))
+       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < :now))
 ORDER BY j.created_at;
 
 -- name: lease
 -- Expired leases first, then up to the given number of augment units (the worker asks for them only
 -- as its unit consumers free up, so labelling never waits for augmentation), then the oldest
--- labelling work: input items, and variants to re-check.
-UPDATE items SET state = 'leased', lease_owner = ?, lease_expires = ?, attempts = attempts + 1
-WHERE job_id = ? AND seq IN (SELECT seq FROM (
-    SELECT seq, 0 AS rank FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'leased' AND lease_expires < ?
-                                ORDER BY seq LIMIT ?)
+-- labelling work: input items, and variants to re-check. Each lease bumps attempts: the epoch.
+UPDATE items SET state = 'leased', lease_owner = :owner, lease_expires = :expires, attempts = attempts + 1
+WHERE job_id = :job_id AND seq IN (SELECT seq FROM (
+    SELECT seq, 0 AS rank FROM (SELECT seq FROM items WHERE job_id = :job_id AND state = 'leased'
+                                AND lease_expires < :now ORDER BY seq LIMIT :limit)
     UNION ALL
-    SELECT seq, 1 FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' AND kind = 'augment'
-                        ORDER BY seq LIMIT ?)
+    SELECT seq, 1 FROM (SELECT seq FROM items WHERE job_id = :job_id AND state = 'pending' AND kind = 'augment'
+                        ORDER BY seq LIMIT :units)
     UNION ALL
-    SELECT seq, 2 FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' AND kind = 'label'
-                        ORDER BY seq LIMIT ?)
+    SELECT seq, 2 FROM (SELECT seq FROM items WHERE job_id = :job_id AND state = 'pending' AND kind = 'label'
+                        ORDER BY seq LIMIT :limit)
     UNION ALL
-    SELECT seq, 2 FROM (SELECT seq FROM items WHERE job_id = ? AND state = 'pending' AND kind = 'variant'
-                        ORDER BY seq LIMIT ?))
-  ORDER BY rank, seq LIMIT ?)
-RETURNING seq, item_id, line, text, kind, payload;
+    SELECT seq, 2 FROM (SELECT seq FROM items WHERE job_id = :job_id AND state = 'pending' AND kind = 'variant'
+                        ORDER BY seq LIMIT :limit))
+  ORDER BY rank, seq LIMIT :total)
+RETURNING seq, item_id, line, text, kind, payload, attempts;
 
 -- name: renew
-UPDATE items SET lease_expires = ? WHERE lease_owner = ? AND state = 'leased';
+UPDATE items SET lease_expires = :expires WHERE lease_owner = :owner AND state = 'leased';
 
 -- name: release
 UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
-WHERE lease_owner = ? AND state = 'leased';
+WHERE lease_owner = :owner AND state = 'leased';
 
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM items WHERE state = 'leased' AND lease_owner IS NOT NULL;
 
 -- name: clear_drafts
-DELETE FROM drafts WHERE job_id = ? AND seq = ?
-  AND EXISTS (SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?);
+DELETE FROM drafts WHERE job_id = :job_id AND seq = :seq;
 
 -- name: insert_draft
-INSERT INTO drafts (job_id, seq, idx, priority, record)
-SELECT ?, ?, ?, ?, ? WHERE EXISTS (
-    SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?);
+INSERT INTO drafts (job_id, seq, idx, priority, record) VALUES (:job_id, :seq, :idx, :priority, :record);
 
 -- name: finish_item
-UPDATE items SET state = ?, priority = ?, result = ?, lease_owner = NULL, lease_expires = NULL
-WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?;
+UPDATE items SET state = :state, priority = :priority, result = :result, lease_owner = NULL, lease_expires = NULL
+WHERE job_id = :job_id AND seq = :seq AND state = 'leased' AND lease_owner = :owner;
 
 -- name: unlease_item
 UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
-WHERE job_id = ? AND seq = ? AND state = 'leased' AND lease_owner = ?;
+WHERE job_id = :job_id AND seq = :seq AND state = 'leased' AND lease_owner = :owner;
 
 -- name: insert_usage
 INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached);
 
 -- name: add_spent
-UPDATE jobs SET spent_tokens = spent_tokens + ?, spent_cost = spent_cost + ?, updated_at = ? WHERE id = ?;
+UPDATE jobs SET spent_tokens = spent_tokens + :tokens, spent_cost = spent_cost + :cost, updated_at = :now
+WHERE id = :job_id;
 
 -- name: insert_cache
 -- Replaced, not kept: a real endpoint's answer takes the place of a simulator's at the same URL.
-INSERT INTO cache (key, response, created_at) VALUES (?, ?, ?)
+INSERT INTO cache (key, response, created_at) VALUES (:key, :response, :now)
 ON CONFLICT (key) DO UPDATE SET response = excluded.response, created_at = excluded.created_at;
 
 -- name: delete_cache
-DELETE FROM cache WHERE key = ?;
+DELETE FROM cache WHERE key = :key;
 
 -- name: get_cache
-SELECT response FROM cache WHERE key = ?;
+SELECT response FROM cache WHERE key = :key;
 
 -- name: stop_remaining
 UPDATE items SET state = 'stopped', lease_owner = NULL, lease_expires = NULL
-WHERE job_id = ? AND state = 'pending';
+WHERE job_id = :job_id AND state = 'pending';
 
 -- name: resume_stopped
-UPDATE items SET state = 'pending' WHERE job_id = ? AND state = 'stopped';
+UPDATE items SET state = 'pending' WHERE job_id = :job_id AND state = 'stopped';
 
 -- name: requeue_drafts
-DELETE FROM drafts WHERE job_id = ? AND seq = ?
-  AND EXISTS (SELECT 1 FROM items WHERE job_id = ? AND seq = ? AND state = 'failed');
+DELETE FROM drafts WHERE job_id = :job_id AND seq = :seq
+  AND EXISTS (SELECT 1 FROM items WHERE job_id = :job_id AND seq = :seq AND state = 'failed');
 
 -- name: retry_drafts
-DELETE FROM drafts WHERE job_id = ?
-  AND seq IN (SELECT seq FROM items WHERE job_id = ? AND state = 'failed');
+DELETE FROM drafts WHERE job_id = :job_id
+  AND seq IN (SELECT seq FROM items WHERE job_id = :job_id AND state = 'failed');
 
 -- name: requeue_item
 UPDATE items SET state = 'pending', result = NULL, priority = NULL, lease_owner = NULL, lease_expires = NULL
-WHERE job_id = ? AND seq = ? AND state = 'failed';
+WHERE job_id = :job_id AND seq = :seq AND state = 'failed';
 
 -- name: retry_failed
-UPDATE items SET state = 'pending', result = NULL, priority = NULL WHERE job_id = ? AND state = 'failed';
+UPDATE items SET state = 'pending', result = NULL, priority = NULL WHERE job_id = :job_id AND state = 'failed';
+
+-- name: item
+SELECT state, lease_owner, attempts FROM items WHERE job_id = :job_id AND seq = :seq;
+
+-- name: item_drafts
+SELECT record FROM drafts WHERE job_id = :job_id AND seq = :seq ORDER BY idx;
 
 -- name: counts
-SELECT state, count(*) FROM items WHERE job_id = ? GROUP BY state;
+SELECT state, count(*) FROM items WHERE job_id = :job_id GROUP BY state;
 
 -- name: kind_counts
-SELECT kind, state, count(*) FROM items WHERE job_id = ? GROUP BY kind, state;
+SELECT kind, state, count(*) FROM items WHERE job_id = :job_id GROUP BY kind, state;
 
 -- name: item_texts
-SELECT text FROM items WHERE job_id = ? AND kind != 'augment'
+SELECT text FROM items WHERE job_id = :job_id AND kind != 'augment'
 UNION ALL  -- variants written as drafts only (no re-check)
 SELECT json_extract(record, '$.text') FROM drafts
-WHERE job_id = ? AND json_extract(record, '$.augmentation') IS NOT NULL
-  AND seq IN (SELECT seq FROM items WHERE job_id = ? AND kind = 'augment');
+WHERE job_id = :job_id AND json_extract(record, '$.augmentation') IS NOT NULL
+  AND seq IN (SELECT seq FROM items WHERE job_id = :job_id AND kind = 'augment');
 
 -- name: unit_results
-SELECT result FROM items WHERE job_id = ? AND kind = 'augment' AND result IS NOT NULL;
+SELECT result FROM items WHERE job_id = :job_id AND kind = 'augment' AND result IS NOT NULL;
 
 -- name: flag_counts
 SELECT f.value, count(*) FROM drafts d, json_each(d.record, '$.flags') f
-WHERE d.job_id = ? GROUP BY f.value;
+WHERE d.job_id = :job_id GROUP BY f.value;
 
 -- name: origin_counts
 SELECT json_extract(record, '$.endpoint'), coalesce(json_extract(record, '$.simulated'), 0), count(*)
-FROM drafts WHERE job_id = ? GROUP BY 1, 2 ORDER BY 1, 2;
+FROM drafts WHERE job_id = :job_id GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: variant_flag_counts
 SELECT json_extract(d.record, '$.augmentation.kind'), f.value, count(*)
 FROM drafts d, json_each(d.record, '$.flags') f
-WHERE d.job_id = ? AND json_extract(d.record, '$.augmentation') IS NOT NULL GROUP BY 1, 2;
+WHERE d.job_id = :job_id AND json_extract(d.record, '$.augmentation') IS NOT NULL GROUP BY 1, 2;
 
 -- name: records
-SELECT record FROM drafts WHERE job_id = ? ORDER BY priority DESC, seq, idx;
+SELECT record FROM drafts WHERE job_id = :job_id ORDER BY priority DESC, seq, idx;
 
 -- name: indexes
 -- After any migration: they use columns an older store lacks.
@@ -335,34 +348,35 @@ FROM jobs j
 WHERE j.status = 'ingesting' AND NOT EXISTS (SELECT 1 FROM ingest WHERE job_id = j.id);
 
 -- name: input_errors
-SELECT line, field, message FROM input_errors WHERE job_id = ? ORDER BY line;
+SELECT line, field, message FROM input_errors WHERE job_id = :job_id ORDER BY line;
 
 -- name: usage_totals
 SELECT count(*), coalesce(sum(prompt_tokens * (1 - cached)), 0), coalesce(sum(completion_tokens * (1 - cached)), 0),
        coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0)
-FROM usage WHERE job_id = ?;
+FROM usage WHERE job_id = :job_id;
 
 -- name: insert_run
 INSERT INTO runs (job_id, owner, started, ended, requests, retries, rate_limited, server_errors, timeouts,
                   cache_hits, wall_s)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+VALUES (:job_id, :owner, :started, :ended, :requests, :retries, :rate_limited, :server_errors, :timeouts,
+        :cache_hits, :wall_s);
 
 -- name: run_totals
 SELECT count(*), coalesce(sum(requests), 0), coalesce(sum(retries), 0), coalesce(sum(rate_limited), 0),
        coalesce(sum(server_errors), 0), coalesce(sum(timeouts), 0), coalesce(sum(cache_hits), 0),
        coalesce(sum(wall_s), 0)
-FROM runs WHERE job_id = ?;
+FROM runs WHERE job_id = :job_id;
 
 -- name: spool_seen
-SELECT 1 FROM spool WHERE path = ? AND sha256 = ?;
+SELECT 1 FROM spool WHERE path = :path AND sha256 = :sha256;
 
 -- name: spool_record
-INSERT INTO spool (path, sha256, job_id, error, inputs, at) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO spool (path, sha256, job_id, error, inputs, at) VALUES (:path, :sha256, :job_id, :error, :inputs, :now)
 ON CONFLICT (path, sha256) DO UPDATE SET job_id = excluded.job_id, error = excluded.error,
                                          inputs = excluded.inputs, at = excluded.at;
 
 -- name: spool_entry
-SELECT job_id, error, inputs FROM spool WHERE path = ? AND sha256 = ?;
+SELECT job_id, error, inputs FROM spool WHERE path = :path AND sha256 = :sha256;
 
 -- name: spool_failures
 -- Each spool file's latest outcome, where it failed.
@@ -370,25 +384,23 @@ SELECT s.path, s.error, s.at FROM spool s
 WHERE s.error IS NOT NULL AND s.at = (SELECT max(at) FROM spool WHERE path = s.path)
 ORDER BY s.path;
 
--- name: job_spent
-SELECT spent_tokens, spent_cost FROM jobs WHERE id = ?;
-
 -- name: holds
-SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds WHERE job_id = ? AND expires >= ?;
+SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds WHERE job_id = :job_id AND expires >= :now;
 
 -- name: add_hold
-INSERT INTO budget_holds (job_id, owner, tokens, cost, expires) VALUES (?, ?, ?, ?, ?)
+INSERT INTO budget_holds (job_id, owner, tokens, cost, expires) VALUES (:job_id, :owner, :tokens, :cost, :expires)
 ON CONFLICT (job_id, owner) DO UPDATE SET tokens = tokens + excluded.tokens, cost = cost + excluded.cost,
                                           expires = excluded.expires;
 
 -- name: spend_hold
-UPDATE budget_holds SET tokens = max(0, tokens - ?), cost = max(0, cost - ?) WHERE job_id = ? AND owner = ?;
+UPDATE budget_holds SET tokens = max(0, tokens - :tokens), cost = max(0, cost - :cost)
+WHERE job_id = :job_id AND owner = :owner;
 
 -- name: renew_holds
-UPDATE budget_holds SET expires = ? WHERE owner = ?;
+UPDATE budget_holds SET expires = :expires WHERE owner = :owner;
 
 -- name: drop_holds
-DELETE FROM budget_holds WHERE owner = ?;
+DELETE FROM budget_holds WHERE owner = :owner;
 
 -- name: reviews_schema
 -- ================================================================================================
@@ -420,7 +432,7 @@ CREATE TABLE IF NOT EXISTS review_samples (
 
 -- name: upsert_review
 INSERT INTO reviews (job_id, draft_id, reviewer, verdict, label, updated_at, lead_time, origin, imported_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (:job_id, :draft_id, :reviewer, :verdict, :label, :updated_at, :lead_time, :origin, :now)
 ON CONFLICT (job_id, draft_id, reviewer) DO UPDATE SET
     verdict = excluded.verdict, label = excluded.label, updated_at = excluded.updated_at,
     lead_time = excluded.lead_time, origin = excluded.origin, imported_at = excluded.imported_at
@@ -430,13 +442,13 @@ WHERE excluded.updated_at >= reviews.updated_at
 
 -- name: reviews
 SELECT draft_id, reviewer, verdict, label, updated_at, lead_time, origin FROM reviews
-WHERE job_id = ? ORDER BY draft_id, updated_at, reviewer;
+WHERE job_id = :job_id ORDER BY draft_id, updated_at, reviewer;
 
 -- name: insert_sample
 -- An audit draw wins over an earlier informative one: the audit must stay uniform.
-INSERT INTO review_samples (job_id, draft_id, purpose, drawn_at) VALUES (?, ?, ?, ?)
+INSERT INTO review_samples (job_id, draft_id, purpose, drawn_at) VALUES (:job_id, :draft_id, :purpose, :now)
 ON CONFLICT (job_id, draft_id) DO UPDATE SET purpose = excluded.purpose, drawn_at = excluded.drawn_at
 WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
 
 -- name: samples
-SELECT draft_id, purpose FROM review_samples WHERE job_id = ?;
+SELECT draft_id, purpose FROM review_samples WHERE job_id = :job_id;

@@ -96,6 +96,7 @@ class LiveExecutor:
             result = failed_result(self.ctx, item, f"internal error: {type(e).__name__}: {e}", [REQUEST_FAILED], usage)
             kept = set()
         result.uncache = [key for key in keys if key not in kept]
+        result.epoch = item.epoch  # the lease's fencing token: committed after the lease was lost, it is refused
         simulated = self.engine.simulated or any(c.simulated for c in asked)
         if item.kind == AUGMENT:  # variants written without a re-check carry their source's label, and whence
             simulated = simulated or bool(json.loads(item.payload).get("simulated"))

@@ -271,9 +271,9 @@ def test_a_reader_on_another_host_is_taken_over_only_once_it_looks_stale(tmp_pat
 def test_a_reader_taken_for_dead_stores_nothing_more(tmp_path, monkeypatch):
     # The slow reader wakes up after another took its job over: its next batch must not go in.
     from prelabel.errors import JobExists
-    from prelabel.store import sqlite
+    from prelabel.store import manager
 
-    monkeypatch.setattr(sqlite, "_INGEST_BATCH", 2)
+    monkeypatch.setattr(manager, "INGEST_BATCH", 2)
     store = SQLiteStore(tmp_path / "s.db")
     try:
         first = (RawItem(k + 1, f"i{k}", "t") for k in range(10))

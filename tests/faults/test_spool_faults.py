@@ -177,11 +177,11 @@ def test_an_exception_half_way_through_the_input_leaves_it_to_be_read_on(spool, 
     # the job, handed back, is read on by the next tick once the input reads again.
     from prelabel.job import inputs
     from prelabel.queue.ingest import resume_dead_ingests
-    from prelabel.store import sqlite
+    from prelabel.store import manager
 
     data(spool / "data.jsonl", n=50)
     job_file(spool, "job", "data.jsonl")
-    monkeypatch.setattr(sqlite, "_INGEST_BATCH", 10)
+    monkeypatch.setattr(manager, "INGEST_BATCH", 10)
     real = inputs.read_items
 
     def failing(spec):

@@ -81,7 +81,7 @@ async def test_without_recheck_variants_are_written_with_the_carried_label(tmp_p
 
 def test_the_texts_a_job_holds_include_variants_written_as_drafts(tmp_path):
     from prelabel.store import AUGMENT, ItemResult, Spawn
-    from tests.integration.test_store import job_record, raw_items
+    from tests.integration.test_store_contract import job_record, raw_items
 
     store = SQLiteStore(tmp_path / "p.db")
     store.create_job(job_record(), raw_items(1))

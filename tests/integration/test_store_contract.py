@@ -1,16 +1,24 @@
-"""The store contract, against a real SQLite file (WAL mode) in tmp_path."""
+"""The store contract, once per backend: a real SQLite file (WAL mode) in tmp_path, and a real PostgreSQL
+server (127.0.0.1:5432, a database made for the session, a schema per test). State is read only through
+the store's interface. Without a server the PostgreSQL half is skipped, except under CI=true, where it fails.
+"""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from prelabel.errors import InputError, JobExists, StoreError
 from prelabel.job.inputs import RawItem
-from prelabel.store import AUGMENT, ItemResult, JobRecord, RunStats, Spawn, SQLiteStore, UsageRow
+from prelabel.store import AUGMENT, ItemResult, JobRecord, RunStats, Spawn, SQLiteStore, UsageRow, open_store
+
+PG_SERVER = os.environ.get("PRELABEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 OWNER_A, OWNER_B = "host-a:1:aaaaaa", "host-b:2:bbbbbb"
 T0 = 1_000_000.0  # a hand-picked "now": leases are tested without a clock
@@ -36,28 +44,57 @@ def usage(prompt: int = 10, completion: int = 2, cost: float = 0.001, cached: bo
     return UsageRow("m", prompt, completion, cost, cached)
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store" / "prelabel.db"
+@pytest.fixture(scope="session")
+def pg_database():
+    """A database of its own for this session (dropped at its end), or a skip where no server runs."""
+    try:
+        import psycopg
+        admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=3)
+    except Exception as e:  # psycopg missing, or no server
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} under CI=true: {e}")
+        pytest.skip(f"no PostgreSQL at {PG_SERVER}: {e}")
+    name = f"prelabel_contract_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path: Path):
+    """Where a store lives: a SQLite path, or a PostgreSQL URL whose search_path is a fresh schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "store" / "prelabel.db")
+        return
+    import psycopg
+    database = request.getfixturevalue("pg_database")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    yield f"{database}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture
-def store(db_path: Path):
-    s = SQLiteStore(db_path)
+def store(url: str):
+    s = open_store(url)
     yield s
     s.close()
 
 
-def item_state(db_path: Path, seq: int, job_id: str = "job-1") -> tuple:
-    with sqlite3.connect(db_path) as db:
-        return db.execute("SELECT state, lease_owner, (SELECT group_concat(record) FROM drafts d "
-                          "WHERE d.job_id = i.job_id AND d.seq = i.seq) FROM items i WHERE job_id = ? AND seq = ?",
-                          (job_id, seq)).fetchone()
+def item_state(store, seq: int, job_id: str = "job-1") -> tuple:
+    item = store.item(job_id, seq)
+    import json
+    return item.state, item.lease_owner, "".join(json.dumps(d) for d in item.drafts) or None
 
 
 # --- jobs and ingest --------------------------------------------------------------------------
 
-def test_create_job_stores_items_and_input_errors_and_reopens(store, db_path):
+def test_create_job_stores_items_and_input_errors_and_reopens(store, url):
     entries = [RawItem(1, "a", "first"), InputError("malformed JSON", line=2),
                RawItem(3, "b", "second"), InputError("text is empty", line=4, field="text")]
     assert store.create_job(job_record(), entries) == 2
@@ -69,7 +106,7 @@ def test_create_job_stores_items_and_input_errors_and_reopens(store, db_path):
         (2, None, "malformed JSON"), (4, "text", "text is empty")]
     assert [j.id for j in store.list_jobs()] == ["job-1"]
     store.close()
-    again = SQLiteStore(db_path)  # the file, not the connection, holds it all
+    again = open_store(url)  # the file, not the connection, holds it all
     try:
         assert again.counts("job-1") == {"pending": 2}
         assert again.get_job("nope") is None
@@ -127,7 +164,7 @@ def test_two_owners_never_get_the_same_item(store):
     assert sorted(store.leased_owners()) == sorted([OWNER_A, OWNER_B])
 
 
-def test_lease_s_is_honoured_and_expired_leases_are_retaken(store, db_path):
+def test_lease_s_is_honoured_and_expired_leases_are_retaken(store, url):
     store.create_job(job_record(), raw_items(3))
     store.lease("job-1", OWNER_A, 3, T0, lease_s=10)
     assert store.lease("job-1", OWNER_B, 3, T0 + 9.9, 60) == []  # still A's
@@ -135,7 +172,7 @@ def test_lease_s_is_honoured_and_expired_leases_are_retaken(store, db_path):
     assert store.runnable_jobs(T0 + 10.1) == ["job-1"]
     retaken = store.lease("job-1", OWNER_B, 3, T0 + 10.1, 60)
     assert [i.seq for i in retaken] == [0, 1, 2]
-    assert item_state(db_path, 0)[:2] == ("leased", OWNER_B)
+    assert item_state(store, 0)[:2] == ("leased", OWNER_B)
 
 
 def test_renew_extends_only_the_owners_leases(store):
@@ -161,14 +198,14 @@ def test_release_and_reclaim_hand_leases_back(store):
 
 # --- results ----------------------------------------------------------------------------------
 
-def test_complete_commits_result_usage_and_cache_together(store, db_path):
+def test_complete_commits_result_usage_and_cache_together(store, url):
     store.create_job(job_record(), raw_items(3))
     store.lease("job-1", OWNER_A, 3, T0, 60)
     store.complete("job-1", OWNER_A, [
         result(0, usage=[usage(100, 5, 0.01)], cache=[("k0", {"content": "x"})]),
         result(1, state="failed", usage=[usage(50, 0, 0.0)]),
     ])
-    state, owner, raw = item_state(db_path, 0)
+    state, owner, raw = item_state(store, 0)
     assert (state, owner) == ("done", None) and '"label": "positive"' in raw
     assert store.counts("job-1") == {"done": 1, "failed": 1, "leased": 1}
     assert store.cache_get("k0") == {"content": "x"}
@@ -177,7 +214,7 @@ def test_complete_commits_result_usage_and_cache_together(store, db_path):
     assert job.spent_tokens == 155 and job.spent_cost == pytest.approx(0.01)
 
 
-def test_complete_is_all_or_nothing(store, db_path):
+def test_complete_is_all_or_nothing(store, url):
     store.create_job(job_record(), raw_items(2))
     store.lease("job-1", OWNER_A, 2, T0, 60)
     unserialisable = result(1)
@@ -192,16 +229,16 @@ def test_complete_is_all_or_nothing(store, db_path):
     assert store.counts("job-1") == {"done": 2}
 
 
-def test_a_result_for_a_lost_lease_is_not_applied(store, db_path):
+def test_a_result_for_a_lost_lease_is_not_applied(store, url):
     store.create_job(job_record(), raw_items(1))
     store.lease("job-1", OWNER_A, 1, T0, lease_s=1)
     store.lease("job-1", OWNER_B, 1, T0 + 2, 60)  # A's lease expired and B took the item
     late = result(0)
     late.records[0]["label"] = "from-A"
     store.complete("job-1", OWNER_A, [late])
-    assert item_state(db_path, 0)[:2] == ("leased", OWNER_B)
+    assert item_state(store, 0)[:2] == ("leased", OWNER_B)
     store.complete("job-1", OWNER_B, [result(0)])
-    state, owner, raw = item_state(db_path, 0)
+    state, owner, raw = item_state(store, 0)
     assert state == "done" and "from-A" not in raw
     # nor after a release: the item went back to pending, A's answer must not finish it
     store.create_job(job_record("job-2"), raw_items(1))
@@ -320,7 +357,7 @@ def test_spool_remembers_path_and_content(store):
 # --- two processes on one file ----------------------------------------------------------------
 
 def _lease_until_empty(path: str, owner: str, start, out) -> None:
-    store = SQLiteStore(path)
+    store = open_store(path)
     start.wait(30)
     taken: list[int] = []
     while batch := store.lease("job-1", owner, 3, T0, 600):
@@ -334,12 +371,12 @@ def _lease_until_empty(path: str, owner: str, start, out) -> None:
     out.put((owner, taken))
 
 
-def test_two_processes_lease_disjoint_sets_that_cover_everything(store, db_path):
+def test_two_processes_lease_disjoint_sets_that_cover_everything(store, url):
     n = 600
     store.create_job(job_record(), raw_items(n))
     ctx = multiprocessing.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_lease_until_empty, args=(str(db_path), owner, start, out))
+    procs = [ctx.Process(target=_lease_until_empty, args=(url, owner, start, out))
              for owner in (OWNER_A, OWNER_B)]
     for p in procs:
         p.start()
@@ -356,11 +393,11 @@ def test_two_processes_lease_disjoint_sets_that_cover_everything(store, db_path)
     assert store.counts("job-1") == {"done": n // 2, "leased": n // 2}
 
 
-def test_a_concurrent_create_of_the_same_job_fails_cleanly(store, db_path):
+def test_a_concurrent_create_of_the_same_job_fails_cleanly(store, url):
     # Two cron ticks submitting one spool file at once: the second create starts while the first one
     # is still reading its input. The loser must fail at once with the store's error, write nothing,
     # and leave the winner's job, which workers do not see until all of it is in.
-    other = SQLiteStore(db_path)
+    other = open_store(url)
     outcome = {}
 
     def input_that_races():
@@ -440,3 +477,228 @@ def test_a_lease_takes_labelling_work_and_besides_it_at_most_the_units_asked(sto
     leased = store.lease("job-1", OWNER_B, 3, T0 + 100, 60, units=2)  # A's lease on item 1 expired: first
     assert [(i.seq, i.kind) for i in leased] == [(1, "label"), (2, "label"), (3, "label"), (6, AUGMENT), (7, AUGMENT)]
     assert [i.seq for i in store.lease("job-1", OWNER_B, 0, T0 + 100, 60, units=5)] == [8]  # units only
+
+
+# --- leases for several hosts: fencing, takeover only after expiry ----------------------------
+
+def test_a_late_commit_after_the_lease_was_taken_over_is_refused_and_billed_once(store):
+    store.create_job(job_record(), raw_items(1))
+    [a] = store.lease("job-1", OWNER_A, 1, T0, lease_s=10)
+    assert store.lease("job-1", OWNER_B, 1, T0 + 9, 60) == []  # another host waits for the expiry
+    [b] = store.lease("job-1", OWNER_B, 1, T0 + 11, 60)  # A was paused past its lease: B takes the item
+    assert b.epoch == a.epoch + 1
+    late = result(0, usage=[usage(100, 5, 0.01)])
+    late.epoch, late.records[0]["label"] = a.epoch, "from-A"
+    assert store.complete("job-1", OWNER_A, [late]) == [0]  # refused: nothing written, nothing billed
+    assert store.item("job-1", 0).state == "leased" and store.item("job-1", 0).lease_owner == OWNER_B
+    assert store.usage_totals("job-1")["requests_billed"] == 0 and store.get_job("job-1").spent_tokens == 0
+    mine = result(0, usage=[usage(100, 5, 0.01)])
+    mine.epoch = b.epoch
+    assert store.complete("job-1", OWNER_B, [mine]) == []
+    item = store.item("job-1", 0)
+    assert item.state == "done" and [d["label"] for d in item.drafts] == ["positive"]
+    assert store.usage_totals("job-1")["requests_billed"] == 1 and store.get_job("job-1").spent_tokens == 105
+
+
+def test_a_result_from_an_earlier_lease_of_the_same_owner_is_refused(store):
+    # The owner's own lease expired and it leased the item again (epoch 2): work done under epoch 1
+    # committing now is refused; the same owner's owner check alone could not tell them apart.
+    store.create_job(job_record(), raw_items(1))
+    [first] = store.lease("job-1", OWNER_A, 1, T0, lease_s=1)
+    store.complete("job-1", OWNER_A, [result(0, state="pending", release=True)])  # back to pending
+    [second] = store.lease("job-1", OWNER_A, 1, T0 + 5, 60)
+    stale = result(0, usage=[usage()])
+    stale.epoch = first.epoch
+    assert store.complete("job-1", OWNER_A, [stale]) == [0]
+    assert store.counts("job-1") == {"leased": 1} and store.usage_totals("job-1")["requests_billed"] == 0
+    fresh = result(0)
+    fresh.epoch = second.epoch
+    assert store.complete("job-1", OWNER_A, [fresh]) == [] and store.counts("job-1") == {"done": 1}
+
+
+def test_heartbeats_keep_a_lease_from_being_taken_over(store):
+    store.create_job(job_record(), raw_items(2))
+    store.lease("job-1", OWNER_A, 2, T0, lease_s=10)
+    for k in range(1, 6):
+        store.renew(OWNER_A, T0 + 8 * k, 10)  # every 8 s, 10 s each time
+        assert store.lease("job-1", OWNER_B, 2, T0 + 8 * k + 9, 60) == []
+    assert [i.seq for i in store.lease("job-1", OWNER_B, 2, T0 + 8 * 5 + 11, 60)] == [0, 1]
+
+
+# --- concurrency: threads and processes on one store ------------------------------------------
+
+def _threads(n: int, target) -> list:
+    out: list = [None] * n
+    errors: list = []
+
+    def run(k: int) -> None:
+        try:
+            out[k] = target(k)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return out
+
+
+def test_threads_leasing_one_job_get_disjoint_items(url, store):
+    n = 400
+    store.create_job(job_record(), raw_items(n))
+    stores = [open_store(url) for _ in range(4)]  # a store each: four workers, four connections
+
+    def drain(k: int) -> list[int]:
+        owner, taken = f"host-{k}:{k}:x", []
+        while batch := stores[k].lease("job-1", owner, 7, T0, 600):
+            taken += [i.seq for i in batch]
+            done = [result(i.seq) for i in batch]
+            for r, i in zip(done, batch):
+                r.epoch = i.epoch
+            assert stores[k].complete("job-1", owner, done) == []
+        return taken
+
+    try:
+        taken = _threads(4, drain)
+    finally:
+        for s in stores:
+            s.close()
+    every = [seq for t in taken for seq in t]
+    assert len(every) == len(set(every)) == n and set(every) == set(range(n))
+    assert store.counts("job-1") == {"done": n}
+
+
+def test_racing_budget_holds_on_a_tight_cap_overspend_by_nothing(url, store):
+    cap, ask = 1000, 7  # 1000 is not a multiple of 7: the last grant is a remainder
+    store.create_job(job_record(), raw_items(400))
+    stores = [open_store(url) for _ in range(4)]
+
+    def spend(k: int) -> int:
+        owner, granted = f"host-{k}:{k}:x", 0
+        while True:
+            tokens, _ = stores[k].hold_budget("job-1", owner, ask, 0.0, cap, None, T0, 600)
+            if tokens == 0:
+                return granted
+            granted += tokens
+            leased = stores[k].lease("job-1", owner, 1, T0, 600)
+            r = result(leased[0].seq, usage=[usage(tokens, 0, 0.0)])
+            r.epoch = leased[0].epoch
+            stores[k].complete("job-1", owner, [r])  # spent, and the hold goes down by as much
+
+    try:
+        granted = _threads(4, spend)
+    finally:
+        for s in stores:
+            s.close()
+    assert sum(granted) == cap  # every token of the cap granted once: none over, none lost
+    assert store.get_job("job-1").spent_tokens == cap
+    assert store.usage_totals("job-1")["prompt_tokens"] == cap
+
+
+def test_spawned_items_from_concurrent_commits_get_unique_seqs(url, store):
+    store.create_job(job_record(), raw_items(40))
+    stores = [open_store(url) for _ in range(4)]
+
+    def finish(k: int) -> None:
+        owner = f"host-{k}:{k}:x"
+        while batch := stores[k].lease("job-1", owner, 2, T0, 600):
+            done = []
+            for item in batch:
+                r = result(item.seq)
+                r.epoch = item.epoch
+                r.spawn = [Spawn(f"{item.item_id}~{j}", item.text, AUGMENT, {"step": j}) for j in range(3)]
+                done.append(r)
+            assert stores[k].complete("job-1", owner, done) == []
+
+    try:
+        _threads(4, finish)
+    finally:
+        for s in stores:
+            s.close()
+    assert store.kind_counts("job-1") == {"label": {"done": 40}, "augment": {"pending": 120}}
+    units = store.lease("job-1", OWNER_A, 0, T0, 600, units=500)
+    assert len(units) == 120 and len({u.seq for u in units}) == 120 and min(u.seq for u in units) == 40
+    assert sorted(u.seq for u in units) == list(range(40, 160))  # numbered without gaps or repeats
+
+
+# --- the queries each backend writes in its own dialect ---------------------------------------
+
+def test_origin_and_variant_flag_counts_reviews_samples_and_spool_failures(store):
+    from prelabel.store import ReviewRow
+
+    store.create_job(job_record(), raw_items(4))
+    leased = store.lease("job-1", OWNER_A, 4, T0, 60)
+    records = [{"id": "a", "review_priority": 0.1, "flags": ["x"], "endpoint": "http://b", "simulated": True},
+               {"id": "b", "review_priority": 0.2, "flags": [], "endpoint": "http://a"},
+               {"id": "c", "review_priority": 0.3, "flags": ["y", "x"], "augmentation": {"kind": "noise"},
+                "text": "variant text"},
+               {"id": "d", "review_priority": 0.4, "flags": ["y"], "augmentation": None}]
+    store.complete("job-1", OWNER_A, [ItemResult(i.seq, "done", 0.5, [r]) for i, r in zip(leased, records)])
+    assert store.origin_counts("job-1") == [(None, False, 2), ("http://a", False, 1), ("http://b", True, 1)]
+    assert store.variant_flag_counts("job-1") == {"noise": {"x": 1, "y": 1}}
+    assert store.flag_counts("job-1") == {"x": 2, "y": 2}
+    rows = [ReviewRow("a", "r1", "accepted", "positive", 10.0, 3.5, "f.json"),
+            ReviewRow("a", "r1", "corrected", "negative", 5.0, None, "f.json"),  # older: kept out
+            ReviewRow("b", "r2", "rejected", None, 10.0)]
+    assert store.add_reviews("job-1", rows) == 2
+    assert store.add_reviews("job-1", rows[:1]) == 0  # the same again changes nothing
+    assert [(r.draft_id, r.verdict, r.label) for r in store.reviews("job-1")] == [
+        ("a", "accepted", "positive"), ("b", "rejected", None)]
+    store.add_samples("job-1", [("a", "informative"), ("b", "informative")])
+    store.add_samples("job-1", [("a", "audit"), ("b", "informative")])
+    assert store.samples("job-1") == {"a": "audit", "b": "informative"}
+    store.spool_record("/s/b.yaml", "1", None, "bad")
+    store.spool_record("/s/a.yaml", "1", None, "worse")
+    store.spool_record("/s/B.yaml", "1", "job-1", None)
+    assert [(f.path, f.error) for f in store.spool_failures()] == [("/s/a.yaml", "worse"), ("/s/b.yaml", "bad")]
+    assert store.spool_entry("/s/B.yaml", "1").job_id == "job-1"
+
+
+# --- PostgreSQL's migrations ------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # SQLite migrates by its columns (tested above)
+def test_hosts_starting_at_once_migrate_a_new_database_once(url):
+    barrier = threading.Barrier(4)
+
+    def start(_: int) -> int:
+        barrier.wait(30)
+        s = open_store(url)
+        try:
+            s.create_job(job_record(f"job-{_}"), raw_items(2))
+            return s._c.schema_version()
+        finally:
+            s.close()
+
+    assert _threads(4, start) == [1, 1, 1, 1]
+    import psycopg
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM prelabel_schema").fetchall() == [(1,)]
+    s = open_store(url)
+    try:
+        assert sorted(j.id for j in s.list_jobs()) == ["job-0", "job-1", "job-2", "job-3"]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # SQLite's case: tests/faults/test_storage_faults.py
+def test_a_postgresql_database_that_is_not_prelabels_is_refused(url):
+    import psycopg
+
+    from prelabel.errors import StorageError
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StorageError, match="not prelabel's"):
+        open_store(url)
+
+
+def test_an_unreachable_postgresql_server_is_a_storage_error_naming_it_without_its_password():
+    pytest.importorskip("psycopg")
+    from prelabel.errors import StorageError
+    with pytest.raises(StorageError) as raised:
+        open_store("postgresql://postgres:s3cret@127.0.0.1:1/prelabel", busy_timeout_s=2)
+    message = str(raised.value)
+    assert message.startswith("postgresql://postgres@127.0.0.1:1/prelabel: cannot reach the PostgreSQL server")
+    assert "s3cret" not in message

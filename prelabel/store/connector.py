@@ -1,0 +1,54 @@
+"""The seam between the store's rules (``manager.py``) and a database: run a named query, in a transaction.
+
+A backend is a connector and a file of SQL (``sqlite.sql``, ``postgres.sql``): the same query names,
+the same named parameters (``:job_id``), each query saying in its own dialect what it locks. The rules
+never see a driver, a cursor or a dialect; a backend never holds a rule. Lists passed as parameters
+(``seqs``) are the connector's to adapt (an array in PostgreSQL, JSON for SQLite's ``json_each``).
+"""
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager
+from importlib import resources
+from typing import Iterator, Protocol
+
+from ..errors import StorageError
+
+_QUERY = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def load_queries(filename: str) -> dict[str, str]:
+    """``-- name: NAME`` blocks of a SQL file beside this module."""
+    text = resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+    parts = _QUERY.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def statements(sql: str) -> list[str]:
+    """A block's statements (our SQL has no ``;`` inside a literal)."""
+    return [s.strip() for s in sql.split(";") if s.strip() and not all(
+        line.lstrip().startswith("--") or not line.strip() for line in s.splitlines())]
+
+
+class Connector(Protocol):
+    """What the rules need of a database. Every call may raise one of ``errors`` (the driver's),
+    which ``translate`` turns into the ``StorageError`` a user can act on (or None: a bug)."""
+
+    location: str                                # what error messages name: a path, a URL without password
+    errors: tuple[type[BaseException], ...]      # the driver's errors
+    integrity_errors: tuple[type[BaseException], ...]  # a unique key taken (a job created twice)
+
+    def translate(self, error: BaseException) -> StorageError | None: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A write transaction on this thread: the calls inside it, on this thread, are in it. SQLite
+        takes the database's write lock at its start; PostgreSQL locks what each query says."""
+        ...
+
+    def one(self, query: str, /, **params) -> tuple | None: ...
+    def all(self, query: str, /, **params) -> list[tuple]: ...
+    def run(self, query: str, /, **params) -> int: ...  # each statement of the block; rows changed
+    def many(self, query: str, /, rows: list[dict]) -> int: ...  # one statement, once per row; rows changed
+    def stream(self, query: str, /, **params) -> Iterator[tuple]: ...  # paged, on a connection of its own
+    def verify(self) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,472 @@
+"""The store's rules, once for every backend: leasing, fencing late commits, budget holds, spawning, billing.
+
+Each rule is a transaction of named queries over a ``Connector``; the SQL of each backend says what
+it locks (SQLite: the whole database, from ``BEGIN IMMEDIATE``; PostgreSQL: ``FOR UPDATE SKIP LOCKED``
+on the items a lease takes, ``FOR UPDATE`` on the job row for budget holds, spending and spawned
+seqs, and on a commit's items in seq order), so the same rule is correct with one writer at a time
+or with many. Locks are taken in one order (job row, then items by seq, then budget holds), so two
+writers never wait on each other in a cycle.
+
+Fencing: every lease bumps the item's ``attempts``, returned as ``LeasedItem.epoch``. A commit
+writes, bills and spawns only the results whose item is still leased to the committer at the epoch
+it carries (``ItemResult.epoch``; without one, the owner alone is checked): a worker whose lease
+expired and was taken over (it was paused, partitioned, slow) and commits late is refused.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import time
+from typing import Iterable, Iterator
+
+from ..config import INGEST_BATCH, INGEST_BEAT_S  # input items per transaction, or after this long
+from ..errors import InputError, JobExists
+from ..queue.owners import worker_id
+from ..redact import redact, redact_error
+from ..states import JobStatus
+from .base import (IngestState, InputErrorRow, ItemResult, ItemView, JobRecord, LeasedItem, ReviewRow, RunStats,
+                   SpoolRecord, UsageRow)
+from .connector import Connector
+
+NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
+
+
+def _translated(method):
+    """Driver errors a user can act on leave the store as ``StorageError`` (one line: place, problem, fix)."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def stream(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except self._c.errors as e:
+                raise (self._c.translate(e) or e) from e
+        return stream
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except self._c.errors as e:
+            raise (self._c.translate(e) or e) from e
+    return call
+
+
+def each_public_method_translated(cls):
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _translated(member))
+    return cls
+
+
+def _job(row: tuple) -> JobRecord:
+    return JobRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6], row[7], int(row[8]),
+                     float(row[9]), row[10], bool(row[11]))
+
+
+def _json(value) -> str:
+    return json.dumps(redact_error(value), ensure_ascii=False)
+
+
+@each_public_method_translated
+class StoreManager:
+    """The ``Store`` protocol over a connector. Methods may be called from several threads."""
+
+    def __init__(self, connector: Connector) -> None:
+        self._c = connector
+
+    def close(self) -> None:
+        self._c.close()
+
+    def verify(self) -> None:
+        self._c.verify()
+
+    # jobs ---------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._c.one("get_job", job_id=job_id)
+        return _job(row) if row else None
+
+    def list_jobs(self) -> list[JobRecord]:
+        return [_job(row) for row in self._c.all("list_jobs")]
+
+    def create_job(self, job: JobRecord, items: Iterable, owner: str | None = None) -> int:
+        """Claim the job, stream its items in (``RawItem`` or ``InputError`` values), open it to workers.
+
+        The job row goes in first, as ``ingesting``, with its reader ``owner``: a second submitter of
+        the same job (two cron ticks on one spool file) fails at once with ``JobExists`` instead of
+        racing this one, and workers do not see the job until every item is in. Items go in in
+        batches, each its own transaction with the place reached in the input, so memory stays flat
+        and a reader killed half-way leaves a place to go on from (``continue_ingest``). Returns
+        the number of items stored (duplicates excluded).
+        """
+        owner = owner or worker_id()
+        now = time.time()
+        try:
+            with self._c.transaction():
+                self._c.run("insert_job", id=job.id, name=job.name, spec=json.dumps(job.spec), job_file=job.job_file,
+                            input_sha256=job.input_sha256, prompt_version=job.prompt_version, now=now,
+                            simulated=int(job.simulated))
+                self._c.run("insert_ingest", job_id=job.id, owner=owner, now=now)
+        except self._c.integrity_errors:
+            raise JobExists(job.id) from None
+        return self.continue_ingest(job.id, owner, items, 0)
+
+    def continue_ingest(self, job_id: str, owner: str, items: Iterable, next_seq: int) -> int:
+        """Store the input entries of a job ``owner`` reads (from where the last batch ended), then
+        open the job to workers. Raises ``JobExists`` if another reader has taken the job over."""
+        seq, stored, batch, line = next_seq, 0, [], None
+        flushed = time.monotonic()
+
+        def flush(last: bool) -> int:
+            added = 0
+            with self._c.transaction():
+                if line is None:  # nothing read in this pass: the claim must still be ours
+                    row = self._c.one("get_ingest", job_id=job_id)
+                    ours = row is not None and row[0] == owner
+                else:
+                    ours = self._c.run("ingest_progress", line=line, next_seq=seq, now=time.time(), job_id=job_id,
+                                       owner=owner)
+                if not ours:
+                    raise JobExists(job_id)  # taken over: what this reader holds is not to be stored
+                for entry in batch:
+                    if isinstance(entry, InputError):
+                        self._c.run("insert_input_error", job_id=job_id, line=entry.line, field=entry.field,
+                                    message=entry.reason)
+                        continue
+                    position, item = entry
+                    if self._c.run("insert_item", job_id=job_id, seq=position, item_id=item.item_id, line=item.line,
+                                   text=item.text):
+                        added += 1
+                    else:
+                        self._c.run("insert_input_error", job_id=job_id, line=item.line, field=None,
+                                    message=f"duplicate id {item.item_id!r}: kept the first")
+                if last:
+                    self._c.run("finish_ingest", job_id=job_id)
+                    self._c.run("ingest_done", now=time.time(), job_id=job_id)
+            batch.clear()
+            return added
+
+        for entry in items:
+            if isinstance(entry, InputError):
+                batch.append(entry)
+            else:
+                batch.append((seq, entry))
+                seq += 1
+            line = entry.line
+            # A batch is committed when full, or after a second: the beat says the reader is alive.
+            if len(batch) >= INGEST_BATCH or time.monotonic() - flushed >= INGEST_BEAT_S:
+                stored += flush(False)
+                flushed = time.monotonic()
+        stored += flush(True)
+        return stored
+
+    def ingest_state(self, job_id: str) -> IngestState | None:
+        """Who reads a job's input in and how far it got; None once it is all in."""
+        row = self._c.one("get_ingest", job_id=job_id)
+        if row is None:
+            job = self.get_job(job_id)
+            if job is None or job.status != JobStatus.INGESTING:
+                return None
+            with self._c.transaction():  # left half-read by an earlier version: where it got to is in its rows
+                self._c.run("migrate_ingest")
+            row = self._c.one("get_ingest", job_id=job_id)
+        return IngestState(*row) if row else None
+
+    def claim_ingest(self, job_id: str, owner: str, dead_owner: str | None, now: float) -> bool:
+        """Take over reading a job's input from a reader found dead; False if another took it first."""
+        return self._c.run("claim_ingest", owner=owner, now=now, job_id=job_id, dead_owner=dead_owner) == 1
+
+    def release_ingest(self, job_id: str, owner: str) -> None:
+        self._c.run("release_ingest", job_id=job_id, owner=owner)
+
+    def discard_job(self, job_id: str) -> None:
+        """Remove a job whose submission died half-way, so that it can be submitted again."""
+        with self._c.transaction():
+            self._c.run("discard_job", job_id=job_id)
+
+    def update_job_spec(self, job_id: str, spec: dict, job_file: str | None) -> None:
+        self._c.run("update_job_spec", spec=json.dumps(spec), job_file=job_file, now=time.time(), job_id=job_id)
+
+    def set_status(self, job_id: str, status: str) -> None:
+        self._c.run("set_status", status=status, now=time.time(), job_id=job_id)
+
+    def runnable_jobs(self, now: float) -> list[str]:
+        return [row[0] for row in self._c.all("runnable_jobs", now=now)]
+
+    # items --------------------------------------------------------------------------------------
+
+    def lease(self, job_id: str, owner: str, limit: int, now: float, lease_s: float,
+              units: int = 0) -> list[LeasedItem]:
+        """Up to ``limit`` items of labelling work (expired leases first, then the oldest input items
+        and variants to re-check), and besides them up to ``units`` augment units. An expired lease
+        is taken whoever held it: another host's items come back only this way, after their expiry."""
+        with self._c.transaction():
+            rows = self._c.all("lease", owner=owner, expires=now + lease_s, job_id=job_id, now=now, limit=limit,
+                               units=units, total=limit + units)
+        return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
+
+    def renew(self, owner: str, now: float, lease_s: float) -> None:
+        """The heartbeat: the owner's leases (and budget holds) last ``lease_s`` more from now."""
+        with self._c.transaction():
+            self._c.run("renew", expires=now + lease_s, owner=owner)
+            self._c.run("renew_holds", expires=now + lease_s, owner=owner)
+
+    def release(self, owner: str) -> int:
+        with self._c.transaction():
+            released = self._c.run("release", owner=owner)
+            self._c.run("drop_holds", owner=owner)
+            return released
+
+    def hold_budget(self, job_id: str, owner: str, tokens: int, cost: float, max_tokens: int | None,
+                    max_cost: float | None, now: float, lease_s: float) -> tuple[int, float]:
+        """Grant up to (tokens, cost) of the job's budget to ``owner``, atomically across workers and
+        hosts (the job row is locked while the grant is reckoned): spent + every live hold never
+        passes a cap. A hold expires with its owner's leases."""
+        with self._c.transaction():
+            spent_tokens, spent_cost = self._c.one("lock_job", job_id=job_id)
+            held_tokens, held_cost = self._c.one("holds", job_id=job_id, now=now)
+            if max_tokens is not None:
+                tokens = max(0, min(tokens, max_tokens - int(spent_tokens) - int(held_tokens)))
+            if max_cost is not None:
+                cost = max(0.0, min(cost, max_cost - float(spent_cost) - float(held_cost)))
+            self._c.run("add_hold", job_id=job_id, owner=owner, tokens=tokens, cost=cost, expires=now + lease_s)
+        return tokens, cost
+
+    def reclaim(self, owners: Iterable[str]) -> int:
+        """Leases of owners known dead (same-host workers whose process is gone) back to pending now."""
+        owners = list(owners)
+        with self._c.transaction():
+            released = sum(self._c.run("release", owner=owner) for owner in owners)
+            for owner in owners:
+                self._c.run("drop_holds", owner=owner)
+            return released
+
+    def leased_owners(self) -> list[str]:
+        return [row[0] for row in self._c.all("leased_owners")]
+
+    def complete(self, job_id: str, owner: str, results: list[ItemResult],
+                 side_usage: Iterable[UsageRow] = ()) -> list[int]:
+        """Results, and usage that belongs to no item (``side_usage``: embeddings), in one transaction.
+
+        Only the results whose item is still leased to ``owner`` (at the result's epoch, where it
+        carries one) are applied: their drafts, state, spawned items, usage and spending. The others
+        are refused whole (their lease was lost: another worker has the item, or had it); their
+        answers stay in the cache. Returns the refused seqs."""
+        now = time.time()
+        # Serialised before the transaction: a result that cannot be stored fails the batch with nothing written.
+        prepared = []
+        for r in results:
+            summary = _json(r.summary) if r.summary is not None and not r.release else None
+            drafts = [] if r.release else [dict(job_id=job_id, seq=r.seq, idx=idx, priority=record["review_priority"],
+                                                record=_json(record)) for idx, record in enumerate(r.records)]
+            usage = [dict(job_id=job_id, seq=r.seq, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
+                          completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached))
+                     for u in r.usage]
+            prepared.append((r, summary, drafts, usage))
+        side = [dict(job_id=job_id, seq=NO_ITEM, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
+                     completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached))
+                for u in side_usage]
+        cache = [dict(key=key, response=json.dumps(completion, ensure_ascii=False), now=now)
+                 for r in results for key, completion in r.cache]
+        with self._c.transaction():
+            self._c.one("lock_job", job_id=job_id)  # first: spending and spawned seqs are the job row's
+            epochs = dict(self._c.all("fence", job_id=job_id, owner=owner, seqs=sorted({r.seq for r in results})))
+            accepted = [p for p in prepared if p[0].seq in epochs and p[0].epoch in (None, epochs[p[0].seq])]
+            applied = {p[0].seq for p in accepted}
+            refused = [r.seq for r in results if r.seq not in applied]
+            finished, released, drafts, usage, spawned, uncache = [], [], [], [], [], []
+            for r, summary, item_drafts, item_usage in accepted:
+                if r.release:
+                    released.append(dict(job_id=job_id, seq=r.seq, owner=owner))
+                else:
+                    finished.append(dict(state=r.state, priority=r.priority, result=summary, job_id=job_id,
+                                         seq=r.seq, owner=owner))
+                    drafts.extend(item_drafts)
+                    spawned.extend((r.seq, s) for s in r.spawn)
+                usage.extend(item_usage)
+                uncache.extend(dict(key=key) for key in r.uncache)
+            usage.extend(side)
+            tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage if not u["cached"])
+            cost = sum(u["cost_usd"] for u in usage if not u["cached"])
+            self._c.many("clear_drafts", [dict(job_id=job_id, seq=f["seq"]) for f in finished])
+            self._c.many("insert_draft", drafts)
+            if spawned:
+                self._spawn(job_id, spawned)
+            self._c.many("finish_item", finished)
+            self._c.many("unlease_item", released)
+            self._c.many("insert_usage", usage)
+            self._c.many("insert_cache", cache)
+            self._c.many("delete_cache", uncache)
+            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
+            self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent
+        return refused
+
+    def _spawn(self, job_id: str, spawned: list) -> None:
+        """New items made from finished ones (augmentation), in the finishing transaction, numbered
+        from the job's highest seq under the job row's lock: a crash before it commits makes none,
+        and a retaken parent makes the same ids again, kept once."""
+        (seq,) = self._c.one("next_seq", job_id=job_id)
+        for parent, child in spawned:
+            payload = json.dumps(child.payload, ensure_ascii=False) if child.payload is not None else None
+            if self._c.run("spawn_item", job_id=job_id, seq=seq, item_id=child.item_id, text=child.text,
+                           kind=child.kind, payload=payload, parent=parent):
+                seq += 1
+
+    def stop_remaining(self, job_id: str) -> int:
+        return self._c.run("stop_remaining", job_id=job_id)
+
+    def resume_stopped(self, job_id: str) -> int:
+        return self._c.run("resume_stopped", job_id=job_id)
+
+    def requeue(self, job_id: str, seqs: Iterable[int]) -> int:
+        """Failed items back to pending (an outage caught them: they did not fail on their own)."""
+        with self._c.transaction():
+            n = 0
+            for seq in seqs:
+                self._c.run("requeue_drafts", job_id=job_id, seq=seq)
+                n += self._c.run("requeue_item", job_id=job_id, seq=seq)
+            return n
+
+    def retry_failed(self, job_id: str) -> int:
+        with self._c.transaction():
+            self._c.run("retry_drafts", job_id=job_id)
+            return self._c.run("retry_failed", job_id=job_id)
+
+    # reading ------------------------------------------------------------------------------------
+
+    def item(self, job_id: str, seq: int) -> ItemView | None:
+        """One item as it stands: state, lease owner, epoch and its drafts (for tests and tools)."""
+        row = self._c.one("item", job_id=job_id, seq=seq)
+        if row is None:
+            return None
+        drafts = [json.loads(raw) for (raw,) in self._c.all("item_drafts", job_id=job_id, seq=seq)]
+        return ItemView(row[0], row[1], int(row[2]), drafts)
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        return {state: int(n) for state, n in self._c.all("counts", job_id=job_id)}
+
+    def kind_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for kind, state, n in self._c.all("kind_counts", job_id=job_id):
+            counts.setdefault(kind, {})[state] = int(n)
+        return counts
+
+    def item_texts(self, job_id: str) -> Iterator[str]:
+        """Every text in the job (items and variants), streamed over a connection of its own: the
+        caller may read it in another thread while this one commits."""
+        for (text,) in self._c.stream("item_texts", job_id=job_id):
+            yield text
+
+    def unit_results(self, job_id: str) -> Iterator[dict]:
+        for (raw,) in self._c.all("unit_results", job_id=job_id):
+            yield json.loads(raw)
+
+    def flag_counts(self, job_id: str) -> dict[str, int]:
+        return {flag: int(n) for flag, n in self._c.all("flag_counts", job_id=job_id)}
+
+    def origin_counts(self, job_id: str) -> list[tuple[str | None, bool, int]]:
+        """Drafts per (endpoint, simulated): who answered the job."""
+        return [(endpoint, bool(simulated), int(n))
+                for endpoint, simulated, n in self._c.all("origin_counts", job_id=job_id)]
+
+    def variant_flag_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for kind, flag, n in self._c.all("variant_flag_counts", job_id=job_id):
+            counts.setdefault(kind, {})[flag] = int(n)
+        return counts
+
+    def iter_records(self, job_id: str) -> Iterator[dict]:
+        for raw in self.iter_record_json(job_id):
+            yield json.loads(raw)
+
+    def iter_record_json(self, job_id: str) -> Iterator[str]:
+        """The records as stored: one JSON object each, on one line (drafts.jsonl is these), read in
+        pages: a million records never sit in memory at once."""
+        for (raw,) in self._c.stream("records", job_id=job_id):
+            yield raw
+
+    def input_errors(self, job_id: str) -> list[InputErrorRow]:
+        return [InputErrorRow(*row) for row in self._c.all("input_errors", job_id=job_id)]
+
+    def usage_totals(self, job_id: str) -> dict:
+        n, prompt, completion, cost, cached = (int(v) if i != 3 else float(v)
+                                               for i, v in enumerate(self._c.one("usage_totals", job_id=job_id)))
+        # Tokens and cost are what was billed; answers from the cache cost nothing.
+        return {"requests_billed": n - cached, "cached_answers": cached, "prompt_tokens": prompt,
+                "completion_tokens": completion, "cost_usd": round(cost, 6)}
+
+    def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None:
+        self._c.run("insert_run", job_id=job_id, owner=owner, started=started, ended=time.time(),
+                    requests=stats.requests, retries=stats.retries, rate_limited=stats.rate_limited,
+                    server_errors=stats.server_errors, timeouts=stats.timeouts, cache_hits=stats.cache_hits,
+                    wall_s=stats.wall_s)
+
+    def run_totals(self, job_id: str) -> dict:
+        row = self._c.one("run_totals", job_id=job_id)
+        keys = ("runs", "requests", "retries", "rate_limited", "server_errors", "timeouts", "cache_hits", "wall_s")
+        return {k: (float(v) if k == "wall_s" else int(v)) for k, v in zip(keys, row)}
+
+    # cache --------------------------------------------------------------------------------------
+
+    def cache_get(self, key: str) -> dict | None:
+        row = self._c.one("get_cache", key=key)
+        return json.loads(row[0]) if row else None
+
+    def cache_put(self, entries: Iterable[tuple[str, dict]]) -> None:
+        """Entries written on their own, not with an item's result: answers as they arrive, a job's
+        example embeddings."""
+        now = time.time()
+        rows = [dict(key=key, response=json.dumps(value, ensure_ascii=False), now=now) for key, value in entries]
+        with self._c.transaction():
+            self._c.many("insert_cache", rows)
+
+    # reviews (issue 13) -------------------------------------------------------------------------
+
+    def add_reviews(self, job_id: str, rows: Iterable[ReviewRow]) -> int:
+        """Upsert, in one transaction: a row replaces the same reviewer's earlier one for that draft
+        unless it is older. Returns the rows that changed."""
+        now = time.time()
+        params = [dict(job_id=job_id, draft_id=r.draft_id, reviewer=r.reviewer, verdict=r.verdict,
+                       label=None if r.label is None else json.dumps(r.label, ensure_ascii=False),
+                       updated_at=r.updated_at, lead_time=r.lead_time, origin=r.origin, now=now) for r in rows]
+        with self._c.transaction():
+            return self._c.many("upsert_review", params)
+
+    def reviews(self, job_id: str) -> list[ReviewRow]:
+        return [ReviewRow(draft_id, reviewer, verdict, None if label is None else json.loads(label), updated_at,
+                          lead_time, origin)
+                for draft_id, reviewer, verdict, label, updated_at, lead_time, origin
+                in self._c.all("reviews", job_id=job_id)]
+
+    def add_samples(self, job_id: str, drafts: Iterable[tuple[str, str]]) -> None:
+        """(draft id, purpose) pairs sent out for review; a draft keeps the purpose it was first drawn for,
+        unless it is drawn for an audit later (the audit must stay uniform)."""
+        now = time.time()
+        with self._c.transaction():
+            self._c.many("insert_sample", [dict(job_id=job_id, draft_id=d, purpose=purpose, now=now)
+                                           for d, purpose in drafts])
+
+    def samples(self, job_id: str) -> dict[str, str]:
+        return dict(self._c.all("samples", job_id=job_id))
+
+    # spool --------------------------------------------------------------------------------------
+
+    def spool_seen(self, path: str, sha256: str) -> bool:
+        return self._c.one("spool_seen", path=path, sha256=sha256) is not None
+
+    def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None,
+                     inputs: dict | None = None) -> None:
+        """The outcome of a spool file's content: recorded again (replaced) when it is retried."""
+        self._c.run("spool_record", path=path, sha256=sha256, job_id=job_id, error=redact(error) if error else error,
+                    inputs=json.dumps(inputs) if inputs is not None else None, now=time.time())
+
+    def spool_entry(self, path: str, sha256: str) -> SpoolRecord | None:
+        row = self._c.one("spool_entry", path=path, sha256=sha256)
+        if row is None:
+            return None
+        return SpoolRecord(path, row[0], row[1], json.loads(row[2]) if row[2] else {})
+
+    def spool_failures(self) -> list[SpoolRecord]:
+        """Spool files whose latest content failed, with the error."""
+        return [SpoolRecord(path, None, error, {}) for path, error, _ in self._c.all("spool_failures")]

@@ -1,0 +1,429 @@
+-- The PostgreSQL store's schema and queries: the names and named parameters of sqlite.sql, for many
+-- writers at once. Transactions are READ COMMITTED; each query that must see a row unchanged until
+-- its transaction ends says so with FOR UPDATE, taken in one order everywhere: the job row
+-- (lock_job: budget holds, spending, spawned seqs), then items by seq (fence, renew, release), then
+-- budget holds. A lease takes its items with FOR UPDATE SKIP LOCKED: two workers never wait on,
+-- nor get, each other's items.
+
+-- name: migration_1
+-- The schema of the first version that ran on PostgreSQL (migrations are numbered: migration_N).
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    job_file TEXT,
+    input_sha256 TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'queued',
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    spent_tokens BIGINT NOT NULL DEFAULT 0,
+    spent_cost DOUBLE PRECISION NOT NULL DEFAULT 0,
+    simulated INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS items (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    lease_owner TEXT,
+    lease_expires DOUBLE PRECISION,
+    attempts INTEGER NOT NULL DEFAULT 0,  -- times leased: the current lease's epoch (fencing token)
+    priority DOUBLE PRECISION,
+    result TEXT,
+    kind TEXT NOT NULL DEFAULT 'label',
+    parent_seq INTEGER,
+    payload TEXT,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_item_id ON items (job_id, item_id);
+CREATE INDEX IF NOT EXISTS items_work ON items (job_id, state, kind, seq);
+CREATE INDEX IF NOT EXISTS items_owner ON items (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS drafts (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    priority DOUBLE PRECISION NOT NULL,
+    record TEXT NOT NULL,     -- JSON as written (drafts.jsonl is these lines), read as jsonb where needed
+    PRIMARY KEY (job_id, seq, idx)
+);
+CREATE INDEX IF NOT EXISTS drafts_review ON drafts (job_id, priority DESC, seq, idx);
+CREATE TABLE IF NOT EXISTS input_errors (
+    job_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    field TEXT,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS input_errors_job ON input_errors (job_id, line);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    model TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd DOUBLE PRECISION NOT NULL,
+    cached INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_job ON usage (job_id);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    response TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    started DOUBLE PRECISION NOT NULL,
+    ended DOUBLE PRECISION NOT NULL,
+    requests INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    rate_limited INTEGER NOT NULL,
+    server_errors INTEGER NOT NULL,
+    timeouts INTEGER NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    wall_s DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget_holds (
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    tokens BIGINT NOT NULL,
+    cost DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, owner)
+);
+CREATE TABLE IF NOT EXISTS spool (
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    job_id TEXT,
+    error TEXT,
+    at DOUBLE PRECISION NOT NULL,
+    inputs TEXT,
+    PRIMARY KEY (path, sha256)
+);
+CREATE TABLE IF NOT EXISTS ingest (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT,
+    line INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL,
+    beat DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    job_id TEXT NOT NULL,
+    draft_id TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    label TEXT,
+    updated_at DOUBLE PRECISION NOT NULL,
+    lead_time DOUBLE PRECISION,
+    origin TEXT NOT NULL,
+    imported_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, draft_id, reviewer)
+);
+CREATE TABLE IF NOT EXISTS review_samples (
+    job_id TEXT NOT NULL,
+    draft_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    drawn_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, draft_id)
+);
+
+-- name: claim_ingest
+UPDATE ingest SET owner = :owner, beat = :now WHERE job_id = :job_id AND owner IS NOT DISTINCT FROM :dead_owner;
+
+-- name: migrate_ingest
+-- sqlite.sql's, for the same rule (no PostgreSQL store predates the ingest table: it finds nothing).
+INSERT INTO ingest (job_id, owner, line, next_seq, beat)
+SELECT j.id, NULL,
+       greatest(coalesce((SELECT max(line) FROM items WHERE job_id = j.id AND kind = 'label'), 0),
+                coalesce((SELECT max(line) FROM input_errors WHERE job_id = j.id), 0)),
+       (SELECT coalesce(max(seq), -1) + 1 FROM items WHERE job_id = j.id),
+       j.updated_at
+FROM jobs j
+WHERE j.status = 'ingesting' AND NOT EXISTS (SELECT 1 FROM ingest WHERE job_id = j.id);
+
+-- name: lock_job
+-- The job row, locked until the transaction ends: budget holds are reckoned, spending added and
+-- spawned items numbered by one writer at a time per job.
+SELECT spent_tokens, spent_cost FROM jobs WHERE id = :job_id FOR UPDATE;
+
+-- name: fence
+-- A commit's items still leased to the committer, with their epochs, locked in seq order.
+SELECT seq, attempts FROM items
+WHERE job_id = :job_id AND seq = ANY(:seqs) AND state = 'leased' AND lease_owner = :owner
+ORDER BY seq FOR UPDATE;
+
+-- name: lease
+-- sqlite.sql's order (expired leases, augment units, then labelling work); each part takes only rows
+-- no other transaction holds (SKIP LOCKED), so concurrent leases get disjoint items without waiting.
+WITH expired AS (SELECT seq FROM items WHERE job_id = :job_id AND state = 'leased' AND lease_expires < :now
+                 ORDER BY seq LIMIT :limit FOR UPDATE SKIP LOCKED),
+units AS (SELECT seq FROM items WHERE job_id = :job_id AND state = 'pending' AND kind = 'augment'
+          ORDER BY seq LIMIT :units FOR UPDATE SKIP LOCKED),
+labels AS (SELECT seq FROM items WHERE job_id = :job_id AND state = 'pending' AND kind = 'label'
+           ORDER BY seq LIMIT :limit FOR UPDATE SKIP LOCKED),
+variants AS (SELECT seq FROM items WHERE job_id = :job_id AND state = 'pending' AND kind = 'variant'
+             ORDER BY seq LIMIT :limit FOR UPDATE SKIP LOCKED),
+picked AS (SELECT seq, 0 AS rank FROM expired UNION ALL SELECT seq, 1 FROM units
+           UNION ALL SELECT seq, 2 FROM labels UNION ALL SELECT seq, 2 FROM variants), chosen AS (SELECT seq FROM picked ORDER BY rank, seq LIMIT :total)
+UPDATE items i SET state = 'leased', lease_owner = :owner, lease_expires = :expires, attempts = i.attempts + 1
+FROM chosen WHERE i.job_id = :job_id AND i.seq = chosen.seq
+RETURNING i.seq, i.item_id, i.line, i.text, i.kind, i.payload, i.attempts;
+
+-- name: renew
+UPDATE items SET lease_expires = :expires
+WHERE (job_id, seq) IN (SELECT job_id, seq FROM items WHERE lease_owner = :owner AND state = 'leased'
+                        ORDER BY job_id, seq FOR UPDATE)
+  AND lease_owner = :owner AND state = 'leased';
+
+-- name: release
+UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+WHERE (job_id, seq) IN (SELECT job_id, seq FROM items WHERE lease_owner = :owner AND state = 'leased'
+                        ORDER BY job_id, seq FOR UPDATE)
+  AND lease_owner = :owner AND state = 'leased';
+
+-- name: spend_hold
+UPDATE budget_holds SET tokens = greatest(0, tokens - :tokens), cost = greatest(0, cost - :cost)
+WHERE job_id = :job_id AND owner = :owner;
+
+-- name: item_texts
+SELECT text FROM items WHERE job_id = :job_id AND kind != 'augment'
+UNION ALL  -- variants written as drafts only (no re-check)
+SELECT record::jsonb->>'text' FROM drafts
+WHERE job_id = :job_id AND nullif(record::jsonb->'augmentation', 'null'::jsonb) IS NOT NULL
+  AND seq IN (SELECT seq FROM items WHERE job_id = :job_id AND kind = 'augment');
+
+-- name: flag_counts
+SELECT f.value, count(*)
+FROM drafts d, jsonb_array_elements_text(coalesce(nullif(d.record::jsonb->'flags', 'null'::jsonb), '[]'::jsonb)) f
+WHERE d.job_id = :job_id GROUP BY f.value;
+
+-- name: origin_counts
+SELECT record::jsonb->>'endpoint', coalesce((record::jsonb->>'simulated')::boolean, false), count(*)
+FROM drafts WHERE job_id = :job_id GROUP BY 1, 2 ORDER BY (record::jsonb->>'endpoint') COLLATE "C" NULLS FIRST, 2;
+
+-- name: variant_flag_counts
+SELECT d.record::jsonb->'augmentation'->>'kind', f.value, count(*)
+FROM drafts d, jsonb_array_elements_text(coalesce(nullif(d.record::jsonb->'flags', 'null'::jsonb), '[]'::jsonb)) f
+WHERE d.job_id = :job_id AND nullif(d.record::jsonb->'augmentation', 'null'::jsonb) IS NOT NULL GROUP BY 1, 2;
+
+-- name: upsert_review
+INSERT INTO reviews (job_id, draft_id, reviewer, verdict, label, updated_at, lead_time, origin, imported_at)
+VALUES (:job_id, :draft_id, :reviewer, :verdict, :label, :updated_at, :lead_time, :origin, :now)
+ON CONFLICT (job_id, draft_id, reviewer) DO UPDATE SET
+    verdict = excluded.verdict, label = excluded.label, updated_at = excluded.updated_at,
+    lead_time = excluded.lead_time, origin = excluded.origin, imported_at = excluded.imported_at
+WHERE excluded.updated_at >= reviews.updated_at
+  AND (excluded.verdict IS DISTINCT FROM reviews.verdict OR excluded.label IS DISTINCT FROM reviews.label
+       OR excluded.lead_time IS DISTINCT FROM reviews.lead_time);
+
+-- name: insert_job
+INSERT INTO jobs (id, name, spec, job_file, input_sha256, prompt_version, status, created_at, updated_at, simulated)
+VALUES (:id, :name, :spec, :job_file, :input_sha256, :prompt_version, 'ingesting', :now, :now, :simulated);
+
+-- name: update_job_spec
+UPDATE jobs SET spec = :spec, job_file = :job_file, updated_at = :now WHERE id = :job_id;
+
+-- name: set_status
+UPDATE jobs SET status = :status, updated_at = :now WHERE id = :job_id;
+
+-- name: insert_ingest
+INSERT INTO ingest (job_id, owner, line, next_seq, beat) VALUES (:job_id, :owner, 0, 0, :now);
+
+-- name: get_ingest
+SELECT owner, line, next_seq, beat FROM ingest WHERE job_id = :job_id;
+
+-- name: ingest_progress
+-- Only the current reader moves it: a reader taken for dead (and taken over) commits nothing more.
+UPDATE ingest SET line = :line, next_seq = :next_seq, beat = :now WHERE job_id = :job_id AND owner = :owner;
+
+-- name: release_ingest
+-- A reader that failed hands the job back at once (beat 0: no need to wait for it to look stale).
+UPDATE ingest SET owner = NULL, beat = 0 WHERE job_id = :job_id AND owner = :owner;
+
+-- name: finish_ingest
+DELETE FROM ingest WHERE job_id = :job_id;
+
+-- name: ingest_done
+UPDATE jobs SET status = 'queued', updated_at = :now WHERE id = :job_id AND status = 'ingesting';
+
+-- name: discard_job
+DELETE FROM ingest WHERE job_id = :job_id;
+DELETE FROM drafts WHERE job_id = :job_id;
+DELETE FROM items WHERE job_id = :job_id;
+DELETE FROM input_errors WHERE job_id = :job_id;
+DELETE FROM jobs WHERE id = :job_id;
+
+-- name: insert_item
+INSERT INTO items (job_id, seq, item_id, line, text) VALUES (:job_id, :seq, :item_id, :line, :text)
+ON CONFLICT (job_id, item_id) DO NOTHING;
+
+-- name: next_seq
+SELECT coalesce(max(seq), -1) + 1 FROM items WHERE job_id = :job_id;
+
+-- name: spawn_item
+INSERT INTO items (job_id, seq, item_id, line, text, kind, parent_seq, payload)
+SELECT :job_id, :seq, :item_id, line, :text, :kind, seq, :payload FROM items WHERE job_id = :job_id AND seq = :parent
+ON CONFLICT (job_id, item_id) DO NOTHING;
+
+-- name: insert_input_error
+INSERT INTO input_errors (job_id, line, field, message) VALUES (:job_id, :line, :field, :message);
+
+-- name: get_job
+SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
+       updated_at, simulated
+FROM jobs WHERE id = :job_id;
+
+-- name: list_jobs
+SELECT id, name, spec, job_file, input_sha256, prompt_version, status, created_at, spent_tokens, spent_cost,
+       updated_at, simulated
+FROM jobs ORDER BY created_at;
+
+-- name: runnable_jobs
+SELECT j.id FROM jobs j
+WHERE j.status != 'ingesting'
+  AND (EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
+       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < :now))
+ORDER BY j.created_at;
+
+-- name: leased_owners
+SELECT DISTINCT lease_owner FROM items WHERE state = 'leased' AND lease_owner IS NOT NULL;
+
+-- name: clear_drafts
+DELETE FROM drafts WHERE job_id = :job_id AND seq = :seq;
+
+-- name: insert_draft
+INSERT INTO drafts (job_id, seq, idx, priority, record) VALUES (:job_id, :seq, :idx, :priority, :record);
+
+-- name: finish_item
+UPDATE items SET state = :state, priority = :priority, result = :result, lease_owner = NULL, lease_expires = NULL
+WHERE job_id = :job_id AND seq = :seq AND state = 'leased' AND lease_owner = :owner;
+
+-- name: unlease_item
+UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+WHERE job_id = :job_id AND seq = :seq AND state = 'leased' AND lease_owner = :owner;
+
+-- name: insert_usage
+INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached)
+VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached);
+
+-- name: add_spent
+UPDATE jobs SET spent_tokens = spent_tokens + :tokens, spent_cost = spent_cost + :cost, updated_at = :now
+WHERE id = :job_id;
+
+-- name: insert_cache
+-- Replaced, not kept: a real endpoint's answer takes the place of a simulator's at the same URL.
+INSERT INTO cache (key, response, created_at) VALUES (:key, :response, :now)
+ON CONFLICT (key) DO UPDATE SET response = excluded.response, created_at = excluded.created_at;
+
+-- name: delete_cache
+DELETE FROM cache WHERE key = :key;
+
+-- name: get_cache
+SELECT response FROM cache WHERE key = :key;
+
+-- name: stop_remaining
+UPDATE items SET state = 'stopped', lease_owner = NULL, lease_expires = NULL
+WHERE job_id = :job_id AND state = 'pending';
+
+-- name: resume_stopped
+UPDATE items SET state = 'pending' WHERE job_id = :job_id AND state = 'stopped';
+
+-- name: requeue_drafts
+DELETE FROM drafts WHERE job_id = :job_id AND seq = :seq
+  AND EXISTS (SELECT 1 FROM items WHERE job_id = :job_id AND seq = :seq AND state = 'failed');
+
+-- name: retry_drafts
+DELETE FROM drafts WHERE job_id = :job_id
+  AND seq IN (SELECT seq FROM items WHERE job_id = :job_id AND state = 'failed');
+
+-- name: requeue_item
+UPDATE items SET state = 'pending', result = NULL, priority = NULL, lease_owner = NULL, lease_expires = NULL
+WHERE job_id = :job_id AND seq = :seq AND state = 'failed';
+
+-- name: retry_failed
+UPDATE items SET state = 'pending', result = NULL, priority = NULL WHERE job_id = :job_id AND state = 'failed';
+
+-- name: item
+SELECT state, lease_owner, attempts FROM items WHERE job_id = :job_id AND seq = :seq;
+
+-- name: item_drafts
+SELECT record FROM drafts WHERE job_id = :job_id AND seq = :seq ORDER BY idx;
+
+-- name: counts
+SELECT state, count(*) FROM items WHERE job_id = :job_id GROUP BY state;
+
+-- name: kind_counts
+SELECT kind, state, count(*) FROM items WHERE job_id = :job_id GROUP BY kind, state;
+
+-- name: unit_results
+SELECT result FROM items WHERE job_id = :job_id AND kind = 'augment' AND result IS NOT NULL;
+
+-- name: records
+SELECT record FROM drafts WHERE job_id = :job_id ORDER BY priority DESC, seq, idx;
+
+-- name: input_errors
+SELECT line, field, message FROM input_errors WHERE job_id = :job_id ORDER BY line;
+
+-- name: usage_totals
+SELECT count(*), coalesce(sum(prompt_tokens * (1 - cached)), 0), coalesce(sum(completion_tokens * (1 - cached)), 0),
+       coalesce(sum(cost_usd), 0), coalesce(sum(cached), 0)
+FROM usage WHERE job_id = :job_id;
+
+-- name: insert_run
+INSERT INTO runs (job_id, owner, started, ended, requests, retries, rate_limited, server_errors, timeouts,
+                  cache_hits, wall_s)
+VALUES (:job_id, :owner, :started, :ended, :requests, :retries, :rate_limited, :server_errors, :timeouts,
+        :cache_hits, :wall_s);
+
+-- name: run_totals
+SELECT count(*), coalesce(sum(requests), 0), coalesce(sum(retries), 0), coalesce(sum(rate_limited), 0),
+       coalesce(sum(server_errors), 0), coalesce(sum(timeouts), 0), coalesce(sum(cache_hits), 0),
+       coalesce(sum(wall_s), 0)
+FROM runs WHERE job_id = :job_id;
+
+-- name: spool_seen
+SELECT 1 FROM spool WHERE path = :path AND sha256 = :sha256;
+
+-- name: spool_record
+INSERT INTO spool (path, sha256, job_id, error, inputs, at) VALUES (:path, :sha256, :job_id, :error, :inputs, :now)
+ON CONFLICT (path, sha256) DO UPDATE SET job_id = excluded.job_id, error = excluded.error,
+                                         inputs = excluded.inputs, at = excluded.at;
+
+-- name: spool_entry
+SELECT job_id, error, inputs FROM spool WHERE path = :path AND sha256 = :sha256;
+
+-- name: spool_failures
+-- Each spool file's latest outcome, where it failed.
+SELECT s.path, s.error, s.at FROM spool s
+WHERE s.error IS NOT NULL AND s.at = (SELECT max(at) FROM spool WHERE path = s.path)
+ORDER BY s.path COLLATE "C";
+
+-- name: holds
+SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds WHERE job_id = :job_id AND expires >= :now;
+
+-- name: add_hold
+INSERT INTO budget_holds (job_id, owner, tokens, cost, expires) VALUES (:job_id, :owner, :tokens, :cost, :expires)
+ON CONFLICT (job_id, owner) DO UPDATE SET tokens = budget_holds.tokens + excluded.tokens,
+                                          cost = budget_holds.cost + excluded.cost, expires = excluded.expires;
+
+-- name: renew_holds
+UPDATE budget_holds SET expires = :expires WHERE owner = :owner;
+
+-- name: drop_holds
+DELETE FROM budget_holds WHERE owner = :owner;
+
+-- name: reviews
+SELECT draft_id, reviewer, verdict, label, updated_at, lead_time, origin FROM reviews
+WHERE job_id = :job_id ORDER BY draft_id COLLATE "C", updated_at, reviewer COLLATE "C";
+
+-- name: insert_sample
+-- An audit draw wins over an earlier informative one: the audit must stay uniform.
+INSERT INTO review_samples (job_id, draft_id, purpose, drawn_at) VALUES (:job_id, :draft_id, :purpose, :now)
+ON CONFLICT (job_id, draft_id) DO UPDATE SET purpose = excluded.purpose, drawn_at = excluded.drawn_at
+WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
+
+-- name: samples
+SELECT draft_id, purpose FROM review_samples WHERE job_id = :job_id;
