@@ -14,10 +14,12 @@ implements it for every backend, ``MemoryBatchState`` in memory for unit tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
-from ..store.base import UsageRow
 from .reconcile import RemoteBatch, Stage
+
+if TYPE_CHECKING:  # the store imports this module: its records are what it keeps
+    from ..store.base import UsageRow
 
 
 @dataclass(frozen=True, slots=True)

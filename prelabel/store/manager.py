@@ -27,6 +27,7 @@ from ..redact import redact, redact_error
 from ..states import JobStatus
 from .base import (IngestState, InputErrorRow, ItemResult, ItemView, JobRecord, LeasedItem, ReviewRow, RunStats,
                    SpoolRecord, UsageRow)
+from .batches import BatchRules
 from .connector import Connector
 
 NO_ITEM = -1  # the usage ledger's seq for spending that belongs to no item
@@ -68,8 +69,11 @@ def _json(value) -> str:
     return json.dumps(redact_error(value), ensure_ascii=False)
 
 
+each_public_method_translated(BatchRules)  # its rules raise StorageError as these do
+
+
 @each_public_method_translated
-class StoreManager:
+class StoreManager(BatchRules):
     """The ``Store`` protocol over a connector. Methods may be called from several threads."""
 
     def __init__(self, connector: Connector) -> None:
