@@ -20,7 +20,8 @@ A tick, in this order:
    held against the budget BEFORE the upload, uploaded and created with metadata naming job and chunk.
 
 Each step that the provider acts on is followed by ``checkpoint(step)`` (the CLI's kill hook for the
-fault tests; nothing otherwise): ``intent``, ``upload``, ``create``, ``download``, ``commit``.
+fault tests; nothing otherwise): ``intent``, ``upload``, ``create``, ``download`` (a result file
+downloaded), ``read`` (some of its answers in the cache, the chunk not collected), ``commit``.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Callable
 
 from ..budget.pricing import batch_price_for, cost_usd
 from ..llm.completion import Completion
-from ..llm.engine import MALFORMED, LLMEngine
+from ..llm.engine import MALFORMED, LLMEngine, said_simulator
 from ..pipeline.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
 from ..pipeline.protocol import Chat, Failed, Requeue, replay
@@ -87,6 +88,8 @@ class BatchExecutor:
 
     async def tick(self) -> TickReport:
         report = TickReport()
+        # A hand-started simulator's answers in the cache are served only once it has said what it is.
+        said_simulator(self.engine.identity, await self.provider.simulated())
         await self._reconcile(report)
         try:
             await self._drive(report)
@@ -164,22 +167,26 @@ class BatchExecutor:
                 dest = self.folder / f"{self.name}-{chunk.chunk}.{kind}.jsonl"
                 downloaded = await self.provider.download(file_id, dest)
                 paths.append((downloaded.path, downloaded.simulated))
+                self.checkpoint("download")  # a file downloaded, none of its lines read
         pending: list[tuple[str, dict]] = []
+
+        def put() -> None:
+            self.store.cache_put(pending)
+            pending.clear()
+            self.checkpoint("read")  # some answers durable, the chunk not collected
 
         def lines():
             for path, simulated in paths:
-                for n, outcome in enumerate(read_file(path, simulated=simulated)):
+                for outcome in read_file(path, simulated=simulated):
                     if isinstance(outcome, Answer) and outcome.completion is not None:
                         pending.append((outcome.custom_id, outcome.completion.to_cache()))
                         if len(pending) >= CACHE_PAGE:
-                            self.store.cache_put(pending)
-                            pending.clear()
-                            self.checkpoint("download")  # half the answers durable, the chunk not collected
+                            put()
                     yield outcome
 
         collected = collect(lines(), sent)
         if pending:
-            self.store.cache_put(pending)
+            put()
         usage = [UsageRow(a.completion.model or self.spec.model.name, a.completion.prompt_tokens,
                           a.completion.completion_tokens,
                           cost_usd(self.price, a.completion.prompt_tokens, a.completion.completion_tokens), False)

@@ -11,7 +11,10 @@ import pytest
 from prelabel.batch.reconcile import RemoteBatch, Stage
 from prelabel.batch.state import ChunkRecord, MemoryBatchState
 from prelabel.store import UsageRow, open_store
-from tests.integration.test_store_contract import job_record, pg_database, raw_items, store, url  # noqa: F401
+from tests.integration import test_store_contract as contract
+from tests.integration.test_store_contract import job_record, raw_items
+
+pg_database, url, store = contract.pg_database, contract.url, contract.store  # the contract suite's fixtures
 
 T0 = 1_000_000.0
 
@@ -105,7 +108,7 @@ def test_a_chunks_worst_case_is_held_against_the_caps_until_it_is_collected(stat
     assert state.batch_plan(chunk("000003", 600, 0.6), ["d"], 1000, 1.0) == (500, pytest.approx(0.5))
 
 
-def test_threads_collecting_one_chunk_bill_it_once(url, store):  # noqa: F811
+def test_threads_collecting_one_chunk_bill_it_once(store):
     store.create_job(job_record(), raw_items(1))
     store.batch_plan(chunk(), ["k1"], None, None)
     won = []
