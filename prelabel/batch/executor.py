@@ -102,7 +102,8 @@ class BatchExecutor:
 
     async def _reconcile(self, report: TickReport) -> None:
         job = self.job.id
-        chunks = {c.chunk: c for c in self.state.batch_chunks(job) if c.stage is not Stage.COLLECTED}
+        every = self.state.batch_chunks(job)
+        chunks = {c.chunk: c for c in every if c.stage is not Stage.COLLECTED}
         if not chunks:
             return
         files = await self.provider.files()
@@ -117,7 +118,8 @@ class BatchExecutor:
                     gone.append(c.batch_id)
                 else:
                     batches.append(found)
-        intents = [Intent(c.chunk, c.stage, c.file_id, c.batch_id) for c in chunks.values()]
+        # Collected chunks too (they decide nothing): their batches are theirs, not orphans.
+        intents = [Intent(c.chunk, c.stage, c.file_id, c.batch_id) for c in every]
         for action in reconcile(self.provider.job, intents, files, batches, gone):
             if isinstance(action, Orphan):
                 report.orphans.append(action.batch.id)

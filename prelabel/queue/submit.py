@@ -78,6 +78,9 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
 
 def check_batch(spec: JobSpec, job_path) -> None:
     """What the Batch API executor does not send yet: refused before anything is queued."""
+    if spec.batch.live_reasks:  # TODO(issue 12): re-asks sent live; today they go in the next batch
+        raise JobFileError("batch.live_reasks: true is not supported yet (re-asks go in the next batch); "
+                           "remove it", path=str(job_path), field="batch.live_reasks")
     if spec.augment is not None and spec.augment.steps:
         raise JobFileError("augmentation is not run in batch mode yet; remove augment: or set "
                            "model.mode: live", path=str(job_path), field="augment")
