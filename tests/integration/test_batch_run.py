@@ -115,3 +115,15 @@ def test_run_batch_waits_and_a_line_that_keeps_failing_fails_its_item_with_the_p
     records = drafts(tmp_path)
     assert len(records) == 6 and all(r["state"] == "failed" and "request_failed" in r["flags"]
                                      and "status 500" in r["error"] for r in records.values())
+
+
+def test_run_simulate_of_a_batch_job_goes_through_batches_not_live(tmp_path: Path):
+    """A tester's finding: `run --simulate` on a `mode: batch` job ran it live."""
+    job = batch_job(tmp_path, 5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PRELABEL_"))}
+    env.update(PRELABEL_DB=str(tmp_path / "p.db"), XDG_DATA_HOME=str(tmp_path / "xdg"))
+    ran = prelabel("run", job, "--simulate", "-q", env=env, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert "model.mode: model.mode" not in ran.stderr and "batches:" in ran.stderr
+    row = status(env)
+    assert row["done"] == 5 and len(row["batches"]) == 1 and row["batches"][0]["status"] == "completed"
