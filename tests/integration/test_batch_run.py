@@ -127,3 +127,17 @@ def test_run_simulate_of_a_batch_job_goes_through_batches_not_live(tmp_path: Pat
     assert "model.mode: model.mode" not in ran.stderr and "batches:" in ran.stderr
     row = status(env)
     assert row["done"] == 5 and len(row["batches"]) == 1 and row["batches"][0]["status"] == "completed"
+
+
+def test_a_chunks_worst_case_is_held_so_the_token_cap_holds_and_the_rest_stops_by_budget(tmp_path: Path):
+    job = batch_job(tmp_path, 20)
+    job.write_text(job.read_text().replace("budget: {max_output_tokens: 32}",
+                                           "budget: {max_output_tokens: 32, max_total_tokens: 1500}"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PRELABEL_"))}
+    env.update(PRELABEL_DB=str(tmp_path / "p.db"), XDG_DATA_HOME=str(tmp_path / "xdg"))
+    ran = prelabel("run", job, "--simulate", "-q", env=env, timeout=120)
+    assert ran.returncode == 4, ran.stderr  # stopped by budget
+    row = status(env)
+    assert row["status"] == "budget_stopped" and 0 < row["done"] < 20 and row["done"] + row["stopped"] == 20
+    assert row["spent_tokens"] <= 1500
+    assert sum(c["requests"] for c in row["batches"]) == row["done"]  # no line was sent that the cap could not hold
