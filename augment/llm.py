@@ -15,8 +15,8 @@ from functools import lru_cache
 from typing import Sequence
 
 from prelabel.config import LANGUAGES
-from prelabel.pipeline.placeholders import is_placeholder
-from prelabel.job.prompts import PromptTemplate, load_template
+from prelabel.checks.placeholders import is_placeholder
+from prelabel.tasks.prompts import PromptTemplate, load_template
 from prelabel.tasks import InvalidOutput
 
 PARAPHRASE_FORMAT = {"type": "json_schema", "json_schema": {"name": "paraphrases", "strict": True, "schema": {

@@ -196,7 +196,7 @@ def cmd_run(args) -> int:
     from .config import EngineSettings
     from .queue.submit import prepare
     from .worker.runs import reclaim_dead, run_job
-    from .queue.owners import worker_id
+    from .store.owners import worker_id
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
     endpoint = _endpoint(args.simulate)
@@ -304,7 +304,7 @@ def cmd_work(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .queue.submit import submit_spool
     from .worker.runs import drain
-    from .queue.owners import worker_id
+    from .store.owners import worker_id
 
     roots = _output_roots(args)
     endpoint = _endpoint()  # the environment is read once, not every tick
@@ -392,7 +392,7 @@ def cmd_status(args) -> int:
 
 def cmd_plan(args) -> int:
     from .config import EXIT_OK
-    from .budget.plan import format_plan, make_plan
+    from .queue.plan import format_plan, make_plan
     from .queue.submit import prepare
 
     spec, task = prepare(args.job, input_path=args.input)
@@ -675,7 +675,7 @@ def _accept_above(value: str):
 
 
 def _host_id(value: str) -> str:
-    from .queue.owners import HOST_ID
+    from .store.owners import HOST_ID
 
     if not HOST_ID.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r}: 1-64 letters, digits, '.', '_' or '-', starting with a "
@@ -845,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     add_secret(os.environ.get("OPENAI_API_KEY"))
     if getattr(args, "host_id", None):
-        from .queue.owners import set_host_id
+        from .store.owners import set_host_id
 
         set_host_id(args.host_id)
     for handler in logging.getLogger().handlers:  # on the handlers: a logger's filter misses its children

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Mapping
 
-from ..pipeline.flags import LOW_CONFIDENCE, NO_CONFIDENCE
+from ..checks.flags import LOW_CONFIDENCE, NO_CONFIDENCE
 from ..store.base import ReviewRow
 from .corrections import REJECTED
 

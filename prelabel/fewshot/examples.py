@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..budget.gate import FIT, SKIP, TRUNCATE
 from ..errors import JobFileError
-from ..pipeline.flags import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
+from ..checks.flags import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
 from ..tasks.base import BadExample, Example, Task
 from ..tasks.registry import kind
 from ..budget.tokens import TokenCounter

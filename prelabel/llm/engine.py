@@ -252,7 +252,7 @@ class LLMEngine:
             body["logprobs"] = True
             if self.settings.top_logprobs > 0:
                 # 0 gives no logprobs at all on llama.cpp's servers; the alternatives are what a
-                # label's confidence is computed from (prelabel.pipeline.labelscore).
+                # label's confidence is computed from (prelabel.checks.labelscore).
                 body["top_logprobs"] = self.settings.top_logprobs
         if self.model.seed is not None:
             body["seed"] = self.model.seed

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..states import ItemState
-from .flags import verdict
+from ..checks.flags import verdict
 
 DONE, FAILED, SKIPPED = ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED  # the final states, by their short names
 

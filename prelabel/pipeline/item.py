@@ -17,7 +17,7 @@ from ..states import ItemState
 from ..store.base import AUGMENT, LABEL, VARIANT, ItemResult, LeasedItem, UsageRow
 from ..tasks import InvalidOutput, Task, TaskOutput, fixed_prompt_tokens, reask_messages
 from .draft import DONE, FAILED, SKIPPED, draft_record
-from .flags import FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REASKED, REFUSAL, REQUEST_FAILED, \
+from ..checks.flags import FINISH_LENGTH, INPUT_TOO_LONG, INVALID_OUTPUT, LABEL_DRIFT, REASKED, REFUSAL, REQUEST_FAILED, \
     TRUNCATED_INPUT
 from .protocol import REQUEUE, Chat, Counter, Embed, Failed, Labelled, Requeue, Steps, Unavailable
 

@@ -18,7 +18,7 @@ from ..config import InputSpec, JobSpec
 from ..errors import JobExists, StoreError
 from ..job.inputs import read_items
 from ..job.jobfile import file_sha256
-from .owners import dead_local_owners
+from ..store.owners import dead_local_owners
 from ..states import JobStatus
 from ..store import IngestState, Store
 

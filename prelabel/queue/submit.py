@@ -18,7 +18,7 @@ from ..fewshot.examples import load_examples
 from .ingest import INGEST_STALE_S, give_back, resume_ingest
 from ..job.inputs import read_items
 from ..job.jobfile import field_line, file_sha256, job_identity, load_job
-from .owners import worker_id
+from ..store.owners import worker_id
 from ..outputs.root import confine
 from ..budget.pricing import price_for
 from ..states import JobStatus

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 
 from ..config import INGEST_BATCH, INGEST_BEAT_S  # input items per transaction, or after this long
 from ..errors import InputError, JobExists
-from ..queue.owners import worker_id
+from .owners import worker_id
 from ..redact import redact, redact_error
 from ..states import JobStatus
 from .base import (IngestState, InputErrorRow, ItemResult, ItemView, JobRecord, LeasedItem, ReviewRow, RunStats,

@@ -11,7 +11,7 @@ import re
 from json.decoder import scanstring
 from typing import Any, Callable, Sequence
 
-from ..pipeline.flags import LENIENT_JSON
+from ..checks.flags import LENIENT_JSON
 from .base import InvalidOutput
 
 

@@ -14,9 +14,9 @@ from pydantic import field_validator
 
 from ..config import LabelledSpec
 from ..llm.completion import Completion
-from ..pipeline.confidence import LOGPROBS, combine, label_probability, vote
-from ..pipeline.labelscore import LabelScore
-from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
+from ..checks.confidence import LOGPROBS, combine, label_probability, vote
+from ..checks.labelscore import LabelScore
+from ..checks.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import TaskOutput
 from .labelled import LabelledTask

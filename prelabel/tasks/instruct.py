@@ -29,9 +29,9 @@ from pydantic import Field
 
 from ..config import ReviewSpec, TaskSpecBase
 from ..llm.completion import Completion
-from ..job.prompts import PromptTemplate
-from ..pipeline.placeholders import example_values, is_placeholder
-from ..pipeline.flags import DUPLICATE_PAIR, EMPTY_OUTPUT, PLACEHOLDER_OUTPUT, VERBATIM_SOURCE
+from .prompts import PromptTemplate
+from ..checks.placeholders import example_values, is_placeholder
+from ..checks.flags import DUPLICATE_PAIR, EMPTY_OUTPUT, PLACEHOLDER_OUTPUT, VERBATIM_SOURCE
 from .answer import dumps, lenient_flags, load_object, valid_samples
 from .base import BadExample, Example, InvalidOutput, TaskOutput
 from .request import Request

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..pipeline.confidence import LOGPROBS
+from ..checks.confidence import LOGPROBS
 from ..config import ReviewSpec
-from ..job.prompts import PromptTemplate
+from .prompts import PromptTemplate
 from .base import Example
 from .labels import LabelSet, labels_field
 from .request import Request

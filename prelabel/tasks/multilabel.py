@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from ..config import LabelledSpec
 from ..llm.completion import Completion
-from ..pipeline.confidence import close_probability, label_probability, vote_parts
-from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
+from ..checks.confidence import close_probability, label_probability, vote_parts
+from ..checks.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE
 from .answer import array_strings, common_flags, dumps, lenient_flags, load_object, valid_samples
 from .base import InvalidOutput, TaskOutput
 from .labelled import LabelledTask

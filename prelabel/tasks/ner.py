@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from ..config import LabelledSpec
 from ..llm.completion import Completion
-from ..pipeline.confidence import close_probability, label_probability, span_probability, vote_parts
-from ..pipeline.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
+from ..checks.confidence import close_probability, label_probability, span_probability, vote_parts
+from ..checks.flags import LABEL_NORMALIZED, SAMPLES_DISAGREE, SPAN_CONFLICT, SPAN_NOT_FOUND
 from .spans import Mention, Span, locate, overlapping
 from .answer import common_flags, dumps, empty_array_close, lenient_flags, load_object, string_values, valid_samples
 from .base import BadExample, InvalidOutput, TaskOutput

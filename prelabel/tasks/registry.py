@@ -81,7 +81,7 @@ def kind(name: str) -> TaskKind:
 
 def build_task(spec: JobSpec) -> Task:
     """The job's task: its kind's, with its template, guidelines and confidence mode."""
-    from ..job.prompts import load_template
+    from .prompts import load_template
 
     task_spec = spec.task
     entry = kind(task_spec.kind)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..job.prompts import PromptTemplate
+from .prompts import PromptTemplate
 
 
 def guidelines_field(guidelines: str | None) -> str:

@@ -25,7 +25,7 @@ from .process import AugmentProcess
 from ..llm.completion import Completion
 from ..pipeline.draft import DONE, FAILED, draft_record
 from ..errors import PrelabelError
-from ..pipeline.flags import LOW_CONFIDENCE, NO_CONFIDENCE, UNFAITHFUL_VARIANT
+from ..checks.flags import LOW_CONFIDENCE, NO_CONFIDENCE, UNFAITHFUL_VARIANT
 from ..pipeline.protocol import REQUEUE, Chat, Counter, Dedupe, Failed, LocalVariants, Steps, UnitOutcome
 from ..store import AUGMENT, VARIANT, Spawn
 from ..tasks import InvalidOutput, TaskOutput

@@ -22,7 +22,7 @@ from ..llm.capabilities import Capabilities
 from ..llm.completion import Completion
 from ..llm.engine import LLMEngine
 from ..llm.retry import Outage
-from ..pipeline.flags import REQUEST_FAILED
+from ..checks.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
 from ..pipeline.protocol import UNAVAILABLE, Chat, Dedupe, Embed, Failed, LocalVariants, Requeue
 from ..store import AUGMENT, ItemResult, JobRecord, LeasedItem, Store, UsageRow

@@ -23,7 +23,7 @@ from ..states import ItemState, JobStatus
 from ..store import Store
 from ..tasks import build_task
 from ..budget.tokens import TokenCounter
-from ..queue.owners import dead_local_owners
+from ..store.owners import dead_local_owners
 from ..queue.ingest import resume_dead_ingests
 from .coordinator import Coordinator
 from .runner import JobRunner, RunResult

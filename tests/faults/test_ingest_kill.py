@@ -351,7 +351,7 @@ def test_a_killed_loader_not_yet_reaped_counts_as_dead(big_job, env):
     # A parent that has not waited for its killed child leaves a zombie, whose pid still answers.
     import socket
 
-    from prelabel.queue.owners import dead_local_owners
+    from prelabel.store.owners import dead_local_owners
 
     db = env["PRELABEL_DB"]
     loader = start("submit", big_job, env=env)

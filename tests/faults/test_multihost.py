@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from prelabel.config import Engine
-from prelabel.queue import owners
-from prelabel.queue.owners import dead_local_owners, host_id, set_host_id, worker_id
+from prelabel.store import owners
+from prelabel.store.owners import dead_local_owners, host_id, set_host_id, worker_id
 from prelabel.queue.submit import submit
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.store import SQLiteStore

@@ -10,7 +10,7 @@ import pytest
 import augment
 from prelabel.config import EXIT_OK, JobSpec
 from prelabel.outputs.finetune import VAL_FILE, group_key, in_validation
-from prelabel.budget.plan import make_plan
+from prelabel.queue.plan import make_plan
 from prelabel.simulator.answers import fidelity_verdict
 from prelabel.store import SQLiteStore
 from prelabel.tasks import build_task

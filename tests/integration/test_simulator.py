@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prelabel.llm.completion import Completion
 from prelabel.config import JobSpec
-from prelabel.pipeline.flags import verdict
+from prelabel.checks.flags import verdict
 from prelabel.simulator import SimConfig, Simulator
 from prelabel.simulator.answers import Chooser
 from prelabel.tasks import build_task

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from prelabel.budget.plan import format_plan, make_plan
+from prelabel.queue.plan import format_plan, make_plan
 from prelabel.budget.pricing import batch_price_for, cost_usd, price_for
 from prelabel.config import Price
 from prelabel.queue.submit import prepare

@@ -4,10 +4,10 @@ import random
 
 from prelabel.budget.gate import SKIP, TRUNCATE, BudgetGate, Shortfall, fit_input
 from prelabel.config import Price
-from prelabel.pipeline.confidence import span_probability
+from prelabel.checks.confidence import span_probability
 from prelabel.llm.pacing import RateLimiter, parse_duration
 from prelabel.llm.retry import Failure, decide, retry_after
-from prelabel.pipeline.flags import verdict
+from prelabel.checks.flags import verdict
 
 RNG = random.Random(0)
 

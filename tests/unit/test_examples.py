@@ -12,7 +12,7 @@ from prelabel.config import ClassifyTask, InstructTask, MultilabelTask, NerTask
 from prelabel.errors import JobFileError
 from prelabel.fewshot.examples import (ExampleSelector, PromptFitter, diverse_order, load_examples, normalize,
                                top_k)
-from prelabel.pipeline.flags import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
+from prelabel.checks.flags import EXAMPLES_TRIMMED, GUIDELINES_TRIMMED
 from prelabel.tasks.base import Example
 from prelabel.budget.tokens import TokenCounter
 

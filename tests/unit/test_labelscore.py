@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from prelabel.pipeline.labelscore import TAIL_TOKENS, align, label_score
+from prelabel.checks.labelscore import TAIL_TOKENS, align, label_score
 
 
 def lp(p):
@@ -104,7 +104,7 @@ def test_llamacpp_a_label_at_the_bottom_of_the_list_and_no_rival_listed():
 
 
 def test_an_empty_array_scored_against_opening_a_first_element():
-    from prelabel.pipeline.confidence import close_probability
+    from prelabel.checks.confidence import close_probability
 
     content = '{"labels": []}'
     close = content.index("]")

@@ -2,7 +2,7 @@
 import pytest
 
 from augment.llm import parse_paraphrases
-from prelabel.pipeline.placeholders import example_values, is_placeholder
+from prelabel.checks.placeholders import example_values, is_placeholder
 from prelabel.tasks import InvalidOutput
 
 

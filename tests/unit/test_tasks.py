@@ -9,7 +9,7 @@ import pytest
 from prelabel.llm.completion import Completion
 from prelabel.config import JobSpec, ReviewSpec
 from prelabel.errors import JobFileError
-from prelabel.pipeline.flags import verdict
+from prelabel.checks.flags import verdict
 from prelabel.tasks import InvalidOutput, build_task
 from prelabel.tasks.base import Example, fixed_prompt_tokens
 from prelabel.tasks.instruct import copies

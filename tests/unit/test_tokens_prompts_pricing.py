@@ -4,7 +4,7 @@ import pytest
 
 from prelabel.errors import JobFileError
 from prelabel.budget.pricing import cost_usd, price_for
-from prelabel.job.prompts import load_template
+from prelabel.tasks.prompts import load_template
 from prelabel.budget import tokens
 from prelabel.budget.tokens import FALLBACK_ENCODING, TokenCounter, encoding_name_for
 

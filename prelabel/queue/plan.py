@@ -4,14 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gate import SKIP, TRUNCATE, fit_input
+from ..budget.gate import SKIP, TRUNCATE, fit_input
 from ..config import JobSpec
 from ..errors import InputError
 from ..fewshot.examples import load_examples
 from ..job.inputs import read_items
-from .pricing import batch_price_for, cost_usd, price_for
+from ..budget.pricing import batch_price_for, cost_usd, price_for
 from ..tasks import Task, fixed_prompt_tokens
-from .tokens import TokenCounter
+from ..budget.tokens import TokenCounter
 
 from ..config import PLAN_BATCH as _BATCH  # noqa: E402
 

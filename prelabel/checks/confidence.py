@@ -49,7 +49,7 @@ def has_alternatives(logprobs: Sequence | None) -> bool:
 def label_probability(logprobs: Sequence | None, content: str, start: int, end: int,
                       labels: Sequence[str]) -> tuple[float | None, LabelScore | None]:
     """A label's confidence: where the endpoint sent alternatives, its share among the schema's
-    labels at the tokens that decide it (``prelabel.pipeline.labelscore``: this survives constrained
+    labels at the tokens that decide it (``prelabel.checks.labelscore``: this survives constrained
     decoding); else the probability of its exact characters."""
     if has_alternatives(logprobs):
         score = label_score(logprobs, content, start, end, labels)
@@ -75,7 +75,7 @@ def close_probability(logprobs: Sequence | None, content: str, close: int) -> fl
                 alternatives = [(a[lead:].lstrip(), math.exp(lp)) for a, lp in top if a[:lead] == text[:lead]]
                 closed = sum(p for a, p in alternatives if a.startswith("]"))
                 opened = sum(p for a, p in alternatives if a[:1] in ('"', "{"))
-                if not opened:  # not listed: the tail the list leaves over (prelabel.pipeline.labelscore)
+                if not opened:  # not listed: the tail the list leaves over (prelabel.checks.labelscore)
                     opened = max(0.0, 1.0 - sum(p for _, p in alternatives)) / TAIL_TOKENS
                 return closed / (closed + opened) if closed + opened > 0 else None
             position = end

@@ -1,0 +1,3 @@
+"""Checks on an answer, pure: review flags and order (`flags`), confidence (`confidence`, `labelscore`),
+template placeholders a weak model copies (`placeholders`).
+"""
