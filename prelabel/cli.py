@@ -233,7 +233,7 @@ async def _run_batches(store, job_id: str, endpoint, spec, quiet: bool):
     with a progress line. Interrupted, it is run again (or ticked by `work --once`) from the store."""
     from .batch.executor import progress_line
     from .config import EXIT_BATCHES_WAITING, EngineSettings
-    from .queue.owners import worker_id
+    from .store.owners import worker_id
     from .worker.runs import run_job
 
     started, wait, shown = time.time(), 1.0, False
@@ -355,7 +355,7 @@ def cmd_status(args) -> int:
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
             chunks = store.batch_chunks(job.id)
             if chunks:  # a batch job's batches, as the provider last reported them
-                rows[-1]["batches"] = [{"chunk": c.chunk, "batch_id": c.batch_id, "stage": c.stage.value,
+                rows[-1]["batches"] = [{"chunk": c.chunk, "batch_id": c.batch_id, "stage": c.stage,
                                         "status": c.status, "requests": c.requests, "completed": c.completed,
                                         "failed": c.failed, "created": c.created, "expires": c.expires}
                                        for c in chunks]

@@ -34,7 +34,7 @@ from typing import Callable
 from ..budget.pricing import batch_price_for, cost_usd
 from ..llm.completion import Completion
 from ..llm.engine import MALFORMED, LLMEngine, said_simulator
-from ..pipeline.flags import REQUEST_FAILED
+from ..checks.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
 from ..pipeline.protocol import Chat, Failed, Requeue, replay
 from ..store import ItemResult, JobRecord, LeasedItem, UsageRow
@@ -42,7 +42,8 @@ from .files import InputFile, InputFileWriter, chat_line
 from .provider import BatchProvider
 from .reconcile import Collect, Create, DeleteFile, Intent, Orphan, RemoteBatch, Stage, Upload, Wait, reconcile
 from .results import Answer, collect, read_file
-from .state import BatchState, ChunkRecord
+from ..store.batches import COLLECTED, PLANNED, ChunkRecord
+from .state import BatchState
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class BatchExecutor:
             await self._drive(report)
         finally:
             self.store.release(self.owner)  # what waits goes back to pending, for the next tick
-        report.in_flight = sum(1 for c in self.state.batch_chunks(self.job.id) if c.stage is not Stage.COLLECTED)
+        report.in_flight = sum(1 for c in self.state.batch_chunks(self.job.id) if c.stage != COLLECTED)
         return report
 
     # --- 1. the chunks in flight --------------------------------------------------------------------
@@ -103,7 +104,7 @@ class BatchExecutor:
     async def _reconcile(self, report: TickReport) -> None:
         job = self.job.id
         every = self.state.batch_chunks(job)
-        chunks = {c.chunk: c for c in every if c.stage is not Stage.COLLECTED}
+        chunks = {c.chunk: c for c in every if c.stage != COLLECTED}
         if not chunks:
             return
         files = await self.provider.files()
@@ -119,7 +120,7 @@ class BatchExecutor:
                 else:
                     batches.append(found)
         # Collected chunks too (they decide nothing): their batches are theirs, not orphans.
-        intents = [Intent(c.chunk, c.stage, c.file_id, c.batch_id) for c in every]
+        intents = [Intent(c.chunk, Stage(c.stage), c.file_id, c.batch_id) for c in every]
         for action in reconcile(self.provider.job, intents, files, batches, gone):
             if isinstance(action, Orphan):
                 report.orphans.append(action.batch.id)
@@ -263,7 +264,7 @@ class BatchExecutor:
         """A complete input file: its intent (and worst case held) recorded, then uploaded and created."""
         budget = self.spec.budget
         # The line that opened the next file was counted after this one completed: it is not this file's.
-        chunk = ChunkRecord(self.job.id, file.chunk, Stage.PLANNED, file.requests, str(file.path), file.endpoint,
+        chunk = ChunkRecord(self.job.id, file.chunk, PLANNED, file.requests, str(file.path), file.endpoint,
                             file.model, self.clock(), worst["attempt"], worst["tokens"], round(worst["cost"], 8))
         worst.update(tokens=0, cost=0.0, attempt=1)
         self.state.batch_plan(chunk, file.custom_ids, budget.max_total_tokens, budget.max_cost_usd)
@@ -276,8 +277,8 @@ class BatchExecutor:
         if budget.max_total_tokens is None and budget.max_cost_usd is None:
             return None
         job = self.store.get_job(self.job.id)
-        held_tokens = sum(c.held_tokens for c in chunks if c.stage is not Stage.COLLECTED)
-        held_cost = sum(c.held_cost for c in chunks if c.stage is not Stage.COLLECTED)
+        held_tokens = sum(c.held_tokens for c in chunks if c.stage != COLLECTED)
+        held_cost = sum(c.held_cost for c in chunks if c.stage != COLLECTED)
         tokens = budget.max_total_tokens - job.spent_tokens - held_tokens if budget.max_total_tokens is not None \
             else float("inf")
         cost = budget.max_cost_usd - job.spent_cost - held_cost if budget.max_cost_usd is not None else float("inf")
@@ -344,7 +345,7 @@ class BatchExecutor:
 
 def progress_line(chunks: list[ChunkRecord], now: float) -> str:
     """``run --batch``'s line: batches in flight and collected, lines done and failed, the oldest's age."""
-    open_ = [c for c in chunks if c.stage is not Stage.COLLECTED]
+    open_ = [c for c in chunks if c.stage != COLLECTED]
     done = sum(c.completed for c in chunks)
     failed = sum(c.failed for c in chunks)
     age = now - min((c.planned_at for c in open_), default=now)

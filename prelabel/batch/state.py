@@ -13,45 +13,12 @@ implements it for every backend, ``MemoryBatchState`` in memory for unit tests.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterable, Protocol
+from dataclasses import replace
+from typing import Iterable, Protocol
 
-from .reconcile import RemoteBatch, Stage
-
-if TYPE_CHECKING:  # the store imports this module: its records are what it keeps
-    from ..store.base import UsageRow
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRecord:
-    job_id: str
-    chunk: str
-    stage: Stage
-    requests: int
-    path: str                    # the input file on this host (whole: renamed when complete)
-    endpoint: str
-    model: str
-    planned_at: float
-    attempt: int = 1             # the highest attempt among its lines (2: a retry of lines that failed once)
-    held_tokens: int = 0         # its worst case, held against the job's budget until collected
-    held_cost: float = 0.0
-    file_id: str | None = None
-    batch_id: str | None = None
-    status: str | None = None    # the provider's: validating, in_progress, completed, expired...
-    created: int | None = None   # the provider's times (Unix seconds)
-    expires: int | None = None
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    errors: str | None = None    # why the provider failed it ("code: message; ...")
-
-
-@dataclass(frozen=True, slots=True)
-class LineFailureRecord:
-    key: str
-    attempts: int                # batches that did not answer it
-    error: str                   # the provider's last word on it
-    retryable: bool              # False: another batch would be refused the same
+from ..store import UsageRow
+from ..store.batches import COLLECTED, PLANNED, SUBMITTED, UPLOADED, ChunkRecord, LineFailureRecord, batch_fields
+from .reconcile import RemoteBatch
 
 
 class BatchState(Protocol):
@@ -65,13 +32,6 @@ class BatchState(Protocol):
     def batch_collect(self, job_id: str, chunk: str, batch: RemoteBatch | None, usage: list[UsageRow],
                       failures: list[tuple[str, str, bool]], now: float) -> bool: ...
     def batch_failures(self, job_id: str) -> dict[str, LineFailureRecord]: ...
-
-
-def batch_fields(batch: RemoteBatch) -> dict:
-    """What a chunk records of its batch."""
-    return dict(batch_id=batch.id, status=batch.status, created=batch.created_at or None,
-                expires=batch.expires_at, total=batch.total, completed=batch.completed, failed=batch.failed,
-                errors="; ".join(batch.errors) or None)
 
 
 class MemoryBatchState:
@@ -89,7 +49,7 @@ class MemoryBatchState:
 
     def batch_plan(self, chunk: ChunkRecord, keys, max_tokens, max_cost) -> tuple[int, float]:
         spent_tokens, spent_cost = self.spent.get(chunk.job_id, (0, 0.0))
-        open_ = [c for c in self.batch_chunks(chunk.job_id) if c.stage is not Stage.COLLECTED]
+        open_ = [c for c in self.batch_chunks(chunk.job_id) if c.stage != COLLECTED]
         tokens, cost = chunk.held_tokens, chunk.held_cost
         if max_tokens is not None:
             tokens = max(0, min(tokens, max_tokens - spent_tokens - sum(c.held_tokens for c in open_)))
@@ -103,27 +63,27 @@ class MemoryBatchState:
         return list(self.keys[(job_id, chunk)])
 
     def batch_open_keys(self, job_id: str) -> set[str]:
-        return {k for c in self.batch_chunks(job_id) if c.stage is not Stage.COLLECTED
+        return {k for c in self.batch_chunks(job_id) if c.stage != COLLECTED
                 for k in self.keys[(job_id, c.chunk)]}
 
     def batch_set_file(self, job_id: str, chunk: str, file_id: str) -> None:
         c = self.chunks[(job_id, chunk)]
-        self.chunks[(job_id, chunk)] = replace(c, file_id=file_id, stage=Stage.UPLOADED if c.stage is Stage.PLANNED
+        self.chunks[(job_id, chunk)] = replace(c, file_id=file_id, stage=UPLOADED if c.stage == PLANNED
                                                else c.stage)
 
     def batch_set_batch(self, job_id: str, chunk: str, batch: RemoteBatch) -> None:
         c = self.chunks[(job_id, chunk)]
-        if c.stage is Stage.COLLECTED:
+        if c.stage == COLLECTED:
             return
-        self.chunks[(job_id, chunk)] = replace(c, stage=Stage.SUBMITTED, file_id=batch.input_file_id or c.file_id,
+        self.chunks[(job_id, chunk)] = replace(c, stage=SUBMITTED, file_id=batch.input_file_id or c.file_id,
                                                **batch_fields(batch))
 
     def batch_collect(self, job_id, chunk, batch, usage, failures, now) -> bool:
         c = self.chunks[(job_id, chunk)]
-        if c.stage is Stage.COLLECTED:  # collected by another tick: nothing billed again
+        if c.stage == COLLECTED:  # collected by another tick: nothing billed again
             return False
         fields = batch_fields(batch) if batch is not None else {}
-        self.chunks[(job_id, chunk)] = replace(c, stage=Stage.COLLECTED, held_tokens=0, held_cost=0.0, **fields)
+        self.chunks[(job_id, chunk)] = replace(c, stage=COLLECTED, held_tokens=0, held_cost=0.0, **fields)
         self.usage.extend(usage)
         tokens, cost = self.spent.get(job_id, (0, 0.0))
         self.spent[job_id] = (tokens + sum(u.prompt_tokens + u.completion_tokens for u in usage),

@@ -1,4 +1,4 @@
-"""The store's rules for Batch API chunks (``prelabel.batch.state.BatchState``), for every backend.
+"""The store's records and rules for Batch API chunks (``prelabel.batch.state.BatchState``), for every backend.
 
 Planning a chunk holds its worst case against the job's budget (a budget hold owned by the chunk,
 reckoned under the job row's lock like any hold) in the transaction that records its intent; and
@@ -8,14 +8,56 @@ successor, two ticks at once) bills nothing.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
-from ..batch.reconcile import RemoteBatch, Stage
-from ..batch.state import ChunkRecord, LineFailureRecord, batch_fields
 from .base import UsageRow
 
 NO_ITEM = -1            # the usage ledger's seq for spending that belongs to no item
 HOLD_S = 8 * 24 * 3600  # a chunk's hold outlives its batch's 24 h window and a week of missed ticks
+
+
+# A chunk's stages (``prelabel.batch.reconcile.Stage`` names them for the reconciler).
+PLANNED, UPLOADED, SUBMITTED, COLLECTED = "planned", "uploaded", "submitted", "collected"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    job_id: str
+    chunk: str
+    stage: str                   # planned -> uploaded -> submitted -> collected
+    requests: int
+    path: str                    # the input file on this host (whole: renamed when complete)
+    endpoint: str
+    model: str
+    planned_at: float
+    attempt: int = 1             # the highest attempt among its lines (2: a retry of lines that failed once)
+    held_tokens: int = 0         # its worst case, held against the job's budget until collected
+    held_cost: float = 0.0
+    file_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None    # the provider's: validating, in_progress, completed, expired...
+    created: int | None = None   # the provider's times (Unix seconds)
+    expires: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: str | None = None    # why the provider failed it ("code: message; ...")
+
+
+@dataclass(frozen=True, slots=True)
+class LineFailureRecord:
+    key: str
+    attempts: int                # batches that did not answer it
+    error: str                   # the provider's last word on it
+    retryable: bool              # False: another batch would be refused the same
+
+
+def batch_fields(batch: Any) -> dict:
+    """What a chunk records of its batch (``prelabel.batch.reconcile.RemoteBatch``)."""
+    return dict(batch_id=batch.id, status=batch.status, created=batch.created_at or None,
+                expires=batch.expires_at, total=batch.total, completed=batch.completed, failed=batch.failed,
+                errors="; ".join(batch.errors) or None)
 
 
 def hold_owner(job_id: str, chunk: str) -> str:
@@ -25,7 +67,7 @@ def hold_owner(job_id: str, chunk: str) -> str:
 def _chunk(row: tuple) -> ChunkRecord:
     (job_id, chunk, stage, requests, path, endpoint, model, planned_at, attempt, held_tokens, held_cost, file_id,
      batch_id, status, created, expires, total, completed, failed, errors) = row
-    return ChunkRecord(job_id, chunk, Stage(stage), int(requests), path, endpoint, model, float(planned_at),
+    return ChunkRecord(job_id, chunk, stage, int(requests), path, endpoint, model, float(planned_at),
                        int(attempt), int(held_tokens), float(held_cost), file_id, batch_id, status,
                        None if created is None else int(created), None if expires is None else int(expires),
                        int(total), int(completed), int(failed), errors)
@@ -67,11 +109,11 @@ class BatchRules:
     def batch_set_file(self, job_id: str, chunk: str, file_id: str) -> None:
         self._c.run("batch_set_file", job_id=job_id, chunk=chunk, file_id=file_id)
 
-    def batch_set_batch(self, job_id: str, chunk: str, batch: RemoteBatch) -> None:
+    def batch_set_batch(self, job_id: str, chunk: str, batch: Any) -> None:
         self._c.run("batch_set_batch", job_id=job_id, chunk=chunk, file_id=batch.input_file_id or None,
                     **batch_fields(batch))
 
-    def batch_collect(self, job_id: str, chunk: str, batch: RemoteBatch | None, usage: list[UsageRow],
+    def batch_collect(self, job_id: str, chunk: str, batch: Any | None, usage: list[UsageRow],
                       failures: list[tuple[str, str, bool]], now: float) -> bool:
         """The chunk collected: its lines billed (``usage``, at the batch price), its hold settled, its
         failed lines counted. False (nothing written) when it was collected before."""
@@ -85,7 +127,7 @@ class BatchRules:
         with self._c.transaction():
             self._c.one("lock_job", job_id=job_id)
             row = self._c.one("batch_chunk_stage", job_id=job_id, chunk=chunk)
-            if row is None or row[0] == Stage.COLLECTED.value:
+            if row is None or row[0] == COLLECTED:
                 return False
             self._c.many("insert_usage", billed)
             self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)

@@ -38,7 +38,7 @@ class JobOutcome:
     report: dict | None
     out_dir: Path | None
     note: str | None = None  # why it did not run (its input is still being loaded)
-    batches: object = None   # a ``model.mode: batch`` job's tick (prelabel.worker.batchrun.BatchTick)
+    batches: object = None   # a ``model.mode: batch`` job's tick (prelabel.batch.tick.BatchTick)
 
 
 async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: EngineSettings, owner: str,
@@ -119,7 +119,7 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
 
 async def _batch_turn(store: Store, job, spec: JobSpec, task, engine, client, settings, owner, output_roots,
                       checkpoint) -> JobOutcome:
-    from .batchrun import tick_job
+    from ..batch.tick import tick_job  # batch sits above worker: imported when a batch job runs
 
     store.set_status(job.id, JobStatus.RUNNING)
     try:

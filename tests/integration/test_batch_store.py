@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from prelabel.batch.reconcile import RemoteBatch, Stage
-from prelabel.batch.state import ChunkRecord, MemoryBatchState
+from prelabel.batch.state import MemoryBatchState
+from prelabel.store.batches import ChunkRecord
 from prelabel.store import UsageRow, open_store
 from tests.integration import test_store_contract as contract
 from tests.integration.test_store_contract import job_record, raw_items
@@ -61,7 +62,7 @@ def test_a_chunk_goes_planned_uploaded_submitted_collected(state):
     assert sorted(state.batch_chunk_keys("job-1", "000000")) == ["k1", "k2", "k3"]
     assert state.batch_open_keys("job-1") == {"k1", "k2", "k3"}
     state.batch_set_file("job-1", "000000", "file_1")
-    assert state.batch_chunks("job-1")[0].stage is Stage.UPLOADED
+    assert state.batch_chunks("job-1")[0].stage == Stage.UPLOADED
     state.batch_set_batch("job-1", "000000", batch("in_progress", completed=0, failed=0))
     c = state.batch_chunks("job-1")[0]
     assert (c.stage, c.batch_id, c.status, c.expires, c.total) == (Stage.SUBMITTED, "batch_1", "in_progress", 90_000, 3)
@@ -74,7 +75,7 @@ def test_a_chunk_goes_planned_uploaded_submitted_collected(state):
     assert (f.key, f.attempts, f.error, f.retryable) == ("k3", 1, "status 500: boom", True)
     # a collected chunk is not moved back by a late status
     state.batch_set_batch("job-1", "000000", batch("in_progress"))
-    assert state.batch_chunks("job-1")[0].stage is Stage.COLLECTED
+    assert state.batch_chunks("job-1")[0].stage == Stage.COLLECTED
 
 
 def test_a_chunk_is_billed_once_however_often_it_is_collected(state):

@@ -1,6 +1,7 @@
-"""A ``model.mode: batch`` job's turn: one tick of the Batch API executor (``prelabel.batch.executor``).
+"""A ``model.mode: batch`` job's turn: one tick of the Batch API executor (``executor``) with its provider.
 
-``run_job`` calls this instead of the live loop. A tick never waits for a batch: when batches are
+``prelabel.worker.runs.run_job`` calls this instead of the live loop (imported there when a batch job
+runs: ``batch`` sits above ``worker``). A tick never waits for a batch: when batches are
 still in flight it returns ``waiting`` (the CLI's "waiting on batches" exit), and the next tick (cron's
 ``work --once``, or ``run --batch`` polling) goes on from the store's record.
 """
@@ -11,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..batch.executor import BatchExecutor, TickReport
-from ..batch.provider import BatchProvider
 from ..budget.tokens import TokenCounter
 from ..config import EngineSettings, JobSpec
 from ..pipeline.item import JobContext
 from ..states import ItemState
 from ..store import JobRecord, Store
+from .executor import BatchExecutor, TickReport
+from .provider import BatchProvider
 
 log = logging.getLogger(__name__)
 
