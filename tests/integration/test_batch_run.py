@@ -141,3 +141,22 @@ def test_a_chunks_worst_case_is_held_so_the_token_cap_holds_and_the_rest_stops_b
     assert row["status"] == "budget_stopped" and 0 < row["done"] < 20 and row["done"] + row["stopped"] == 20
     assert row["spent_tokens"] <= 1500
     assert sum(c["requests"] for c in row["batches"]) == row["done"]  # no line was sent that the cap could not hold
+
+
+def test_a_batch_that_fails_validation_is_reported_and_its_lines_fail_after_max_attempts(tmp_path: Path):
+    """A batch refused whole (``failed``: more lines than the provider takes in a file) is collected
+    as not answering any line: retried up to batch.max_attempts, then its items fail with its error."""
+    with sim_processes(("--batch-max-requests", "3"),) as (sim,):
+        job = batch_job(tmp_path, 5, per_file=5)
+        job.write_text(job.read_text().replace("batch: {max_requests_per_file: 5}",
+                                               "batch: {max_requests_per_file: 5, max_attempts: 2}"))
+        env = environ(sim, tmp_path)
+        assert prelabel("submit", job, env=env).returncode == 0
+        ticks = [prelabel("work", "--once", env=env, cwd=tmp_path, timeout=120) for _ in range(3)]
+        stats = batch_stats(sim)
+    assert [t.returncode for t in ticks] == [EXIT_BATCHES_WAITING, EXIT_BATCHES_WAITING, 5], ticks[-1].stderr
+    assert "000000: failed" in ticks[1].stderr  # reported
+    assert stats["batches_created"] == 2
+    row = status(env)
+    assert row["failed"] == 5 and [c["status"] for c in row["batches"]] == ["failed", "failed"]
+    assert all("batch line not returned" in r["error"] for r in drafts(tmp_path).values())
