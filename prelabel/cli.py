@@ -102,6 +102,10 @@ def _endpoint(simulate: bool = False) -> Endpoint:
 
 
 def _say(outcome) -> None:
+    if outcome.batches is not None:
+        _say_batches(outcome)
+        if outcome.report is None:
+            return
     if outcome.note is not None:
         print(f"{outcome.job_id}: not run: {outcome.note}", file=sys.stderr)
         return
@@ -132,6 +136,43 @@ def _say(outcome) -> None:
         print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
               file=sys.stderr)
     print(f"  outputs in {outcome.out_dir}")
+
+
+def _say_batches(outcome) -> None:
+    """A batch job's tick: what it sent and collected, and whether batches are still in flight."""
+    r = outcome.batches.report
+    print(f"{outcome.job_id}: batches: {len(r.submitted)} created, {len(r.collected)} collected "
+          f"({r.lines_answered:,} lines answered, {r.lines_failed:,} failed), {r.in_flight} in flight; "
+          f"{r.committed:,} items committed", file=sys.stderr)
+    for line in r.partial:
+        print(f"  batch chunk {line}: its lines not answered go in a later batch", file=sys.stderr)
+    for batch_id in r.orphans:
+        print(f"  batch {batch_id} has this job's metadata but no chunk of it: not collected (check it at "
+              "the provider)", file=sys.stderr)
+    if outcome.report is None:
+        print(f"  waiting on batches: run `prelabel work --once` again later (cron), or "
+              f"`prelabel status {outcome.job_id}`", file=sys.stderr)
+
+
+def _batch_checkpoint():
+    """The fault tests' kill hook: $PRELABEL_BATCH_KILL_AT names a step of a batch tick (intent,
+    upload, create, download, commit) at which this process kills itself, as kill -9 would."""
+    step = os.environ.get("PRELABEL_BATCH_KILL_AT")
+    if not step:
+        return None
+
+    def checkpoint(at: str) -> None:
+        if at == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return checkpoint
+
+
+def _tick_code(codes: list[int]) -> int:
+    """A tick's exit: the worst failure, else "waiting on batches", else 0."""
+    from .config import EXIT_BATCHES_WAITING
+
+    failures = [c for c in codes if c not in (0, EXIT_BATCHES_WAITING)]
+    return max(failures) if failures else max(codes)
 
 
 async def _with_progress(coro_factory, quiet: bool):
@@ -186,7 +227,8 @@ def cmd_run(args) -> int:
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
     endpoint = _endpoint(args.simulate)
-    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist())
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist(),
+                       batch=args.batch)
     store = _open_store(args.db)
     try:
         store.verify()  # a damaged store is found before a request is paid for, not when its pages are reached
@@ -198,6 +240,8 @@ def cmd_run(args) -> int:
             async with _maybe_simulator(args.simulate) as sim_url:
                 answering = Endpoint("sk-simulator", sim_url, override=True, simulated=True) if sim_url else endpoint
                 reclaim_dead(store)
+                if prepared[0].model.mode == "batch":
+                    return await _run_batches(store, sub.job_id, answering, prepared[0], args.quiet)
                 return await _with_progress(
                     lambda on_start: run_job(store, sub.job_id, answering, _settings(), worker_id(), on_start,
                                              coordinator=StoreCoordinator(store)),
@@ -210,6 +254,33 @@ def cmd_run(args) -> int:
         store.close()
 
 
+
+
+async def _run_batches(store, job_id: str, endpoint, spec, quiet: bool):
+    """`run` of a batch job: ticks until no batch is in flight, polling every batch.poll_interval_s
+    with a progress line. Interrupted, it is run again (or ticked by `work --once`) from the store."""
+    from .batch.executor import progress_line
+    from .config import EXIT_BATCHES_WAITING, EngineSettings
+    from .store.owners import worker_id
+    from .worker.runs import run_job
+
+    started, wait, shown = time.time(), 1.0, False
+    try:
+        while True:
+            outcome = await run_job(store, job_id, endpoint, EngineSettings(), worker_id(),
+                                    batch_checkpoint=_batch_checkpoint())
+            if outcome.exit_code != EXIT_BATCHES_WAITING:
+                return outcome
+            if not quiet:
+                print(f"\r{job_id}: {progress_line(store.batch_chunks(job_id), time.time())}; "
+                      f"waited {int(time.time() - started)}s", end="", file=sys.stderr, flush=True)
+                shown = True
+            # Soon after a submit (a batch may finish in seconds), then every batch.poll_interval_s.
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, spec.batch.poll_interval_s)
+    finally:
+        if shown:
+            print(file=sys.stderr)
 
 
 def _submit_waiting(store, args, prepared, endpoint):
@@ -239,7 +310,8 @@ def cmd_submit(args) -> int:
     from .queue.submit import prepare, submit
 
     endpoint = _endpoint()
-    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist())
+    prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist(),
+                       batch=args.batch)
     store = _open_store(args.db)
     try:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
@@ -285,10 +357,10 @@ def cmd_work(args) -> int:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
                     lambda on_start: drain(store, endpoint, settings, worker_id(), on_start, _say, roots,
-                                           coordinator=coordinator), args.quiet)
+                                           coordinator=coordinator, batch_checkpoint=_batch_checkpoint()), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
-                    return max(codes)
+                    return _tick_code(codes)
                 await asyncio.sleep(settings.poll_s)
 
         return asyncio.run(go())
@@ -316,6 +388,12 @@ def cmd_status(args) -> int:
                          **({"variants": work["variants"], "augmentation_units": work["augmentation_units"]}
                             if "variants" in work else {}),
                          "spent_tokens": job.spent_tokens, "spent_cost_usd": round(job.spent_cost, 6)})
+            chunks = store.batch_chunks(job.id)
+            if chunks:  # a batch job's batches, as the provider last reported them
+                rows[-1]["batches"] = [{"chunk": c.chunk, "batch_id": c.batch_id, "stage": c.stage,
+                                        "status": c.status, "requests": c.requests, "completed": c.completed,
+                                        "failed": c.failed, "created": c.created, "expires": c.expires}
+                                       for c in chunks]
             loading = store.ingest_state(job.id) if job.status == JobStatus.INGESTING else None
             if loading is not None:  # how far its input is in, and whether anyone is still reading it
                 rows[-1]["loading"] = {"line": loading.line, "loader": loading.owner,
@@ -341,6 +419,11 @@ def cmd_status(args) -> int:
                 variants = f"{row['variants']:,} variants (augmentation units: {units})  "
             print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  {variants}"
                   f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
+            for b in row.get("batches", ()):
+                when = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "-"  # noqa: E731
+                print(f"  batch {b['batch_id'] or '(not created)'} chunk {b['chunk']} {b['status'] or b['stage']}: "
+                      f"{b['completed']:,}/{b['requests']:,} done, {b['failed']:,} failed; created "
+                      f"{when(b['created'])} UTC, expires {when(b['expires'])} UTC")
             if "loading" in row and not row["loading"]["alive"]:
                 print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
                       "or work tick reads the input on from there")
@@ -694,6 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="override output.dir")
     p.add_argument("--new", action="store_true", help="a new job even if the same one was run before")
     p.add_argument("--simulate", action="store_true", help="answer with the built-in simulator (a stand-in)")
+    p.add_argument("--batch", action="store_true", help="through the Batch API (half the price, within 24 h), "
+                                                        "as model.mode: batch; waits, polling")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
     p = command("submit", cmd_submit, "queue a job file; prints the job id (the same file and input: the same id)")
@@ -702,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path)
     p.add_argument("--out", type=Path)
     p.add_argument("--new", action="store_true")
+    p.add_argument("--batch", action="store_true", help="through the Batch API, as model.mode: batch")
 
     p = command("work", cmd_work, "run queued jobs; with --once, drain the queue and exit (for cron)")
     _host_id_option(p)

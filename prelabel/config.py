@@ -370,6 +370,7 @@ EXIT_UNAVAILABLE = 6    # the endpoint kept failing (down, wrong key, unknown mo
 EXIT_STORAGE = 7        # the store or an output folder cannot be used (full, locked, damaged, read-only)
 
 EXIT_RATE_LIMITED = 8   # waited on the rate limit past model.max_rate_limit_wait_s: the run stopped, nothing lost
+EXIT_BATCHES_WAITING = 75  # model.mode: batch: batches are in flight; the next tick goes on (EX_TEMPFAIL: try again later)
 
 STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
 STORE_RECONNECT_S = 60.0     # a store call that lost its server (a restart) is made again for this long

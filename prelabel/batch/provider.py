@@ -78,6 +78,14 @@ class BatchProvider:
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return remote_batch(await self._call("cancel a batch", self.client.batches.cancel(batch_id)))
 
+    async def simulated(self) -> bool:
+        """Whether the provider says it is the simulator (its header), in one small request."""
+        try:
+            raw = await self.client.files.with_raw_response.list(purpose="batch", limit=1)
+        except self._errors as e:
+            raise self._failed("list files", e) from e
+        return SIMULATOR_HEADER in raw.headers
+
     async def files(self) -> list[RemoteFile]:
         """This job's input files (by name), every page."""
         prefix = f"prelabel-{self.job}-"

@@ -200,6 +200,14 @@ class _Endpoint(NamedTuple):
 _SAID_SIMULATOR: set[str] = set()
 
 
+def said_simulator(identity: str, simulated: bool) -> None:
+    """What an endpoint said it is, learned outside a chat answer (the Batch API's Files, by header)."""
+    if simulated:
+        _SAID_SIMULATOR.add(identity)
+    else:
+        _SAID_SIMULATOR.discard(identity)
+
+
 class LLMEngine:
     """``identity`` names what answers (``prelabel.llm.endpoint``; by default the client's base URL), in
     every cache key; ``simulated``: the built-in simulator answers, so every answer is marked so."""

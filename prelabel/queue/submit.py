@@ -41,18 +41,19 @@ class Submitted:
 
 
 def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
-            allowed: AllowList | None = None) -> tuple[JobSpec, Task]:
+            allowed: AllowList | None = None, batch: bool = False) -> tuple[JobSpec, Task]:
     """Load and check everything a job needs before any item is read or any request is made.
 
     ``allowed``: the endpoints the job file may name (None: not checked, for a job nothing will send).
+    ``batch``: run through the Batch API whatever ``model.mode`` says (``--batch``).
     """
     spec = load_job(job_path, input_path=input_path, out_dir=out_dir)
+    if batch:
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"mode": "batch"})})
+    if spec.model.mode == "batch":
+        check_batch(spec, job_path)
     if allowed is not None:
         check_endpoint(spec, job_path, allowed)
-        if spec.model.mode == "batch":  # TODO(issue 12, step two): the batch executor
-            raise JobFileError("model.mode: batch cannot run yet (the Batch API executor is not in this version); "
-                               "`prelabel plan` shows its cost; set mode: live to run now",
-                               path=str(job_path), field="model.mode")
     try:
         task = build_task(spec)
     except JobFileError as e:  # the task's own checks (aliases) know the field, not the file
@@ -73,6 +74,20 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
             raise JobFileError(f"the prompt without the item is already {fixed} tokens; raise it above that",
                                path=str(job_path), field="budget.max_input_tokens")
     return spec, task
+
+
+def check_batch(spec: JobSpec, job_path) -> None:
+    """What the Batch API executor does not send yet: refused before anything is queued."""
+    if spec.batch.live_reasks:  # TODO(issue 12): re-asks sent live; today they go in the next batch
+        raise JobFileError("batch.live_reasks: true is not supported yet (re-asks go in the next batch); "
+                           "remove it", path=str(job_path), field="batch.live_reasks")
+    if spec.augment is not None and spec.augment.steps:
+        raise JobFileError("augmentation is not run in batch mode yet; remove augment: or set "
+                           "model.mode: live", path=str(job_path), field="augment")
+    if spec.task.example_selection == "similar" and spec.task.embedding_model:
+        raise JobFileError("examples chosen by embeddings are not run in batch mode yet; set "
+                           "task.example_selection: fixed (or drop task.embedding_model), or model.mode: live",
+                           path=str(job_path), field="task.example_selection")
 
 
 def check_endpoint(spec: JobSpec, job_path: str | Path | None, allowed: AllowList) -> None:

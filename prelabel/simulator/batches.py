@@ -108,12 +108,23 @@ class Batches:
         self._order_rng = random.Random(f"{seed}:batch-order")
 
     def routes(self) -> list:
-        return [web.post("/v1/files", self._upload), web.get("/v1/files", self._list_files),
-                web.get("/v1/files/{id}", self._get_file), web.delete("/v1/files/{id}", self._delete_file),
+        said = self._said
+        return [web.post("/v1/files", said(self._upload)), web.get("/v1/files", said(self._list_files)),
+                web.get("/v1/files/{id}", said(self._get_file)), web.delete("/v1/files/{id}", said(self._delete_file)),
                 web.get("/v1/files/{id}/content", self._content),
-                web.post("/v1/batches", self._create), web.get("/v1/batches", self._list_batches),
-                web.get("/v1/batches/{id}", self._get_batch), web.post("/v1/batches/{id}/cancel", self._cancel),
+                web.post("/v1/batches", said(self._create)), web.get("/v1/batches", said(self._list_batches)),
+                web.get("/v1/batches/{id}", said(self._get_batch)),
+                web.post("/v1/batches/{id}/cancel", said(self._cancel)),
                 web.get("/_sim/batches", self._stats)]
+
+    def _said(self, handler):
+        """Every Files and Batches answer says "a simulator" (as chat answers do), unless it poses as real."""
+        async def handle(request: web.Request) -> web.Response:
+            response = await handler(request)
+            if self.simulator.config.identify:
+                response.headers[SIMULATOR_HEADER] = "1"
+            return response
+        return handle
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}_sim{next(self._ids):08d}"

@@ -34,6 +34,7 @@ from ..redact import redact, redact_error
 from ..states import JobStatus
 from .base import (IngestState, InputErrorRow, ItemResult, ItemView, JobRecord, LeasedItem, ReviewRow, RunStats,
                    SpoolRecord, UsageRow, WorkerView)
+from .batches import BatchRules
 from .connector import Connector
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,11 @@ def _json(value) -> str:
     return json.dumps(redact_error(value), ensure_ascii=False)
 
 
+each_public_method_translated(BatchRules)  # its rules raise StorageError as these do
+
+
 @each_public_method_translated
-class StoreManager:
+class StoreManager(BatchRules):
     """The ``Store`` protocol over a connector. Methods may be called from several threads."""
 
     def __init__(self, connector: Connector) -> None:

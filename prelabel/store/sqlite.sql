@@ -464,7 +464,7 @@ WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
 SELECT draft_id, purpose FROM review_samples WHERE job_id = :job_id;
 
 -- name: workers_schema
--- ================================================================================================
+-- =========================================================================================
 -- Workers (issue 11): who is running what, for the shared rate limit and `prelabel status`. One
 -- block (PostgreSQL's migration_2), run on every open: creates the tables an older store lacks.
 -- ================================================================================================
@@ -540,3 +540,96 @@ FROM usage WHERE job_id = :job_id AND seq = :seq AND cached = 0;
 
 -- name: insert_lost_result
 INSERT INTO lost_results (job_id, seq, epoch) VALUES (:job_id, :seq, :epoch) ON CONFLICT DO NOTHING;
+=======
+-- name: batch_schema
+-- Batch API chunks (issue 12). Run on every open: creates the tables an older store lacks.
+-- One row per chunk of a job's Batch API work: its intent (recorded before its file is uploaded),
+-- then its file, its batch and the batch's status and counts (prelabel.batch.state).
+CREATE TABLE IF NOT EXISTS batch_chunks (
+    job_id TEXT NOT NULL,
+    chunk TEXT NOT NULL,
+    stage TEXT NOT NULL,          -- planned | uploaded | submitted | collected
+    requests INTEGER NOT NULL,
+    path TEXT NOT NULL,           -- the input file on the host that wrote it
+    endpoint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    planned_at REAL NOT NULL,
+    attempt INTEGER NOT NULL,
+    held_tokens BIGINT NOT NULL,  -- its worst case, also a budget hold (owner batch:JOB:CHUNK) until collected
+    held_cost REAL NOT NULL,
+    file_id TEXT,
+    batch_id TEXT,
+    status TEXT,                  -- the provider's
+    created BIGINT,
+    expires BIGINT,
+    total INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    errors TEXT,
+    PRIMARY KEY (job_id, chunk)
+);
+-- The requests (cache keys) each chunk carries: what is in flight, and what a collect expects back.
+CREATE TABLE IF NOT EXISTS batch_lines (
+    job_id TEXT NOT NULL,
+    chunk TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (job_id, chunk, key)
+);
+-- Requests that a collected batch did not answer: how many batches missed each, and why.
+CREATE TABLE IF NOT EXISTS batch_failures (
+    job_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    retryable INTEGER NOT NULL,
+    PRIMARY KEY (job_id, key)
+);
+
+-- name: batch_chunks
+SELECT job_id, chunk, stage, requests, path, endpoint, model, planned_at, attempt, held_tokens, held_cost, file_id,
+       batch_id, status, created, expires, total, completed, failed, errors
+FROM batch_chunks WHERE job_id = :job_id ORDER BY chunk;
+
+-- name: batch_chunk_stage
+SELECT stage FROM batch_chunks WHERE job_id = :job_id AND chunk = :chunk;
+
+-- name: batch_insert_chunk
+INSERT INTO batch_chunks (job_id, chunk, stage, requests, path, endpoint, model, planned_at, attempt, held_tokens,
+                          held_cost)
+VALUES (:job_id, :chunk, 'planned', :requests, :path, :endpoint, :model, :planned_at, :attempt, :held_tokens,
+        :held_cost);
+
+-- name: batch_insert_line
+INSERT INTO batch_lines (job_id, chunk, key) VALUES (:job_id, :chunk, :key) ON CONFLICT DO NOTHING;
+
+-- name: batch_chunk_keys
+SELECT key FROM batch_lines WHERE job_id = :job_id AND chunk = :chunk;
+
+-- name: batch_open_keys
+SELECT l.key FROM batch_lines l JOIN batch_chunks c ON c.job_id = l.job_id AND c.chunk = l.chunk
+WHERE l.job_id = :job_id AND c.stage != 'collected';
+
+-- name: batch_set_file
+UPDATE batch_chunks SET file_id = :file_id, stage = CASE WHEN stage = 'planned' THEN 'uploaded' ELSE stage END
+WHERE job_id = :job_id AND chunk = :chunk AND stage != 'collected';
+
+-- name: batch_set_batch
+UPDATE batch_chunks SET stage = 'submitted', file_id = coalesce(:file_id, file_id), batch_id = :batch_id,
+    status = :status, created = :created, expires = :expires, total = :total, completed = :completed,
+    failed = :failed, errors = :errors
+WHERE job_id = :job_id AND chunk = :chunk AND stage != 'collected';
+
+-- name: batch_finish_chunk
+UPDATE batch_chunks SET stage = 'collected', held_tokens = 0, held_cost = 0,
+    batch_id = coalesce(:batch_id, batch_id), status = coalesce(:status, status), created = coalesce(:created, created),
+    expires = coalesce(:expires, expires), total = coalesce(:total, total), completed = coalesce(:completed, completed),
+    failed = coalesce(:failed, failed), errors = coalesce(:errors, errors)
+WHERE job_id = :job_id AND chunk = :chunk;
+
+-- name: batch_add_failure
+INSERT INTO batch_failures (job_id, key, attempts, error, retryable) VALUES (:job_id, :key, 1, :error, :retryable)
+ON CONFLICT (job_id, key) DO UPDATE SET attempts = batch_failures.attempts + 1, error = excluded.error,
+                                        retryable = excluded.retryable;
+
+-- name: batch_failures
+SELECT key, attempts, error, retryable FROM batch_failures WHERE job_id = :job_id;

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..config import EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, EngineSettings, JobSpec
+from ..config import EXIT_BATCHES_WAITING, EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, EngineSettings, JobSpec
 from ..errors import JobFileError, OutputError, StorageError
 from ..llm.client import make_client
 from ..llm.endpoint import Endpoint
@@ -38,11 +38,13 @@ class JobOutcome:
     report: dict | None
     out_dir: Path | None
     note: str | None = None  # why it did not run (its input is still being loaded)
+    batches: object = None   # a ``model.mode: batch`` job's tick (prelabel.batch.tick.BatchTick)
 
 
 async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: EngineSettings, owner: str,
                   on_start: Callable[[JobRunner], None] | None = None, client=None,
-                  output_roots: Sequence[Path] | None = None, coordinator: Coordinator | None = None) -> JobOutcome:
+                  output_roots: Sequence[Path] | None = None, coordinator: Coordinator | None = None,
+                  batch_checkpoint: Callable[[str], None] | None = None) -> JobOutcome:
     """Run a job and write its outputs; with ``output_roots`` (``work``), a job whose ``output.dir``
     is outside them is refused (``JobFileError``) before any request. With a ``coordinator``, the
     endpoint's rate limit is shared with the other workers sending under the same key."""
@@ -72,6 +74,9 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
     try:
         engine = LLMEngine(client, spec.model, settings, store.cache_get, identity=endpoint.identity(spec),
                            simulated=endpoint.simulated)
+        if spec.model.mode == "batch":  # one tick of the Batch API executor: it never waits for a batch
+            return await _batch_turn(store, job, spec, task, engine, client, settings, owner, output_roots,
+                                     batch_checkpoint)
         variants = None
         if spec.augment is not None and spec.augment.steps:
             from ..variants.stage import VariantStage  # imports nlpaug's side only for jobs that augment
@@ -113,6 +118,25 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
     return JobOutcome(job_id, exit_code_for(report), result, report, out_dir)
 
 
+async def _batch_turn(store: Store, job, spec: JobSpec, task, engine, client, settings, owner, output_roots,
+                      checkpoint) -> JobOutcome:
+    from ..batch.tick import tick_job  # batch sits above worker: imported when a batch job runs
+
+    store.set_status(job.id, JobStatus.RUNNING)
+    try:
+        tick = await tick_job(store, job, spec, task, engine, client, settings, owner, checkpoint)
+    except BaseException:
+        with contextlib.suppress(StorageError):
+            store.set_status(job.id, JobStatus.QUEUED)
+        raise
+    if tick.waiting:
+        store.set_status(job.id, JobStatus.QUEUED)
+        return JobOutcome(job.id, EXIT_BATCHES_WAITING, None, None, None, batches=tick)
+    store.set_status(job.id, JobStatus.BUDGET_STOPPED if tick.budget_stopped else JobStatus.DONE)
+    report, out_dir = _write_outputs(store, job.id, spec, job, output_roots)
+    return JobOutcome(job.id, exit_code_for(report), None, report, out_dir, batches=tick)
+
+
 def _write_outputs(store: Store, job_id: str, spec: JobSpec, job, output_roots: Sequence[Path] | None):
     if output_roots is not None:  # again: a symlink may have been put in its way during the run
         confine(spec.output.dir, output_roots, job.job_file)
@@ -128,7 +152,8 @@ async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owne
                 on_start: Callable[[JobRunner], None] | None = None,
                 on_outcome: Callable[[JobOutcome], None] | None = None,
                 output_roots: Sequence[Path] | None = None,
-                coordinator: Coordinator | None = None) -> list[JobOutcome]:
+                coordinator: Coordinator | None = None,
+                batch_checkpoint: Callable[[str], None] | None = None) -> list[JobOutcome]:
     """Run every job with work left until none has any (a cron tick's ``work --once``).
 
     A job that cannot run (its file, its output folder) is reported and the next one runs; a store
@@ -148,7 +173,7 @@ async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owne
         tried.add(job_id)
         try:
             outcome = await run_job(store, job_id, endpoint, settings, owner, on_start, output_roots=output_roots,
-                                    coordinator=coordinator)
+                                    coordinator=coordinator, batch_checkpoint=batch_checkpoint)
         except JobFileError as e:
             outcome = JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": str(e)}, None)
         except OutputError as e:

@@ -56,12 +56,19 @@ def test_a_cost_cap_is_checked_at_the_jobs_modes_price(job_dir):
         assert make_plan(spec, task).fits is fits, mode
 
 
-def test_a_batch_job_is_refused_before_any_request_until_the_executor_lands(job_dir):
+def test_a_batch_job_prepares_to_run_and_what_batch_mode_cannot_send_yet_is_refused_first(job_dir):
+    """The executor landed (issue 12, step two): a batch job is no longer refused; the parts it does
+    not send yet are, before any request, naming the field."""
     from prelabel.errors import JobFileError
     from prelabel.llm.allowlist import AllowList
 
     job = write_job(job_dir)
     job.write_text(job.read_text().replace("max_retries: 4}", "max_retries: 4, mode: batch}"))
-    prepare(job)  # plan: fine
-    with pytest.raises(JobFileError, match="model.mode: batch cannot run yet"):
+    spec, _ = prepare(job, allowed=AllowList.of([]))
+    assert spec.model.mode == "batch"
+    live = write_job(job_dir / "live")
+    assert prepare(live, allowed=AllowList.of([]), batch=True)[0].model.mode == "batch"  # --batch
+    job.write_text(job.read_text() + "batch: {live_reasks: true}\n")
+    with pytest.raises(JobFileError, match="live_reasks") as refused:
         prepare(job, allowed=AllowList.of([]))
+    assert refused.value.field == "batch.live_reasks" and "model.mode: model.mode" not in str(refused.value)

@@ -1,0 +1,142 @@
+"""The store's records and rules for Batch API chunks (``prelabel.batch.state.BatchState``), for every backend.
+
+Planning a chunk holds its worst case against the job's budget (a budget hold owned by the chunk,
+reckoned under the job row's lock like any hold) in the transaction that records its intent; and
+collecting it bills its lines, turns the hold into spending and counts its failed lines in one
+transaction, refused when the chunk is already collected: a second collect (a crashed tick's
+successor, two ticks at once) bills nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .base import UsageRow
+
+NO_ITEM = -1            # the usage ledger's seq for spending that belongs to no item
+HOLD_S = 8 * 24 * 3600  # a chunk's hold outlives its batch's 24 h window and a week of missed ticks
+
+
+# A chunk's stages (``prelabel.batch.reconcile.Stage`` names them for the reconciler).
+PLANNED, UPLOADED, SUBMITTED, COLLECTED = "planned", "uploaded", "submitted", "collected"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    job_id: str
+    chunk: str
+    stage: str                   # planned -> uploaded -> submitted -> collected
+    requests: int
+    path: str                    # the input file on this host (whole: renamed when complete)
+    endpoint: str
+    model: str
+    planned_at: float
+    attempt: int = 1             # the highest attempt among its lines (2: a retry of lines that failed once)
+    held_tokens: int = 0         # its worst case, held against the job's budget until collected
+    held_cost: float = 0.0
+    file_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None    # the provider's: validating, in_progress, completed, expired...
+    created: int | None = None   # the provider's times (Unix seconds)
+    expires: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: str | None = None    # why the provider failed it ("code: message; ...")
+
+
+@dataclass(frozen=True, slots=True)
+class LineFailureRecord:
+    key: str
+    attempts: int                # batches that did not answer it
+    error: str                   # the provider's last word on it
+    retryable: bool              # False: another batch would be refused the same
+
+
+def batch_fields(batch: Any) -> dict:
+    """What a chunk records of its batch (``prelabel.batch.reconcile.RemoteBatch``)."""
+    return dict(batch_id=batch.id, status=batch.status, created=batch.created_at or None,
+                expires=batch.expires_at, total=batch.total, completed=batch.completed, failed=batch.failed,
+                errors="; ".join(batch.errors) or None)
+
+
+def hold_owner(job_id: str, chunk: str) -> str:
+    return f"batch:{job_id}:{chunk}"
+
+
+def _chunk(row: tuple) -> ChunkRecord:
+    (job_id, chunk, stage, requests, path, endpoint, model, planned_at, attempt, held_tokens, held_cost, file_id,
+     batch_id, status, created, expires, total, completed, failed, errors) = row
+    return ChunkRecord(job_id, chunk, stage, int(requests), path, endpoint, model, float(planned_at),
+                       int(attempt), int(held_tokens), float(held_cost), file_id, batch_id, status,
+                       None if created is None else int(created), None if expires is None else int(expires),
+                       int(total), int(completed), int(failed), errors)
+
+
+class BatchRules:
+    """Mixed into ``StoreManager`` (which gives ``self._c``, the connector)."""
+
+    def batch_chunks(self, job_id: str) -> list[ChunkRecord]:
+        return [_chunk(row) for row in self._c.all("batch_chunks", job_id=job_id)]
+
+    def batch_plan(self, chunk: ChunkRecord, keys: Iterable[str], max_tokens: int | None,
+                   max_cost: float | None) -> tuple[int, float]:
+        """Record a chunk's intent and its lines, holding its worst case (what the caps leave of it:
+        returned) against the budget, in one transaction."""
+        rows = [dict(job_id=chunk.job_id, chunk=chunk.chunk, key=key) for key in keys]
+        with self._c.transaction():
+            spent_tokens, spent_cost = self._c.one("lock_job", job_id=chunk.job_id)
+            held_tokens, held_cost = self._c.one("holds", job_id=chunk.job_id, now=chunk.planned_at)
+            tokens, cost = chunk.held_tokens, chunk.held_cost
+            if max_tokens is not None:
+                tokens = max(0, min(tokens, max_tokens - int(spent_tokens) - int(held_tokens)))
+            if max_cost is not None:
+                cost = max(0.0, min(cost, max_cost - float(spent_cost) - float(held_cost)))
+            self._c.run("add_hold", job_id=chunk.job_id, owner=hold_owner(chunk.job_id, chunk.chunk), tokens=tokens,
+                        cost=cost, expires=chunk.planned_at + HOLD_S)
+            self._c.run("batch_insert_chunk", job_id=chunk.job_id, chunk=chunk.chunk, requests=chunk.requests,
+                        path=chunk.path, endpoint=chunk.endpoint, model=chunk.model, planned_at=chunk.planned_at,
+                        attempt=chunk.attempt, held_tokens=tokens, held_cost=cost)
+            self._c.many("batch_insert_line", rows)
+        return tokens, cost
+
+    def batch_chunk_keys(self, job_id: str, chunk: str) -> list[str]:
+        return [row[0] for row in self._c.all("batch_chunk_keys", job_id=job_id, chunk=chunk)]
+
+    def batch_open_keys(self, job_id: str) -> set[str]:
+        return {row[0] for row in self._c.stream("batch_open_keys", job_id=job_id)}
+
+    def batch_set_file(self, job_id: str, chunk: str, file_id: str) -> None:
+        self._c.run("batch_set_file", job_id=job_id, chunk=chunk, file_id=file_id)
+
+    def batch_set_batch(self, job_id: str, chunk: str, batch: Any) -> None:
+        self._c.run("batch_set_batch", job_id=job_id, chunk=chunk, file_id=batch.input_file_id or None,
+                    **batch_fields(batch))
+
+    def batch_collect(self, job_id: str, chunk: str, batch: Any | None, usage: list[UsageRow],
+                      failures: list[tuple[str, str, bool]], now: float) -> bool:
+        """The chunk collected: its lines billed (``usage``, at the batch price), its hold settled, its
+        failed lines counted. False (nothing written) when it was collected before."""
+        fields = batch_fields(batch) if batch is not None else dict.fromkeys(
+            ("batch_id", "status", "created", "expires", "total", "completed", "failed", "errors"))
+        billed = [dict(job_id=job_id, seq=NO_ITEM, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
+                       completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached))
+                  for u in usage]
+        tokens = sum(u.prompt_tokens + u.completion_tokens for u in usage if not u.cached)
+        cost = sum(u.cost_usd for u in usage if not u.cached)
+        with self._c.transaction():
+            self._c.one("lock_job", job_id=job_id)
+            row = self._c.one("batch_chunk_stage", job_id=job_id, chunk=chunk)
+            if row is None or row[0] == COLLECTED:
+                return False
+            self._c.many("insert_usage", billed)
+            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
+            self._c.run("drop_holds", owner=hold_owner(job_id, chunk))
+            self._c.run("batch_finish_chunk", job_id=job_id, chunk=chunk, **fields)
+            self._c.many("batch_add_failure", [dict(job_id=job_id, key=key, error=error, retryable=int(retryable))
+                                               for key, error, retryable in failures])
+        return True
+
+    def batch_failures(self, job_id: str) -> dict[str, LineFailureRecord]:
+        return {row[0]: LineFailureRecord(row[0], int(row[1]), row[2], bool(row[3]))
+                for row in self._c.all("batch_failures", job_id=job_id)}
