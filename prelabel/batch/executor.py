@@ -192,7 +192,8 @@ class BatchExecutor:
             put()
         usage = [UsageRow(a.completion.model or self.spec.model.name, a.completion.prompt_tokens,
                           a.completion.completion_tokens,
-                          cost_usd(self.price, a.completion.prompt_tokens, a.completion.completion_tokens), False)
+                          cost_usd(self.price, a.completion.prompt_tokens, a.completion.completion_tokens,
+                                   a.completion.cached_prompt_tokens), False, a.completion.cached_prompt_tokens)
                  for a in collected.answers.values() if a.completion is not None]
         failures = [(key, str(f), f.retryable or f.status == MALFORMED) for key, f in collected.failures.items()]
         why = "; ".join(batch.errors) or f"the batch ended {batch.status} before answering it"

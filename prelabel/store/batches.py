@@ -120,7 +120,8 @@ class BatchRules:
         fields = batch_fields(batch) if batch is not None else dict.fromkeys(
             ("batch_id", "status", "created", "expires", "total", "completed", "failed", "errors"))
         billed = [dict(job_id=job_id, seq=NO_ITEM, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
-                       completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached))
+                       completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached),
+                       cached_prompt_tokens=u.cached_prompt_tokens)
                   for u in usage]
         tokens = sum(u.prompt_tokens + u.completion_tokens for u in usage if not u.cached)
         cost = sum(u.cost_usd for u in usage if not u.cached)

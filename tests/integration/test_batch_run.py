@@ -56,7 +56,7 @@ def tick_until_done(env: dict, cwd: Path, limit: int = 12) -> list[int]:
 
 
 def status(env: dict) -> dict:
-    (row,) = json.loads(prelabel("status", "--json", env=env).stdout)
+    (row,) = json.loads(prelabel("status", "--json", env=env).stdout)["jobs"]
     return row
 
 
