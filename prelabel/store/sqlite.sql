@@ -464,7 +464,7 @@ WHERE excluded.purpose = 'audit' AND review_samples.purpose != 'audit';
 SELECT draft_id, purpose FROM review_samples WHERE job_id = :job_id;
 
 -- name: workers_schema
--- =========================================================================================
+-- ================================================================================================
 -- Workers (issue 11): who is running what, for the shared rate limit and `prelabel status`. One
 -- block (PostgreSQL's migration_2), run on every open: creates the tables an older store lacks.
 -- ================================================================================================
@@ -540,7 +540,6 @@ FROM usage WHERE job_id = :job_id AND seq = :seq AND cached = 0;
 
 -- name: insert_lost_result
 INSERT INTO lost_results (job_id, seq, epoch) VALUES (:job_id, :seq, :epoch) ON CONFLICT DO NOTHING;
-=======
 -- name: batch_schema
 -- Batch API chunks (issue 12). Run on every open: creates the tables an older store lacks.
 -- One row per chunk of a job's Batch API work: its intent (recorded before its file is uploaded),
