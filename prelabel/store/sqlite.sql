@@ -466,7 +466,7 @@ SELECT draft_id, purpose FROM review_samples WHERE job_id = :job_id;
 -- name: workers_schema
 -- ================================================================================================
 -- Workers (issue 11): who is running what, for the shared rate limit and `prelabel status`. One
--- block (PostgreSQL's migration_2), run on every open: creates the tables an older store lacks.
+-- block (PostgreSQL's migration_3), run on every open: creates the tables an older store lacks.
 -- ================================================================================================
 -- One row per worker (host:pid:nonce) while it runs a job: its beats, on the database's clock.
 CREATE TABLE IF NOT EXISTS workers (
