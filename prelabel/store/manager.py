@@ -583,9 +583,6 @@ class StoreManager(BatchRules):
 
     # spool --------------------------------------------------------------------------------------
 
-    def spool_seen(self, path: str, sha256: str) -> bool:
-        return self._c.one("spool_seen", path=path, sha256=sha256) is not None
-
     def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None,
                      inputs: dict | None = None) -> None:
         """The outcome of a spool file's content: recorded again (replaced) when it is retried."""

@@ -376,9 +376,6 @@ SELECT count(*), coalesce(sum(requests), 0), coalesce(sum(retries), 0), coalesce
        coalesce(sum(wall_s), 0)
 FROM runs WHERE job_id = :job_id;
 
--- name: spool_seen
-SELECT 1 FROM spool WHERE path = :path AND sha256 = :sha256;
-
 -- name: spool_record
 INSERT INTO spool (path, sha256, job_id, error, inputs, at) VALUES (:path, :sha256, :job_id, :error, :inputs, :now)
 ON CONFLICT (path, sha256) DO UPDATE SET job_id = excluded.job_id, error = excluded.error,

@@ -380,14 +380,14 @@ def test_input_errors_are_per_job_and_in_line_order(store):
 
 
 def test_spool_remembers_path_and_content(store):
-    assert not store.spool_seen("/s/a.yaml", "sha1")
+    assert store.spool_entry("/s/a.yaml", "sha1") is None
     store.spool_record("/s/a.yaml", "sha1", "job-1", None)
     store.spool_record("/s/a.yaml", "sha1", "job-1", None)  # recording twice is harmless
     store.spool_record("/s/b.yaml", "sha9", None, "bad yaml")
-    assert store.spool_seen("/s/a.yaml", "sha1")
-    assert store.spool_seen("/s/b.yaml", "sha9")
-    assert not store.spool_seen("/s/a.yaml", "sha2")  # changed content: a new submission
-    assert not store.spool_seen("/s/c.yaml", "sha1")
+    assert store.spool_entry("/s/a.yaml", "sha1") is not None
+    assert store.spool_entry("/s/b.yaml", "sha9") is not None
+    assert store.spool_entry("/s/a.yaml", "sha2") is None  # changed content: a new submission
+    assert store.spool_entry("/s/c.yaml", "sha1") is None
 
 
 # --- two processes on one file ----------------------------------------------------------------
