@@ -194,3 +194,52 @@ async def test_a_malformed_answer_without_usage_is_billed_our_estimate(store, jo
     assert len(hits) == 4 and totals["requests_billed"] == 4
     assert totals["prompt_tokens"] >= 4 * 50  # the prompt as we count it: the system prompt alone is more
     assert store.get_job(job_id).spent_tokens == totals["prompt_tokens"] + totals["completion_tokens"]
+
+
+# --- the signals themselves, on a real `prelabel run` ------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_run_holds_nothing_and_bills_each_answer_once(tmp_path: Path, signum):
+    """Every first answer breaks the schema, so each item waits on its re-ask (1 s) with its first
+    answer received and nothing committed: the signal lands there. Before: those answers were paid
+    for and never billed (the item's commit was lost with the run, the replay is free)."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    from tests.acceptance.clitools import finish, sim_processes, start
+    from tests.faults.test_answer_durability import environ, unique_items, wait_for
+
+    n = 6
+    with sim_processes(("--latency-ms", "1000", "--invalid-rate", "1.0", "--as-real")) as (sim,):
+        job = write_job(tmp_path / "job", items=unique_items(n), concurrency=8, budget="max_total_tokens: 1000000")
+        env = environ(sim, tmp_path)
+        run = start("run", job, "-q", env=env)
+        try:
+            wait_for(lambda: sim.stats()["ok"] >= n)
+            time.sleep(0.3)  # well inside the re-asks' 1 s: the first answers have arrived
+            assert sim.stats()["ok"] == n, "a re-ask was answered before the signal: the test's timing is off"
+            os.kill(run.pid, getattr(signal, signum))
+            done = finish(run, timeout=30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert done.returncode != 0
+        db = Path(env["PRELABEL_DB"])
+
+        def ledger() -> tuple[int, int, int]:
+            with sqlite3.connect(db) as conn:
+                holds = conn.execute("SELECT count(*) FROM budget_holds WHERE tokens > 0").fetchone()[0]
+                billed, cached = conn.execute("SELECT coalesce(sum(1 - cached), 0), coalesce(sum(cached), 0) "
+                                              "FROM usage").fetchone()
+            return holds, billed, cached
+
+        assert ledger() == (0, n, 0)  # nothing held; the first answers billed, once
+        again = finish(start("run", job, "-q", env=env), timeout=60)
+        assert again.returncode == 5, again.stderr  # every re-ask is invalid too: the items fail
+        # The re-asks in flight at the signal were answered to nobody (the run had let go of them):
+        # nothing is known of their usage, and they are not billed (as after a kill -9); sent again now.
+        assert sim.stats()["ok"] == 3 * n
+        assert ledger() == (0, 2 * n, n)  # each answer received billed once; the first answers replayed free
