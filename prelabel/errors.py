@@ -93,6 +93,9 @@ class LLMError(PrelabelError):
 
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
         self.status, self.attempts = status, attempts
+        # Answers of this request received before it failed (samples sent apart, one of which
+        # failed): paid for, so the caller bills them (prelabel.llm.completion.Completion each).
+        self.answered: list = []
         super().__init__(message)
 
 

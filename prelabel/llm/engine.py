@@ -220,7 +220,8 @@ def _merged(completions: Sequence[Completion]) -> Completion:
                       first.model, usage_reported=all(c.usage_reported for c in completions),
                       samples=samples if len(samples) > 1 else None,
                       simulated=any(c.simulated for c in completions),
-                      cached_prompt_tokens=sum(c.cached_prompt_tokens for c in completions))
+                      cached_prompt_tokens=sum(c.cached_prompt_tokens for c in completions),
+                      requests=sum(c.requests for c in completions))
 
 
 class _Endpoint(NamedTuple):
@@ -374,19 +375,35 @@ class LLMEngine:
                 for caps in (self.caps, self.kept):
                     caps.n = False
                     caps.learned.append(line)
-                rest = await self._send_apart(request, booked_tokens, skip=1)
-                return _merged([completion, rest])
+                return await self._send_apart(request, booked_tokens, skip=1, first=completion)
             return completion
 
-    async def _send_apart(self, request: dict, booked_tokens: int, skip: int = 0) -> Completion:
-        """``n`` samples as separate requests (distinct seeds), merged into one completion."""
+    async def _send_apart(self, request: dict, booked_tokens: int, skip: int = 0,
+                          first: Completion | None = None) -> Completion:
+        """``n`` samples as separate requests (distinct seeds), merged into one completion (with
+        ``first``, the sample already answered). When one fails, the error carries the answers
+        received (``LLMError.answered``): they were paid for."""
         requests = caps_.sample_requests(request, request["n"])[skip:]
         each = max(1, booked_tokens - request.get("max_tokens", 0) * (request["n"] - 1))
+        answered = [first] if first is not None else []
         if self.slots is None:
             # A fixed max_concurrency counts items in flight, one request each: samples go one by
             # one, or an item would put n requests on a server that serves few at once.
-            return _merged([await self._send_capable(r, each) for r in requests])
-        return _merged(await asyncio.gather(*(self._send_capable(r, each) for r in requests)))
+            for r in requests:
+                try:
+                    answered.append(await self._send_capable(r, each))
+                except LLMError as e:
+                    e.answered[:0] = answered
+                    raise
+            return _merged(answered)
+        replies = await asyncio.gather(*(self._send_capable(r, each) for r in requests), return_exceptions=True)
+        answered += [reply for reply in replies if isinstance(reply, Completion)]
+        for reply in replies:
+            if isinstance(reply, LLMError):
+                reply.answered[:0] = answered
+            if isinstance(reply, BaseException):
+                raise reply
+        return _merged(answered)
 
     def _learn(self, request: dict, completion: Completion) -> None:
         """What an answer shows: in the capabilities in use and in those kept alike."""

@@ -186,20 +186,21 @@ class LiveExecutor:
                     return UNAVAILABLE, None
                 try:
                     completion = await engine.send(prepared, estimate + max_out)
-                except MalformedAnswer as e:  # answered, so paid for: billed, and the item re-asks it
-                    reported = e.usage or (estimate * copies, self.ctx.counter.count(e.text), 0)
-                    held, reservation = reservation, None
-                    self._account(held, *reported, usage)
-                    return self._failed(seq, e), None
                 except LLMError as e:
+                    # What was answered was paid for: a malformed 200 (the item re-asks it), samples
+                    # received before another failed. Billed; nothing else was.
+                    paid = [self._billed(answer, estimate) for answer in e.answered]
+                    if isinstance(e, MalformedAnswer):
+                        paid.append(e.usage or (estimate, self.ctx.counter.count(e.text), 0))
+                    if paid:
+                        held, reservation = reservation, None
+                        self._account(held, *(sum(column) for column in zip(*paid)), usage)
                     return self._failed(seq, e), None
             self.outage.succeeded()
             if completion.usage_reported:
                 session.learn_slack(request.prompt_tokens, completion.prompt_tokens)
             else:  # some servers send no usage: charge our own count, so the caps still hold
-                completion.prompt_tokens = estimate
-                completion.completion_tokens = sum(self.ctx.counter.count(content or "")
-                                                   for content, _ in completion.all_samples())
+                completion.prompt_tokens, completion.completion_tokens, _ = self._billed(completion, estimate)
             self._keep_answer(prepared.key, completion)  # durable now: a kill from here on does not pay for it again
             held, reservation = reservation, None
             self._account(held, completion.prompt_tokens, completion.completion_tokens,
@@ -209,6 +210,14 @@ class LiveExecutor:
             if reservation is not None:
                 session.release(reservation)
                 self._settled.set()
+
+    def _billed(self, completion: Completion, estimate: int) -> tuple[int, int, int]:
+        """(prompt, completion, cached prompt) tokens to bill for an answer: as the endpoint reported
+        them, else our own count (the prompt's estimate for each request that sent it, the answers' text)."""
+        if completion.usage_reported:
+            return completion.prompt_tokens, completion.completion_tokens, completion.cached_prompt_tokens
+        return (estimate * completion.requests,
+                sum(self.ctx.counter.count(content or "") for content, _ in completion.all_samples()), 0)
 
     def _failed(self, seq: int, error: LLMError):
         """A request that failed for good: the item's failure, or (the endpoint down) back to the queue."""

@@ -45,3 +45,17 @@ async def test_malformed_embeddings_are_billed(client, api, fake, usage, billed)
     result = await engine.embed(prepared)
     assert isinstance(result.error, EmbeddingsUnavailable)
     assert result.prompt_tokens == (billed if billed is not None else prepared.tokens_to_send) > 0
+
+
+async def test_samples_sent_apart_carry_what_was_answered_when_one_fails(client, api, fake):
+    from prelabel.config import ModelSpec
+    from prelabel.errors import LLMError
+    from tests.contract.test_engine_http import MESSAGES, SCHEMA, ok, send
+
+    one = ok(usage={"prompt_tokens": 21, "completion_tokens": 6, "total_tokens": 27})
+    api.post("/chat/completions").mock(side_effect=[one, one, httpx.Response(400, json={"error": {
+        "message": "bad request", "type": "invalid_request_error", "param": None, "code": None}})])
+    engine = make_engine(client, fake, ModelSpec(name="m", rpm=10_000_000, tpm=1_000_000_000))
+    with pytest.raises(LLMError) as caught:
+        await send(engine, engine.request(MESSAGES, SCHEMA, 8, n=3))  # n ignored: one choice back
+    assert [(a.prompt_tokens, a.completion_tokens) for a in caught.value.answered] == [(21, 6), (21, 6)]

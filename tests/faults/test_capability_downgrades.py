@@ -130,3 +130,47 @@ def test_probe_replaces_what_earlier_runs_kept(tmp_path: Path):
     finally:
         store.close()
     assert caps.structured == JSON_SCHEMA and caps.seed and caps.learned == []
+
+
+async def test_samples_answered_before_another_failed_are_billed(store, job_dir):
+    """``n`` ignored (one choice back), so the other samples go apart; the last is refused for good.
+    Before: the two answers received were paid for and never billed."""
+    def answer(body, count):
+        if count == 3:
+            return error(400, "bad request")
+        return web.json_response(completion())
+
+    async with server(answer) as (url, sent):
+        job = write_job(job_dir, items=items(1), base_url=url, concurrency=1,
+                        extra="review: {confidence: consistency, samples: 3}\n")
+        job_id = submit(store, job).job_id
+        outcome = await run_job(store, job_id, Endpoint("sk-test", url), ENGINE, OWNER)
+    assert outcome.run.counts == {"failed": 1} and len(sent) == 3
+    assert sent[0]["n"] == 3 and "n" not in sent[1]
+    totals = store.usage_totals(job_id)
+    assert (totals["prompt_tokens"], totals["completion_tokens"]) == (2 * 30, 2 * 5)
+    assert store.get_job(job_id).spent_tokens == 2 * 35
+
+
+async def test_samples_sent_apart_without_usage_bill_a_prompt_each(tmp_path):
+    """No usage reported: our own count. Samples sent apart (``n`` ignored) sent the prompt once
+    each; before, one prompt was billed for all of them."""
+    from prelabel.simulator import SimConfig, Simulator
+    from prelabel.simulator.gaps import Gaps
+
+    billed = {}
+    for ignore_n in (False, True):
+        sim = Simulator(SimConfig(latency_s=0, gaps=Gaps(no_usage=True, ignore_n=ignore_n)))
+        url = await sim.start()
+        store = SQLiteStore(tmp_path / f"{ignore_n}.db")
+        try:
+            job = write_job(tmp_path / f"job{ignore_n}", items=items(3), base_url=url, concurrency=1,
+                            extra="review: {confidence: consistency, samples: 3}\n")
+            job_id = submit(store, job).job_id
+            outcome = await run_job(store, job_id, Endpoint("sk-test", url), ENGINE, OWNER)
+            assert outcome.run.counts == {"done": 3}
+            billed[ignore_n] = store.usage_totals(job_id)["prompt_tokens"]
+        finally:
+            store.close()
+            await sim.stop()
+    assert billed[True] == 3 * billed[False] > 0
