@@ -198,7 +198,8 @@ class LiveExecutor:
                     return self._failed(seq, e), None
             self.outage.succeeded()
             if completion.usage_reported:
-                session.learn_slack(request.prompt_tokens, completion.prompt_tokens)
+                # per request: samples sent apart sent (and were billed) the prompt once each
+                session.learn_slack(request.prompt_tokens, completion.prompt_tokens // completion.requests)
             else:  # some servers send no usage: charge our own count, so the caps still hold
                 completion.prompt_tokens, completion.completion_tokens, _ = self._billed(completion, estimate)
             self._keep_answer(prepared.key, completion)  # durable now: a kill from here on does not pay for it again

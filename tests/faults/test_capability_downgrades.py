@@ -174,3 +174,28 @@ async def test_samples_sent_apart_without_usage_bill_a_prompt_each(tmp_path):
             store.close()
             await sim.stop()
     assert billed[True] == 3 * billed[False] > 0
+
+
+async def test_samples_sent_apart_teach_no_prompt_slack(tmp_path):
+    """The slack an endpoint bills beyond our prompt estimate is learned per request: samples sent
+    apart bill the prompt once each, which before was read as slack of twice the prompt (and every
+    later reservation held that much more)."""
+    from prelabel.simulator import SimConfig, Simulator
+    from prelabel.simulator.gaps import Gaps
+
+    slack = {}
+    for ignore_n in (False, True):
+        sim = Simulator(SimConfig(latency_s=0, gaps=Gaps(ignore_n=ignore_n)))
+        url = await sim.start()
+        store = SQLiteStore(tmp_path / f"{ignore_n}.db")
+        runners = []
+        try:
+            job = write_job(tmp_path / f"job{ignore_n}", items=items(2), base_url=url, concurrency=1,
+                            extra="review: {confidence: consistency, samples: 3}\n")
+            await run_job(store, submit(store, job).job_id, Endpoint("sk-test", url), ENGINE, OWNER,
+                          on_start=runners.append)
+            slack[ignore_n] = runners[0].live.session.prompt_slack
+        finally:
+            store.close()
+            await sim.stop()
+    assert slack[True] == slack[False]
