@@ -99,8 +99,7 @@ async def commit_only(url: str, n: int) -> dict:
         record = {"id": item.item_id, "seq": item.seq, "label": "positive", "confidence": 0.93, "flags": [],
                   "review_priority": 0.07, "text": item.text, "reasons": ["x" * 400], "prompt_version": "v" * 40}
         usage = [UsageRow("m", 120, 8, 0.0001, False), UsageRow("m", 120, 8, 0.0, True)]
-        return ItemResult(item.seq, "done", 0.07, [record], usage, [(f"key{item.seq}", {"content": "y" * 300})],
-                          epoch=item.epoch)
+        return ItemResult(item.seq, "done", 0.07, [record], usage, epoch=item.epoch)  # answers: cache_put, apart
 
     tasks = [asyncio.create_task(tick())] + [asyncio.create_task(request(slot)) for slot in range(32)]
     await asyncio.sleep(0.05)

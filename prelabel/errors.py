@@ -93,6 +93,9 @@ class LLMError(PrelabelError):
 
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
         self.status, self.attempts = status, attempts
+        # Answers of this request received before it failed (samples sent apart, one of which
+        # failed): paid for, so the caller bills them (prelabel.llm.completion.Completion each).
+        self.answered: list = []
         super().__init__(message)
 
 
@@ -108,7 +111,24 @@ class EmbeddingsUnavailable(LLMError):
 
 class MalformedAnswer(LLMError):
     """A 200 whose body is not the answer asked for: a failure of that answer, not a transient one
-    (the same request gets the same body), so it is not retried."""
+    (the same request gets the same body), so it is not retried. It was answered, so it is paid for:
+    ``usage`` is what the body reported as (prompt, completion, cached prompt) tokens, None when it
+    reported nothing (the caller charges its own count); ``text``, any answer text it held."""
+
+    def __init__(self, message: str, *, attempts: int = 1, usage: tuple[int, int, int] | None = None,
+                 text: str = "") -> None:
+        super().__init__(message, attempts=attempts)
+        self.usage, self.text = usage, text
+
+
+class CapabilityRefused(LLMError):
+    """The endpoint refused a parameter the request sent (``json_schema``, ``n``, ``logprobs``...):
+    ``capability`` names it (``prelabel.llm.capabilities``), and the engine sends the request
+    again without it. Raised past the engine only when nothing weaker is left to send."""
+
+    def __init__(self, message: str, *, capability: str, status: int | None = None, attempts: int = 1) -> None:
+        super().__init__(message, status=status, attempts=attempts)
+        self.capability = capability
 
 
 class BatchError(PrelabelError):

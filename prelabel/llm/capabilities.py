@@ -7,7 +7,9 @@ no embeddings. A capability the server lacks is learned from its error (``gap``)
 the request is rewritten (``adapt``) to the strongest form it has; it is never an outage.
 
 Learned capabilities are kept in the store under ``store_key`` (the endpoint's identity, which
-never holds the API key, and the model), so the next run starts with them. Pure functions.
+never holds the API key, and the model), so the next run starts with them; a capability given up is
+kept only once a request without it was answered (``confirm``), and ``prelabel probe`` asks the
+server again and replaces what is kept. Pure functions.
 """
 from __future__ import annotations
 
@@ -70,6 +72,48 @@ class Capabilities:
             return False
         self.learned.append(f"{gap_name}: {message[:200]}")
         return True
+
+
+def sent_form(request: dict, sent: dict) -> str | None:
+    """The structured-output form a request asking for a ``json_schema`` was sent in (None: it asked none)."""
+    if (request.get("response_format") or {}).get("type") != "json_schema":
+        return None
+    fmt = sent.get("response_format")
+    if not fmt:
+        return PROMPT_ONLY
+    if fmt.get("type") == "json_schema":
+        return JSON_SCHEMA
+    return JSON_OBJECT_SCHEMA if "schema" in fmt else JSON_OBJECT
+
+
+def confirm(kept: Capabilities, used: Capabilities, request: dict, sent: dict) -> None:
+    """A request was answered as ``sent`` (``request`` adapted to ``used``): what it asked for and
+    the endpoint took, or what it gave up and the endpoint answered without, is kept (``kept`` is
+    what the store keeps, and only what an answer showed: a refusal alone never weakens it)."""
+    shown = set()
+    form = sent_form(request, sent)
+    if form is not None:
+        kept.structured = form
+        shown.add(STRUCTURED)
+    if request.get("logprobs"):
+        kept.logprobs = bool(sent.get("logprobs"))
+        if not kept.logprobs:
+            kept.top_logprobs = False
+        shown.update((LOGPROBS, TOP_LOGPROBS))
+    if "top_logprobs" in request and sent.get("logprobs"):
+        kept.top_logprobs = "top_logprobs" in sent
+    if "seed" in request:
+        kept.seed = "seed" in sent
+        shown.add(SEED)
+    if request.get("n", 1) > 1 and "n" in sent:
+        shown.add(N)
+    keep_learned(kept, used, shown)
+
+
+def keep_learned(kept: Capabilities, used: Capabilities, names) -> None:
+    """What the server said of the capabilities ``names`` (``used.learned``), kept with them."""
+    kept.learned = kept.learned + [line for line in used.learned
+                                   if line.partition(":")[0] in names and line not in kept.learned]
 
 
 def store_key(identity: str, model: str) -> str:

@@ -22,6 +22,7 @@ class Completion:
     simulated: bool = False  # a simulator answered (a stand-in), not a model
     # of prompt_tokens, those the provider served from its prompt cache (billed at the cached price)
     cached_prompt_tokens: int = 0
+    requests: int = 1  # the requests it was answered by: several for samples sent apart (each sent the prompt)
 
     def all_samples(self) -> list[tuple[str | None, list[tuple[str, float]] | None]]:
         return self.samples if self.samples else [(self.content, self.logprobs)]

@@ -24,16 +24,16 @@ from tenacity import AsyncRetrying, retry_if_exception
 from . import capabilities as caps_
 from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
-from .completion import Completion
+from .completion import Completion, cached_prompt_tokens
 from .concurrency import TIMEOUT_CUT, AdaptiveSlots, VegasLimit
 from ..config import AUTO_MAX_CONCURRENCY
 from ..config import EngineSettings
 from ..config import ModelSpec
 from .endpoint import SIMULATOR_HEADER, normalise_url
-from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded
+from ..errors import CapabilityRefused, EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded
 from .pacing import RateLimiter, rate_headers
 from ..redact import redact
-from .retry import Failure, RetryDecision, decide
+from .retry import MALFORMED, Failure, RetryDecision, decide
 from .stats import RunStats
 from ..budget.tokens import TokenCounter
 
@@ -63,9 +63,11 @@ def _reason(cause: BaseException) -> str:
 
 
 class _AttemptFailed(Exception):
-    def __init__(self, failure: Failure, decision: RetryDecision, cause: Exception, attempt: int) -> None:
+    def __init__(self, failure: Failure, decision: RetryDecision, cause: Exception, attempt: int,
+                 answered: bytes | None = None) -> None:
         super().__init__(decision.reason)
         self.failure, self.decision, self.cause, self.attempt = failure, decision, cause, attempt
+        self.answered = answered  # the body of a malformed 200: what it reports it cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,38 @@ def _completion(raw) -> Completion:
     return completion
 
 
-MALFORMED = -200  # Failure.status of a 200 whose body is not the answer asked for
+def _sent(status: int, body: bytes) -> dict | None:
+    """The request a refusal answered, for ``retry.decide`` to read which of its parameters a
+    refusal names (parsed only for the statuses that may be one)."""
+    if status not in caps_.CAPABILITY_STATUS:
+        return None
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def answered_usage(content: bytes) -> tuple[tuple[int, int, int] | None, str]:
+    """What a 200 that is not the answer asked for reports it cost, (prompt, completion, cached
+    prompt) tokens or None, and any answer text in it (for a count of our own when it reports none)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None, ""
+    if not isinstance(body, dict):
+        return None, ""
+    usage = body.get("usage")
+    reported = None
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        completion = usage.get("completion_tokens")
+        reported = (usage["prompt_tokens"], completion if isinstance(completion, int) else 0, cached_prompt_tokens(usage))
+    texts = []
+    for choice in body.get("choices") if isinstance(body.get("choices"), list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            texts.append(message["content"])
+    return reported, "".join(texts)
 
 
 def _merged(completions: Sequence[Completion]) -> Completion:
@@ -187,7 +220,8 @@ def _merged(completions: Sequence[Completion]) -> Completion:
                       first.model, usage_reported=all(c.usage_reported for c in completions),
                       samples=samples if len(samples) > 1 else None,
                       simulated=any(c.simulated for c in completions),
-                      cached_prompt_tokens=sum(c.cached_prompt_tokens for c in completions))
+                      cached_prompt_tokens=sum(c.cached_prompt_tokens for c in completions),
+                      requests=sum(c.requests for c in completions))
 
 
 class _Endpoint(NamedTuple):
@@ -234,10 +268,17 @@ class LLMEngine:
         self._status_error = openai.APIStatusError
         self._connection_errors = (openai.APITimeoutError, openai.APIConnectionError)
 
-        # What the endpoint can do, learned as requests are refused or answered; the worker keeps
-        # it in the store under ``caps_key`` (the endpoint's identity and the model, never the key).
+        # What the endpoint can do, learned as requests are refused or answered: ``caps`` is what
+        # requests are adapted to, ``kept`` what answers showed of it (a refusal gives a capability
+        # up in ``caps`` at once, in ``kept`` once a request without it was answered). The worker
+        # keeps ``kept`` in the store under ``caps_key`` (the endpoint's identity and the model, never the key).
         self.caps_key = caps_.store_key(self.identity, model.name)
-        self.caps = capabilities or Capabilities()
+        self.use_capabilities(capabilities or Capabilities())
+
+    def use_capabilities(self, caps: Capabilities) -> None:
+        """Start from what earlier runs (or ``prelabel probe``) learned of the endpoint."""
+        self.caps = caps
+        self.kept = Capabilities.from_json(caps.to_json())
 
     def request(self, messages: list[dict], response_format: dict | None, max_tokens: int, n: int = 1,
                 temperature: float | None = None) -> dict:
@@ -304,50 +345,76 @@ class LLMEngine:
         samples = request.get("n", 1)
         while True:
             if samples > 1 and self.caps.n is False:
-                return await self._send_apart(request, booked_tokens)
+                completion = await self._send_apart(request, booked_tokens)
+                if self.kept.n is not False:  # refused, and answered apart: kept from now on
+                    self.kept.n = False
+                    caps_.keep_learned(self.kept, self.caps, {caps_.N})
+                return completion
             adapted = caps_.adapt(request, self.caps)
+            used = self.caps
             try:
                 # The body prepare serialised, while the endpoint takes the request as it is.
                 sent = body if body is not None and adapted == request else encode_request(adapted, self.identity)[0]
                 completion = await self._send_body(sent, booked_tokens)
-            except LLMError as e:
-                name = caps_.gap(e.status, str(e), adapted)
-                if name is None:
-                    raise
+            except CapabilityRefused as e:  # retry.decide's downgrade: carried out here
                 if caps_.adapt(request, self.caps) != adapted:
                     continue  # another request in flight learned it meanwhile: send the new form
-                if not self.caps.weaken(name, str(e)):
+                weaker = Capabilities.from_json(self.caps.to_json())
+                if not weaker.weaken(e.capability, str(e)):
                     raise
+                self.caps = weaker  # a new object: ``used`` of requests in flight stays what they sent
                 self.stats.capability_fallbacks += 1
-                log.warning("the endpoint refused %s; sending requests without it from now on: %s", name, e)
+                log.warning("the endpoint refused %s; sending requests without it from now on (kept for later "
+                            "runs once one is answered; `prelabel probe` checks again): %s", e.capability, e)
                 continue
+            caps_.confirm(self.kept, used, request, adapted)
             self._learn(request, completion)
             if samples > 1 and len(completion.all_samples()) < samples:
                 # ``n`` ignored: the other samples are asked apart, with distinct seeds.
-                self.caps.n = False
-                self.caps.learned.append(f"n: asked {samples} choices, got {len(completion.all_samples())}")
-                rest = await self._send_apart(request, booked_tokens, skip=1)
-                return _merged([completion, rest])
+                line = f"n: asked {samples} choices, got {len(completion.all_samples())}"
+                for caps in (self.caps, self.kept):
+                    caps.n = False
+                    caps.learned.append(line)
+                return await self._send_apart(request, booked_tokens, skip=1, first=completion)
             return completion
 
-    async def _send_apart(self, request: dict, booked_tokens: int, skip: int = 0) -> Completion:
-        """``n`` samples as separate requests (distinct seeds), merged into one completion."""
+    async def _send_apart(self, request: dict, booked_tokens: int, skip: int = 0,
+                          first: Completion | None = None) -> Completion:
+        """``n`` samples as separate requests (distinct seeds), merged into one completion (with
+        ``first``, the sample already answered). When one fails, the error carries the answers
+        received (``LLMError.answered``): they were paid for."""
         requests = caps_.sample_requests(request, request["n"])[skip:]
         each = max(1, booked_tokens - request.get("max_tokens", 0) * (request["n"] - 1))
+        answered = [first] if first is not None else []
         if self.slots is None:
             # A fixed max_concurrency counts items in flight, one request each: samples go one by
             # one, or an item would put n requests on a server that serves few at once.
-            return _merged([await self._send_capable(r, each) for r in requests])
-        return _merged(await asyncio.gather(*(self._send_capable(r, each) for r in requests)))
+            for r in requests:
+                try:
+                    answered.append(await self._send_capable(r, each))
+                except LLMError as e:
+                    e.answered[:0] = answered
+                    raise
+            return _merged(answered)
+        replies = await asyncio.gather(*(self._send_capable(r, each) for r in requests), return_exceptions=True)
+        answered += [reply for reply in replies if isinstance(reply, Completion)]
+        for reply in replies:
+            if isinstance(reply, LLMError):
+                reply.answered[:0] = answered
+            if isinstance(reply, BaseException):
+                raise reply
+        return _merged(answered)
 
     def _learn(self, request: dict, completion: Completion) -> None:
-        self.caps.usage = completion.usage_reported
-        if completion.cached_prompt_tokens:
-            self.caps.prompt_cache = True
-        if request.get("logprobs") and self.caps.logprobs:
-            self.caps.logprobs_seen = completion.logprobs is not None
-        if request.get("n", 1) > 1 and len(completion.all_samples()) >= request["n"]:
-            self.caps.n = True
+        """What an answer shows: in the capabilities in use and in those kept alike."""
+        for caps in (self.caps, self.kept):
+            caps.usage = completion.usage_reported
+            if completion.cached_prompt_tokens:
+                caps.prompt_cache = True
+            if request.get("logprobs") and self.caps.logprobs:
+                caps.logprobs_seen = completion.logprobs is not None
+            if request.get("n", 1) > 1 and len(completion.all_samples()) >= request["n"]:
+                caps.n = True
 
     def prompt_copies(self, samples: int) -> int:
         """How many times a request of ``samples`` choices sends its prompt (for the budget)."""
@@ -402,6 +469,8 @@ class LLMEngine:
                                                    lambda raw, n=len(batch): parse_embeddings(raw.content, n))
             except LLMError as e:
                 error = e
+                if isinstance(e, MalformedAnswer):  # answered, so paid for: what it reported, else our count
+                    result.prompt_tokens += e.usage[0] if e.usage else booked
                 if e.status in NO_EMBEDDINGS_STATUS or isinstance(e, MalformedAnswer):
                     error = EmbeddingsUnavailable(f"no embeddings for model {prepared.model!r} at this endpoint: {e}",
                                                   status=e.status, attempts=e.attempts)
@@ -433,8 +502,13 @@ class LLMEngine:
         except _AttemptFailed as e:
             # The cause's text is the endpoint's error body, which may echo the key it was sent.
             if e.failure.status == MALFORMED:
+                usage, text = answered_usage(e.answered or b"")
                 raise MalformedAnswer(redact(f"request failed: {e.decision.reason}: {_reason(e.cause)}"),
-                                      attempts=e.attempt) from e.cause
+                                      attempts=e.attempt, usage=usage, text=text) from e.cause
+            if e.decision.downgrade is not None:
+                raise CapabilityRefused(redact(f"request refused: {e.decision.reason}: {_reason(e.cause)}"),
+                                        capability=e.decision.downgrade, status=e.failure.status,
+                                        attempts=e.attempt) from e.cause
             error = RateLimitWaitExceeded if e.decision.rate_limit_wait_exceeded else LLMError
             raise error(redact(f"request failed: {e.decision.reason}: {_reason(e.cause)}"), status=e.failure.status,
                         attempts=e.attempt) from e.cause
@@ -481,10 +555,7 @@ class LLMEngine:
             except self._status_error as e:
                 headers = rate_headers(e.response.headers.raw)
                 self._observe(headers)
-                failure = Failure(e.status_code, headers, getattr(e, "code", None))
-                if self._capability_refused(e, body):
-                    raise _AttemptFailed(failure, RetryDecision(False, 0.0, "a capability the endpoint lacks"),
-                                         e, tries.sent) from e
+                failure = Failure(e.status_code, headers, getattr(e, "code", None), str(e), _sent(e.status_code, body))
                 if e.status_code == 429:
                     self.stats.rate_limited += 1
                     if failure.code != "insufficient_quota" and self.limiter.limited(sent_at, self._clock()):
@@ -509,22 +580,9 @@ class LLMEngine:
         try:
             return parse(raw)  # the response: its body, and its headers (a simulator says so)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            # A 200 with a body that is not the answer asked for: the same request would get the
-            # same answer (llama-cpp-python's per-token embeddings), so it is not retried.
-            raise _AttemptFailed(Failure(MALFORMED, headers), RetryDecision(False, 0.0, "a malformed answer"),
-                                 e, tries.sent) from e
-
-    @staticmethod
-    def _capability_refused(error: openai.APIStatusError, body: bytes) -> bool:
-        """A refusal naming a parameter this request sent: not retried (``_send_capable`` gives the
-        parameter up instead)."""
-        if error.status_code not in caps_.CAPABILITY_STATUS:
-            return False
-        try:
-            request = json.loads(body)
-        except ValueError:
-            return False
-        return caps_.gap(error.status_code, str(error), request) is not None
+            # A 200 with a body that is not the answer asked for (not retried: see ``retry.decide``).
+            failure = Failure(MALFORMED, headers)
+            raise _AttemptFailed(failure, self._decide(failure, tries), e, tries.sent, raw.content) from e
 
     def _observe(self, headers: dict[str, str]) -> None:
         limits = (self.limiter.rpm, self.limiter.tpm)
@@ -533,19 +591,25 @@ class LLMEngine:
             log.info("the server reports lower limits: pacing to %d requests and %d tokens a minute",
                      self.limiter.rpm, self.limiter.tpm)
 
-    def _failed(self, failure: Failure, tries: _Tries, cause: Exception) -> _AttemptFailed:
+    def _decide(self, failure: Failure, tries: _Tries) -> RetryDecision:
         now, waited = self._clock(), 0.0
         if failure.status == 429:  # the limit's answer, bounded by the time spent waiting on it
             tries.first_429 = now if tries.first_429 is None else tries.first_429
             waited = now - tries.first_429
         else:
             tries.failures += 1
-        decision = decide(failure, tries.failures, max_retries=self.model.max_retries,
-                          base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng,
-                          rate_limited_s=waited, max_rate_limit_wait_s=self.model.max_rate_limit_wait_s)
+        return decide(failure, tries.failures, max_retries=self.model.max_retries,
+                      base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng,
+                      rate_limited_s=waited, max_rate_limit_wait_s=self.model.max_rate_limit_wait_s)
+
+    def _failed(self, failure: Failure, tries: _Tries, cause: Exception) -> _AttemptFailed:
+        now = self._clock()
+        decision = self._decide(failure, tries)
         attempt = tries.sent
         if decision.retry:
             log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
+        elif decision.downgrade is not None:  # not a failure: the engine sends it again without that
+            log.info("attempt %d: %s", attempt, decision.reason)
         elif failure.status == 429:  # no failed item: the run stops and the item goes back to the queue
             log.warning("request given up on the rate limit after %d attempt(s) (%s); the run stops and its "
                         "item goes back to the queue", attempt, decision.reason)

@@ -1,9 +1,13 @@
-"""The one policy for transient failures: 429, 5xx, timeouts and dropped connections.
+"""The one policy for failed attempts: 429, 5xx, timeouts and dropped connections, a malformed 200,
+and a refusal of a capability the request used (``json_schema``, ``n``, ``logprobs``...).
 
 Decisions are values computed from what the failure said (status, headers), so they are tested
 without a network or a clock; ``prelabel.llm.engine`` carries them out with tenacity. The SDK's own retries
 are set to zero so that nothing else retries underneath this policy. A 429 never fails an item by
-count: it is bounded by the time spent waiting on the limit, 5xx and timeouts by the attempts.
+count: it is bounded by the time spent waiting on the limit, 5xx and timeouts by the attempts. A
+refusal naming a parameter the request sent is a decision to downgrade that capability (the engine
+sends the request again without it); a 500 that names one is tried again once first, as any 500,
+since a server's error may mention a schema without refusing it.
 """
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ import random
 from dataclasses import dataclass
 from typing import Mapping
 
+from . import capabilities
 from .pacing import parse_duration
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MALFORMED = -200  # Failure.status of a 200 whose body is not the answer asked for
 from ..config import MAX_RETRY_AFTER_S  # noqa: E402
 
 
@@ -25,6 +31,8 @@ class Failure:
     status: int | None        # None for a timeout or a connection error
     headers: Mapping[str, str]
     code: str | None = None    # OpenAI's error code, e.g. "insufficient_quota"
+    message: str = ""          # the error's text: a refusal names the parameter it refuses
+    sent: Mapping | None = None  # the request as sent, where the status may be a refusal of one of its parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +42,7 @@ class RetryDecision:
     reason: str
     server_wait: float | None = None  # what retry-after asked, for pausing every request, not just this one
     rate_limit_wait_exceeded: bool = False  # gave up on a 429: waited longer than allowed for the limit
+    downgrade: str | None = None  # the capability refused (``capabilities.gap``): send again without it
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -56,6 +65,12 @@ def decide(failure: Failure, attempt: int, *, max_retries: int, base: float, cap
     request has waited on the limit (``rate_limited_s``, since its first 429) stays within
     ``max_rate_limit_wait_s``, whatever the attempts; 5xx and timeouts are bounded by ``max_retries``.
     """
+    if failure.status == MALFORMED:  # the same request would get the same body
+        return RetryDecision(False, 0.0, "a malformed answer")
+    refused = capabilities.gap(failure.status, failure.message, failure.sent) if failure.sent is not None else None
+    if refused is not None and (failure.status != 500 or attempt > min(1, max_retries)):
+        return RetryDecision(False, 0.0, f"the endpoint refused {refused} (status {failure.status})",
+                             downgrade=refused)
     if failure.status is not None and failure.status not in RETRYABLE_STATUS:
         return RetryDecision(False, 0.0, f"status {failure.status} is not transient")
     if failure.code == "insufficient_quota":

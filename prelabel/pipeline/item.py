@@ -130,8 +130,7 @@ def reask_max_tokens(budget, used: int) -> int:
     return max(used, min(REASK_GROWTH * used, ceiling))
 
 
-def item_result(ctx: JobContext, item: LeasedItem, labelled: Labelled, usage: list[UsageRow],
-                cache: list | None = None) -> ItemResult:
+def item_result(ctx: JobContext, item: LeasedItem, labelled: Labelled, usage: list[UsageRow]) -> ItemResult:
     """The item's drafts (one per output; one without a label when there is none), and what it
     spawns: variants to make from an original that deserves them. ``usage``: what its requests cost."""
     carried = json.loads(item.payload) if item.kind == VARIANT else None
@@ -149,22 +148,22 @@ def item_result(ctx: JobContext, item: LeasedItem, labelled: Labelled, usage: li
     if ctx.variants is not None and item.kind == LABEL and labelled.state == DONE:
         spawn = ctx.variants.units(item, records)
     priority = max(r["review_priority"] for r in records)
-    return ItemResult(item.seq, labelled.state, priority, records, usage, cache or [], spawn=spawn)
+    return ItemResult(item.seq, labelled.state, priority, records, usage, spawn=spawn)
 
 
 def failed_result(ctx: JobContext, item: LeasedItem, error: str, flags: list[str], usage: list[UsageRow]) -> ItemResult:
     """An item that failed outside its steps' decisions (a bug on one item must not stop the batch)."""
     if item.kind == AUGMENT:
-        return ItemResult(item.seq, FAILED, 0.0, [], usage, [], summary={"error": error})
+        return ItemResult(item.seq, FAILED, 0.0, [], usage, summary={"error": error})
     return item_result(ctx, item, Labelled(FAILED, [], flags, error), usage)
 
 
 def outcome_result(ctx: JobContext, item: LeasedItem, outcome, usage: list[UsageRow]) -> ItemResult:
     """What the store commits for an item's outcome (``REQUEUE``: back to pending)."""
     if isinstance(outcome, Requeue):
-        return ItemResult(item.seq, ItemState.PENDING, 0.0, [], usage, [], release=True)
+        return ItemResult(item.seq, ItemState.PENDING, 0.0, [], usage, release=True)
     if isinstance(outcome, Labelled):
         return item_result(ctx, item, outcome, usage)
     priority = max((r["review_priority"] for r in outcome.records), default=0.0)
-    return ItemResult(item.seq, outcome.state, priority, outcome.records, usage, [], spawn=outcome.spawn,
+    return ItemResult(item.seq, outcome.state, priority, outcome.records, usage, spawn=outcome.spawn,
                       summary=outcome.summary)

@@ -81,11 +81,12 @@ class ItemResult:
     priority: float
     records: list[dict]  # its drafts: one for most items, several for instruction pairs, none for a unit
     usage: list[UsageRow] = field(default_factory=list)
-    cache: list[tuple[str, dict]] = field(default_factory=list)  # (key, completion)
     release: bool = False  # True: the item goes back to pending (stopped by budget mid-way)
     spawn: list[Spawn] = field(default_factory=list)  # items made from this one
     summary: dict | None = None  # what a unit without drafts reports (augmentation counts)
-    uncache: list[str] = field(default_factory=list)  # cache keys to drop: answers it could not use
+    # Cache keys to drop: answers it could not use. (Its answers were put in the cache as they
+    # arrived, by the executor: none travel with the result.)
+    uncache: list[str] = field(default_factory=list)
     epoch: int | None = None  # the lease it was worked under (``LeasedItem.epoch``): a later lease refuses it
 
 

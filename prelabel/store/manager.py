@@ -329,8 +329,6 @@ class StoreManager(BatchRules):
                      completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=int(u.cached),
                           cached_prompt_tokens=u.cached_prompt_tokens)
                 for u in side_usage]
-        cache = [dict(key=key, response=json.dumps(completion, ensure_ascii=False), now=now)
-                 for r in results for key, completion in r.cache]
         with self._c.transaction():
             self._c.one("lock_job", job_id=job_id)  # first: spending and spawned seqs are the job row's
             epochs = dict(self._c.all("fence", job_id=job_id, owner=owner, seqs=sorted({r.seq for r in results})))
@@ -360,7 +358,6 @@ class StoreManager(BatchRules):
             self._c.many("finish_item", finished)
             self._c.many("unlease_item", released)
             self._c.many("insert_usage", usage)
-            self._c.many("insert_cache", cache)
             self._c.many("delete_cache", uncache)
             self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
             self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent

@@ -25,7 +25,7 @@ from ..llm.engine import LLMEngine
 from ..llm.retry import Outage
 from ..checks.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
-from ..pipeline.protocol import UNAVAILABLE, Chat, Dedupe, Embed, Failed, LocalVariants, Requeue
+from ..pipeline.protocol import REQUEUE, UNAVAILABLE, Chat, Dedupe, Embed, Failed, LocalVariants, Requeue
 from ..store import AUGMENT, ItemResult, JobRecord, LeasedItem, Store, UsageRow
 from .writer import StoreWriter
 
@@ -51,13 +51,17 @@ class LiveExecutor:
         self._holding = asyncio.Lock()  # a budget hold is being asked of the store
         self._holds_until = 0.0  # when the budget holds granted to this worker expire in the store (0: none)
         self.side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
+        self.interrupted: list[ItemResult] = []  # items cancelled part-way, for the run's last commit
         self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn
         # Cache look-ups over the network (PostgreSQL): a few threads of their own, apart from the writes.
         self._network_reads = getattr(store, "network_reads", False)
         self._reads = ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="prelabel-read")
         stored = store.cache_get(engine.caps_key)  # what earlier runs learned of this endpoint
         if stored is not None:
-            engine.caps = Capabilities.from_json(stored)
+            engine.use_capabilities(Capabilities.from_json(stored))
+            if engine.caps.learned:
+                log.info("sending as earlier runs learned this endpoint takes requests (%s); `prelabel probe` "
+                         "asks it again", "; ".join(line.partition(":")[0] for line in engine.caps.learned))
 
     # --- the job-level requests --------------------------------------------------------------------
 
@@ -103,6 +107,13 @@ class LiveExecutor:
         except Exception as e:  # a bug on one item must not stop the batch: record it (and what it spent)
             result = failed_result(self.ctx, item, f"internal error: {type(e).__name__}: {e}", [REQUEST_FAILED], usage)
             kept = set()
+        except BaseException:  # cancelled part-way (SIGTERM, Ctrl-C): back to the queue with what it paid for,
+            # committed by the run's last flush; its replay resumes from its answers in the cache, free
+            if any(not row.cached for row in usage):
+                result = outcome_result(self.ctx, item, REQUEUE, usage)
+                result.epoch = item.epoch
+                self.interrupted.append(result)
+            raise
         result.uncache = [key for key in keys if key not in kept]
         result.epoch = item.epoch  # the lease's fencing token: committed after the lease was lost, it is refused
         simulated = self.engine.simulated or any(c.simulated for c in asked)
@@ -169,27 +180,45 @@ class LiveExecutor:
         reservation = await self._reserve(estimate * copies, max_out)
         if reservation is None:
             return UNAVAILABLE, None
-        try:
+        try:  # whatever ends it (a failure, a bug, a cancel on SIGTERM), the reservation is settled or released
             async with self._requests:
                 if self._holds_lapsed():  # paused past the lease while it waited: its budget may be another's
-                    session.release(reservation)
-                    self._settled.set()
                     return UNAVAILABLE, None
-                completion = await engine.send(prepared, estimate + max_out)
-        except LLMError as e:
-            session.release(reservation)
-            self._settled.set()
-            return self._failed(seq, e), None
-        self.outage.succeeded()
+                try:
+                    completion = await engine.send(prepared, estimate + max_out)
+                except LLMError as e:
+                    # What was answered was paid for: a malformed 200 (the item re-asks it), samples
+                    # received before another failed. Billed; nothing else was.
+                    paid = [self._billed(answer, estimate) for answer in e.answered]
+                    if isinstance(e, MalformedAnswer):
+                        paid.append(e.usage or (estimate, self.ctx.counter.count(e.text), 0))
+                    if paid:
+                        held, reservation = reservation, None
+                        self._account(held, *(sum(column) for column in zip(*paid)), usage)
+                    return self._failed(seq, e), None
+            self.outage.succeeded()
+            if completion.usage_reported:
+                # per request: samples sent apart sent (and were billed) the prompt once each
+                session.learn_slack(request.prompt_tokens, completion.prompt_tokens // completion.requests)
+            else:  # some servers send no usage: charge our own count, so the caps still hold
+                completion.prompt_tokens, completion.completion_tokens, _ = self._billed(completion, estimate)
+            self._keep_answer(prepared.key, completion)  # durable now: a kill from here on does not pay for it again
+            held, reservation = reservation, None
+            self._account(held, completion.prompt_tokens, completion.completion_tokens,
+                          completion.cached_prompt_tokens, usage, completion.model)
+            return completion, prepared.key
+        finally:
+            if reservation is not None:
+                session.release(reservation)
+                self._settled.set()
+
+    def _billed(self, completion: Completion, estimate: int) -> tuple[int, int, int]:
+        """(prompt, completion, cached prompt) tokens to bill for an answer: as the endpoint reported
+        them, else our own count (the prompt's estimate for each request that sent it, the answers' text)."""
         if completion.usage_reported:
-            session.learn_slack(request.prompt_tokens, completion.prompt_tokens)
-        else:  # some servers send no usage: charge our own count, so the caps still hold
-            completion.prompt_tokens = estimate
-            completion.completion_tokens = sum(self.ctx.counter.count(content or "")
-                                               for content, _ in completion.all_samples())
-        self._keep_answer(prepared.key, completion)  # durable now: a kill from here on does not pay for it again
-        self._account(reservation, completion, usage)
-        return completion, prepared.key
+            return completion.prompt_tokens, completion.completion_tokens, completion.cached_prompt_tokens
+        return (estimate * completion.requests,
+                sum(self.ctx.counter.count(content or "") for content, _ in completion.all_samples()), 0)
 
     def _failed(self, seq: int, error: LLMError):
         """A request that failed for good: the item's failure, or (the endpoint down) back to the queue."""
@@ -207,13 +236,13 @@ class LiveExecutor:
             self.endpoint_down.set()
         return Failed(str(error), malformed)
 
-    def _account(self, reservation, completion: Completion, usage: list[UsageRow]) -> None:
-        cost = self.session.settle(reservation, completion.prompt_tokens, completion.completion_tokens,
-                                   completion.cached_prompt_tokens)
+    def _account(self, reservation, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int,
+                 usage: list[UsageRow], model: str | None = None) -> None:
+        cost = self.session.settle(reservation, prompt_tokens, completion_tokens, cached_prompt_tokens)
         self._settled.set()
-        usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
-                              completion.completion_tokens, cost, False, completion.cached_prompt_tokens))
-        self.progress.tokens += completion.prompt_tokens + completion.completion_tokens
+        usage.append(UsageRow(model or self.spec.model.name, prompt_tokens, completion_tokens, cost, False,
+                              cached_prompt_tokens))
+        self.progress.tokens += prompt_tokens + completion_tokens
         self.progress.cost += cost
 
     # --- the budget: the waiting part of the session's decisions ----------------------------------
@@ -265,7 +294,13 @@ class LiveExecutor:
             if reservation is None:
                 self.budget_hit.set()
                 return None, True
-        result = await self.engine.embed(prepared)
+        try:
+            result = await self.engine.embed(prepared)
+        except BaseException:  # a bug, or a cancel: nothing known of what was billed; the hold goes back
+            if reservation is not None:
+                self.session.release(reservation)
+                self._settled.set()
+            raise
         if reservation is not None:
             cost = self.session.settle(reservation, result.prompt_tokens, 0)  # at the chat price: on the safe side
             self._settled.set()

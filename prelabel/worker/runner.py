@@ -115,6 +115,7 @@ class JobRunner:
                 task.cancel()
             live.close()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
+            self._results.extend(live.interrupted)  # cancelled part-way: back to the queue, what they paid billed
             await self._flush(final=True)
             stats = self.engine.stats       # recorded for an interrupted run too
             stats.wall_s = round(time.monotonic() - started_mono, 3)
@@ -125,7 +126,7 @@ class JobRunner:
                     await self._write(self.store.release, self.owner)  # anything unstarted goes back to the queue
                     await self._write(self.store.add_run, self.job.id, self.owner, started_wall, stats)
                     await self._write(self.store.cache_put,  # what was learned of the endpoint, for the next run
-                                      [(self.engine.caps_key, self.engine.caps.to_json())])
+                                      [(self.engine.caps_key, self.engine.kept.to_json())])
                 except StorageError as e:
                     self._store_failed(e)
         if self.storage_error is not None:

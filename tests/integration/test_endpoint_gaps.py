@@ -68,7 +68,9 @@ async def test_refused_json_schema_falls_back_to_json_object_with_its_schema(sto
     async with simulator(refuse_json_schema=True) as (sim, url):
         outcome, records = await run(store, job_dir, url)
         assert outcome.exit_code == EXIT_OK and outcome.run.counts == {"done": 8}
-        assert sim.stats.requests <= 8 + 8  # at most one refusal per request in flight, never retried
+        # llama-cpp-python refuses with a 500: tried once more (a 500 may merely mention a schema), then
+        # given up: at most two refusals per request in flight
+        assert sim.stats.requests <= 8 + 2 * 8
         assert all(r["label"] in LABELS and r["confidence"] is not None for r in records)
         assert stored_caps(store, url).structured == JSON_OBJECT_SCHEMA
         before = sim.stats.requests

@@ -35,9 +35,9 @@ def raw_items(n: int, start_line: int = 1) -> list[RawItem]:
 
 
 def result(seq: int, *, state: str = "done", priority: float = 0.5, flags: list[str] | None = None,
-           usage: list[UsageRow] | None = None, cache: list | None = None, release: bool = False) -> ItemResult:
+           usage: list[UsageRow] | None = None, uncache: list | None = None, release: bool = False) -> ItemResult:
     record = {"id": f"id{seq}", "seq": seq, "label": "positive", "flags": flags or [], "review_priority": priority}
-    return ItemResult(seq, state, priority, [record], usage or [], cache or [], release)
+    return ItemResult(seq, state, priority, [record], usage or [], release, uncache=uncache or [])
 
 
 def usage(prompt: int = 10, completion: int = 2, cost: float = 0.001, cached: bool = False) -> UsageRow:
@@ -201,15 +201,16 @@ def test_release_and_reclaim_hand_leases_back(store):
 def test_complete_commits_result_usage_and_cache_together(store, url):
     store.create_job(job_record(), raw_items(3))
     store.lease("job-1", OWNER_A, 3, T0, 60)
+    store.cache_put([("k0", {"content": "x"}), ("k1", {"content": "unusable"})])  # as the answers arrived
     store.complete("job-1", OWNER_A, [
-        result(0, usage=[usage(100, 5, 0.01)], cache=[("k0", {"content": "x"})]),
-        result(1, state="failed", usage=[usage(50, 0, 0.0)]),
+        result(0, usage=[usage(100, 5, 0.01)]),
+        result(1, state="failed", usage=[usage(50, 0, 0.0)], uncache=["k1"]),
     ])
     state, owner, raw = item_state(store, 0)
     assert (state, owner) == ("done", None) and '"label": "positive"' in raw
     assert store.counts("job-1") == {"done": 1, "failed": 1, "leased": 1}
     assert store.cache_get("k0") == {"content": "x"}
-    assert store.cache_get("k-unknown") is None
+    assert store.cache_get("k1") is None and store.cache_get("k-unknown") is None
     job = store.get_job("job-1")
     assert job.spent_tokens == 155 and job.spent_cost == pytest.approx(0.01)
 
@@ -219,11 +220,12 @@ def test_complete_is_all_or_nothing(store, url):
     store.lease("job-1", OWNER_A, 2, T0, 60)
     unserialisable = result(1)
     unserialisable.records[0]["bad"] = {1, 2}  # json.dumps fails half-way through the batch
+    store.cache_put([("k0", {"a": 1})])
     with pytest.raises(TypeError):
-        store.complete("job-1", OWNER_A, [result(0, usage=[usage()], cache=[("k0", {"a": 1})]), unserialisable])
+        store.complete("job-1", OWNER_A, [result(0, usage=[usage()], uncache=["k0"]), unserialisable])
     assert store.counts("job-1") == {"leased": 2}
     assert store.usage_totals("job-1")["requests_billed"] == 0
-    assert store.cache_get("k0") is None
+    assert store.cache_get("k0") == {"a": 1}
     assert store.get_job("job-1").spent_tokens == 0
     store.complete("job-1", OWNER_A, [result(0), result(1)])  # the connection is usable afterwards
     assert store.counts("job-1") == {"done": 2}

@@ -55,3 +55,53 @@ def test_stored_round_trip_without_the_key():
     caps = Capabilities(structured=PROMPT_ONLY, n=False, learned=["x"])
     assert Capabilities.from_json(caps.to_json() | {"future": 1}) == caps
     assert "sk-" not in store_key("http://127.0.0.1:8000/v1", "m")
+
+
+# --- refusals are retry.decide's: a downgrade is a decision, kept only once it was answered ---------
+
+def _decide(status, message, attempt=1, max_retries=4, sent=REQUEST):
+    import random
+
+    from prelabel.llm.retry import Failure, decide
+    return decide(Failure(status, {}, None, message, sent), attempt, max_retries=max_retries, base=0.5, cap=8.0,
+                  rng=random.Random(0))
+
+
+def test_a_refusal_naming_a_parameter_sent_is_a_downgrade_decision():
+    decision = _decide(400, "n must be less than or equal to the number of slots (1)")
+    assert not decision.retry and decision.downgrade == N
+    assert _decide(422, LLAMA_CPP_PYTHON).downgrade == STRUCTURED
+    assert _decide(400, "n must be small", sent={"model": "m"}).downgrade is None  # it sent no n
+
+
+def test_a_500_naming_a_capability_is_tried_again_once_before_it_is_given_up():
+    first = _decide(500, LLAMA_CPP_PYTHON, attempt=1)
+    assert first.retry and first.downgrade is None and first.delay > 0
+    assert _decide(500, LLAMA_CPP_PYTHON, attempt=2).downgrade == STRUCTURED
+    assert _decide(500, LLAMA_CPP_PYTHON, attempt=1, max_retries=0).downgrade == STRUCTURED
+    unrelated = _decide(500, "CUDA out of memory", attempt=2)
+    assert unrelated.retry and unrelated.downgrade is None
+    assert _decide(503, LLAMA_CPP_PYTHON, attempt=2).downgrade is None  # a 503 refuses nothing
+
+
+def test_a_malformed_answer_is_decided_not_retried():
+    from prelabel.llm.retry import MALFORMED
+    decision = _decide(MALFORMED, "", sent=None)
+    assert not decision.retry and decision.downgrade is None
+
+
+def test_kept_capabilities_change_only_with_an_answer():
+    from prelabel.llm.capabilities import JSON_OBJECT, JSON_SCHEMA, confirm
+    kept, used = Capabilities(), Capabilities()
+    used.weaken(STRUCTURED, "refused")
+    used.weaken(TOP_LOGPROBS, "refused")
+    assert kept.structured == JSON_SCHEMA and kept.learned == []  # a refusal alone keeps nothing
+    confirm(kept, used, REQUEST, adapt(REQUEST, used))
+    assert kept.structured == JSON_OBJECT_SCHEMA and kept.logprobs and not kept.top_logprobs
+    assert [line.partition(":")[0] for line in kept.learned] == [STRUCTURED, TOP_LOGPROBS]
+    used.weaken(STRUCTURED, "refused again")
+    plain = {k: v for k, v in REQUEST.items() if k != "response_format"}
+    confirm(kept, used, plain, adapt(plain, used))  # answered without asking for structure: shows nothing of it
+    assert kept.structured == JSON_OBJECT_SCHEMA
+    confirm(kept, used, REQUEST, adapt(REQUEST, used))
+    assert kept.structured == JSON_OBJECT
