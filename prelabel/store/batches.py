@@ -103,6 +103,13 @@ class BatchRules:
     def batch_chunk_keys(self, job_id: str, chunk: str) -> list[str]:
         return [row[0] for row in self._c.all("batch_chunk_keys", job_id=job_id, chunk=chunk)]
 
+    def batch_budget_used(self, job_id: str, now: float) -> tuple[int, float]:
+        """The job's spending plus every live hold on its budget: its chunks' and its workers' (a
+        batch tick's live requests: re-asks, embeddings)."""
+        job = self.get_job(job_id)
+        held_tokens, held_cost = self._c.one("holds", job_id=job_id, now=now)
+        return job.spent_tokens + int(held_tokens), job.spent_cost + float(held_cost)
+
     def batch_open_keys(self, job_id: str) -> set[str]:
         return {row[0] for row in self._c.stream("batch_open_keys", job_id=job_id)}
 
