@@ -395,14 +395,15 @@ class BatchExecutor:
                                  []), None
         if isinstance(outcome, Requeue):
             return None, None
-        usage = [UsageRow(c.model or self.spec.model.name, c.prompt_tokens, c.completion_tokens, 0.0, True)
-                 for _, c in given]  # billed once, by line, when its batch was collected
+        usage = [UsageRow(c.model or self.spec.model.name, c.prompt_tokens, c.completion_tokens, 0.0, True,
+                          c.cached_prompt_tokens) for _, c in given]  # billed once, by line, when its batch was collected
         result = outcome_result(self.ctx, item, outcome, usage)
         # As live: the answers it could not use leave the cache once it is committed (a failed item
         # submitted again is asked afresh).
         result.uncache = [key for i, (key, _) in enumerate(given) if i not in set(outcome.kept)] + uncache
         result.epoch = item.epoch
-        billed = round(sum(cost_usd(self.price, c.prompt_tokens, c.completion_tokens) for _, c in given), 8)
+        billed = round(sum(cost_usd(self.price, c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens)
+                         for _, c in given), 8)
         self._answered_by(item, result, any(c.simulated for _, c in given), billed)
         return result, None
 
@@ -428,34 +429,37 @@ class BatchExecutor:
         """The job's live executor, for what a tick sends live (re-asks, embeddings): the same engine
         (rate limit, cache, retries), budget holds in the store and ledger as a live run, at the live price."""
         if self._live is None:
-            from ..worker.live import LiveExecutor
             from ..worker.runner import Progress
             from ..worker.writer import StoreWriter
+            from .live import TickLive
 
             self._writer = StoreWriter()
-            self._live = LiveExecutor(self.store, self.job, self.ctx, self.engine, self.settings, self.owner,
-                                      self._writer, Progress())
+            self._live = TickLive(self.store, self.job, self.ctx, self.engine, self.settings, self.owner,
+                                  self._writer, Progress())
         return self._live
 
     async def _live_reasks(self, items: list[LeasedItem], report: TickReport) -> None:
         """Items whose batch answer broke the schema, driven now through the live executor: the
         answers they have come from the cache (free: their lines were billed when collected), the
-        re-asks go out live. Committed with what the live requests cost."""
+        re-asks go out live, each billed as it arrives (``TickLive``). Then committed."""
         live = self.live
         if self.ctx.fewshot is not None:
             live.leased(items)  # their vectors again (cached: free), for the examples they were asked with
         for page in range(0, len(items), COMMIT_PAGE):
-            results = list(await asyncio.gather(*(live.process(item) for item in items[page:page + COMMIT_PAGE])))
-            live.write_answers(final=True)  # every live answer durable before its item's commit
-            for item, result in zip(items[page:page + COMMIT_PAGE], results):
+            chunk = items[page:page + COMMIT_PAGE]
+            sent = live.requests
+            results = list(await asyncio.gather(*(live.process(item) for item in chunk)))
+            await live.flush()  # every live answer cached and billed before its item's commit
+            report.live_reasks += live.requests - sent
+            self.checkpoint("live")  # re-asks answered and billed, their items not committed
+            for item, result in zip(chunk, results):
                 if result.release and not live.endpoint_down.is_set():
                     report.over_budget += 1  # the budget could not hold its re-ask
-                batch = sum(cost_usd(self.price, u.prompt_tokens, u.completion_tokens) for u in result.usage
-                            if u.cached)
-                own = sum(u.cost_usd for u in result.usage if not u.cached)
-                report.live_reasks += sum(1 for u in result.usage if not u.cached)
-                if result.records and item.kind != AUGMENT:
-                    result.records[0]["cost_usd"] = round(batch + own, 8)  # its lines at the batch price, live at live
+                if result.records and item.kind != AUGMENT:  # its lines at the batch price, its re-asks at live's
+                    result.records[0]["cost_usd"] = round(sum(
+                        live.billed.pop(id(u)) if id(u) in live.billed
+                        else cost_usd(self.price, u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens)
+                        for u in result.usage), 8)
             self._commit(results, report)
 
     def close(self) -> None:

@@ -1,0 +1,78 @@
+"""What a batch tick sends live: re-asks (``batch.live_reasks``) and embeddings (few-shot examples).
+
+It is the job's live executor (``prelabel.worker.live``): the same engine (rate limit, cache,
+retries), budget holds in the store and the live price. One thing differs: each answer is written
+to the cache and billed in one transaction as it arrives (``batch_live_answers``), not billed with
+its item's commit. A tick killed between the two thus neither pays for the answer again (the next
+tick's replay finds it in the cache) nor leaves it off the ledger (so the caps still count it). The
+item's commit carries it as an answer from the cache (nothing billed again); its draft says what it
+cost (``billed``).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+from ..llm.completion import Completion
+from ..store import LeasedItem, UsageRow
+from ..store.batches import NO_ITEM
+from ..worker.live import LiveExecutor
+
+_SEQ: contextvars.ContextVar[int] = contextvars.ContextVar("prelabel_batch_live_seq", default=NO_ITEM)
+
+
+def _nothing() -> None:
+    return None
+
+
+class TickLive(LiveExecutor):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._arrived: dict[int, str] = {}          # id(completion) -> its cache key, until it is accounted
+        self._to_bill: list[tuple[str, dict, int, UsageRow]] = []  # arrived this loop turn
+        self.billed: dict[int, float] = {}           # id(an item's usage row) -> what its live request cost
+        self.requests = 0                            # chat requests sent live
+
+    async def process(self, item: LeasedItem):
+        _SEQ.set(item.seq)  # this item's task only (asyncio copies the context per task)
+        return await super().process(item)
+
+    def _keep_answer(self, key: str, completion: Completion) -> None:
+        self._arrived[id(completion)] = key  # written with its bill, in _account (called right after)
+
+    def _account(self, reservation, completion: Completion, usage: list[UsageRow]) -> None:
+        key = self._arrived.pop(id(completion))
+        cost = self.session.settle(reservation, completion.prompt_tokens, completion.completion_tokens,
+                                   completion.cached_prompt_tokens)
+        self._settled.set()
+        model = completion.model or self.spec.model.name
+        row = UsageRow(model, completion.prompt_tokens, completion.completion_tokens, cost, False,
+                       completion.cached_prompt_tokens)
+        if not self._to_bill:
+            asyncio.get_running_loop().call_soon(self._write_billed)
+        self._to_bill.append((key, completion.to_cache(), _SEQ.get(), row))
+        free = UsageRow(model, completion.prompt_tokens, completion.completion_tokens, 0.0, True,
+                        completion.cached_prompt_tokens)  # billed as it arrived: its commit bills nothing
+        self.billed[id(free)] = cost
+        usage.append(free)
+        self.requests += 1
+
+    def _write_billed(self) -> None:
+        if self._to_bill:
+            batch, self._to_bill = self._to_bill, []
+            self.writer.submit(self.store.batch_live_answers, self.job.id, self.owner,
+                               [(key, answer) for key, answer, _, _ in batch], [(seq, row) for _, _, seq, row in batch])
+
+    async def _keep_embeddings(self, entries: list[tuple[str, dict]], billed: UsageRow | None) -> None:
+        await self.writer.write(self.store.batch_live_answers, self.job.id, self.owner, entries,
+                                [(NO_ITEM, billed)] if billed is not None else [])
+
+    async def flush(self) -> None:
+        """Every answer that arrived is cached and billed (before any commit of the items that used it)."""
+        self._write_billed()
+        await self.writer.write(_nothing)  # the store thread runs writes in order: the ones before are done
+        if self.writer.error is not None:
+            raise self.writer.error
+
+
+__all__ = ["TickLive"]
