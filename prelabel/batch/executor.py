@@ -21,7 +21,9 @@ A tick, in this order:
 
 Each step that the provider acts on is followed by ``checkpoint(step)`` (the CLI's kill hook for the
 fault tests; nothing otherwise): ``intent``, ``upload``, ``create``, ``download`` (a result file
-downloaded), ``read`` (some of its answers in the cache, the chunk not collected), ``commit``.
+downloaded), ``read`` (some of its answers in the cache, the chunk not collected), ``dedupe`` (an
+augment unit's dedupe answer kept), ``live`` (re-asks answered live and billed, their items not
+committed), ``commit``.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from ..pipeline.item import JobContext, failed_result, outcome_result
 from ..pipeline.protocol import Chat, Dedupe, Embed, Failed, LocalVariants, Requeue
 from ..store import AUGMENT, ItemResult, JobRecord, LeasedItem, UsageRow
 from .files import InputFile, InputFileWriter, chat_line
+from .live import live_marker
 from .provider import BatchProvider
 from .reconcile import Collect, Create, DeleteFile, Intent, Orphan, RemoteBatch, Stage, Upload, Wait, reconcile
 from .results import Answer, collect, read_file
@@ -257,8 +260,8 @@ class BatchExecutor:
                     # completion window (24 h) before the item's first line is even sent, to save half
                     # of what is the smallest part of the bill ($0.02 per million tokens for
                     # text-embedding-3-small, against a chat model's input and output). They go through
-                    # the job's engine under the budget, billed at the live price (side usage, with the
-                    # next commit) and cached, so every later tick's replay gets them free.
+                    # the job's engine under the budget, cached and billed at the live price as they
+                    # arrive (``TickLive``), so every later tick's replay gets them free.
                     self.live.leased(items)
                     await self.ctx.fewshot.ready()
                 room = self._room(worst)
@@ -370,6 +373,7 @@ class BatchExecutor:
                             # Kept before any line that depends on it is sent: the job's texts change
                             # as other items commit, and a replay must meet the same requests.
                             self.store.cache_put([(key, {"dedupe": reasons})])
+                            self.checkpoint("dedupe")  # a unit's dedupe answer kept, the unit not done
                         else:
                             reasons = stored["dedupe"]
                             await variants.remember(request, reasons)
@@ -402,8 +406,16 @@ class BatchExecutor:
         # submitted again is asked afresh).
         result.uncache = [key for i, (key, _) in enumerate(given) if i not in set(outcome.kept)] + uncache
         result.epoch = item.epoch
-        billed = round(sum(cost_usd(self.price, c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens)
-                         for _, c in given), 8)
+        billed = 0.0
+        for key, c in given:
+            # A re-ask answered live in a tick killed before its item's commit: its live price.
+            marker = self.store.cache_get(live_marker(key)) if self.limits.live_reasks else None
+            if marker is not None:
+                billed += float(marker["cost_usd"])
+                result.uncache.append(live_marker(key))
+            else:
+                billed += cost_usd(self.price, c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens)
+        billed = round(billed, 8)
         self._answered_by(item, result, any(c.simulated for _, c in given), billed)
         return result, None
 
@@ -453,6 +465,7 @@ class BatchExecutor:
             report.live_reasks += live.requests - sent
             self.checkpoint("live")  # re-asks answered and billed, their items not committed
             for item, result in zip(chunk, results):
+                result.uncache += live.markers.pop(item.seq, [])  # the draft says it: the markers go
                 if result.release and not live.endpoint_down.is_set():
                     report.over_budget += 1  # the budget could not hold its re-ask
                 if result.records and item.kind != AUGMENT:  # its lines at the batch price, its re-asks at live's

@@ -25,6 +25,12 @@ def _nothing() -> None:
     return None
 
 
+def live_marker(key: str) -> str:
+    """Where the cache says that the answer at ``key`` was a live one, and what it cost (so a draft
+    made from it after a kill, from the cache, says its live price, not the batch's)."""
+    return f"live:{key}"
+
+
 class TickLive(LiveExecutor):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -32,10 +38,22 @@ class TickLive(LiveExecutor):
         self._to_bill: list[tuple[str, dict, int, UsageRow]] = []  # arrived this loop turn
         self.billed: dict[int, float] = {}           # id(an item's usage row) -> what its live request cost
         self.requests = 0                            # chat requests sent live
+        self.markers: dict[int, list[str]] = {}      # item seq -> the live markers it met (out at its commit)
 
     async def process(self, item: LeasedItem):
         _SEQ.set(item.seq)  # this item's task only (asyncio copies the context per task)
         return await super().process(item)
+
+    async def _chat(self, seq: int, request, usage: list[UsageRow]):
+        answer, key = await super()._chat(seq, request, usage)
+        if isinstance(answer, Completion) and answer.cached:  # from the cache: live before a kill?
+            marker = self.store.cache_get(live_marker(key))
+            if marker is not None:
+                self.billed[id(usage[-1])] = float(marker["cost_usd"])  # its row, appended last (no await since)
+                self.markers.setdefault(_SEQ.get(), []).append(live_marker(key))
+        elif isinstance(answer, Completion):
+            self.markers.setdefault(_SEQ.get(), []).append(live_marker(key))
+        return answer, key
 
     def _keep_answer(self, key: str, completion: Completion) -> None:
         self._arrived[id(completion)] = key  # written with its bill, in _account (called right after)
@@ -60,8 +78,10 @@ class TickLive(LiveExecutor):
     def _write_billed(self) -> None:
         if self._to_bill:
             batch, self._to_bill = self._to_bill, []
-            self.writer.submit(self.store.batch_live_answers, self.job.id, self.owner,
-                               [(key, answer) for key, answer, _, _ in batch], [(seq, row) for _, _, seq, row in batch])
+            entries = [(key, answer) for key, answer, _, _ in batch]
+            entries += [(live_marker(key), {"cost_usd": row.cost_usd}) for key, _, _, row in batch]
+            self.writer.submit(self.store.batch_live_answers, self.job.id, self.owner, entries,
+                               [(seq, row) for _, _, seq, row in batch])
 
     async def _keep_embeddings(self, entries: list[tuple[str, dict]], billed: UsageRow | None) -> None:
         await self.writer.write(self.store.batch_live_answers, self.job.id, self.owner, entries,
@@ -75,4 +95,4 @@ class TickLive(LiveExecutor):
             raise self.writer.error
 
 
-__all__ = ["TickLive"]
+__all__ = ["TickLive", "live_marker"]
