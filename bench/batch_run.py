@@ -2,6 +2,7 @@
 
     python bench/batch_run.py                  # 2,000 items, 500 requests a file
     python bench/batch_run.py --items 500 --per-file 100
+    python bench/batch_run.py --items 200 --augment   # noise, paraphrase, back-translation, fidelity, re-check
 
 The simulator (its own process) answers batches with 2% of lines failing, output shuffled, the first
 batch expiring half-way and a processing delay; each tick is the CLI in its own process, as cron
@@ -9,6 +10,7 @@ runs it, started again a second after a tick that exits 75 ("waiting on batches"
 with `model.mode: live` by `prelabel run` against a fresh simulator. Prints: ticks, items drafted,
 batches created (the simulator's count) against chunks + retries (the store's), the most answers any
 one request got (1: none paid twice), and the billed cost of both (the ledger), and their ratio.
+``--augment``: an augment job (its LLM steps as batch lines), with the drafts and variants of both.
 """
 from __future__ import annotations
 
@@ -27,13 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import machine, make_items, simulator, write_job  # noqa: E402
 
 WAITING = 75
+AUGMENT = ("augment: {recheck: true, fidelity: true, seed: 7, steps: [{kind: noise, n: 1, ops: [keyboard, swap]}, "
+           "{kind: paraphrase, n: 2}, {kind: back_translation, via: [de]}]}\n")
 
 
-def job_file(folder: Path, data: Path, mode: str, per_file: int) -> Path:
+def job_file(folder: Path, data: Path, mode: str, per_file: int, augment: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    job = write_job(folder, data, rpm=60_000)
+    job = write_job(folder, data, rpm=60_000, budget="max_output_tokens: 256" if augment else "")
     text = job.read_text().replace("max_retries: 8}", f"max_retries: 8, mode: {mode}}}")
-    job.write_text(text + f"batch: {{max_requests_per_file: {per_file}}}\n")
+    text = text.replace("max_output_tokens: 16, max_output_tokens: 256", "max_output_tokens: 256")
+    job.write_text(text + f"batch: {{max_requests_per_file: {per_file}}}\n" + (AUGMENT if augment else ""))
     return job
 
 
@@ -59,6 +64,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--per-file", type=int, default=500)
     parser.add_argument("--delay-s", type=float, default=3.0, help="the simulator's time to complete a batch")
+    parser.add_argument("--augment", action="store_true", help="an augment job (noise, paraphrase, back-translation)")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="prelabel-batch-run-"))
@@ -71,7 +77,7 @@ def main() -> int:
                 "--batch-expire-share", "0.5", "--batch-delay-s", str(args.delay_s))
     with simulator(*sim_args) as url:
         env = {**base, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench", "PRELABEL_DB": str(folder / "batch.db")}
-        job = job_file(folder / "batch", data, "batch", args.per_file)
+        job = job_file(folder / "batch", data, "batch", args.per_file, args.augment)
         assert cli("submit", job, env=env).returncode == 0
         started, codes = time.monotonic(), []
         while True:
@@ -88,9 +94,10 @@ def main() -> int:
 
     with simulator() as url:
         env = {**base, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench", "PRELABEL_DB": str(folder / "live.db")}
-        ran = cli("run", job_file(folder / "live", data, "live", args.per_file), "-q", env=env)
+        ran = cli("run", job_file(folder / "live", data, "live", args.per_file, args.augment), "-q", env=env)
         assert ran.returncode == 0, ran.stderr
     live = ledger(folder / "live.db")
+    live_drafts = [json.loads(line) for line in (folder / "live" / "out" / "drafts.jsonl").read_text().splitlines()]
 
     chunks = batch["chunks"]
     first = [c for c in chunks if c.attempt == 1]
@@ -113,6 +120,10 @@ def main() -> int:
           f"{live['usage']['requests_billed']:,} requests, "
           f"{live['usage']['prompt_tokens'] + live['usage']['completion_tokens']:,} tokens; batch/live = {bc / lc:.4f}")
     same = sum(1 for d in drafts if d["state"] == "done")
+    variants = sum(1 for d in drafts if d.get("augmentation"))
+    live_variants = sum(1 for d in live_drafts if d.get("augmentation"))
+    print(f"drafts batch {len(drafts):,} ({variants:,} variants), live {len(live_drafts):,} ({live_variants:,} "
+          f"variants); the same ids: {sorted(d['id'] for d in drafts) == sorted(d['id'] for d in live_drafts)}")
     print(f"load after: {os.getloadavg()[0]:.1f}; done {same:,}")
     return 0
 
