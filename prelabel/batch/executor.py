@@ -12,12 +12,17 @@ A tick, in this order:
    cache as it is read (durable: a kill after this does not pay for it again), then the chunk
    collected in one store transaction (its lines billed at the batch price, its budget hold
    settled, its failed lines counted).
-2. **Re-drive** every pending item: lease it, replay its pipeline (``pipeline.protocol.replay``)
-   against the cache (and the lines that failed for good); an item that finished is committed with
-   its drafts exactly as live makes them; one that waits on a request in flight is left; one that
-   needs a request not yet sent (its first, a re-ask, a consistency sample...) has it written into
+2. **Re-drive** every pending item (augment units and the variants they spawn too): lease it,
+   replay its pipeline against the cache (and the lines that failed for good); an item that
+   finished is committed with its drafts exactly as live makes them (what it spawns is driven in
+   the same tick); one that waits on a request in flight is left; one that needs a chat request
+   not yet sent (its first, a re-ask, a paraphrase, a unit's fidelity checks...) has it written into
    an input file (streaming, within the limits), the chunk's intent recorded with its worst case
    held against the budget BEFORE the upload, uploaded and created with metadata naming job and chunk.
+   Local variants (synonym, noise) are made again on each replay (seeded); a unit's dedupe answer
+   is kept in the store until the unit is committed (it depends on the job's texts, which change).
+   Embeddings go live (``_drive`` says why), and with ``batch.live_reasks`` re-asks go live at the
+   end of the tick, through ``live.TickLive``.
 
 Each step that the provider acts on is followed by ``checkpoint(step)`` (the CLI's kill hook for the
 fault tests; nothing otherwise): ``intent``, ``upload``, ``create``, ``download`` (a result file
