@@ -2,6 +2,8 @@
 
     python bench/batch_run.py                  # 2,000 items, 500 requests a file
     python bench/batch_run.py --items 500 --per-file 100
+    python bench/batch_run.py --items 200 --augment   # noise, paraphrase, back-translation, fidelity, re-check
+    python bench/batch_run.py --items 500 --invalid-rate 0.1 [--live-reasks]   # re-asks: next batch, or live
 
 The simulator (its own process) answers batches with 2% of lines failing, output shuffled, the first
 batch expiring half-way and a processing delay; each tick is the CLI in its own process, as cron
@@ -9,6 +11,7 @@ runs it, started again a second after a tick that exits 75 ("waiting on batches"
 with `model.mode: live` by `prelabel run` against a fresh simulator. Prints: ticks, items drafted,
 batches created (the simulator's count) against chunks + retries (the store's), the most answers any
 one request got (1: none paid twice), and the billed cost of both (the ledger), and their ratio.
+``--augment``: an augment job (its LLM steps as batch lines), with the drafts and variants of both.
 """
 from __future__ import annotations
 
@@ -27,13 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import machine, make_items, simulator, write_job  # noqa: E402
 
 WAITING = 75
+AUGMENT = ("augment: {recheck: true, fidelity: true, seed: 7, steps: [{kind: noise, n: 1, ops: [keyboard, swap]}, "
+           "{kind: paraphrase, n: 2}, {kind: back_translation, via: [de]}]}\n")
 
 
-def job_file(folder: Path, data: Path, mode: str, per_file: int) -> Path:
+def job_file(folder: Path, data: Path, mode: str, per_file: int, augment: bool = False,
+             live_reasks: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    job = write_job(folder, data, rpm=60_000)
+    job = write_job(folder, data, rpm=60_000, budget="max_output_tokens: 256" if augment else "")
     text = job.read_text().replace("max_retries: 8}", f"max_retries: 8, mode: {mode}}}")
-    job.write_text(text + f"batch: {{max_requests_per_file: {per_file}}}\n")
+    text = text.replace("max_output_tokens: 16, max_output_tokens: 256", "max_output_tokens: 256")
+    job.write_text(text + f"batch: {{max_requests_per_file: {per_file}, live_reasks: {str(live_reasks).lower()}}}\n"
+                   + (AUGMENT if augment else ""))
     return job
 
 
@@ -59,6 +67,9 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--per-file", type=int, default=500)
     parser.add_argument("--delay-s", type=float, default=3.0, help="the simulator's time to complete a batch")
+    parser.add_argument("--augment", action="store_true", help="an augment job (noise, paraphrase, back-translation)")
+    parser.add_argument("--invalid-rate", type=float, default=0.0, help="answers that break the schema (both runs)")
+    parser.add_argument("--live-reasks", action="store_true", help="batch.live_reasks: true")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="prelabel-batch-run-"))
@@ -68,10 +79,11 @@ def main() -> int:
     print(f"{machine()}; load {os.getloadavg()[0]:.1f}; {args.items:,} items, {args.per_file} a file")
 
     sim_args = ("--batch-error-rate", "0.02", "--batch-shuffle", "--batch-expire-first", "1",
-                "--batch-expire-share", "0.5", "--batch-delay-s", str(args.delay_s))
+                "--batch-expire-share", "0.5", "--batch-delay-s", str(args.delay_s),
+                "--invalid-rate", str(args.invalid_rate))
     with simulator(*sim_args) as url:
         env = {**base, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench", "PRELABEL_DB": str(folder / "batch.db")}
-        job = job_file(folder / "batch", data, "batch", args.per_file)
+        job = job_file(folder / "batch", data, "batch", args.per_file, args.augment, args.live_reasks)
         assert cli("submit", job, env=env).returncode == 0
         started, codes = time.monotonic(), []
         while True:
@@ -83,14 +95,16 @@ def main() -> int:
         wall = time.monotonic() - started
         with urllib.request.urlopen(url.removesuffix("/v1") + "/_sim/batches", timeout=10) as r:
             sim = json.loads(r.read())
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/_sim/stats", timeout=10) as r:
+            live_requests = json.loads(r.read())
     batch = ledger(folder / "batch.db")
     drafts = [json.loads(line) for line in (folder / "batch" / "out" / "drafts.jsonl").read_text().splitlines()]
-
-    with simulator() as url:
+    with simulator("--invalid-rate", str(args.invalid_rate)) as url:
         env = {**base, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench", "PRELABEL_DB": str(folder / "live.db")}
-        ran = cli("run", job_file(folder / "live", data, "live", args.per_file), "-q", env=env)
-        assert ran.returncode == 0, ran.stderr
+        ran = cli("run", job_file(folder / "live", data, "live", args.per_file, args.augment), "-q", env=env)
+        assert ran.returncode in (0, 5), ran.stderr  # 5: items whose answers broke the schema every time
     live = ledger(folder / "live.db")
+    live_drafts = [json.loads(line) for line in (folder / "live" / "out" / "drafts.jsonl").read_text().splitlines()]
 
     chunks = batch["chunks"]
     first = [c for c in chunks if c.attempt == 1]
@@ -104,8 +118,9 @@ def main() -> int:
     bc, lc = batch["usage"]["cost_usd"], live["usage"]["cost_usd"]
     print(f"ticks: {len(codes)} (exit codes {codes[0]} ... {codes[-1]}), {wall:.1f} s")
     print(f"drafts: {len(drafts):,} of {args.items:,}, {len({d['id'] for d in drafts}):,} distinct; states {states}")
-    print(f"batches created (simulator): {sim['batches_created']}; chunks (store): {len(chunks)} = "
-          f"{len(first)} first + {retries} retries; statuses {statuses}")
+    print(f"batches created (simulator): {sim['batches_created']}; chunks (store): {len(chunks)} "
+          f"({retries} with retried lines); statuses {statuses}; live requests during the ticks: "
+          f"{live_requests['requests']}")
     print(f"lines answered {sim['lines_answered']:,}, failed {sim['lines_failed']:,}; most answers to one "
           f"request: {sim['max_answers_per_custom_id']}")
     print(f"billed (ledger): batch ${bc:.6f} for {batch['usage']['requests_billed']:,} lines, "
@@ -113,6 +128,10 @@ def main() -> int:
           f"{live['usage']['requests_billed']:,} requests, "
           f"{live['usage']['prompt_tokens'] + live['usage']['completion_tokens']:,} tokens; batch/live = {bc / lc:.4f}")
     same = sum(1 for d in drafts if d["state"] == "done")
+    variants = sum(1 for d in drafts if d.get("augmentation"))
+    live_variants = sum(1 for d in live_drafts if d.get("augmentation"))
+    print(f"drafts batch {len(drafts):,} ({variants:,} variants), live {len(live_drafts):,} ({live_variants:,} "
+          f"variants); the same ids: {sorted(d['id'] for d in drafts) == sorted(d['id'] for d in live_drafts)}")
     print(f"load after: {os.getloadavg()[0]:.1f}; done {same:,}")
     return 0
 

@@ -156,7 +156,7 @@ def _say_batches(outcome) -> None:
 
 def _batch_checkpoint():
     """The fault tests' kill hook: $PRELABEL_BATCH_KILL_AT names a step of a batch tick (intent,
-    upload, create, download, commit) at which this process kills itself, as kill -9 would."""
+    upload, create, download, read, dedupe, live, commit: ``prelabel.batch.executor``) at which this process kills itself, as kill -9 would."""
     step = os.environ.get("PRELABEL_BATCH_KILL_AT")
     if not step:
         return None

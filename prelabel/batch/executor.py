@@ -12,19 +12,29 @@ A tick, in this order:
    cache as it is read (durable: a kill after this does not pay for it again), then the chunk
    collected in one store transaction (its lines billed at the batch price, its budget hold
    settled, its failed lines counted).
-2. **Re-drive** every pending item: lease it, replay its pipeline (``pipeline.protocol.replay``)
-   against the cache (and the lines that failed for good); an item that finished is committed with
-   its drafts exactly as live makes them; one that waits on a request in flight is left; one that
-   needs a request not yet sent (its first, a re-ask, a consistency sample...) has it written into
+2. **Re-drive** every pending item (augment units and the variants they spawn too): lease it,
+   replay its pipeline against the cache (and the lines that failed for good); an item that
+   finished is committed with its drafts exactly as live makes them (what it spawns is driven in
+   the same tick); one that waits on a request in flight is left; one that needs a chat request
+   not yet sent (its first, a re-ask, a paraphrase, a unit's fidelity checks...) has it written into
    an input file (streaming, within the limits), the chunk's intent recorded with its worst case
    held against the budget BEFORE the upload, uploaded and created with metadata naming job and chunk.
+   Local variants (synonym, noise) are made again on each replay (seeded); a unit's dedupe answer
+   is kept in the store until the unit is committed (it depends on the job's texts, which change).
+   Embeddings go live (``_drive`` says why), and with ``batch.live_reasks`` re-asks go live at the
+   end of the tick, through ``live.TickLive``.
 
 Each step that the provider acts on is followed by ``checkpoint(step)`` (the CLI's kill hook for the
 fault tests; nothing otherwise): ``intent``, ``upload``, ``create``, ``download`` (a result file
-downloaded), ``read`` (some of its answers in the cache, the chunk not collected), ``commit``.
+downloaded), ``read`` (some of its answers in the cache, the chunk not collected), ``dedupe`` (an
+augment unit's dedupe answer kept), ``live`` (re-asks answered live and billed, their items not
+committed), ``commit``.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,13 +42,18 @@ from pathlib import Path
 from typing import Callable
 
 from ..budget.pricing import batch_price_for, cost_usd
+from ..budget.tokens import TokenCounter
+from ..config import EngineSettings
+from ..errors import StorageError
+from ..fewshot.selection import FewShot
 from ..llm.completion import Completion
 from ..llm.engine import MALFORMED, LLMEngine, said_simulator
 from ..checks.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
-from ..pipeline.protocol import Chat, Failed, Requeue, replay
-from ..store import ItemResult, JobRecord, LeasedItem, UsageRow
+from ..pipeline.protocol import Chat, Dedupe, Embed, Failed, LocalVariants, Requeue
+from ..store import AUGMENT, ItemResult, JobRecord, LeasedItem, UsageRow
 from .files import InputFile, InputFileWriter, chat_line
+from .live import live_marker
 from .provider import BatchProvider
 from .reconcile import Collect, Create, DeleteFile, Intent, Orphan, RemoteBatch, Stage, Upload, Wait, reconcile
 from .results import Answer, collect, read_file
@@ -48,6 +63,7 @@ from .state import BatchState
 log = logging.getLogger(__name__)
 
 _MISSING = object()
+_LIVE = object()      # an item's next request is a re-ask, and batch.live_reasks sends it live
 CACHE_PAGE = 500      # answers put in the cache per write while a file is read
 LEASE_PAGE = 500      # items replayed per lease
 COMMIT_PAGE = 200     # items committed per transaction
@@ -66,6 +82,7 @@ class TickReport:
     committed: int = 0                                     # items finished and committed this tick
     waiting: int = 0                                       # items waiting on a batch in flight
     over_budget: int = 0                                   # items whose next request the budget cannot hold
+    live_reasks: int = 0                                   # re-asks sent live (batch.live_reasks)
     in_flight: int = 0                                     # chunks not collected after the tick
 
 
@@ -76,10 +93,14 @@ def _noop(step: str) -> None:
 class BatchExecutor:
     def __init__(self, store, state: BatchState, job: JobRecord, ctx: JobContext, engine: LLMEngine,
                  provider: BatchProvider, folder: Path, owner: str, *, lease_s: float = 900.0,
-                 checkpoint: Callable[[str], None] = _noop, clock: Callable[[], float] = time.time) -> None:
+                 checkpoint: Callable[[str], None] = _noop, clock: Callable[[], float] = time.time,
+                 settings: EngineSettings | None = None) -> None:
         self.store, self.state, self.job, self.ctx, self.engine = store, state, job, ctx, engine
         self.provider, self.folder, self.owner, self.lease_s = provider, Path(folder), owner, lease_s
         self.checkpoint, self.clock = checkpoint, clock
+        self.settings = settings or EngineSettings(lease_s=lease_s)
+        self._live = None  # the live executor (re-asks, embeddings), made when first needed
+        self._writer = None
         spec = ctx.spec
         self.spec, self.limits = spec, spec.batch
         self.price = batch_price_for(spec.model.name, spec.model.price, spec.model.batch_price)
@@ -91,11 +112,14 @@ class BatchExecutor:
         report = TickReport()
         # A hand-started simulator's answers in the cache are served only once it has said what it is.
         said_simulator(self.engine.identity, await self.provider.simulated())
-        await self._reconcile(report)
         try:
-            await self._drive(report)
+            await self._reconcile(report)
+            try:
+                await self._drive(report)
+            finally:
+                self.store.release(self.owner)  # what waits goes back to pending, for the next tick
         finally:
-            self.store.release(self.owner)  # what waits goes back to pending, for the next tick
+            self.close()
         report.in_flight = sum(1 for c in self.state.batch_chunks(self.job.id) if c.stage != COLLECTED)
         return report
 
@@ -216,50 +240,78 @@ class BatchExecutor:
         chunks = self.state.batch_chunks(job)
         in_flight = self.state.batch_open_keys(job)
         failures = self.state.batch_failures(job)
-        room = self._room(chunks)
         numbers = [int(c.chunk) for c in chunks if c.chunk.isdigit()]
         first = max(numbers, default=-1) + 1
         planned: set[str] = set()
         worst = {"tokens": 0, "cost": 0.0, "attempt": 1}  # of the file being written
         results: list[ItemResult] = []
+        live: list[LeasedItem] = []  # items whose next request is a re-ask sent live (batch.live_reasks)
+        units = LEASE_PAGE if self.ctx.variants is not None else 0
+        if self.ctx.fewshot is not None:
+            await self.ctx.fewshot.start(self.live.embed)  # the examples' vectors: cached after the first tick
         with InputFileWriter(self.folder, self.name, max_requests=self.limits.max_requests_per_file,
                              max_bytes=self.limits.max_bytes_per_file, first_chunk=first) as writer:
             while True:
-                items = self.store.lease(job, self.owner, LEASE_PAGE, self.clock(), self.lease_s)
+                items = self.store.lease(job, self.owner, LEASE_PAGE, self.clock(), self.lease_s, units)
                 if not items:
+                    if results or self.live_side():  # what they spawn (augment units, variants) goes this tick
+                        self._commit(results, report)
+                        results = []
+                        continue
                     break
+                if self.ctx.fewshot is not None:
+                    # Embeddings are sent live, not as batch lines: an item's examples (so its first chat
+                    # line) depend on its vector, so a batch round for it would add up to a whole
+                    # completion window (24 h) before the item's first line is even sent, to save half
+                    # of what is the smallest part of the bill ($0.02 per million tokens for
+                    # text-embedding-3-small, against a chat model's input and output). They go through
+                    # the job's engine under the budget, cached and billed at the live price as they
+                    # arrive (``TickLive``), so every later tick's replay gets them free.
+                    self.live.leased(items)
+                    await self.ctx.fewshot.ready()
+                room = self._room(worst)
                 for item in items:
-                    finished, need = self._replay(item, failures)
+                    finished, needs = await self._replay(item, failures)
                     if finished is not None:
                         results.append(finished)
                         if len(results) >= COMMIT_PAGE:
                             self._commit(results, report)
                             results = []
                         continue
-                    if need is None:
+                    if needs is _LIVE:
+                        live.append(item)
                         continue
-                    prepared, line_worst = need
-                    key = prepared.key
-                    if key in in_flight or key in planned:
-                        report.waiting += 1
+                    if not needs:
                         continue
-                    tokens, cost = line_worst
-                    if room is not None and (tokens > room[0] or cost > room[1]):
+                    over = False
+                    for prepared, (tokens, cost) in needs:
+                        key = prepared.key
+                        if key in in_flight or key in planned:
+                            continue
+                        if room is not None and (tokens > room[0] or cost > room[1]):
+                            over = True
+                            continue
+                        if room is not None:
+                            room = (room[0] - tokens, room[1] - cost)
+                        planned.add(key)
+                        for done in writer.add(chat_line(prepared)):
+                            await self._submit(done, worst, report)
+                        worst["tokens"] += tokens
+                        worst["cost"] += cost
+                        worst["attempt"] = max(worst["attempt"], failures[key].attempts + 1 if key in failures else 1)
+                    if over:
                         report.over_budget += 1
-                        continue
-                    if room is not None:
-                        room = (room[0] - tokens, room[1] - cost)
-                    planned.add(key)
-                    report.waiting += 1
-                    for done in writer.add(chat_line(prepared)):
-                        await self._submit(done, worst, report)
-                    worst["tokens"] += tokens
-                    worst["cost"] += cost
-                    worst["attempt"] = max(worst["attempt"], failures[key].attempts + 1 if key in failures else 1)
-            if results:
-                self._commit(results, report)
+                    else:
+                        report.waiting += 1
             for done in writer.close():
                 await self._submit(done, worst, report)
+        if live:
+            # After this tick's chunks are planned (their holds recorded): the live requests' budget
+            # holds are reckoned against them, under the store's lock, like any worker's.
+            await self._live_reasks(live, report)
+
+    def live_side(self) -> bool:
+        return self._live is not None and bool(self._live.side_usage)
 
     async def _submit(self, file: InputFile, worst: dict, report: TickReport) -> None:
         """A complete input file: its intent (and worst case held) recorded, then uploaded and created."""
@@ -272,76 +324,203 @@ class BatchExecutor:
         self.checkpoint("intent")
         await self._upload_and_create(chunk, report)
 
-    def _room(self, chunks: list[ChunkRecord]) -> tuple[int, float] | None:
-        """What the budget leaves for new chunks: the caps, less spending, less what open chunks hold."""
+    def _room(self, worst: dict) -> tuple[int, float] | None:
+        """What the budget leaves for new lines: the caps, less spending, less every hold (open
+        chunks', and this tick's live requests'), less the lines of the file being written."""
         budget = self.spec.budget
         if budget.max_total_tokens is None and budget.max_cost_usd is None:
             return None
-        job = self.store.get_job(self.job.id)
-        held_tokens = sum(c.held_tokens for c in chunks if c.stage != COLLECTED)
-        held_cost = sum(c.held_cost for c in chunks if c.stage != COLLECTED)
-        tokens = budget.max_total_tokens - job.spent_tokens - held_tokens if budget.max_total_tokens is not None \
-            else float("inf")
-        cost = budget.max_cost_usd - job.spent_cost - held_cost if budget.max_cost_usd is not None else float("inf")
-        return tokens, cost
+        tokens, cost = self.state.batch_budget_used(self.job.id, self.clock())
+        tokens += worst["tokens"]
+        cost += worst["cost"]
+        return (budget.max_total_tokens - tokens if budget.max_total_tokens is not None else float("inf"),
+                budget.max_cost_usd - cost if budget.max_cost_usd is not None else float("inf"))
 
-    def _replay(self, item: LeasedItem, failures: dict):
-        """(its result, None) when the answers it has finish it; (None, (prepared, worst case)) for the
-        request it needs next; (None, None) when it waits on something no batch answers."""
-        engine = self.engine
+    async def _replay(self, item: LeasedItem, failures: dict):
+        """(its result, None) when the answers it has finish it; (None, [(prepared, worst case)...])
+        for the chat requests it needs next (a step may ask several: a unit's fidelity checks);
+        (None, _LIVE) when that is a re-ask sent live; (None, None) when it waits on nothing a batch
+        answers (sent back to the queue)."""
+        engine, variants = self.engine, self.ctx.variants
         given: list[tuple[str, Completion]] = []
-        asked: dict = {}
-        unsupported: list = []
-
-        def answer(request):
-            if not isinstance(request, Chat):
-                unsupported.append(request)
-                return _MISSING
-            prepared = engine.prepare(engine.request(request.messages, request.response_format, request.max_tokens,
-                                                     request.samples, request.temperature))
-            if prepared.cached is not None:
-                given.append((prepared.key, prepared.cached))
-                return prepared.cached
-            failure = failures.get(prepared.key)
-            if failure is not None and (not failure.retryable or failure.attempts >= self.limits.max_attempts):
-                return Failed(failure.error)  # the provider's error, after every batch it was given
-            asked["need"] = (prepared, request)
-            return _MISSING
-
+        uncache: list[str] = []  # stored answers of this item that are not the response cache's (dedupe)
         try:
-            replayed = replay(self.ctx.steps(item), answer, _MISSING)
+            steps = self.ctx.steps(item)
+            need, outcome = next(steps), None
+            while True:
+                answers, wanted, reask = [], [], False
+                for request in need:
+                    if isinstance(request, Chat):
+                        prepared = engine.prepare(engine.request(request.messages, request.response_format,
+                                                                 request.max_tokens, request.samples,
+                                                                 request.temperature))
+                        if prepared.cached is not None:
+                            given.append((prepared.key, prepared.cached))
+                            answers.append(prepared.cached)
+                            continue
+                        failure = failures.get(prepared.key)
+                        if failure is not None and (not failure.retryable
+                                                    or failure.attempts >= self.limits.max_attempts):
+                            answers.append(Failed(failure.error))  # the provider's error, after every batch
+                            continue
+                        wanted.append((prepared, request))
+                        reask = reask or request.reask
+                        answers.append(_MISSING)
+                    elif isinstance(request, Embed):
+                        answers.append(await self.ctx.fewshot.vector(item))
+                    elif isinstance(request, LocalVariants):  # seeded: made again the same on each replay
+                        answers.append(await variants.local_variants(request))
+                    elif isinstance(request, Dedupe):
+                        key = dedupe_key(self.job.id, item, request)
+                        stored = self.store.cache_get(key)
+                        if stored is None:
+                            reasons = await variants.dedupe(request)
+                            # Kept before any line that depends on it is sent: the job's texts change
+                            # as other items commit, and a replay must meet the same requests.
+                            self.store.cache_put([(key, {"dedupe": reasons})])
+                            self.checkpoint("dedupe")  # a unit's dedupe answer kept, the unit not done
+                        else:
+                            reasons = stored["dedupe"]
+                            await variants.remember(request, reasons)
+                        uncache.append(key)
+                        answers.append(reasons)
+                    else:
+                        raise TypeError(f"no such request: {request!r}")
+                if wanted:
+                    if reask and self.limits.live_reasks:
+                        return None, _LIVE
+                    return None, [(prepared, _worst(self.price, request)) for prepared, request in wanted]
+                try:
+                    need = steps.send(answers)
+                except StopIteration as done:
+                    outcome = done.value
+                    break
+        except StopIteration as done:  # it needed nothing (an item skipped)
+            outcome = done.value
+        except StorageError:
+            raise
         except Exception as e:  # a bug on one item must not stop the tick
             return failed_result(self.ctx, item, f"internal error: {type(e).__name__}: {e}", [REQUEST_FAILED],
                                  []), None
-        if replayed.outcome is None:
-            if unsupported:
-                what = type(unsupported[0]).__name__
-                return failed_result(self.ctx, item, f"{what} requests are not sent by model.mode: batch yet",
-                                     [REQUEST_FAILED], []), None
-            if "need" not in asked:
-                return None, None
-            prepared, request = asked["need"]
-            tokens = request.prompt_tokens + request.max_tokens * request.samples
-            return None, (prepared, (tokens, cost_usd(self.price, request.prompt_tokens,
-                                                      request.max_tokens * request.samples)))
-        outcome = replayed.outcome
         if isinstance(outcome, Requeue):
             return None, None
-        usage = [UsageRow(c.model or self.spec.model.name, c.prompt_tokens, c.completion_tokens, 0.0, True)
-                 for _, c in given]  # billed once, by line, when its batch was collected
+        usage = [UsageRow(c.model or self.spec.model.name, c.prompt_tokens, c.completion_tokens, 0.0, True,
+                          c.cached_prompt_tokens) for _, c in given]  # billed once, by line, when its batch was collected
         result = outcome_result(self.ctx, item, outcome, usage)
-        simulated = engine.simulated or any(c.simulated for _, c in given)
-        billed = round(sum(cost_usd(self.price, c.prompt_tokens, c.completion_tokens) for _, c in given), 8)
-        for i, record in enumerate(result.records):
-            record["endpoint"], record["simulated"] = engine.identity, simulated
-            if i == 0:
-                record["cost_usd"] = billed  # what its lines cost at the batch price, as a live draft says
+        # As live: the answers it could not use leave the cache once it is committed (a failed item
+        # submitted again is asked afresh).
+        result.uncache = [key for i, (key, _) in enumerate(given) if i not in set(outcome.kept)] + uncache
+        result.epoch = item.epoch
+        billed = 0.0
+        for key, c in given:
+            # A re-ask answered live in a tick killed before its item's commit: its live price.
+            marker = self.store.cache_get(live_marker(key)) if self.limits.live_reasks else None
+            if marker is not None:
+                billed += float(marker["cost_usd"])
+                result.uncache.append(live_marker(key))
+            else:
+                billed += cost_usd(self.price, c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens)
+        billed = round(billed, 8)
+        self._answered_by(item, result, any(c.simulated for _, c in given), billed)
         return result, None
 
+    def _answered_by(self, item: LeasedItem, result: ItemResult, simulated: bool, billed: float | None) -> None:
+        """Who answered, on its drafts and on the units it spawns (as live says it); ``billed``: what
+        its lines cost, on its first draft (a label item's or a variant's, as a live draft says)."""
+        simulated = self.engine.simulated or simulated
+        if item.kind == AUGMENT:  # variants written without a re-check carry their source's label, and whence
+            simulated = simulated or bool(json.loads(item.payload).get("simulated"))
+        for i, record in enumerate(result.records):
+            record["endpoint"], record["simulated"] = self.engine.identity, simulated
+            if i == 0 and billed is not None and item.kind != AUGMENT:
+                record["cost_usd"] = billed
+        if simulated:
+            for child in result.spawn:
+                if child.kind == AUGMENT and child.payload is not None:
+                    child.payload["simulated"] = True
+
+    # --- re-asks sent live (batch.live_reasks) -----------------------------------------------------
+
+    @property
+    def live(self):
+        """The job's live executor, for what a tick sends live (re-asks, embeddings): the same engine
+        (rate limit, cache, retries), budget holds in the store and ledger as a live run, at the live price."""
+        if self._live is None:
+            from ..worker.runner import Progress
+            from ..worker.writer import StoreWriter
+            from .live import TickLive
+
+            self._writer = StoreWriter()
+            self._live = TickLive(self.store, self.job, self.ctx, self.engine, self.settings, self.owner,
+                                  self._writer, Progress())
+        return self._live
+
+    async def _live_reasks(self, items: list[LeasedItem], report: TickReport) -> None:
+        """Items whose batch answer broke the schema, driven now through the live executor: the
+        answers they have come from the cache (free: their lines were billed when collected), the
+        re-asks go out live, each billed as it arrives (``TickLive``). Then committed."""
+        live = self.live
+        if self.ctx.fewshot is not None:
+            live.leased(items)  # their vectors again (cached: free), for the examples they were asked with
+        for page in range(0, len(items), COMMIT_PAGE):
+            chunk = items[page:page + COMMIT_PAGE]
+            sent = live.requests
+            results = list(await asyncio.gather(*(live.process(item) for item in chunk)))
+            await live.flush()  # every live answer cached and billed before its item's commit
+            report.live_reasks += live.requests - sent
+            self.checkpoint("live")  # re-asks answered and billed, their items not committed
+            for item, result in zip(chunk, results):
+                result.uncache += live.markers.pop(item.seq, [])  # the draft says it: the markers go
+                if result.release and not live.endpoint_down.is_set():
+                    report.over_budget += 1  # the budget could not hold its re-ask
+                if result.records and item.kind != AUGMENT:  # its lines at the batch price, its re-asks at live's
+                    result.records[0]["cost_usd"] = round(sum(
+                        live.billed.pop(id(u)) if id(u) in live.billed
+                        else cost_usd(self.price, u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens)
+                        for u in result.usage), 8)
+            self._commit(results, report)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.close()  # closes the context's few-shot and variants too
+            self._writer.shutdown()
+        else:
+            if self.ctx.fewshot is not None:
+                self.ctx.fewshot.close()
+            if self.ctx.variants is not None:
+                self.ctx.variants.close()
+
     def _commit(self, results: list[ItemResult], report: TickReport) -> None:
-        self.store.complete(self.job.id, self.owner, results)
-        report.committed += len(results)
+        side: list[UsageRow] = []
+        if self._live is not None:  # embeddings sent live: billed with the next commit, as live bills them
+            side, self._live.side_usage = self._live.side_usage, []
+        self.store.complete(self.job.id, self.owner, results, side)
+        report.committed += sum(1 for r in results if not r.release)
         self.checkpoint("commit")
+
+
+def batch_context(store, job: JobRecord, spec, task) -> JobContext:
+    """A batch job's context: few-shot selection and the augmentation stage as a live run has them."""
+    counter = TokenCounter(spec.model.name)
+    variants = None
+    if spec.augment is not None and spec.augment.steps:
+        from ..variants.stage import VariantStage  # imports nlpaug's side only for jobs that augment
+        variants = VariantStage(spec, task, TokenCounter(spec.model.name), lambda: store.item_texts(job.id))
+    return JobContext.for_job(spec, task, counter, FewShot.for_job(spec, task, counter), variants)
+
+
+def dedupe_key(job_id: str, item: LeasedItem, request: Dedupe) -> str:
+    """Where a unit's ``Dedupe`` answer is kept while the unit waits on a batch (the response
+    cache's table; taken out when the unit is committed)."""
+    digest = hashlib.blake2b(json.dumps([job_id, item.seq, request.texts], ensure_ascii=False).encode(),
+                             digest_size=16).hexdigest()
+    return f"dedupe:{digest}"
+
+
+def _worst(price, request: Chat) -> tuple[int, float]:
+    """A line's worst case: its prompt, and every sample's ``max_tokens``."""
+    out = request.max_tokens * request.samples
+    return request.prompt_tokens + out, cost_usd(price, request.prompt_tokens, out)
 
 
 def progress_line(chunks: list[ChunkRecord], now: float) -> str:
@@ -354,4 +533,4 @@ def progress_line(chunks: list[ChunkRecord], now: float) -> str:
             f"{failed:,} failed; oldest in flight {int(age) // 60}m{int(age) % 60:02d}s")
 
 
-__all__ = ["BatchExecutor", "TickReport", "progress_line"]
+__all__ = ["BatchExecutor", "TickReport", "batch_context", "dedupe_key", "progress_line"]

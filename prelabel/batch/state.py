@@ -26,6 +26,7 @@ class BatchState(Protocol):
     def batch_plan(self, chunk: ChunkRecord, keys: Iterable[str], max_tokens: int | None,
                    max_cost: float | None) -> tuple[int, float]: ...
     def batch_chunk_keys(self, job_id: str, chunk: str) -> list[str]: ...
+    def batch_budget_used(self, job_id: str, now: float) -> tuple[int, float]: ...
     def batch_open_keys(self, job_id: str) -> set[str]: ...
     def batch_set_file(self, job_id: str, chunk: str, file_id: str) -> None: ...
     def batch_set_batch(self, job_id: str, chunk: str, batch: RemoteBatch) -> None: ...
@@ -61,6 +62,11 @@ class MemoryBatchState:
 
     def batch_chunk_keys(self, job_id: str, chunk: str) -> list[str]:
         return list(self.keys[(job_id, chunk)])
+
+    def batch_budget_used(self, job_id: str, now: float) -> tuple[int, float]:
+        tokens, cost = self.spent.get(job_id, (0, 0.0))
+        open_ = [c for c in self.batch_chunks(job_id) if c.stage != COLLECTED]
+        return tokens + sum(c.held_tokens for c in open_), cost + sum(c.held_cost for c in open_)
 
     def batch_open_keys(self, job_id: str) -> set[str]:
         return {k for c in self.batch_chunks(job_id) if c.stage != COLLECTED

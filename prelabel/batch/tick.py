@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..budget.tokens import TokenCounter
 from ..config import EngineSettings, JobSpec
-from ..pipeline.item import JobContext
 from ..states import ItemState
 from ..store import JobRecord, Store
-from .executor import BatchExecutor, TickReport
+from .executor import BatchExecutor, TickReport, batch_context
 from .provider import BatchProvider
 
 log = logging.getLogger(__name__)
@@ -38,10 +36,11 @@ def batch_folder(spec: JobSpec, job_id: str) -> Path:
 
 async def tick_job(store: Store, job: JobRecord, spec: JobSpec, task, engine, client, settings: EngineSettings,
                    owner: str, checkpoint: Callable[[str], None] | None = None) -> BatchTick:
-    ctx = JobContext.for_job(spec, task, TokenCounter(spec.model.name))
+    ctx = batch_context(store, job, spec, task)
     provider = BatchProvider(client, job.id)
     executor = BatchExecutor(store, store, job, ctx, engine, provider, batch_folder(spec, job.id), owner,
-                             lease_s=settings.lease_s, **({"checkpoint": checkpoint} if checkpoint else {}))
+                             lease_s=settings.lease_s, settings=settings,
+                             **({"checkpoint": checkpoint} if checkpoint else {}))
     report = await executor.tick()
     for line in report.partial:
         log.warning("job %s: batch chunk %s; its lines not answered go in a later batch", job.id, line)

@@ -59,6 +59,12 @@ class FewShot:
         elif vectors is not None:
             self._vectors.update((item.seq, v) for item, v in zip(items, vectors) if v is not None)
 
+    async def ready(self) -> None:
+        """Wait until every embedding request started is answered (a batch executor, which plans
+        against the budget what those requests leave of it)."""
+        for batch in set(self._batches.values()):
+            await asyncio.shield(batch)
+
     async def vector(self, item: LeasedItem):
         """The item's vector, once its batch's request is answered; None if it has none."""
         batch = self._batches.pop(item.seq, None)

@@ -77,9 +77,9 @@ def label_steps(ctx: JobContext, item: LeasedItem) -> Steps:
         messages = task.messages(text)
     answers = Counter()
     error, completion, max_out, raw = None, None, spec.budget.max_output_tokens, None
-    for _ in range(1 + spec.task.max_reasks):
+    for attempt in range(1 + spec.task.max_reasks):
         (answer,) = yield (Chat(messages, task.response_format(), prompt_tokens, max_out, task.samples,
-                                task.temperature),)
+                                task.temperature, reask=attempt > 0),)
         if isinstance(answer, Unavailable):
             return REQUEUE
         if isinstance(answer, Failed):

@@ -63,6 +63,7 @@ class Chat:
     max_tokens: int              # per sample
     samples: int = 1
     temperature: float | None = None  # None: the model's
+    reask: bool = field(default=False, compare=False)  # asked again after an invalid answer (not the request)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,17 +77,8 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
 
 
 def check_batch(spec: JobSpec, job_path) -> None:
-    """What the Batch API executor does not send yet: refused before anything is queued."""
-    if spec.batch.live_reasks:  # TODO(issue 12): re-asks sent live; today they go in the next batch
-        raise JobFileError("batch.live_reasks: true is not supported yet (re-asks go in the next batch); "
-                           "remove it", path=str(job_path), field="batch.live_reasks")
-    if spec.augment is not None and spec.augment.steps:
-        raise JobFileError("augmentation is not run in batch mode yet; remove augment: or set "
-                           "model.mode: live", path=str(job_path), field="augment")
-    if spec.task.example_selection == "similar" and spec.task.embedding_model:
-        raise JobFileError("examples chosen by embeddings are not run in batch mode yet; set "
-                           "task.example_selection: fixed (or drop task.embedding_model), or model.mode: live",
-                           path=str(job_path), field="task.example_selection")
+    """Whatever a live job runs, a batch job runs too (augmentation's LLM steps as batch lines,
+    embeddings and, with ``batch.live_reasks``, re-asks live): nothing to refuse."""
 
 
 def check_endpoint(spec: JobSpec, job_path: str | Path | None, allowed: AllowList) -> None:

@@ -8,6 +8,8 @@ successor, two ticks at once) bills nothing.
 """
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -102,6 +104,32 @@ class BatchRules:
 
     def batch_chunk_keys(self, job_id: str, chunk: str) -> list[str]:
         return [row[0] for row in self._c.all("batch_chunk_keys", job_id=job_id, chunk=chunk)]
+
+    def batch_live_answers(self, job_id: str, owner: str, entries: list[tuple[str, dict]],
+                           usage: list[tuple[int, UsageRow]]) -> None:
+        """Answers a batch tick got live (re-asks, embeddings) into the cache AND billed (``usage``:
+        (seq, row)), the owner's budget hold turned into spending, in one transaction: a kill after
+        it neither pays for them again (the cache answers the replay) nor leaves them unbilled."""
+        now = time.time()
+        cache = [dict(key=key, response=json.dumps(value, ensure_ascii=False), now=now) for key, value in entries]
+        rows = [dict(job_id=job_id, seq=seq, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
+                     completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=0,
+                     cached_prompt_tokens=u.cached_prompt_tokens) for seq, u in usage]
+        tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+        cost = sum(r["cost_usd"] for r in rows)
+        with self._c.transaction():
+            self._c.one("lock_job", job_id=job_id)
+            self._c.many("insert_cache", cache)
+            self._c.many("insert_usage", rows)
+            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
+            self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)
+
+    def batch_budget_used(self, job_id: str, now: float) -> tuple[int, float]:
+        """The job's spending plus every live hold on its budget: its chunks' and its workers' (a
+        batch tick's live requests: re-asks, embeddings)."""
+        job = self.get_job(job_id)
+        held_tokens, held_cost = self._c.one("holds", job_id=job_id, now=now)
+        return job.spent_tokens + int(held_tokens), job.spent_cost + float(held_cost)
 
     def batch_open_keys(self, job_id: str) -> set[str]:
         return {row[0] for row in self._c.stream("batch_open_keys", job_id=job_id)}

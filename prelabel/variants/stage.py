@@ -236,6 +236,14 @@ class VariantStage:
                 deduper.add_existing(text)
         return reasons
 
+    async def remember(self, request: Dedupe, reasons: list[str | None]) -> None:
+        """A ``Dedupe`` answered in an earlier process (an executor that suspended the unit kept the
+        answer): the texts it kept are known from now on, as if it had been asked here."""
+        deduper = await self._dedupe_state()
+        for text, reason in zip(request.texts, reasons):
+            if reason is None:
+                deduper.add_existing(text)
+
     async def _dedupe_state(self) -> "augment.Deduper":
         """Every text in the job, hashed once in a thread from a stream (not a list); units that
         ask meanwhile wait for the same one."""

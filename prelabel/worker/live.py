@@ -301,11 +301,12 @@ class LiveExecutor:
                 self.session.release(reservation)
                 self._settled.set()
             raise
+        billed = None
         if reservation is not None:
             cost = self.session.settle(reservation, result.prompt_tokens, 0)  # at the chat price: on the safe side
             self._settled.set()
-            self.side_usage.append(UsageRow(model, result.prompt_tokens, 0, cost, False))
-        await self.writer.write(self.store.cache_put, [entry for entry in result.to_store if entry])
+            billed = UsageRow(model, result.prompt_tokens, 0, cost, False)
+        await self._keep_embeddings([entry for entry in result.to_store if entry], billed)
         if isinstance(result.error, EmbeddingsUnavailable):
             log.warning("the endpoint has no embeddings (%s): similar examples by lexical similarity", result.error)
             return None, False
@@ -314,6 +315,12 @@ class LiveExecutor:
         return result.vectors, True
 
     # --- durable answers ---------------------------------------------------------------------------
+
+    async def _keep_embeddings(self, entries: list[tuple[str, dict]], billed: UsageRow | None) -> None:
+        """Vectors into the cache now; what they cost with the next commit (``side_usage``)."""
+        if billed is not None:
+            self.side_usage.append(billed)
+        await self.writer.write(self.store.cache_put, entries)
 
     def _keep_answer(self, key: str, completion: Completion) -> None:
         """Make an answer durable now, not with its item's result: batched per loop turn."""

@@ -125,3 +125,29 @@ def test_threads_collecting_one_chunk_bill_it_once(store):
     assert sorted(won) == [False, False, False, True]
     job = store.get_job("job-1")
     assert (job.spent_tokens, job.spent_cost) == (10, 0.25)
+
+
+def test_what_the_budget_has_used_counts_spending_and_every_hold(state):
+    assert state.batch_budget_used("job-1", T0) == (0, 0.0)
+    state.batch_plan(chunk(tokens=1000, cost=0.01), ["k1"], None, None)
+    assert state.batch_budget_used("job-1", T0) == (1000, pytest.approx(0.01))
+    state.batch_set_batch("job-1", "000000", batch("completed"))
+    state.batch_collect("job-1", "000000", batch(), [UsageRow("m", 10, 2, 0.0005, False)], [], T0 + 5)
+    tokens, cost = state.batch_budget_used("job-1", T0 + 5)
+    assert (tokens, cost) == (12, pytest.approx(0.0005))  # the hold settled to what was billed
+
+
+def test_live_answers_of_a_tick_are_cached_and_billed_in_one_transaction(state):
+    if isinstance(state, MemoryBatchState):
+        pytest.skip("the store's: answers and the ledger together")
+    granted = state.hold_budget("job-1", "tick", 500, 0.01, 10_000, 1.0, T0, 300.0)
+    assert granted == (500, 0.01)
+    state.batch_live_answers("job-1", "tick", [("key-1", {"content": "x"}), ("live:key-1", {"cost_usd": 0.002})],
+                             [(0, UsageRow("m", 100, 20, 0.002, False))])
+    assert state.cache_get("key-1") == {"content": "x"} and state.cache_get("live:key-1") == {"cost_usd": 0.002}
+    job = state.get_job("job-1")
+    assert (job.spent_tokens, job.spent_cost) == (120, pytest.approx(0.002))
+    assert state.usage_totals("job-1")["requests_billed"] == 1
+    # the hold shrank by what was spent: spent + holds is what was granted, not more
+    tokens, cost = state.batch_budget_used("job-1", T0 + 1)
+    assert (tokens, cost) == (500, pytest.approx(0.01))

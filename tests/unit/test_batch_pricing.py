@@ -56,10 +56,9 @@ def test_a_cost_cap_is_checked_at_the_jobs_modes_price(job_dir):
         assert make_plan(spec, task).fits is fits, mode
 
 
-def test_a_batch_job_prepares_to_run_and_what_batch_mode_cannot_send_yet_is_refused_first(job_dir):
-    """The executor landed (issue 12, step two): a batch job is no longer refused; the parts it does
-    not send yet are, before any request, naming the field."""
-    from prelabel.errors import JobFileError
+def test_a_batch_job_prepares_to_run_with_live_reasks_augmentation_and_embeddings(job_dir):
+    """Issue 12, step three: what batch mode refused before (live re-asks, augmentation, examples
+    chosen by embeddings) it now runs; none is refused."""
     from prelabel.llm.allowlist import AllowList
 
     job = write_job(job_dir)
@@ -68,7 +67,7 @@ def test_a_batch_job_prepares_to_run_and_what_batch_mode_cannot_send_yet_is_refu
     assert spec.model.mode == "batch"
     live = write_job(job_dir / "live")
     assert prepare(live, allowed=AllowList.of([]), batch=True)[0].model.mode == "batch"  # --batch
-    job.write_text(job.read_text() + "batch: {live_reasks: true}\n")
-    with pytest.raises(JobFileError, match="live_reasks") as refused:
-        prepare(job, allowed=AllowList.of([]))
-    assert refused.value.field == "batch.live_reasks" and "model.mode: model.mode" not in str(refused.value)
+    job.write_text(job.read_text() + "batch: {live_reasks: true}\n"
+                   "augment: {steps: [{kind: paraphrase, n: 2}], fidelity: true}\n")
+    spec, _ = prepare(job, allowed=AllowList.of([]))
+    assert spec.batch.live_reasks and spec.augment.steps

@@ -157,6 +157,17 @@ def test_a_failed_request_fails_the_item_a_malformed_one_is_reasked_an_unavailab
     assert chats(ctx, item(), [UNAVAILABLE])[1] is REQUEUE
 
 
+
+def test_a_reask_says_so_and_is_the_same_request_otherwise():
+    """``Chat.reask`` is how the Batch API executor knows a re-ask (``batch.live_reasks`` sends it live);
+    it is no part of the request, so the first ask and a malformed answer's re-ask stay equal."""
+    ctx = context()
+    asked, done = chats(ctx, item(), [answer("not json"), answer(label("neutral"))])
+    assert [c.reask for c in asked] == [False, True] and done.state == "done" and done.flags == ["reasked"]
+    asked, _ = chats(ctx, item(), [Failed("not an answer", malformed=True), answer(label("neutral"))])
+    assert [c.reask for c in asked] == [False, True] and asked[0] == asked[1]  # equal: the same request
+
+
 # --- every kind ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind, task, content, expected", [
