@@ -237,13 +237,13 @@ class StoreManager(BatchRules):
         the number of items stored (duplicates excluded).
         """
         owner = owner or worker_id()
-        now = time.time()
+        now, beat = time.time(), self._db_time(self.host_clock())  # beats are compared between hosts
         try:
             with self._c.transaction():
                 self._c.run("insert_job", id=job.id, name=job.name, spec=json.dumps(job.spec), job_file=job.job_file,
                             input_sha256=job.input_sha256, prompt_version=job.prompt_version, now=now,
                             simulated=int(job.simulated))
-                self._c.run("insert_ingest", job_id=job.id, owner=owner, now=now)
+                self._c.run("insert_ingest", job_id=job.id, owner=owner, now=beat)
         except self._c.integrity_errors:
             raise JobExists(job.id) from None
         return self.continue_ingest(job.id, owner, items, 0)
