@@ -846,6 +846,14 @@ def test_an_unreachable_postgresql_server_is_a_storage_error_naming_it_without_i
     assert "s3cret" not in message
 
 
+def test_a_deadlock_is_not_reported_as_an_unreachable_server():
+    psycopg = pytest.importorskip("psycopg")
+    from prelabel.store.postgres import PostgresConnector, storage_error
+    error = psycopg.errors.DeadlockDetected("deadlock detected")
+    assert "locks crossed" in str(storage_error("postgresql://h/db", error))
+    assert not PostgresConnector.disconnected(None, error)  # not made again as a lost connection
+
+
 # --- workers: the shared rate limit's coordinator, and `prelabel status` ----------------------
 
 def test_the_pace_secret_is_made_once_per_store_and_read_back_by_everyone(store, url):
