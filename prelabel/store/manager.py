@@ -190,6 +190,16 @@ class StoreManager(BatchRules):
         """Last in the transaction: its result (JSON), committed with what it did."""
         self._c.run("record_call", token=call.token, result=json.dumps(value), keep_s=STORE_CALL_KEEP_S)
 
+    def _done_once(self, work):
+        """``work()`` in a recorded transaction: its value, or on a repeat the first attempt's."""
+        with self._c.transaction():
+            call = self._recorded()
+            if call.done:
+                return call.value
+            value = work()
+            self._record(call, value)
+        return value
+
     def _db_time(self, now: float) -> float:
         """A time on this host's clock as the database's clock tells it."""
         return now + self._skew()
@@ -318,13 +328,8 @@ class StoreManager(BatchRules):
         """Take over reading a job's input from a reader found dead; False if another took it first
         (or this call's own first attempt, whose acknowledgement was lost, took it: True)."""
         now = self._db_time(now)
-        with self._c.transaction():
-            call = self._recorded()
-            if call.done:
-                return call.value
-            taken = self._c.run("claim_ingest", owner=owner, now=now, job_id=job_id, dead_owner=dead_owner) == 1
-            self._record(call, taken)
-        return taken
+        return self._done_once(lambda: self._c.run("claim_ingest", owner=owner, now=now, job_id=job_id,
+                                                   dead_owner=dead_owner) == 1)
 
     def release_ingest(self, job_id: str, owner: str) -> None:
         self._c.run("release_ingest", job_id=job_id, owner=owner)
@@ -513,22 +518,28 @@ class StoreManager(BatchRules):
     def stop_remaining(self, job_id: str) -> int:
         return self._c.run("stop_remaining", job_id=job_id)
 
+    # The counts these return are shown (`submit`: items resumed): a repeat returns the first's.
+
     def resume_stopped(self, job_id: str) -> int:
-        return self._c.run("resume_stopped", job_id=job_id)
+        return self._done_once(lambda: self._c.run("resume_stopped", job_id=job_id))
 
     def requeue(self, job_id: str, seqs: Iterable[int]) -> int:
         """Failed items back to pending (an outage caught them: they did not fail on their own)."""
-        with self._c.transaction():
+        seqs = list(seqs)
+
+        def requeue() -> int:
             n = 0
             for seq in seqs:
                 self._c.run("requeue_drafts", job_id=job_id, seq=seq)
                 n += self._c.run("requeue_item", job_id=job_id, seq=seq)
             return n
+        return self._done_once(requeue)
 
     def retry_failed(self, job_id: str) -> int:
-        with self._c.transaction():
+        def retry() -> int:
             self._c.run("retry_drafts", job_id=job_id)
             return self._c.run("retry_failed", job_id=job_id)
+        return self._done_once(retry)
 
     # reading ------------------------------------------------------------------------------------
 
@@ -602,15 +613,10 @@ class StoreManager(BatchRules):
 
     def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None:
         """A run's figures, once (made again after a lost acknowledgement, it adds nothing)."""
-        with self._c.transaction():
-            call = self._recorded()
-            if call.done:
-                return
-            self._c.run("insert_run", job_id=job_id, owner=owner, started=started, ended=time.time(),
-                        requests=stats.requests, retries=stats.retries, rate_limited=stats.rate_limited,
-                        server_errors=stats.server_errors, timeouts=stats.timeouts, cache_hits=stats.cache_hits,
-                        wall_s=stats.wall_s)
-            self._record(call, None)
+        self._done_once(lambda: self._c.run(
+            "insert_run", job_id=job_id, owner=owner, started=started, ended=time.time(), requests=stats.requests,
+            retries=stats.retries, rate_limited=stats.rate_limited, server_errors=stats.server_errors,
+            timeouts=stats.timeouts, cache_hits=stats.cache_hits, wall_s=stats.wall_s) and None)
 
     def run_totals(self, job_id: str) -> dict:
         row = self._c.one("run_totals", job_id=job_id)
@@ -640,8 +646,7 @@ class StoreManager(BatchRules):
         params = [dict(job_id=job_id, draft_id=r.draft_id, reviewer=r.reviewer, verdict=r.verdict,
                        label=None if r.label is None else json.dumps(r.label, ensure_ascii=False),
                        updated_at=r.updated_at, lead_time=r.lead_time, origin=r.origin, now=now) for r in rows]
-        with self._c.transaction():
-            return self._c.many("upsert_review", params)
+        return self._done_once(lambda: self._c.many("upsert_review", params))  # the count is shown: the first's
 
     def reviews(self, job_id: str) -> list[ReviewRow]:
         return [ReviewRow(draft_id, reviewer, verdict, None if label is None else json.loads(label), updated_at,

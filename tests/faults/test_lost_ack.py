@@ -217,3 +217,22 @@ def test_batch_plans_and_collects_made_again_after_a_lost_ack_hold_and_bill_once
     assert lost.dropped == [ACK, ACK]
     assert store.get_job("job-1").spent_tokens == 55 and store.usage_totals("job-1")["requests_billed"] == 1
     assert store.batch_failures("job-1")["k2"].attempts == 1
+
+
+def test_counts_a_user_is_shown_are_the_first_attempts_on_a_repeat(store, lost):
+    from prelabel.store import ReviewRow
+    store.create_job(job_record(), raw_items(4))
+    leased = store.lease("job-1", OWNER_A, 4, T0, 600)
+    store.complete("job-1", OWNER_A, [result(i.seq, state="failed") for i in leased[:3]])
+    lost.drop(ACK)
+    assert store.requeue("job-1", [0]) == 1
+    lost.drop(ACK)
+    assert store.retry_failed("job-1") == 2  # `submit` says how many items it resumed
+    store.stop_remaining("job-1")
+    lost.drop(ACK)
+    assert store.resume_stopped("job-1") == 3
+    review = ReviewRow("id0#0", "ann", "accepted", None, T0, None, "reviews.jsonl")
+    lost.drop(ACK)
+    assert store.add_reviews("job-1", [review]) == 1  # `review import` says how many changed
+    assert lost.dropped == [ACK] * 4
+    assert store.counts("job-1") == {"pending": 3, "leased": 1} and len(store.reviews("job-1")) == 1
