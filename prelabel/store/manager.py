@@ -72,7 +72,7 @@ def _translated(method):
         outer = not getattr(local, "depth", 0)
         deadline, attempt = time.monotonic() + STORE_RECONNECT_S, 0
         if outer:
-            local.call = _Call(secrets.token_hex(12))
+            local.call = _Call()
         while True:
             if outer:
                 local.call.attempt, local.call.sections = attempt, 0
@@ -101,8 +101,8 @@ class _Call:
 
     __slots__ = ("token", "attempt", "sections")
 
-    def __init__(self, token: str) -> None:
-        self.token, self.attempt, self.sections = token, 0, 0
+    def __init__(self) -> None:
+        self.token, self.attempt, self.sections = None, 0, 0  # the token is made when first needed: few calls write
 
 
 class _Recorded:
@@ -178,6 +178,8 @@ class StoreManager(BatchRules):
         caller returns it and writes nothing). A repeat takes the token before anything else: if
         the first attempt is still committing on the server, it waits for it, then sees its result."""
         call = self._calls.call
+        if call.token is None:
+            call.token = secrets.token_hex(12)
         call.sections += 1
         token = f"{call.token}.{call.sections}"
         if call.attempt and not self._c.run("claim_call", token=token):
