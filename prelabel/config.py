@@ -374,6 +374,9 @@ EXIT_BATCHES_WAITING = 75  # model.mode: batch: batches are in flight; the next 
 
 STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
 STORE_RECONNECT_S = 60.0     # a store call that lost its server (a restart) is made again for this long
+STORE_CALL_KEEP_S = 600.0    # a write's recorded result is kept this long: its repeats come within STORE_RECONNECT_S
+STORE_CLOCK_CHECK_S = 60.0   # how often a store reads the database's clock again to measure this host's skew
+STORE_CLOCK_SKEW_S = 1.0     # a skew under this is measurement noise: lease times are taken as given
 WORKER_BEAT_WAIT_S = 1.0     # a worker's beat waits this long for the store (about one share interval)
 WORKER_FORGET_S = 3600.0     # a worker's row is deleted this long after its last beat (it was killed)
 

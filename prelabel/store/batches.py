@@ -84,22 +84,28 @@ class BatchRules:
     def batch_plan(self, chunk: ChunkRecord, keys: Iterable[str], max_tokens: int | None,
                    max_cost: float | None) -> tuple[int, float]:
         """Record a chunk's intent and its lines, holding its worst case (what the caps leave of it:
-        returned) against the budget, in one transaction."""
+        returned) against the budget, in one transaction (made again after a lost acknowledgement, it
+        returns the first attempt's hold)."""
         rows = [dict(job_id=chunk.job_id, chunk=chunk.chunk, key=key) for key in keys]
+        at = self._db_time(chunk.planned_at)  # live holds are reckoned on the database's clock
         with self._c.transaction():
+            call = self._recorded()
+            if call.done:
+                return call.value[0], call.value[1]
             spent_tokens, spent_cost = self._c.one("lock_job", job_id=chunk.job_id)
-            held_tokens, held_cost = self._c.one("holds", job_id=chunk.job_id, now=chunk.planned_at)
+            held_tokens, held_cost = self._c.one("holds", job_id=chunk.job_id, now=at)
             tokens, cost = chunk.held_tokens, chunk.held_cost
             if max_tokens is not None:
                 tokens = max(0, min(tokens, max_tokens - int(spent_tokens) - int(held_tokens)))
             if max_cost is not None:
                 cost = max(0.0, min(cost, max_cost - float(spent_cost) - float(held_cost)))
             self._c.run("add_hold", job_id=chunk.job_id, owner=hold_owner(chunk.job_id, chunk.chunk), tokens=tokens,
-                        cost=cost, expires=chunk.planned_at + HOLD_S)
+                        cost=cost, expires=at + HOLD_S)
             self._c.run("batch_insert_chunk", job_id=chunk.job_id, chunk=chunk.chunk, requests=chunk.requests,
                         path=chunk.path, endpoint=chunk.endpoint, model=chunk.model, planned_at=chunk.planned_at,
                         attempt=chunk.attempt, held_tokens=tokens, held_cost=cost)
             self._c.many("batch_insert_line", rows)
+            self._record(call, [tokens, cost])
         return tokens, cost
 
     def batch_chunk_keys(self, job_id: str, chunk: str) -> list[str]:
@@ -118,17 +124,21 @@ class BatchRules:
         tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
         cost = sum(r["cost_usd"] for r in rows)
         with self._c.transaction():
+            call = self._recorded()  # made again after a lost acknowledgement: billed once
+            if call.done:
+                return
             self._c.one("lock_job", job_id=job_id)
             self._c.many("insert_cache", cache)
             self._c.many("insert_usage", rows)
             self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
             self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)
+            self._record(call, None)
 
     def batch_budget_used(self, job_id: str, now: float) -> tuple[int, float]:
         """The job's spending plus every live hold on its budget: its chunks' and its workers' (a
         batch tick's live requests: re-asks, embeddings)."""
         job = self.get_job(job_id)
-        held_tokens, held_cost = self._c.one("holds", job_id=job_id, now=now)
+        held_tokens, held_cost = self._c.one("holds", job_id=job_id, now=self._db_time(now))
         return job.spent_tokens + int(held_tokens), job.spent_cost + float(held_cost)
 
     def batch_open_keys(self, job_id: str) -> set[str]:
@@ -154,6 +164,9 @@ class BatchRules:
         tokens = sum(u.prompt_tokens + u.completion_tokens for u in usage if not u.cached)
         cost = sum(u.cost_usd for u in usage if not u.cached)
         with self._c.transaction():
+            call = self._recorded()
+            if call.done:
+                return call.value
             self._c.one("lock_job", job_id=job_id)
             row = self._c.one("batch_chunk_stage", job_id=job_id, chunk=chunk)
             if row is None or row[0] == COLLECTED:
@@ -164,6 +177,7 @@ class BatchRules:
             self._c.run("batch_finish_chunk", job_id=job_id, chunk=chunk, **fields)
             self._c.many("batch_add_failure", [dict(job_id=job_id, key=key, error=error, retryable=int(retryable))
                                                for key, error, retryable in failures])
+            self._record(call, True)
         return True
 
     def batch_failures(self, job_id: str) -> dict[str, LineFailureRecord]:

@@ -26,6 +26,7 @@ import time
 from typing import Iterable, Iterator
 
 from ..config import INGEST_BATCH, INGEST_BEAT_S  # input items per transaction, or after this long
+from ..config import STORE_CALL_KEEP_S, STORE_CLOCK_CHECK_S, STORE_CLOCK_SKEW_S
 from ..config import STORE_RECONNECT_S, WORKER_BEAT_WAIT_S, WORKER_FORGET_S
 from ..llm.shares import Peer
 from ..errors import InputError, JobExists
@@ -48,9 +49,12 @@ def _translated(method):
     """Driver errors a user can act on leave the store as ``StorageError`` (one line: place, problem, fix).
 
     A call that lost its connection to the server (a restart) is made again, whole, with backoff, for
-    up to ``STORE_RECONNECT_S``: each rule is one transaction (or several that are each safe to repeat:
-    a commit sent again after its acknowledgement was lost is refused by its fence, and bills nothing
-    twice). Only the outermost call of a thread retries; ``_once`` methods never do."""
+    up to ``STORE_RECONNECT_S``. Only the outermost call of a thread retries; ``_once`` methods never
+    do. The server may have committed the call's transaction and lost only its acknowledgement: each
+    attempt of one call carries the same token (``_Call``), and a rule that must not be done twice
+    (a lease, a hold, a commit's billing) records its result under it in its own transaction, so that
+    the repeat returns that result and writes nothing (``StoreManager._recorded``); the other rules
+    are safe to repeat as they are."""
     if inspect.isgeneratorfunction(method):
         @functools.wraps(method)
         def stream(self, *args, **kwargs):
@@ -67,7 +71,11 @@ def _translated(method):
         local = self._calls
         outer = not getattr(local, "depth", 0)
         deadline, attempt = time.monotonic() + STORE_RECONNECT_S, 0
+        if outer:
+            local.call = _Call()
         while True:
+            if outer:
+                local.call.attempt, local.call.sections = attempt, 0
             local.depth = getattr(local, "depth", 0) + 1
             try:
                 return method(self, *args, **kwargs)
@@ -85,6 +93,25 @@ def _translated(method):
             attempt += 1
             self._c.recover()
     return call
+
+
+class _Call:
+    """One outermost store call, the same in each of its attempts: ``token`` names the results its
+    recorded transactions commit (``sections`` counts them, in the order each attempt makes them)."""
+
+    __slots__ = ("token", "attempt", "sections")
+
+    def __init__(self) -> None:
+        self.token, self.attempt, self.sections = None, 0, 0  # the token is made when first needed: few calls write
+
+
+class _Recorded:
+    """A recorded transaction's token, and on a repeat whose first attempt committed, its result."""
+
+    __slots__ = ("token", "done", "value")
+
+    def __init__(self, token: str, done: bool = False, value=None) -> None:
+        self.token, self.done, self.value = token, done, value
 
 
 def reconnect_delay(attempt: int) -> float:
@@ -128,11 +155,72 @@ each_public_method_translated(BatchRules)  # its rules raise StorageError as the
 
 @each_public_method_translated
 class StoreManager(BatchRules):
-    """The ``Store`` protocol over a connector. Methods may be called from several threads."""
+    """The ``Store`` protocol over a connector. Methods may be called from several threads.
+
+    Times: the ``now`` a caller passes is its host's clock (``host_clock``). Lease expiries, budget
+    holds and ingest beats are compared between hosts, so the store keeps them on the database's
+    clock, as it does workers' beats: it measures this host's skew against the database now and
+    then and shifts each ``now`` by it (``_db_time``). A host whose clock is off by minutes takes no
+    live lease over early, nor keeps a dead one late."""
+
+    host_clock = staticmethod(time.time)  # where callers' ``now`` values come from (a test skews it)
 
     def __init__(self, connector: Connector) -> None:
         self._c = connector
         self._calls = threading.local()  # how deep this thread is in the store's calls: the outermost retries
+        self._clock = (float("-inf"), 0.0)  # (when measured, on the monotonic clock; this host's skew)
+
+    # exactly once, and one clock ------------------------------------------------------------------
+
+    def _recorded(self) -> _Recorded:
+        """First in a transaction that must not be done twice: its token and, when the call is made
+        again after a lost connection and its first attempt committed, that attempt's result (the
+        caller returns it and writes nothing). A repeat takes the token before anything else: if
+        the first attempt is still committing on the server, it waits for it, then sees its result."""
+        call = self._calls.call
+        if call.token is None:
+            call.token = secrets.token_hex(12)
+        call.sections += 1
+        token = f"{call.token}.{call.sections}"
+        if call.attempt and not self._c.run("claim_call", token=token):
+            (value,) = self._c.one("call_result", token=token)
+            log.info("a store call was made again after its acknowledgement was lost: its first result stands")
+            return _Recorded(token, True, json.loads(value))
+        return _Recorded(token)
+
+    def _record(self, call: _Recorded, value) -> None:
+        """Last in the transaction: its result (JSON), committed with what it did."""
+        self._c.run("record_call", token=call.token, result=json.dumps(value), keep_s=STORE_CALL_KEEP_S)
+
+    def _done_once(self, work):
+        """``work()`` in a recorded transaction: its value, or on a repeat the first attempt's."""
+        with self._c.transaction():
+            call = self._recorded()
+            if call.done:
+                return call.value
+            value = work()
+            self._record(call, value)
+        return value
+
+    def _db_time(self, now: float) -> float:
+        """A time on this host's clock as the database's clock tells it."""
+        return now + self._skew()
+
+    def _skew(self) -> float:
+        """How far the database's clock is ahead of this host's, measured every ``STORE_CLOCK_CHECK_S``
+        (to half a round trip); under ``STORE_CLOCK_SKEW_S`` it is noise, and times are taken as given."""
+        checked, skew = self._clock
+        if time.monotonic() - checked >= STORE_CLOCK_CHECK_S:
+            before = self.host_clock()
+            (db,) = self._c.one("db_now")
+            measured = float(db) - (before + self.host_clock()) / 2
+            if abs(measured) < STORE_CLOCK_SKEW_S:
+                measured = 0.0
+            elif abs(measured - skew) >= STORE_CLOCK_SKEW_S:
+                log.warning("this host's clock is %.1f s off the database's: leases are reckoned on the database's",
+                            -measured)
+            self._clock, skew = (time.monotonic(), measured), measured
+        return skew
 
     def close(self) -> None:
         self._c.close()
@@ -161,13 +249,13 @@ class StoreManager(BatchRules):
         the number of items stored (duplicates excluded).
         """
         owner = owner or worker_id()
-        now = time.time()
+        now, beat = time.time(), self._db_time(self.host_clock())  # beats are compared between hosts
         try:
             with self._c.transaction():
                 self._c.run("insert_job", id=job.id, name=job.name, spec=json.dumps(job.spec), job_file=job.job_file,
                             input_sha256=job.input_sha256, prompt_version=job.prompt_version, now=now,
                             simulated=int(job.simulated))
-                self._c.run("insert_ingest", job_id=job.id, owner=owner, now=now)
+                self._c.run("insert_ingest", job_id=job.id, owner=owner, now=beat)
         except self._c.integrity_errors:
             raise JobExists(job.id) from None
         return self.continue_ingest(job.id, owner, items, 0)
@@ -180,13 +268,13 @@ class StoreManager(BatchRules):
         flushed = time.monotonic()
 
         def flush(last: bool) -> int:
-            added = 0
+            added, beat = 0, self._db_time(self.host_clock())  # compared with other hosts' clocks: the database's
             with self._c.transaction():
                 if line is None:  # nothing read in this pass: the claim must still be ours
                     row = self._c.one("get_ingest", job_id=job_id)
                     ours = row is not None and row[0] == owner
                 else:
-                    ours = self._c.run("ingest_progress", line=line, next_seq=seq, now=time.time(), job_id=job_id,
+                    ours = self._c.run("ingest_progress", line=line, next_seq=seq, now=beat, job_id=job_id,
                                        owner=owner)
                 if not ours:
                     raise JobExists(job_id)  # taken over: what this reader holds is not to be stored
@@ -231,11 +319,19 @@ class StoreManager(BatchRules):
             with self._c.transaction():  # left half-read by an earlier version: where it got to is in its rows
                 self._c.run("migrate_ingest")
             row = self._c.one("get_ingest", job_id=job_id)
-        return IngestState(*row) if row else None
+        if not row:
+            return None
+        owner, line, next_seq, beat = row
+        if beat:  # 0: handed back, stale on any clock
+            beat = float(beat) - self._skew()  # kept on the database's clock: the caller's, for its ``now``
+        return IngestState(owner, line, next_seq, beat)
 
     def claim_ingest(self, job_id: str, owner: str, dead_owner: str | None, now: float) -> bool:
-        """Take over reading a job's input from a reader found dead; False if another took it first."""
-        return self._c.run("claim_ingest", owner=owner, now=now, job_id=job_id, dead_owner=dead_owner) == 1
+        """Take over reading a job's input from a reader found dead; False if another took it first
+        (or this call's own first attempt, whose acknowledgement was lost, took it: True)."""
+        now = self._db_time(now)
+        return self._done_once(lambda: self._c.run("claim_ingest", owner=owner, now=now, job_id=job_id,
+                                                   dead_owner=dead_owner) == 1)
 
     def release_ingest(self, job_id: str, owner: str) -> None:
         self._c.run("release_ingest", job_id=job_id, owner=owner)
@@ -252,7 +348,7 @@ class StoreManager(BatchRules):
         self._c.run("set_status", status=status, now=time.time(), job_id=job_id)
 
     def runnable_jobs(self, now: float) -> list[str]:
-        return [row[0] for row in self._c.all("runnable_jobs", now=now)]
+        return [row[0] for row in self._c.all("runnable_jobs", now=self._db_time(now))]
 
     # items --------------------------------------------------------------------------------------
 
@@ -260,14 +356,24 @@ class StoreManager(BatchRules):
               units: int = 0) -> list[LeasedItem]:
         """Up to ``limit`` items of labelling work (expired leases first, then the oldest input items
         and variants to re-check), and besides them up to ``units`` augment units. An expired lease
-        is taken whoever held it: another host's items come back only this way, after their expiry."""
+        is taken whoever held it: another host's items come back only this way, after their expiry.
+        Made again after a lost acknowledgement, it returns the items its first attempt leased."""
+        now = self._db_time(now)
         with self._c.transaction():
-            rows = self._c.all("lease", owner=owner, expires=now + lease_s, job_id=job_id, now=now, limit=limit,
-                               units=units, total=limit + units)
+            call = self._recorded()
+            if call.done:
+                epochs = dict(call.value)
+                rows = [(*row, epochs[row[0]]) for row in self._c.all("leased_items", job_id=job_id,
+                                                                         seqs=sorted(epochs))]
+            else:
+                rows = self._c.all("lease", owner=owner, expires=now + lease_s, job_id=job_id, now=now, limit=limit,
+                                   units=units, total=limit + units)
+                self._record(call, sorted([int(row[0]), int(row[-1])] for row in rows))
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
     def renew(self, owner: str, now: float, lease_s: float) -> None:
         """The heartbeat: the owner's leases (and budget holds) last ``lease_s`` more from now."""
+        now = self._db_time(now)
         with self._c.transaction():
             self._c.run("renew", expires=now + lease_s, owner=owner)
             self._c.run("renew_holds", expires=now + lease_s, owner=owner, now=now)
@@ -282,8 +388,13 @@ class StoreManager(BatchRules):
                     max_cost: float | None, now: float, lease_s: float) -> tuple[int, float]:
         """Grant up to (tokens, cost) of the job's budget to ``owner``, atomically across workers and
         hosts (the job row is locked while the grant is reckoned): spent + every live hold never
-        passes a cap. A hold expires with its owner's leases."""
+        passes a cap. A hold expires with its owner's leases. Made again after a lost acknowledgement,
+        it returns the first attempt's grant and adds nothing to it."""
+        now = self._db_time(now)
         with self._c.transaction():
+            call = self._recorded()
+            if call.done:
+                return call.value[0], call.value[1]
             spent_tokens, spent_cost = self._c.one("lock_job", job_id=job_id)
             held_tokens, held_cost = self._c.one("holds", job_id=job_id, now=now)
             if max_tokens is not None:
@@ -291,15 +402,19 @@ class StoreManager(BatchRules):
             if max_cost is not None:
                 cost = max(0.0, min(cost, max_cost - float(spent_cost) - float(held_cost)))
             self._c.run("add_hold", job_id=job_id, owner=owner, tokens=tokens, cost=cost, expires=now + lease_s)
+            self._record(call, [tokens, cost])
         return tokens, cost
 
     def reclaim(self, owners: Iterable[str]) -> int:
-        """Leases of owners known dead (same-host workers whose process is gone) back to pending now."""
-        owners = list(owners)
+        """Leases of owners known dead (same-host workers whose process is gone) back to pending now.
+        One statement for all the owners, locking their items in (job, seq) order and then their
+        holds in (job, owner) order: two hosts reclaiming overlapping owners never deadlock."""
+        owners = sorted(set(owners))
+        if not owners:
+            return 0
         with self._c.transaction():
-            released = sum(self._c.run("release", owner=owner) for owner in owners)
-            for owner in owners:
-                self._c.run("drop_holds", owner=owner)
+            released = self._c.run("release_owners", owners=owners)
+            self._c.run("drop_owners_holds", owners=owners)
             return released
 
     def leased_owners(self) -> list[str]:
@@ -312,7 +427,9 @@ class StoreManager(BatchRules):
         Only the results whose item is still leased to ``owner`` (at the result's epoch, where it
         carries one) are applied: their drafts, state, spawned items, usage and spending. The others
         are refused whole (their lease was lost: another worker has the item, or had it); their
-        answers stay in the cache. Returns the refused seqs."""
+        answers stay in the cache. Returns the refused seqs. Made again after a lost acknowledgement,
+        it returns the first attempt's refusals and writes nothing: not its side usage, nor a
+        released result's, nor a refused one's again."""
         now = time.time()
         # Serialised before the transaction: a result that cannot be stored fails the batch with nothing written.
         prepared = []
@@ -330,6 +447,9 @@ class StoreManager(BatchRules):
                           cached_prompt_tokens=u.cached_prompt_tokens)
                 for u in side_usage]
         with self._c.transaction():
+            call = self._recorded()
+            if call.done:
+                return call.value
             self._c.one("lock_job", job_id=job_id)  # first: spending and spawned seqs are the job row's
             epochs = dict(self._c.all("fence", job_id=job_id, owner=owner, seqs=sorted({r.seq for r in results})))
             accepted = [p for p in prepared if p[0].seq in epochs and p[0].epoch in (None, epochs[p[0].seq])]
@@ -361,6 +481,7 @@ class StoreManager(BatchRules):
             self._c.many("delete_cache", uncache)
             self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
             self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent
+            self._record(call, refused)
         return refused
 
     def _lost_usage(self, job_id: str, refused: list, now: float) -> list[dict]:
@@ -396,22 +517,28 @@ class StoreManager(BatchRules):
     def stop_remaining(self, job_id: str) -> int:
         return self._c.run("stop_remaining", job_id=job_id)
 
+    # The counts these return are shown (`submit`: items resumed): a repeat returns the first's.
+
     def resume_stopped(self, job_id: str) -> int:
-        return self._c.run("resume_stopped", job_id=job_id)
+        return self._done_once(lambda: self._c.run("resume_stopped", job_id=job_id))
 
     def requeue(self, job_id: str, seqs: Iterable[int]) -> int:
         """Failed items back to pending (an outage caught them: they did not fail on their own)."""
-        with self._c.transaction():
+        seqs = list(seqs)
+
+        def requeue() -> int:
             n = 0
             for seq in seqs:
                 self._c.run("requeue_drafts", job_id=job_id, seq=seq)
                 n += self._c.run("requeue_item", job_id=job_id, seq=seq)
             return n
+        return self._done_once(requeue)
 
     def retry_failed(self, job_id: str) -> int:
-        with self._c.transaction():
+        def retry() -> int:
             self._c.run("retry_drafts", job_id=job_id)
             return self._c.run("retry_failed", job_id=job_id)
+        return self._done_once(retry)
 
     # reading ------------------------------------------------------------------------------------
 
@@ -484,10 +611,11 @@ class StoreManager(BatchRules):
                                          "cost_usd": round(float(lost_cost), 6)}}
 
     def add_run(self, job_id: str, owner: str, started: float, stats: RunStats) -> None:
-        self._c.run("insert_run", job_id=job_id, owner=owner, started=started, ended=time.time(),
-                    requests=stats.requests, retries=stats.retries, rate_limited=stats.rate_limited,
-                    server_errors=stats.server_errors, timeouts=stats.timeouts, cache_hits=stats.cache_hits,
-                    wall_s=stats.wall_s)
+        """A run's figures, once (made again after a lost acknowledgement, it adds nothing)."""
+        self._done_once(lambda: self._c.run(
+            "insert_run", job_id=job_id, owner=owner, started=started, ended=time.time(), requests=stats.requests,
+            retries=stats.retries, rate_limited=stats.rate_limited, server_errors=stats.server_errors,
+            timeouts=stats.timeouts, cache_hits=stats.cache_hits, wall_s=stats.wall_s) and None)
 
     def run_totals(self, job_id: str) -> dict:
         row = self._c.one("run_totals", job_id=job_id)
@@ -517,8 +645,7 @@ class StoreManager(BatchRules):
         params = [dict(job_id=job_id, draft_id=r.draft_id, reviewer=r.reviewer, verdict=r.verdict,
                        label=None if r.label is None else json.dumps(r.label, ensure_ascii=False),
                        updated_at=r.updated_at, lead_time=r.lead_time, origin=r.origin, now=now) for r in rows]
-        with self._c.transaction():
-            return self._c.many("upsert_review", params)
+        return self._done_once(lambda: self._c.many("upsert_review", params))  # the count is shown: the first's
 
     def reviews(self, job_id: str) -> list[ReviewRow]:
         return [ReviewRow(draft_id, reviewer, verdict, None if label is None else json.loads(label), updated_at,

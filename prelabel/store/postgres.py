@@ -54,6 +54,9 @@ def storage_error(location: str, error: BaseException) -> StorageError | None:
     if isinstance(error, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
         return StorageError(location, f"the database cannot be written ({detail})",
                             "grant this user write access, or choose another --db")
+    if isinstance(error, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)):  # not the network
+        return StorageError(location, f"the server aborted a transaction whose locks crossed another's ({detail})",
+                            "run the same command again")
     if isinstance(error, psycopg.OperationalError):  # refused, dropped (a restart), timed out, pool exhausted
         return StorageError(location, f"cannot reach the PostgreSQL server ({detail})", _UNREACHABLE_FIX)
     return None

@@ -601,3 +601,46 @@ ON CONFLICT (job_id, key) DO UPDATE SET attempts = batch_failures.attempts + 1, 
 
 -- name: batch_failures
 SELECT key, attempts, error, retryable FROM batch_failures WHERE job_id = :job_id;
+
+-- name: migration_5
+-- Store calls made again after a lost acknowledgement (issue 11): each write that must not be done
+-- twice records its result under its call's token in its own transaction: a repeat returns it.
+-- Kept STORE_CALL_KEEP_S (on the database's clock), pruned as new ones are recorded.
+CREATE TABLE IF NOT EXISTS store_calls (
+    token TEXT PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    result TEXT               -- JSON, NULL only inside the transaction of a repeat that claimed it
+);
+CREATE INDEX IF NOT EXISTS store_calls_at ON store_calls (at);
+
+-- name: claim_call
+-- A repeat's first statement: waits for the first attempt's transaction if it still holds the token.
+INSERT INTO store_calls (token, at, result) VALUES (:token, extract(epoch FROM now()), NULL)
+ON CONFLICT (token) DO NOTHING;
+
+-- name: call_result
+SELECT result FROM store_calls WHERE token = :token;
+
+-- name: record_call
+-- Old calls are pruned a few at a time, skipping those another writer is pruning (never waiting on it).
+WITH pruned AS (DELETE FROM store_calls WHERE token IN (
+    SELECT token FROM store_calls WHERE at < extract(epoch FROM now()) - :keep_s
+    LIMIT 64 FOR UPDATE SKIP LOCKED))
+INSERT INTO store_calls (token, at, result) VALUES (:token, extract(epoch FROM now()), :result)
+ON CONFLICT (token) DO UPDATE SET result = excluded.result;
+
+-- name: leased_items
+-- The items a lease took, read again for its repeat (their epochs are the recorded ones).
+SELECT seq, item_id, line, text, kind, payload FROM items WHERE job_id = :job_id AND seq = ANY(:seqs) ORDER BY seq;
+
+-- name: release_owners
+-- reclaim: several owners' leases at once, their items locked in (job, seq) order.
+UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+WHERE (job_id, seq) IN (SELECT job_id, seq FROM items WHERE lease_owner = ANY(:owners) AND state = 'leased'
+                        ORDER BY job_id, seq FOR UPDATE)
+  AND lease_owner = ANY(:owners) AND state = 'leased';
+
+-- name: drop_owners_holds
+DELETE FROM budget_holds
+WHERE (job_id, owner) IN (SELECT job_id, owner FROM budget_holds WHERE owner = ANY(:owners)
+                          ORDER BY job_id, owner COLLATE "C" FOR UPDATE);

@@ -629,3 +629,39 @@ ON CONFLICT (job_id, key) DO UPDATE SET attempts = batch_failures.attempts + 1, 
 
 -- name: batch_failures
 SELECT key, attempts, error, retryable FROM batch_failures WHERE job_id = :job_id;
+
+-- name: calls_schema
+-- ================================================================================================
+-- Store calls made again after a lost acknowledgement (issue 11, PostgreSQL's migration_5): each
+-- write that must not be done twice records its result under its call's token in its own
+-- transaction: a repeat returns it. Run on every open: creates the table an older store lacks.
+-- ================================================================================================
+CREATE TABLE IF NOT EXISTS store_calls (
+    token TEXT PRIMARY KEY,
+    at REAL NOT NULL,         -- when recorded, on the database's clock: kept STORE_CALL_KEEP_S
+    result TEXT               -- JSON, NULL only inside the transaction of a repeat that claimed it
+);
+CREATE INDEX IF NOT EXISTS store_calls_at ON store_calls (at);
+
+-- name: claim_call
+INSERT INTO store_calls (token, at, result) VALUES (:token, (julianday('now') - 2440587.5) * 86400.0, NULL)
+ON CONFLICT (token) DO NOTHING;
+
+-- name: call_result
+SELECT result FROM store_calls WHERE token = :token;
+
+-- name: record_call
+DELETE FROM store_calls WHERE at < (julianday('now') - 2440587.5) * 86400.0 - :keep_s;
+INSERT INTO store_calls (token, at, result) VALUES (:token, (julianday('now') - 2440587.5) * 86400.0, :result)
+ON CONFLICT (token) DO UPDATE SET result = excluded.result;
+
+-- name: leased_items
+SELECT seq, item_id, line, text, kind, payload FROM items
+WHERE job_id = :job_id AND seq IN (SELECT value FROM json_each(:seqs)) ORDER BY seq;
+
+-- name: release_owners
+UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+WHERE lease_owner IN (SELECT value FROM json_each(:owners)) AND state = 'leased';
+
+-- name: drop_owners_holds
+DELETE FROM budget_holds WHERE owner IN (SELECT value FROM json_each(:owners));

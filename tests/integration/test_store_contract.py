@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -574,6 +575,85 @@ def test_heartbeats_keep_a_lease_from_being_taken_over(store):
     assert [i.seq for i in store.lease("job-1", OWNER_B, 2, T0 + 8 * 5 + 11, 60)] == [0, 1]
 
 
+def test_leases_holds_and_ingest_beats_are_on_the_database_clock_whatever_a_hosts_clock_says(store, url):
+    """A host whose clock runs five minutes fast sees other hosts' live leases and holds as five
+    minutes old: it must not take them over, and its own must not last five minutes too long."""
+    store.create_job(job_record(), raw_items(2))
+    fast = open_store(url)
+    fast.host_clock = lambda: time.time() + 300
+    try:
+        now = time.time()
+        assert [i.seq for i in store.lease("job-1", OWNER_A, 1, now, 60)] == [0]
+        assert store.hold_budget("job-1", OWNER_A, 600, 0.0, 1000, None, now, 60) == (600, 0.0)
+        assert [i.seq for i in fast.lease("job-1", OWNER_B, 2, fast.host_clock(), 60)] == [1]  # not A's item 0
+        assert fast.hold_budget("job-1", OWNER_B, 1000, 0.0, 1000, None, fast.host_clock(), 60) == (400, 0.0)
+        assert fast.runnable_jobs(fast.host_clock()) == []
+        store.renew(OWNER_A, now, 60)
+        # 61 s on: both leases are over on the database's clock (B's was not kept 300 s longer)
+        assert [i.seq for i in store.lease("job-1", "host-c:3:cccccc", 2, now + 61, 60)] == [0, 1]
+        # an ingest beat the fast host writes is now to the others, and to itself on its own clock
+        with pytest.raises(ZeroDivisionError):
+            fast.create_job(job_record("j2"), (1 / 0 for _ in range(1)), owner="fast:1:a")  # its reader dies
+        assert abs(store.ingest_state("j2").beat - time.time()) < 5
+        assert fast.claim_ingest("j2", "fast:2:b", "fast:1:a", fast.host_clock())
+        assert abs(store.ingest_state("j2").beat - time.time()) < 5
+        assert abs(fast.ingest_state("j2").beat - fast.host_clock()) < 5
+    finally:
+        fast.close()
+
+
+def test_two_hosts_reclaiming_the_same_dead_owners_do_not_deadlock(url):
+    """Two processes of one host reclaim the same dead owners, listed in opposite orders. Each stops
+    after its first statement until the other has made its own (or 2 s have passed): owner by owner,
+    each would hold one owner's items and wait for the other's (PostgreSQL aborts one: a deadlock)."""
+    if not url.startswith("postgresql://"):
+        pytest.skip("SQLite's transactions take the whole file's lock: there is no order to get wrong")
+    setup = open_store(url)
+    setup.create_job(job_record(), raw_items(6))
+    dead = ["host-a:1:aaaaaa", "host-a:2:bbbbbb", "host-a:3:cccccc"]
+    for owner in dead:
+        setup.lease("job-1", owner, 2, T0, 600)
+        setup.hold_budget("job-1", owner, 10, 0.0, None, None, T0, 600)
+    setup.close()
+    met = threading.Barrier(2, timeout=2.0)
+    stores = [open_store(url) for _ in range(2)]
+    for s in stores:
+        s._c = _PausedAfterFirstStatement(s._c, met)
+    try:
+        released = _threads(2, lambda k: stores[k].reclaim(dead if k == 0 else dead[::-1]))
+        assert sum(released) == 6 and stores[0].counts("job-1") == {"pending": 6}
+        assert stores[0].hold_budget("job-1", "host-z:9:zzzzzz", 100, 0.0, 100, None, T0, 60) == (100, 0.0)
+    finally:
+        for s in stores:
+            s.close()
+
+
+class _PausedAfterFirstStatement:
+    """A connector that waits at ``barrier`` after the first write of each transaction."""
+
+    def __init__(self, inner, barrier: threading.Barrier) -> None:
+        self.inner, self.barrier, self.first = inner, barrier, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @contextmanager
+    def transaction(self, wait_s=None):
+        with self.inner.transaction(wait_s):
+            self.first = True
+            yield
+
+    def run(self, query: str, /, **params) -> int:
+        n = self.inner.run(query, **params)
+        if self.first:
+            self.first = False
+            try:
+                self.barrier.wait()
+            except threading.BrokenBarrierError:
+                pass  # the other is waiting on this one's locks: go on
+        return n
+
+
 # --- concurrency: threads and processes on one store ------------------------------------------
 
 def _threads(n: int, target) -> list:
@@ -766,6 +846,14 @@ def test_an_unreachable_postgresql_server_is_a_storage_error_naming_it_without_i
     message = str(raised.value)
     assert message.startswith("postgresql://postgres@127.0.0.1:1/prelabel: cannot reach the PostgreSQL server")
     assert "s3cret" not in message
+
+
+def test_a_deadlock_is_not_reported_as_an_unreachable_server():
+    psycopg = pytest.importorskip("psycopg")
+    from prelabel.store.postgres import PostgresConnector, storage_error
+    error = psycopg.errors.DeadlockDetected("deadlock detected")
+    assert "locks crossed" in str(storage_error("postgresql://h/db", error))
+    assert not PostgresConnector.disconnected(None, error)  # not made again as a lost connection
 
 
 # --- workers: the shared rate limit's coordinator, and `prelabel status` ----------------------
