@@ -29,6 +29,7 @@ were not stopped exited), 429s as a share of requests, and the peak requests per
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -65,7 +66,8 @@ def simulator(style: str):
 
 
 def sim_stats(url: str) -> dict:
-    with urllib.request.urlopen(url.replace("/v1", "/_sim/stats") + "?admissions=1&seconds=1&contents=1") as r:
+    query = "?admissions=1&seconds=1&contents=1&tenths=1"
+    with urllib.request.urlopen(url.replace("/v1", "/_sim/stats") + query) as r:
         return json.loads(r.read())
 
 
@@ -85,7 +87,7 @@ class Fleet:
         once = self.mode == "once" if once is None else once
         args = ["work", "--quiet", "--output-root", str(self.folder / "out")] + (["--once"] if once else [])
         log = open(home / "worker.log", "w")
-        proc = subprocess.Popen([*CLI, *args], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*CLI, "-v", *args], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
         self.procs[host] = proc
         return proc
 
@@ -102,6 +104,39 @@ class Fleet:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+STEADY_TRIM_S = 3.0  # the steady-state figure leaves out this much at each end of the run
+SHARE_LOG = re.compile(r"^(\S+ \S+) prelabel\.worker\.sharing INFO pacing at (\d+)% of the ceiling: (\d+) workers")
+
+
+def shares_logged(log: Path, offset: float) -> list[tuple[float, int, int]]:
+    """(when on the simulator's clock, share %, workers) for each share change a worker logged."""
+    events = []
+    for line in log.read_text(errors="replace").splitlines():
+        if m := SHARE_LOG.match(line):
+            when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - offset
+            events.append((round(when, 2), int(m.group(2)), int(m.group(3))))
+    return events
+
+
+def where_lost(tenths: list[list[int]], first_admit: float, exits: dict[str, float]) -> dict:
+    """The ceiling's admissions not made, by phase: the first and the last STEADY_TRIM_S seconds and
+    the middle; with the steady state's share (the middle alone) beside the whole run's, and the
+    tenths after the first worker's exit (the tail: workers leaving while others still send)."""
+    per_tenth = CEILING_PER_S / 10
+    n = len(tenths)
+    trim = int(STEADY_TRIM_S * 10)
+    lost = lambda rows: round(sum(per_tenth - a for _, a in rows) / CEILING_PER_S, 2)  # noqa: E731
+    middle = tenths[trim:n - trim]
+    first_exit = min(exits.values(), default=None)
+    tail = [r for r in tenths if first_exit is not None and r[0] / 10 >= first_exit - first_admit]
+    return {
+        "span_s": round(n / 10, 1),
+        "lost_ceiling_s": {"first_3s": lost(tenths[:trim]), "middle": lost(middle), "last_3s": lost(tenths[n - trim:]),
+                           "after_first_exit": lost(tail), "after_first_exit_s": round(len(tail) / 10, 1)},
+        "steady_share": round(sum(a for _, a in middle) / (len(middle) * per_tenth), 3) if middle else 0.0,
+    }
 
 
 def counts(db: str, job_id: str) -> dict:
@@ -165,7 +200,12 @@ def scenario(name: str, workers: int, items: int, style: str, db: str | None, mo
                 row["struck_at_done"] = counts(db, job_id).get("done", 0)
             skip = {"bench-0"} if name == "stop" else set()
 
+            exits: dict[str, float] = {}
+
             def settled() -> bool:  # --once: the workers exited; long-running: the job is done
+                for h, p in fleet.procs.items():
+                    if p.poll() is not None and h not in exits:
+                        exits[h] = time.monotonic()
                 if mode == "once":
                     return not fleet.running(skip)
                 c = counts(db, job_id)
@@ -211,6 +251,14 @@ def scenario(name: str, workers: int, items: int, style: str, db: str | None, mo
         answered = dict((text, n) for text, n in final["answered_by_content"])
         seconds = [arrived for _, arrived, _ in main["per_second"]]
         span = (main["last_admit"] or 0) - (main["first_admit"] or 0)
+        if main["first_admit"] is not None:
+            row["timeline"] = where_lost(main["admitted_per_tenth"], main["first_admit"],
+                                         {h: t for h, t in exits.items() if h != "bench-0" or name == "clean"})
+            offset = time.time() - time.monotonic()  # the simulator's clock is this machine's monotonic one
+            row["shares"] = {h: shares_logged(folder / h / "worker.log", offset + main["first_admit"])
+                             for h in fleet.procs}
+            row["exits_s"] = {h: round(t - main["first_admit"], 1) for h, t in exits.items()}
+            row["admitted_per_tenth"] = [a for _, a in main["admitted_per_tenth"]]
         row.update({
             "items_answered_once": sum(1 for n in answered.values() if n == 1),
             "items_answered_more": sum(1 for n in answered.values() if n > 1),
