@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,7 +176,8 @@ def database(db: str | None, folder: Path, name: str):
             admin.execute(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)')
 
 
-def scenario(name: str, workers: int, items: int, style: str, db: str | None, mode: str, lease_s: float) -> dict:
+def scenario(name: str, workers: int, items: int, style: str, db: str | None, mode: str, lease_s: float,
+             logs: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="multihost-") as tmp, simulator(style) as url, \
             database(db, Path(tmp), name) as db:
         folder = Path(tmp)
@@ -246,6 +248,10 @@ def scenario(name: str, workers: int, items: int, style: str, db: str | None, mo
             row["paid_for_lost_leases"] = totals["paid_for_lost_leases"]
         finally:
             store.close()
+        if logs is not None:  # the workers' logs (-v: share changes, retries) kept past the temp folder
+            for host in fleet.procs:
+                (logs / name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(folder / host / "worker.log", logs / name / f"{host}.log")
         subprocess.run([*CLI, "export", job_id], env=env, capture_output=True, text=True)
         ids = [json.loads(line)["id"] for line in (folder / "out" / "out" / "drafts.jsonl").read_text().splitlines()]
         answered = dict((text, n) for text, n in final["answered_by_content"])
@@ -283,6 +289,7 @@ if __name__ == "__main__":
     parser.add_argument("--style", default="openai", choices=["openai", "azure", "bucket", "gateway"])
     parser.add_argument("--db", help="a SQLite path or a postgresql:// URL (default: a SQLite file per scenario)")
     parser.add_argument("--mode", choices=["once", "long"], default="once")
+    parser.add_argument("--logs", type=Path, help="keep each worker's log here (LOGS/SCENARIO/HOST.log)")
     parser.add_argument("--lease-s", type=float, default=Engine().lease_s,
                         help="the workers' lease ($PRELABEL_LEASE_S); kill and stop wait past it")
     args = parser.parse_args()
@@ -291,4 +298,4 @@ if __name__ == "__main__":
     print(f"# {machine()}  load {os.getloadavg()[0]:.2f}", flush=True)
     for name in args.scenarios or SCENARIOS:
         print(name, json.dumps(scenario(name, args.workers, args.items, args.style, args.db, args.mode,
-                                                 args.lease_s)), flush=True)
+                                                 args.lease_s, args.logs)), flush=True)
