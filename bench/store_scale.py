@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -71,6 +72,7 @@ def sampled_worker(out: str, args: list[str]) -> None:
                           else names[ident].rstrip("_0123456789"))
                 counts[thread][part_of(frame)] += 1
 
+    timed = time_queries()
     me_sampler = [None]
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -80,8 +82,55 @@ def sampled_worker(out: str, args: list[str]) -> None:
     finally:
         stop.set()
         sampler.join()
-        Path(out).write_text(json.dumps({k: dict(v) for k, v in counts.items()}))
+        Path(out).write_text(json.dumps({"samples": {k: dict(v) for k, v in counts.items()},
+                                         "queries": timed}))
     sys.exit(code)
+
+
+def time_queries() -> dict:
+    """Each named query's calls and seconds (wall, in the calling thread) in this process, and each
+    transaction's: where the store's time goes, without pg_stat_statements (it needs a server restart)."""
+    from prelabel.store.postgres import PostgresConnector
+
+    timed: dict = collections.defaultdict(lambda: [0, 0.0])
+
+    def wrap(name):
+        method = getattr(PostgresConnector, name)
+
+        def timed_call(self, query, /, *args, **params):
+            t = time.perf_counter()
+            if getattr(self._local, "first", "") is None:
+                self._local.first = query  # the transaction is named by its first query
+            try:
+                return method(self, query, *args, **params)
+            finally:
+                entry = timed[f"{name} {query}"]
+                entry[0] += 1
+                entry[1] += time.perf_counter() - t
+        setattr(PostgresConnector, name, timed_call)
+
+    for name in ("one", "all", "run", "many"):
+        wrap(name)
+    transaction = PostgresConnector.transaction
+
+    @contextlib.contextmanager
+    def timed_transaction(self, wait_s=None):
+        t = time.perf_counter()
+        outer = getattr(self._local, "conn", None) is None
+        if outer:
+            self._local.first = None
+        with transaction(self, wait_s):
+            yield
+            done = time.perf_counter()
+        if outer:  # its statements are timed by name; this is the whole, with BEGIN and COMMIT
+            entry = timed[f"transaction {self._local.first}"]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t
+            entry = timed["COMMIT (of every transaction)"]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - done
+    PostgresConnector.transaction = timed_transaction
+    return timed
 
 
 def cpu_s(pids: list[int]) -> float:
@@ -163,7 +212,10 @@ def run(db_url: str, items: int, workers: int, window: float) -> dict:
             sim.terminate()
             sim.wait(10)
         if profile.exists():
-            samples = json.loads(profile.read_text())
+            kept = json.loads(profile.read_text())
+            samples = kept["samples"]
+            row["worker0_queries"] = {q: [n, round(s, 2)] for q, (n, s) in
+                                      sorted(kept["queries"].items(), key=lambda kv: -kv[1][1])[:25]}
             row["worker0_samples"] = {thread: dict(sorted(((k, round(v / sum(parts.values()), 3))
                                                            for k, v in parts.items()), key=lambda kv: -kv[1]))
                                       for thread, parts in samples.items() if sum(parts.values()) > 50}
