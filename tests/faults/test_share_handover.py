@@ -6,15 +6,15 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from prelabel.store import open_store
-from tests.integration.test_store_contract import pg_database, url  # noqa: F401 - the fixtures
+from tests.integration import test_store_contract as contract
+
+pg_database, url = contract.pg_database, contract.url  # the contract suite's fixtures: SQLite and PostgreSQL
 
 A, B = "host-a:1:aaaaaa", "host-b:2:bbbbbb"
 
 
-def test_two_beats_of_one_key_that_race_never_both_find_their_worker_alone(url, monkeypatch):  # noqa: F811
+def test_two_beats_of_one_key_that_race_never_both_find_their_worker_alone(url, monkeypatch):
     import prelabel.store.manager as manager
 
     monkeypatch.setattr(manager, "WORKER_BEAT_WAIT_S", 30.0)  # the lock waited on here is the test's own
