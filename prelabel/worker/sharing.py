@@ -127,12 +127,13 @@ class ShareKeeper:
 
     def _landed(self, done: asyncio.Future, sent: float) -> None:
         self._pending = None
-        if done.cancelled() or self._left:
+        if done.cancelled():
             return
-        if (error := done.exception()) is not None:
+        if (error := done.exception()) is not None:  # retrieved even after leaving: asyncio would print it
             log.info("a beat to the coordinator failed (pacing on at the last share): %s", error)
             return
-        self._apply(done.result(), sent)
+        if not self._left:
+            self._apply(done.result(), sent)
 
     def _apply(self, roll: Roll, sent: float) -> None:
         decision = decide_share(self.worker, roll.peers, roll.now, self.stale_s, self.recheck_s)
