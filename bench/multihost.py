@@ -29,9 +29,11 @@ were not stopped exited), 429s as a share of requests, and the peak requests per
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,7 +67,8 @@ def simulator(style: str):
 
 
 def sim_stats(url: str) -> dict:
-    with urllib.request.urlopen(url.replace("/v1", "/_sim/stats") + "?admissions=1&seconds=1&contents=1") as r:
+    query = "?admissions=1&seconds=1&contents=1&tenths=1"
+    with urllib.request.urlopen(url.replace("/v1", "/_sim/stats") + query) as r:
         return json.loads(r.read())
 
 
@@ -85,7 +88,7 @@ class Fleet:
         once = self.mode == "once" if once is None else once
         args = ["work", "--quiet", "--output-root", str(self.folder / "out")] + (["--once"] if once else [])
         log = open(home / "worker.log", "w")
-        proc = subprocess.Popen([*CLI, *args], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*CLI, "-v", *args], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
         self.procs[host] = proc
         return proc
 
@@ -102,6 +105,39 @@ class Fleet:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+STEADY_TRIM_S = 3.0  # the steady-state figure leaves out this much at each end of the run
+SHARE_LOG = re.compile(r"^(\S+ \S+) prelabel\.worker\.sharing INFO pacing at (\d+)% of the ceiling: (\d+) workers")
+
+
+def shares_logged(log: Path, offset: float) -> list[tuple[float, int, int]]:
+    """(when on the simulator's clock, share %, workers) for each share change a worker logged."""
+    events = []
+    for line in log.read_text(errors="replace").splitlines():
+        if m := SHARE_LOG.match(line):
+            when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - offset
+            events.append((round(when, 2), int(m.group(2)), int(m.group(3))))
+    return events
+
+
+def where_lost(tenths: list[list[int]], first_admit: float, exits: dict[str, float]) -> dict:
+    """The ceiling's admissions not made, by phase: the first and the last STEADY_TRIM_S seconds and
+    the middle; with the steady state's share (the middle alone) beside the whole run's, and the
+    tenths after the first worker's exit (the tail: workers leaving while others still send)."""
+    per_tenth = CEILING_PER_S / 10
+    n = len(tenths)
+    trim = int(STEADY_TRIM_S * 10)
+    lost = lambda rows: round(sum(per_tenth - a for _, a in rows) / CEILING_PER_S, 2)  # noqa: E731
+    middle = tenths[trim:n - trim]
+    first_exit = min(exits.values(), default=None)
+    tail = [r for r in tenths if first_exit is not None and r[0] / 10 >= first_exit - first_admit]
+    return {
+        "span_s": round(n / 10, 1),
+        "lost_ceiling_s": {"first_3s": lost(tenths[:trim]), "middle": lost(middle), "last_3s": lost(tenths[n - trim:]),
+                           "after_first_exit": lost(tail), "after_first_exit_s": round(len(tail) / 10, 1)},
+        "steady_share": round(sum(a for _, a in middle) / (len(middle) * per_tenth), 3) if middle else 0.0,
+    }
 
 
 def counts(db: str, job_id: str) -> dict:
@@ -140,7 +176,8 @@ def database(db: str | None, folder: Path, name: str):
             admin.execute(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)')
 
 
-def scenario(name: str, workers: int, items: int, style: str, db: str | None, mode: str, lease_s: float) -> dict:
+def scenario(name: str, workers: int, items: int, style: str, db: str | None, mode: str, lease_s: float,
+             logs: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="multihost-") as tmp, simulator(style) as url, \
             database(db, Path(tmp), name) as db:
         folder = Path(tmp)
@@ -165,7 +202,12 @@ def scenario(name: str, workers: int, items: int, style: str, db: str | None, mo
                 row["struck_at_done"] = counts(db, job_id).get("done", 0)
             skip = {"bench-0"} if name == "stop" else set()
 
+            exits: dict[str, float] = {}
+
             def settled() -> bool:  # --once: the workers exited; long-running: the job is done
+                for h, p in fleet.procs.items():
+                    if p.poll() is not None and h not in exits:
+                        exits[h] = time.monotonic()
                 if mode == "once":
                     return not fleet.running(skip)
                 c = counts(db, job_id)
@@ -206,11 +248,23 @@ def scenario(name: str, workers: int, items: int, style: str, db: str | None, mo
             row["paid_for_lost_leases"] = totals["paid_for_lost_leases"]
         finally:
             store.close()
+        if logs is not None:  # the workers' logs (-v: share changes, retries) kept past the temp folder
+            for host in fleet.procs:
+                (logs / name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(folder / host / "worker.log", logs / name / f"{host}.log")
         subprocess.run([*CLI, "export", job_id], env=env, capture_output=True, text=True)
         ids = [json.loads(line)["id"] for line in (folder / "out" / "out" / "drafts.jsonl").read_text().splitlines()]
         answered = dict((text, n) for text, n in final["answered_by_content"])
         seconds = [arrived for _, arrived, _ in main["per_second"]]
         span = (main["last_admit"] or 0) - (main["first_admit"] or 0)
+        if main["first_admit"] is not None:
+            row["timeline"] = where_lost(main["admitted_per_tenth"], main["first_admit"],
+                                         {h: t for h, t in exits.items() if h != "bench-0" or name == "clean"})
+            offset = time.time() - time.monotonic()  # the simulator's clock is this machine's monotonic one
+            row["shares"] = {h: shares_logged(folder / h / "worker.log", offset + main["first_admit"])
+                             for h in fleet.procs}
+            row["exits_s"] = {h: round(t - main["first_admit"], 1) for h, t in exits.items()}
+            row["admitted_per_tenth"] = [a for _, a in main["admitted_per_tenth"]]
         row.update({
             "items_answered_once": sum(1 for n in answered.values() if n == 1),
             "items_answered_more": sum(1 for n in answered.values() if n > 1),
@@ -235,6 +289,7 @@ if __name__ == "__main__":
     parser.add_argument("--style", default="openai", choices=["openai", "azure", "bucket", "gateway"])
     parser.add_argument("--db", help="a SQLite path or a postgresql:// URL (default: a SQLite file per scenario)")
     parser.add_argument("--mode", choices=["once", "long"], default="once")
+    parser.add_argument("--logs", type=Path, help="keep each worker's log here (LOGS/SCENARIO/HOST.log)")
     parser.add_argument("--lease-s", type=float, default=Engine().lease_s,
                         help="the workers' lease ($PRELABEL_LEASE_S); kill and stop wait past it")
     args = parser.parse_args()
@@ -243,4 +298,4 @@ if __name__ == "__main__":
     print(f"# {machine()}  load {os.getloadavg()[0]:.2f}", flush=True)
     for name in args.scenarios or SCENARIOS:
         print(name, json.dumps(scenario(name, args.workers, args.items, args.style, args.db, args.mode,
-                                                 args.lease_s)), flush=True)
+                                                 args.lease_s, args.logs)), flush=True)

@@ -161,8 +161,10 @@ class RateLimiter:
     def allot(self, share: float, now: float) -> None:
         """Pace at ``share`` (0 < share <= 1) of the ceiling from now: others send under this key too.
 
-        The pace scales with the share, so what 429s taught stays in proportion; a smaller share voids
-        the slots booked at the old one (their holders book again, at the new spacing)."""
+        The pace scales with the share, so what 429s taught stays in proportion. Either way the slots
+        booked at the old share are void, and their holders book again at the new spacing: a smaller
+        share must not overrun the others', and a larger one is the leavers' share to use at once (a line
+        booked at the old spacing would keep the old pace for as long as it is)."""
         if not 0.0 < share <= 1.0:
             raise ValueError(f"a share of the ceiling is in (0, 1], not {share}")
         if share == self.share:
@@ -172,8 +174,7 @@ class RateLimiter:
         self._caps()
         self._set_pace(current * scale, now)
         self._bad *= scale
-        if scale < 1.0:
-            self._respace(now)
+        self._respace(now)
 
     def _caps(self) -> None:
         """This worker's ceiling: its share of the job's limits, or of the server's when lower."""

@@ -8,8 +8,10 @@ paces under (the job's limits, or the server's when it reported lower ones), spl
 
 The shares of workers that decide at different moments must never add up to more than the ceiling:
 
-- A newcomer waits ``settle_s`` (longer than a beat interval) before sending, unless it is alone:
-  by then every peer has beaten once since it joined, counted it, and lowered its own share.
+- A newcomer sends nothing until it is *counted*: until every live peer has beaten since it joined
+  (the coordinator serialises the beats of one pace key, so such a beat saw it, and lowered that
+  peer's share). It beats again every ``recheck_s`` meanwhile, so it starts about as soon as the
+  last peer has made room, not a fixed settling time later. Alone, it is counted at once.
 - A worker is counted out ``stale_s`` after its last beat; one that could not beat for that long
   holds its requests (``prelabel.worker.sharing``): its share may have been handed out, and it comes
   back as a newcomer.
@@ -17,7 +19,7 @@ The shares of workers that decide at different moments must never add up to more
 Why evenly and not by demand: a worker whose demand grew would take its larger share at once while
 the others still send at theirs until their next beat (an overshoot of up to one interval each time
 demand moves). Workers that have nothing left to send leave (``Coordinator.leave``), and their share
-goes to the others at the next beat.
+goes to the others at their next beat.
 """
 from __future__ import annotations
 
@@ -51,22 +53,21 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    """What a worker does until its next beat: pace at ``share`` of its own ceiling, and wait
-    ``wait_s`` before sending at all (peers have not all counted it yet)."""
+    """What a worker does until its next beat: pace at ``share`` of its own ceiling; with ``wait_s``,
+    send nothing for that long and beat again then (a peer has not counted it yet)."""
 
     share: float
     wait_s: float
     live: int  # workers sharing the key, itself included
 
 
-def decide_share(me: str, peers: Sequence[Peer], now: float, stale_s: float, settle_s: float) -> Share:
+def decide_share(me: str, peers: Sequence[Peer], now: float, stale_s: float, recheck_s: float) -> Share:
     """My share of the key's ceiling from the live workers of my pace key (``peers``, me among them)."""
     live = [p for p in peers if p.worker == me or now - p.beat < stale_s]
     mine = next((p for p in live if p.worker == me), None)
     if mine is None:  # not registered (the coordinator lost me): send nothing until it has me
-        return Share(min(1.0, 1.0 / (len(live) + 1)), settle_s, len(live) + 1)
+        return Share(min(1.0, 1.0 / (len(live) + 1)), recheck_s, len(live) + 1)
     n = len(live)
     share = min(1.0, min(p.rpm for p in live) / n / mine.rpm, min(p.tpm for p in live) / n / mine.tpm)
-    others = n > 1
-    wait = max(0.0, mine.joined + settle_s - now) if others else 0.0
-    return Share(share, wait, n)
+    counted = all(p.beat > mine.joined for p in live if p.worker != me)
+    return Share(share, 0.0 if counted else recheck_s, n)

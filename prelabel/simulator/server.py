@@ -79,6 +79,8 @@ class SimStats:
     # per whole second of the server's clock: requests that arrived, and those the limits let through
     arrived_per_s: collections.Counter = field(default_factory=collections.Counter)
     admitted_per_s: collections.Counter = field(default_factory=collections.Counter)
+    # admissions per tenth of a second (what a benchmark reads a ramp-up or a hand-over from)
+    admitted_per_ds: collections.Counter = field(default_factory=collections.Counter)
 
 
 class Simulator:
@@ -294,6 +296,10 @@ class Simulator:
             last = max(stats.arrived_per_s, default=-1)
             payload["per_second"] = [[t - first, stats.arrived_per_s[t], stats.admitted_per_s[t]]
                                      for t in range(first, last + 1)]
+        if request.query.get("tenths") == "1" and stats.first_admit is not None:
+            # [tenth of a second from the first admission's, admitted], every tenth to the last's
+            first, last = int(stats.first_admit * 10), int(stats.last_admit * 10)
+            payload["admitted_per_tenth"] = [[t - first, stats.admitted_per_ds[t]] for t in range(first, last + 1)]
         if request.query.get("contents") == "1":
             payload["by_content"] = [[text, count] for text, count in stats.by_content.items()]
             payload["answered_by_content"] = [[text, count] for text, count in stats.answered.items()]
@@ -359,6 +365,7 @@ class Simulator:
             stats = self.stats
             stats.admitted += 1
             stats.admitted_per_s[int(now)] += 1
+            stats.admitted_per_ds[int(now * 10)] += 1
             if stats.last_admit is not None:
                 stats.max_gap = max(stats.max_gap, now - stats.last_admit)
             else:

@@ -683,6 +683,7 @@ class StoreManager(BatchRules):
         (about a beat) for a lock: a beat that cannot land soon is of no use, the next one comes."""
         host, pid = _host_pid(worker)
         with self._c.transaction(wait_s=WORKER_BEAT_WAIT_S):
+            self._c.run("pace_lock", pace_key=pace_key)  # one beat of a key at a time: each sees those before
             (now,) = self._c.one("db_now")
             now = float(now)
             self._c.run("worker_beat", worker=worker, host=host, pid=pid, job_id=job_id, pace_key=pace_key,

@@ -473,6 +473,12 @@ SELECT secret FROM store_secret WHERE id = 1;
 -- The server's clock: one for the workers of every host.
 SELECT extract(epoch FROM clock_timestamp())::double precision;
 
+-- name: pace_lock
+-- The beats of one pace key one after another, to the transaction's end: a newcomer is "counted" by
+-- a peer whose beat came after its own (prelabel.llm.shares), so each beat must see every earlier one
+-- (two that ran side by side would each find itself alone, and pace at the whole ceiling).
+SELECT pg_advisory_xact_lock(hashtextextended(:pace_key, 0));
+
 -- name: worker_beat
 -- Its own row only: a beat never waits on another worker's.
 INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat)

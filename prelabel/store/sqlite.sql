@@ -502,6 +502,10 @@ SELECT secret FROM store_secret WHERE id = 1;
 -- The database's clock (one for every worker of the store).
 SELECT (julianday('now') - 2440587.5) * 86400.0;
 
+-- name: pace_lock
+-- The beats of one pace key one after another: BEGIN IMMEDIATE already holds the whole file.
+SELECT 1;
+
 -- name: worker_beat
 -- A worker counted out (its last beat stale_s old or more) joins again now.
 INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat)

@@ -52,7 +52,8 @@ class LiveExecutor:
         self._holds_until = 0.0  # when the budget holds granted to this worker expire in the store (0: none)
         self.side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
         self.interrupted: list[ItemResult] = []  # items cancelled part-way, for the run's last commit
-        self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn
+        self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn...
+        self._answers_writing = 0  # ...or, while a write of them is in the store thread, with the next one
         # Cache look-ups over the network (PostgreSQL): a few threads of their own, apart from the writes.
         self._network_reads = getattr(store, "network_reads", False)
         self._reads = ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="prelabel-read")
@@ -323,8 +324,10 @@ class LiveExecutor:
         await self.writer.write(self.store.cache_put, entries)
 
     def _keep_answer(self, key: str, completion: Completion) -> None:
-        """Make an answer durable now, not with its item's result: batched per loop turn."""
-        if not self._answers:
+        """Make an answer durable now, not with its item's result: batched per loop turn, and while a
+        write of answers is in the store thread, with the answers that arrive until it is done (it
+        would have waited behind that one all the same; one transaction, not one per loop turn)."""
+        if not self._answers and not self._answers_writing:
             asyncio.get_running_loop().call_soon(self.write_answers)
         self._answers.append((key, completion.to_cache()))
 
@@ -334,4 +337,10 @@ class LiveExecutor:
         the final flush, in one write."""
         if self._answers and (self.writer.error is None or final):
             batch, self._answers = self._answers, []
-            self.writer.submit(self.store.cache_put, batch)
+            self._answers_writing += 1
+            self.writer.submit(self.store.cache_put, batch, then=self._answers_written)
+
+    def _answers_written(self) -> None:
+        self._answers_writing -= 1
+        if not self._answers_writing:
+            self.write_answers()

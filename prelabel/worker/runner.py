@@ -71,6 +71,9 @@ class JobRunner:
         self._units_open = 0  # augment units leased and not finished
         self._committing = 0  # batches handed to the store thread and not yet committed
         self.writer = StoreWriter()
+        # For the shared rate limit (prelabel.worker.sharing): the job's queue came back empty (peers
+        # sending under the same key are about to run out too), and this run sends nothing more.
+        self.dry, self.sent_all = asyncio.Event(), asyncio.Event()
         self.live = LiveExecutor(store, job, self.ctx, engine, settings, owner, self.writer, self.progress)
         self._write = self.writer.write
 
@@ -110,6 +113,7 @@ class JobRunner:
             for _ in range(units_at_once):
                 self._units.put_nowait(None)
             await asyncio.gather(*workers)
+            self.sent_all.set()
         finally:
             for task in workers + helpers:
                 task.cancel()
@@ -153,6 +157,7 @@ class JobRunner:
                 self._store_failed(e)
                 return
             if not items:
+                self.dry.set()
                 if self.variants is None or not (self._active or self._results or self._committing):
                     return  # everything finished was committed before this lease: nothing more will come
                 # Items in flight may yet spawn work (augmentation): wait for them to be committed.

@@ -86,7 +86,8 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
         if on_start:
             on_start(runner)
         try:
-            async with shared_pace(keeper_for(coordinator, engine.limiter, owner, job_id, spec, endpoint, settings)):
+            async with shared_pace(keeper_for(coordinator, engine.limiter, owner, job_id, spec, endpoint, settings),
+                                   runner.dry, runner.sent_all):
                 result = await runner.run()
         except BaseException:  # interrupted (SIGTERM, Ctrl-C), or the store failed: what is left waits in the queue
             with contextlib.suppress(StorageError):  # the first error is the one to report

@@ -5,7 +5,12 @@ limiter to the share ``prelabel.llm.shares.decide_share`` returns. The loop neve
 coordinator itself: a slow or failing beat must not stop the pacing of what is in flight. But once
 no beat has landed for ``stale_s - interval_s``, the others may soon count this worker out and take
 its share, so it holds its requests (a limiter pause, renewed each step) until a beat lands again;
-then it is a newcomer and waits its settle time like one.
+then it is a newcomer and waits like one.
+
+It beats every ``recheck_s`` instead while it waits to be counted (a newcomer: it starts as soon as
+the last peer has made room) and once its job's queue has run dry (``hurry``: its peers are about to
+leave, and their shares are worth taking at once). A run that will send nothing more leaves at once
+(``leave``), not when its last results are committed.
 """
 from __future__ import annotations
 
@@ -28,17 +33,22 @@ log = logging.getLogger(__name__)
 
 class ShareKeeper:
     def __init__(self, coordinator: Coordinator, limiter: RateLimiter, worker: str, job_id: str, pace_key: str, *,
-                 interval_s: float, stale_s: float, settle_s: float,
+                 interval_s: float, stale_s: float, recheck_s: float,
                  clock: Callable[[], float] = time.monotonic,
                  call: Callable[..., Awaitable[Any]] = asyncio.to_thread) -> None:
-        if not interval_s < stale_s or not interval_s < settle_s:
-            raise ValueError("a worker must beat more often than it is counted out, and wait longer than a beat")
+        if not interval_s < stale_s or not 0 < recheck_s <= interval_s:
+            raise ValueError("a worker must beat more often than it is counted out, and recheck within a beat")
         self.coordinator, self.limiter, self.worker, self.pace_key = coordinator, limiter, worker, pace_key
         self.job_id = job_id
-        self.interval_s, self.stale_s, self.settle_s = interval_s, stale_s, settle_s
+        self.interval_s, self.stale_s, self.recheck_s = interval_s, stale_s, recheck_s
         self._clock, self._call = clock, call
         self._confirmed = -math.inf   # when (our clock) the last beat that landed was sent
         self._pending: asyncio.Future | None = None
+        self._counted = False         # every live peer has counted this worker (it may send)
+        self._hurried = False         # the job's queue ran dry: peers are about to leave
+        self._left = False
+        self._leaving: asyncio.Future | None = None
+        self._wake = asyncio.Event()
         self.last: Share | None = None  # the last decision (for tests and the run's statistics)
 
     async def start(self) -> None:
@@ -60,29 +70,56 @@ class ShareKeeper:
             return
 
     def step(self) -> None:
-        """One tick: hold the requests if this worker may have been counted out, and beat again."""
+        """One tick: hold the requests if this worker may have been counted out or is not counted
+        yet, and beat again."""
         now = self._clock()
         if now - self._confirmed >= self.stale_s - self.interval_s:
             self.limiter.pause(self.interval_s, now)  # renewed each step until a beat lands
-        if self._pending is None:
+        if not self._counted:
+            self._hold(now)
+        if self._pending is None and not self._left:
             sent = now
             self._pending = asyncio.ensure_future(self._call(self._beat))
             self._pending.add_done_callback(lambda done: self._landed(done, sent))
 
+    @property
+    def next_in(self) -> float:
+        """How long until the next beat."""
+        return self.recheck_s if self._hurried or not self._counted else self.interval_s
+
+    def hurry(self) -> None:
+        """The job's queue ran dry: beat every ``recheck_s`` from now (peers leave any moment)."""
+        self._hurried = True
+        self._wake.set()
+
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while not self._left:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.next_in)
+            self._wake.clear()
             self.step()
 
     async def leave(self) -> None:
-        """Hand the share back (at the end of the run); a failure only delays it by ``stale_s``."""
-        if self._pending is not None:
-            self._pending.cancel()
+        """Hand the share back (this run sends nothing more); a failure only delays it by ``stale_s``.
+        Once: a second call waits for the first (a caller cancelled meanwhile does not cancel it)."""
+        self._left = True
+        self._wake.set()
+        if self._leaving is None:
+            self._leaving = asyncio.ensure_future(self._leave())
+        await asyncio.shield(self._leaving)
+
+    async def _leave(self) -> None:
+        if self._pending is not None:  # a beat in flight lands first: after the leave, it would list us again
+            await asyncio.wait([self._pending])
         try:
             await self._call(self.coordinator.leave, self.worker)
         except Exception as e:  # noqa: BLE001 - the others count it out after stale_s all the same
             log.info("could not leave the pace key's workers (they count this one out in %.0f s): %s",
                      self.stale_s, e)
+
+    def _hold(self, now: float) -> None:
+        # Until the step after next: renewed at each recheck while this worker is not counted.
+        self.limiter.pause(1.5 * self.recheck_s, now)
 
     def _beat(self) -> Roll:
         return self.coordinator.beat(self.worker, self.job_id, self.pace_key, self.limiter.rpm, self.limiter.tpm,
@@ -92,20 +129,22 @@ class ShareKeeper:
         self._pending = None
         if done.cancelled():
             return
-        if (error := done.exception()) is not None:
+        if (error := done.exception()) is not None:  # retrieved even after leaving: asyncio would print it
             log.info("a beat to the coordinator failed (pacing on at the last share): %s", error)
             return
-        self._apply(done.result(), sent)
+        if not self._left:
+            self._apply(done.result(), sent)
 
     def _apply(self, roll: Roll, sent: float) -> None:
-        decision = decide_share(self.worker, roll.peers, roll.now, self.stale_s, self.settle_s)
+        decision = decide_share(self.worker, roll.peers, roll.now, self.stale_s, self.recheck_s)
         now = self._clock()
         if self.last is None or decision.share != self.last.share:
             log.info("pacing at %.0f%% of the ceiling: %d workers share this endpoint and key",
                      100 * decision.share, decision.live)
         self.limiter.allot(decision.share, now)
-        if decision.wait_s > 0:
-            self.limiter.pause(decision.wait_s, now)
+        self._counted = decision.wait_s == 0
+        if not self._counted:
+            self._hold(now)
         self._confirmed = sent
         self.last = decision
 
@@ -120,20 +159,34 @@ def keeper_for(coordinator: Coordinator | None, limiter: RateLimiter, worker: st
     key = pace_key(coordinator.secret(), model.provider, endpoint.url_for(spec),
                    model.deployment or model.name if model.provider == "azure" else model.name, endpoint.api_key)
     return ShareKeeper(coordinator, limiter, worker, job_id, key, interval_s=settings.share_interval_s,
-                       stale_s=settings.share_stale_s, settle_s=settings.share_settle_s)
+                       stale_s=settings.share_stale_s, recheck_s=settings.share_recheck_s)
 
 
 @contextlib.asynccontextmanager
-async def shared_pace(keeper: ShareKeeper | None):
-    """Keep the limiter at its share for the duration of the block (nothing to do without a keeper)."""
+async def shared_pace(keeper: ShareKeeper | None, dry: asyncio.Event | None = None,
+                      sent_all: asyncio.Event | None = None):
+    """Keep the limiter at its share for the duration of the block (nothing to do without a keeper).
+    Once ``dry`` is set (the job's queue ran dry) the keeper hurries; once ``sent_all`` is (the run
+    sends nothing more) it leaves, while the block still commits."""
     if keeper is None:
         yield
         return
     await keeper.start()
-    task = asyncio.create_task(keeper.run())
+    tasks = [asyncio.create_task(keeper.run())]
+    if dry is not None:
+        tasks.append(asyncio.create_task(_when(dry, keeper.hurry)))
+    if sent_all is not None:
+        tasks.append(asyncio.create_task(_when(sent_all, keeper.leave)))
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await keeper.leave()
+
+
+async def _when(event: asyncio.Event, then: Callable[[], Any]) -> None:
+    await event.wait()
+    if asyncio.iscoroutine(done := then()):
+        await done

@@ -27,11 +27,13 @@ class StoreWriter:
         call.add_done_callback(self._written)
         return await asyncio.shield(call)
 
-    def submit(self, method, *args) -> None:
+    def submit(self, method, *args, then=None) -> None:
         """A write handed over now and not awaited (from a loop callback): it is still written before
-        any write handed over after it."""
+        any write handed over after it. ``then()`` is called on the loop once it is done, or failed."""
         call = asyncio.get_running_loop().run_in_executor(self._io, functools.partial(method, *args))
         call.add_done_callback(self._submitted)
+        if then is not None:
+            call.add_done_callback(lambda _: then())
 
     def _written(self, call: asyncio.Future) -> None:
         """Its waiter may have been cancelled (the run stopping) before the write failed: the failure

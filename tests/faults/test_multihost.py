@@ -106,7 +106,7 @@ async def test_two_workers_of_one_key_together_stay_under_the_ceiling(tmp_path: 
     job = write_job(tmp_path / "job", items=[{"id": f"i{i}", "text": f"item {i}"} for i in range(n)], concurrency=16)
     job.write_text(job.read_text().replace("rpm: 60000", "rpm: 6000"))
     settings = Engine(retry_base_s=0.001, retry_max_s=0.01, commit_interval_s=0.01, share_interval_s=0.2,
-                      share_stale_s=0.6, share_settle_s=0.3)
+                      share_stale_s=0.6, share_recheck_s=0.05)
     store = SQLiteStore(tmp_path / "prelabel.db")
     coordinator = MemoryCoordinator()
     try:

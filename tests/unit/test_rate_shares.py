@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from prelabel.llm.pacing import RateLimiter
-from prelabel.llm.shares import Peer, decide_share, pace_key
+from prelabel.llm.shares import Peer, Share, decide_share, pace_key
 from prelabel.worker.coordinator import MemoryCoordinator
 from prelabel.worker.sharing import ShareKeeper
 
@@ -37,37 +37,53 @@ def peer(name: str, joined: float = 0.0, beat: float = 10.0, rpm: float = 6000, 
 
 def test_the_ceiling_is_split_evenly_among_live_workers():
     peers = [peer("a"), peer("b"), peer("c")]
-    share = decide_share("a", peers, now=10.5, stale_s=3.0, settle_s=1.5)
+    share = decide_share("a", peers, now=10.5, stale_s=3.0, recheck_s=0.1)
     assert share.share == pytest.approx(1 / 3) and share.wait_s == 0.0 and share.live == 3
 
 
 def test_a_worker_silent_for_stale_s_is_counted_out():
     peers = [peer("a"), peer("b"), peer("dead", beat=7.0)]
-    share = decide_share("a", peers, now=10.0, stale_s=3.0, settle_s=1.5)
+    share = decide_share("a", peers, now=10.0, stale_s=3.0, recheck_s=0.1)
     assert share.share == pytest.approx(1 / 2) and share.live == 2
 
 
-def test_a_newcomer_waits_until_every_peer_has_counted_it_unless_alone():
-    peers = [peer("old"), peer("new", joined=10.0, beat=10.0)]
-    share = decide_share("new", peers, now=10.2, stale_s=3.0, settle_s=1.5)
-    assert share.share == pytest.approx(1 / 2) and share.wait_s == pytest.approx(1.3)
-    assert decide_share("old", peers, now=10.2, stale_s=3.0, settle_s=1.5).wait_s == 0.0
-    alone = decide_share("new", [peer("new", joined=10.0, beat=10.0)], now=10.0, stale_s=3.0, settle_s=1.5)
+def test_a_newcomer_waits_until_every_peer_has_beaten_since_it_joined_unless_alone():
+    peers = [peer("old", beat=9.9), peer("new", joined=10.0, beat=10.0)]
+    share = decide_share("new", peers, now=10.2, stale_s=3.0, recheck_s=0.1)
+    assert share.share == pytest.approx(1 / 2) and share.wait_s == 0.1   # not counted: look again soon
+    # the old one was counted by the newcomer's beat: it sends on, at its new share
+    assert decide_share("old", peers, now=10.2, stale_s=3.0, recheck_s=0.1).wait_s == 0.0
+    counted = [peer("old", beat=10.3), peer("new", joined=10.0, beat=10.4)]
+    assert decide_share("new", counted, now=10.4, stale_s=3.0, recheck_s=0.1).wait_s == 0.0
+    alone = decide_share("new", [peer("new", joined=10.0, beat=10.0)], now=10.0, stale_s=3.0, recheck_s=0.1)
     assert alone.share == 1.0 and alone.wait_s == 0.0
+
+
+def test_the_first_worker_does_not_wait_when_others_join_it():
+    # a sent alone from 10.0; b and c joined after: their beats saw a, so a never stops sending
+    peers = [peer("a", joined=10.0, beat=11.0), peer("b", joined=10.1, beat=10.1), peer("c", joined=10.2, beat=10.2)]
+    assert decide_share("a", peers, now=11.0, stale_s=3.0, recheck_s=0.1) == Share(pytest.approx(1 / 3), 0.0, 3)
+    assert decide_share("b", peers, now=11.0, stale_s=3.0, recheck_s=0.1).wait_s == 0.0  # a and c beat after it
+    assert decide_share("c", peers, now=11.0, stale_s=3.0, recheck_s=0.1).wait_s == 0.1  # b has not yet
+
+
+def test_a_stale_peer_that_never_counted_a_newcomer_does_not_hold_it():
+    peers = [peer("stopped", beat=6.0), peer("new", joined=9.5, beat=10.0)]
+    assert decide_share("new", peers, now=10.0, stale_s=3.0, recheck_s=0.1) == Share(1.0, 0.0, 1)
 
 
 def test_the_lowest_ceiling_of_the_key_is_shared():
     # b knows the server's limit is 3000 (its headers said so): a, at 6000, paces at half of 3000
     peers = [peer("a", rpm=6000), peer("b", rpm=3000)]
-    assert decide_share("a", peers, 10.0, 3.0, 1.5).share == pytest.approx(0.25)
-    assert decide_share("b", peers, 10.0, 3.0, 1.5).share == pytest.approx(0.5)
+    assert decide_share("a", peers, 10.0, 3.0, 0.1).share == pytest.approx(0.25)
+    assert decide_share("b", peers, 10.0, 3.0, 0.1).share == pytest.approx(0.5)
     tokens = [peer("a", tpm=1e6), peer("b", tpm=1e5)]
-    assert decide_share("a", tokens, 10.0, 3.0, 1.5).share == pytest.approx(0.05)
+    assert decide_share("a", tokens, 10.0, 3.0, 0.1).share == pytest.approx(0.05)
 
 
 def test_a_worker_the_coordinator_does_not_list_waits_as_a_newcomer():
-    share = decide_share("me", [peer("a")], now=10.0, stale_s=3.0, settle_s=1.5)
-    assert share.share == pytest.approx(1 / 2) and share.wait_s == 1.5
+    share = decide_share("me", [peer("a")], now=10.0, stale_s=3.0, recheck_s=0.1)
+    assert share.share == pytest.approx(1 / 2) and share.wait_s == 0.1
 
 
 # --- the limiter's share at runtime ---------------------------------------------------------------
@@ -103,6 +119,21 @@ def test_a_larger_share_lets_the_pace_grow_at_once():
     assert lim.pace(5.0) == pytest.approx(3000)
     got = starts(lim, 2, 5.0)
     assert got[1] - got[0] == pytest.approx(0.02)
+
+
+def test_a_larger_share_voids_the_line_booked_at_the_smaller_one():
+    # 32 holders booked 30 ms apart (a third of 100/s): a second of line. Raised to the whole
+    # ceiling, they book again 10 ms apart, not after that second.
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=1.0)
+    lim.allot(1 / 3, 0.0)
+    booked = [lim.book(1, 0.0) for _ in range(32)]
+    lim.started(0.0, booked[0])
+    assert booked[-1].start == pytest.approx(0.93)
+    lim.allot(1.0, 0.001)
+    assert not lim.holds(booked[-1])
+    again = [lim.rebook(slot, 0.001) for slot in booked[1:]]
+    assert [a.start for a in again[:2]] == [pytest.approx(0.01), pytest.approx(0.02)]
+    assert again[-1].start == pytest.approx(0.31)
 
 
 def test_what_a_429_taught_scales_with_the_share():
@@ -158,12 +189,12 @@ async def inline(fn, *args):  # the coordinator called on the loop, not in a thr
 
 def keeper(coordinator, clock, name: str, key: str = "k", rpm: int = 6000) -> ShareKeeper:
     return ShareKeeper(coordinator, RateLimiter(rpm=rpm, tpm=10**9, headroom=1.0), name, "job", key,
-                       interval_s=1.0, stale_s=3.0, settle_s=1.5, clock=clock, call=inline)
+                       interval_s=1.0, stale_s=3.0, recheck_s=0.1, clock=clock, call=inline)
 
 
 async def settle() -> None:
     import asyncio
-    for _ in range(3):  # the beats step() started land
+    for _ in range(10):  # the beats step() started land (and a leave they were waiting for)
         await asyncio.sleep(0)
 
 
@@ -176,16 +207,75 @@ async def test_workers_of_one_key_share_and_a_newcomer_waits_for_the_others():
     clock.t += 0.5
     b = keeper(coordinator, clock, "b")
     await b.start()
-    assert b.last.share == 0.5 and b.limiter.paused_until == pytest.approx(clock.t + 1.5)
+    assert b.last.share == 0.5 and b.limiter.paused_until == pytest.approx(clock.t + 0.15)
+    assert b.next_in == 0.1                             # not counted yet: b looks again soon
     assert a.limiter.pace(clock.t) == 6000              # a has not beaten since b came...
-    clock.t += 1.0
+    for _ in range(4):                                  # ...and while it has not, b holds on
+        clock.t += 0.1
+        b.step()
+        await settle()
+        assert b.last.wait_s > 0 and b.limiter.paused_until == pytest.approx(clock.t + 0.15)
+    clock.t += 0.1
     a.step()
     await settle()
-    assert a.last.share == 0.5 and a.limiter.pace(clock.t) == pytest.approx(3000)  # ...before b sends
-    assert clock.t < b.limiter.paused_until
+    assert a.last.share == 0.5 and a.limiter.pace(clock.t) == pytest.approx(3000)  # a made room...
+    assert a.last.wait_s == 0.0 and a.limiter.paused_until == 0.0  # ...and never stopped sending
+    clock.t += 0.1
+    b.step()
+    await settle()
+    assert b.last.wait_s == 0.0 and b.next_in == 1.0    # counted: b sends once this hold ends
+    clock.t += 0.2
+    b.step()
+    await settle()
+    assert b.limiter.paused_until < clock.t
     other = keeper(coordinator, clock, "c", key="another key")
     await other.start()
     assert other.last.share == 1.0
+
+
+async def test_a_worker_whose_queue_ran_dry_beats_often_and_takes_a_leavers_share_at_once():
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
+    await a.start()
+    clock.t += 0.05
+    await b.start()
+    clock.t += 0.1
+    a.step()
+    await settle()
+    assert a.last.share == 0.5 and a.next_in == 1.0
+    a.hurry()                                           # the job's queue came back empty
+    assert a.next_in == 0.1
+    await b.leave()                                     # b has nothing more to send
+    assert b.next_in == 0.1 and coordinator.jobs == {"a": "job"}
+    clock.t += 0.1
+    a.step()
+    await settle()
+    assert a.last.share == 1.0                          # a tenth of a second, not a beat interval
+    b.step()
+    await settle()
+    assert coordinator.jobs == {"a": "job"}             # left for good: it beats no more
+    await b.leave()                                     # (the end of its block leaves again: once)
+
+
+async def test_a_run_that_sends_nothing_more_leaves_while_it_still_commits():
+    import asyncio
+
+    from prelabel.worker.sharing import shared_pace
+
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    k = keeper(coordinator, clock, "a")
+    dry, sent_all = asyncio.Event(), asyncio.Event()
+    async with shared_pace(k, dry, sent_all):
+        assert coordinator.jobs == {"a": "job"} and k.next_in == 1.0
+        dry.set()
+        await settle()
+        assert k.next_in == 0.1
+        sent_all.set()
+        await settle()
+        assert coordinator.jobs == {}                   # its share is free before the block ends
+    assert coordinator.jobs == {}
 
 
 async def test_a_dead_workers_share_goes_to_the_others_and_one_that_leaves_gives_it_back():
@@ -247,7 +337,8 @@ async def test_a_worker_that_cannot_beat_holds_its_requests_before_the_others_co
     clock.t += 1.0
     a.step(), b.step()
     await settle()
-    assert b.last.share == 0.5 and b.limiter.paused_until == pytest.approx(clock.t + 1.5)
+    # held by the step that found no beat for 2 s; then it waits to be counted, as a newcomer
+    assert b.last.share == 0.5 and b.last.wait_s > 0 and b.limiter.paused_until == pytest.approx(clock.t + 1.0)
 
 
 async def test_a_worker_woken_after_a_long_stop_holds_before_it_beats():
@@ -265,8 +356,8 @@ async def test_a_worker_woken_after_a_long_stop_holds_before_it_beats():
     b.step()                                            # paused at once, before the beat lands
     assert b.limiter.paused_until >= clock.t + 1.0
     await settle()
-    assert b.last.share == 0.5
-    assert b.limiter.paused_until == pytest.approx(clock.t + 1.5)  # a had counted b out: b joins again
+    assert b.last.share == 0.5 and b.last.wait_s > 0     # a had counted b out: b joins again, and waits
+    assert b.limiter.paused_until == pytest.approx(clock.t + 1.0)
 
 
 async def test_a_first_beat_the_store_refuses_is_tried_again_before_the_run_fails(monkeypatch):

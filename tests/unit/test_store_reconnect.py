@@ -46,6 +46,10 @@ class FlakyConnector:
             raise Dropped(query)
         return None
 
+    def run(self, query, /, **params):
+        self.one(query, **params)
+        return 0
+
 
 @pytest.fixture
 def slept(monkeypatch):
