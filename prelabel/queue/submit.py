@@ -79,8 +79,8 @@ def prepare(job_path: str | Path, *, input_path=None, out_dir=None,
 def check_batch(spec: JobSpec, job_path) -> None:
     """What the Batch API executor does not send yet: refused before anything is queued."""
     if spec.batch.live_reasks:  # TODO(issue 12): re-asks sent live; today they go in the next batch
-        raise JobFileError("batch.live_reasks: true is not supported yet (re-asks go in the next batch); "
-                           "remove it", path=str(job_path), field="batch.live_reasks")
+        raise JobFileError("true is not supported yet (re-asks go in the next batch); remove it", path=str(job_path),
+                           line=field_line(job_path, "batch.live_reasks"), field="batch.live_reasks")
     if spec.augment is not None and spec.augment.steps:
         raise JobFileError("augmentation is not run in batch mode yet; remove augment: or set "
                            "model.mode: live", path=str(job_path), field="augment")
@@ -140,6 +140,9 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
     if existing is not None:
         # Same work again: take the new run settings (a raised budget), and go on where it stopped.
         store.update_job_spec(job_id, spec_json, str(job_path))
+        if existing.status in (JobStatus.HELD, JobStatus.CANCELLED):  # submitted again: back in the queue
+            store.release_hold(job_id)
+            store.set_status(job_id, JobStatus.QUEUED)
         resumed = store.resume_stopped(job_id) + store.retry_failed(job_id)
         counts = store.counts(job_id)
         return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed,

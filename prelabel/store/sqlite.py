@@ -207,6 +207,7 @@ class SQLiteConnector:
         self.script("reviews_schema")  # issue 13: review tables, created where missing
         self.script("workers_schema")  # issue 11: the workers and the pace keys' secret, where missing
         self.script("batch_schema")  # issue 12: Batch API chunks, created where missing
+        self.script("holds_schema")  # jobs a worker cannot run, with the reason, created where missing
 
     def verify(self) -> None:
         """Read every page (``PRAGMA quick_check``): damage anywhere in the file is found now, not
