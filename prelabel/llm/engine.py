@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -60,6 +61,17 @@ def _reason(cause: BaseException) -> str:
     if inner is not None and str(inner) and str(inner) not in text:
         text = f"{text} ({inner})"
     return text
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether a connection error was a refusal (ECONNREFUSED somewhere in its causes)."""
+    for _ in range(8):  # the SDK's error, httpx's, aiohttp's, the OS's
+        if error is None:
+            return False
+        if isinstance(error, ConnectionRefusedError) or getattr(error, "errno", None) == errno.ECONNREFUSED:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class _AttemptFailed(Exception):
@@ -225,6 +237,8 @@ class LLMEngine:
         self.slots = (AdaptiveSlots(VegasLimit(AUTO_MAX_CONCURRENCY))
                       if model.max_concurrency == "auto" else None)
         self.stats = RunStats()
+        self._answered = False  # whether the endpoint has answered once (any status): see Failure.refused_unanswered
+        self._refusing = False  # a request was given up as refused_unanswered (until an answer comes)
         self._chat = _Endpoint(CHAT_PATH, request_template(client))
         self._embeddings = _Endpoint(EMBEDDINGS_PATH, request_template(client, EMBEDDINGS_PATH))
         self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
@@ -471,14 +485,17 @@ class LLMEngine:
         if slots is not None:
             await slots.acquire()
         try:
-            await self._paced(booked)
+            if not self._refusing:  # once refused with nothing ever answered, the rest fail at once, unpaced
+                await self._paced(booked)
             tries.sent += 1
             self.stats.requests += 1
             sent_at = self._clock()
             epoch = slots.limit.epoch if slots is not None else 0
             try:
                 raw = await send_json(self.client, endpoint.template, body, endpoint.path)
+                self._answered, self._refusing = True, False
             except self._status_error as e:
+                self._answered, self._refusing = True, False
                 headers = rate_headers(e.response.headers.raw)
                 self._observe(headers)
                 failure = Failure(e.status_code, headers, getattr(e, "code", None))
@@ -498,7 +515,8 @@ class LLMEngine:
                 self.stats.timeouts += 1
                 if slots is not None:  # a request that outwaited timeout_s queued behind too many
                     slots.limit.overloaded(epoch, TIMEOUT_CUT)
-                raise self._failed(Failure(None, {}), tries, e) from e
+                raise self._failed(Failure(None, {}, refused_unanswered=not self._answered and _refused(e)),
+                                   tries, e) from e
             if slots is not None:
                 slots.limit.sample(self._clock() - sent_at, slots.in_flight, epoch)
         finally:
@@ -544,6 +562,8 @@ class LLMEngine:
                           base=self.settings.retry_base_s, cap=self.settings.retry_max_s, rng=self._rng,
                           rate_limited_s=waited, max_rate_limit_wait_s=self.model.max_rate_limit_wait_s)
         attempt = tries.sent
+        if failure.refused_unanswered and not decision.retry:
+            self._refusing = True
         if decision.retry:
             log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
         elif failure.status == 429:  # no failed item: the run stops and the item goes back to the queue
