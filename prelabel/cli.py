@@ -451,9 +451,9 @@ def cmd_status(args) -> int:
         # Spool files whose latest try failed, while they are still there to fix.
         failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
         # A worker of this host whose process is gone is not live, whatever its last beat says.
-        dead = set(dead_local_owners([w.worker for w in store.live_workers(EngineSettings().share_stale_s)]))
-        workers = [w for w in store.live_workers(EngineSettings().share_stale_s)
-                   if (not args.job_id or w.job_id == args.job_id) and w.worker not in dead]
+        beating = store.live_workers(EngineSettings().share_stale_s)
+        dead = set(dead_local_owners([w.worker for w in beating]))
+        workers = [w for w in beating if (not args.job_id or w.job_id == args.job_id) and w.worker not in dead]
         holds = store.holds()
         for row in rows:
             if row["status"] == JobStatus.HELD and row["job_id"] in holds:
