@@ -333,3 +333,26 @@ def test_shlex_sanity_of_the_cron_commands():
     # Each README cron line is one sh command (no unbalanced quotes a copy would break).
     for line in _readme_cron_lines():
         shlex.split(line)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_holds_and_cancel_on_both_backends(tmp_path, request, backend):
+    from prelabel.queue.submit import submit
+    from prelabel.store import open_store
+
+    url = str(tmp_path / "p.db") if backend == "sqlite" else request.getfixturevalue("pg_database")
+    store = open_store(url)
+    try:
+        job_id = submit(store, write_job(tmp_path / "job")).job_id
+        assert store.runnable_jobs(0) == [job_id]
+        store.hold(job_id, "outside the root, key sk-abcdefghijklmnopqrstuvwxyz")
+        assert store.get_job(job_id).status == "held" and store.holds() == {job_id: "outside the root, key [REDACTED]"}
+        assert store.runnable_jobs(0) == [job_id]  # re-checked each tick, silently
+        store.release_hold(job_id)
+        assert store.holds() == {}
+        assert store.cancel(job_id) == 12
+        assert store.get_job(job_id).status == "cancelled" and store.runnable_jobs(0) == []
+        assert submit(store, write_job(tmp_path / "job")).resumed == 12  # submitted again: back in the queue
+        assert store.get_job(job_id).status == "queued" and store.runnable_jobs(0) == [job_id]
+    finally:
+        store.close()
