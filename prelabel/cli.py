@@ -56,7 +56,7 @@ def _open_store(db: str):
         timeout = -1.0
     if not timeout >= 0:
         raise UsageError(f"PRELABEL_BUSY_TIMEOUT_S={raw!r}: give the seconds to wait for the store's lock, e.g. 30")
-    return open_store(db, timeout)
+    return open_store(db, timeout)  # --db is checked there: a mistyped URL is refused, not a new SQLite file
 
 
 def _settings():
@@ -76,15 +76,25 @@ def _settings():
     return EngineSettings(lease_s=lease_s, heartbeat_s=min(EngineSettings().heartbeat_s, lease_s / 3))
 
 
-def _output_roots(args) -> list[Path]:
-    """Where jobs run by `work` may write: --output-root, else $PRELABEL_OUTPUT_ROOT (several joined
-    by ':'), else the folder of the database (a SQLite file's; a PostgreSQL URL has none) and the spool folder."""
-    if args.output_root:
+def _known_roots(args) -> list[Path] | None:
+    """The output roots the operator named (--output-root, $PRELABEL_OUTPUT_ROOT), None if neither."""
+    if getattr(args, "output_root", None):
         return args.output_root
     if os.environ.get("PRELABEL_OUTPUT_ROOT"):
         return [Path(p) for p in os.environ["PRELABEL_OUTPUT_ROOT"].split(os.pathsep) if p]
-    db = [] if args.db.startswith(("postgres://", "postgresql://")) else [Path(args.db).expanduser().absolute().parent]
-    return db + ([args.spool.absolute()] if args.spool else [])
+    return None
+
+
+def _output_roots(args) -> list[Path]:
+    """Where jobs run by `work` may write: --output-root, else $PRELABEL_OUTPUT_ROOT (several joined
+    by ':'), else the folder of the database (a SQLite file's; a PostgreSQL URL has none) and the spool folder."""
+    if (named := _known_roots(args)) is not None:
+        return named
+    from .store import database, is_postgres
+
+    db = [] if is_postgres(database(args.db)) else [Path(args.db).expanduser().absolute().parent]
+    spool = getattr(args, "spool", None)
+    return db + ([spool.absolute()] if spool else [])
 
 
 def _plural(n: int, noun: str) -> str:
@@ -92,13 +102,19 @@ def _plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def _endpoint(simulate: bool = False) -> Endpoint:
+# What a missing key's message offers besides a key, per command.
+NO_KEY_HINTS = {"run": ", or run it with --simulate (the built-in stand-in, not a model)",
+                "work": " (for cron: on the crontab line, e.g. OPENAI_API_KEY=sk-... before the command)"}
+
+
+def _endpoint(simulate: bool = False, command: str = "") -> Endpoint:
     if simulate:  # the built-in simulator's URL is known once it starts; its identity before
         return Endpoint("sk-simulator", None, override=True, simulated=True)
     # An empty variable is unset (compose and shells pass `VAR=` for "not configured"): an empty
     # base_url would send every request to nowhere.
     return Endpoint(api_key=os.environ.get("OPENAI_API_KEY") or None,
-                    base_url=os.environ.get("OPENAI_BASE_URL") or None, allowed=_allowed())
+                    base_url=os.environ.get("OPENAI_BASE_URL") or None, allowed=_allowed(),
+                    no_key_hint=NO_KEY_HINTS.get(command, ""))
 
 
 def _say(outcome) -> None:
@@ -226,7 +242,7 @@ def cmd_run(args) -> int:
     from .store.owners import worker_id
 
     # A bad job file stops here; so does an endpoint not allowed, unless the simulator answers instead.
-    endpoint = _endpoint(args.simulate)
+    endpoint = _endpoint(args.simulate, "run")
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist(),
                        batch=args.batch)
     store = _open_store(args.db)
@@ -307,11 +323,23 @@ def _submit_waiting(store, args, prepared, endpoint):
 
 def cmd_submit(args) -> int:
     from .config import EXIT_OK
+    from .outputs.root import confine, within
     from .queue.submit import prepare, submit
 
     endpoint = _endpoint()
     prepared = prepare(args.job, input_path=args.input, out_dir=args.out, allowed=endpoint.allowlist(),
                        batch=args.batch)
+    # A job `work` would hold (outside its output root) is refused now where the roots are known;
+    # otherwise the worker's default is all there is to go by, and a warning says so.
+    out_dir = prepared[0].output.dir
+    if (roots := _known_roots(args)) is not None:
+        confine(out_dir, roots, str(args.job))
+    elif not within(out_dir, defaults := _output_roots(args)):
+        where = (f"the database's folder ({defaults[0]})" if defaults else
+                 "no folder: a database URL has none to default to")
+        print(f"prelabel: warning: {args.job}: output.dir {out_dir} is outside what a worker writes to by "
+              f"default ({where}); start `prelabel work` with --output-root (or PRELABEL_OUTPUT_ROOT) naming a "
+              "folder that holds it, or the worker holds the job (`prelabel status` says why)", file=sys.stderr)
     store = _open_store(args.db)
     try:
         sub = submit(store, args.job, input_path=args.input, out_dir=args.out, new=args.new, prepared=prepared,
@@ -336,7 +364,7 @@ def cmd_work(args) -> int:
     from .store.owners import worker_id
 
     roots = _output_roots(args)
-    endpoint = _endpoint()  # the environment is read once, not every tick
+    endpoint = _endpoint(command="work")  # the environment is read once, not every tick
     store = _open_store(args.db)
     coordinator = StoreCoordinator(store)  # the rate limit is shared with every worker of this store
     settings = _settings()
@@ -368,10 +396,32 @@ def cmd_work(args) -> int:
         store.close()
 
 
+def cmd_cancel(args) -> int:
+    from .config import EXIT_JOB_ERROR, EXIT_OK
+
+    store = _open_store(args.db)
+    try:
+        job = store.get_job(args.job_id)
+        if job is None:
+            print(f"no job {args.job_id} in {args.db}", file=sys.stderr)
+            return EXIT_JOB_ERROR
+        if job.status == JobStatus.INGESTING:
+            print(f"job {args.job_id} is still being loaded; cancel it once its input is in", file=sys.stderr)
+            return EXIT_JOB_ERROR
+        stopped = store.cancel(args.job_id)
+    finally:
+        store.close()
+    print(f"{args.job_id}: cancelled, {_plural(stopped, 'waiting item')} stopped (items a worker holds now are "
+          "finished); `prelabel submit` of its job file queues it again", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_status(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .outputs.report import work_counts
     from .queue.ingest import reader_is_dead
+    from .store.batches import COLLECTED
+    from .store.owners import dead_local_owners
 
     store = _open_store(args.db)
     try:
@@ -400,8 +450,14 @@ def cmd_status(args) -> int:
                                        "alive": not reader_is_dead(loading, time.time())}
         # Spool files whose latest try failed, while they are still there to fix.
         failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
-        workers = [w for w in store.live_workers(EngineSettings().share_stale_s)
-                   if not args.job_id or w.job_id == args.job_id]
+        # A worker of this host whose process is gone is not live, whatever its last beat says.
+        beating = store.live_workers(EngineSettings().share_stale_s)
+        dead = set(dead_local_owners([w.worker for w in beating]))
+        workers = [w for w in beating if (not args.job_id or w.job_id == args.job_id) and w.worker not in dead]
+        holds = store.holds()
+        for row in rows:
+            if row["status"] == JobStatus.HELD and row["job_id"] in holds:
+                row["held"] = holds[row["job_id"]]
         if args.json:  # an object: room for more than jobs
             print(json.dumps({"jobs": rows,
                               "spool_failures": [{"path": f.path, "error": f.error} for f in failed],
@@ -417,9 +473,20 @@ def cmd_status(args) -> int:
             if "variants" in row:
                 units = "  ".join(f"{s}={n}" for s, n in row["augmentation_units"].items())
                 variants = f"{row['variants']:,} variants (augmentation units: {units})  "
-            print(f"{row['job_id']:<40} {row['status']:<15} {row['items']:>8,} items  {states}  {variants}"
+            batches = row.get("batches", ())
+            in_flight = [b for b in batches if b["stage"] != COLLECTED]
+            # A batch job's items wait at the provider: "in batches", not "queued" with nothing moving.
+            status = "in batches" if in_flight and row["status"] in (JobStatus.QUEUED, JobStatus.RUNNING) \
+                else row["status"]
+            print(f"{row['job_id']:<40} {status:<15} {row['items']:>8,} items  {states}  {variants}"
                   f"{row['spent_tokens']:,} tokens ${row['spent_cost_usd']:.4f}")
-            for b in row.get("batches", ()):
+            if "held" in row:
+                print(f"  held: {row['held']}")
+            if batches:
+                print(f"  batches: {len(in_flight)} in flight, {len(batches) - len(in_flight)} collected; lines "
+                      f"{sum(b['completed'] for b in batches):,} done, {sum(b['failed'] for b in batches):,} failed"
+                      + ("" if args.job_id else f" (`prelabel status {row['job_id']}` lists them)"))
+            for b in batches if args.job_id else ():  # each batch only for the job asked about
                 when = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "-"  # noqa: E731
                 print(f"  batch {b['batch_id'] or '(not created)'} chunk {b['chunk']} {b['status'] or b['stage']}: "
                       f"{b['completed']:,}/{b['requests']:,} done, {b['failed']:,} failed; created "
@@ -668,7 +735,7 @@ def cmd_probe(args) -> int:
     spec = ModelSpec(name=args.model, timeout_s=args.timeout)
     # the check `run` makes: OpenAI's API with no key is said at once, not as a connection error
     if (missing := Endpoint(endpoint.api_key, url).missing_key(SimpleNamespace(model=spec))) is not None:
-        print(f"prelabel: error: {missing.removesuffix(', or run with --simulate')}", file=sys.stderr)
+        print(f"prelabel: error: {missing}", file=sys.stderr)
         return EXIT_UNAVAILABLE
 
     async def go():
@@ -681,7 +748,9 @@ def cmd_probe(args) -> int:
     try:
         caps, rows = asyncio.run(go())
     except ConnectionError as e:
-        print(f"prelabel: error: {redact(str(e))}", file=sys.stderr)
+        print(f"prelabel: error: {normalise_url(url)}: {redact(str(e))}; check that the server runs there and "
+              f"that {'--base-url' if args.base_url else 'OPENAI_BASE_URL'} names it (scheme, host, port, /v1), "
+              "then probe again", file=sys.stderr)
         return EXIT_UNAVAILABLE
     identity = normalise_url(url)
     if args.json:
@@ -788,6 +857,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
     p.add_argument("--new", action="store_true")
     p.add_argument("--batch", action="store_true", help="through the Batch API, as model.mode: batch")
+    p.add_argument("--output-root", type=Path, action="append", metavar="DIR",
+                   help="refuse the job unless its output.dir is under DIR, as `work --output-root DIR` would "
+                        "(repeatable; default: $PRELABEL_OUTPUT_ROOT; neither: a warning only)")
 
     p = command("work", cmd_work, "run queued jobs; with --once, drain the queue and exit (for cron)")
     _host_id_option(p)
@@ -797,6 +869,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jobs may write their outputs only under DIR (repeatable; default: $PRELABEL_OUTPUT_ROOT, "
                         "else the database's folder and the spool folder)")
     p.add_argument("-q", "--quiet", action="store_true")
+
+    p = command("cancel", cmd_cancel, "take a job out of the queue (submitting its job file again resumes it)")
+    p.add_argument("job_id")
 
     p = command("status", cmd_status, "per-job counts")
     p.add_argument("job_id", nargs="?")

@@ -351,6 +351,10 @@ INGEST_BATCH = 5000          # input items stored per transaction while a job's 
 INGEST_BEAT_S = 1.0          # ...or after this long, whichever comes first: a kill loses at most that
 INGEST_STALE_S = 120.0       # a loader on another host that stored no batch for this long is dead
 MAX_RETRY_AFTER_S = 120.0    # a server asking (retry-after) for longer is treated as asking for this
+# A refused connection to an endpoint that never answered in this process is given up after this
+# many attempts (a wrong URL, a server not started: a configuration error, said in seconds, not after
+# minutes of backoff); the requests after it are sent at once, unpaced, until one is answered.
+REFUSED_UNANSWERED_ATTEMPTS = 1
 AUGMENT_BATCH = 64           # texts per round trip to the augment process, at most
 PLAN_BATCH = 2000            # texts tokenised together by `prelabel plan`
 LOADING_POLL_S = 0.5         # `run` looks again this often while another process loads its job

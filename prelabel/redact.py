@@ -18,13 +18,16 @@ MIN_SECRET_LEN = 8  # a shorter "key" (a placeholder like "none") would blank or
 _secrets: set[str] = set()
 
 # Credential shapes: OpenAI's sk-, sk-proj-, sk-svcacct- (and Anthropic's sk-ant-), other vendors' common
-# prefixes, a bearer token, and the user-info part of a URL.
+# prefixes, a bearer token, and a URL's password (or a user name long enough to be a token).
 _SHAPES = (
     (re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{16,}"), REDACTED),
     (re.compile(r"\b(?:gsk|hf|xai|ghp|gho|ghs|ghu|github_pat|glpat)[_\-][A-Za-z0-9_\-]{20,}"), REDACTED),
     (re.compile(r"\bAIza[A-Za-z0-9_\-]{30,}"), REDACTED),
     (re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=\-]{8,}"), rf"\1\2{REDACTED}"),
-    (re.compile(r"(?<=://)[^/\s@]+@"), f"{REDACTED}@"),
+    # A URL's password (user:password@); a user name alone stays (postgresql://prelabel@db), unless
+    # it is long enough to be a token (https://TOKEN@host).
+    (re.compile(r"(?<=://)([^/\s@:]*):[^/\s@]+@"), rf"\1:{REDACTED}@"),
+    (re.compile(r"(?<=://)[^/\s@:]{20,}@"), f"{REDACTED}@"),
 )
 # A long token right after a word that names a credential ("api_key=...", "token: ...",
 # "Authorization: ...", "key provided: ..."); redacted when it looks random (letters and digits).

@@ -34,3 +34,5 @@ class JobStatus(_Named):
     RUNNING = "running"
     DONE = "done"
     BUDGET_STOPPED = "budget_stopped"  # a cap stopped it; raise the cap and submit again
+    HELD = "held"                      # a worker cannot run it (the reason in the store): re-checked each tick
+    CANCELLED = "cancelled"            # `prelabel cancel`: out of the queue until submitted again

@@ -83,6 +83,12 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
         message = "unknown key (check its spelling and section)"
     elif kind == "missing":
         message = "required field is missing"
+    elif kind in ("model_type", "model_attributes_type"):  # `batch: 20`: pydantic would name its class
+        keys = _section_keys(loc)
+        message = (f"a section of keys is expected, e.g. {field}: {{{keys[0]}: ...}}" if keys
+                   else "a section of keys is expected") + f", not a single value (got {first.get('input')!r})"
+        if len(keys) > 1:
+            message += f"; its keys: {', '.join(keys)}"
     else:
         message = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], (dict, list)):
@@ -93,6 +99,19 @@ def _format_errors(err: ValidationError, lines: dict[tuple, int], path: Path) ->
     if more:
         message += f" [and {more} more error{'s' if more > 1 else ''}]"
     return JobFileError(message, path=str(path), line=_line_for(loc, lines), field=field)
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys of the job-file section at ``loc`` (a top-level one: ``batch``, ``budget``...)."""
+    import typing
+
+    field = JobSpec.model_fields.get(str(loc[0])) if len(loc) == 1 else None
+    if field is None:
+        return []
+    for candidate in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(candidate, type) and hasattr(candidate, "model_fields"):
+            return list(candidate.model_fields)
+    return []
 
 
 REVIEWS = "reviews"                       # task.examples: reviews

@@ -48,6 +48,9 @@ class Endpoint:
     override: bool = False
     simulated: bool = False
     allowed: AllowList | None = None
+    # What else would do without a key, in the words of the command that runs (the CLI's): `run`
+    # has --simulate, `work` does not.
+    no_key_hint: str = ""
 
     def url_for(self, spec) -> str | None:
         return self.base_url if self.override else (spec.model.base_url or self.base_url)
@@ -64,7 +67,7 @@ class Endpoint:
         if spec.model.provider == "azure" or normalise_url(self.url_for(spec)) == OPENAI_URL:
             where = "Azure OpenAI" if spec.model.provider == "azure" else OPENAI_URL
             return (f"no API key for {where}: set OPENAI_API_KEY, or point OPENAI_BASE_URL (or model.base_url) "
-                    "at a server that needs none, or run with --simulate")
+                    "at a server that needs none" + self.no_key_hint)
         return None
 
     def allowlist(self) -> AllowList | None:

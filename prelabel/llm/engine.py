@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -60,6 +61,17 @@ def _reason(cause: BaseException) -> str:
     if inner is not None and str(inner) and str(inner) not in text:
         text = f"{text} ({inner})"
     return text
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether a connection error was a refusal (ECONNREFUSED somewhere in its causes)."""
+    for _ in range(8):  # the SDK's error, httpx's, aiohttp's, the OS's
+        if error is None:
+            return False
+        if isinstance(error, ConnectionRefusedError) or getattr(error, "errno", None) == errno.ECONNREFUSED:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class _AttemptFailed(Exception):
@@ -259,6 +271,8 @@ class LLMEngine:
         self.slots = (AdaptiveSlots(VegasLimit(AUTO_MAX_CONCURRENCY))
                       if model.max_concurrency == "auto" else None)
         self.stats = RunStats()
+        self._answered = False  # whether the endpoint has answered once (any status): see Failure.refused_unanswered
+        self._refusing = False  # a request was given up as refused_unanswered (until an answer comes)
         self._chat = _Endpoint(CHAT_PATH, request_template(client))
         self._embeddings = _Endpoint(EMBEDDINGS_PATH, request_template(client, EMBEDDINGS_PATH))
         self._cache_get, self._sleep, self._clock = cache_get, sleep, clock
@@ -545,14 +559,17 @@ class LLMEngine:
         if slots is not None:
             await slots.acquire()
         try:
-            await self._paced(booked)
+            if not self._refusing:  # once refused with nothing ever answered, the rest fail at once, unpaced
+                await self._paced(booked)
             tries.sent += 1
             self.stats.requests += 1
             sent_at = self._clock()
             epoch = slots.limit.epoch if slots is not None else 0
             try:
                 raw = await send_json(self.client, endpoint.template, body, endpoint.path)
+                self._answered, self._refusing = True, False
             except self._status_error as e:
+                self._answered, self._refusing = True, False
                 headers = rate_headers(e.response.headers.raw)
                 self._observe(headers)
                 failure = Failure(e.status_code, headers, getattr(e, "code", None), str(e), _sent(e.status_code, body))
@@ -569,7 +586,8 @@ class LLMEngine:
                 self.stats.timeouts += 1
                 if slots is not None:  # a request that outwaited timeout_s queued behind too many
                     slots.limit.overloaded(epoch, TIMEOUT_CUT)
-                raise self._failed(Failure(None, {}), tries, e) from e
+                raise self._failed(Failure(None, {}, refused_unanswered=not self._answered and _refused(e)),
+                                   tries, e) from e
             if slots is not None:
                 slots.limit.sample(self._clock() - sent_at, slots.in_flight, epoch)
         finally:
@@ -606,6 +624,8 @@ class LLMEngine:
         now = self._clock()
         decision = self._decide(failure, tries)
         attempt = tries.sent
+        if failure.refused_unanswered and not decision.retry:
+            self._refusing = True
         if decision.retry:
             log.info("attempt %d failed (%s); retrying in %.2fs", attempt, decision.reason, decision.delay)
         elif decision.downgrade is not None:  # not a failure: the engine sends it again without that

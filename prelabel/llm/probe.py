@@ -43,7 +43,8 @@ async def _post(client: openai.AsyncOpenAI, request: dict, path: str = CHAT_PATH
     except openai.APIStatusError as e:
         return _Answer(e.status_code, None, str(e)[:160])
     except (openai.APITimeoutError, openai.APIConnectionError) as e:
-        return _Answer(None, None, f"{type(e).__name__}: {e}"[:160])
+        cause = f" ({' '.join(str(e.__cause__).split())})" if e.__cause__ else ""  # the refusal itself
+        return _Answer(None, None, f"{type(e).__name__}: {e}{cause}"[:300])
     try:
         return _Answer(raw.status_code, json.loads(raw.content))
     except ValueError as e:

@@ -21,7 +21,7 @@ from .pacing import parse_duration
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MALFORMED = -200  # Failure.status of a 200 whose body is not the answer asked for
-from ..config import MAX_RETRY_AFTER_S  # noqa: E402
+from ..config import MAX_RETRY_AFTER_S, REFUSED_UNANSWERED_ATTEMPTS  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,9 @@ class Failure:
     code: str | None = None    # OpenAI's error code, e.g. "insufficient_quota"
     message: str = ""          # the error's text: a refusal names the parameter it refuses
     sent: Mapping | None = None  # the request as sent, where the status may be a refusal of one of its parameters
+    # The connection was refused and the endpoint has not answered once in this process: a wrong
+    # URL or a server not started (a configuration error), not an outage of one that was serving.
+    refused_unanswered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,9 @@ def decide(failure: Failure, attempt: int, *, max_retries: int, base: float, cap
         return RetryDecision(False, 0.0, f"status {failure.status} is not transient")
     if failure.code == "insufficient_quota":
         return RetryDecision(False, 0.0, "quota exhausted: retrying cannot help")
+    if failure.refused_unanswered and attempt >= REFUSED_UNANSWERED_ATTEMPTS:
+        return RetryDecision(False, 0.0, "connection refused, and the endpoint has not answered once: check "
+                             "that the server runs and that its URL (OPENAI_BASE_URL, model.base_url) is right")
     if failure.status == 429:
         if rate_limited_s > max_rate_limit_wait_s:
             return RetryDecision(False, 0.0, f"rate limited for {rate_limited_s:.0f}s, longer than "

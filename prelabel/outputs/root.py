@@ -25,6 +25,11 @@ def confine(out_dir: Path, roots: Sequence[Path], job_file: str | None = None) -
         return
     real = os.path.realpath(out_dir)
     shown = f"{out_dir}" + (f" (really {real})" if real != str(out_dir) else "")
+    if not roots:  # a PostgreSQL URL has no folder to default to, and no --spool was given
+        raise JobFileError(f"{shown}: no output root is set, and a queued job writes only under one. Start the "
+                           "worker with --output-root DIR (or PRELABEL_OUTPUT_ROOT=DIR) naming a folder that holds "
+                           "this one (with a database URL there is no database folder to default to)",
+                           path=job_file, field="output.dir")
     raise JobFileError(f"{shown} is outside the output root ({', '.join(str(r) for r in roots)}): a queued job "
                        "writes only under it. Set output.dir under it, or start the worker with --output-root "
                        "(or PRELABEL_OUTPUT_ROOT) naming a folder that holds this one",

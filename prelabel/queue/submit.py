@@ -131,6 +131,9 @@ def submit(store: Store, job_path: str | Path, *, input_path=None, out_dir=None,
     if existing is not None:
         # Same work again: take the new run settings (a raised budget), and go on where it stopped.
         store.update_job_spec(job_id, spec_json, str(job_path))
+        if existing.status in (JobStatus.HELD, JobStatus.CANCELLED):  # submitted again: back in the queue
+            store.release_hold(job_id)
+            store.set_status(job_id, JobStatus.QUEUED)
         resumed = store.resume_stopped(job_id) + store.retry_failed(job_id)
         counts = store.counts(job_id)
         return Submitted(job_id, False, sum(counts.values()), len(store.input_errors(job_id)), resumed,

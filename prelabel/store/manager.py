@@ -347,6 +347,27 @@ class StoreManager(BatchRules):
     def set_status(self, job_id: str, status: str) -> None:
         self._c.run("set_status", status=status, now=time.time(), job_id=job_id)
 
+    def hold(self, job_id: str, reason: str) -> None:
+        """A job a worker found it cannot run: ``held``, with the reason ``status`` shows."""
+        with self._c.transaction():
+            self._c.run("hold_job", job_id=job_id, reason=redact(reason), now=time.time())
+            self._c.run("set_status", status=JobStatus.HELD, now=time.time(), job_id=job_id)
+
+    def release_hold(self, job_id: str) -> None:
+        self._c.run("release_hold", job_id=job_id)
+
+    def holds(self) -> dict[str, str]:
+        """Why each held job was held (job id -> reason)."""
+        return dict(self._c.all("job_holds"))
+
+    def cancel(self, job_id: str) -> int:
+        """Out of the queue: its waiting items stopped, the job ``cancelled``; returns the items stopped."""
+        with self._c.transaction():
+            stopped = self._c.run("stop_pending", job_id=job_id)
+            self._c.run("release_hold", job_id=job_id)
+            self._c.run("set_status", status=JobStatus.CANCELLED, now=time.time(), job_id=job_id)
+        return stopped
+
     def runnable_jobs(self, now: float) -> list[str]:
         return [row[0] for row in self._c.all("runnable_jobs", now=self._db_time(now))]
 

@@ -57,6 +57,11 @@ def storage_error(location: str, error: BaseException) -> StorageError | None:
     if isinstance(error, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)):  # not the network
         return StorageError(location, f"the server aborted a transaction whose locks crossed another's ({detail})",
                             "run the same command again")
+    if isinstance(error, psycopg.OperationalError) and (missing := re.search(r'database "([^"]+)" does not exist',
+                                                                              detail)):
+        return StorageError(location, f"the server answers, but it has no database {missing[1]!r}",
+                            f"create it (`createdb {missing[1]}`, or CREATE DATABASE {missing[1]}) or name an "
+                            "existing one in --db (or $PRELABEL_DB), then run the same command again")
     if isinstance(error, psycopg.OperationalError):  # refused, dropped (a restart), timed out, pool exhausted
         return StorageError(location, f"cannot reach the PostgreSQL server ({detail})", _UNREACHABLE_FIX)
     return None

@@ -319,7 +319,7 @@ FROM jobs ORDER BY created_at;
 
 -- name: runnable_jobs
 SELECT j.id FROM jobs j
-WHERE j.status != 'ingesting'
+WHERE j.status NOT IN ('ingesting', 'cancelled')
   AND (EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
        OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < :now))
 ORDER BY j.created_at;
@@ -650,3 +650,27 @@ WHERE (job_id, seq) IN (SELECT job_id, seq FROM items WHERE lease_owner = ANY(:o
 DELETE FROM budget_holds
 WHERE (job_id, owner) IN (SELECT job_id, owner FROM budget_holds WHERE owner = ANY(:owners)
                           ORDER BY job_id, owner COLLATE "C" FOR UPDATE);
+
+-- name: migration_6
+-- Jobs a worker found it cannot run (outside its output root, an endpoint no longer allowed): the
+-- reason, shown by `prelabel status`.
+CREATE TABLE IF NOT EXISTS job_holds (
+    job_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+
+-- name: hold_job
+INSERT INTO job_holds (job_id, reason, at) VALUES (:job_id, :reason, :now)
+ON CONFLICT (job_id) DO UPDATE SET reason = excluded.reason, at = excluded.at;
+
+-- name: release_hold
+DELETE FROM job_holds WHERE job_id = :job_id;
+
+-- name: job_holds
+SELECT job_id, reason FROM job_holds;
+
+-- name: stop_pending
+-- `prelabel cancel`: the job's waiting items are stopped (a worker running it takes no more);
+-- submitting the job again resumes them, as after a budget stop.
+UPDATE items SET state = 'stopped' WHERE job_id = :job_id AND state = 'pending';

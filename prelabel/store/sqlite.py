@@ -208,6 +208,7 @@ class SQLiteConnector:
         self.script("workers_schema")  # issue 11: the workers and the pace keys' secret, where missing
         self.script("batch_schema")  # issue 12: Batch API chunks, created where missing
         self.script("calls_schema")  # issue 11: calls' results, for their repeats, created where missing
+        self.script("holds_schema")  # jobs a worker cannot run, with the reason, created where missing
 
     def verify(self) -> None:
         """Read every page (``PRAGMA quick_check``): damage anywhere in the file is found now, not

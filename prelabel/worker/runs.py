@@ -18,6 +18,7 @@ from ..llm.endpoint import Endpoint
 from ..llm.engine import LLMEngine
 from ..outputs.export import exit_code_for, export
 from ..outputs.root import confine
+from ..redact import redact
 from ..queue.submit import check_endpoint
 from ..states import ItemState, JobStatus
 from ..store import Store
@@ -161,6 +162,7 @@ async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owne
     that fails stops the drain (``StorageError``)."""
     outcomes, tried = [], set()
     reclaim_dead(store)
+    held = store.holds()  # jobs found unrunnable before: said once, then skipped while the reason holds
     for job_id, error in resume_dead_ingests(store, owner, time.time()):  # loads killed half-way
         if error is not None:
             outcomes.append(JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": error}, None))
@@ -176,9 +178,20 @@ async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owne
             outcome = await run_job(store, job_id, endpoint, settings, owner, on_start, output_roots=output_roots,
                                     coordinator=coordinator, batch_checkpoint=batch_checkpoint)
         except JobFileError as e:
-            outcome = JobOutcome(job_id, EXIT_JOB_ERROR, None, {"error": str(e)}, None)
+            # Held, not retried at every tick with the same error: the check is made again each
+            # tick (free: before any request), silently while it fails the same way.
+            if held.get(job_id) == redact(str(e)):
+                continue
+            store.hold(job_id, str(e))
+            outcome = JobOutcome(job_id, EXIT_JOB_ERROR, None,
+                                 {"error": f"{e} (the job is held: later ticks skip it while this holds; fix "
+                                           f"it and submit the job file again, or `prelabel cancel {job_id}`)"},
+                                 None)
         except OutputError as e:
             outcome = JobOutcome(job_id, EXIT_STORAGE, None, {"error": str(e)}, None)
+        else:
+            if job_id in held:  # it passed this time (another root, or fixed): no longer held
+                store.release_hold(job_id)
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)

@@ -518,7 +518,8 @@ async def test_the_production_client_reads_an_error_body_off_a_real_socket(loopb
     assert "no such field" in str(cause) and "no such field" in str(caught.value)
 
 
-async def test_a_closed_port_is_a_connection_error_that_is_retried():
+@pytest.mark.parametrize("answered_before", [False, True])
+async def test_a_closed_port_is_a_connection_error_retried_once_the_endpoint_has_answered(answered_before):
     # A closed loopback port: the connection is refused, nothing leaves the machine.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -527,12 +528,17 @@ async def test_a_closed_port_is_a_connection_error_that_is_retried():
     fake = FakeTime()
     try:
         engine = make_engine(client, fake, FAST.model_copy(update={"max_retries": 1}))
+        # Refused by an endpoint that answered before: a restart, retried. Refused with nothing ever
+        # answered: a wrong URL or a server not started, given up at once (exit 6 in seconds).
+        engine._answered = answered_before
         with pytest.raises(LLMError) as caught:
             await complete(engine)
     finally:
         await client.close()
-    assert caught.value.status is None and caught.value.attempts == 2 and engine.stats.timeouts == 2
+    attempts = 2 if answered_before else 1
+    assert caught.value.status is None and caught.value.attempts == attempts and engine.stats.timeouts == attempts
     assert isinstance(caught.value.__cause__, openai.APIConnectionError)
+    assert ("has not answered once" in str(caught.value)) is not answered_before
 
 
 async def test_the_production_client_times_out_a_silent_server(loopback, fake):

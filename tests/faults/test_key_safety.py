@@ -133,8 +133,8 @@ def test_a_spool_file_naming_another_server_is_refused_and_the_other_jobs_run(en
     assert catcher.auth == []  # not one request, so no key
     lines = result.stderr.splitlines()
     assert f"spool: {refusal(hostile, catcher.url, f'{DEFAULT_BASE_URL}, {sims[0].url}')}" in lines
-    # (user info is redacted wherever it is printed: it may be a password)
-    assert (f"spool: {userinfo}:3: model.base_url: '{catcher.url.replace('//', f'//{REDACTED}@')}' "
+    # (a URL's password is redacted wherever it is printed; here the "password" is the port)
+    assert (f"spool: {userinfo}:3: model.base_url: '{catcher.url.replace('//', f'//127.0.0.1:{REDACTED}@')}' "
             "cannot be used as an endpoint: it names a user (user@host): credentials do not belong in a URL") in lines
     assert sum("lookalike2.yaml:3: model.base_url: " in line and "is not an allowed endpoint" in line
                for line in lines) == 1
@@ -157,7 +157,8 @@ def test_a_job_queued_while_its_endpoint_was_allowed_is_refused_by_the_worker(en
     assert result.returncode == EXIT_JOB_ERROR, result.stderr
     assert catcher.auth == []
     allowed = f"{DEFAULT_BASE_URL}, {env['OPENAI_BASE_URL']}"
-    assert f"{job_id}: error: {refusal(job, catcher.url, allowed)}" in result.stderr.splitlines()
+    said = f"{job_id}: error: {refusal(job, catcher.url, allowed)} (the job is held"  # later ticks: silent
+    assert any(line.startswith(said) for line in result.stderr.splitlines()), result.stderr
     status = json.loads(prelabel("status", job_id, "--json", env=env).stdout)
     assert status["jobs"][0]["pending"] == 12  # nothing lost: allowed again, it runs
 

@@ -528,7 +528,8 @@ def test_a_queued_job_outside_the_root_set_by_the_operator_is_refused_and_run_ma
     assert stderr_lines(capsys.readouterr()) == [
         f"{job_id}: error: {job}: output.dir: {tmp_path / 'job' / 'out'} is outside the output root "
         f"({tmp_path / 'outputs'}): a queued job writes only under it. Set output.dir under it, or start the worker "
-        "with --output-root (or PRELABEL_OUTPUT_ROOT) naming a folder that holds this one"]
+        "with --output-root (or PRELABEL_OUTPUT_ROOT) naming a folder that holds this one (the job is held: later "
+        f"ticks skip it while this holds; fix it and submit the job file again, or `prelabel cancel {job_id}`)"]
     assert requests(sim) == 0 and states(db, job_id) == {"pending": 6}
     # The flag names a root that holds it: the same job runs.
     assert main("work", "--once", "--db", db, "-q", "--output-root", tmp_path / "job") == EXIT_OK
