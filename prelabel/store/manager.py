@@ -266,11 +266,14 @@ class StoreManager(BatchRules):
                                units=units, total=limit + units)
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
-    def renew(self, owner: str, now: float, lease_s: float) -> None:
-        """The heartbeat: the owner's leases (and budget holds) last ``lease_s`` more from now."""
+    def renew(self, owner: str, now: float, lease_s: float) -> set[tuple[str, int, int]]:
+        """The heartbeat: the owner's leases (and budget holds) last ``lease_s`` more from now.
+        Returns the leases it renewed, as (job id, seq, epoch): an item the owner leased that is not
+        among them was taken over (or finished, or released) meanwhile."""
         with self._c.transaction():
-            self._c.run("renew", expires=now + lease_s, owner=owner)
+            renewed = self._c.all("renew", expires=now + lease_s, owner=owner)
             self._c.run("renew_holds", expires=now + lease_s, owner=owner, now=now)
+        return {(job_id, int(seq), int(epoch)) for job_id, seq, epoch in renewed}
 
     def release(self, owner: str) -> int:
         with self._c.transaction():

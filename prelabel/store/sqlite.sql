@@ -218,7 +218,9 @@ WHERE job_id = :job_id AND seq IN (SELECT seq FROM (
 RETURNING seq, item_id, line, text, kind, payload, attempts;
 
 -- name: renew
-UPDATE items SET lease_expires = :expires WHERE lease_owner = :owner AND state = 'leased';
+-- What it renewed, with the epochs: the owner's items not among them were lost to another worker.
+UPDATE items SET lease_expires = :expires WHERE lease_owner = :owner AND state = 'leased'
+RETURNING job_id, seq, attempts;
 
 -- name: release
 UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
