@@ -308,6 +308,12 @@ class StoreManager(BatchRules):
     def leased_owners(self) -> list[str]:
         return [row[0] for row in self._c.all("leased_owners")]
 
+    def lease_ends(self, job_id: str) -> tuple[int, float | None]:
+        """The job's items leased now, and when the last of those leases lapses (on the clock of
+        the worker that last renewed it) unless its worker renews it."""
+        n, until = self._c.one("lease_ends", job_id=job_id)
+        return int(n), None if until is None else float(until)
+
     def complete(self, job_id: str, owner: str, results: list[ItemResult],
                  side_usage: Iterable[UsageRow] = ()) -> list[int]:
         """Results, and usage that belongs to no item (``side_usage``: embeddings), in one transaction.

@@ -329,6 +329,10 @@ ORDER BY j.created_at;
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM items WHERE state = 'leased' AND lease_owner IS NOT NULL;
 
+-- name: lease_ends
+-- A job's items leased (to any worker) and when the last of those leases lapses unless renewed.
+SELECT count(*), max(lease_expires) FROM items WHERE job_id = :job_id AND state = 'leased';
+
 -- name: clear_drafts
 DELETE FROM drafts WHERE job_id = :job_id AND seq = :seq;
 

@@ -164,3 +164,25 @@ async def test_two_workers_at_a_low_rate_split_a_job_evenly(tmp_path: Path, url)
     done = [o.run.stats.requests for o in outcomes]
     assert sum(done) == n
     assert min(done) >= 0.3 * n, done  # roughly even: each worker holds ~10 s x 25% of its 10/s
+
+
+async def test_work_once_names_when_a_stopped_workers_items_come_back(tmp_path: Path, url):
+    from prelabel.cli import _elsewhere
+
+    sim = Simulator(SimConfig(latency_s=0.0))
+    sim_url = await sim.start()
+    store = open_store(url)
+    try:
+        job_id = submit(store, _job(tmp_path, 12, rpm=60000)).job_id
+        leased_at = time.time()
+        store.lease(job_id, "host-z:1:zzzzzz", 5, leased_at, 45.0)  # then host-z stopped beating
+        outcome = await run_job(store, job_id, Endpoint("sk-test", sim_url), Engine(commit_interval_s=0.01),
+                                "host-a:1:aaaaaa")
+        assert store.counts(job_id) == {"done": 7, "leased": 5}
+    finally:
+        store.close()
+        await sim.stop()
+    assert outcome.report is None and outcome.elsewhere == (5, leased_at + 45.0)
+    said = _elsewhere(outcome)
+    assert "5 items leased to other workers" in said
+    assert time.strftime("%H:%M:%S UTC", time.gmtime(leased_at + 45.0)) in said
