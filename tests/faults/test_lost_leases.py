@@ -75,6 +75,9 @@ async def _paused_worker(tmp_path: Path, url_: str, takeover_at_renew: bool):
         job_id = submit(store, _job(tmp_path, n, rpm=3000)).job_id
         runner = _runner(store, job_id, sim_url, settings, "host-f:1:ffffff", lambda: time.time() + jump[0])
 
+        def holding() -> bool:  # F holds items it has not started: the pause has something to strand
+            return runner._labels_held - runner.live.sending >= 5
+
         def take_over() -> None:
             # D's clock is past F's lease: it takes every item F holds (expired leases come first).
             later = time.time() + LEASE_S + 1
@@ -88,7 +91,7 @@ async def _paused_worker(tmp_path: Path, url_: str, takeover_at_renew: bool):
             real_renew = store.renew
 
             def renew(owner, now, lease_s):
-                if "taken" not in seen and sim.stats.requests >= 10:
+                if "taken" not in seen and sim.stats.requests >= 10 and holding():
                     store.lease(job_id, HOST_D, store.counts(job_id).get("leased", 0), time.time() + LEASE_S + 1, 3600)
                     seen["taken"] = True
                 return real_renew(owner, now, lease_s)
@@ -106,13 +109,14 @@ async def _paused_worker(tmp_path: Path, url_: str, takeover_at_renew: bool):
             await runner.run()
         else:
             async def pause() -> None:
-                while sim.stats.requests < 10:
+                while sim.stats.requests < 10 or not holding():
                     await asyncio.sleep(0.002)
                 take_over()  # one step of the loop: F sends nothing meanwhile
                 jump[0] = LEASE_S + 1  # ...and it wakes up with its clock past its lease
 
             await asyncio.gather(runner.run(), pause())
         await runner.engine.client.close()
+        assert "answered" in seen, "F never learned it lost leases"
         mine = _taken_by(store, job_id, HOST_D, n)
         after, at = _per_item(sim.stats.answered), _per_item(seen["answered"])
         assert sum(after.values()) >= n - len(mine)  # the simulator saw the texts of the items F finished
