@@ -84,6 +84,7 @@ class JobRunner:
         self._lost: set[tuple[int, int]] = set()  # (seq, epoch) taken over by another worker
         self._room = asyncio.Event()  # an item finished: the producer may lease again
         self._renewing: asyncio.Future | None = None
+        self._renewed_until = math.inf  # this worker's leases and holds lapse then, by its clock, unless renewed
         # Lease calls handed to the store thread (which runs writes in order), and the last renew's
         # answer: (lease calls it came after, what it renewed). An item whose lease came before a
         # renew that did not renew it was lost, even if the lease's answer is taken in after it.
@@ -119,6 +120,7 @@ class JobRunner:
         self.progress.total = sum(counts.values())
         self.progress.already = sum(counts.get(s, 0) for s in FINAL_STATES)
         queue: asyncio.Queue[LeasedItem | None] = asyncio.Queue()  # bounded by what is held (lease_target)
+        self._renewed_until = self.clock() + self.settings.lease_s  # no lease or hold was granted before
         workers = [asyncio.create_task(self._consume(queue)) for _ in range(self.spec.model.slots)]
         # Augment units have consumers of their own: they wait on the augmentation process, and must
         # not take the slots labeling needs. (Requests in flight are bounded by the executor.)
@@ -241,7 +243,11 @@ class JobRunner:
         it renews now and waits for the answer, which names the leases it lost."""
         if (item.seq, item.epoch) not in self._lost:
             held = self._held.get(item.seq)
-            if held is None or held[0] != item.epoch or self.clock() < held[1] - self.settings.heartbeat_s:
+            if held is None or held[0] != item.epoch:
+                return
+            # The item's lease, and this worker's budget holds (a fresh lease after a pause does
+            # not make them fresh): a request sent on lapsed holds is given up by the executor.
+            if self.clock() < min(held[1], self._renewed_until) - self.settings.heartbeat_s:
                 return
             try:
                 await self._renew()
@@ -268,6 +274,7 @@ class JobRunner:
         beat, after = self.clock(), self._leases_asked  # the store thread runs the leases asked so far first
         answer = await self._write(self.store.renew, self.owner, beat, self.settings.lease_s)
         self.live.renewed(beat)
+        self._renewed_until = beat + self.settings.lease_s
         renewed = {(seq, epoch) for job_id, seq, epoch in answer if job_id == self.job.id}
         self._renewal = (after, renewed)
         lost = 0
