@@ -67,8 +67,9 @@ async def _paused_worker(tmp_path: Path, url_: str, takeover_at_renew: bool):
     sim = Simulator(SimConfig(latency_s=0.02, track_contents=True))
     sim_url = await sim.start()
     store = open_store(url_)
+    # lease_ahead 4: F holds 8-16 items for its 4 slots, so there are always some not started
     settings = Engine(lease_s=LEASE_S, heartbeat_s=LEASE_S / 3 if not takeover_at_renew else 0.05,
-                      retry_base_s=0.001, retry_max_s=0.01, commit_interval_s=0.01)
+                      retry_base_s=0.001, retry_max_s=0.01, commit_interval_s=0.01, lease_ahead=4)
     jump = [0.0]
     seen: dict = {}
     try:
@@ -109,7 +110,7 @@ async def _paused_worker(tmp_path: Path, url_: str, takeover_at_renew: bool):
             await runner.run()
         else:
             async def pause() -> None:
-                while sim.stats.requests < 10 or not holding():
+                while (sim.stats.requests < 10 or not holding()) and sim.stats.requests < 40:
                     await asyncio.sleep(0.002)
                 take_over()  # one step of the loop: F sends nothing meanwhile
                 jump[0] = LEASE_S + 1  # ...and it wakes up with its clock past its lease
