@@ -126,7 +126,7 @@ def _say(outcome) -> None:
         print(f"{outcome.job_id}: not run: {outcome.note}", file=sys.stderr)
         return
     if outcome.report is None:
-        print(f"{outcome.job_id}: this worker's share is done; another worker is finishing the job")
+        print(f"{outcome.job_id}: this worker's share is done; another worker is finishing the job{_elsewhere(outcome)}")
         return
     if "error" in outcome.report:
         print(f"{outcome.job_id}: error: {redact(outcome.report['error'])}", file=sys.stderr)
@@ -152,6 +152,17 @@ def _say(outcome) -> None:
         print("  answered by a simulator, a stand-in, not a model: every draft says \"simulated\": true",
               file=sys.stderr)
     print(f"  outputs in {outcome.out_dir}")
+
+
+def _elsewhere(outcome) -> str:
+    """Where the rest of a job is: leased to workers that write the outputs when they finish, or,
+    if they stopped, back in the queue when their leases lapse (the next run takes them then)."""
+    leased, until = outcome.elsewhere or (0, None)
+    if not leased or until is None:
+        return ""
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(until))
+    return (f" ({_plural(leased, 'item')} leased to other workers; if those stopped, the items go back to the "
+            f"queue when their leases lapse, by {when} unless renewed, and the next `prelabel work` takes them)")
 
 
 def _say_batches(outcome) -> None:

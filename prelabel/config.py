@@ -340,6 +340,9 @@ class EngineSettings(BaseModel):
     # Work taken ahead of the slots, so none waits on the store: items leased (at most
     # ``lease_batch``) per request slot, and augment units queued per augment slot.
     lease_ahead: int = 2
+    # A worker holds at most the items its share of the rate sends in this share of a lease: a dead or
+    # paused one strands that much, and several split a job evenly.
+    lease_work_share: float = 0.25
     augment_ahead: int = 2
     hold_ahead: int = 2  # a budget hold asked of the store covers this many requests per slot: fewer trips
     read_threads: int = 4  # cache look-ups in flight at once when the store is a server (PostgreSQL)

@@ -29,6 +29,11 @@ class InputError(PrelabelError):
         super().__init__(f"line {line}: {field + ': ' if field else ''}{message}")
 
 
+class LeaseLost(PrelabelError):
+    """An item's lease was taken over by another worker (this one was paused, or cut off, past its
+    lease): its requests are not sent, and its result would be refused."""
+
+
 class UsageError(PrelabelError):
     """A command-line value or an environment setting that cannot be used; the message names it
     and says what would do."""

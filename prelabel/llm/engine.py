@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import contextvars
 import hashlib
 import json
 import logging
@@ -100,6 +101,14 @@ def cache_key(identity: str, body: bytes) -> str:
     """What answers (the endpoint's identity; the model is in the body) and what was asked: an
     answer is only ever served again for the same request to the same endpoint."""
     return hashlib.sha256(identity.encode() + b"\0" + body).hexdigest()
+
+
+# Awaited after pacing, as each attempt of a chat request is about to go out (set by the caller, per
+# request, in its task's context): it may raise to give the request up, and then nothing is sent.
+# The live executor asks there whether the worker still holds the item's lease: a worker resumed
+# after a pause (SIGSTOP) must not send requests paced before it for items another worker now has.
+BEFORE_SEND: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "prelabel_before_send", default=None)
 
 
 # Statuses that mean "no embeddings here" (no route, unknown model, method not allowed): not a
@@ -561,6 +570,8 @@ class LLMEngine:
         try:
             if not self._refusing:  # once refused with nothing ever answered, the rest fail at once, unpaced
                 await self._paced(booked)
+            if (before_send := BEFORE_SEND.get()) is not None:
+                await before_send()
             tries.sent += 1
             self.stats.requests += 1
             sent_at = self._clock()

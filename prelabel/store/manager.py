@@ -392,12 +392,15 @@ class StoreManager(BatchRules):
                 self._record(call, sorted([int(row[0]), int(row[-1])] for row in rows))
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
-    def renew(self, owner: str, now: float, lease_s: float) -> None:
-        """The heartbeat: the owner's leases (and budget holds) last ``lease_s`` more from now."""
+    def renew(self, owner: str, now: float, lease_s: float) -> set[tuple[str, int, int]]:
+        """The heartbeat: the owner's leases (and budget holds) last ``lease_s`` more from now.
+        Returns the leases it renewed, as (job id, seq, epoch): an item the owner leased that is not
+        among them was taken over (or finished, or released) meanwhile."""
         now = self._db_time(now)
         with self._c.transaction():
-            self._c.run("renew", expires=now + lease_s, owner=owner)
+            renewed = self._c.all("renew", expires=now + lease_s, owner=owner)
             self._c.run("renew_holds", expires=now + lease_s, owner=owner, now=now)
+        return {(job_id, int(seq), int(epoch)) for job_id, seq, epoch in renewed}
 
     def release(self, owner: str) -> int:
         with self._c.transaction():
@@ -440,6 +443,12 @@ class StoreManager(BatchRules):
 
     def leased_owners(self) -> list[str]:
         return [row[0] for row in self._c.all("leased_owners")]
+
+    def lease_ends(self, job_id: str) -> tuple[int, float | None]:
+        """The job's items leased now, and when the last of those leases lapses (on this host's
+        clock: leases are reckoned on the database's) unless its worker renews it."""
+        n, until = self._c.one("lease_ends", job_id=job_id)
+        return int(n), None if until is None else float(until) - self._skew()
 
     def complete(self, job_id: str, owner: str, results: list[ItemResult],
                  side_usage: Iterable[UsageRow] = ()) -> list[int]:

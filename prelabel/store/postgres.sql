@@ -205,10 +205,12 @@ FROM chosen WHERE i.job_id = :job_id AND i.seq = chosen.seq
 RETURNING i.seq, i.item_id, i.line, i.text, i.kind, i.payload, i.attempts;
 
 -- name: renew
+-- What it renewed, with the epochs: the owner's items not among them were lost to another worker.
 UPDATE items SET lease_expires = :expires
 WHERE (job_id, seq) IN (SELECT job_id, seq FROM items WHERE lease_owner = :owner AND state = 'leased'
                         ORDER BY job_id, seq FOR UPDATE)
-  AND lease_owner = :owner AND state = 'leased';
+  AND lease_owner = :owner AND state = 'leased'
+RETURNING job_id, seq, attempts;
 
 -- name: release
 UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
@@ -326,6 +328,10 @@ ORDER BY j.created_at;
 
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM items WHERE state = 'leased' AND lease_owner IS NOT NULL;
+
+-- name: lease_ends
+-- A job's items leased (to any worker) and when the last of those leases lapses unless renewed.
+SELECT count(*), max(lease_expires) FROM items WHERE job_id = :job_id AND state = 'leased';
 
 -- name: clear_drafts
 DELETE FROM drafts WHERE job_id = :job_id AND seq = :seq;

@@ -218,7 +218,9 @@ WHERE job_id = :job_id AND seq IN (SELECT seq FROM (
 RETURNING seq, item_id, line, text, kind, payload, attempts;
 
 -- name: renew
-UPDATE items SET lease_expires = :expires WHERE lease_owner = :owner AND state = 'leased';
+-- What it renewed, with the epochs: the owner's items not among them were lost to another worker.
+UPDATE items SET lease_expires = :expires WHERE lease_owner = :owner AND state = 'leased'
+RETURNING job_id, seq, attempts;
 
 -- name: release
 UPDATE items SET state = 'pending', lease_owner = NULL, lease_expires = NULL
@@ -226,6 +228,10 @@ WHERE lease_owner = :owner AND state = 'leased';
 
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM items WHERE state = 'leased' AND lease_owner IS NOT NULL;
+
+-- name: lease_ends
+-- A job's items leased (to any worker) and when the last of those leases lapses unless renewed.
+SELECT count(*), max(lease_expires) FROM items WHERE job_id = :job_id AND state = 'leased';
 
 -- name: clear_drafts
 DELETE FROM drafts WHERE job_id = :job_id AND seq = :seq;

@@ -15,13 +15,14 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable
 
 from ..budget.pricing import price_for
 from ..budget.session import SPENT, WAIT, BudgetSession
-from ..errors import EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
+from ..errors import EmbeddingsUnavailable, LeaseLost, LLMError, MalformedAnswer, RateLimitWaitExceeded, StorageError
 from ..llm.capabilities import Capabilities
 from ..llm.completion import Completion
-from ..llm.engine import LLMEngine
+from ..llm.engine import BEFORE_SEND, LLMEngine
 from ..llm.retry import Outage
 from ..checks.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
@@ -50,6 +51,10 @@ class LiveExecutor:
         self._requests = asyncio.Semaphore(spec.model.slots)  # in flight (auto: its ceiling, the engine holds fewer)
         self._holding = asyncio.Lock()  # a budget hold is being asked of the store
         self._holds_until = 0.0  # when the budget holds granted to this worker expire in the store (0: none)
+        # Raises LeaseLost when this worker no longer holds the item (the runner's, asked before each
+        # request is reserved and as it goes out); requests past it and not yet answered: ``sending``.
+        self.lease_gate: Callable[[LeasedItem], Awaitable[None]] | None = None
+        self.sending = 0
         self.side_usage: list[UsageRow] = []  # spent outside any item (embeddings), committed with the next batch
         self.interrupted: list[ItemResult] = []  # items cancelled part-way, for the run's last commit
         self._answers: list[tuple[str, dict]] = []  # arrived, not yet in the cache: written in this loop turn...
@@ -150,7 +155,7 @@ class LiveExecutor:
 
     async def _carry_out(self, item: LeasedItem, request, usage: list):
         if isinstance(request, Chat):
-            return await self._chat(item.seq, request, usage)
+            return await self._chat(item, request, usage)
         if isinstance(request, Embed):
             return await self.ctx.fewshot.vector(item)
         if isinstance(request, LocalVariants):
@@ -159,7 +164,7 @@ class LiveExecutor:
             return await self.ctx.variants.dedupe(request)
         raise TypeError(f"no such request: {request!r}")
 
-    async def _chat(self, seq: int, request: Chat, usage: list[UsageRow]):
+    async def _chat(self, item: LeasedItem, request: Chat, usage: list[UsageRow]):
         """One chat request, from the cache or under the budget: (the answer, its cache key)."""
         engine, session = self.engine, self.session
         body = engine.request(request.messages, request.response_format, request.max_tokens, request.samples,
@@ -175,6 +180,11 @@ class LiveExecutor:
             usage.append(UsageRow(completion.model or self.spec.model.name, completion.prompt_tokens,
                                   completion.completion_tokens, 0.0, True, completion.cached_prompt_tokens))
             return completion, prepared.key
+        if self.lease_gate is not None:
+            try:
+                await self.lease_gate(item)
+            except LeaseLost:  # another worker has it now: nothing more is asked for it here
+                return UNAVAILABLE, None
         estimate = session.estimate(request.prompt_tokens)
         copies = engine.prompt_copies(request.samples)  # n ignored or refused: each sample is a request
         max_out = request.max_tokens * request.samples
@@ -185,8 +195,21 @@ class LiveExecutor:
             async with self._requests:
                 if self._holds_lapsed():  # paused past the lease while it waited: its budget may be another's
                     return UNAVAILABLE, None
+                sent = False
+
+                async def before_send() -> None:  # each attempt, past pacing: still ours?
+                    nonlocal sent
+                    if self.lease_gate is not None:
+                        await self.lease_gate(item)
+                    if not sent:
+                        sent = True
+                        self.sending += 1
+
+                context = BEFORE_SEND.set(before_send)
                 try:
                     completion = await engine.send(prepared, estimate + max_out)
+                except LeaseLost:  # another worker has it now: nothing was sent for it
+                    return UNAVAILABLE, None
                 except LLMError as e:
                     # What was answered was paid for: a malformed 200 (the item re-asks it), samples
                     # received before another failed. Billed; nothing else was.
@@ -196,7 +219,10 @@ class LiveExecutor:
                     if paid:
                         held, reservation = reservation, None
                         self._account(held, *(sum(column) for column in zip(*paid)), usage)
-                    return self._failed(seq, e), None
+                    return self._failed(item.seq, e), None
+                finally:
+                    BEFORE_SEND.reset(context)
+                    self.sending -= sent
             self.outage.succeeded()
             if completion.usage_reported:
                 # per request: samples sent apart sent (and were billed) the prompt once each

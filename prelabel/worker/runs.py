@@ -40,6 +40,7 @@ class JobOutcome:
     out_dir: Path | None
     note: str | None = None  # why it did not run (its input is still being loaded)
     batches: object = None   # a ``model.mode: batch`` job's tick (prelabel.batch.tick.BatchTick)
+    elsewhere: tuple[int, float | None] | None = None  # others' items (leased, their last lease's expiry)
 
 
 async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: EngineSettings, owner: str,
@@ -114,7 +115,7 @@ async def run_job(store: Store, job_id: str, endpoint: Endpoint, settings: Engin
         return JobOutcome(job_id, EXIT_UNAVAILABLE, result, {**report, "error": message}, out_dir)
     busy = result.counts.get(ItemState.PENDING, 0) + result.counts.get(ItemState.LEASED, 0)
     if busy:  # another worker still holds items of this job: it writes the outputs when it ends
-        return JobOutcome(job_id, EXIT_OK, result, None, None)
+        return JobOutcome(job_id, EXIT_OK, result, None, None, elsewhere=store.lease_ends(job_id))
     store.set_status(job_id, JobStatus.BUDGET_STOPPED if result.budget_stopped else JobStatus.DONE)
     report, out_dir = _write_outputs(store, job_id, spec, job, output_roots)
     return JobOutcome(job_id, exit_code_for(report), result, report, out_dir)

@@ -185,6 +185,17 @@ def test_renew_extends_only_the_owners_leases(store):
     assert [i.seq for i in taken] == [2, 3]
 
 
+def test_renew_returns_the_leases_it_renewed(store):
+    """A worker paused past its lease learns at its next renew which items it lost: those not returned."""
+    store.create_job(job_record(), raw_items(4))
+    mine = store.lease("job-1", OWNER_A, 4, T0, 10)
+    assert store.renew(OWNER_A, T0 + 5, 10) == {("job-1", i.seq, i.epoch) for i in mine}
+    taken = store.lease("job-1", OWNER_B, 2, T0 + 16, 60)  # A paused past T0 + 15: B takes two
+    assert store.renew(OWNER_A, T0 + 17, 10) == {("job-1", i.seq, i.epoch) for i in mine[2:]}
+    assert {i.seq for i in taken} == {mine[0].seq, mine[1].seq}
+    assert store.renew(OWNER_B, T0 + 18, 60) == {("job-1", i.seq, i.epoch) for i in taken}
+
+
 def test_release_and_reclaim_hand_leases_back(store):
     store.create_job(job_record(), raw_items(6))
     store.lease("job-1", OWNER_A, 3, T0, 60)
