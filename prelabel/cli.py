@@ -141,6 +141,10 @@ def _say(outcome) -> None:
 def _say_batches(outcome) -> None:
     """A batch job's tick: what it sent and collected, and whether batches are still in flight."""
     r = outcome.batches.report
+    if outcome.batches.busy:
+        print(f"{outcome.job_id}: batches: another tick ({outcome.batches.busy}) has them now; left to it",
+              file=sys.stderr)
+        return
     print(f"{outcome.job_id}: batches: {len(r.submitted)} created, {len(r.collected)} collected "
           f"({r.lines_answered:,} lines answered, {r.lines_failed:,} failed), {r.in_flight} in flight; "
           f"{r.committed:,} items committed", file=sys.stderr)

@@ -580,6 +580,13 @@ CREATE TABLE IF NOT EXISTS batch_failures (
     retryable INTEGER NOT NULL,
     PRIMARY KEY (job_id, key)
 );
+-- Who ticks a job's batches now (one tick at a time per job, on any host): its claim lasts to
+-- ``expires`` and its heartbeat renews it: a claim past it, or of a dead process on this host, is taken.
+CREATE TABLE IF NOT EXISTS batch_ticks (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 
 -- name: batch_chunks
 SELECT job_id, chunk, stage, requests, path, endpoint, model, planned_at, attempt, held_tokens, held_cost, file_id,
@@ -629,3 +636,21 @@ ON CONFLICT (job_id, key) DO UPDATE SET attempts = batch_failures.attempts + 1, 
 
 -- name: batch_failures
 SELECT key, attempts, error, retryable FROM batch_failures WHERE job_id = :job_id;
+
+-- name: batch_tick_holder
+SELECT owner, expires FROM batch_ticks WHERE job_id = :job_id;
+
+-- name: batch_tick_claim
+-- Taken when free, expired, ours already, or held by ``dead`` (a process on this host found gone).
+INSERT INTO batch_ticks (job_id, owner, expires) VALUES (:job_id, :owner, :expires)
+ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
+WHERE batch_ticks.owner = :owner OR batch_ticks.expires < :now OR batch_ticks.owner = :dead;
+
+-- name: batch_tick_renew
+UPDATE batch_ticks SET expires = :expires WHERE job_id = :job_id AND owner = :owner;
+
+-- name: batch_tick_release
+DELETE FROM batch_ticks WHERE job_id = :job_id AND owner = :owner;
+
+-- name: batch_forget_failures
+DELETE FROM batch_failures WHERE job_id = :job_id;
