@@ -22,8 +22,6 @@ import contextlib
 import threading
 from pathlib import Path
 
-import pytest
-
 from prelabel.batch.tick import tick_job
 from prelabel.config import EngineSettings, JobSpec
 from prelabel.llm.client import make_client
@@ -35,9 +33,11 @@ from prelabel.simulator.batches import BatchConfig
 from prelabel.store import open_store
 from prelabel.tasks import build_task
 from tests.integration.test_batch_run import batch_job
-from tests.integration.test_store_contract import pg_database, url  # noqa: F401  (fixtures)
+from tests.integration import test_store_contract as contract
 
 LEASE_S = 300.0
+pg_database, url = contract.pg_database, contract.url  # the contract suite's fixtures: both backends
+
 SETTINGS = EngineSettings(lease_s=LEASE_S, heartbeat_s=LEASE_S / 3)
 N, PER_FILE = 60, 20  # three input files in the first tick
 
@@ -125,7 +125,7 @@ def submitted(store_url: str, tmp_path: Path) -> str:
         store.close()
 
 
-def test_a_slow_ticks_heartbeat_keeps_its_chunks_from_a_second_tick(url: str, tmp_path: Path):  # noqa: F811
+def test_a_slow_ticks_heartbeat_keeps_its_chunks_from_a_second_tick(url: str, tmp_path: Path):
     clock = Clock()
     job_id = submitted(url, tmp_path)
     seen = {}
@@ -152,7 +152,7 @@ def test_a_slow_ticks_heartbeat_keeps_its_chunks_from_a_second_tick(url: str, tm
         check_nothing_paid_twice(url, sim, job_id)
 
 
-def test_a_tick_stalled_past_its_lease_is_fenced_before_it_sends_again(url: str, tmp_path: Path):  # noqa: F811
+def test_a_tick_stalled_past_its_lease_is_fenced_before_it_sends_again(url: str, tmp_path: Path):
     clock = Clock()
     job_id = submitted(url, tmp_path)
     seen = {}
