@@ -33,7 +33,7 @@ from typing import Callable
 
 from ..budget.pricing import batch_price_for, cost_usd
 from ..llm.completion import Completion
-from ..llm.engine import MALFORMED, LLMEngine, said_simulator
+from ..llm.engine import LLMEngine, said_simulator
 from ..checks.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
 from ..pipeline.protocol import Chat, Failed, Requeue, replay
@@ -41,7 +41,7 @@ from ..store import ItemResult, JobRecord, LeasedItem, UsageRow
 from .files import InputFile, InputFileWriter, chat_line
 from .provider import BatchProvider
 from .reconcile import Collect, Create, DeleteFile, Intent, Orphan, RemoteBatch, Stage, Upload, Wait, reconcile
-from .results import Answer, collect, read_file
+from .results import Answer, collect, failed_lines, read_file
 from ..store.batches import COLLECTED, PLANNED, ChunkRecord
 from .state import BatchState
 
@@ -195,9 +195,7 @@ class BatchExecutor:
                           cost_usd(self.price, a.completion.prompt_tokens, a.completion.completion_tokens,
                                    a.completion.cached_prompt_tokens), False, a.completion.cached_prompt_tokens)
                  for a in collected.answers.values() if a.completion is not None]
-        failures = [(key, str(f), f.retryable or f.status == MALFORMED) for key, f in collected.failures.items()]
-        why = "; ".join(batch.errors) or f"the batch ended {batch.status} before answering it"
-        failures += [(key, f"batch line not returned: {why}", True) for key in collected.missing]
+        failures = failed_lines(collected, batch.status, batch.errors)
         self.state.batch_collect(self.job.id, chunk.chunk, batch, usage, failures, self.clock())
         report.collected.append(chunk.chunk)
         report.lines_answered += len(usage)

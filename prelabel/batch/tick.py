@@ -164,7 +164,7 @@ async def tick_job(store: Store, job: JobRecord, spec: JobSpec, task, engine, cl
             await beats
         beat.leave()
     for line in report.partial:
-        log.warning("job %s: batch chunk %s; its lines not answered go in a later batch", job.id, line)
+        log.warning("job %s: batch chunk %s", job.id, line)  # the CLI says what becomes of its lines
     for batch_id in report.orphans:
         log.warning("job %s: batch %s has this job's metadata but no chunk of it: not collected", job.id, batch_id)
     counts = store.counts(job.id)

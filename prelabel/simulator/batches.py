@@ -8,7 +8,9 @@ and ``answer_embeddings``, without the rate limits and latency, which a batch do
 
 The switches: lines failing at ``line_error_rate`` (a 500 in the error file, the provider's shape),
 output in shuffled order, the first ``expire_first`` batches expiring with ``expire_share`` of their
-lines done (those kept in the output file, the rest in the error file as ``batch_expired``), and the
+lines done (those kept in the output file, the rest in the error file as ``batch_expired``), the next
+``cancel_first`` cancelled (as by an operator in the console) with ``cancel_share`` done (the rest
+``batch_cancelled``), and the
 limits on a file: ``max_file_bytes`` refused at upload (400, "File is too large.") and
 ``max_requests`` per file failing the batch at validation (``too_many_tasks``), as OpenAI does.
 """
@@ -44,6 +46,8 @@ class BatchConfig:
     shuffle: bool = False           # output and error lines in a random order, not the input's
     expire_first: int = 0           # the first N batches created expire part-way...
     expire_share: float = 0.5       # ...with this share of their lines done
+    cancel_first: int = 0           # the first N batches created (after those that expire) are cancelled,
+    cancel_share: float = 0.5       # as an operator does in the console, once this share of their lines is done
     max_file_bytes: int = 200_000_000  # an upload past this is refused (OpenAI: 200 MB)
     max_requests: int = 50_000      # a batch's input file with more lines fails validation
 
@@ -85,6 +89,7 @@ class _Batch:
     order: list[int]                # processing order (shuffled or not)
     errors: list[dict]              # validation errors: the batch fails
     expires_part_way: bool
+    cancelled_part_way: bool = False
     status: str = "validating"
     stamps: dict = field(default_factory=dict)  # in_progress_at, finalizing_at, ...
     cancel_requested: float | None = None
@@ -219,6 +224,8 @@ class Batches:
         self.stats.batches_created += 1
         batch = _Batch(self._id("batch"), file.id, body["endpoint"], "24h", metadata, self.clock(), lines, fails,
                        order, errors, expires_part_way=self.stats.batches_created <= self.config.expire_first,
+                       cancelled_part_way=(self.config.expire_first < self.stats.batches_created
+                                           <= self.config.expire_first + self.config.cancel_first),
                        model=model)
         self.batches[batch.id] = batch
         return _json(200, self._object(batch))
@@ -300,6 +307,8 @@ class Batches:
         share = 1.0 if delay <= 0 else min(1.0, max(0.0, (now - batch.created - 0.1 * delay) / (0.8 * delay)))
         if batch.expires_part_way:
             share = min(share, self.config.expire_share)
+        if batch.cancelled_part_way:
+            share = min(share, self.config.cancel_share)
         return int(len(batch.lines) * share)
 
     async def _advance(self, batch: _Batch) -> None:
@@ -321,6 +330,12 @@ class Batches:
             return
         stamp("in_progress_at", int(created + 0.1 * delay))
         batch.status = "in_progress"
+        if batch.cancelled_part_way and now >= created + (0.1 + 0.8 * self.config.cancel_share) * delay:
+            # Cancelled by hand part-way (the console's Cancel): the lines done are kept, the rest never run.
+            batch.cancel_requested = now
+            stamp("cancelling_at", int(now))
+            await self._finish(batch, "cancelled", int(len(batch.lines) * self.config.cancel_share), CANCELLED_ERROR)
+            return
         if now >= created + 0.9 * delay and batch.expires_part_way:
             await self._finish(batch, "expired", self._progress(batch, now), EXPIRED_ERROR)
             return
