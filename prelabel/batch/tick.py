@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..budget.tokens import TokenCounter
-from ..config import EngineSettings, JobSpec
+from ..config import BATCH_ITEM_LEASE_S, EngineSettings, JobSpec
 from ..errors import BatchTakenOver, StorageError
 from ..pipeline.item import JobContext
 from ..states import ItemState
@@ -44,10 +44,10 @@ def batch_folder(spec: JobSpec, job_id: str) -> Path:
 
 
 class TickBeat:
-    """A tick's heartbeat, as the live worker's (``worker.runner``): while a tick runs, its item leases
-    and budget holds (``Store.renew``) and its claim on the job's batches (``batch_tick_renew``) are
-    renewed every ``heartbeat_s``, and its worker row beats every ``share_interval_s`` (``status``
-    lists it). A tick is mostly synchronous work (replaying items, writing 50,000-line files, reading
+    """A tick's heartbeat, as the live worker's (``worker.runner``): while a tick runs, its claim on the
+    job's batches (``batch_tick_renew``: one tick at a time per job, whose item leases last as long as
+    it holds the claim) is renewed every ``heartbeat_s``, and its worker row beats every
+    ``share_interval_s`` (``status`` lists it). A tick is mostly synchronous work (replaying items, writing 50,000-line files, reading
     a result file), so the beat is called at each of its store calls and download reads (cheap when
     not due), and by a task while it awaits the provider. ``fence`` renews at once and is called
     before anything is sent to the provider: a tick whose claim was taken over (it was stalled past
@@ -61,12 +61,19 @@ class TickBeat:
         self.beats = 0  # renewals made (tests)
 
     def claim(self) -> str | None:
-        """Take the job's batches for this tick: None when taken, else who holds them (alive)."""
+        """Take the job's batches for this tick: None when taken, else who holds them (alive). A
+        claim taken over (lapsed, or its process found dead) takes its holder's item leases back:
+        they are leased again, under a new epoch, so that the old holder's late commits are refused."""
         holder = self.store.batch_tick_holder(self.job_id)
-        dead = holder[0] if holder and holder[0] != self.owner and dead_local_owners([holder[0]]) else None
+        before = holder[0] if holder and holder[0] != self.owner else None
+        dead = before if before and dead_local_owners([before]) else None
         now = self.clock()
         taken = self.store.batch_tick_claim(self.job_id, self.owner, now, self.settings.lease_s, dead)
         self.renewed = now
+        if taken is None and before is not None:
+            released = self.store.reclaim([before])
+            log.info("job %s: took its batches over from %s (%d items back to the queue)", self.job_id, before,
+                     released)
         return taken
 
     def __call__(self) -> None:
@@ -84,7 +91,8 @@ class TickBeat:
 
     def _renew(self, now: float) -> None:
         lease_s = self.settings.lease_s
-        self.store.renew(self.owner, now, lease_s)
+        # The claim alone: a tick's items are leased for as long as a tick can last (BATCH_ITEM_LEASE_S),
+        # as renewing a million leases every beat would cost more than the tick's work.
         if not self.store.batch_tick_renew(self.job_id, self.owner, now, lease_s):
             holder = self.store.batch_tick_holder(self.job_id)
             raise BatchTakenOver(f"job {self.job_id}: this tick's claim on its batches lapsed (no heartbeat for "
@@ -149,7 +157,7 @@ async def tick_job(store: Store, job: JobRecord, spec: JobSpec, task, engine, cl
     provider = BatchProvider(client, job.id, before_send=beat.fence, on_progress=beat)
     beating = _BeatingStore(store, beat)
     executor = BatchExecutor(beating, beating, job, ctx, engine, provider, batch_folder(spec, job.id), owner,
-                             lease_s=settings.lease_s, clock=clock,
+                             lease_s=BATCH_ITEM_LEASE_S, clock=clock,
                              **({"checkpoint": checkpoint} if checkpoint else {}))
     beats = asyncio.ensure_future(beat.run())
     try:

@@ -17,6 +17,7 @@ limits on a file: ``max_file_bytes`` refused at upload (400, "File is too large.
 from __future__ import annotations
 
 import itertools
+from array import array
 import json
 import random
 import time
@@ -76,6 +77,25 @@ class _File:
                 "expires_at": None, "status_details": None}
 
 
+class _Lines:
+    """A batch's input lines, each parsed when it is answered: a million parsed requests held from
+    creation to completion would take gigabytes; their file's bytes (shared, not copied) do not."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+        self.starts, self.ends = array("q"), array("q")
+
+    def add(self, start: int, end: int) -> None:
+        self.starts.append(start)
+        self.ends.append(end)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> dict:
+        return json.loads(self.content[self.starts[index]:self.ends[index]])
+
+
 @dataclass
 class _Batch:
     id: str
@@ -84,7 +104,7 @@ class _Batch:
     completion_window: str
     metadata: dict | None
     created: float
-    lines: list[dict]               # the parsed input lines (empty when validation failed)
+    lines: _Lines                   # the input lines, parsed as read (empty when validation failed)
     fails: list[bool]               # per line, in processing order: answered 500
     order: list[int]                # processing order (shuffled or not)
     errors: list[dict]              # validation errors: the batch fails
@@ -232,8 +252,11 @@ class Batches:
 
     def _validate(self, content: bytes, endpoint: str) -> tuple[list[dict], list[dict], str | None]:
         """The input's lines, or the errors that fail the batch (OpenAI's codes)."""
-        lines, errors, seen, model = [], [], set(), None
-        raw_lines = content.splitlines()
+        errors, seen, model = [], set(), None
+        lines = _Lines(content)
+        raw_lines = content.split(b"\n")
+        if raw_lines and not raw_lines[-1]:
+            raw_lines.pop()  # the newline that ends the last line
         if not any(raw.strip() for raw in raw_lines):
             return [], [{"code": "empty_file", "line": None, "param": None,
                          "message": "The batch input file is empty."}], None
@@ -241,7 +264,10 @@ class Batches:
             return [], [{"code": "too_many_tasks", "line": None, "param": None,
                          "message": f"The batch input file has {len(raw_lines)} requests; the maximum is "
                                     f"{self.config.max_requests}."}], None
+        at = 0
         for number, raw in enumerate(raw_lines, 1):
+            lines.add(at, at + len(raw))
+            at += len(raw) + 1
             try:
                 line = json.loads(raw)
                 if not isinstance(line, dict) or not isinstance(line.get("body"), dict):
@@ -263,8 +289,7 @@ class Batches:
             elif line_model != model:
                 errors.append({"code": "model_mismatch", "line": number, "param": "body.model",
                                "message": "All requests in a batch input file must use the same model."})
-            lines.append(line)
-        return ([], errors, model) if errors else (lines, [], model)
+        return (_Lines(b""), errors, model) if errors else (lines, [], model)
 
     async def _get_batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])

@@ -321,7 +321,9 @@ FROM jobs ORDER BY created_at;
 SELECT j.id FROM jobs j
 WHERE j.status != 'ingesting'
   AND (EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
-       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < :now))
+       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < :now)
+       -- a batch tick that died on another host: its claim lapses, and its items come back with it
+       OR EXISTS (SELECT 1 FROM batch_ticks t WHERE t.job_id = j.id AND t.expires < :now))
 ORDER BY j.created_at;
 
 -- name: leased_owners
@@ -563,6 +565,9 @@ CREATE TABLE IF NOT EXISTS batch_ticks (
     owner TEXT NOT NULL,
     expires DOUBLE PRECISION NOT NULL
 );
+-- Expired leases are looked for at every lease: a tick holds a million (its items waiting on batches),
+-- and without this each look walked them all.
+CREATE INDEX IF NOT EXISTS items_expiry ON items (job_id, lease_expires) WHERE state = 'leased';
 
 -- name: batch_chunks
 SELECT job_id, chunk, stage, requests, path, endpoint, model, planned_at, attempt, held_tokens, held_cost, file_id,
