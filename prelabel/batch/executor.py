@@ -185,6 +185,7 @@ class BatchExecutor:
                         pending.append((outcome.custom_id, outcome.completion.to_cache()))
                         if len(pending) >= CACHE_PAGE:
                             put()
+                        outcome = outcome.usage_only()  # the answer is the cache's now: only its usage is billed
                     yield outcome
 
         collected = collect(lines(), sent)
@@ -212,12 +213,12 @@ class BatchExecutor:
     async def _drive(self, report: TickReport) -> None:
         job = self.job.id
         chunks = self.state.batch_chunks(job)
-        in_flight = self.state.batch_open_keys(job)
+        in_flight = self.state.batch_open_hashes(job)  # hashes, not keys: a million keys are 150 MB
         failures = self.state.batch_failures(job)
         room = self._room(chunks)
         numbers = [int(c.chunk) for c in chunks if c.chunk.isdigit()]
         first = max(numbers, default=-1) + 1
-        planned: set[str] = set()
+        planned: set[int] = set()  # hashes of the keys written this tick
         worst = {"tokens": 0, "cost": 0.0, "attempt": 1}  # of the file being written
         results: list[ItemResult] = []
         with InputFileWriter(self.folder, self.name, max_requests=self.limits.max_requests_per_file,
@@ -238,7 +239,8 @@ class BatchExecutor:
                         continue
                     prepared, line_worst = need
                     key = prepared.key
-                    if key in in_flight or key in planned:
+                    hashed = hash(key)
+                    if hashed in in_flight or hashed in planned:
                         report.waiting += 1
                         continue
                     tokens, cost = line_worst
@@ -247,7 +249,7 @@ class BatchExecutor:
                         continue
                     if room is not None:
                         room = (room[0] - tokens, room[1] - cost)
-                    planned.add(key)
+                    planned.add(hashed)
                     report.waiting += 1
                     for done in writer.add(chat_line(prepared)):
                         await self._submit(done, worst, report)

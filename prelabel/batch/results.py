@@ -28,6 +28,15 @@ class Answer:
     vector: array | None = None           # an embeddings line (one text)
     prompt_tokens: int = 0                # an embeddings line's billed tokens
 
+    def usage_only(self) -> "Answer":
+        """The answer with its usage alone, once the answer itself is in the cache: what collecting a
+        file holds per line (50,000 whole answers, logprobs and all, are hundreds of MB)."""
+        c = self.completion
+        lite = None if c is None else Completion(None, None, None, None, c.prompt_tokens, c.completion_tokens,
+                                                 c.model, usage_reported=c.usage_reported, simulated=c.simulated,
+                                                 cached_prompt_tokens=c.cached_prompt_tokens)
+        return Answer(self.custom_id, lite, None, self.prompt_tokens)
+
 
 @dataclass(frozen=True, slots=True)
 class LineFailure:

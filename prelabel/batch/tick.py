@@ -121,8 +121,8 @@ class TickBeat:
 
 # Not ``release``: the executor's last call, made when a fenced tick unwinds too.
 _BEATING = frozenset({"lease", "complete", "cache_put", "batch_plan", "batch_set_file", "batch_set_batch",
-                      "batch_collect", "batch_chunks", "batch_chunk_keys", "batch_open_keys", "batch_failures",
-                      "get_job"})
+                      "batch_collect", "batch_chunks", "batch_chunk_keys", "batch_open_keys", "batch_open_hashes",
+                      "batch_failures", "get_job"})
 
 
 class _BeatingStore:
