@@ -130,7 +130,7 @@ def main() -> int:
                 took = finish_batches(url)
                 print(f"(the simulator answered the batches in {took:.0f} s, outside the tick)")
             profile = folder / f"{name.replace(' ', '_')}.prof" if args.profile else None
-            tick = timed(["work", "--once", "-q"], env, profile)
+            tick = timed(["work", "--once", "-q", "--output-root", str(folder)], env, profile)
             results[name] = tick
             print(f"{name}: exit {tick['code']}, {tick['wall_s']} s wall, {tick['user_s']:.1f} user + "
                   f"{tick['sys_s']:.1f} sys CPU s, peak RSS {tick['peak_mb']:.0f} MB, load after {tick['load']}")

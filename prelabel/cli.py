@@ -273,14 +273,14 @@ async def _run_batches(store, job_id: str, endpoint, spec, quiet: bool):
     """`run` of a batch job: ticks until no batch is in flight, polling every batch.poll_interval_s
     with a progress line. Interrupted, it is run again (or ticked by `work --once`) from the store."""
     from .batch.executor import progress_line
-    from .config import EXIT_BATCHES_WAITING, EngineSettings
+    from .config import EXIT_BATCHES_WAITING
     from .store.owners import worker_id
     from .worker.runs import run_job
 
     started, wait, shown = time.time(), 1.0, False
     try:
         while True:
-            outcome = await run_job(store, job_id, endpoint, EngineSettings(), worker_id(),
+            outcome = await run_job(store, job_id, endpoint, _settings(), worker_id(),
                                     batch_checkpoint=_batch_checkpoint())
             if outcome.exit_code != EXIT_BATCHES_WAITING:
                 return outcome
