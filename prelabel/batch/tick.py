@@ -47,9 +47,9 @@ class TickBeat:
     """A tick's heartbeat, as the live worker's (``worker.runner``): while a tick runs, its claim on the
     job's batches (``batch_tick_renew``: one tick at a time per job, whose item leases last as long as
     it holds the claim) is renewed every ``heartbeat_s``, and its worker row beats every
-    ``share_interval_s`` (``status`` lists it). A tick is mostly synchronous work (replaying items, writing 50,000-line files, reading
-    a result file), so the beat is called at each of its store calls and download reads (cheap when
-    not due), and by a task while it awaits the provider. ``fence`` renews at once and is called
+    ``share_interval_s`` (``status`` lists it). A tick is mostly synchronous work (replaying items,
+    writing 50,000-line files, reading a result file), so the beat is called at each of its store
+    calls and download reads (cheap when not due), and by a task while it awaits the provider. ``fence`` renews at once and is called
     before anything is sent to the provider: a tick whose claim was taken over (it was stalled past
     its lease) raises ``BatchTakenOver`` there instead of making a second batch."""
 
