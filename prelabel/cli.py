@@ -165,14 +165,27 @@ def _elsewhere(outcome) -> str:
             f"queue when their leases lapse, by {when} unless renewed, and the next `prelabel work` takes them)")
 
 
+# What became of the lines a batch did not answer, by how it ended (``prelabel.batch.results.failed_lines``).
+_BATCH_ENDED = {
+    "expired": "its lines not answered go in a later batch",
+    "failed": "refused by the provider; its lines go in a later batch, up to batch.max_attempts, then their items fail",
+    "cancelled": "cancelled at the provider: the lines it answered are kept, the rest are not sent again (their "
+                 "items fail; submit the job again to send them)",
+}
+
+
 def _say_batches(outcome) -> None:
     """A batch job's tick: what it sent and collected, and whether batches are still in flight."""
     r = outcome.batches.report
+    if outcome.batches.busy:
+        print(f"{outcome.job_id}: batches: another tick ({outcome.batches.busy}) has them now; left to it",
+              file=sys.stderr)
+        return
     print(f"{outcome.job_id}: batches: {len(r.submitted)} created, {len(r.collected)} collected "
           f"({r.lines_answered:,} lines answered, {r.lines_failed:,} failed), {r.in_flight} in flight; "
           f"{r.committed:,} items committed", file=sys.stderr)
     for line in r.partial:
-        print(f"  batch chunk {line}: its lines not answered go in a later batch", file=sys.stderr)
+        print(f"  batch chunk {line}: {_BATCH_ENDED[line.split(': ', 1)[1].split(' ', 1)[0]]}", file=sys.stderr)
     for batch_id in r.orphans:
         print(f"  batch {batch_id} has this job's metadata but no chunk of it: not collected (check it at "
               "the provider)", file=sys.stderr)
@@ -287,14 +300,14 @@ async def _run_batches(store, job_id: str, endpoint, spec, quiet: bool):
     """`run` of a batch job: ticks until no batch is in flight, polling every batch.poll_interval_s
     with a progress line. Interrupted, it is run again (or ticked by `work --once`) from the store."""
     from .batch.executor import progress_line
-    from .config import EXIT_BATCHES_WAITING, EngineSettings
+    from .config import EXIT_BATCHES_WAITING
     from .store.owners import worker_id
     from .worker.runs import run_job
 
     started, wait, shown = time.time(), 1.0, False
     try:
         while True:
-            outcome = await run_job(store, job_id, endpoint, EngineSettings(), worker_id(),
+            outcome = await run_job(store, job_id, endpoint, _settings(), worker_id(),
                                     batch_checkpoint=_batch_checkpoint())
             if outcome.exit_code != EXIT_BATCHES_WAITING:
                 return outcome
@@ -453,7 +466,8 @@ def cmd_status(args) -> int:
             if chunks:  # a batch job's batches, as the provider last reported them
                 rows[-1]["batches"] = [{"chunk": c.chunk, "batch_id": c.batch_id, "stage": c.stage,
                                         "status": c.status, "requests": c.requests, "completed": c.completed,
-                                        "failed": c.failed, "created": c.created, "expires": c.expires}
+                                        "failed": c.failed, "created": c.created, "expires": c.expires,
+                                        "errors": c.errors}
                                        for c in chunks]
             loading = store.ingest_state(job.id) if job.status == JobStatus.INGESTING else None
             if loading is not None:  # how far its input is in, and whether anyone is still reading it
@@ -502,6 +516,8 @@ def cmd_status(args) -> int:
                 print(f"  batch {b['batch_id'] or '(not created)'} chunk {b['chunk']} {b['status'] or b['stage']}: "
                       f"{b['completed']:,}/{b['requests']:,} done, {b['failed']:,} failed; created "
                       f"{when(b['created'])} UTC, expires {when(b['expires'])} UTC")
+                if b["status"] in ("failed", "cancelled", "expired"):  # what became of the lines it did not answer
+                    print(f"    {_BATCH_ENDED[b['status']]}" + (f"; the provider said: {b['errors']}" if b["errors"] else ""))
             if "loading" in row and not row["loading"]["alive"]:
                 print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
                       "or work tick reads the input on from there")
@@ -720,7 +736,8 @@ def cmd_simulate(args) -> int:
                     batch=BatchConfig(**{name: value for name, value in (
                         ("delay_s", args.batch_delay_s), ("line_error_rate", args.batch_error_rate),
                         ("shuffle", args.batch_shuffle), ("expire_first", args.batch_expire_first),
-                        ("expire_share", args.batch_expire_share), ("max_file_bytes", args.batch_max_file_bytes),
+                        ("expire_share", args.batch_expire_share), ("cancel_first", args.batch_cancel_first),
+                        ("cancel_share", args.batch_cancel_share), ("max_file_bytes", args.batch_max_file_bytes),
                         ("max_requests", args.batch_max_requests)) if value is not None})),
                host=args.host, port=args.port)
     except OSError as e:  # the port is taken, or the host is not this machine's
@@ -980,6 +997,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-shuffle", action="store_true", default=None, help="batch output lines in a random order")
     p.add_argument("--batch-expire-first", type=int, help="the first N batches expire part-way (their completed lines kept)")
     p.add_argument("--batch-expire-share", type=float, help="share of an expiring batch's lines done before it expires (0.5)")
+    p.add_argument("--batch-cancel-first", type=int,
+                   help="the next N batches are cancelled part-way, as by an operator in the console")
+    p.add_argument("--batch-cancel-share", type=float, help="share of a cancelled batch's lines done first (0.5)")
     p.add_argument("--batch-max-file-bytes", type=int, help="an input file upload past this is refused (200 MB)")
     p.add_argument("--batch-max-requests", type=int,
                    help="a batch whose input file has more lines fails validation")

@@ -353,6 +353,9 @@ class EngineSettings(BaseModel):
 INGEST_BATCH = 5000          # input items stored per transaction while a job's input is read...
 INGEST_BEAT_S = 1.0          # ...or after this long, whichever comes first: a kill loses at most that
 INGEST_STALE_S = 120.0       # a loader on another host that stored no batch for this long is dead
+# A batch tick's item leases (those waiting on batches are held to its end): its claim on the job,
+# renewed by its heartbeat, is what says it is alive; a tick taking a lapsed claim over takes them back.
+BATCH_ITEM_LEASE_S = 8 * 24 * 3600.0
 MAX_RETRY_AFTER_S = 120.0    # a server asking (retry-after) for longer is treated as asking for this
 # A refused connection to an endpoint that never answered in this process is given up after this
 # many attempts (a wrong URL, a server not started: a configuration error, said in seconds, not after

@@ -143,3 +143,8 @@ class BatchError(PrelabelError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class BatchTakenOver(BatchError):
+    """A tick's claim on a job's batches lapsed (the process was stalled past its lease) and another
+    tick took it: this one sends nothing more and ends; the other goes on from the store's record."""

@@ -47,7 +47,7 @@ from ..config import EngineSettings
 from ..errors import StorageError
 from ..fewshot.selection import FewShot
 from ..llm.completion import Completion
-from ..llm.engine import MALFORMED, LLMEngine, said_simulator
+from ..llm.engine import LLMEngine, said_simulator
 from ..checks.flags import REQUEST_FAILED
 from ..pipeline.item import JobContext, failed_result, outcome_result
 from ..pipeline.protocol import Chat, Dedupe, Embed, Failed, LocalVariants, Requeue
@@ -56,7 +56,7 @@ from .files import InputFile, InputFileWriter, chat_line
 from .live import live_marker
 from .provider import BatchProvider
 from .reconcile import Collect, Create, DeleteFile, Intent, Orphan, RemoteBatch, Stage, Upload, Wait, reconcile
-from .results import Answer, collect, read_file
+from .results import Answer, collect, failed_lines, read_file
 from ..store.batches import COLLECTED, PLANNED, ChunkRecord
 from .state import BatchState
 
@@ -209,6 +209,7 @@ class BatchExecutor:
                         pending.append((outcome.custom_id, outcome.completion.to_cache()))
                         if len(pending) >= CACHE_PAGE:
                             put()
+                        outcome = outcome.usage_only()  # the answer is the cache's now: only its usage is billed
                     yield outcome
 
         collected = collect(lines(), sent)
@@ -219,9 +220,7 @@ class BatchExecutor:
                           cost_usd(self.price, a.completion.prompt_tokens, a.completion.completion_tokens,
                                    a.completion.cached_prompt_tokens), False, a.completion.cached_prompt_tokens)
                  for a in collected.answers.values() if a.completion is not None]
-        failures = [(key, str(f), f.retryable or f.status == MALFORMED) for key, f in collected.failures.items()]
-        why = "; ".join(batch.errors) or f"the batch ended {batch.status} before answering it"
-        failures += [(key, f"batch line not returned: {why}", True) for key in collected.missing]
+        failures = failed_lines(collected, batch.status, batch.errors)
         self.state.batch_collect(self.job.id, chunk.chunk, batch, usage, failures, self.clock())
         report.collected.append(chunk.chunk)
         report.lines_answered += len(usage)
@@ -238,11 +237,11 @@ class BatchExecutor:
     async def _drive(self, report: TickReport) -> None:
         job = self.job.id
         chunks = self.state.batch_chunks(job)
-        in_flight = self.state.batch_open_keys(job)
+        in_flight = self.state.batch_open_hashes(job)  # hashes, not keys: a million keys are 150 MB
         failures = self.state.batch_failures(job)
         numbers = [int(c.chunk) for c in chunks if c.chunk.isdigit()]
         first = max(numbers, default=-1) + 1
-        planned: set[str] = set()
+        planned: set[int] = set()  # hashes of the keys written this tick
         worst = {"tokens": 0, "cost": 0.0, "attempt": 1}  # of the file being written
         results: list[ItemResult] = []
         live: list[LeasedItem] = []  # items whose next request is a re-ask sent live (batch.live_reasks)
@@ -286,14 +285,15 @@ class BatchExecutor:
                     over = False
                     for prepared, (tokens, cost) in needs:
                         key = prepared.key
-                        if key in in_flight or key in planned:
+                        hashed = hash(key)
+                        if hashed in in_flight or hashed in planned:
                             continue
                         if room is not None and (tokens > room[0] or cost > room[1]):
                             over = True
                             continue
                         if room is not None:
                             room = (room[0] - tokens, room[1] - cost)
-                        planned.add(key)
+                        planned.add(hashed)
                         for done in writer.add(chat_line(prepared)):
                             await self._submit(done, worst, report)
                         worst["tokens"] += tokens

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BatchError
 from ..llm.endpoint import SIMULATOR_HEADER
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 COMPLETION_WINDOW = "24h"  # the only one the Batch API offers
 LIST_PAGE = 100            # batches per page: the most the API gives
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +51,26 @@ def remote_batch(batch: Any) -> RemoteBatch:
 class BatchProvider:
     """One job's view of the provider. ``client``: an ``openai.AsyncOpenAI`` (``llm.client.make_client``)."""
 
-    def __init__(self, client: openai.AsyncOpenAI, job: str) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, job: str, *, before_send: Callable[[], None] = _nothing,
+                 on_progress: Callable[[], None] = _nothing) -> None:
+        """``before_send``: called before each upload and batch creation (the tick's fence: it raises
+        when the tick's claim was taken over); ``on_progress``: while a file is downloaded (its heartbeat)."""
         import openai
 
         self.client, self.job = client, job
+        self.before_send, self.on_progress = before_send, on_progress
         self._errors = (openai.APIStatusError, openai.APIConnectionError)
         self._not_found = openai.NotFoundError
 
     async def upload(self, path: Path, chunk: str) -> RemoteFile:
+        self.before_send()
         with open(path, "rb") as handle:
             created = await self._call("upload", self.client.files.create(
                 file=(file_name(self.job, chunk), handle, "application/jsonl"), purpose="batch"))
         return RemoteFile(created.id, created.filename, created.created_at)
 
     async def create(self, chunk: str, file_id: str, endpoint: str) -> RemoteBatch:
+        self.before_send()
         batch = await self._call("create a batch", self.client.batches.create(
             input_file_id=file_id, endpoint=endpoint, completion_window=COMPLETION_WINDOW,
             metadata=batch_metadata(self.job, chunk)))
@@ -123,6 +133,7 @@ class BatchProvider:
                     async for chunk in response.iter_bytes():
                         handle.write(chunk)
                         size += len(chunk)
+                        self.on_progress()
                     handle.flush()
                     os.fsync(handle.fileno())
         except self._errors as e:

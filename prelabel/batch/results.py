@@ -28,6 +28,15 @@ class Answer:
     vector: array | None = None           # an embeddings line (one text)
     prompt_tokens: int = 0                # an embeddings line's billed tokens
 
+    def usage_only(self) -> "Answer":
+        """The answer with its usage alone, once the answer itself is in the cache: what collecting a
+        file holds per line (50,000 whole answers, logprobs and all, are hundreds of MB)."""
+        c = self.completion
+        lite = None if c is None else Completion(None, None, None, None, c.prompt_tokens, c.completion_tokens,
+                                                 c.model, usage_reported=c.usage_reported, simulated=c.simulated,
+                                                 cached_prompt_tokens=c.cached_prompt_tokens)
+        return Answer(self.custom_id, lite, None, self.prompt_tokens)
+
 
 @dataclass(frozen=True, slots=True)
 class LineFailure:
@@ -120,3 +129,18 @@ def collect(outcomes: Iterable[Answer | LineFailure], sent: Iterable[str]) -> Co
     collected.missing = sorted(expected - collected.answers.keys() - collected.failures.keys())
     return collected
 
+
+def failed_lines(collected: Collected, status: str, errors: Iterable[str] = ()) -> list[tuple[str, str, bool]]:
+    """What a finished batch (``status``, its validation ``errors``) did not answer, as (key, error,
+    retryable): a line's own failure (worth another batch when ``LineFailure.retryable``, or a
+    malformed 200), and lines in neither file (the batch ended before them, or failed validation:
+    another batch may take them). A batch **cancelled** at the provider (by its console or API) was
+    stopped on purpose: none of its lines is sent again, their items fail saying so, and submitting
+    the job again sends them."""
+    why = "; ".join(errors) or f"the batch ended {status} before answering it"
+    lines = [(key, str(f), f.retryable or f.status == MALFORMED) for key, f in collected.failures.items()]
+    lines += [(key, f"batch line not returned: {why}", True) for key in collected.missing]
+    if status == "cancelled":
+        return [(key, f"{error}; its batch was cancelled at the provider, so it is not sent again "
+                      "(submit the job again to send it)", False) for key, error, _ in lines]
+    return lines

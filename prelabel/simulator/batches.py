@@ -8,13 +8,16 @@ and ``answer_embeddings``, without the rate limits and latency, which a batch do
 
 The switches: lines failing at ``line_error_rate`` (a 500 in the error file, the provider's shape),
 output in shuffled order, the first ``expire_first`` batches expiring with ``expire_share`` of their
-lines done (those kept in the output file, the rest in the error file as ``batch_expired``), and the
+lines done (those kept in the output file, the rest in the error file as ``batch_expired``), the next
+``cancel_first`` cancelled (as by an operator in the console) with ``cancel_share`` done (the rest
+``batch_cancelled``), and the
 limits on a file: ``max_file_bytes`` refused at upload (400, "File is too large.") and
 ``max_requests`` per file failing the batch at validation (``too_many_tasks``), as OpenAI does.
 """
 from __future__ import annotations
 
 import itertools
+from array import array
 import json
 import random
 import time
@@ -44,6 +47,8 @@ class BatchConfig:
     shuffle: bool = False           # output and error lines in a random order, not the input's
     expire_first: int = 0           # the first N batches created expire part-way...
     expire_share: float = 0.5       # ...with this share of their lines done
+    cancel_first: int = 0           # the first N batches created (after those that expire) are cancelled,
+    cancel_share: float = 0.5       # as an operator does in the console, once this share of their lines is done
     max_file_bytes: int = 200_000_000  # an upload past this is refused (OpenAI: 200 MB)
     max_requests: int = 50_000      # a batch's input file with more lines fails validation
 
@@ -72,6 +77,25 @@ class _File:
                 "expires_at": None, "status_details": None}
 
 
+class _Lines:
+    """A batch's input lines, each parsed when it is answered: a million parsed requests held from
+    creation to completion would take gigabytes; their file's bytes (shared, not copied) do not."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+        self.starts, self.ends = array("q"), array("q")
+
+    def add(self, start: int, end: int) -> None:
+        self.starts.append(start)
+        self.ends.append(end)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> dict:
+        return json.loads(self.content[self.starts[index]:self.ends[index]])
+
+
 @dataclass
 class _Batch:
     id: str
@@ -80,11 +104,12 @@ class _Batch:
     completion_window: str
     metadata: dict | None
     created: float
-    lines: list[dict]               # the parsed input lines (empty when validation failed)
+    lines: _Lines                   # the input lines, parsed as read (empty when validation failed)
     fails: list[bool]               # per line, in processing order: answered 500
     order: list[int]                # processing order (shuffled or not)
     errors: list[dict]              # validation errors: the batch fails
     expires_part_way: bool
+    cancelled_part_way: bool = False
     status: str = "validating"
     stamps: dict = field(default_factory=dict)  # in_progress_at, finalizing_at, ...
     cancel_requested: float | None = None
@@ -219,14 +244,19 @@ class Batches:
         self.stats.batches_created += 1
         batch = _Batch(self._id("batch"), file.id, body["endpoint"], "24h", metadata, self.clock(), lines, fails,
                        order, errors, expires_part_way=self.stats.batches_created <= self.config.expire_first,
+                       cancelled_part_way=(self.config.expire_first < self.stats.batches_created
+                                           <= self.config.expire_first + self.config.cancel_first),
                        model=model)
         self.batches[batch.id] = batch
         return _json(200, self._object(batch))
 
     def _validate(self, content: bytes, endpoint: str) -> tuple[list[dict], list[dict], str | None]:
         """The input's lines, or the errors that fail the batch (OpenAI's codes)."""
-        lines, errors, seen, model = [], [], set(), None
-        raw_lines = content.splitlines()
+        errors, seen, model = [], set(), None
+        lines = _Lines(content)
+        raw_lines = content.split(b"\n")
+        if raw_lines and not raw_lines[-1]:
+            raw_lines.pop()  # the newline that ends the last line
         if not any(raw.strip() for raw in raw_lines):
             return [], [{"code": "empty_file", "line": None, "param": None,
                          "message": "The batch input file is empty."}], None
@@ -234,7 +264,10 @@ class Batches:
             return [], [{"code": "too_many_tasks", "line": None, "param": None,
                          "message": f"The batch input file has {len(raw_lines)} requests; the maximum is "
                                     f"{self.config.max_requests}."}], None
+        at = 0
         for number, raw in enumerate(raw_lines, 1):
+            lines.add(at, at + len(raw))
+            at += len(raw) + 1
             try:
                 line = json.loads(raw)
                 if not isinstance(line, dict) or not isinstance(line.get("body"), dict):
@@ -256,8 +289,7 @@ class Batches:
             elif line_model != model:
                 errors.append({"code": "model_mismatch", "line": number, "param": "body.model",
                                "message": "All requests in a batch input file must use the same model."})
-            lines.append(line)
-        return ([], errors, model) if errors else (lines, [], model)
+        return (_Lines(b""), errors, model) if errors else (lines, [], model)
 
     async def _get_batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])
@@ -300,6 +332,8 @@ class Batches:
         share = 1.0 if delay <= 0 else min(1.0, max(0.0, (now - batch.created - 0.1 * delay) / (0.8 * delay)))
         if batch.expires_part_way:
             share = min(share, self.config.expire_share)
+        if batch.cancelled_part_way:
+            share = min(share, self.config.cancel_share)
         return int(len(batch.lines) * share)
 
     async def _advance(self, batch: _Batch) -> None:
@@ -321,6 +355,12 @@ class Batches:
             return
         stamp("in_progress_at", int(created + 0.1 * delay))
         batch.status = "in_progress"
+        if batch.cancelled_part_way and now >= created + (0.1 + 0.8 * self.config.cancel_share) * delay:
+            # Cancelled by hand part-way (the console's Cancel): the lines done are kept, the rest never run.
+            batch.cancel_requested = now
+            stamp("cancelling_at", int(now))
+            await self._finish(batch, "cancelled", int(len(batch.lines) * self.config.cancel_share), CANCELLED_ERROR)
+            return
         if now >= created + 0.9 * delay and batch.expires_part_way:
             await self._finish(batch, "expired", self._progress(batch, now), EXPIRED_ERROR)
             return

@@ -144,6 +144,11 @@ class BatchRules:
     def batch_open_keys(self, job_id: str) -> set[str]:
         return {row[0] for row in self._c.stream("batch_open_keys", job_id=job_id)}
 
+    def batch_open_hashes(self, job_id: str) -> set[int]:
+        """``hash()`` of each key in flight: what a tick checks its items against (a million keys as
+        strings are 150 MB; their hashes a third of it; two keys of one hash make one item wait a tick)."""
+        return {hash(row[0]) for row in self._c.stream("batch_open_keys", job_id=job_id)}
+
     def batch_set_file(self, job_id: str, chunk: str, file_id: str) -> None:
         self._c.run("batch_set_file", job_id=job_id, chunk=chunk, file_id=file_id)
 
@@ -179,6 +184,35 @@ class BatchRules:
                                                for key, error, retryable in failures])
             self._record(call, True)
         return True
+
+    # one tick at a time per job ---------------------------------------------------------------
+
+    def batch_tick_claim(self, job_id: str, owner: str, now: float, lease_s: float,
+                         dead: str | None = None) -> str | None:
+        """Claim ticking ``job_id``'s batches until ``now + lease_s``: None when ``owner`` has it, else
+        who holds it (a live tick, of this host or another). A claim past its expiry is taken, and so
+        is ``dead``'s (a holder of this host whose process is gone: the caller checked)."""
+        now = self._db_time(now)  # claims are reckoned on the database's clock, as leases are
+        with self._c.transaction():
+            if self._c.run("batch_tick_claim", job_id=job_id, owner=owner, expires=now + lease_s, now=now,
+                           dead=dead) == 1:
+                return None
+            row = self._c.one("batch_tick_holder", job_id=job_id)
+        return row[0] if row else None
+
+    def batch_tick_holder(self, job_id: str) -> tuple[str, float] | None:
+        row = self._c.one("batch_tick_holder", job_id=job_id)
+        return (row[0], float(row[1]) - self._skew()) if row else None  # on this host's clock
+
+    def batch_tick_renew(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
+        """The tick's heartbeat: its claim lasts ``lease_s`` more. False: it was taken over."""
+        now = self._db_time(now)
+        with self._c.transaction():
+            return self._c.run("batch_tick_renew", job_id=job_id, owner=owner, expires=now + lease_s) == 1
+
+    def batch_tick_release(self, job_id: str, owner: str) -> None:
+        with self._c.transaction():
+            self._c.run("batch_tick_release", job_id=job_id, owner=owner)
 
     def batch_failures(self, job_id: str) -> dict[str, LineFailureRecord]:
         return {row[0]: LineFailureRecord(row[0], int(row[1]), row[2], bool(row[3]))

@@ -565,9 +565,14 @@ class StoreManager(BatchRules):
         return self._done_once(requeue)
 
     def retry_failed(self, job_id: str) -> int:
+        """Failed items back to pending (the job submitted again): a batch job's lines get their
+        ``batch.max_attempts`` afresh, or they would fail again at once on the record of the last ones."""
         def retry() -> int:
             self._c.run("retry_drafts", job_id=job_id)
-            return self._c.run("retry_failed", job_id=job_id)
+            retried = self._c.run("retry_failed", job_id=job_id)
+            if retried:
+                self._c.run("batch_forget_failures", job_id=job_id)
+            return retried
         return self._done_once(retry)
 
     # reading ------------------------------------------------------------------------------------

@@ -194,7 +194,9 @@ FROM jobs ORDER BY created_at;
 SELECT j.id FROM jobs j
 WHERE j.status NOT IN ('ingesting', 'cancelled')
   AND (EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'pending')
-       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < :now))
+       OR EXISTS (SELECT 1 FROM items i WHERE i.job_id = j.id AND i.state = 'leased' AND i.lease_expires < :now)
+       -- a batch tick that died on another host: its claim lapses, and its items come back with it
+       OR EXISTS (SELECT 1 FROM batch_ticks t WHERE t.job_id = j.id AND t.expires < :now))
 ORDER BY j.created_at;
 
 -- name: lease
@@ -590,6 +592,16 @@ CREATE TABLE IF NOT EXISTS batch_failures (
     retryable INTEGER NOT NULL,
     PRIMARY KEY (job_id, key)
 );
+-- Who ticks a job's batches now (one tick at a time per job, on any host): its claim lasts to
+-- ``expires`` and its heartbeat renews it: a claim past it, or of a dead process on this host, is taken.
+CREATE TABLE IF NOT EXISTS batch_ticks (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+-- Expired leases are looked for at every lease: a tick holds a million (its items waiting on batches),
+-- and without this each look walked them all.
+CREATE INDEX IF NOT EXISTS items_expiry ON items (job_id, lease_expires) WHERE state = 'leased';
 
 -- name: batch_chunks
 SELECT job_id, chunk, stage, requests, path, endpoint, model, planned_at, attempt, held_tokens, held_cost, file_id,
@@ -699,3 +711,21 @@ SELECT job_id, reason FROM job_holds;
 -- `prelabel cancel`: the job's waiting items are stopped (a worker running it takes no more);
 -- submitting the job again resumes them, as after a budget stop.
 UPDATE items SET state = 'stopped' WHERE job_id = :job_id AND state = 'pending';
+
+-- name: batch_tick_holder
+SELECT owner, expires FROM batch_ticks WHERE job_id = :job_id;
+
+-- name: batch_tick_claim
+-- Taken when free, expired, ours already, or held by ``dead`` (a process on this host found gone).
+INSERT INTO batch_ticks (job_id, owner, expires) VALUES (:job_id, :owner, :expires)
+ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
+WHERE batch_ticks.owner = :owner OR batch_ticks.expires < :now OR batch_ticks.owner = :dead;
+
+-- name: batch_tick_renew
+UPDATE batch_ticks SET expires = :expires WHERE job_id = :job_id AND owner = :owner;
+
+-- name: batch_tick_release
+DELETE FROM batch_ticks WHERE job_id = :job_id AND owner = :owner;
+
+-- name: batch_forget_failures
+DELETE FROM batch_failures WHERE job_id = :job_id;

@@ -132,6 +132,8 @@ async def _batch_turn(store: Store, job, spec: JobSpec, task, engine, client, se
         with contextlib.suppress(StorageError):
             store.set_status(job.id, JobStatus.QUEUED)
         raise
+    if tick.busy:  # another tick has the job's batches: its status is that tick's to set
+        return JobOutcome(job.id, EXIT_BATCHES_WAITING, None, None, None, batches=tick)
     if tick.waiting:
         store.set_status(job.id, JobStatus.QUEUED)
         return JobOutcome(job.id, EXIT_BATCHES_WAITING, None, None, None, batches=tick)
