@@ -22,7 +22,7 @@ from prelabel.store import SQLiteStore
 from prelabel.worker.runs import Endpoint, run_job
 
 EXAMPLES = Path(__file__).parents[2] / "jobs/examples"
-ITEMS = 8
+ITEMS = 16
 
 
 def example(tmp_path: Path, name: str, **model) -> Path:
@@ -60,6 +60,7 @@ async def test_auto_stops_timing_out_on_a_slow_one_slot_server(tmp_path):
     report = json.loads((tmp_path / "out/report.json").read_text())
     assert outcome.exit_code == EXIT_OK and report["by_state"] == {"done": ITEMS}
     assert sim.stats.ok >= 5 * ITEMS  # consistency's samples, asked apart (the server ignores n)
-    # Only the first requests, sent before any answer came back, may outwait the timeout (``auto``
-    # starts at AUTO_START in flight); before the fix the timeouts went on to the end of the run.
-    assert report["runs"]["timeouts"] <= AUTO_START, report["runs"]
+    # Only the first requests, sent before any answer came back, outwait the timeout (``auto`` starts
+    # at AUTO_START in flight; a loaded machine adds one or two); before the fix the timeouts went on
+    # to the end of the run (16-18 at 16-20 tickets).
+    assert report["runs"]["timeouts"] <= 2 * AUTO_START, report["runs"]
