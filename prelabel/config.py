@@ -82,6 +82,9 @@ class ModelSpec(Strict):
 
 
 AUTO_MAX_CONCURRENCY = 256  # the most requests in flight ``max_concurrency: auto`` goes to
+# ``auto`` keeps answers under this share of ``model.timeout_s`` (a one-slot server's queue would
+# otherwise outwait the timeout: prelabel.llm.concurrency)
+AUTO_MAX_RTT_SHARE = 0.5
 
 _LABEL_NAME = r"^\S(.*\S)?$"  # no leading or trailing space: a label is compared exactly
 

@@ -6,6 +6,14 @@ more in flight only queue (latency grows, throughput does not), and past its que
 the queue a window implies is ``limit * (1 - rtt_min / rtt)`` (TCP Vegas); under ``alpha`` the limit
 grows (doubling until the first sign of a queue, then by one), over ``beta`` it shrinks, a 503
 cuts it by ``OVERLOAD_CUT`` and a timeout by ``TIMEOUT_CUT``. ``AdaptiveSlots`` holds requests to the limit.
+
+Vegas keeps a short queue on purpose (``alpha`` to ``beta`` requests), which costs nothing where an
+answer takes 0.4 s, but on a one-slot CPU server taking 20 s an answer a queue of three outwaits a
+60 s ``timeout_s``; and the server works on to the end of each request given up, so the retry
+queues behind it, and the timeouts feed each other until items fail. So with ``max_rtt`` (a share of
+the request timeout), an answer slower than that cuts the limit in proportion at once, and the limit
+grows only as far as ``max_rtt`` allows, taking latency as proportional to the requests in flight
+(true of a server that serves them one by one; a hosted API's answers stay far below ``max_rtt``).
 """
 from __future__ import annotations
 
@@ -21,9 +29,10 @@ AUTO_START = 4     # requests in flight ``auto`` starts from
 
 
 class VegasLimit:
-    def __init__(self, maximum: int, initial: int = AUTO_START) -> None:
+    def __init__(self, maximum: int, initial: int = AUTO_START, max_rtt: float = math.inf) -> None:
         self.limit = float(initial)
         self.maximum = maximum
+        self.max_rtt = max_rtt  # the latency the limit keeps answers under (a share of timeout_s)
         self.rtt_min = math.inf
         self.slow_start = True
         self._window: list[float] = []
@@ -42,6 +51,11 @@ class VegasLimit:
         under the limit of ``epoch`` (an answer sent under an older limit says nothing of this one)."""
         if epoch is not None and epoch != self._epoch:
             return
+        if rtt > self.max_rtt:
+            # Near the timeout: whatever the window will say, fewer in flight now (one cut per limit).
+            self.slow_start = False
+            self._set(self.limit * self.max_rtt / rtt)
+            return
         if in_flight < self.limit / 2 and not self.slow_start:
             return  # the limit was not what held the requests back: this says nothing about it
         self._window.append(rtt)
@@ -52,14 +66,17 @@ class VegasLimit:
         self.rtt_min = min(self.rtt_min, rtt)
         queue = self.limit * (1.0 - self.rtt_min / rtt)
         alpha, beta = self._thresholds()
+        ceiling = max(1.0, self.limit * self.max_rtt / rtt)  # past it, answers would come after max_rtt
         if self.slow_start:
-            if queue < alpha:
+            if queue < alpha and self.limit * 2 <= ceiling:
                 self._set(self.limit * 2)
                 return
             self.slow_start = False
-            self._set(self.limit * self.rtt_min / rtt + alpha)  # what the server serves, plus a short queue
+            # what the server serves, plus a short queue
+            self._set(min(self.limit * self.rtt_min / rtt + alpha, max(self.limit, ceiling)))
         elif queue < alpha:
-            self._set(self.limit + 1)
+            if self.limit + 1 <= ceiling:
+                self._set(self.limit + 1)
         elif queue > beta:
             self._set(self.limit - 1)
 

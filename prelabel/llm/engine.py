@@ -28,7 +28,7 @@ from .capabilities import Capabilities
 from .client import CHAT_PATH, EMBEDDINGS_PATH, request_template, send_json
 from .completion import Completion, cached_prompt_tokens
 from .concurrency import TIMEOUT_CUT, AdaptiveSlots, VegasLimit
-from ..config import AUTO_MAX_CONCURRENCY
+from ..config import AUTO_MAX_CONCURRENCY, AUTO_MAX_RTT_SHARE
 from ..config import EngineSettings
 from ..config import ModelSpec
 from .endpoint import SIMULATOR_HEADER, normalise_url
@@ -277,7 +277,7 @@ class LLMEngine:
         self.identity = identity or normalise_url(str(client.base_url))
         self.simulated = simulated
         self.limiter = RateLimiter(model.rpm, model.tpm, settings.rate_headroom, settings.rate_recovery)
-        self.slots = (AdaptiveSlots(VegasLimit(AUTO_MAX_CONCURRENCY))
+        self.slots = (AdaptiveSlots(VegasLimit(AUTO_MAX_CONCURRENCY, max_rtt=model.timeout_s * AUTO_MAX_RTT_SHARE))
                       if model.max_concurrency == "auto" else None)
         self.stats = RunStats()
         self._answered = False  # whether the endpoint has answered once (any status): see Failure.refused_unanswered

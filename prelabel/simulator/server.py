@@ -6,7 +6,9 @@ window, headers per minute, 429 with ``retry-after-ms`` and a whole-second ``ret
 ``bucket`` (a token bucket with one second of burst) and ``gateway`` (a rolling second, but no
 rate-limit headers and a 429 without ``retry-after``: the client has to find the rate itself). A
 ``capacity`` makes it a self-hosted server instead: ``capacity`` requests are served at once, the
-rest queue (latency grows), and past ``queue_limit`` in flight it answers 503.
+rest queue (latency grows), and past ``queue_limit`` in flight it answers 503. As llama.cpp's servers
+do, it works on to the end of a request whose client gave up (a timeout): the request keeps its seat
+and the ones behind it wait for it (``SimStats.abandoned`` counts them).
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class SimStats:
     rate_limited: int = 0
     server_errors: int = 0
     overloaded: int = 0  # 503s for a full queue (capacity mode)
+    abandoned: int = 0  # answers made for a client that had gone (a timeout): served to the end all the same
     admitted: int = 0  # requests the limits let through (answered 200 or 5xx)
     first_admit: float | None = None
     last_admit: float | None = None
@@ -135,7 +138,10 @@ class Simulator:
     async def _chat(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
         self.stats.arrived_per_s[int(self._clock())] += 1
-        return await self.answer_chat(await _json_body(request), self._gate, self._respond)
+        response = await self.answer_chat(await _json_body(request), self._gate, self._respond)
+        if request.transport is None or request.transport.is_closing():
+            self.stats.abandoned += 1
+        return response
 
     async def answer_chat(self, body: Any, gate, respond):
         """A chat request's answer (``respond(status, payload[, headers])``), past ``gate`` (None:
