@@ -9,6 +9,7 @@ one reconciles (one owner of each retry). Output and error files are downloaded 
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -123,8 +124,10 @@ class BatchProvider:
         return found
 
     async def download(self, file_id: str, dest: Path) -> Downloaded:
-        """The file's content to ``dest``, streamed (an output file may be hundreds of MB)."""
-        part = dest.with_name(dest.name + ".part")
+        """The file's content to ``dest``, streamed (an output file may be hundreds of MB). Into a
+        ``.part`` file of this call's own (two ticks downloading one file at once must not rename
+        each other's), renamed when whole."""
+        part = dest.with_name(f"{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
         size = 0
         try:
             async with self.client.files.with_streaming_response.content(file_id) as response:
@@ -136,9 +139,11 @@ class BatchProvider:
                         self.on_progress()
                     handle.flush()
                     os.fsync(handle.fileno())
-        except self._errors as e:
+        except BaseException as e:  # a failure or a cancel: nothing half-written is left
             part.unlink(missing_ok=True)
-            raise self._failed("download a file", e) from e
+            if isinstance(e, self._errors):
+                raise self._failed("download a file", e) from e
+            raise
         os.replace(part, dest)
         return Downloaded(dest, size, simulated)
 

@@ -2,6 +2,8 @@
 OpenAI's answers (shapes from openai-python's ``Batch``, ``FileObject``, ``BatchRequestCounts``)."""
 from __future__ import annotations
 
+import asyncio
+
 import json
 
 import httpx
@@ -115,6 +117,25 @@ async def test_download_streams_to_a_part_file_renamed_when_whole(api, client, t
     downloaded = await BatchProvider(client, "job1").download("file-out", tmp_path / "out.jsonl")
     assert downloaded.path.read_bytes() == content and downloaded.bytes == len(content)
     assert not downloaded.simulated and not list(tmp_path.glob("*.part"))
+
+
+async def test_two_downloads_of_one_file_at_once_each_end_whole(api, client, tmp_path):
+    """Two ticks collecting one batch at once (a tester's finding: the second's rename of the shared
+    ``.part`` file raised FileNotFoundError, exit 1): each writes a part file of its own."""
+    lines = [b'{"custom_id":"%d"}\n' % n for n in range(2000)]
+    content = b"".join(lines)
+
+    async def slowly():  # a chunk per loop turn: the two downloads interleave
+        for start in range(0, len(lines), 100):
+            await asyncio.sleep(0)
+            yield b"".join(lines[start:start + 100])
+
+    api.get("/files/file-out/content").mock(side_effect=lambda request: httpx.Response(200, content=slowly()))
+    dest = tmp_path / "out.jsonl"
+    both = await asyncio.gather(BatchProvider(client, "job1").download("file-out", dest),
+                                BatchProvider(client, "job1").download("file-out", dest))
+    assert [d.bytes for d in both] == [len(content)] * 2 and dest.read_bytes() == content
+    assert not list(tmp_path.glob("*.part"))
 
 
 async def test_a_failed_download_leaves_no_file(api, client, tmp_path):
