@@ -56,12 +56,20 @@ def pg_database():
             pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} under CI=true: {e}")
         pytest.skip(f"no PostgreSQL at {PG_SERVER}: {e}")
     name = f"prelabel_contract_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"{PG_SERVER}/{name}"
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        # A connection of its own: the session's tests include a server restart
+        # (tests/faults/test_postgres_restart.py), which ends any connection held across it.
+        for attempt in range(30):
+            try:
+                with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=3) as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except psycopg.OperationalError:  # the server still starting up again
+                time.sleep(1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
