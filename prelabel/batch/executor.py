@@ -44,7 +44,7 @@ from typing import Callable
 from ..budget.pricing import batch_price_for, cost_usd
 from ..budget.tokens import TokenCounter
 from ..config import EngineSettings
-from ..errors import StorageError
+from ..errors import BatchTakenOver, LeaseLost, StorageError
 from ..fewshot.selection import FewShot
 from ..llm.completion import Completion
 from ..llm.engine import LLMEngine, said_simulator
@@ -90,12 +90,32 @@ def _noop(step: str) -> None:
     return None
 
 
+def tick_live_settings(settings: EngineSettings, item_lease_s: float) -> EngineSettings:
+    """What a tick's live requests run under: budget holds that last as long as the tick's item leases
+    (its heartbeat renews only its claim; a claim taken over, or the tick's end, drops its holds:
+    ``reclaim``, ``release``), or a slow re-ask phase would find its holds lapsed and stop the job."""
+    return settings.model_copy(update={"lease_s": max(settings.lease_s, item_lease_s)})
+
+
+def tick_gate(beat: Callable[[], None]):
+    """Before each live request of a tick: the tick's heartbeat, which raises once another tick took
+    the job over (this one was stalled past its claim): the request is not sent (``LeaseLost``),
+    since the other tick sends it, and paying for it here too would pay twice."""
+    async def gate(item: LeasedItem) -> None:
+        try:
+            beat()
+        except BatchTakenOver as e:
+            raise LeaseLost(str(e)) from e
+    return gate
+
+
 class BatchExecutor:
     def __init__(self, store, state: BatchState, job: JobRecord, ctx: JobContext, engine: LLMEngine,
                  provider: BatchProvider, folder: Path, owner: str, *, lease_s: float = 900.0,
                  checkpoint: Callable[[str], None] = _noop, clock: Callable[[], float] = time.time,
-                 settings: EngineSettings | None = None) -> None:
+                 settings: EngineSettings | None = None, beat: Callable[[], None] | None = None) -> None:
         self.store, self.state, self.job, self.ctx, self.engine = store, state, job, ctx, engine
+        self.beat = beat  # the tick's heartbeat (``tick.TickBeat``): raises BatchTakenOver once another took the job
         self.provider, self.folder, self.owner, self.lease_s = provider, Path(folder), owner, lease_s
         self.checkpoint, self.clock = checkpoint, clock
         self.settings = settings or EngineSettings(lease_s=lease_s)
@@ -451,8 +471,11 @@ class BatchExecutor:
             from .live import TickLive
 
             self._writer = StoreWriter()
-            self._live = TickLive(self.store, self.job, self.ctx, self.engine, self.settings, self.owner,
-                                  self._writer, Progress())
+            self._live = TickLive(self.store, self.job, self.ctx, self.engine,
+                                  tick_live_settings(self.settings, self.lease_s), self.owner, self._writer,
+                                  Progress())
+            if self.beat is not None:
+                self._live.lease_gate = tick_gate(self.beat)
         return self._live
 
     async def _live_reasks(self, items: list[LeasedItem], report: TickReport) -> None:

@@ -155,7 +155,7 @@ async def tick_job(store: Store, job: JobRecord, spec: JobSpec, task, engine, cl
     provider = BatchProvider(client, job.id, before_send=beat.fence, on_progress=beat)
     beating = _BeatingStore(store, beat)
     executor = BatchExecutor(beating, beating, job, ctx, engine, provider, batch_folder(spec, job.id), owner,
-                             lease_s=BATCH_ITEM_LEASE_S, clock=clock, settings=settings,
+                             lease_s=BATCH_ITEM_LEASE_S, clock=clock, settings=settings, beat=beat,
                              **({"checkpoint": checkpoint} if checkpoint else {}))
     beats = asyncio.ensure_future(beat.run())
     try:

@@ -172,3 +172,30 @@ def test_a_tick_stalled_past_its_lease_is_fenced_before_it_sends_again(url: str,
         assert first.busy is not None  # fenced: it sent nothing more, and left the job
         finish(url, base, job_id, clock)
         check_nothing_paid_twice(url, sim, job_id)
+
+
+def test_a_ticks_live_requests_are_gated_by_its_claim_and_hold_their_budget_as_long_as_its_leases():
+    """A tick taken over (stalled past its claim) sends no more live re-asks: its successor sends
+    them, so sending them here too would pay twice. And its live budget holds last as long as its
+    item leases, as its heartbeat renews only its claim (a reviewer's findings at merge)."""
+    from prelabel.batch.executor import tick_gate, tick_live_settings
+    from prelabel.errors import BatchTakenOver, LeaseLost
+
+    beats = []
+
+    def beat() -> None:
+        beats.append(1)
+        if len(beats) > 1:
+            raise BatchTakenOver("job j: another tick took it over")
+
+    gate = tick_gate(beat)
+    asyncio.run(gate(None))  # still ours: the request goes
+    try:
+        asyncio.run(gate(None))
+    except LeaseLost as e:
+        assert "took it over" in str(e)
+    else:
+        raise AssertionError("a tick taken over sent a live request")
+    settings = tick_live_settings(SETTINGS, 8 * 24 * 3600.0)
+    assert settings.lease_s == 8 * 24 * 3600.0 and settings.heartbeat_s == SETTINGS.heartbeat_s
+    assert SETTINGS.lease_s == LEASE_S  # the tick's own settings are left as they were
