@@ -18,6 +18,7 @@ from prelabel.config import LANGUAGES
 from prelabel.checks.placeholders import is_placeholder
 from prelabel.tasks.prompts import PromptTemplate, load_template
 from prelabel.tasks import InvalidOutput
+from prelabel.tasks.answer import load_object
 
 PARAPHRASE_FORMAT = {"type": "json_schema", "json_schema": {"name": "paraphrases", "strict": True, "schema": {
     "type": "object", "properties": {"paraphrases": {"type": "array", "items": {"type": "string"}}},
@@ -75,10 +76,12 @@ def fidelity_request(source: str, variant: str, label) -> tuple[list[dict], dict
 
 
 def _object(content: str, key: str):
-    try:
-        data = json.loads(content)
-    except json.JSONDecodeError as e:
-        raise InvalidOutput(f"not JSON ({e.msg})") from None
+    try:  # strict JSON, else read leniently where only one reading exists (a raw newline in a string, a fence)
+        data = load_object(content)
+    except InvalidOutput as e:
+        if str(e).startswith("not JSON"):
+            raise
+        data = None  # JSON, but not an object
     if not isinstance(data, dict) or key not in data:
         raise InvalidOutput(f'expected a JSON object with "{key}"')
     return data[key]

@@ -31,7 +31,12 @@ class InputError(PrelabelError):
 
 class LeaseLost(PrelabelError):
     """An item's lease was taken over by another worker (this one was paused, or cut off, past its
-    lease): its requests are not sent, and its result would be refused."""
+    lease): its requests are not sent, and its result would be refused. Samples sent apart that
+    were answered before it came are in ``answered``: they were paid for."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.answered: list = []
 
 
 class UsageError(PrelabelError):

@@ -32,7 +32,8 @@ from ..config import AUTO_MAX_CONCURRENCY, AUTO_MAX_RTT_SHARE
 from ..config import EngineSettings
 from ..config import ModelSpec
 from .endpoint import SIMULATOR_HEADER, normalise_url
-from ..errors import CapabilityRefused, EmbeddingsUnavailable, LLMError, MalformedAnswer, RateLimitWaitExceeded
+from ..errors import (CapabilityRefused, EmbeddingsUnavailable, LeaseLost, LLMError, MalformedAnswer,
+                      RateLimitWaitExceeded)
 from .pacing import RateLimiter, rate_headers
 from ..redact import redact
 from .retry import MALFORMED, Failure, RetryDecision, decide
@@ -415,14 +416,14 @@ class LLMEngine:
             for r in requests:
                 try:
                     answered.append(await self._send_capable(r, each))
-                except LLMError as e:
+                except (LLMError, LeaseLost) as e:
                     e.answered[:0] = answered
                     raise
             return _merged(answered)
         replies = await asyncio.gather(*(self._send_capable(r, each) for r in requests), return_exceptions=True)
         answered += [reply for reply in replies if isinstance(reply, Completion)]
         for reply in replies:
-            if isinstance(reply, LLMError):
+            if isinstance(reply, (LLMError, LeaseLost)):
                 reply.answered[:0] = answered
             if isinstance(reply, BaseException):
                 raise reply

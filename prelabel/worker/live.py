@@ -208,7 +208,11 @@ class LiveExecutor:
                 context = BEFORE_SEND.set(before_send)
                 try:
                     completion = await engine.send(prepared, estimate + max_out)
-                except LeaseLost:  # another worker has it now: nothing was sent for it
+                except LeaseLost as e:  # another worker has it now: nothing more is sent for it
+                    if e.answered:  # samples sent apart answered before it: paid for, so billed
+                        held, reservation = reservation, None
+                        self._account(held, *(sum(column) for column in
+                                              zip(*(self._billed(answer, estimate) for answer in e.answered))), usage)
                     return UNAVAILABLE, None
                 except LLMError as e:
                     # What was answered was paid for: a malformed 200 (the item re-asks it), samples

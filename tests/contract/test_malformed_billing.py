@@ -59,3 +59,31 @@ async def test_samples_sent_apart_carry_what_was_answered_when_one_fails(client,
     with pytest.raises(LLMError) as caught:
         await send(engine, engine.request(MESSAGES, SCHEMA, 8, n=3))  # n ignored: one choice back
     assert [(a.prompt_tokens, a.completion_tokens) for a in caught.value.answered] == [(21, 6), (21, 6)]
+
+
+async def test_samples_sent_apart_carry_what_was_answered_when_the_lease_is_lost(client, api, fake):
+    """A worker that learns at a later sample that its item was taken over sends no more, but the
+    samples answered before were paid for: the error carries them, for the caller to bill (a
+    reviewer's finding: they were dropped, and the caps did not count them)."""
+    from prelabel.config import ModelSpec
+    from prelabel.errors import LeaseLost
+    from prelabel.llm.engine import BEFORE_SEND
+    from tests.contract.test_engine_http import MESSAGES, SCHEMA, ok, send
+
+    one = ok(usage={"prompt_tokens": 21, "completion_tokens": 6, "total_tokens": 27})
+    api.post("/chat/completions").mock(side_effect=[one, one, one])
+    engine = make_engine(client, fake, ModelSpec(name="m", rpm=10_000_000, tpm=1_000_000_000))
+    sends = []
+
+    async def before_send() -> None:
+        sends.append(1)
+        if len(sends) == 3:
+            raise LeaseLost("taken over")
+
+    token = BEFORE_SEND.set(before_send)
+    try:
+        with pytest.raises(LeaseLost) as caught:
+            await send(engine, engine.request(MESSAGES, SCHEMA, 8, n=3))  # n ignored: one choice back
+    finally:
+        BEFORE_SEND.reset(token)
+    assert [(a.prompt_tokens, a.completion_tokens) for a in caught.value.answered] == [(21, 6), (21, 6)]

@@ -302,3 +302,16 @@ def test_wordnet_missing_crosses_a_process_boundary_intact():
 
     error = WordNetMissing("no index.sense")
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
+def test_llm_steps_read_an_answer_leniently_where_only_one_reading_exists():
+    """A real Gemma 3 270M on llama-cpp-python wrote a raw newline inside a back-translation's
+    string: "not JSON (Invalid control character)" failed the unit, as it once failed drafts."""
+    from augment.llm import parse_paraphrases, parse_translation
+
+    assert parse_translation('{"translation": "line one\nline two"}') == "line one\nline two"
+    assert parse_paraphrases('```json\n{"paraphrases": ["the invoice is late"]}\n```', 2) == ["the invoice is late"]
+    with pytest.raises(InvalidOutput, match="not JSON"):
+        parse_translation("a translation, not JSON")
+    with pytest.raises(InvalidOutput, match='with "translation"'):
+        parse_translation("[1]")
