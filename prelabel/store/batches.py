@@ -127,9 +127,9 @@ class BatchRules:
             call = self._recorded()  # made again after a lost acknowledgement: billed once
             if call.done:
                 return
-            self._c.one("lock_job", job_id=job_id)
             self._c.many("insert_cache", cache)
             self._c.many("insert_usage", rows)
+            self._c.one("lock_job", job_id=job_id)  # after the cache rows, as a commit takes them (the lock order)
             self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
             self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)
             self._record(call, None)

@@ -4,8 +4,10 @@ Each rule is a transaction of named queries over a ``Connector``; the SQL of eac
 it locks (SQLite: the whole database, from ``BEGIN IMMEDIATE``; PostgreSQL: ``FOR UPDATE SKIP LOCKED``
 on the items a lease takes, ``FOR UPDATE`` on the job row for budget holds, spending and spawned
 seqs, and on a commit's items in seq order), so the same rule is correct with one writer at a time
-or with many. Locks are taken in one order (job row, then items by seq, then budget holds), so two
-writers never wait on each other in a cycle.
+or with many. Locks are taken in one order (items by seq, then cache rows, then the job row, then
+budget holds), so two writers never wait on each other in a cycle. The job row comes late because
+every commit of every worker on a job takes it: taken first, it made their commits run one at a time
+for their whole transaction; taken last, it is held for the spending and the COMMIT only.
 
 Fencing: every lease bumps the item's ``attempts``, returned as ``LeasedItem.epoch``. A commit
 writes, bills and spawns only the results whose item is still leased to the committer at the epoch
@@ -189,7 +191,7 @@ class StoreManager(BatchRules):
         return _Recorded(token)
 
     def _record(self, call: _Recorded, value) -> None:
-        """Last in the transaction: its result (JSON), committed with what it did."""
+        """In the transaction, once its result is known: the result (JSON), committed with what it did."""
         self._c.run("record_call", token=call.token, result=json.dumps(value), keep_s=STORE_CALL_KEEP_S)
 
     def _done_once(self, work):
@@ -480,7 +482,6 @@ class StoreManager(BatchRules):
             call = self._recorded()
             if call.done:
                 return call.value
-            self._c.one("lock_job", job_id=job_id)  # first: spending and spawned seqs are the job row's
             epochs = dict(self._c.all("fence", job_id=job_id, owner=owner, seqs=sorted({r.seq for r in results})))
             accepted = [p for p in prepared if p[0].seq in epochs and p[0].epoch in (None, epochs[p[0].seq])]
             applied = {p[0].seq for p in accepted}
@@ -503,15 +504,18 @@ class StoreManager(BatchRules):
             cost = sum(u["cost_usd"] for u in usage if not u["cached"])
             self._c.many("clear_drafts", [dict(job_id=job_id, seq=f["seq"]) for f in finished])
             self._c.many("insert_draft", drafts)
-            if spawned:
-                self._spawn(job_id, spawned)
             self._c.many("finish_item", finished)
             self._c.many("unlease_item", released)
             self._c.many("insert_usage", usage)
             self._c.many("delete_cache", uncache)
-            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
-            self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent
             self._record(call, refused)
+            # The job row last: its lock (spawned seqs, spending) is held for these statements and the
+            # COMMIT only, not for the items' writes, so several workers' commits on one job overlap.
+            if spawned:
+                self._c.one("lock_job", job_id=job_id)
+                self._spawn(job_id, spawned)
+            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)  # locks it, if not yet
+            self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent
         return refused
 
     def _lost_usage(self, job_id: str, refused: list, now: float) -> list[dict]:

@@ -1,8 +1,8 @@
 -- The PostgreSQL store's schema and queries: the names and named parameters of sqlite.sql, for many
 -- writers at once. Transactions are READ COMMITTED; each query that must see a row unchanged until
--- its transaction ends says so with FOR UPDATE, taken in one order everywhere: the job row
--- (lock_job: budget holds, spending, spawned seqs), then items by seq (fence, renew, release), then
--- budget holds. A lease takes its items with FOR UPDATE SKIP LOCKED: two workers never wait on,
+-- its transaction ends says so with FOR UPDATE, taken in one order everywhere: items by seq (fence,
+-- renew, release), then cache rows, then the job row (lock_job: budget holds, spending, spawned seqs),
+-- taken last because every commit on the job takes it, then budget holds. A lease takes its items with FOR UPDATE SKIP LOCKED: two workers never wait on,
 -- nor get, each other's items.
 
 -- name: migration_1
@@ -178,7 +178,8 @@ WHERE j.status = 'ingesting' AND NOT EXISTS (SELECT 1 FROM ingest WHERE job_id =
 
 -- name: lock_job
 -- The job row, locked until the transaction ends: budget holds are reckoned, spending added and
--- spawned items numbered by one writer at a time per job.
+-- spawned items numbered by one writer at a time per job. Taken after the items' and cache rows'
+-- writes (manager.py's lock order), so it is held for a commit's last statements and its COMMIT.
 SELECT spent_tokens, spent_cost FROM jobs WHERE id = :job_id FOR UPDATE;
 
 -- name: fence

@@ -673,6 +673,127 @@ class _PausedAfterFirstStatement:
         return n
 
 
+# The lock order (manager.py): items by seq, then cache rows, then the job row, then budget holds.
+# Each query that locks (or writes, which locks until the transaction ends) rows of one kind, by its
+# rank; a query not listed locks only rows no other transaction waits on (rows it inserts, a ledger).
+_LOCK_RANK = {
+    **dict.fromkeys(("fence", "lease", "renew", "release", "release_owners", "finish_item", "unlease_item",
+                     "stop_pending", "stop_remaining", "requeue_item", "retry_failed", "resume_stopped"), 0),
+    **dict.fromkeys(("delete_cache", "insert_cache"), 1),
+    **dict.fromkeys(("lock_job", "add_spent", "set_status", "ingest_done", "update_job_spec"), 2),
+    **dict.fromkeys(("add_hold", "spend_hold", "renew_holds", "drop_holds", "drop_owners_holds"), 3),
+}
+
+
+class _LockOrderRecorder:
+    """A connector that records, per transaction, the lock-taking queries in the order they ran."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.depth, self.current, self.transactions = inner, 0, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @contextmanager
+    def transaction(self, wait_s=None):
+        self.depth += 1
+        try:
+            with self.inner.transaction(wait_s):
+                yield
+        finally:
+            self.depth -= 1
+            if not self.depth:
+                self.transactions.append(self.current)
+                self.current = []
+
+    def _note(self, query: str) -> None:
+        if query in _LOCK_RANK:
+            self.current.append(query)
+            if not self.depth:  # a statement on its own is a transaction of its own
+                self.transactions.append(self.current)
+                self.current = []
+
+    def one(self, query, /, **params):
+        self._note(query)
+        return self.inner.one(query, **params)
+
+    def all(self, query, /, **params):
+        self._note(query)
+        return self.inner.all(query, **params)
+
+    def run(self, query, /, **params):
+        self._note(query)
+        return self.inner.run(query, **params)
+
+    def many(self, query, /, rows):
+        self._note(query)
+        return self.inner.many(query, rows)
+
+
+def test_every_rule_takes_its_locks_in_the_one_order(store):
+    """Every transaction a job's life makes (leases, holds, commits that spawn, refuse and uncache,
+    heartbeats, reclaims, cancel, a batch tick's plan, live answers and collect) takes its row locks
+    in the one order: two of them never wait on each other in a cycle on PostgreSQL. A rule that took
+    the job row before an item (as commits did) fails here."""
+    from prelabel.store.batches import ChunkRecord
+    store.create_job(job_record(), raw_items(8))
+    recorder = store._c = _LockOrderRecorder(store._c)
+    leased = store.lease("job-1", OWNER_A, 4, T0, 600)
+    store.hold_budget("job-1", OWNER_A, 100, 0.01, 10_000, 1.0, T0, 600)
+    store.renew(OWNER_A, T0 + 1, 600)
+    first = result(leased[0].seq, usage=[usage()], uncache=["k0"])
+    first.spawn = [Spawn("id0~1", "text 0", AUGMENT, {"step": 0})]
+    store.complete("job-1", OWNER_A, [first, result(leased[1].seq, release=True)], [usage()])
+    store.lease("job-1", OWNER_B, 2, T0 + 10_000, 600)  # takes A's expired leases
+    store.complete("job-1", OWNER_A, [result(leased[2].seq, usage=[usage()])])  # refused: billed as lost
+    store.reclaim([OWNER_B])
+    store.requeue("job-1", [leased[3].seq])
+    chunk = ChunkRecord("job-1", "c1", "planned", 2, "/tmp/c1.jsonl", "http://e/v1", "m", T0)
+    store.batch_plan(chunk, ["k1", "k2"], 10_000, None)
+    store.batch_live_answers("job-1", OWNER_A, [("k3", {"answer": 1})], [(leased[3].seq, usage())])
+    store.batch_collect("job-1", "c1", None, [usage()], [], T0)
+    store.release(OWNER_A)
+    store.cancel("job-1")
+    assert any("fence" in t and "lock_job" in t for t in recorder.transactions)  # a commit that spawned
+    for queries in recorder.transactions:
+        ranks = [_LOCK_RANK[q] for q in queries]
+        assert ranks == sorted(ranks), f"locks out of order: {queries}"
+
+
+def test_a_commit_writes_its_items_before_it_waits_for_the_job_row(url):
+    """Another transaction holds the job row (a budget hold being reckoned, another worker's commit):
+    a commit's item, draft and usage writes go ahead and only its last statements wait, so several
+    workers' commits on one job overlap instead of running one at a time (at 1M items, four workers
+    spent most of their commit time waiting in lock_job when it came first)."""
+    if not url.startswith("postgresql://"):
+        pytest.skip("SQLite's transactions take the whole file's lock: there is no order to get wrong")
+    import psycopg
+    store = open_store(url)
+    store.create_job(job_record(), raw_items(4))
+    leased = store.lease("job-1", OWNER_A, 2, T0, 600)
+    recorder = store._c = _LockOrderRecorder(store._c)
+    holder = psycopg.connect(url)
+    try:
+        holder.execute("SELECT 1 FROM jobs WHERE id = 'job-1' FOR UPDATE")  # a transaction, left open
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (store.complete(
+            "job-1", OWNER_A, [result(item.seq, usage=[usage()]) for item in leased]), done.set()))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while "add_spent" not in recorder.current and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.current[:2] == ["fence", "finish_item"] and recorder.current[-1] == "add_spent"
+        assert not done.wait(0.3)  # it waits for the job row, its items' rows written and locked
+        holder.rollback()
+        assert done.wait(10)
+        thread.join(10)
+    finally:
+        holder.close()
+    assert store.counts("job-1") == {"done": 2, "pending": 2}
+    assert store.get_job("job-1").spent_tokens == 24
+    store.close()
+
+
 # --- concurrency: threads and processes on one store ------------------------------------------
 
 def _threads(n: int, target) -> list:
