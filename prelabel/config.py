@@ -390,6 +390,8 @@ STORE_RECONNECT_S = 60.0     # a store call that lost its server (a restart) is 
 STORE_CALL_KEEP_S = 600.0    # a write's recorded result is kept this long: its repeats come within STORE_RECONNECT_S
 STORE_CLOCK_CHECK_S = 60.0   # how often a store reads the database's clock again to measure this host's skew
 STORE_CLOCK_SKEW_S = 1.0     # a skew under this is measurement noise: lease times are taken as given
+VACUUM_CHECK_ROWS = 5_000    # PostgreSQL: every this many item rows a process changes, it checks the items' dead versions
+VACUUM_DEAD_ROWS = 50_000    # ...and past this many, vacuums the table (store/upkeep.py: autovacuum may be off or behind)
 WORKER_BEAT_WAIT_S = 1.0     # a worker's beat waits this long for the store (within share_stale_s - share_interval_s)
 WORKER_FORGET_S = 3600.0     # a worker's row is deleted this long after its last beat (it was killed)
 

@@ -57,5 +57,6 @@ class Connector(Protocol):
     def run(self, query: str, /, **params) -> int: ...  # each statement of the block; rows changed
     def many(self, query: str, /, rows: list[dict]) -> int: ...  # one statement, once per row; rows changed
     def stream(self, query: str, /, **params) -> Iterator[tuple]: ...  # paged, on a connection of its own
+    def churned(self, rows: int) -> None: ...  # committed: item rows changed (PostgreSQL vacuums now and then)
     def verify(self) -> None: ...
     def close(self) -> None: ...

@@ -392,6 +392,7 @@ class StoreManager(BatchRules):
                 rows = self._c.all("lease", owner=owner, expires=now + lease_s, job_id=job_id, now=now, limit=limit,
                                    units=units, total=limit + units)
                 self._record(call, sorted([int(row[0]), int(row[-1])] for row in rows))
+        self._c.churned(len(rows))
         return sorted((LeasedItem(*row) for row in rows), key=lambda item: item.seq)
 
     def renew(self, owner: str, now: float, lease_s: float) -> set[tuple[str, int, int]]:
@@ -516,6 +517,7 @@ class StoreManager(BatchRules):
                 self._spawn(job_id, spawned)
             self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)  # locks it, if not yet
             self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent
+        self._c.churned(len(finished) + len(released))
         return refused
 
     def _lost_usage(self, job_id: str, refused: list, now: float) -> list[dict]:

@@ -21,6 +21,7 @@ from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import StorageError
 from .connector import load_queries, statements
 from .manager import StoreManager
+from .upkeep import Upkeep
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -86,6 +87,10 @@ class PostgresConnector:
         except BaseException:
             self.pool.close()
             raise
+        self.upkeep = Upkeep(lambda: psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(busy_timeout_s))))
+
+    def churned(self, rows: int) -> None:
+        self.upkeep.churned(rows)
 
     def translate(self, error: BaseException) -> StorageError | None:
         return storage_error(self.location, error)

@@ -220,6 +220,9 @@ class SQLiteConnector:
             more = f", and {len(lines) - 1} more" if len(lines) > 1 else ""
             raise StorageError(self.location, f"the database is damaged (quick_check: {first}{more})", _DAMAGED_FIX)
 
+    def churned(self, rows: int) -> None:
+        """Nothing to keep up: SQLite updates rows in place (no dead versions to vacuum)."""
+
     def close(self) -> None:
         with self._others_lock:
             others, self._others = self._others, []

@@ -35,6 +35,9 @@ class FlakyConnector:
     def recover(self) -> None:
         self.recovered += 1
 
+    def churned(self, rows: int) -> None:
+        pass
+
     @contextlib.contextmanager
     def transaction(self, wait_s=None):
         yield
