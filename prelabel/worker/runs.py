@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import EXIT_BATCHES_WAITING, EXIT_JOB_ERROR, EXIT_OK, EXIT_RATE_LIMITED, EXIT_STORAGE, EXIT_UNAVAILABLE, EngineSettings, JobSpec
-from ..errors import JobFileError, OutputError, StorageError
+from ..errors import BatchError, JobFileError, OutputError, StorageError
 from ..llm.client import make_client
 from ..llm.endpoint import Endpoint
 from ..llm.engine import LLMEngine
@@ -161,7 +161,8 @@ async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owne
                 batch_checkpoint: Callable[[str], None] | None = None) -> list[JobOutcome]:
     """Run every job with work left until none has any (a cron tick's ``work --once``).
 
-    A job that cannot run (its file, its output folder) is reported and the next one runs; a store
+    A job that cannot run (its file, its output folder, its provider's Batch API refusing it) is
+    reported and the next one runs; a store
     that fails stops the drain (``StorageError``)."""
     outcomes, tried = [], set()
     reclaim_dead(store)
@@ -192,6 +193,8 @@ async def drain(store: Store, endpoint: Endpoint, settings: EngineSettings, owne
                                  None)
         except OutputError as e:
             outcome = JobOutcome(job_id, EXIT_STORAGE, None, {"error": str(e)}, None)
+        except BatchError as e:  # the provider refused this job's batches (an upload, a call): the other jobs run
+            outcome = JobOutcome(job_id, EXIT_UNAVAILABLE, None, {"error": redact(str(e))}, None)
         else:
             if job_id in held:  # it passed this time (another root, or fixed): no longer held
                 store.release_hold(job_id)
