@@ -117,7 +117,8 @@ class BatchRules:
         (seq, row)), the owner's budget hold turned into spending, in one transaction: a kill after
         it neither pays for them again (the cache answers the replay) nor leaves them unbilled."""
         now = time.time()
-        cache = [dict(key=key, response=json.dumps(value, ensure_ascii=False), now=now) for key, value in entries]
+        cache = {key: dict(key=key, response=json.dumps(value, ensure_ascii=False), now=now) for key, value in entries}
+        cache = [cache[key] for key in sorted(cache)]  # key order: the lock order of cache rows
         rows = [dict(job_id=job_id, seq=seq, at=now, model=u.model, prompt_tokens=u.prompt_tokens,
                      completion_tokens=u.completion_tokens, cost_usd=u.cost_usd, cached=0,
                      cached_prompt_tokens=u.cached_prompt_tokens) for seq, u in usage]

@@ -4,7 +4,7 @@ Each rule is a transaction of named queries over a ``Connector``; the SQL of eac
 it locks (SQLite: the whole database, from ``BEGIN IMMEDIATE``; PostgreSQL: ``FOR UPDATE SKIP LOCKED``
 on the items a lease takes, ``FOR UPDATE`` on the job row for budget holds, spending and spawned
 seqs, and on a commit's items in seq order), so the same rule is correct with one writer at a time
-or with many. Locks are taken in one order (items by seq, then cache rows, then the job row, then
+or with many. Locks are taken in one order (items by seq, then cache rows by key, then the job row, then
 budget holds), so two writers never wait on each other in a cycle. The job row comes late because
 every commit of every worker on a job takes it: taken first, it made their commits run one at a time
 for their whole transaction; taken last, it is held for the spending and the COMMIT only.
@@ -484,7 +484,10 @@ class StoreManager(BatchRules):
             if call.done:
                 return call.value
             epochs = dict(self._c.all("fence", job_id=job_id, owner=owner, seqs=sorted({r.seq for r in results})))
-            accepted = [p for p in prepared if p[0].seq in epochs and p[0].epoch in (None, epochs[p[0].seq])]
+            # One result per item (the first): items are written by their key, under the fence's lock.
+            firsts = {p[0].seq: p for p in reversed(prepared)}
+            accepted = [p for p in prepared if firsts[p[0].seq] is p and p[0].seq in epochs
+                        and p[0].epoch in (None, epochs[p[0].seq])]
             applied = {p[0].seq for p in accepted}
             refused = [r.seq for r in results if r.seq not in applied]
             lost = self._lost_usage(job_id, [p for p in prepared if p[0].seq not in applied], now)
@@ -498,7 +501,7 @@ class StoreManager(BatchRules):
                     drafts.extend(item_drafts)
                     spawned.extend((r.seq, s) for s in r.spawn)
                 usage.extend(item_usage)
-                uncache.extend(dict(key=key) for key in r.uncache)
+                uncache.extend(r.uncache)
             usage.extend(side)
             usage.extend(lost)
             tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage if not u["cached"])
@@ -508,7 +511,9 @@ class StoreManager(BatchRules):
             self._c.many("finish_item", finished)
             self._c.many("unlease_item", released)
             self._c.many("insert_usage", usage)
-            self._c.many("delete_cache", uncache)
+            # In key order, as every cache write takes them: two commits sharing keys (two items of the
+            # same text ask the same request) must not lock them crosswise.
+            self._c.many("delete_cache", [dict(key=key) for key in sorted(set(uncache))])
             self._record(call, refused)
             # The job row last: its lock (spawned seqs, spending) is held for these statements and the
             # COMMIT only, not for the items' writes, so several workers' commits on one job overlap.
@@ -673,9 +678,9 @@ class StoreManager(BatchRules):
         """Entries written on their own, not with an item's result: answers as they arrive, a job's
         example embeddings."""
         now = time.time()
-        rows = [dict(key=key, response=json.dumps(value, ensure_ascii=False), now=now) for key, value in entries]
+        rows = {key: dict(key=key, response=json.dumps(value, ensure_ascii=False), now=now) for key, value in entries}
         with self._c.transaction():
-            self._c.many("insert_cache", rows)
+            self._c.many("insert_cache", [rows[key] for key in sorted(rows)])  # key order: the lock order
 
     # reviews (issue 13) -------------------------------------------------------------------------
 

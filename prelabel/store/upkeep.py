@@ -11,16 +11,18 @@ done (``bench/store_scale.py`` and RESULTS.md).
 So each store counts the item rows it changed (``churned``), and every ``VACUUM_CHECK_ROWS`` of them it
 asks the server's statistics how many dead versions the table holds; past ``VACUUM_DEAD_ROWS`` it
 vacuums it (index entries included), on a connection and a thread of its own, under an advisory lock
-taken without waiting: of several hosts, one vacuums and the others go on. Vacuuming takes no lock a
-lease or a commit waits for. Upkeep never fails a store call: an error is logged and the next check
-tries again.
+taken without waiting: of several hosts, one vacuums and the others go on; a process vacuums at most
+once every ``VACUUM_MIN_INTERVAL_S``. Vacuuming takes no lock a lease or a commit waits for. Upkeep
+never fails a store call: an error is logged and the next check tries again. The thread is a daemon:
+a vacuum under way when the process ends is cut off by the server, harmlessly.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from ..config import VACUUM_CHECK_ROWS, VACUUM_DEAD_ROWS
+from ..config import VACUUM_CHECK_ROWS, VACUUM_DEAD_ROWS, VACUUM_MIN_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +39,26 @@ class Upkeep:
         self._changed = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._last = float("-inf")  # when this process last vacuumed (monotonic)
         self.vacuums = 0  # done by this process (for tests and the bench)
 
     def churned(self, rows: int) -> None:
-        """``rows`` item rows were changed (leased, finished, released) by a committed transaction."""
-        with self._lock:
-            self._changed += rows
-            if self._changed < self.check_rows or (self._thread is not None and self._thread.is_alive()):
-                return
-            self._changed = 0
-            self._thread = threading.Thread(target=self._check, name="prelabel-upkeep", daemon=True)
-            self._thread.start()
+        """``rows`` item rows were changed (leased, finished, released) by a committed transaction.
+        Never raises: the call that reports them has committed."""
+        try:
+            with self._lock:
+                self._changed += rows
+                if self._changed < self.check_rows or (self._thread is not None and self._thread.is_alive()):
+                    return
+                self._changed = 0
+                # A vacuum that could not remove the dead versions (a long snapshot open somewhere: a
+                # stream being read) leaves the count high: the next one waits a while, not a check.
+                if time.monotonic() - self._last < VACUUM_MIN_INTERVAL_S:
+                    return
+                self._thread = threading.Thread(target=self._check, name="prelabel-upkeep", daemon=True)
+                self._thread.start()
+        except Exception as e:  # noqa: BLE001 - a thread that cannot start: the next check tries again
+            log.warning("could not start the store's upkeep (%s)", e)
 
     def join(self, timeout: float | None = None) -> None:
         thread = self._thread
@@ -67,6 +78,7 @@ class Upkeep:
                 try:
                     conn.execute("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) items")
                     self.vacuums += 1
+                    self._last = time.monotonic()
                     log.debug("vacuumed the items table (%d dead row versions)", dead)
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (_VACUUM_LOCK,))
