@@ -33,6 +33,7 @@ def _pyformat(sql: str) -> str:
 Q = {name: _pyformat(sql) for name, sql in load_queries("postgres.sql").items()}
 MIGRATIONS = sorted((int(name.removeprefix("migration_")), name) for name in Q if name.startswith("migration_"))
 _MIGRATION_LOCK = 0x7072656C6162656C  # "prelabel": the advisory lock migrations are applied under
+_LIFE_CLASS = 0x706C6976  # "pliv": the first key of the workers' life locks (the second: their id's hash)
 _OWN_TABLES = {"jobs", "items", "prelabel_schema"}
 _UNREACHABLE_FIX = ("check that the server runs and that --db (or $PRELABEL_DB) names it, then run the same "
                     "command again")
@@ -74,6 +75,8 @@ class PostgresConnector:
     def __init__(self, url: str, busy_timeout_s: float = STORE_BUSY_TIMEOUT_S, max_size: int = 8) -> None:
         self.url, self.location, self.busy_timeout_s = url, _shown(url), busy_timeout_s
         self._local = threading.local()
+        self._lives: dict[str, psycopg.Connection] = {}  # worker -> the connection holding its life lock
+        self._lives_lock = threading.Lock()
         self._migrate()  # on a connection of its own: an unreachable server fails here, at once
         # No check on checkout: it costs a round trip per call (0.13 -> 0.21 ms a read, measured), and a
         # connection the server dropped is discarded by the pool when it comes back broken.
@@ -89,6 +92,46 @@ class PostgresConnector:
 
     def translate(self, error: BaseException) -> StorageError | None:
         return storage_error(self.location, error)
+
+    # Life locks (prelabel.llm.shares): each on a connection of its own, outside the pool, so that
+    # it lives exactly as long as the worker (or that connection).
+
+    def hold_life(self, worker: str) -> bool | None:
+        """Hold ``worker``'s life lock: True if it was taken now (first, or again after its connection
+        died: peers may have counted the worker out meanwhile), False if it was held already, None if
+        another session holds that key (two ids of one hash: this worker goes without one)."""
+        with self._lives_lock:
+            conn = self._lives.get(worker)
+            if conn is not None:
+                try:
+                    conn.execute(Q["life_check"])
+                    return False
+                except psycopg.OperationalError:
+                    conn.close()
+                    del self._lives[worker]
+            timeout = max(1, int(self.busy_timeout_s))
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=timeout)
+            try:
+                (taken,) = conn.execute(Q["life_lock"], {"life_class": _LIFE_CLASS, "worker": worker}).fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            if not taken:
+                conn.close()
+                return None
+            self._lives[worker] = conn
+            return True
+
+    def drop_life(self, worker: str) -> None:
+        """Let ``worker``'s life lock go (it has left: its row is gone first)."""
+        with self._lives_lock:
+            conn = self._lives.pop(worker, None)
+        if conn is not None:
+            conn.close()  # the session ends, and its lock with it
+
+    def lives_held(self, workers: list[str]) -> dict[str, bool]:
+        """Whether each of ``workers`` has its life lock held by some session now."""
+        return dict(self.all("lives_held", life_class=_LIFE_CLASS, workers=list(workers)))
 
     def disconnected(self, error: BaseException) -> bool:
         """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting
@@ -198,6 +241,10 @@ class PostgresConnector:
         self.schema_version()
 
     def close(self) -> None:
+        with self._lives_lock:
+            lives, self._lives = list(self._lives.values()), {}
+        for conn in lives:
+            conn.close()
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()

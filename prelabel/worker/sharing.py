@@ -49,6 +49,9 @@ class ShareKeeper:
         self._left = False
         self._leaving: asyncio.Future | None = None
         self._wake = asyncio.Event()
+        self._seen_held: set[str] = set()  # peers whose life lock a roll showed held (a free one: gone)
+        self._life = False            # this worker's own life lock was held at its last beat
+        self.beat_s: list[float] = []  # how long each beat took to land (the run's log says how they went)
         self.last: Share | None = None  # the last decision (for tests and the run's statistics)
 
     async def start(self) -> None:
@@ -111,6 +114,11 @@ class ShareKeeper:
     async def _leave(self) -> None:
         if self._pending is not None:  # a beat in flight lands first: after the leave, it would list us again
             await asyncio.wait([self._pending])
+        if self.beat_s:
+            took = sorted(self.beat_s)
+            log.info("%d beats to the coordinator: median %.0f ms, 99th percentile %.0f ms, slowest %.0f ms",
+                     len(took), 1000 * took[len(took) // 2], 1000 * took[int(0.99 * (len(took) - 1))],
+                     1000 * took[-1])
         try:
             await self._call(self.coordinator.leave, self.worker)
         except Exception as e:  # noqa: BLE001 - the others count it out after stale_s all the same
@@ -129,14 +137,25 @@ class ShareKeeper:
         self._pending = None
         if done.cancelled():
             return
+        self.beat_s.append(self._clock() - sent)
         if (error := done.exception()) is not None:  # retrieved even after leaving: asyncio would print it
+            if self._life and not self._left:
+                # Its life lock may have gone with its connection, and its peers count it out by that
+                # at once: it holds until a beat lands (and then may be a newcomer).
+                log.info("a beat to the coordinator failed (holding until one lands): %s", error)
+                self._confirmed = -math.inf
+                self.limiter.pause(self.interval_s, self._clock())
+                return
             log.info("a beat to the coordinator failed (pacing on at the last share): %s", error)
             return
         if not self._left:
             self._apply(done.result(), sent)
 
     def _apply(self, roll: Roll, sent: float) -> None:
-        decision = decide_share(self.worker, roll.peers, roll.now, self.stale_s, self.recheck_s)
+        listed = {p.worker for p in roll.peers}
+        self._seen_held = {w for w in self._seen_held if w in listed} | {p.worker for p in roll.peers if p.held}
+        self._life = self.worker in self._seen_held
+        decision = decide_share(self.worker, roll.peers, roll.now, self.stale_s, self.recheck_s, self._seen_held)
         now = self._clock()
         if self.last is None or decision.share != self.last.share:
             log.info("pacing at %.0f%% of the ceiling: %d workers share this endpoint and key",
