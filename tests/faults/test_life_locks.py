@@ -1,8 +1,8 @@
-"""A killed worker's share is free at once where the store can tell (issue 11): on PostgreSQL each
-worker holds a life lock on a connection of its own, which dies with the process, so its peers count
-it out at their next beat instead of ``stale_s`` after its last one. Against the real stores: a worker
-SIGKILLed in a process of its own, a life connection the server dropped (the worker comes back as a
-newcomer), and SQLite, which has no life locks (its workers are counted by their beats alone).
+"""A killed worker's share is free at its peers' next beat (issue 11), not ``stale_s`` after its last
+one: each worker holds a life lock that dies with its process (PostgreSQL: a session advisory lock on a
+connection of its own; SQLite: a byte of a file beside the store, locked by an open file description),
+and each roll says whose is held. Against the real stores: a worker SIGKILLed in a process of its own,
+a life connection the server dropped (the worker comes back as a newcomer), a worker that leaves.
 
 ``stale_s`` is a minute throughout: only the life lock can count a worker out this soon."""
 from __future__ import annotations
@@ -65,8 +65,6 @@ sys.stdin.read()
 
 
 def test_a_sigkilled_workers_share_is_free_at_its_peers_next_beat(url):
-    if not url.startswith("postgresql"):
-        pytest.skip("SQLite has no life locks: its workers are counted out by their beats alone")
     a, b = ids("host-a", "host-b")
     store = open_store(url)
     victim = subprocess.Popen([sys.executable, "-c", VICTIM, url, a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -129,17 +127,32 @@ def test_a_worker_that_leaves_lets_its_life_lock_go(url):
         ca, cb = StoreCoordinator(first), StoreCoordinator(second)
         beat(ca, a)
         roll = beat(cb, b)
-        held = {p.worker: p.held for p in roll.peers}
-        if url.startswith("postgresql"):
-            assert held == {a: True, b: True}
-        else:
-            assert held == {a: None, b: None}  # no life locks: nothing to tell, the beats alone count
+        assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
         ca.leave(a)
         roll = beat(cb, b)
         assert [p.worker for p in roll.peers] == [b]
-        if url.startswith("postgresql"):
-            assert second.workers_life_held([a, b]) == {a: False, b: True}
-            assert first._c._lives == {}  # its connection closed
+        assert second.workers_life_held([a, b]) == {a: False, b: True}
+        assert first._c._lives == {}  # its connection (SQLite: its descriptor) closed
     finally:
         first.close()
         second.close()
+
+
+def test_two_workers_of_one_process_hold_life_locks_of_their_own(tmp_path):
+    # one process, one store file: a lock of one must not count as the other's, nor die with the other's leave
+    a, b = ids("host-a", "host-b")
+    first, second = open_store(str(tmp_path / "prelabel.db")), open_store(str(tmp_path / "prelabel.db"))
+    try:
+        assert first.worker_hold_life(a) is True and first.worker_hold_life(a) is False
+        assert second.workers_life_held([a, b]) == {a: True, b: False}
+        assert second.worker_hold_life(b) is True
+        first.worker_drop_life(a)
+        assert second.workers_life_held([a, b]) == {a: False, b: True}
+    finally:
+        first.close()
+        second.close()
+    memory = open_store(":memory:")
+    try:
+        assert memory.worker_hold_life(a) is None  # no file to lock: the beats alone count
+    finally:
+        memory.close()
