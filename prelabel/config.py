@@ -327,8 +327,8 @@ class EngineSettings(BaseModel):
     rate_recovery: float = 0.02      # after a 429 the pace grows back by this share of itself a second
     lease_s: float = 300.0           # an item leased by a dead worker is retaken after this
     heartbeat_s: float = 30.0        # leases are renewed this often while work is in flight
-    share_interval_s: float = 0.5    # workers sharing an endpoint and key beat this often for their share...
-    share_stale_s: float = 2.0       # ...are counted out after this long without a beat (killed, stopped, a lock)...
+    share_interval_s: float = 0.25   # workers sharing an endpoint and key beat this often for their share...
+    share_stale_s: float = 1.0       # ...are counted out after this long without a beat (stopped, a lock; killed: on PostgreSQL at once)...
     share_recheck_s: float = 0.1     # ...and beat this often while not yet counted by every peer, or once the queue ran dry
     commit_every: int = 64           # results committed together (group commit)...
     commit_interval_s: float = 0.05  # ...or after this long, whichever comes first
@@ -390,7 +390,7 @@ STORE_RECONNECT_S = 60.0     # a store call that lost its server (a restart) is 
 STORE_CALL_KEEP_S = 600.0    # a write's recorded result is kept this long: its repeats come within STORE_RECONNECT_S
 STORE_CLOCK_CHECK_S = 60.0   # how often a store reads the database's clock again to measure this host's skew
 STORE_CLOCK_SKEW_S = 1.0     # a skew under this is measurement noise: lease times are taken as given
-WORKER_BEAT_WAIT_S = 1.0     # a worker's beat waits this long for the store (within share_stale_s - share_interval_s)
+WORKER_BEAT_WAIT_S = 0.5     # a worker's beat waits this long for the store (within share_stale_s - share_interval_s)
 WORKER_FORGET_S = 3600.0     # a worker's row is deleted this long after its last beat (it was killed)
 
 # Files a job names that are read whole (the input is streamed, so it has no limit). A job file is
