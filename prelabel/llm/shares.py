@@ -10,8 +10,9 @@ The shares of workers that decide at different moments must never add up to more
 
 - A newcomer sends nothing until it is *counted*: until every live peer has beaten since it joined
   (the coordinator serialises the beats of one pace key, so such a beat saw it, and lowered that
-  peer's share). It beats again every ``recheck_s`` meanwhile, so it starts about as soon as the
-  last peer has made room, not a fixed settling time later. Alone, it is counted at once.
+  peer's share). It beats again every ``recheck_s`` meanwhile, and so do its peers (``settling``),
+  so it starts about as soon as it joined, not a beat interval or two later. Alone, it is counted at
+  once.
 - A worker is counted out ``stale_s`` after its last beat; one that could not beat for that long
   holds its requests (``prelabel.worker.sharing``): its share may have been handed out, and it comes
   back as a newcomer.
@@ -65,6 +66,7 @@ class Share:
     share: float
     wait_s: float
     live: int  # workers sharing the key, itself included
+    settling: bool = False  # a newcomer is not counted by every peer yet: beat again within recheck_s
 
 
 def decide_share(me: str, peers: Sequence[Peer], now: float, stale_s: float, recheck_s: float,
@@ -81,7 +83,10 @@ def decide_share(me: str, peers: Sequence[Peer], now: float, stale_s: float, rec
     n = len(live)
     share = min(1.0, min(p.rpm for p in live) / n / mine.rpm, min(p.tpm for p in live) / n / mine.tpm)
     counted = all(p.beat > mine.joined for p in live if p.worker != me)
-    return Share(share, 0.0 if counted else recheck_s, n)
+    # A newcomer waits for the last of its peers to make room, and meanwhile those that have are
+    # short of its share: each peer beats within recheck_s (as it does) until everyone has counted it.
+    settling = any(q.beat <= p.joined for p in live for q in live if q.worker != p.worker)
+    return Share(share, 0.0 if counted else recheck_s, n, settling)
 
 
 def gone(peers: Sequence[Peer], seen_held: AbstractSet[str]) -> frozenset[str]:

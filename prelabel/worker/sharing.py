@@ -7,9 +7,10 @@ no beat has landed for ``stale_s - interval_s``, the others may soon count this 
 its share, so it holds its requests (a limiter pause, renewed each step) until a beat lands again;
 then it is a newcomer and waits like one.
 
-It beats every ``recheck_s`` instead while it waits to be counted (a newcomer: it starts as soon as
-the last peer has made room) and once its job's queue has run dry (``hurry``: its peers are about to
-leave, and their shares are worth taking at once). A run that will send nothing more leaves at once
+It beats every ``recheck_s`` instead while it or a peer waits to be counted (a newcomer: it starts
+as soon as the last peer has made room, and the peers make room within ``recheck_s``), and once its
+job's queue has run dry (``hurry``: its peers are about to leave, and their shares are worth taking
+at once). A run that will send nothing more leaves at once
 (``leave``), not when its last results are committed.
 """
 from __future__ import annotations
@@ -88,7 +89,8 @@ class ShareKeeper:
     @property
     def next_in(self) -> float:
         """How long until the next beat."""
-        return self.recheck_s if self._hurried or not self._counted else self.interval_s
+        settling = self.last is not None and self.last.settling
+        return self.recheck_s if self._hurried or not self._counted or settling else self.interval_s
 
     def hurry(self) -> None:
         """The job's queue ran dry: beat every ``recheck_s`` from now (peers leave any moment)."""

@@ -62,9 +62,21 @@ def test_a_newcomer_waits_until_every_peer_has_beaten_since_it_joined_unless_alo
 def test_the_first_worker_does_not_wait_when_others_join_it():
     # a sent alone from 10.0; b and c joined after: their beats saw a, so a never stops sending
     peers = [peer("a", joined=10.0, beat=11.0), peer("b", joined=10.1, beat=10.1), peer("c", joined=10.2, beat=10.2)]
-    assert decide_share("a", peers, now=11.0, stale_s=3.0, recheck_s=0.1) == Share(pytest.approx(1 / 3), 0.0, 3)
+    # (it beats within recheck_s meanwhile: b has not counted c yet)
+    assert decide_share("a", peers, now=11.0, stale_s=3.0, recheck_s=0.1) == Share(pytest.approx(1 / 3), 0.0, 3, True)
     assert decide_share("b", peers, now=11.0, stale_s=3.0, recheck_s=0.1).wait_s == 0.0  # a and c beat after it
     assert decide_share("c", peers, now=11.0, stale_s=3.0, recheck_s=0.1).wait_s == 0.1  # b has not yet
+
+
+def test_every_worker_beats_within_recheck_s_until_each_newcomer_is_counted_by_all():
+    # c joined at 10.2: a has beaten since, b has not. All three look again soon; once b has, none
+    peers = [peer("a", joined=9.0, beat=10.3), peer("b", joined=9.0, beat=10.1), peer("c", joined=10.2, beat=10.2)]
+    assert all(decide_share(w, peers, 10.3, 3.0, 0.1).settling for w in "abc")
+    counted = [peer("a", joined=9.0, beat=10.3), peer("b", joined=9.0, beat=10.35), peer("c", joined=10.2, beat=10.4)]
+    assert not any(decide_share(w, counted, 10.4, 3.0, 0.1).settling for w in "abc")
+    # a stale peer (stopped) is not waited for
+    stopped = counted + [peer("d", joined=1.0, beat=6.0)]
+    assert not decide_share("a", stopped, 10.4, 3.0, 0.1).settling
 
 
 def test_a_stale_peer_that_never_counted_a_newcomer_does_not_hold_it():
@@ -256,6 +268,33 @@ async def test_workers_of_one_key_share_and_a_newcomer_waits_for_the_others():
     other = keeper(coordinator, clock, "c", key="another key")
     await other.start()
     assert other.last.share == 1.0
+
+
+async def test_peers_beat_within_recheck_s_while_a_newcomer_waits_for_the_last_of_them():
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
+    await a.start()
+    clock.t += 0.1
+    await b.start()
+    clock.t += 0.1
+    a.step()
+    await settle()
+    assert a.next_in == 1.0 and b.next_in == 0.1        # b counted by a; b does not know it yet
+    clock.t += 0.1
+    c = keeper(coordinator, clock, "c")
+    await c.start()
+    clock.t += 0.1
+    a.step()
+    await settle()
+    assert a.last.share == pytest.approx(1 / 3) and a.next_in == 0.1  # b has not counted c: a looks again soon
+    clock.t += 0.1
+    b.step()
+    await settle()
+    clock.t += 0.1
+    a.step(), c.step()
+    await settle()
+    assert c.last.wait_s == 0 and a.next_in == 1.0 and c.next_in == 1.0  # everyone counted: beats as usual
 
 
 async def test_a_worker_whose_queue_ran_dry_beats_often_and_takes_a_leavers_share_at_once():
