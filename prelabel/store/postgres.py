@@ -109,8 +109,8 @@ class PostgresConnector:
                 except psycopg.OperationalError:
                     conn.close()
                     del self._lives[worker]
-            timeout = max(1, int(self.busy_timeout_s))
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=timeout)
+            # A beat's bound, not the store's: a beat that cannot land soon is of no use (libpq's least is 2 s)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
             try:
                 (taken,) = conn.execute(Q["life_lock"], {"life_class": _LIFE_CLASS, "worker": worker}).fetchone()
             except BaseException:
