@@ -386,6 +386,7 @@ EXIT_RATE_LIMITED = 8   # waited on the rate limit past model.max_rate_limit_wai
 EXIT_BATCHES_WAITING = 75  # model.mode: batch: batches are in flight; the next tick goes on (EX_TEMPFAIL: try again later)
 
 STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
+STORE_IDLE_TRANSACTION_S = 2.0  # PostgreSQL ends a session whose transaction waits this long on its client
 STORE_RECONNECT_S = 60.0     # a store call that lost its server (a restart) is made again for this long
 STORE_CALL_KEEP_S = 600.0    # a write's recorded result is kept this long: its repeats come within STORE_RECONNECT_S
 STORE_CLOCK_CHECK_S = 60.0   # how often a store reads the database's clock again to measure this host's skew

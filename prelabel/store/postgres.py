@@ -17,7 +17,7 @@ from typing import Iterator
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ..config import STORE_BUSY_TIMEOUT_S
+from ..config import STORE_BUSY_TIMEOUT_S, STORE_IDLE_TRANSACTION_S
 from ..errors import StorageError
 from .connector import load_queries, statements
 from .manager import StoreManager
@@ -55,6 +55,10 @@ def storage_error(location: str, error: BaseException) -> StorageError | None:
     if isinstance(error, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
         return StorageError(location, f"the database cannot be written ({detail})",
                             "grant this user write access, or choose another --db")
+    if isinstance(error, psycopg.errors.IdleInTransactionSessionTimeout):
+        return StorageError(location, f"the server ended a transaction this process left idle for more than "
+                                      f"{STORE_IDLE_TRANSACTION_S:g} s (it was stopped, or starved of CPU)",
+                            "let it run (or give it CPU) and run the same command again")
     if isinstance(error, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)):  # not the network
         return StorageError(location, f"the server aborted a transaction whose locks crossed another's ({detail})",
                             "run the same command again")
@@ -66,6 +70,14 @@ def storage_error(location: str, error: BaseException) -> StorageError | None:
     if isinstance(error, psycopg.OperationalError):  # refused, dropped (a restart), timed out, pool exhausted
         return StorageError(location, f"cannot reach the PostgreSQL server ({detail})", _UNREACHABLE_FIX)
     return None
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    """Each pool connection: a transaction left open by a client that stopped (SIGSTOP, a paused VM)
+    is ended by the server after ``STORE_IDLE_TRANSACTION_S``, with its locks. Else one stopped
+    worker inside a commit holds the job row, and every other worker's commit waits on it for as
+    long as it is stopped. A client that was only slow makes its call again (``disconnected``)."""
+    conn.execute(f"SET idle_in_transaction_session_timeout = {int(STORE_IDLE_TRANSACTION_S * 1000)}")
 
 
 class PostgresConnector:
@@ -83,7 +95,7 @@ class PostgresConnector:
         # Ready before the first call: a connection opened on demand costs the caller ~100 ms+ (on the
         # event loop, for the engine's cache look-ups). Three: the store thread, the loop, a stream.
         self.pool = ConnectionPool(url, min_size=3, max_size=max_size, kwargs={"autocommit": True},
-                                   timeout=busy_timeout_s, name="prelabel", open=True)
+                                   configure=_configure, timeout=busy_timeout_s, name="prelabel", open=True)
         try:
             self.pool.wait(timeout=busy_timeout_s)
         except BaseException:
@@ -135,7 +147,10 @@ class PostgresConnector:
 
     def disconnected(self, error: BaseException) -> bool:
         """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting
-        up, class 08, or no SQLSTATE at all: the socket), as opposed to a lock or a full disk."""
+        up, class 08, or no SQLSTATE at all: the socket; 25P03: the server ended a transaction this
+        client left idle too long), as opposed to a lock or a full disk."""
+        if isinstance(error, psycopg.errors.IdleInTransactionSessionTimeout):
+            return True
         if not isinstance(error, psycopg.OperationalError):
             return False
         state = getattr(error, "sqlstate", None)
