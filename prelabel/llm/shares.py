@@ -17,7 +17,8 @@ The shares of workers that decide at different moments must never add up to more
   holds its requests (``prelabel.worker.sharing``): its share may have been handed out, and it comes
   back as a newcomer.
 - A killed worker is counted out at once where the store can tell (PostgreSQL: a lock held by a
-  connection of the worker's own, which dies with the process): a peer whose *life lock* this worker
+  connection of the worker's own; SQLite: a lock on a file beside the store; both die with the
+  process): a peer whose *life lock* this worker
   has seen held and finds free now is gone, whatever its last beat says. One never seen held (a
   store or a version without life locks) is counted by its beats alone. A stopped worker still holds
   its lock: ``stale_s`` counts it out.

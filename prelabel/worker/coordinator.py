@@ -45,10 +45,10 @@ class StoreCoordinator:
     """The coordinator of every worker of one store (SQLite or PostgreSQL): its ``workers`` table,
     on the database's clock. The secret is read once.
 
-    On PostgreSQL each worker also holds a life lock while it runs (``prelabel.llm.shares``), taken
-    before its first beat, and each roll says whose lock is held (``Peer.held``). A worker whose lock
-    had to be taken again (its connection died: a restart) leaves and beats as a newcomer: its peers
-    may have counted it out meanwhile."""
+    Each worker also holds a life lock while it runs (``prelabel.llm.shares``; where the backend has
+    one: PostgreSQL, and SQLite on Linux), taken before its first beat, and each roll says whose lock
+    is held (``Peer.held``). A worker whose lock had to be taken again (its connection died: a
+    restart) leaves and beats as a newcomer: its peers may have counted it out meanwhile."""
 
     def __init__(self, store) -> None:
         self.store = store

@@ -10,8 +10,8 @@ then it is a newcomer and waits like one.
 It beats every ``recheck_s`` instead while it or a peer waits to be counted (a newcomer: it starts
 as soon as the last peer has made room, and the peers make room within ``recheck_s``), and once its
 job's queue has run dry (``hurry``: its peers are about to leave, and their shares are worth taking
-at once). A run that will send nothing more leaves at once
-(``leave``), not when its last results are committed.
+at once). A run that will send nothing more leaves at once (``leave``), not when its last results
+are committed.
 """
 from __future__ import annotations
 
