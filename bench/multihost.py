@@ -264,6 +264,8 @@ def scenario(name: str, workers: int, items: int, style: str, db: str | None, mo
             row["shares"] = {h: shares_logged(folder / h / "worker.log", offset + main["first_admit"])
                              for h in fleet.procs}
             row["exits_s"] = {h: round(t - main["first_admit"], 1) for h, t in exits.items()}
+            if struck is not None:  # when worker 0 was killed or stopped, on the same clock
+                row["struck_s"] = round(struck - main["first_admit"], 2)
             row["admitted_per_tenth"] = [a for _, a in main["admitted_per_tenth"]]
         row.update({
             "items_answered_once": sum(1 for n in answered.values() if n == 1),

@@ -327,8 +327,8 @@ class EngineSettings(BaseModel):
     rate_recovery: float = 0.02      # after a 429 the pace grows back by this share of itself a second
     lease_s: float = 300.0           # an item leased by a dead worker is retaken after this
     heartbeat_s: float = 30.0        # leases are renewed this often while work is in flight
-    share_interval_s: float = 0.5    # workers sharing an endpoint and key beat this often for their share...
-    share_stale_s: float = 2.0       # ...are counted out after this long without a beat (killed, stopped, a lock)...
+    share_interval_s: float = 0.25   # workers sharing an endpoint and key beat this often for their share...
+    share_stale_s: float = 1.0       # ...are counted out after this long without a beat (stopped, a lock; killed: on PostgreSQL at once)...
     share_recheck_s: float = 0.1     # ...and beat this often while not yet counted by every peer, or once the queue ran dry
     commit_every: int = 64           # results committed together (group commit)...
     commit_interval_s: float = 0.05  # ...or after this long, whichever comes first
@@ -386,6 +386,7 @@ EXIT_RATE_LIMITED = 8   # waited on the rate limit past model.max_rate_limit_wai
 EXIT_BATCHES_WAITING = 75  # model.mode: batch: batches are in flight; the next tick goes on (EX_TEMPFAIL: try again later)
 
 STORE_BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the store
+STORE_IDLE_TRANSACTION_S = 2.0  # PostgreSQL ends a session whose transaction waits this long on its client
 STORE_RECONNECT_S = 60.0     # a store call that lost its server (a restart) is made again for this long
 STORE_CALL_KEEP_S = 600.0    # a write's recorded result is kept this long: its repeats come within STORE_RECONNECT_S
 STORE_CLOCK_CHECK_S = 60.0   # how often a store reads the database's clock again to measure this host's skew
@@ -393,7 +394,7 @@ STORE_CLOCK_SKEW_S = 1.0     # a skew under this is measurement noise: lease tim
 VACUUM_CHECK_ROWS = 5_000    # PostgreSQL: every this many item rows a process changes, it checks the items' dead versions
 VACUUM_DEAD_ROWS = 50_000    # ...and past this many, vacuums the table (store/upkeep.py: autovacuum may be off or behind)
 VACUUM_MIN_INTERVAL_S = 30.0  # ...at most this often per process (a long-open snapshot keeps dead versions alive)
-WORKER_BEAT_WAIT_S = 1.0     # a worker's beat waits this long for the store (within share_stale_s - share_interval_s)
+WORKER_BEAT_WAIT_S = 0.5     # a worker's beat waits this long for the store (within share_stale_s - share_interval_s)
 WORKER_FORGET_S = 3600.0     # a worker's row is deleted this long after its last beat (it was killed)
 
 # Files a job names that are read whole (the input is streamed, so it has no limit). A job file is

@@ -12,10 +12,10 @@ What it learns, and how (each a unit-tested decision):
   slots booked inside it are void: their holders book again (``holds``/``rebook``), so they start
   one by one after it, re-spaced, never all at once when it ends.
 - A 429 lowers the pace (``limited``). Where the server reports its limit, by a fixed share (the
-  429 came from jitter near a known limit). Where it does not (a gateway), to what the server
-  admitted in the second before the refused request left (the starts that were not refused), and
-  never less than that fixed share below the pace that drew it: the rate is discovered. Slots
-  booked at the old pace are re-spaced at the new one.
+  429 came from jitter near a known limit, and the pace grows back to the ceiling). Where it does
+  not (a gateway), to what the server admitted in the second before the refused request left (the
+  starts that were not refused), and never less than that fixed share below the pace that drew it:
+  the rate is discovered. Slots booked at the old pace are re-spaced at the new one.
   The pace then recovers by ``recovery`` of itself per second to just under the pace that drew the
   429, and ten times slower past it, up to the ceiling; the next 429 lowers it again: additive
   increase, a decrease measured instead of guessed.
@@ -212,7 +212,10 @@ class RateLimiter:
             # little: a stall on either side leaves a hole that the next burst fills.)
             if now - self._cut_at < HOLD_S:
                 return False
-            self._cut(MIN_CUT * current, current, now)
+            # Nor was the pace it drew from above the limit: the knee stays at the ceiling, or each
+            # jitter 429 (every few seconds on a busy machine) would lower the pace for good, by the
+            # cut's share of what it grew back.
+            self._cut(MIN_CUT * current, max(current, self._rpm_cap), now)
             return True
         # The server refused it because its window was full: what it admitted in the second before
         # this request left is its limit (requests still out are counted as admitted: a little over).

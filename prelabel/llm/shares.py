@@ -10,11 +10,18 @@ The shares of workers that decide at different moments must never add up to more
 
 - A newcomer sends nothing until it is *counted*: until every live peer has beaten since it joined
   (the coordinator serialises the beats of one pace key, so such a beat saw it, and lowered that
-  peer's share). It beats again every ``recheck_s`` meanwhile, so it starts about as soon as the
-  last peer has made room, not a fixed settling time later. Alone, it is counted at once.
+  peer's share). It beats again every ``recheck_s`` meanwhile, and so do its peers (``settling``),
+  so it starts about as soon as it joined, not a beat interval or two later. Alone, it is counted at
+  once.
 - A worker is counted out ``stale_s`` after its last beat; one that could not beat for that long
   holds its requests (``prelabel.worker.sharing``): its share may have been handed out, and it comes
   back as a newcomer.
+- A killed worker is counted out at once where the store can tell (PostgreSQL: a lock held by a
+  connection of the worker's own; SQLite: a lock on a file beside the store; both die with the
+  process): a peer whose *life lock* this worker
+  has seen held and finds free now is gone, whatever its last beat says. One never seen held (a
+  store or a version without life locks) is counted by its beats alone. A stopped worker still holds
+  its lock: ``stale_s`` counts it out.
 
 Why evenly and not by demand: a worker whose demand grew would take its larger share at once while
 the others still send at theirs until their next beat (an overshoot of up to one interval each time
@@ -26,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Sequence
+from typing import AbstractSet, Sequence
 
 from .endpoint import normalise_url
 
@@ -49,6 +56,7 @@ class Peer:
     beat: float     # its last beat
     rpm: float      # the ceiling it paces under: its job's limits, or the server's when lower
     tpm: float
+    held: bool | None = None  # its life lock was held at this beat; None: the store has no life locks
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +67,30 @@ class Share:
     share: float
     wait_s: float
     live: int  # workers sharing the key, itself included
+    settling: bool = False  # a newcomer is not counted by every peer yet: beat again within recheck_s
 
 
-def decide_share(me: str, peers: Sequence[Peer], now: float, stale_s: float, recheck_s: float) -> Share:
-    """My share of the key's ceiling from the live workers of my pace key (``peers``, me among them)."""
-    live = [p for p in peers if p.worker == me or now - p.beat < stale_s]
+def decide_share(me: str, peers: Sequence[Peer], now: float, stale_s: float, recheck_s: float,
+                 seen_held: AbstractSet[str] = frozenset()) -> Share:
+    """My share of the key's ceiling from the live workers of my pace key (``peers``, me among them).
+    ``seen_held``: the peers whose life lock I have seen held (``gone`` says which of them died)."""
+    dead = gone(peers, seen_held)
+    live = [p for p in peers if p.worker == me or (now - p.beat < stale_s and p.worker not in dead)]
     mine = next((p for p in live if p.worker == me), None)
-    if mine is None:  # not registered (the coordinator lost me): send nothing until it has me
-        return Share(min(1.0, 1.0 / (len(live) + 1)), recheck_s, len(live) + 1)
+    if mine is None or mine.held is False:  # not registered (the coordinator lost me), or my life lock
+        # is free (my peers may have counted me out): send nothing until the coordinator has me again
+        others = [p for p in live if p.worker != me]
+        return Share(min(1.0, 1.0 / (len(others) + 1)), recheck_s, len(others) + 1)
     n = len(live)
     share = min(1.0, min(p.rpm for p in live) / n / mine.rpm, min(p.tpm for p in live) / n / mine.tpm)
     counted = all(p.beat > mine.joined for p in live if p.worker != me)
-    return Share(share, 0.0 if counted else recheck_s, n)
+    # A newcomer waits for the last of its peers to make room, and meanwhile those that have are
+    # short of its share: each peer beats within recheck_s (as it does) until everyone has counted it.
+    settling = any(q.beat <= p.joined for p in live for q in live if q.worker != p.worker)
+    return Share(share, 0.0 if counted else recheck_s, n, settling)
+
+
+def gone(peers: Sequence[Peer], seen_held: AbstractSet[str]) -> frozenset[str]:
+    """The peers whose life lock was held once and is free now: their process (or its connection to
+    the store) is gone, so their share is free before ``stale_s`` has passed."""
+    return frozenset(p.worker for p in peers if p.held is False and p.worker in seen_held)

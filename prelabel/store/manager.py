@@ -743,6 +743,28 @@ class StoreManager(BatchRules):
         with self._c.transaction(wait_s=WORKER_BEAT_WAIT_S):
             self._c.run("worker_leave", worker=worker)
 
+    # A worker's life lock (PostgreSQL; None on a backend without one): held by a connection of the
+    # worker's own, it dies with the process, so its peers count a killed worker out at once.
+
+    @_once
+    def worker_hold_life(self, worker: str) -> bool | None:
+        """Hold ``worker``'s life lock: True if taken now (its first, or again after its connection
+        was lost), False if it was held already, None where there is none."""
+        hold = getattr(self._c, "hold_life", None)
+        return None if hold is None else hold(worker)
+
+    @_once
+    def worker_drop_life(self, worker: str) -> None:
+        drop = getattr(self._c, "drop_life", None)
+        if drop is not None:
+            drop(worker)
+
+    @_once
+    def workers_life_held(self, workers: list[str]) -> dict[str, bool] | None:
+        """Whether each of ``workers`` holds its life lock now (None where there are none)."""
+        held = getattr(self._c, "lives_held", None)
+        return None if held is None else held(workers)
+
     def live_workers(self, stale_s: float) -> list[WorkerView]:
         """The workers that beat within ``stale_s``, with the items each holds leased."""
         (now,) = self._c.one("db_now")

@@ -17,7 +17,7 @@ from typing import Iterator
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ..config import STORE_BUSY_TIMEOUT_S
+from ..config import STORE_BUSY_TIMEOUT_S, STORE_IDLE_TRANSACTION_S
 from ..errors import StorageError
 from .connector import load_queries, statements
 from .manager import StoreManager
@@ -34,6 +34,7 @@ def _pyformat(sql: str) -> str:
 Q = {name: _pyformat(sql) for name, sql in load_queries("postgres.sql").items()}
 MIGRATIONS = sorted((int(name.removeprefix("migration_")), name) for name in Q if name.startswith("migration_"))
 _MIGRATION_LOCK = 0x7072656C6162656C  # "prelabel": the advisory lock migrations are applied under
+_LIFE_CLASS = 0x706C6976  # "pliv": the first key of the workers' life locks (the second: their id's hash)
 _OWN_TABLES = {"jobs", "items", "prelabel_schema"}
 _UNREACHABLE_FIX = ("check that the server runs and that --db (or $PRELABEL_DB) names it, then run the same "
                     "command again")
@@ -55,6 +56,10 @@ def storage_error(location: str, error: BaseException) -> StorageError | None:
     if isinstance(error, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
         return StorageError(location, f"the database cannot be written ({detail})",
                             "grant this user write access, or choose another --db")
+    if isinstance(error, psycopg.errors.IdleInTransactionSessionTimeout):
+        return StorageError(location, f"the server ended a transaction this process left idle for more than "
+                                      f"{STORE_IDLE_TRANSACTION_S:g} s (it was stopped, or starved of CPU)",
+                            "let it run (or give it CPU) and run the same command again")
     if isinstance(error, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)):  # not the network
         return StorageError(location, f"the server aborted a transaction whose locks crossed another's ({detail})",
                             "run the same command again")
@@ -68,6 +73,14 @@ def storage_error(location: str, error: BaseException) -> StorageError | None:
     return None
 
 
+def _configure(conn: psycopg.Connection) -> None:
+    """Each pool connection: a transaction left open by a client that stopped (SIGSTOP, a paused VM)
+    is ended by the server after ``STORE_IDLE_TRANSACTION_S``, with its locks. Else one stopped
+    worker inside a commit holds the job row, and every other worker's commit waits on it for as
+    long as it is stopped. A client that was only slow makes its call again (``disconnected``)."""
+    conn.execute(f"SET idle_in_transaction_session_timeout = {int(STORE_IDLE_TRANSACTION_S * 1000)}")
+
+
 class PostgresConnector:
     errors = (psycopg.Error,)
     integrity_errors = (psycopg.errors.UniqueViolation,)
@@ -75,13 +88,15 @@ class PostgresConnector:
     def __init__(self, url: str, busy_timeout_s: float = STORE_BUSY_TIMEOUT_S, max_size: int = 8) -> None:
         self.url, self.location, self.busy_timeout_s = url, _shown(url), busy_timeout_s
         self._local = threading.local()
+        self._lives: dict[str, psycopg.Connection] = {}  # worker -> the connection holding its life lock
+        self._lives_lock = threading.Lock()
         self._migrate()  # on a connection of its own: an unreachable server fails here, at once
         # No check on checkout: it costs a round trip per call (0.13 -> 0.21 ms a read, measured), and a
         # connection the server dropped is discarded by the pool when it comes back broken.
         # Ready before the first call: a connection opened on demand costs the caller ~100 ms+ (on the
         # event loop, for the engine's cache look-ups). Three: the store thread, the loop, a stream.
         self.pool = ConnectionPool(url, min_size=3, max_size=max_size, kwargs={"autocommit": True},
-                                   timeout=busy_timeout_s, name="prelabel", open=True)
+                                   configure=_configure, timeout=busy_timeout_s, name="prelabel", open=True)
         try:
             self.pool.wait(timeout=busy_timeout_s)
         except BaseException:
@@ -95,9 +110,52 @@ class PostgresConnector:
     def translate(self, error: BaseException) -> StorageError | None:
         return storage_error(self.location, error)
 
+    # Life locks (prelabel.llm.shares): each on a connection of its own, outside the pool, so that
+    # it lives exactly as long as the worker (or that connection).
+
+    def hold_life(self, worker: str) -> bool | None:
+        """Hold ``worker``'s life lock: True if it was taken now (first, or again after its connection
+        died: peers may have counted the worker out meanwhile), False if it was held already, None if
+        another session holds that key (two ids of one hash: this worker goes without one)."""
+        with self._lives_lock:
+            conn = self._lives.get(worker)
+            if conn is not None:
+                try:
+                    conn.execute(Q["life_check"])
+                    return False
+                except psycopg.OperationalError:
+                    conn.close()
+                    del self._lives[worker]
+            # A beat's bound, not the store's: a beat that cannot land soon is of no use (libpq's least is 2 s)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+            try:
+                (taken,) = conn.execute(Q["life_lock"], {"life_class": _LIFE_CLASS, "worker": worker}).fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            if not taken:
+                conn.close()
+                return None
+            self._lives[worker] = conn
+            return True
+
+    def drop_life(self, worker: str) -> None:
+        """Let ``worker``'s life lock go (it has left: its row is gone first)."""
+        with self._lives_lock:
+            conn = self._lives.pop(worker, None)
+        if conn is not None:
+            conn.close()  # the session ends, and its lock with it
+
+    def lives_held(self, workers: list[str]) -> dict[str, bool]:
+        """Whether each of ``workers`` has its life lock held by some session now."""
+        return dict(self.all("lives_held", life_class=_LIFE_CLASS, workers=list(workers)))
+
     def disconnected(self, error: BaseException) -> bool:
         """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting
-        up, class 08, or no SQLSTATE at all: the socket), as opposed to a lock or a full disk."""
+        up, class 08, or no SQLSTATE at all: the socket; 25P03: the server ended a transaction this
+        client left idle too long), as opposed to a lock or a full disk."""
+        if isinstance(error, psycopg.errors.IdleInTransactionSessionTimeout):
+            return True
         if not isinstance(error, psycopg.OperationalError):
             return False
         state = getattr(error, "sqlstate", None)
@@ -191,8 +249,11 @@ class PostgresConnector:
             return max(cur.rowcount, 0)
 
     def stream(self, query: str, /, **params) -> Iterator[tuple]:
-        """A server-side cursor read in pages of 1,000, on a connection of its own."""
+        """A server-side cursor read in pages of 1,000, on a connection of its own. Its transaction
+        is idle between pages for as long as the reader takes over one (an export, the variants'
+        texts): it writes and locks nothing, so the idle timeout of the pool's connections is off."""
         with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             with conn.cursor(name="prelabel_stream") as cur:
                 cur.itersize = 1000
                 cur.execute(Q[query], params)
@@ -203,6 +264,10 @@ class PostgresConnector:
         self.schema_version()
 
     def close(self) -> None:
+        with self._lives_lock:
+            lives, self._lives = list(self._lives.values()), {}
+        for conn in lives:
+            conn.close()
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()

@@ -511,6 +511,27 @@ ORDER BY worker COLLATE "C";
 -- name: worker_leave
 DELETE FROM workers WHERE worker = :worker;
 
+-- name: life_lock
+-- A worker's life lock (prelabel.llm.shares), on a connection of its own for as long as it runs:
+-- session-level, so it dies with the process (or that connection), and its peers see it free at their
+-- next beat instead of waiting stale_s for its beats to stop. Two keys: apart from the bigint ones.
+SELECT pg_try_advisory_lock(:life_class, hashtext(:worker));
+
+-- name: life_unlock
+SELECT pg_advisory_unlock(:life_class, hashtext(:worker));
+
+-- name: life_check
+SELECT 1;
+
+-- name: lives_held
+-- Which of these workers' life locks some session holds now (read from pg_locks: nothing is taken).
+SELECT w.worker, EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = :life_class::oid AND l.objid = hashtext(w.worker)::oid)
+FROM unnest(:workers::text[]) AS w(worker);
+
 -- name: live_workers
 SELECT w.worker, w.host, w.pid, w.job_id, w.joined, w.beat,
        (SELECT count(*) FROM items i WHERE i.lease_owner = w.worker AND i.state = 'leased')

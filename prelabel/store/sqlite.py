@@ -8,19 +8,29 @@ earlier versions made (their columns are checked, in one transaction per step).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import sqlite3
+import struct
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no life locks, the beats alone count
+    fcntl = None
 
 from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import StorageError
 from .connector import load_queries, statements
 from .manager import StoreManager
 
+log = logging.getLogger(__name__)
 Q = load_queries("sqlite.sql")
 _FULL_BELOW_BYTES = 1 << 20  # free space under this after an I/O error: the disk is full
 _OWN_TABLES = {"jobs", "items"}  # a SQLite file with tables but neither of these belongs to something else
@@ -79,6 +89,20 @@ def storage_error(path: str, e: sqlite3.Error, busy_timeout_s: float) -> Storage
     return None
 
 
+LIFE_SUFFIX = "-lives"  # the workers' life locks: a file beside the store (empty: only its locks matter)
+_OFD = hasattr(fcntl, "F_OFD_SETLK") if fcntl is not None else False
+_FLOCK = "hhqqi4x"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+
+
+def _life_offset(worker: str) -> int:
+    """Where a worker's byte is: 48 bits of its id's hash (two live ids of one hash: 2**-48 a pair)."""
+    return int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=6).digest(), "big")
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
+
+
 def _adapt(params: dict) -> dict:
     """Lists go to SQLite as JSON, read back with ``json_each``."""
     for k, v in params.items():
@@ -98,6 +122,8 @@ class SQLiteConnector:
     def __init__(self, path: str, busy_timeout_s: float, connect) -> None:
         self.location, self.busy_timeout_s, self._connect = path, busy_timeout_s, connect
         self._local = threading.local()
+        self._lives: dict[str, int] = {}  # worker -> the descriptor holding its life lock
+        self._lives_lock = threading.Lock()
         self._others: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._others_lock = threading.Lock()
         self._main = None
@@ -106,6 +132,59 @@ class SQLiteConnector:
 
     def translate(self, error: BaseException) -> StorageError | None:
         return storage_error(self.location, error, self.busy_timeout_s)
+
+    # Life locks (prelabel.llm.shares): a SQLite store's workers share one machine, and a file lock
+    # dies with its process. One byte each, at an offset hashed from the worker's id, of a file beside
+    # the store (never the store itself: a process closing a descriptor of it would drop SQLite's own
+    # locks). Open-file-description locks (Linux), so two workers of one process are apart too.
+
+    def hold_life(self, worker: str) -> bool | None:
+        """Hold ``worker``'s life lock: True if taken now, False if held already, None where there is
+        none (no OFD locks here, an in-memory store, or another worker's id of the same hash)."""
+        if not _OFD or self.location == ":memory:":
+            return None
+        with self._lives_lock:
+            if worker in self._lives:
+                return False
+            try:
+                fd = os.open(self.location + LIFE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:  # an optimisation only: without it, the beats alone count
+                log.info("no life lock beside the store (%s): peers count this worker out by its beats", e)
+                return None
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, _life_offset(worker)))
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):  # EACCES/EAGAIN: another id of that hash
+                    log.info("no life lock beside the store (%s): peers count this worker out by its beats", e)
+                return None
+            self._lives[worker] = fd
+            return True
+
+    def drop_life(self, worker: str) -> None:
+        with self._lives_lock:
+            fd = self._lives.pop(worker, None)
+        if fd is not None:
+            os.close(fd)  # the lock goes with its open file description
+
+    def lives_held(self, workers: list[str]) -> dict[str, bool] | None:
+        """Whether each of ``workers`` has its life lock held by some process now."""
+        if not _OFD or self.location == ":memory:":
+            return None
+        try:
+            fd = os.open(self.location + LIFE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None  # the beats alone count
+        try:
+            held = {}
+            for worker in workers:
+                probe = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, _life_offset(worker)))
+                held[worker] = struct.unpack(_FLOCK, probe)[0] != fcntl.F_UNLCK
+            return held
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def disconnected(self, error: BaseException) -> bool:
         return False  # a file: there is no server to lose
@@ -224,6 +303,10 @@ class SQLiteConnector:
         """Nothing to keep up: SQLite updates rows in place (no dead versions to vacuum)."""
 
     def close(self) -> None:
+        with self._lives_lock:
+            lives, self._lives = list(self._lives.values()), {}
+        for fd in lives:
+            os.close(fd)
         with self._others_lock:
             others, self._others = self._others, []
         for _, connection in others:

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -42,11 +43,17 @@ class Coordinator(Protocol):
 
 class StoreCoordinator:
     """The coordinator of every worker of one store (SQLite or PostgreSQL): its ``workers`` table,
-    on the database's clock. The secret is read once."""
+    on the database's clock. The secret is read once.
+
+    Each worker also holds a life lock while it runs (``prelabel.llm.shares``; where the backend has
+    one: PostgreSQL, and SQLite on Linux), taken before its first beat, and each roll says whose lock
+    is held (``Peer.held``). A worker whose lock had to be taken again (its connection died: a
+    restart) leaves and beats as a newcomer: its peers may have counted it out meanwhile."""
 
     def __init__(self, store) -> None:
         self.store = store
         self._secret: bytes | None = None
+        self._lived: set[str] = set()  # workers that have held a life lock here
 
     def secret(self) -> bytes:
         if self._secret is None:
@@ -54,11 +61,23 @@ class StoreCoordinator:
         return self._secret
 
     def beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
+        taken = self.store.worker_hold_life(worker)
+        if taken and worker in self._lived:
+            self.store.worker_leave(worker)  # its old row's `joined` must not count it as sending
+        if taken is not None:
+            self._lived.add(worker)
         now, peers = self.store.worker_beat(worker, job_id, pace_key, rpm, tpm, stale_s)
+        held = self.store.workers_life_held([p.worker for p in peers]) if taken is not None else None
+        if held is not None:
+            peers = [dataclasses.replace(p, held=held.get(p.worker, False)) for p in peers]
         return Roll(now, tuple(peers))
 
     def leave(self, worker: str) -> None:
-        self.store.worker_leave(worker)
+        try:
+            self.store.worker_leave(worker)  # its row first: a peer must not find it alive without a lock
+        finally:
+            self._lived.discard(worker)
+            self.store.worker_drop_life(worker)
 
 
 class MemoryCoordinator:

@@ -7,10 +7,11 @@ no beat has landed for ``stale_s - interval_s``, the others may soon count this 
 its share, so it holds its requests (a limiter pause, renewed each step) until a beat lands again;
 then it is a newcomer and waits like one.
 
-It beats every ``recheck_s`` instead while it waits to be counted (a newcomer: it starts as soon as
-the last peer has made room) and once its job's queue has run dry (``hurry``: its peers are about to
-leave, and their shares are worth taking at once). A run that will send nothing more leaves at once
-(``leave``), not when its last results are committed.
+It beats every ``recheck_s`` instead while it or a peer waits to be counted (a newcomer: it starts
+as soon as the last peer has made room, and the peers make room within ``recheck_s``), and once its
+job's queue has run dry (``hurry``: its peers are about to leave, and their shares are worth taking
+at once). A run that will send nothing more leaves at once (``leave``), not when its last results
+are committed.
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ class ShareKeeper:
         self._left = False
         self._leaving: asyncio.Future | None = None
         self._wake = asyncio.Event()
+        self._seen_held: set[str] = set()  # peers whose life lock a roll showed held (a free one: gone)
+        self._life = False            # this worker's own life lock was held at its last beat
+        self.beat_s: list[float] = []  # how long each beat took to land (the run's log says how they went)
         self.last: Share | None = None  # the last decision (for tests and the run's statistics)
 
     async def start(self) -> None:
@@ -85,7 +89,8 @@ class ShareKeeper:
     @property
     def next_in(self) -> float:
         """How long until the next beat."""
-        return self.recheck_s if self._hurried or not self._counted else self.interval_s
+        settling = self.last is not None and self.last.settling
+        return self.recheck_s if self._hurried or not self._counted or settling else self.interval_s
 
     def hurry(self) -> None:
         """The job's queue ran dry: beat every ``recheck_s`` from now (peers leave any moment)."""
@@ -111,6 +116,11 @@ class ShareKeeper:
     async def _leave(self) -> None:
         if self._pending is not None:  # a beat in flight lands first: after the leave, it would list us again
             await asyncio.wait([self._pending])
+        if self.beat_s:
+            took = sorted(self.beat_s)
+            log.info("%d beats to the coordinator: median %.0f ms, 99th percentile %.0f ms, slowest %.0f ms",
+                     len(took), 1000 * took[len(took) // 2], 1000 * took[int(0.99 * (len(took) - 1))],
+                     1000 * took[-1])
         try:
             await self._call(self.coordinator.leave, self.worker)
         except Exception as e:  # noqa: BLE001 - the others count it out after stale_s all the same
@@ -129,14 +139,25 @@ class ShareKeeper:
         self._pending = None
         if done.cancelled():
             return
+        self.beat_s.append(self._clock() - sent)
         if (error := done.exception()) is not None:  # retrieved even after leaving: asyncio would print it
+            if self._life and not self._left:
+                # Its life lock may have gone with its connection, and its peers count it out by that
+                # at once: it holds until a beat lands (and then may be a newcomer).
+                log.info("a beat to the coordinator failed (holding until one lands): %s", error)
+                self._confirmed = -math.inf
+                self.limiter.pause(self.interval_s, self._clock())
+                return
             log.info("a beat to the coordinator failed (pacing on at the last share): %s", error)
             return
         if not self._left:
             self._apply(done.result(), sent)
 
     def _apply(self, roll: Roll, sent: float) -> None:
-        decision = decide_share(self.worker, roll.peers, roll.now, self.stale_s, self.recheck_s)
+        listed = {p.worker for p in roll.peers}
+        self._seen_held = {w for w in self._seen_held if w in listed} | {p.worker for p in roll.peers if p.held}
+        self._life = self.worker in self._seen_held
+        decision = decide_share(self.worker, roll.peers, roll.now, self.stale_s, self.recheck_s, self._seen_held)
         now = self._clock()
         if self.last is None or decision.share != self.last.share:
             log.info("pacing at %.0f%% of the ceiling: %d workers share this endpoint and key",

@@ -1101,6 +1101,25 @@ def test_the_items_table_is_vacuumed_once_its_dead_row_versions_pile_up_by_one_h
     store.close()
 
 
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # SQLite has no idle timeout
+def test_a_stream_read_slowly_is_not_ended_by_the_idle_transaction_timeout(url, monkeypatch):
+    """The pool's connections have the server end a transaction left idle (a stopped worker's, with
+    its locks); a stream's reader may take its time between pages (an export), and holds no lock."""
+    import prelabel.store.postgres as pg
+    monkeypatch.setattr(pg, "STORE_IDLE_TRANSACTION_S", 0.2)
+    store = open_store(url)
+    try:
+        store.create_job(job_record(), raw_items(1500))
+        texts = []
+        for text in store.item_texts("job-1"):
+            texts.append(text)
+            if len(texts) == 1:
+                time.sleep(0.6)  # the next page is fetched after this: the transaction sat idle
+        assert len(texts) == 1500
+    finally:
+        store.close()
+
+
 def _plan_nodes(node: dict):
     yield node
     for child in node.get("Plans", []):

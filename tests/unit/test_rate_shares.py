@@ -62,9 +62,21 @@ def test_a_newcomer_waits_until_every_peer_has_beaten_since_it_joined_unless_alo
 def test_the_first_worker_does_not_wait_when_others_join_it():
     # a sent alone from 10.0; b and c joined after: their beats saw a, so a never stops sending
     peers = [peer("a", joined=10.0, beat=11.0), peer("b", joined=10.1, beat=10.1), peer("c", joined=10.2, beat=10.2)]
-    assert decide_share("a", peers, now=11.0, stale_s=3.0, recheck_s=0.1) == Share(pytest.approx(1 / 3), 0.0, 3)
+    # (it beats within recheck_s meanwhile: b has not counted c yet)
+    assert decide_share("a", peers, now=11.0, stale_s=3.0, recheck_s=0.1) == Share(pytest.approx(1 / 3), 0.0, 3, True)
     assert decide_share("b", peers, now=11.0, stale_s=3.0, recheck_s=0.1).wait_s == 0.0  # a and c beat after it
     assert decide_share("c", peers, now=11.0, stale_s=3.0, recheck_s=0.1).wait_s == 0.1  # b has not yet
+
+
+def test_every_worker_beats_within_recheck_s_until_each_newcomer_is_counted_by_all():
+    # c joined at 10.2: a has beaten since, b has not. All three look again soon; once b has, none
+    peers = [peer("a", joined=9.0, beat=10.3), peer("b", joined=9.0, beat=10.1), peer("c", joined=10.2, beat=10.2)]
+    assert all(decide_share(w, peers, 10.3, 3.0, 0.1).settling for w in "abc")
+    counted = [peer("a", joined=9.0, beat=10.3), peer("b", joined=9.0, beat=10.35), peer("c", joined=10.2, beat=10.4)]
+    assert not any(decide_share(w, counted, 10.4, 3.0, 0.1).settling for w in "abc")
+    # a stale peer (stopped) is not waited for
+    stopped = counted + [peer("d", joined=1.0, beat=6.0)]
+    assert not decide_share("a", stopped, 10.4, 3.0, 0.1).settling
 
 
 def test_a_stale_peer_that_never_counted_a_newcomer_does_not_hold_it():
@@ -84,6 +96,31 @@ def test_the_lowest_ceiling_of_the_key_is_shared():
 def test_a_worker_the_coordinator_does_not_list_waits_as_a_newcomer():
     share = decide_share("me", [peer("a")], now=10.0, stale_s=3.0, recheck_s=0.1)
     assert share.share == pytest.approx(1 / 2) and share.wait_s == 0.1
+
+
+def test_a_peer_whose_life_lock_was_seen_held_and_is_free_now_is_gone_before_its_beats_go_stale():
+    from dataclasses import replace
+
+    peers = [replace(peer("a"), held=True), replace(peer("killed"), held=False), replace(peer("c"), held=True)]
+    seen = {"a", "killed", "c"}
+    share = decide_share("a", peers, now=10.1, stale_s=3.0, recheck_s=0.1, seen_held=seen)
+    assert share == Share(pytest.approx(1 / 2), 0.0, 2)
+    # never seen held (it came before this worker did, or runs a version without life locks): its beats count
+    assert decide_share("a", peers, now=10.1, stale_s=3.0, recheck_s=0.1, seen_held={"a", "c"}).live == 3
+    # a store without life locks says nothing (None): the beats alone count
+    plain = [peer("a"), peer("b")]
+    assert decide_share("a", plain, now=10.1, stale_s=3.0, recheck_s=0.1, seen_held={"a", "b"}).live == 2
+    # a newcomer is not held back by a peer that died before counting it
+    joining = [replace(peer("new", joined=10.0, beat=10.0), held=True), replace(peer("killed", beat=9.9), held=False)]
+    assert decide_share("new", joining, 10.1, 3.0, 0.1, seen_held={"new", "killed"}) == Share(1.0, 0.0, 1)
+
+
+def test_a_worker_whose_own_life_lock_is_free_sends_nothing_until_it_holds_it_again():
+    from dataclasses import replace
+
+    peers = [replace(peer("me"), held=False), replace(peer("b"), held=True)]
+    share = decide_share("me", peers, now=10.1, stale_s=3.0, recheck_s=0.1, seen_held={"me", "b"})
+    assert share.wait_s == 0.1 and share.share == pytest.approx(1 / 2)
 
 
 # --- the limiter's share at runtime ---------------------------------------------------------------
@@ -233,6 +270,33 @@ async def test_workers_of_one_key_share_and_a_newcomer_waits_for_the_others():
     assert other.last.share == 1.0
 
 
+async def test_peers_beat_within_recheck_s_while_a_newcomer_waits_for_the_last_of_them():
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
+    await a.start()
+    clock.t += 0.1
+    await b.start()
+    clock.t += 0.1
+    a.step()
+    await settle()
+    assert a.next_in == 1.0 and b.next_in == 0.1        # b counted by a; b does not know it yet
+    clock.t += 0.1
+    c = keeper(coordinator, clock, "c")
+    await c.start()
+    clock.t += 0.1
+    a.step()
+    await settle()
+    assert a.last.share == pytest.approx(1 / 3) and a.next_in == 0.1  # b has not counted c: a looks again soon
+    clock.t += 0.1
+    b.step()
+    await settle()
+    clock.t += 0.1
+    a.step(), c.step()
+    await settle()
+    assert c.last.wait_s == 0 and a.next_in == 1.0 and c.next_in == 1.0  # everyone counted: beats as usual
+
+
 async def test_a_worker_whose_queue_ran_dry_beats_often_and_takes_a_leavers_share_at_once():
     clock = Clock()
     coordinator = MemoryCoordinator(clock)
@@ -358,6 +422,80 @@ async def test_a_worker_woken_after_a_long_stop_holds_before_it_beats():
     await settle()
     assert b.last.share == 0.5 and b.last.wait_s > 0     # a had counted b out: b joins again, and waits
     assert b.limiter.paused_until == pytest.approx(clock.t + 1.0)
+
+
+class LifeCoordinator(MemoryCoordinator):
+    """Rolls that say whose life lock is held, as PostgreSQL's do: ``killed`` workers' are free."""
+
+    def __init__(self, clock) -> None:
+        super().__init__(clock)
+        self.killed: set[str] = set()
+
+    def beat(self, worker, *args):
+        from dataclasses import replace
+
+        if worker in self.killed:
+            raise AssertionError("a killed worker does not beat")
+        roll = super().beat(worker, *args)
+        return type(roll)(roll.now, tuple(replace(p, held=p.worker not in self.killed) for p in roll.peers))
+
+
+async def test_a_killed_workers_share_goes_to_the_others_at_their_next_beat_where_life_locks_tell():
+    clock = Clock()
+    coordinator = LifeCoordinator(clock)
+    a, b, c = (keeper(coordinator, clock, name) for name in "abc")
+    for k in (a, b, c):
+        await k.start()
+    for k in (a, b, c):
+        k.step()
+    await settle()
+    assert a.last.share == pytest.approx(1 / 3)
+    coordinator.killed.add("c")                         # SIGKILL: its connection, and its lock, are gone
+    clock.t += 0.25                                     # a quarter of a beat interval: c's beat is fresh
+    a.step(), b.step()
+    await settle()
+    assert a.last.share == pytest.approx(1 / 2) and b.last.share == pytest.approx(1 / 2)
+    assert a.limiter.pace(clock.t) == pytest.approx(3000)
+
+
+async def test_a_worker_with_a_life_lock_whose_beat_fails_holds_at_once():
+    clock = Clock()
+    coordinator = LifeCoordinator(clock)
+    a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
+    await a.start()
+    await b.start()
+    for _ in range(2):
+        clock.t += 1.0
+        a.step(), b.step()
+        await settle()
+    assert b.limiter.paused_until < clock.t
+    beat = coordinator.beat
+
+    def down(worker, *args):
+        if worker == "b":
+            raise OSError("the connection to the database was lost")
+        return beat(worker, *args)
+
+    coordinator.beat = down
+    clock.t += 0.1
+    b.step()
+    await settle()
+    # its life lock may be gone with the connection, and a counts it out by that at once: b holds now,
+    # not stale_s - interval_s later as a worker without one does
+    assert b.limiter.paused_until == pytest.approx(clock.t + 1.0)
+    clock.t += 1.0
+    b.step()
+    await settle()
+    assert b.limiter.paused_until == pytest.approx(clock.t + 1.0)  # renewed while no beat lands
+    coordinator.beat = beat
+    clock.t += 1.0
+    b.step()
+    await settle()
+    assert b.last.wait_s == 0.0                         # a beat landed: counted as it was, so...
+    clock.t += 1.0
+    b.step()
+    await settle()
+    assert b.limiter.paused_until <= clock.t            # ...the hold is not renewed: it sends again
 
 
 async def test_a_first_beat_the_store_refuses_is_tried_again_before_the_run_fails(monkeypatch):

@@ -287,6 +287,20 @@ def test_a_429_under_a_reported_limit_is_jitter_a_fixed_cut_and_no_pause():
     assert not lim.limited(sent_at=0.6, now=0.61)  # the same jitter, within the hold: once
 
 
+def test_jitter_429s_under_a_reported_limit_do_not_lower_the_pace_for_good():
+    # a busy machine: a 429 every 2.5 s near a known limit. Each cuts the pace, which grows back to
+    # just under the ceiling: the pace that drew it was not over the limit (before: each lowered the
+    # knee, to 5584 after ten 429s)
+    lim = RateLimiter(rpm=6000, tpm=10**9, headroom=0.99)
+    lim.observe({"x-ratelimit-limit-requests": "6000"}, now=0.0)
+    t = 0.0
+    for _ in range(10):
+        t += 2.5
+        assert lim.limited(sent_at=t, now=t + 0.01)
+    assert lim.pace(t + 2.49) >= 0.99 * 6000 and lim.pace(t + 30) <= 6000
+    assert lim.pace(t + 0.02) < MIN_CUT * 6000 + 1  # still a cut each time
+
+
 def test_auto_ignores_answers_sent_under_an_older_limit():
     limit = VegasLimit(256, initial=4)
     for _ in range(8):

@@ -1,0 +1,158 @@
+"""A killed worker's share is free at its peers' next beat (issue 11), not ``stale_s`` after its last
+one: each worker holds a life lock that dies with its process (PostgreSQL: a session advisory lock on a
+connection of its own; SQLite: a byte of a file beside the store, locked by an open file description),
+and each roll says whose is held. Against the real stores: a worker SIGKILLed in a process of its own,
+a life connection the server dropped (the worker comes back as a newcomer), a worker that leaves.
+
+``stale_s`` is a minute throughout: only the life lock can count a worker out this soon."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from prelabel.llm.shares import decide_share
+from prelabel.store import open_store
+from prelabel.worker.coordinator import StoreCoordinator
+from tests.integration import test_store_contract as contract
+
+pg_database, url = contract.pg_database, contract.url  # the contract suite's fixtures: SQLite and PostgreSQL
+
+STALE_S = 60.0
+KEY = "key-1"
+
+
+def ids(*names: str) -> list[str]:
+    nonce = uuid.uuid4().hex[:6]  # the life locks are the database's: no two tests share an id
+    return [f"{name}:{n}:{nonce}" for n, name in enumerate(names, start=1)]
+
+
+def beat(coordinator: StoreCoordinator, worker: str):
+    return coordinator.beat(worker, "job-1", KEY, 6000, 1e6, STALE_S)
+
+
+def until(check, timeout: float = 20.0):
+    """Poll for what the server does on its own time (notice a dead client's socket); not a backoff."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def beat_until_free(coordinator: StoreCoordinator, worker: str, other: str):
+    """``worker``'s beats until one finds ``other``'s life lock free (the roll), or None."""
+    def check():
+        roll = beat(coordinator, worker)
+        return roll if not {p.worker: p.held for p in roll.peers}[other] else None
+    return until(check)
+
+
+VICTIM = """
+import sys
+from prelabel.store import open_store
+from prelabel.worker.coordinator import StoreCoordinator
+store = open_store(sys.argv[1])
+StoreCoordinator(store).beat(sys.argv[2], "job-1", "key-1", 6000, 1e6, 60.0)
+print("beating", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_sigkilled_workers_share_is_free_at_its_peers_next_beat(url):
+    a, b = ids("host-a", "host-b")
+    store = open_store(url)
+    victim = subprocess.Popen([sys.executable, "-c", VICTIM, url, a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert victim.stdout.readline().strip() == "beating"
+        peers = StoreCoordinator(store)
+        roll = beat(peers, b)
+        assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
+        seen = {p.worker for p in roll.peers if p.held}
+        assert decide_share(b, roll.peers, roll.now, STALE_S, 0.1, seen).share == pytest.approx(0.5)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        roll = beat_until_free(peers, b, a)
+        assert roll, "the killed worker's life lock was never freed"
+        assert roll.now - next(p.beat for p in roll.peers if p.worker == a) < STALE_S  # its beat is not stale...
+        decision = decide_share(b, roll.peers, roll.now, STALE_S, 0.1, seen)
+        assert decision.share == 1.0 and decision.live == 1 and decision.wait_s == 0  # ...yet it is gone
+        # a worker that never saw the victim's lock held (it came later) counts it by its beats alone
+        assert decide_share(b, roll.peers, roll.now, STALE_S, 0.1, set()).live == 2
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        store.close()
+
+
+def test_a_worker_that_lost_its_life_connection_comes_back_as_a_newcomer(url):
+    if not url.startswith("postgresql"):
+        pytest.skip("SQLite has no life locks")
+    a, b = ids("host-a", "host-b")
+    first, second = open_store(url), open_store(url)
+    try:
+        ca, cb = StoreCoordinator(first), StoreCoordinator(second)
+        beat(ca, a)
+        roll = beat(cb, b)
+        seen_by_b = {p.worker for p in roll.peers if p.held}
+        roll = beat(ca, a)  # b counted: a beat after b joined
+        assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
+        (pid,) = first._c._lives[a].execute("SELECT pg_backend_pid()").fetchone()
+        with __import__("psycopg").connect(url.split("?")[0], autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # a's life lock goes with its connection
+        roll = beat_until_free(cb, b, a)
+        assert roll and decide_share(b, roll.peers, roll.now, STALE_S, 0.1, seen_by_b).live == 1  # b counts a out
+        roll = beat(ca, a)  # a takes its lock again, and joins again: b may have handed out its share
+        assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
+        decision = decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b})
+        assert decision.wait_s > 0 and decision.live == 2  # a newcomer: it waits until b has beaten again
+        beat(cb, b)
+        roll = beat(ca, a)
+        assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_worker_that_leaves_lets_its_life_lock_go(url):
+    a, b = ids("host-a", "host-b")
+    first, second = open_store(url), open_store(url)
+    try:
+        ca, cb = StoreCoordinator(first), StoreCoordinator(second)
+        beat(ca, a)
+        roll = beat(cb, b)
+        assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
+        ca.leave(a)
+        roll = beat(cb, b)
+        assert [p.worker for p in roll.peers] == [b]
+        assert second.workers_life_held([a, b]) == {a: False, b: True}
+        assert first._c._lives == {}  # its connection (SQLite: its descriptor) closed
+    finally:
+        first.close()
+        second.close()
+
+
+def test_two_workers_of_one_process_hold_life_locks_of_their_own(tmp_path):
+    # one process, one store file: a lock of one must not count as the other's, nor die with the other's leave
+    a, b = ids("host-a", "host-b")
+    first, second = open_store(str(tmp_path / "prelabel.db")), open_store(str(tmp_path / "prelabel.db"))
+    try:
+        assert first.worker_hold_life(a) is True and first.worker_hold_life(a) is False
+        assert second.workers_life_held([a, b]) == {a: True, b: False}
+        assert second.worker_hold_life(b) is True
+        first.worker_drop_life(a)
+        assert second.workers_life_held([a, b]) == {a: False, b: True}
+    finally:
+        first.close()
+        second.close()
+    memory = open_store(":memory:")
+    try:
+        assert memory.worker_hold_life(a) is None  # no file to lock: the beats alone count
+    finally:
+        memory.close()
