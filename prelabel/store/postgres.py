@@ -242,10 +242,18 @@ class PostgresConnector:
             return n
 
     def many(self, query: str, /, rows: list[dict]) -> int:
+        """Once per row, as one pipeline; or, for a query with a ``_bulk`` form, one statement over
+        arrays of each parameter. The cache's writes are bulk: their rows are the ones another
+        worker waits on (the same request asked again by a takeover), and a client stopped inside
+        a pipeline is never idle to the server, so its idle timeout would not free them."""
         if not rows:
             return 0
         with self._cursor() as cur:
-            cur.executemany(Q[query], rows)
+            bulk = Q.get(f"{query}_bulk")
+            if bulk is not None:
+                cur.execute(bulk, {name: [row[name] for row in rows] for name in rows[0]})
+            else:
+                cur.executemany(Q[query], rows)
             return max(cur.rowcount, 0)
 
     def stream(self, query: str, /, **params) -> Iterator[tuple]:

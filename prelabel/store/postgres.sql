@@ -366,8 +366,17 @@ WHERE id = :job_id;
 INSERT INTO cache (key, response, created_at) VALUES (:key, :response, :now)
 ON CONFLICT (key) DO UPDATE SET response = excluded.response, created_at = excluded.created_at;
 
+-- name: insert_cache_bulk
+-- insert_cache as one statement (the connector's ``many``): the keys come distinct and in order.
+INSERT INTO cache (key, response, created_at)
+SELECT * FROM unnest(:key::text[], :response::text[], :now::double precision[])
+ON CONFLICT (key) DO UPDATE SET response = excluded.response, created_at = excluded.created_at;
+
 -- name: delete_cache
 DELETE FROM cache WHERE key = :key;
+
+-- name: delete_cache_bulk
+DELETE FROM cache WHERE key = ANY(:key::text[]);
 
 -- name: get_cache
 SELECT response FROM cache WHERE key = :key;

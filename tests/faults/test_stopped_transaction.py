@@ -74,3 +74,54 @@ def test_a_worker_stopped_inside_a_commit_does_not_hold_the_others_commits(url, 
         resume.set()
         stopped.close()
         other.close()
+
+
+def test_a_worker_stopped_inside_a_cache_write_does_not_hold_the_same_answers_write(url, monkeypatch):
+    """A takeover asks a stopped worker's requests again, so its answers go to the cache under the
+    stopped worker's keys, whose rows that worker may hold: the server ends its idle transaction and
+    the takeover's write goes through; the stopped one, resumed, writes its own again. (The cache
+    write is one statement: a client stopped inside a pipeline of them is never idle to the server.)"""
+    if not url.startswith("postgresql"):
+        pytest.skip("SQLite's write lock is the file's: a stopped writer is waited for up to the busy timeout")
+    import prelabel.store.manager as manager
+    import prelabel.store.postgres as postgres
+
+    monkeypatch.setattr(postgres, "STORE_IDLE_TRANSACTION_S", 0.3)
+    monkeypatch.setattr(manager, "reconnect_delay", lambda attempt: 0.0)
+    stopped, other = open_store(url), open_store(url)
+    inside, resume = threading.Event(), threading.Event()
+    many = stopped._c.many
+
+    def stops_once_holding_the_keys(query, /, rows):
+        n = many(query, rows)
+        if query == "insert_cache" and not inside.is_set():
+            inside.set()
+            resume.wait(30)
+        return n
+
+    stopped._c.many = stops_once_holding_the_keys
+    done: dict[str, object] = {}
+
+    def put(store, key, answer):
+        try:
+            store.cache_put([("k-b", {"who": answer}), ("k-a", {"who": answer})])
+            done[key] = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - reported by the asserts
+            done[key] = e
+
+    try:
+        first = threading.Thread(target=put, args=(stopped, "stopped", "stopped"))
+        first.start()
+        assert inside.wait(20)
+        second = threading.Thread(target=put, args=(other, "other", "takeover"))
+        second.start()
+        second.join(20)
+        assert isinstance(done.get("other"), float), done  # written while the first is still stopped
+        resume.set()
+        first.join(30)
+        assert isinstance(done.get("stopped"), float), done
+        assert other.cache_get("k-a") is not None and other.cache_get("k-b") is not None
+    finally:
+        resume.set()
+        stopped.close()
+        other.close()
