@@ -123,6 +123,7 @@ class SQLiteConnector:
         self.location, self.busy_timeout_s, self._connect = path, busy_timeout_s, connect
         self._local = threading.local()
         self._lives: dict[str, int] = {}  # worker -> the descriptor holding its life lock
+        self._said_no_life = False
         self._lives_lock = threading.Lock()
         self._others: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._others_lock = threading.Lock()
@@ -149,17 +150,23 @@ class SQLiteConnector:
             try:
                 fd = os.open(self.location + LIFE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as e:  # an optimisation only: without it, the beats alone count
-                log.info("no life lock beside the store (%s): peers count this worker out by its beats", e)
+                self._no_life(e)
                 return None
             try:
                 fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, _life_offset(worker)))
             except OSError as e:
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EACCES):  # EACCES/EAGAIN: another id of that hash
-                    log.info("no life lock beside the store (%s): peers count this worker out by its beats", e)
+                    self._no_life(e)
                 return None
             self._lives[worker] = fd
             return True
+
+    def _no_life(self, error: OSError) -> None:
+        """Said once per store, not at every beat (four a second)."""
+        if not self._said_no_life:
+            self._said_no_life = True
+            log.info("no life lock beside the store (%s): peers count this worker out by its beats", error)
 
     def drop_life(self, worker: str) -> None:
         with self._lives_lock:
