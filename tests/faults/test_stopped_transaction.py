@@ -23,26 +23,35 @@ A, B = "host-a:1:aaaaaa", "host-b:2:bbbbbb"
 T0 = 1_000_000.0
 
 
-def test_a_worker_stopped_inside_a_commit_does_not_hold_the_others_commits(url, monkeypatch):
+def _stopped_and_other(url, monkeypatch, method: str, query: str):
+    """Two stores of one PostgreSQL database: the first stops once, right after its connector's
+    ``method`` ran ``query`` (inside that transaction), until the test sets ``resume``: a SIGSTOP as
+    an event. The server's idle timeout is short and reconnecting has no backoff to wait through."""
     if not url.startswith("postgresql"):
         pytest.skip("SQLite's write lock is the file's: a stopped writer is waited for up to the busy timeout")
     import prelabel.store.manager as manager
     import prelabel.store.postgres as postgres
 
     monkeypatch.setattr(postgres, "STORE_IDLE_TRANSACTION_S", 0.3)
-    monkeypatch.setattr(manager, "reconnect_delay", lambda attempt: 0.0)  # no backoff to wait through
+    monkeypatch.setattr(manager, "reconnect_delay", lambda attempt: 0.0)
     stopped, other = open_store(url), open_store(url)
     inside, resume = threading.Event(), threading.Event()
-    run = stopped._c.run
+    inner = getattr(stopped._c, method)
 
-    def stops_once_holding_the_job_row(query, /, **params):
-        n = run(query, **params)
-        if query == "add_spent" and not inside.is_set():  # a commit's spending: the job row is locked from here
+    def stops_once(name, /, *args, **params):
+        out = inner(name, *args, **params)
+        if name == query and not inside.is_set():
             inside.set()
             resume.wait(30)  # SIGSTOP ... SIGCONT
-        return n
+        return out
 
-    stopped._c.run = stops_once_holding_the_job_row
+    setattr(stopped._c, method, stops_once)
+    return stopped, other, inside, resume
+
+
+def test_a_worker_stopped_inside_a_commit_does_not_hold_the_others_commits(url, monkeypatch):
+    # a commit's spending: the job row is locked from there to its COMMIT
+    stopped, other, inside, resume = _stopped_and_other(url, monkeypatch, "run", "add_spent")
     outcome: dict[str, object] = {}
 
     def commit(store, owner, seq, key):
@@ -81,25 +90,7 @@ def test_a_worker_stopped_inside_a_cache_write_does_not_hold_the_same_answers_wr
     stopped worker's keys, whose rows that worker may hold: the server ends its idle transaction and
     the takeover's write goes through; the stopped one, resumed, writes its own again. (The cache
     write is one statement: a client stopped inside a pipeline of them is never idle to the server.)"""
-    if not url.startswith("postgresql"):
-        pytest.skip("SQLite's write lock is the file's: a stopped writer is waited for up to the busy timeout")
-    import prelabel.store.manager as manager
-    import prelabel.store.postgres as postgres
-
-    monkeypatch.setattr(postgres, "STORE_IDLE_TRANSACTION_S", 0.3)
-    monkeypatch.setattr(manager, "reconnect_delay", lambda attempt: 0.0)
-    stopped, other = open_store(url), open_store(url)
-    inside, resume = threading.Event(), threading.Event()
-    many = stopped._c.many
-
-    def stops_once_holding_the_keys(query, /, rows):
-        n = many(query, rows)
-        if query == "insert_cache" and not inside.is_set():
-            inside.set()
-            resume.wait(30)
-        return n
-
-    stopped._c.many = stops_once_holding_the_keys
+    stopped, other, inside, resume = _stopped_and_other(url, monkeypatch, "many", "insert_cache")
     done: dict[str, object] = {}
 
     def put(store, key, answer):
