@@ -130,10 +130,9 @@ class BatchRules:
                 return
             self._c.many("insert_cache", cache)
             self._c.many("insert_usage", rows)
-            self._c.one("lock_job", job_id=job_id)  # after the cache rows, as a commit takes them (the lock order)
-            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
-            self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)
             self._record(call, None)
+            # The job row after the cache rows, as a commit takes them (the lock order), with the COMMIT.
+            self._c.commit_with("spend", tokens=tokens, cost=cost, now=now, job_id=job_id, owner=owner)
 
     def batch_budget_used(self, job_id: str, now: float) -> tuple[int, float]:
         """The job's spending plus every live hold on its budget: its chunks' and its workers' (a
@@ -178,8 +177,8 @@ class BatchRules:
             if row is None or row[0] == COLLECTED:
                 return False
             self._c.many("insert_usage", billed)
-            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)
-            self._c.run("drop_holds", owner=hold_owner(job_id, chunk))
+            self._c.run("spend", tokens=tokens, cost=cost, now=now, job_id=job_id, owner=hold_owner(job_id, chunk))
+            self._c.run("drop_holds", owner=hold_owner(job_id, chunk))  # the rest of the chunk's hold
             self._c.run("batch_finish_chunk", job_id=job_id, chunk=chunk, **fields)
             self._c.many("batch_add_failure", [dict(job_id=job_id, key=key, error=error, retryable=int(retryable))
                                                for key, error, retryable in failures])

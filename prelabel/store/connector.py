@@ -27,10 +27,10 @@ def load_queries(filename: str) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=None)
 def statements(sql: str) -> tuple[str, ...]:
-    """A block's statements (our SQL has no ``;`` inside a literal). Cached: a query runs once per
-    input line while a job is read in."""
-    return tuple(s.strip() for s in sql.split(";") if s.strip() and not all(
-        line.lstrip().startswith("--") or not line.strip() for line in s.splitlines()))
+    """A block's statements, its comment lines left out (they may hold a ``;``; our SQL has none
+    inside a literal). Cached: a query runs once per input line while a job is read in."""
+    code = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return tuple(s.strip() for s in code.split(";") if s.strip())
 
 
 class Connector(Protocol):
@@ -56,6 +56,11 @@ class Connector(Protocol):
     def all(self, query: str, /, **params) -> list[tuple]: ...
     def run(self, query: str, /, **params) -> int: ...  # each statement of the block; rows changed
     def many(self, query: str, /, rows: list[dict]) -> int: ...  # one statement, once per row; rows changed
+    def commit_with(self, query: str, /, **params) -> list[tuple]:
+        """The transaction's last statements, committed with it: nothing may follow them in it. On a
+        server they go with the COMMIT in one message, so the locks they take (the job row, a pace
+        key) are never held waiting on this process. The rows of the last statement that returns rows."""
+        ...
     def stream(self, query: str, /, **params) -> Iterator[tuple]: ...  # paged, on a connection of its own
     def churned(self, rows: int) -> None: ...  # committed: item rows changed (PostgreSQL vacuums now and then)
     def verify(self) -> None: ...

@@ -517,11 +517,12 @@ class StoreManager(BatchRules):
             self._record(call, refused)
             # The job row last: its lock (spawned seqs, spending) is held for these statements and the
             # COMMIT only, not for the items' writes, so several workers' commits on one job overlap.
+            # The spending goes with the COMMIT (one message): without spawned items, the job row is
+            # never held while this process waits (a stopped worker would hold every peer's commit).
             if spawned:
                 self._c.one("lock_job", job_id=job_id)
                 self._spawn(job_id, spawned)
-            self._c.run("add_spent", tokens=tokens, cost=cost, now=now, job_id=job_id)  # locks it, if not yet
-            self._c.run("spend_hold", tokens=tokens, cost=cost, job_id=job_id, owner=owner)  # held -> spent
+            self._c.commit_with("spend", tokens=tokens, cost=cost, now=now, job_id=job_id, owner=owner)
         self._c.churned(len(finished) + len(released))
         return refused
 
@@ -729,14 +730,13 @@ class StoreManager(BatchRules):
         (about a beat) for a lock: a beat that cannot land soon is of no use, the next one comes."""
         host, pid = _host_pid(worker)
         with self._c.transaction(wait_s=WORKER_BEAT_WAIT_S):
-            self._c.run("pace_lock", pace_key=pace_key)  # one beat of a key at a time: each sees those before
-            (now,) = self._c.one("db_now")
-            now = float(now)
-            self._c.run("worker_beat", worker=worker, host=host, pid=pid, job_id=job_id, pace_key=pace_key,
-                        rpm=float(rpm), tpm=float(tpm), now=now, stale_s=stale_s)
-            self._c.run("forget_workers", before=now - max(WORKER_FORGET_S, stale_s))
-            rows = self._c.all("pace_peers", pace_key=pace_key, now=now, stale_s=stale_s)
-        return now, [Peer(w, float(joined), float(beat), float(r), float(t)) for w, joined, beat, r, t in rows]
+            # One beat of a key at a time (each sees those before), the whole of it with its COMMIT.
+            rows = self._c.commit_with("beat", worker=worker, host=host, pid=pid, job_id=job_id, pace_key=pace_key,
+                                       rpm=float(rpm), tpm=float(tpm), stale_s=float(stale_s),
+                                       forget_s=float(max(WORKER_FORGET_S, stale_s)))
+        # Its own row is among them (just written, at `now`), so there is always one.
+        return float(rows[0][0]), [Peer(w, float(joined), float(beat), float(r), float(t))
+                                   for _, w, joined, beat, r, t in rows]
 
     @_once
     def worker_leave(self, worker: str) -> None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from ..config import STORE_BUSY_TIMEOUT_S, STORE_IDLE_TRANSACTION_S
@@ -196,25 +197,57 @@ class PostgresConnector:
 
     @contextmanager
     def transaction(self, wait_s: float | None = None):
+        """BEGIN (with its lock and statement bounds, in the same message), and COMMIT at the end
+        unless ``commit_with`` sent it with the transaction's last statements."""
         if getattr(self._local, "conn", None) is not None:  # already in one on this thread: join it
             yield
             return
         with self.pool.connection(timeout=wait_s) as conn:
-            with conn.transaction():
-                if wait_s is not None:  # for a connection, a lock, and each statement
-                    ms = max(1, int(wait_s * 1000))
-                    conn.execute(f"SET LOCAL lock_timeout = {ms}")
-                    conn.execute(f"SET LOCAL statement_timeout = {ms}")
-                self._local.conn = conn
-                try:
-                    yield
-                finally:
-                    self._local.conn = None
+            begin = "BEGIN"
+            if wait_s is not None:  # for a lock, and each statement (the pool's wait was the connection's)
+                ms = max(1, int(wait_s * 1000))
+                begin += f"; SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = {ms}"
+            conn.execute(begin)
+            self._local.conn, self._local.committed = conn, False
+            try:
+                yield
+                if not self._local.committed:
+                    conn.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:
+                        pass  # the connection is gone, and the transaction with it: the pool replaces it
+                raise
+            finally:
+                self._local.conn = None
+
+    def commit_with(self, query: str, /, **params) -> list[tuple]:
+        """The transaction's last statements and its COMMIT, in one message (the simple protocol, the
+        parameters bound here): the locks they take are taken and let go by the server alone, never
+        held while this process runs on, or is stopped (SIGSTOP, a paused VM) between two of them.
+        Returns the rows of the last statement that returns rows."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.committed:
+            raise RuntimeError(f"commit_with({query!r}) outside a transaction, or after its commit")
+        rows: list[tuple] = []
+        with psycopg.ClientCursor(conn) as cur:
+            cur.execute(";\n".join(statements(Q[query])) + ";\nCOMMIT", params)
+            while True:
+                if cur.description is not None:
+                    rows = cur.fetchall()
+                if not cur.nextset():
+                    break
+        self._local.committed = True
+        return rows
 
     @contextmanager
     def _cursor(self):
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            if self._local.committed:
+                raise RuntimeError("a statement after its transaction's commit_with")
             with conn.cursor() as cur:
                 yield cur
         else:

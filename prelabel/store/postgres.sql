@@ -221,10 +221,6 @@ WHERE (job_id, seq) IN (SELECT job_id, seq FROM items WHERE lease_owner = :owner
                         ORDER BY job_id, seq FOR UPDATE)
   AND lease_owner = :owner AND state = 'leased';
 
--- name: spend_hold
-UPDATE budget_holds SET tokens = greatest(0, tokens - :tokens), cost = greatest(0, cost - :cost)
-WHERE job_id = :job_id AND owner = :owner;
-
 -- name: item_texts
 SELECT text FROM items WHERE job_id = :job_id AND kind != 'augment'
 UNION ALL  -- variants written as drafts only (no re-check)
@@ -357,9 +353,15 @@ WHERE job_id = :job_id AND seq = :seq;
 INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached, cached_prompt_tokens)
 VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached, :cached_prompt_tokens);
 
--- name: add_spent
+-- name: spend
+-- A commit's spending, sent with its COMMIT in one message (the connector's commit_with): the job row
+-- is locked here, last of a commit's locks (manager.py's lock order), and let go by the server in the
+-- same breath, so a worker stopped at any point of its commit never holds its peers' commits. Then
+-- the owner's hold goes down by what was spent (held -> spent).
 UPDATE jobs SET spent_tokens = spent_tokens + :tokens, spent_cost = spent_cost + :cost, updated_at = :now
 WHERE id = :job_id;
+UPDATE budget_holds SET tokens = greatest(0, tokens - :tokens), cost = greatest(0, cost - :cost)
+WHERE job_id = :job_id AND owner = :owner;
 
 -- name: insert_cache
 -- Replaced, not kept: a real endpoint's answer takes the place of a simulator's at the same URL.
@@ -494,27 +496,31 @@ SELECT secret FROM store_secret WHERE id = 1;
 -- The server's clock: one for the workers of every host.
 SELECT extract(epoch FROM clock_timestamp())::double precision;
 
--- name: pace_lock
--- The beats of one pace key one after another, to the transaction's end: a newcomer is "counted" by
--- a peer whose beat came after its own (prelabel.llm.shares), so each beat must see every earlier one
--- (two that ran side by side would each find itself alone, and pace at the whole ceiling).
+-- name: beat
+-- A worker's beat, the whole transaction in one message with its COMMIT (the connector's commit_with).
+-- The beats of one pace key run one after another (the advisory lock, to the transaction's end): a
+-- newcomer is "counted" by a peer whose beat came after its own (prelabel.llm.shares), so each beat
+-- must see every earlier one (two side by side would each find itself alone, and pace at the whole
+-- ceiling). The server takes and lets go of that lock alone: a worker stopped mid-beat holds nothing.
+-- The server's clock, read once the lock is held, is every statement's `now` (a setting of this
+-- transaction); the worker's own row only is written (a beat never waits on another worker's), and a
+-- worker counted out (its last beat stale_s old or more) joins again now. Rows of workers long gone
+-- (killed: they never left) are deleted, a row another beat holds left for later. Then the key's live
+-- workers, itself among them, each row with `now`.
 SELECT pg_advisory_xact_lock(hashtextextended(:pace_key, 0));
-
--- name: worker_beat
--- Its own row only: a beat never waits on another worker's.
+SELECT set_config('prelabel.now', extract(epoch FROM clock_timestamp())::double precision::text, true);
 INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat)
-VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, :now, :now)
+VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, current_setting('prelabel.now')::double precision,
+        current_setting('prelabel.now')::double precision)
 ON CONFLICT (worker) DO UPDATE SET
     job_id = excluded.job_id, pace_key = excluded.pace_key, rpm = excluded.rpm, tpm = excluded.tpm,
     joined = CASE WHEN excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
     beat = excluded.beat;
-
--- name: forget_workers
--- Rows of workers long gone (killed: they never left). A row another beat holds is left for later.
-DELETE FROM workers WHERE worker IN (SELECT worker FROM workers WHERE beat < :before FOR UPDATE SKIP LOCKED);
-
--- name: pace_peers
-SELECT worker, joined, beat, rpm, tpm FROM workers WHERE pace_key = :pace_key AND beat > :now - :stale_s
+DELETE FROM workers WHERE worker IN (
+    SELECT worker FROM workers WHERE beat < current_setting('prelabel.now')::double precision - :forget_s
+    FOR UPDATE SKIP LOCKED);
+SELECT current_setting('prelabel.now')::double precision, worker, joined, beat, rpm, tpm FROM workers
+WHERE pace_key = :pace_key AND beat > current_setting('prelabel.now')::double precision - :stale_s
 ORDER BY worker COLLATE "C";
 
 -- name: worker_leave

@@ -241,6 +241,16 @@ class SQLiteConnector:
             return db.execute(block[0], params).rowcount
         return sum(db.execute(statement, params).rowcount for statement in block)
 
+    def commit_with(self, query: str, /, **params) -> list[tuple]:
+        """The transaction's last statements (its COMMIT follows at once, at the end of the block):
+        the rows of the last that returns rows. A stopped writer holds the file's lock either way."""
+        params, rows = _adapt(params), []
+        for statement in statements(Q[query]):
+            cursor = self.db.execute(statement, params)
+            if cursor.description is not None:
+                rows = cursor.fetchall()
+        return rows
+
     def many(self, query: str, /, rows: list[dict]) -> int:
         if not rows:
             return 0

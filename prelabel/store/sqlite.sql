@@ -253,9 +253,12 @@ WHERE job_id = :job_id AND seq = :seq AND state = 'leased' AND lease_owner = :ow
 INSERT INTO usage (job_id, seq, at, model, prompt_tokens, completion_tokens, cost_usd, cached, cached_prompt_tokens)
 VALUES (:job_id, :seq, :at, :model, :prompt_tokens, :completion_tokens, :cost_usd, :cached, :cached_prompt_tokens);
 
--- name: add_spent
+-- name: spend
+-- A commit's spending, its last statements: then the owner's hold goes down by what was spent.
 UPDATE jobs SET spent_tokens = spent_tokens + :tokens, spent_cost = spent_cost + :cost, updated_at = :now
 WHERE id = :job_id;
+UPDATE budget_holds SET tokens = max(0, tokens - :tokens), cost = max(0, cost - :cost)
+WHERE job_id = :job_id AND owner = :owner;
 
 -- name: insert_cache
 -- Replaced, not kept: a real endpoint's answer takes the place of a simulator's at the same URL.
@@ -406,10 +409,6 @@ INSERT INTO budget_holds (job_id, owner, tokens, cost, expires) VALUES (:job_id,
 ON CONFLICT (job_id, owner) DO UPDATE SET tokens = tokens + excluded.tokens, cost = cost + excluded.cost,
                                           expires = excluded.expires;
 
--- name: spend_hold
-UPDATE budget_holds SET tokens = max(0, tokens - :tokens), cost = max(0, cost - :cost)
-WHERE job_id = :job_id AND owner = :owner;
-
 -- name: renew_holds
 -- Only holds still live: one that lapsed may have been counted out and granted to another worker.
 UPDATE budget_holds SET expires = :expires WHERE owner = :owner AND expires > :now;
@@ -510,25 +509,22 @@ SELECT secret FROM store_secret WHERE id = 1;
 -- The database's clock (one for every worker of the store).
 SELECT (julianday('now') - 2440587.5) * 86400.0;
 
--- name: pace_lock
--- The beats of one pace key one after another: BEGIN IMMEDIATE already holds the whole file.
-SELECT 1;
-
--- name: worker_beat
--- A worker counted out (its last beat stale_s old or more) joins again now.
+-- name: beat
+-- A worker's beat: BEGIN IMMEDIATE already holds the whole file, so the beats of one pace key run one
+-- after another. `now` is the database's clock (one for every worker of the store). A worker counted
+-- out (its last beat stale_s old or more) joins again now, rows of workers long gone (killed: they
+-- never left) are deleted, and then come the key's live workers, itself among them, each with `now`.
 INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat)
-VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, :now, :now)
+VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, (julianday('now') - 2440587.5) * 86400.0,
+        (julianday('now') - 2440587.5) * 86400.0)
 ON CONFLICT (worker) DO UPDATE SET
     job_id = excluded.job_id, pace_key = excluded.pace_key, rpm = excluded.rpm, tpm = excluded.tpm,
     joined = CASE WHEN excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
     beat = excluded.beat;
-
--- name: forget_workers
--- Rows of workers long gone (killed: they never left).
-DELETE FROM workers WHERE beat < :before;
-
--- name: pace_peers
-SELECT worker, joined, beat, rpm, tpm FROM workers WHERE pace_key = :pace_key AND beat > :now - :stale_s
+DELETE FROM workers WHERE beat < (julianday('now') - 2440587.5) * 86400.0 - :forget_s;
+SELECT now, worker, joined, beat, rpm, tpm
+FROM workers, (SELECT max(beat) AS now FROM workers WHERE worker = :worker)
+WHERE pace_key = :pace_key AND beat > now - :stale_s
 ORDER BY worker;
 
 -- name: worker_leave

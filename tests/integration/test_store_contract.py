@@ -680,8 +680,9 @@ _LOCK_RANK = {
     **dict.fromkeys(("fence", "lease", "renew", "release", "release_owners", "finish_item", "unlease_item",
                      "stop_pending", "stop_remaining", "requeue_item", "retry_failed", "resume_stopped"), 0),
     **dict.fromkeys(("delete_cache", "insert_cache"), 1),
-    **dict.fromkeys(("lock_job", "add_spent", "set_status", "ingest_done", "update_job_spec"), 2),
-    **dict.fromkeys(("add_hold", "spend_hold", "renew_holds", "drop_holds", "drop_owners_holds"), 3),
+    # "spend": the job row, then its owner's hold, in that order within the block
+    **dict.fromkeys(("lock_job", "spend", "set_status", "ingest_done", "update_job_spec"), 2),
+    **dict.fromkeys(("add_hold", "renew_holds", "drop_holds", "drop_owners_holds"), 3),
 }
 
 
@@ -728,6 +729,10 @@ class _LockOrderRecorder:
     def many(self, query, /, rows):
         self._note(query)
         return self.inner.many(query, rows)
+
+    def commit_with(self, query, /, **params):
+        self._note(query)
+        return self.inner.commit_with(query, **params)
 
 
 def test_every_rule_takes_its_locks_in_the_one_order(store):
@@ -780,9 +785,9 @@ def test_a_commit_writes_its_items_before_it_waits_for_the_job_row(url):
             "job-1", OWNER_A, [result(item.seq, usage=[usage()]) for item in leased]), done.set()))
         thread.start()
         deadline = time.monotonic() + 10
-        while "add_spent" not in recorder.current and time.monotonic() < deadline:
+        while "spend" not in recorder.current and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert recorder.current[:2] == ["fence", "finish_item"] and recorder.current[-1] == "add_spent"
+        assert recorder.current[:2] == ["fence", "finish_item"] and recorder.current[-1] == "spend"
         assert not done.wait(0.3)  # it waits for the job row, its items' rows written and locked
         holder.rollback()
         assert done.wait(10)

@@ -53,6 +53,10 @@ class FlakyConnector:
         self.one(query, **params)
         return 0
 
+    def commit_with(self, query, /, **params):
+        self.one(query, **params)
+        return []
+
 
 @pytest.fixture
 def slept(monkeypatch):
@@ -77,7 +81,7 @@ def test_the_outermost_call_retries_a_nested_ones_loss_whole(slept):
 def test_other_errors_and_once_methods_fail_at_once(slept):
     with pytest.raises(StorageError):
         StoreManager(FlakyConnector("get_job", drops=1, lost=False)).get_job("j")  # a lock, a full disk
-    c = FlakyConnector("db_now", drops=1)
+    c = FlakyConnector("beat", drops=1)
     with pytest.raises(StorageError):
         StoreManager(c).worker_beat("h:1:abc", "j", "k", 60, 1e6, 5)  # the next beat comes in a second
     assert slept == []
