@@ -722,9 +722,10 @@ class StoreManager(BatchRules):
 
     @_once
     def worker_beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float,
-                    stale_s: float) -> tuple[float, list[Peer]]:
+                    stale_s: float, rejoin: bool = False) -> tuple[float, list[Peer]]:
         """``worker`` runs ``job_id`` under ``pace_key`` now (the database's clock, one for every host):
-        its row upserted (``joined`` kept unless its last beat is ``stale_s`` old), and the live
+        its row upserted (``joined`` kept unless its last beat is ``stale_s`` old, or ``rejoin``: its
+        peers may have counted it out, so it joins again now, a newcomer to them), and the live
         workers of that pace key returned, itself among them. Waits at most ``WORKER_BEAT_WAIT_S``
         (about a beat) for a lock: a beat that cannot land soon is of no use, the next one comes."""
         host, pid = _host_pid(worker)
@@ -733,7 +734,7 @@ class StoreManager(BatchRules):
             (now,) = self._c.one("db_now")
             now = float(now)
             self._c.run("worker_beat", worker=worker, host=host, pid=pid, job_id=job_id, pace_key=pace_key,
-                        rpm=float(rpm), tpm=float(tpm), now=now, stale_s=stale_s)
+                        rpm=float(rpm), tpm=float(tpm), now=now, stale_s=stale_s, rejoin=bool(rejoin))
             self._c.run("forget_workers", before=now - max(WORKER_FORGET_S, stale_s))
             rows = self._c.all("pace_peers", pace_key=pace_key, now=now, stale_s=stale_s)
         return now, [Peer(w, float(joined), float(beat), float(r), float(t)) for w, joined, beat, r, t in rows]

@@ -506,7 +506,7 @@ INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat
 VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, :now, :now)
 ON CONFLICT (worker) DO UPDATE SET
     job_id = excluded.job_id, pace_key = excluded.pace_key, rpm = excluded.rpm, tpm = excluded.tpm,
-    joined = CASE WHEN excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
+    joined = CASE WHEN :rejoin OR excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
     beat = excluded.beat;
 
 -- name: forget_workers

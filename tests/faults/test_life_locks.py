@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from prelabel.errors import StoreError
 from prelabel.llm.shares import decide_share
 from prelabel.store import open_store
 from prelabel.worker.coordinator import StoreCoordinator
@@ -119,6 +120,47 @@ def test_a_worker_that_lost_its_life_connection_comes_back_as_a_newcomer(url):
         first.close()
         second.close()
 
+
+def test_a_worker_whose_beat_failed_after_it_took_its_life_lock_again_still_comes_back_as_a_newcomer(url):
+    """The beat that takes the lock again fails (the store busy, or the server gone again) after the
+    lock is taken: the next beat finds its lock held, and must still rejoin, or it would send at its
+    share while its peers, which counted it out, send at theirs (up to 1.5x the ceiling)."""
+    if not url.startswith("postgresql"):
+        pytest.skip("SQLite's life locks die only with their process")
+    import psycopg
+
+    a, b = ids("host-a", "host-b")
+    first, second = open_store(url), open_store(url)
+    try:
+        ca, cb = StoreCoordinator(first), StoreCoordinator(second)
+        beat(ca, a)
+        roll = beat(cb, b)
+        seen_by_b = {p.worker for p in roll.peers if p.held}
+        beat(ca, a)  # b counted: a beat after b joined
+        (pid,) = first._c._lives[a].execute("SELECT pg_backend_pid()").fetchone()
+        with psycopg.connect(url.split("?")[0], autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        roll = beat_until_free(cb, b, a)
+        assert roll and decide_share(b, roll.peers, roll.now, STALE_S, 0.1, seen_by_b).live == 1  # b counts a out
+        run = first._c.run
+
+        def failing(query, /, **params):  # the first write after the lock is taken again
+            first._c.run = run
+            raise psycopg.OperationalError("the server is gone again")
+        first._c.run = failing
+        with pytest.raises(StoreError):
+            beat(ca, a)
+        assert first._c.run is run
+        roll = beat(ca, a)  # its lock is held already by now
+        assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
+        decision = decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b})
+        assert decision.wait_s > 0 and decision.live == 2  # a newcomer still: it waits until b has beaten again
+        beat(cb, b)
+        roll = beat(ca, a)
+        assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
+    finally:
+        first.close()
+        second.close()
 
 def test_a_worker_that_leaves_lets_its_life_lock_go(url):
     a, b = ids("host-a", "host-b")

@@ -1200,6 +1200,14 @@ def test_a_worker_counted_out_joins_again_and_stale_ones_are_not_live(store):
     assert [w.worker for w in store.live_workers(stale_s=stale)] == [OWNER_A]
 
 
+def test_a_rejoining_worker_joins_again_now_though_its_last_beat_is_fresh(store):
+    first, _ = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60)
+    _, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60)
+    assert [p.joined for p in peers] == [first]
+    time.sleep(0.01)  # the database's clock moves on (SQLite's counts milliseconds)
+    now, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60, rejoin=True)
+    assert [(p.joined, p.beat) for p in peers] == [(now, now)] and now > first
+
 def test_a_beat_does_not_wait_long_on_a_lock(store, url):
     store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=5)
     if url.startswith("postgresql://"):
