@@ -34,7 +34,7 @@ def _pyformat(sql: str) -> str:
 Q = {name: _pyformat(sql) for name, sql in load_queries("postgres.sql").items()}
 MIGRATIONS = sorted((int(name.removeprefix("migration_")), name) for name in Q if name.startswith("migration_"))
 _MIGRATION_LOCK = 0x7072656C6162656C  # "prelabel": the advisory lock migrations are applied under
-_LIFE_CLASS = 0x706C6976  # "pliv": the first key of the workers' life locks (the second: their id's hash)
+_LIFE_SEED = 0x706C6976  # "pliv": the seed the workers' ids are hashed under, to their life locks' keys
 _OWN_TABLES = {"jobs", "items", "prelabel_schema"}
 _UNREACHABLE_FIX = ("check that the server runs and that --db (or $PRELABEL_DB) names it, then run the same "
                     "command again")
@@ -129,7 +129,7 @@ class PostgresConnector:
             # A beat's bound, not the store's: a beat that cannot land soon is of no use (libpq's least is 2 s)
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
             try:
-                (taken,) = conn.execute(Q["life_lock"], {"life_class": _LIFE_CLASS, "worker": worker}).fetchone()
+                (taken,) = conn.execute(Q["life_lock"], {"life_seed": _LIFE_SEED, "worker": worker}).fetchone()
             except BaseException:
                 conn.close()
                 raise
@@ -148,7 +148,7 @@ class PostgresConnector:
 
     def lives_held(self, workers: list[str]) -> dict[str, bool]:
         """Whether each of ``workers`` has its life lock held by some session now."""
-        return dict(self.all("lives_held", life_class=_LIFE_CLASS, workers=list(workers)))
+        return dict(self.all("lives_held", life_seed=_LIFE_SEED, workers=list(workers)))
 
     def disconnected(self, error: BaseException) -> bool:
         """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting

@@ -523,23 +523,30 @@ DELETE FROM workers WHERE worker = :worker;
 -- name: life_lock
 -- A worker's life lock (prelabel.llm.shares), on a connection of its own for as long as it runs:
 -- session-level, so it dies with the process (or that connection), and its peers see it free at their
--- next beat instead of waiting stale_s for its beats to stop. Two keys: apart from the bigint ones.
-SELECT pg_try_advisory_lock(:life_class, hashtext(:worker));
+-- next beat instead of waiting stale_s for its beats to stop. One bigint key: 64 bits of the worker's
+-- id hashed under a seed of the life locks' own, apart from the other bigint locks (the pace locks
+-- hash pace keys under seed 0; migrations and vacuum use constants): two keys meet 2**-64 a pair.
+-- Upgrading: earlier workers locked (class, hashtext(worker)), two int keys (pg_locks: objsubid 2).
+-- Old and new workers running at once do not see each other's life locks (each finds the other's
+-- free, and never held), so they count each other out by their beats alone, as a store without life
+-- locks does; each sees the life locks of its own version's workers.
+SELECT pg_try_advisory_lock(hashtextextended(:worker, :life_seed));
 
 -- name: life_unlock
-SELECT pg_advisory_unlock(:life_class, hashtext(:worker));
+SELECT pg_advisory_unlock(hashtextextended(:worker, :life_seed));
 
 -- name: life_check
 SELECT 1;
 
 -- name: lives_held
 -- Which of these workers' life locks some session holds now (read from pg_locks: nothing is taken).
+-- A bigint key shows there as its high and low 32 bits (classid, objid) with objsubid 1.
 SELECT w.worker, EXISTS (
     SELECT 1 FROM pg_locks l
-    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND l.classid = :life_class::oid AND l.objid = hashtext(w.worker)::oid)
-FROM unnest(:workers::text[]) AS w(worker);
+      AND l.classid = ((k.key >> 32) & 4294967295)::oid AND l.objid = (k.key & 4294967295)::oid)
+FROM unnest(:workers::text[]) AS w(worker), LATERAL (SELECT hashtextextended(w.worker, :life_seed) AS key) k;
 
 -- name: live_workers
 SELECT w.worker, w.host, w.pid, w.job_id, w.joined, w.beat,

@@ -162,6 +162,37 @@ def test_a_worker_whose_beat_failed_after_it_took_its_life_lock_again_still_come
         first.close()
         second.close()
 
+def test_two_worker_ids_of_one_32_bit_hash_each_hold_a_life_lock_of_their_own(url):
+    """PostgreSQL: a life lock's key is 64 bits of the id's hash (a bigint advisory lock), so ids that
+    share a 32-bit hash (one pair in ~2**16 workers' ids) are apart, and each is counted out by its own."""
+    if not url.startswith("postgresql"):
+        pytest.skip("SQLite's life locks are bytes of a file, 48 bits of the id's hash")
+    import psycopg
+
+    import prelabel.store.postgres as pg
+
+    nonce = uuid.uuid4().hex[:6]
+    with psycopg.connect(url, autocommit=True) as admin:
+        (pair,) = admin.execute(  # a birthday search: ~10 such pairs among 300,000 ids
+            "SELECT array_agg(w) FROM (SELECT 'host-x:' || g || ':' || %s AS w FROM generate_series(1, 300000) g) s "
+            "GROUP BY hashtext(w) HAVING count(*) > 1 LIMIT 1", (nonce,)).fetchone()
+    a, b = pair[:2]
+    first, second = open_store(url), open_store(url)
+    try:
+        assert first.worker_hold_life(a) is True and second.worker_hold_life(b) is True
+        assert first.workers_life_held([a, b]) == {a: True, b: True}
+        second.worker_drop_life(b)
+        assert first.workers_life_held([a, b]) == {a: True, b: False}
+        with psycopg.connect(url, autocommit=True) as admin:  # the key's halves, as pg_locks shows a bigint
+            (key,) = admin.execute("SELECT hashtextextended(%s, %s)", (a, pg._LIFE_SEED)).fetchone()
+            shown = admin.execute("SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND objsubid = 1 AND granted AND pid = %s",
+                                  (first._c._lives[a].info.backend_pid,)).fetchall()
+        assert shown == [((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)]
+    finally:
+        first.close()
+        second.close()
+
 def test_a_worker_that_leaves_lets_its_life_lock_go(url):
     a, b = ids("host-a", "host-b")
     first, second = open_store(url), open_store(url)
