@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -121,12 +122,11 @@ def test_a_worker_that_lost_its_life_connection_comes_back_as_a_newcomer(url):
         second.close()
 
 
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # PostgreSQL's life connections
 def test_a_worker_whose_beat_failed_after_it_took_its_life_lock_again_still_comes_back_as_a_newcomer(url):
     """The beat that takes the lock again fails (the store busy, or the server gone again) after the
     lock is taken: the next beat finds its lock held, and must still rejoin, or it would send at its
     share while its peers, which counted it out, send at theirs (up to 1.5x the ceiling)."""
-    if not url.startswith("postgresql"):
-        pytest.skip("SQLite's life locks die only with their process")
     import psycopg
 
     a, b = ids("host-a", "host-b")
@@ -162,11 +162,11 @@ def test_a_worker_whose_beat_failed_after_it_took_its_life_lock_again_still_come
         first.close()
         second.close()
 
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # PostgreSQL's life connections
 def test_two_worker_ids_of_one_32_bit_hash_each_hold_a_life_lock_of_their_own(url):
-    """PostgreSQL: a life lock's key is 64 bits of the id's hash (a bigint advisory lock), so ids that
+    """A life lock's key is 64 bits of the id's hash (a bigint advisory lock), so ids that
     share a 32-bit hash (one pair in ~2**16 workers' ids) are apart, and each is counted out by its own."""
-    if not url.startswith("postgresql"):
-        pytest.skip("SQLite's life locks are bytes of a file, 48 bits of the id's hash")
     import psycopg
 
     import prelabel.store.postgres as pg
@@ -192,6 +192,78 @@ def test_two_worker_ids_of_one_32_bit_hash_each_hold_a_life_lock_of_their_own(ur
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # PostgreSQL's life connections
+def test_a_life_check_waits_about_a_beat_for_a_connection_of_the_pool(url):
+    a, = ids("host-a")
+    store = open_store(url)  # its other calls wait STORE_BUSY_TIMEOUT_S (30 s) for a connection
+    pool = store._c.pool
+    taken = [pool.getconn() for _ in range(pool.max_size)]  # the store's other threads have them all
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            store.workers_life_held([a])
+        assert time.monotonic() - started < 5
+    finally:
+        for conn in taken:
+            pool.putconn(conn)
+        store.close()
+
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # PostgreSQL's life connections
+def test_a_life_connection_being_made_does_not_hold_up_the_other_workers_beats(url, monkeypatch):
+    import psycopg
+
+    a, b = ids("host-a", "host-b")
+    store = open_store(url)
+    connect, entered, release = psycopg.connect, threading.Event(), threading.Event()
+
+    def slow(*args, **kwargs):  # a server slow to answer (libpq waits up to LIFE_CONNECT_S)
+        entered.set()
+        release.wait(10)
+        return connect(*args, **kwargs)
+
+    try:
+        assert store.worker_hold_life(a) is True
+        monkeypatch.setattr(psycopg, "connect", slow)
+        connecting = threading.Thread(target=store.worker_hold_life, args=(b,))
+        connecting.start()
+        assert entered.wait(10)
+        started = time.monotonic()
+        assert store.worker_hold_life(a) is False  # a's beat checks its own lock meanwhile
+        assert time.monotonic() - started < 2
+        release.set()
+        connecting.join(10)
+        assert store.workers_life_held([a, b]) == {a: True, b: True}
+    finally:
+        release.set()
+        store.close()
+
+
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # PostgreSQL's life connections
+def test_both_ends_of_a_life_connection_probe_a_silent_peer_within_seconds(url):
+    """A host that died (or whose network did) sends no FIN: without keepalives the server holds its
+    session, and its life lock, for the OS's default (2 hours), and the worker its dead connection."""
+    from prelabel.config import LIFE_KEEPALIVE_COUNT, LIFE_KEEPALIVE_IDLE_S, LIFE_KEEPALIVE_INTERVAL_S
+
+    a, = ids("host-a")
+    store = open_store(url)
+    try:
+        store.worker_hold_life(a)
+        conn = store._c._lives[a]
+        settings = (LIFE_KEEPALIVE_IDLE_S, LIFE_KEEPALIVE_INTERVAL_S, LIFE_KEEPALIVE_COUNT)
+        client = conn.info.get_parameters()
+        assert client["keepalives"] == "1"
+        assert tuple(int(client[f"keepalives_{name}"]) for name in ("idle", "interval", "count")) == settings
+        assert int(client["tcp_user_timeout"]) <= 1000 * 10
+        server = conn.execute("SELECT current_setting('tcp_keepalives_idle'), "
+                              "current_setting('tcp_keepalives_interval'), "
+                              "current_setting('tcp_keepalives_count')").fetchone()
+        assert tuple(map(int, server)) == settings  # the server's end (the URL is TCP: not a Unix socket)
+        assert LIFE_KEEPALIVE_IDLE_S + LIFE_KEEPALIVE_INTERVAL_S * LIFE_KEEPALIVE_COUNT <= 10  # seconds, not hours
+    finally:
+        store.close()
 
 def test_a_worker_that_leaves_lets_its_life_lock_go(url):
     a, b = ids("host-a", "host-b")
