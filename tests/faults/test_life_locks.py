@@ -7,7 +7,10 @@ a life connection the server dropped (the worker comes back as a newcomer), a wo
 ``stale_s`` is a minute throughout: only the life lock can count a worker out this soon."""
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -19,6 +22,7 @@ import pytest
 from prelabel.errors import StoreError
 from prelabel.llm.shares import decide_share
 from prelabel.store import open_store
+from prelabel.store import sqlite as sqlite_store
 from prelabel.worker.coordinator import StoreCoordinator
 from tests.integration import test_store_contract as contract
 
@@ -301,3 +305,49 @@ def test_two_workers_of_one_process_hold_life_locks_of_their_own(tmp_path):
         assert memory.worker_hold_life(a) is None  # no file to lock: the beats alone count
     finally:
         memory.close()
+
+
+@pytest.mark.skipif(not sqlite_store._OFD, reason="no open-file-description locks here: no life-lock file")
+def test_the_life_lock_file_has_the_stores_permission_bits_whatever_this_workers_umask(tmp_path):
+    """Workers of several users share a store its owner made group-writable: the life-lock file must
+    be theirs to lock too (as SQLite's own -wal and -shm files are), or they go by beats alone."""
+    path = tmp_path / "prelabel.db"
+    open_store(str(path)).close()
+    path.chmod(0o664)
+    a, b = ids("host-a", "host-b")
+    umask = os.umask(0o077)  # a worker of a user whose files are private by default
+    try:
+        store = open_store(str(path))
+        try:
+            assert store.worker_hold_life(a) is True
+            assert stat.S_IMODE(os.stat(f"{path}{sqlite_store.LIFE_SUFFIX}").st_mode) == 0o664
+        finally:
+            store.close()
+        os.chmod(f"{path}{sqlite_store.LIFE_SUFFIX}", 0o600)  # made by an earlier version: its owner's worker mends it
+        store = open_store(str(path))
+        try:
+            assert store.worker_hold_life(b) is True
+            assert stat.S_IMODE(os.stat(f"{path}{sqlite_store.LIFE_SUFFIX}").st_mode) == 0o664
+        finally:
+            store.close()
+    finally:
+        os.umask(umask)
+
+
+@pytest.mark.skipif(not sqlite_store._OFD, reason="no open-file-description locks here: no life-lock file")
+def test_a_worker_that_cannot_open_the_life_lock_file_says_so_once_and_goes_by_its_beats(tmp_path, caplog):
+    path = tmp_path / "prelabel.db"
+    (tmp_path / f"prelabel.db{sqlite_store.LIFE_SUFFIX}").mkdir()  # a folder: not even root opens it to write
+    a, b = ids("host-a", "host-b")
+    store = open_store(str(path))
+    try:
+        coordinator = StoreCoordinator(store)
+        with caplog.at_level(logging.INFO, logger="prelabel.store.sqlite"):
+            for _ in range(3):
+                roll = beat(coordinator, a)
+                assert [p.held for p in roll.peers] == [None]  # the beats alone count
+            assert store.workers_life_held([a, b]) is None
+        said = [r for r in caplog.records if "life lock" in r.getMessage()]
+        assert len(said) == 1 and "prelabel.db-lives" in said[0].getMessage()
+    finally:
+        store.close()
