@@ -302,6 +302,9 @@ class PostgresConnector:
             lives, self._lives = list(self._lives.values()), {}
         for conn in lives:
             conn.close()
+        upkeep = getattr(self, "upkeep", None)
+        if upkeep is not None:  # before the pool: a vacuum under way is cancelled, not left running
+            upkeep.close()
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()
