@@ -394,8 +394,13 @@ STORE_CLOCK_SKEW_S = 1.0     # a skew under this is measurement noise: lease tim
 VACUUM_CHECK_ROWS = 5_000    # PostgreSQL: every this many item rows a process changes, it checks the items' dead versions
 VACUUM_DEAD_ROWS = 50_000    # ...and past this many, vacuums the table (store/upkeep.py: autovacuum may be off or behind)
 VACUUM_MIN_INTERVAL_S = 30.0  # ...at most this often per process (a long-open snapshot keeps dead versions alive)
+VACUUM_STOP_S = 5.0          # closing a store cancels its vacuum under way and waits this long for it to end
 WORKER_BEAT_WAIT_S = 0.5     # a worker's beat waits this long for the store (within share_stale_s - share_interval_s)
 WORKER_FORGET_S = 3600.0     # a worker's row is deleted this long after its last beat (it was killed)
+LIFE_CONNECT_S = 2           # PostgreSQL: a worker's life connection is made within this (libpq's least)
+LIFE_KEEPALIVE_IDLE_S = 2    # ...and probes a silent peer (both ends: TCP keepalives) after this long idle,
+LIFE_KEEPALIVE_INTERVAL_S = 1  # ...then every this long,
+LIFE_KEEPALIVE_COUNT = 3     # ...and drops it after this many unanswered: a dead host or path is seen in ~5 s
 
 # Files a job names that are read whole (the input is streamed, so it has no limit). A job file is
 # a few hundred bytes: these refuse a hostile one (a YAML "billion laughs" is 9^9 values once its

@@ -723,16 +723,17 @@ class StoreManager(BatchRules):
 
     @_once
     def worker_beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float,
-                    stale_s: float) -> tuple[float, list[Peer]]:
+                    stale_s: float, rejoin: bool = False) -> tuple[float, list[Peer]]:
         """``worker`` runs ``job_id`` under ``pace_key`` now (the database's clock, one for every host):
-        its row upserted (``joined`` kept unless its last beat is ``stale_s`` old), and the live
+        its row upserted (``joined`` kept unless its last beat is ``stale_s`` old, or ``rejoin``: its
+        peers may have counted it out, so it joins again now, a newcomer to them), and the live
         workers of that pace key returned, itself among them. Waits at most ``WORKER_BEAT_WAIT_S``
         (about a beat) for a lock: a beat that cannot land soon is of no use, the next one comes."""
         host, pid = _host_pid(worker)
         with self._c.transaction(wait_s=WORKER_BEAT_WAIT_S):
             # One beat of a key at a time (each sees those before), the whole of it with its COMMIT.
             rows = self._c.commit_with("beat", worker=worker, host=host, pid=pid, job_id=job_id, pace_key=pace_key,
-                                       rpm=float(rpm), tpm=float(tpm), stale_s=float(stale_s),
+                                       rpm=float(rpm), tpm=float(tpm), stale_s=float(stale_s), rejoin=bool(rejoin),
                                        forget_s=float(max(WORKER_FORGET_S, stale_s)))
         # Its own row is among them (just written, at `now`), so there is always one.
         return float(rows[0][0]), [Peer(w, float(joined), float(beat), float(r), float(t))

@@ -18,7 +18,8 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
-from ..config import STORE_BUSY_TIMEOUT_S, STORE_IDLE_TRANSACTION_S
+from ..config import (LIFE_CONNECT_S, LIFE_KEEPALIVE_COUNT, LIFE_KEEPALIVE_IDLE_S, LIFE_KEEPALIVE_INTERVAL_S,
+                      STORE_BUSY_TIMEOUT_S, STORE_IDLE_TRANSACTION_S, WORKER_BEAT_WAIT_S)
 from ..errors import StorageError
 from .connector import load_queries, statements
 from .manager import StoreManager
@@ -35,7 +36,7 @@ def _pyformat(sql: str) -> str:
 Q = {name: _pyformat(sql) for name, sql in load_queries("postgres.sql").items()}
 MIGRATIONS = sorted((int(name.removeprefix("migration_")), name) for name in Q if name.startswith("migration_"))
 _MIGRATION_LOCK = 0x7072656C6162656C  # "prelabel": the advisory lock migrations are applied under
-_LIFE_CLASS = 0x706C6976  # "pliv": the first key of the workers' life locks (the second: their id's hash)
+_LIFE_SEED = 0x706C6976  # "pliv": the seed the workers' ids are hashed under, to their life locks' keys
 _OWN_TABLES = {"jobs", "items", "prelabel_schema"}
 _UNREACHABLE_FIX = ("check that the server runs and that --db (or $PRELABEL_DB) names it, then run the same "
                     "command again")
@@ -90,7 +91,8 @@ class PostgresConnector:
         self.url, self.location, self.busy_timeout_s = url, _shown(url), busy_timeout_s
         self._local = threading.local()
         self._lives: dict[str, psycopg.Connection] = {}  # worker -> the connection holding its life lock
-        self._lives_lock = threading.Lock()
+        self._lives_lock = threading.Lock()  # only around the dict: never held across a round trip
+        self._closed = False
         self._migrate()  # on a connection of its own: an unreachable server fails here, at once
         # No check on checkout: it costs a round trip per call (0.13 -> 0.21 ms a read, measured), and a
         # connection the server dropped is discarded by the pool when it comes back broken.
@@ -112,7 +114,8 @@ class PostgresConnector:
         return storage_error(self.location, error)
 
     # Life locks (prelabel.llm.shares): each on a connection of its own, outside the pool, so that
-    # it lives exactly as long as the worker (or that connection).
+    # it lives exactly as long as the worker (or that connection). Each beat checks its worker's, and
+    # every call is bounded by about a beat: a beat that cannot land soon is of no use.
 
     def hold_life(self, worker: str) -> bool | None:
         """Hold ``worker``'s life lock: True if it was taken now (first, or again after its connection
@@ -120,25 +123,44 @@ class PostgresConnector:
         another session holds that key (two ids of one hash: this worker goes without one)."""
         with self._lives_lock:
             conn = self._lives.get(worker)
-            if conn is not None:
-                try:
-                    conn.execute(Q["life_check"])
-                    return False
-                except psycopg.OperationalError:
-                    conn.close()
-                    del self._lives[worker]
-            # A beat's bound, not the store's: a beat that cannot land soon is of no use (libpq's least is 2 s)
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+        if conn is not None:
             try:
-                (taken,) = conn.execute(Q["life_lock"], {"life_class": _LIFE_CLASS, "worker": worker}).fetchone()
-            except BaseException:
+                conn.execute(Q["life_check"])  # down a dead path: fails within the keepalives' bound
+                return False
+            except psycopg.OperationalError:
+                with self._lives_lock:
+                    if self._lives.get(worker) is conn:
+                        del self._lives[worker]
                 conn.close()
-                raise
-            if not taken:
-                conn.close()
-                return None
-            self._lives[worker] = conn
-            return True
+        conn = self._life_connection()  # outside the lock: other workers' beats do not wait on it
+        try:
+            (taken,) = conn.execute(Q["life_lock"], {"life_seed": _LIFE_SEED, "worker": worker}).fetchone()
+            with self._lives_lock:
+                if taken and not self._closed:
+                    self._lives[worker] = conn
+                    return True
+        except BaseException:
+            conn.close()
+            raise
+        conn.close()  # another session holds that key, or this store was closed meanwhile
+        return None
+
+    def _life_connection(self) -> psycopg.Connection:
+        """A life connection, whose ends both see a dead peer within seconds, not the OS's hours: the
+        server drops a dead worker's session (its lock with it) by its TCP keepalives, and the worker
+        its connection to a dead server (or path) by libpq's; ``tcp_user_timeout`` bounds a check sent
+        down a dead path (keepalives wait while a packet is unanswered). Over a Unix socket: no-ops."""
+        idle, interval, count = LIFE_KEEPALIVE_IDLE_S, LIFE_KEEPALIVE_INTERVAL_S, LIFE_KEEPALIVE_COUNT
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=LIFE_CONNECT_S, keepalives=1,
+                               keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count,
+                               tcp_user_timeout=1000 * (idle + interval * count))
+        try:
+            conn.execute(f"SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; "
+                         f"SET tcp_keepalives_count = {count}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def drop_life(self, worker: str) -> None:
         """Let ``worker``'s life lock go (it has left: its row is gone first)."""
@@ -148,8 +170,11 @@ class PostgresConnector:
             conn.close()  # the session ends, and its lock with it
 
     def lives_held(self, workers: list[str]) -> dict[str, bool]:
-        """Whether each of ``workers`` has its life lock held by some session now."""
-        return dict(self.all("lives_held", life_class=_LIFE_CLASS, workers=list(workers)))
+        """Whether each of ``workers`` has its life lock held by some session now. Waits at most
+        ``WORKER_BEAT_WAIT_S`` for a connection of the pool (a beat's bound, not the store's)."""
+        with self.pool.connection(timeout=WORKER_BEAT_WAIT_S) as conn:
+            rows = conn.execute(Q["lives_held"], {"life_seed": _LIFE_SEED, "workers": list(workers)}).fetchall()
+        return dict(rows)
 
     def disconnected(self, error: BaseException) -> bool:
         """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting
@@ -306,9 +331,13 @@ class PostgresConnector:
 
     def close(self) -> None:
         with self._lives_lock:
+            self._closed = True
             lives, self._lives = list(self._lives.values()), {}
         for conn in lives:
             conn.close()
+        upkeep = getattr(self, "upkeep", None)
+        if upkeep is not None:  # before the pool: a vacuum under way is cancelled, not left running
+            upkeep.close()
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()

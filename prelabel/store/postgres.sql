@@ -504,7 +504,8 @@ SELECT extract(epoch FROM clock_timestamp())::double precision;
 -- ceiling). The server takes and lets go of that lock alone: a worker stopped mid-beat holds nothing.
 -- The server's clock, read once the lock is held, is every statement's `now` (a setting of this
 -- transaction); the worker's own row only is written (a beat never waits on another worker's), and a
--- worker counted out (its last beat stale_s old or more) joins again now. Rows of workers long gone
+-- worker counted out (its last beat stale_s old or more), or rejoining (its life lock taken again), joins
+-- again now. Rows of workers long gone
 -- (killed: they never left) are deleted, a row another beat holds left for later. Then the key's live
 -- workers, itself among them, each row with `now`.
 SELECT pg_advisory_xact_lock(hashtextextended(:pace_key, 0));
@@ -514,7 +515,7 @@ VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, current_setting('p
         current_setting('prelabel.now')::double precision)
 ON CONFLICT (worker) DO UPDATE SET
     job_id = excluded.job_id, pace_key = excluded.pace_key, rpm = excluded.rpm, tpm = excluded.tpm,
-    joined = CASE WHEN excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
+    joined = CASE WHEN :rejoin OR excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
     beat = excluded.beat;
 DELETE FROM workers WHERE worker IN (
     SELECT worker FROM workers WHERE beat < current_setting('prelabel.now')::double precision - :forget_s
@@ -529,23 +530,30 @@ DELETE FROM workers WHERE worker = :worker;
 -- name: life_lock
 -- A worker's life lock (prelabel.llm.shares), on a connection of its own for as long as it runs:
 -- session-level, so it dies with the process (or that connection), and its peers see it free at their
--- next beat instead of waiting stale_s for its beats to stop. Two keys: apart from the bigint ones.
-SELECT pg_try_advisory_lock(:life_class, hashtext(:worker));
+-- next beat instead of waiting stale_s for its beats to stop. One bigint key: 64 bits of the worker's
+-- id hashed under a seed of the life locks' own, apart from the other bigint locks (the pace locks
+-- hash pace keys under seed 0; migrations and vacuum use constants): two keys meet 2**-64 a pair.
+-- Upgrading: earlier workers locked (class, hashtext(worker)), two int keys (pg_locks: objsubid 2).
+-- Old and new workers running at once do not see each other's life locks (each finds the other's
+-- free, and never held), so they count each other out by their beats alone, as a store without life
+-- locks does; each sees the life locks of its own version's workers.
+SELECT pg_try_advisory_lock(hashtextextended(:worker, :life_seed));
 
 -- name: life_unlock
-SELECT pg_advisory_unlock(:life_class, hashtext(:worker));
+SELECT pg_advisory_unlock(hashtextextended(:worker, :life_seed));
 
 -- name: life_check
 SELECT 1;
 
 -- name: lives_held
 -- Which of these workers' life locks some session holds now (read from pg_locks: nothing is taken).
+-- A bigint key shows there as its high and low 32 bits (classid, objid) with objsubid 1.
 SELECT w.worker, EXISTS (
     SELECT 1 FROM pg_locks l
-    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND l.classid = :life_class::oid AND l.objid = hashtext(w.worker)::oid)
-FROM unnest(:workers::text[]) AS w(worker);
+      AND l.classid = ((k.key >> 32) & 4294967295)::oid AND l.objid = (k.key & 4294967295)::oid)
+FROM unnest(:workers::text[]) AS w(worker), LATERAL (SELECT hashtextextended(w.worker, :life_seed) AS key) k;
 
 -- name: live_workers
 SELECT w.worker, w.host, w.pid, w.job_id, w.joined, w.beat,

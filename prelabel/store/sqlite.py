@@ -148,7 +148,7 @@ class SQLiteConnector:
             if worker in self._lives:
                 return False
             try:
-                fd = os.open(self.location + LIFE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = self._open_lives()
             except OSError as e:  # an optimisation only: without it, the beats alone count
                 self._no_life(e)
                 return None
@@ -161,6 +161,20 @@ class SQLiteConnector:
                 return None
             self._lives[worker] = fd
             return True
+
+    def _open_lives(self) -> int:
+        """The life-lock file, made (where missing) with the store's own permission bits, as SQLite
+        makes its -wal and -shm files: whoever may write the store may lock there too (a file made
+        private to its creator left other users' workers to be counted by their beats alone)."""
+        mode = os.stat(self.location).st_mode & 0o777  # the umask of whoever made the store, applied once
+        fd = os.open(self.location + LIFE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o777 != mode and st.st_uid == os.geteuid():  # this process's umask, or an older file
+                os.fchmod(fd, mode)
+        except OSError:
+            pass  # another owner's file: its bits stand
+        return fd
 
     def _no_life(self, error: OSError) -> None:
         """Said once per store, not at every beat (four a second)."""
@@ -179,8 +193,9 @@ class SQLiteConnector:
         if not _OFD or self.location == ":memory:":
             return None
         try:
-            fd = os.open(self.location + LIFE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
+            fd = self._open_lives()
+        except OSError as e:
+            self._no_life(e)
             return None  # the beats alone count
         try:
             held = {}

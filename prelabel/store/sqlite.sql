@@ -512,14 +512,15 @@ SELECT (julianday('now') - 2440587.5) * 86400.0;
 -- name: beat
 -- A worker's beat: BEGIN IMMEDIATE already holds the whole file, so the beats of one pace key run one
 -- after another. `now` is the database's clock (one for every worker of the store). A worker counted
--- out (its last beat stale_s old or more) joins again now, rows of workers long gone (killed: they
--- never left) are deleted, and then come the key's live workers, itself among them, each with `now`.
+-- out (its last beat stale_s old or more), or rejoining (its life lock taken again), joins again now,
+-- rows of workers long gone (killed: they never left) are deleted, and then come the key's live
+-- workers, itself among them, each with `now`.
 INSERT INTO workers (worker, host, pid, job_id, pace_key, rpm, tpm, joined, beat)
 VALUES (:worker, :host, :pid, :job_id, :pace_key, :rpm, :tpm, (julianday('now') - 2440587.5) * 86400.0,
         (julianday('now') - 2440587.5) * 86400.0)
 ON CONFLICT (worker) DO UPDATE SET
     job_id = excluded.job_id, pace_key = excluded.pace_key, rpm = excluded.rpm, tpm = excluded.tpm,
-    joined = CASE WHEN excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
+    joined = CASE WHEN :rejoin OR excluded.beat - workers.beat >= :stale_s THEN excluded.beat ELSE workers.joined END,
     beat = excluded.beat;
 DELETE FROM workers WHERE beat < (julianday('now') - 2440587.5) * 86400.0 - :forget_s;
 SELECT now, worker, joined, beat, rpm, tpm

@@ -13,8 +13,10 @@ asks the server's statistics how many dead versions the table holds; past ``VACU
 vacuums it (index entries included), on a connection and a thread of its own, under an advisory lock
 taken without waiting: of several hosts, one vacuums and the others go on; a process vacuums at most
 once every ``VACUUM_MIN_INTERVAL_S``. Vacuuming takes no lock a lease or a commit waits for. Upkeep
-never fails a store call: an error is logged and the next check tries again. The thread is a daemon:
-a vacuum under way when the process ends is cut off by the server, harmlessly.
+never fails a store call: an error is logged and the next check tries again. Closing the store stops
+it: a vacuum under way is cancelled (harmless: a later check vacuums again) and its thread waited
+for, at most ``VACUUM_STOP_S``. The thread is a daemon all the same: a vacuum under way when the
+process ends is cut off by the server, harmlessly.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import logging
 import threading
 import time
 
-from ..config import VACUUM_CHECK_ROWS, VACUUM_DEAD_ROWS, VACUUM_MIN_INTERVAL_S
+from ..config import VACUUM_CHECK_ROWS, VACUUM_DEAD_ROWS, VACUUM_MIN_INTERVAL_S, VACUUM_STOP_S
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class Upkeep:
         self._changed = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._conn = None  # the connection a check runs on, while it runs (close() cancels its statement)
+        self._closed = False
         self._last = float("-inf")  # when this process last vacuumed (monotonic)
         self.vacuums = 0  # done by this process (for tests and the bench)
 
@@ -48,7 +52,8 @@ class Upkeep:
         try:
             with self._lock:
                 self._changed += rows
-                if self._changed < self.check_rows or (self._thread is not None and self._thread.is_alive()):
+                busy = self._thread is not None and self._thread.is_alive()
+                if self._closed or self._changed < self.check_rows or busy:
                     return
                 self._changed = 0
                 # A vacuum that could not remove the dead versions (a long snapshot open somewhere: a
@@ -65,23 +70,54 @@ class Upkeep:
         if thread is not None:
             thread.join(timeout)
 
+    def close(self, timeout_s: float = VACUUM_STOP_S) -> None:
+        """No more checks; the one under way is cancelled on its connection and waited for, at most
+        ``timeout_s`` (a thread still connecting is let be: it sees the store closed and ends)."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+            conn = self._conn
+            if conn is not None:  # again until it ends: a cancel that came before the VACUUM missed it
+                try:
+                    conn.cancel_safe(timeout=left)
+                except Exception:  # noqa: BLE001 - the server gone, or the check just ended
+                    pass
+            thread.join(min(left, 0.2))
+
     def _check(self) -> None:
         try:
             with self._connect() as conn:
-                (dead,) = conn.execute("SELECT coalesce(max(n_dead_tup), 0) FROM pg_stat_user_tables "
-                                       "WHERE relname = 'items' AND schemaname = current_schema()").fetchone()
-                if dead < self.dead_rows:
-                    return
-                (ours,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_VACUUM_LOCK,)).fetchone()
-                if not ours:
-                    return  # another host vacuums it now
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._conn = conn
                 try:
-                    conn.execute("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) items")
-                    self.vacuums += 1
-                    self._last = time.monotonic()
-                    log.debug("vacuumed the items table (%d dead row versions)", dead)
+                    self._vacuum(conn)
                 finally:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_VACUUM_LOCK,))
+                    self._conn = None
         except Exception as e:  # noqa: BLE001 - upkeep must not fail the work; the next check tries again
+            if self._closed:  # cancelled by close()
+                log.debug("the store's upkeep stopped with the store (%s)", " ".join(str(e).split()))
+                return
             log.warning("could not vacuum the store's items table (%s): the next check tries again",
                         " ".join(str(e).split()))
+
+    def _vacuum(self, conn) -> None:
+        (dead,) = conn.execute("SELECT coalesce(max(n_dead_tup), 0) FROM pg_stat_user_tables "
+                               "WHERE relname = 'items' AND schemaname = current_schema()").fetchone()
+        if dead < self.dead_rows or self._closed:
+            return
+        (ours,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (_VACUUM_LOCK,)).fetchone()
+        if not ours:
+            return  # another host vacuums it now
+        try:
+            conn.execute("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) items")
+            self.vacuums += 1
+            self._last = time.monotonic()
+            log.debug("vacuumed the items table (%d dead row versions)", dead)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_VACUUM_LOCK,))

@@ -48,12 +48,15 @@ class StoreCoordinator:
     Each worker also holds a life lock while it runs (``prelabel.llm.shares``; where the backend has
     one: PostgreSQL, and SQLite on Linux), taken before its first beat, and each roll says whose lock
     is held (``Peer.held``). A worker whose lock had to be taken again (its connection died: a
-    restart) leaves and beats as a newcomer: its peers may have counted it out meanwhile."""
+    restart) beats as a newcomer (``rejoin``: its ``joined`` is now): its peers may have counted it
+    out meanwhile. Until such a beat lands: a beat that failed after the lock was taken leaves the
+    next one to rejoin, though its lock is held by then."""
 
     def __init__(self, store) -> None:
         self.store = store
         self._secret: bytes | None = None
         self._lived: set[str] = set()  # workers that have held a life lock here
+        self._rejoining: set[str] = set()  # workers whose lock was taken again, until a beat says so
 
     def secret(self) -> bytes:
         if self._secret is None:
@@ -63,10 +66,12 @@ class StoreCoordinator:
     def beat(self, worker: str, job_id: str, pace_key: str, rpm: float, tpm: float, stale_s: float) -> Roll:
         taken = self.store.worker_hold_life(worker)
         if taken and worker in self._lived:
-            self.store.worker_leave(worker)  # its old row's `joined` must not count it as sending
+            self._rejoining.add(worker)  # its old row's `joined` must not count it as sending
         if taken is not None:
             self._lived.add(worker)
-        now, peers = self.store.worker_beat(worker, job_id, pace_key, rpm, tpm, stale_s)
+        now, peers = self.store.worker_beat(worker, job_id, pace_key, rpm, tpm, stale_s,
+                                            rejoin=worker in self._rejoining)
+        self._rejoining.discard(worker)
         held = self.store.workers_life_held([p.worker for p in peers]) if taken is not None else None
         if held is not None:
             peers = [dataclasses.replace(p, held=held.get(p.worker, False)) for p in peers]
@@ -77,6 +82,7 @@ class StoreCoordinator:
             self.store.worker_leave(worker)  # its row first: a peer must not find it alive without a lock
         finally:
             self._lived.discard(worker)
+            self._rejoining.discard(worker)
             self.store.worker_drop_life(worker)
 
 

@@ -4,6 +4,7 @@ the store's interface. Without a server the PostgreSQL half is skipped, except u
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sqlite3
@@ -1106,6 +1107,41 @@ def test_the_items_table_is_vacuumed_once_its_dead_row_versions_pile_up_by_one_h
     store.close()
 
 
+@pytest.mark.parametrize("url", ["postgres"], indirect=True)  # SQLite updates in place: no vacuum
+def test_closing_a_store_cancels_its_vacuum_under_way_and_ends_its_upkeep_thread(url, caplog):
+    import psycopg
+
+    store = open_store(url)
+    upkeep = store._c.upkeep
+    connect, vacuuming = upkeep._connect, threading.Event()
+
+    def slow_vacuum():  # the table is big: its vacuum takes a minute
+        conn = connect()
+        execute = conn.execute
+
+        def run(sql, *args):
+            if sql.startswith("VACUUM"):
+                vacuuming.set()
+                sql = "SELECT pg_sleep(60) /* the vacuum */"
+            return execute(sql, *args)
+        conn.execute = run
+        return conn
+
+    upkeep._connect, upkeep.check_rows, upkeep.dead_rows = slow_vacuum, 1, 0
+    store._c.churned(1)
+    assert vacuuming.wait(10)
+    thread = upkeep._thread
+    started = time.monotonic()
+    store.close()
+    assert time.monotonic() - started < 10 and not thread.is_alive()
+    with psycopg.connect(url, autocommit=True) as admin:  # nothing left running on the server
+        running = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                "AND query LIKE %s", ("%/* the vacuum */",)).fetchone()[0]
+    assert running == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # stopped, not failed
+    store._c.churned(10)  # a closed store starts no upkeep
+    assert upkeep._thread is thread
+
 @pytest.mark.parametrize("url", ["postgres"], indirect=True)  # SQLite has no idle timeout
 def test_a_stream_read_slowly_is_not_ended_by_the_idle_transaction_timeout(url, monkeypatch):
     """The pool's connections have the server end a transaction left idle (a stopped worker's, with
@@ -1204,6 +1240,14 @@ def test_a_worker_counted_out_joins_again_and_stale_ones_are_not_live(store):
     assert [(p.worker, p.joined) for p in peers] == [(OWNER_A, now)] and now > first
     assert [w.worker for w in store.live_workers(stale_s=stale)] == [OWNER_A]
 
+
+def test_a_rejoining_worker_joins_again_now_though_its_last_beat_is_fresh(store):
+    first, _ = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60)
+    _, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60)
+    assert [p.joined for p in peers] == [first]
+    time.sleep(0.01)  # the database's clock moves on (SQLite's counts milliseconds)
+    now, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60, rejoin=True)
+    assert [(p.joined, p.beat) for p in peers] == [(now, now)] and now > first
 
 def test_a_beat_does_not_wait_long_on_a_lock(store, url):
     store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=5)
