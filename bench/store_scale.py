@@ -112,7 +112,7 @@ def time_queries() -> dict:
                 entry[1] += time.perf_counter() - t
         setattr(PostgresConnector, name, timed_call)
 
-    for name in ("one", "all", "run", "many"):
+    for name in ("one", "all", "run", "many", "commit_with"):  # commit_with: its statements and the COMMIT
         wrap(name)
     transaction = PostgresConnector.transaction
 
@@ -129,7 +129,7 @@ def time_queries() -> dict:
             entry = timed[f"transaction {self._local.first}"]
             entry[0] += 1
             entry[1] += time.perf_counter() - t
-            entry = timed["COMMIT (of every transaction)"]
+            entry = timed["COMMIT (of every transaction; 0 where commit_with sent it)"]
             entry[0] += 1
             entry[1] += time.perf_counter() - done
     PostgresConnector.transaction = timed_transaction

@@ -115,7 +115,8 @@ class PostgresConnector:
 
     # Life locks (prelabel.llm.shares): each on a connection of its own, outside the pool, so that
     # it lives exactly as long as the worker (or that connection). Each beat checks its worker's, and
-    # every call is bounded by about a beat: a beat that cannot land soon is of no use.
+    # every call is bounded: a pool connection by about a beat, a check down a dead path by the
+    # keepalives' ~5 s, a new connection by libpq's least connect timeout (2 s).
 
     def hold_life(self, worker: str) -> bool | None:
         """Hold ``worker``'s life lock: True if it was taken now (first, or again after its connection
@@ -258,7 +259,7 @@ class PostgresConnector:
             raise RuntimeError(f"commit_with({query!r}) outside a transaction, or after its commit")
         rows: list[tuple] = []
         with psycopg.ClientCursor(conn) as cur:
-            cur.execute(";\n".join(statements(Q[query])) + ";\nCOMMIT", params)
+            cur.execute(";\n".join(statements(Q[query])) + "\n;\nCOMMIT", params)  # a last line's `--` ends there
             while True:
                 if cur.description is not None:
                     rows = cur.fetchall()

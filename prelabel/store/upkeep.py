@@ -81,11 +81,12 @@ class Upkeep:
         deadline = time.monotonic() + timeout_s
         while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
             conn = self._conn
-            if conn is not None:  # again until it ends: a cancel that came before the VACUUM missed it
-                try:
-                    conn.cancel_safe(timeout=left)
-                except Exception:  # noqa: BLE001 - the server gone, or the check just ended
-                    pass
+            if conn is None:
+                return  # still connecting (a server that does not answer): let be, it sees the store closed
+            try:  # again until it ends: a cancel that came before the VACUUM missed it
+                conn.cancel_safe(timeout=left)
+            except Exception:  # noqa: BLE001 - the server gone, or the check just ended
+                pass
             thread.join(min(left, 0.2))
 
     def _check(self) -> None:

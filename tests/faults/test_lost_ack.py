@@ -34,8 +34,9 @@ ACK, ROLLBACK = "ack", "rollback"  # the connection drops after the COMMIT, or b
 class LostAcks:
     """A connector whose next writes are followed by a dropped connection: ``drop(ACK)`` lets the next
     write commit and then raises the driver's disconnect error, as a lost acknowledgement does;
-    ``drop(ROLLBACK)`` raises it inside the transaction, which rolls back. A write is an outermost
-    transaction, or a statement run outside one (autocommitted)."""
+    ``drop(ROLLBACK)`` raises it inside the transaction, which rolls back: before its ``commit_with``
+    where it has one (that sends the COMMIT). A write is an outermost transaction, or a statement run
+    outside one (autocommitted)."""
 
     def __init__(self, inner, postgres: bool) -> None:
         self.inner, self.postgres = inner, postgres
@@ -71,9 +72,11 @@ class LostAcks:
         depth = getattr(self._local, "depth", 0)
         self._local.depth = depth + 1
         try:
+            if depth == 0:
+                self._local.committed = False
             with self.inner.transaction(wait_s):
                 yield
-                if depth == 0:
+                if depth == 0 and not self._local.committed:
                     self._fire(ROLLBACK)
         finally:
             self._local.depth = depth
@@ -91,6 +94,11 @@ class LostAcks:
 
     def run(self, query: str, /, **params) -> int:
         return self._autocommitted(self.inner.run, query, **params)
+
+    def commit_with(self, query: str, /, **params) -> list[tuple]:
+        self._fire(ROLLBACK)  # its COMMIT not sent yet
+        self._local.committed = True  # the end of the body: nothing to roll back there any more
+        return self.inner.commit_with(query, **params)
 
     def many(self, query: str, /, rows: list[dict]) -> int:
         return self._autocommitted(self.inner.many, query, rows)
@@ -130,6 +138,18 @@ def test_a_commit_made_again_after_a_lost_ack_writes_and_bills_once(store, lost)
     assert budget_left(store) == 10_000 - 69 - (1000 - 69)  # the hold went down by what was spent, once
     assert store.counts("job-1") == {"done": 1, "pending": 1, "leased": 2}
     assert [r["seq"] for r in store.iter_records("job-1")] == [0]
+
+
+def test_a_commit_whose_connection_dropped_before_its_commit_is_made_again_and_bills_once(store, lost):
+    """Dropped just before the message that carries its spending and its COMMIT: nothing of it was
+    written, and the call made again writes it all once."""
+    store.create_job(job_record(), raw_items(2))
+    leased = store.lease("job-1", OWNER_A, 2, T0, 600)
+    lost.drop(ROLLBACK)
+    assert store.complete("job-1", OWNER_A, [result(item.seq, usage=[usage(10, 2, 0.001)]) for item in leased]) == []
+    assert lost.dropped == [ROLLBACK]
+    assert store.counts("job-1") == {"done": 2}
+    assert store.usage_totals("job-1")["requests_billed"] == 2 and store.get_job("job-1").spent_tokens == 24
 
 
 def test_a_lease_made_again_after_a_lost_ack_returns_its_items_and_takes_no_more(store, lost):
