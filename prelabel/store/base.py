@@ -214,6 +214,7 @@ class Store(Protocol):
 
     # cache
     def cache_get(self, key: str) -> dict | None: ...
+    def cache_get_many(self, keys: Iterable[str]) -> dict[str, dict]: ...  # those found, in one query
     def cache_put(self, entries: Iterable[tuple[str, dict]]) -> None: ...
 
     # reviews (issue 13)

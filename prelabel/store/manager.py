@@ -675,6 +675,14 @@ class StoreManager(BatchRules):
         row = self._c.one("get_cache", key=key)
         return json.loads(row[0]) if row else None
 
+    def cache_get_many(self, keys: Iterable[str]) -> dict[str, dict]:
+        """The answers found for ``keys``, in one query (a round trip per key is ~4 ms on a loaded
+        PostgreSQL: a batch tick replaying a million items looks up a page of them at once)."""
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        return {key: json.loads(response) for key, response in self._c.all("get_cache_many", keys=keys)}
+
     def cache_put(self, entries: Iterable[tuple[str, dict]]) -> None:
         """Entries written on their own, not with an item's result: answers as they arrive, a job's
         example embeddings."""

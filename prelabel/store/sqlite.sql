@@ -271,6 +271,9 @@ DELETE FROM cache WHERE key = :key;
 -- name: get_cache
 SELECT response FROM cache WHERE key = :key;
 
+-- name: get_cache_many
+SELECT key, response FROM cache WHERE key IN (SELECT value FROM json_each(:keys));
+
 -- name: stop_remaining
 UPDATE items SET state = 'stopped', lease_owner = NULL, lease_expires = NULL
 WHERE job_id = :job_id AND state = 'pending';
