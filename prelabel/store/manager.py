@@ -432,6 +432,13 @@ class StoreManager(BatchRules):
             self._record(call, [tokens, cost])
         return tokens, cost
 
+    def budget_held_elsewhere(self, job_id: str, owner: str, now: float) -> tuple[int, float]:
+        """What other owners (workers, a batch tick's chunks) hold of the job's budget now, unspent:
+        a worker that cannot get a hold while others have some leaves the rest to them (they give
+        back what they do not spend when they end) instead of stopping the job as spent."""
+        tokens, cost = self._c.one("holds_of_others", job_id=job_id, owner=owner, now=self._db_time(now))
+        return int(tokens), float(cost)
+
     def reclaim(self, owners: Iterable[str]) -> int:
         """Leases of owners known dead (same-host workers whose process is gone) back to pending now.
         One statement for all the owners, locking their items in (job, seq) order and then their

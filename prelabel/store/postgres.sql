@@ -464,6 +464,10 @@ ORDER BY s.path COLLATE "C";
 -- name: holds
 SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds WHERE job_id = :job_id AND expires >= :now;
 
+-- name: holds_of_others
+SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds
+WHERE job_id = :job_id AND owner <> :owner AND expires >= :now;
+
 -- name: add_hold
 INSERT INTO budget_holds (job_id, owner, tokens, cost, expires) VALUES (:job_id, :owner, :tokens, :cost, :expires)
 ON CONFLICT (job_id, owner) DO UPDATE SET tokens = budget_holds.tokens + excluded.tokens,

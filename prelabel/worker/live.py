@@ -45,6 +45,9 @@ class LiveExecutor:
         self.outage = Outage(settings.outage_after)
         self.endpoint_down = asyncio.Event()
         self.budget_hit = asyncio.Event()  # set here by embeddings, by the loop for an item sent back
+        # No hold to be had, but other workers hold some of the budget: not spent, theirs to spend
+        # (or give back when they end). This worker leaves the job to them; nothing is stopped.
+        self.budget_elsewhere = asyncio.Event()
         self.last_error: str | None = None
         self.rate_limit_stop = False
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
@@ -291,7 +294,8 @@ class LiveExecutor:
     async def _reserve(self, prompt_tokens: int, max_out: int):
         """Reserve a request's worst case, taking another slice of the job's budget when needed.
 
-        None means the budget is spent: nothing in flight will free room for this request."""
+        None means the budget is spent, or (``budget_elsewhere``) held by other workers: nothing
+        in flight here will free room for this request."""
         session = self.session
         while True:
             if self._holds_lapsed():
@@ -308,11 +312,21 @@ class LiveExecutor:
                         self.renewed(asked)
             decision = session.reserve(prompt_tokens, max_out)
             if decision is SPENT:
+                if not self.budget_elsewhere.is_set() and await self._held_elsewhere():
+                    log.info("%s: what is left of the budget is held by other workers: this worker leaves the "
+                             "job to them", self.job.id)
+                    self.budget_elsewhere.set()
                 return None
             if decision is not WAIT:
                 return decision
             self._settled.clear()
             await self._settled.wait()
+
+    async def _held_elsewhere(self) -> bool:
+        """Whether other owners hold what this worker lacks of a capped budget (tokens or cost)."""
+        budget = self.spec.budget
+        tokens, cost = await self.writer.write(self.store.budget_held_elsewhere, self.job.id, self.owner, time.time())
+        return (budget.max_total_tokens is not None and tokens > 0) or (budget.max_cost_usd is not None and cost > 0)
 
     # --- embeddings (few-shot selection), job-level ------------------------------------------------
 
@@ -323,7 +337,8 @@ class LiveExecutor:
         if prepared.tokens_to_send:
             reservation = await self._reserve(prepared.tokens_to_send, 0)
             if reservation is None:
-                self.budget_hit.set()
+                if not self.budget_elsewhere.is_set():
+                    self.budget_hit.set()
                 return None, True
         try:
             result = await self.engine.embed(prepared)

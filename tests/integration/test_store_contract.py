@@ -920,6 +920,18 @@ def test_a_heartbeat_does_not_revive_a_budget_hold_that_lapsed(store):
     assert store.hold_budget("job-1", "host-c:3:cccccc", 1000, 0.0, 1000, None, T0 + 150, 60) == (0, 0.0)
 
 
+def test_what_others_hold_of_a_budget_leaves_out_ones_own_and_lapsed_holds(store):
+    store.create_job(job_record(), raw_items(4))
+    store.hold_budget("job-1", OWNER_A, 300, 0.03, 1000, None, T0, 60)
+    store.hold_budget("job-1", OWNER_B, 200, 0.02, 1000, None, T0, 600)
+    assert store.budget_held_elsewhere("job-1", OWNER_A, T0 + 1) == (200, 0.02)
+    assert store.budget_held_elsewhere("job-1", OWNER_B, T0 + 1) == (300, 0.03)
+    assert store.budget_held_elsewhere("job-1", OWNER_B, T0 + 61) == (0, 0.0)  # A's lapsed
+    leased = store.lease("job-1", OWNER_B, 1, T0 + 1, 600)
+    store.complete("job-1", OWNER_B, [result(leased[0].seq, usage=[usage(150, 50, 0.02)])])  # B spent all of it
+    assert store.budget_held_elsewhere("job-1", OWNER_A, T0 + 2) == (0, 0.0)
+
+
 def test_racing_budget_holds_on_a_tight_cap_overspend_by_nothing(url, store):
     cap, ask = 1000, 7  # 1000 is not a multiple of 7: the last grant is a remainder
     store.create_job(job_record(), raw_items(400))
