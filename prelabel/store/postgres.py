@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 from ..config import (LIFE_CONNECT_S, LIFE_KEEPALIVE_COUNT, LIFE_KEEPALIVE_IDLE_S, LIFE_KEEPALIVE_INTERVAL_S,
                       STORE_BUSY_TIMEOUT_S, STORE_IDLE_TRANSACTION_S, WORKER_BEAT_WAIT_S)
 from ..errors import StorageError
-from .connector import load_queries, statements
+from .connector import load_queries, statements, unexpected
 from .manager import StoreManager
 from .upkeep import Upkeep
 
@@ -40,15 +40,33 @@ _LIFE_SEED = 0x706C6976  # "pliv": the seed the workers' ids are hashed under, t
 _OWN_TABLES = {"jobs", "items", "prelabel_schema"}
 _UNREACHABLE_FIX = ("check that the server runs and that --db (or $PRELABEL_DB) names it, then run the same "
                     "command again")
+_POOLED_FIX = ("prelabel's workers need a session per connection (its advisory locks, settings and prepared "
+               "statements live in the session): set pool_mode = session for this database in PgBouncer, or "
+               "connect to PostgreSQL directly, then run the same command again")
 
 
 def _shown(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", url)
 
 
+def _pooled_per_transaction(error: BaseException) -> bool:
+    """The connection's session is not the one its statements were prepared in: psycopg prepares a
+    query run often on a connection, and a pooler that hands each transaction to another server
+    session (PgBouncer's ``pool_mode = transaction``) answers with another session's statements."""
+    if isinstance(error, (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement)):
+        return True  # 26000, 42P05: prelabel names no prepared statement of its own, psycopg does
+    return (getattr(error, "sqlstate", None) == "08P01"  # "bind message supplies 1 parameters, but prepared ..."
+            and "prepared statement" in str(error))
+
+
 def storage_error(location: str, error: BaseException) -> StorageError | None:
-    """What a psycopg error means for the person running prelabel, or None for one that is a bug."""
+    """What a psycopg error means for the person running prelabel, or None for one it does not know
+    (a bug, most likely: it leaves the store as ``connector.unexpected``'s)."""
     detail = " ".join(str(error).split())
+    if _pooled_per_transaction(error):
+        return StorageError(location, f"the server's connections look pooled per transaction, as PgBouncer's "
+                                      f"pool_mode = transaction does: a statement prepared in one session was "
+                                      f"used in another ({detail})", _POOLED_FIX)
     if isinstance(error, psycopg.errors.DiskFull):
         return StorageError(location, f"the server's disk is full ({detail})",
                             "free space on the database server and run the same command again")
@@ -180,9 +198,12 @@ class PostgresConnector:
     def disconnected(self, error: BaseException) -> bool:
         """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting
         up, class 08, or no SQLSTATE at all: the socket; 25P03: the server ended a transaction this
-        client left idle too long), as opposed to a lock or a full disk."""
+        client left idle too long), as opposed to a lock or a full disk. Not a pooler's session mixed
+        up (08P01 too): trying again would meet the same answer."""
         if isinstance(error, psycopg.errors.IdleInTransactionSessionTimeout):
             return True
+        if _pooled_per_transaction(error):
+            return False
         if not isinstance(error, psycopg.OperationalError):
             return False
         state = getattr(error, "sqlstate", None)
@@ -354,5 +375,5 @@ class PostgresStore(StoreManager):
         try:
             connector = PostgresConnector(url, busy_timeout_s)
         except psycopg.Error as e:
-            raise (storage_error(self.path, e) or e) from e
+            raise (storage_error(self.path, e) or unexpected(self.path, e)) from e
         super().__init__(connector)
