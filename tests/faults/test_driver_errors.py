@@ -9,6 +9,9 @@ is a ``StorageError`` naming transaction pooling and the fix, tried once; and a 
 knows leaves the store as a ``StorageError`` too: the run stops on it with its items back in the
 queue, exit 7, one line. The fault is injected below the store's rules (the connector's cache read,
 mid-run, as the tester's workers met it), on both backends, against the simulator.
+
+And a login the server refuses (a role that does not exist, a wrong password, pg_hba.conf) is said
+as that, naming the user, not as a server that cannot be reached; no password is shown.
 """
 from __future__ import annotations
 
@@ -54,6 +57,36 @@ def test_a_prepared_statement_of_another_session_says_transaction_pooling_and_is
     assert not PostgresConnector.disconnected(None, error)  # no minute of retries
     # any other protocol violation is still a broken connection, as before
     assert PostgresConnector.disconnected(None, psycopg.errors.ProtocolViolation("unexpected message type 0x50"))
+
+
+@pytest.mark.parametrize("error, user", [
+    (psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                              'FATAL:  role "nouser" does not exist'), "nouser"),
+    (psycopg.OperationalError('connection failed: connection to server at "db", port 5432 failed: FATAL:  '
+                              'password authentication failed for user "lab"'), "lab"),
+    (psycopg.OperationalError('connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "lab", '
+                              'database "x", no encryption'), "lab"),
+    (psycopg.errors.InvalidPassword("password authentication failed"), "u"),  # 28P01, the URL's user
+    (psycopg.errors.InvalidAuthorizationSpecification("not allowed to log in"), "u"),  # 28000
+])
+def test_a_refused_login_names_the_user_and_the_fix(error, user):
+    translated = storage_error("postgresql://u@h/db", error)
+    assert translated is not None
+    assert f"the server was reached and refused the login of user '{user}'" in str(translated)
+    assert "cannot reach" not in str(translated)
+    assert "user and password in --db" in translated.fix and "pg_hba.conf" in translated.fix
+    assert not PostgresConnector.disconnected(None, error)
+
+
+def test_status_against_a_role_the_server_does_not_have(pg_database, capsys):
+    server = contract.PG_SERVER.split("://", 1)[1].split("@")[-1]
+    db = f"postgresql://nouser:s3cret@{server}/x?password=s3cret"
+    assert cli.main(["status", "--db", db]) == EXIT_STORAGE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"prelabel: error: postgresql://nouser@{server}/x?password=...: the server was reached "
+                           "and refused the login of user 'nouser'"), line
+    assert 'role "nouser" does not exist' in line and "pg_hba.conf" in line
+    assert "cannot reach" not in line and "s3cret" not in line
 
 
 # --- a run that meets them ----------------------------------------------------------------------------
