@@ -64,5 +64,6 @@ def database(value: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A database URL as error messages show it: without its password."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", url)
+    """A database URL as error messages show it: without its password (``user:password@``, or a
+    ``password=`` in its query)."""
+    return re.sub(r"([?&]password=)[^&]*", r"\1...", re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", url))

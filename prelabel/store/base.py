@@ -153,7 +153,9 @@ class WorkerView:
 
 
 class Store(Protocol):
-    """Every method may raise ``StorageError`` (full disk, lock held too long, damaged file).
+    """Every method may raise ``StorageError`` (full disk, lock held too long, damaged file), and no
+    error of the database driver's: one no rule foresaw leaves as a ``StorageError`` too. Callers that
+    catch an item's failures let ``StorageError`` through: the store's failure stops the run.
 
     Methods may be called from several threads: each thread gets a connection of its own."""
 

@@ -33,9 +33,22 @@ def statements(sql: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in code.split(";") if s.strip())
 
 
+def unexpected(location: str, error: BaseException) -> StorageError:
+    """A driver error no ``translate`` knows (a bug of prelabel's, most likely), as the store raises it:
+    a ``StorageError`` all the same, never the driver's own. It is the store's failure, not an item's:
+    a run stops on it with its items back in the queue, as on any other, where a raw driver error
+    would be taken by an item's catch for a bug of that item (and fail it). The driver's error is its
+    ``__cause__``."""
+    detail = " ".join(str(error).split())
+    return StorageError(location, f"the database answered with an error prelabel does not expect "
+                                  f"({type(error).__name__}: {detail})",
+                        "run the same command again; if this comes back, report it (with this line) as a bug")
+
+
 class Connector(Protocol):
     """What the rules need of a database. Every call may raise one of ``errors`` (the driver's),
-    which ``translate`` turns into the ``StorageError`` a user can act on (or None: a bug)."""
+    which ``translate`` turns into the ``StorageError`` a user can act on (or None: one it does not
+    know, which leaves the store as ``unexpected``'s)."""
 
     location: str                                # what error messages name: a path, a URL without password
     errors: tuple[type[BaseException], ...]      # the driver's errors

@@ -31,14 +31,14 @@ from ..config import INGEST_BATCH, INGEST_BEAT_S  # input items per transaction,
 from ..config import STORE_CALL_KEEP_S, STORE_CLOCK_CHECK_S, STORE_CLOCK_SKEW_S
 from ..config import STORE_RECONNECT_S, WORKER_BEAT_WAIT_S, WORKER_FORGET_S
 from ..llm.shares import Peer
-from ..errors import InputError, JobExists
+from ..errors import InputError, JobExists, StorageError
 from .owners import worker_id
 from ..redact import redact, redact_error
 from ..states import JobStatus
 from .base import (IngestState, InputErrorRow, ItemResult, ItemView, JobRecord, LeasedItem, ReviewRow, RunStats,
                    SpoolRecord, UsageRow, WorkerView)
 from .batches import BatchRules
-from .connector import Connector
+from .connector import Connector, unexpected
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ _FINAL = ("done", "failed", "skipped")
 
 
 def _translated(method):
-    """Driver errors a user can act on leave the store as ``StorageError`` (one line: place, problem, fix).
+    """Driver errors leave the store as ``StorageError`` (one line: place, problem, fix), those no
+    ``translate`` knows too (``connector.unexpected``, the driver's error chained): no caller ever
+    sees a driver's error, so none takes one for an item's own failure.
 
     A call that lost its connection to the server (a restart) is made again, whole, with backoff, for
     up to ``STORE_RECONNECT_S``. Only the outermost call of a thread retries; ``_once`` methods never
@@ -63,7 +65,7 @@ def _translated(method):
             try:
                 yield from method(self, *args, **kwargs)
             except self._c.errors as e:
-                raise (self._c.translate(e) or e) from e
+                raise _storage_error(self._c, e) from e
         return stream
 
     retry = not getattr(method, "_once", False)
@@ -85,7 +87,7 @@ def _translated(method):
                 if not outer:
                     raise  # as it is: the outermost call retries or translates it
                 if not (retry and self._c.disconnected(e) and time.monotonic() < deadline):
-                    raise (self._c.translate(e) or e) from e
+                    raise _storage_error(self._c, e) from e
                 wait = reconnect_delay(attempt)
                 log.warning("lost the connection to the store (%s); trying again in %.1f s", " ".join(str(e).split()),
                             wait)
@@ -95,6 +97,14 @@ def _translated(method):
             attempt += 1
             self._c.recover()
     return call
+
+
+def _storage_error(connector: Connector, error: BaseException) -> StorageError:
+    translated = connector.translate(error)
+    if translated is None:
+        log.debug("an error the store does not expect", exc_info=error)  # -v: the driver's traceback
+        return unexpected(connector.location, error)
+    return translated
 
 
 class _Call:

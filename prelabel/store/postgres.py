@@ -13,6 +13,7 @@ import re
 import threading
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -21,7 +22,8 @@ from psycopg_pool import ConnectionPool
 from ..config import (LIFE_CONNECT_S, LIFE_KEEPALIVE_COUNT, LIFE_KEEPALIVE_IDLE_S, LIFE_KEEPALIVE_INTERVAL_S,
                       STORE_BUSY_TIMEOUT_S, STORE_IDLE_TRANSACTION_S, WORKER_BEAT_WAIT_S)
 from ..errors import StorageError
-from .connector import load_queries, statements
+from . import redact_url
+from .connector import load_queries, statements, unexpected
 from .manager import StoreManager
 from .upkeep import Upkeep
 
@@ -40,15 +42,58 @@ _LIFE_SEED = 0x706C6976  # "pliv": the seed the workers' ids are hashed under, t
 _OWN_TABLES = {"jobs", "items", "prelabel_schema"}
 _UNREACHABLE_FIX = ("check that the server runs and that --db (or $PRELABEL_DB) names it, then run the same "
                     "command again")
+_POOLED_FIX = ("prelabel's workers need a session per connection (its advisory locks, settings and prepared "
+               "statements live in the session): set pool_mode = session for this database in PgBouncer, or "
+               "connect to PostgreSQL directly, then run the same command again")
+_REFUSED_FIX = ("check the user and password in --db (or $PRELABEL_DB), or the server's pg_hba.conf (who may "
+                "log in from this host, and how), then run the same command again")
+# libpq's words for a login the server refused (at connect they come without a SQLSTATE)
+_REFUSED_LOGIN = re.compile(r'role "[^"]*" does not exist|password authentication failed|no pg_hba\.conf entry'
+                            r'|no password supplied')
+_LOGIN_USER = re.compile(r'(?:role|user) "([^"]*)"')
+_shown = redact_url  # the URL as messages show it: without its password
 
 
-def _shown(url: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", url)
+def _pooled_per_transaction(error: BaseException) -> bool:
+    """The connection's session is not the one its statements were prepared in: psycopg prepares a
+    query run often on a connection, and a pooler that hands each transaction to another server
+    session (PgBouncer's ``pool_mode = transaction``) answers with another session's statements."""
+    if isinstance(error, (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement)):
+        return True  # 26000, 42P05: prelabel names no prepared statement of its own, psycopg does
+    return (getattr(error, "sqlstate", None) == "08P01"  # "bind message supplies 1 parameters, but prepared ..."
+            and "prepared statement" in str(error))
+
+
+def _login_refused(error: BaseException) -> bool:
+    """The server was reached and refused this login (28000, 28P01, or libpq's text of them at connect,
+    which carries no SQLSTATE)."""
+    if isinstance(error, (psycopg.errors.InvalidAuthorizationSpecification, psycopg.errors.InvalidPassword)):
+        return True
+    return isinstance(error, psycopg.OperationalError) and _REFUSED_LOGIN.search(str(error)) is not None
+
+
+def _login_user(location: str, detail: str) -> str:
+    """Whose login was refused: as the server names it, else as the URL does."""
+    if (named := _LOGIN_USER.search(detail)) is None:
+        try:
+            user = urlsplit(location).username
+        except ValueError:
+            user = None
+        return f"user {user!r}" if user else "the default user (the URL names none: this system user's name)"
+    return f"user {named[1]!r}"
 
 
 def storage_error(location: str, error: BaseException) -> StorageError | None:
-    """What a psycopg error means for the person running prelabel, or None for one that is a bug."""
+    """What a psycopg error means for the person running prelabel, or None for one it does not know
+    (a bug, most likely: it leaves the store as ``connector.unexpected``'s)."""
     detail = " ".join(str(error).split())
+    if _pooled_per_transaction(error):
+        return StorageError(location, f"the server's connections look pooled per transaction, as PgBouncer's "
+                                      f"pool_mode = transaction does: a statement prepared in one session was "
+                                      f"used in another ({detail})", _POOLED_FIX)
+    if _login_refused(error):
+        return StorageError(location, f"the server was reached and refused the login of "
+                                      f"{_login_user(location, detail)} ({detail})", _REFUSED_FIX)
     if isinstance(error, psycopg.errors.DiskFull):
         return StorageError(location, f"the server's disk is full ({detail})",
                             "free space on the database server and run the same command again")
@@ -180,9 +225,12 @@ class PostgresConnector:
     def disconnected(self, error: BaseException) -> bool:
         """The connection broke or could not be made (a restart: 57P01 admin shutdown, 57P03 starting
         up, class 08, or no SQLSTATE at all: the socket; 25P03: the server ended a transaction this
-        client left idle too long), as opposed to a lock or a full disk."""
+        client left idle too long), as opposed to a lock or a full disk. Not a login refused, nor a
+        pooler's session mixed up (08P01 too): trying again would meet the same answer."""
         if isinstance(error, psycopg.errors.IdleInTransactionSessionTimeout):
             return True
+        if _pooled_per_transaction(error) or _login_refused(error):
+            return False
         if not isinstance(error, psycopg.OperationalError):
             return False
         state = getattr(error, "sqlstate", None)
@@ -354,5 +402,5 @@ class PostgresStore(StoreManager):
         try:
             connector = PostgresConnector(url, busy_timeout_s)
         except psycopg.Error as e:
-            raise (storage_error(self.path, e) or e) from e
+            raise (storage_error(self.path, e) or unexpected(self.path, e)) from e
         super().__init__(connector)

@@ -27,7 +27,7 @@ except ImportError:  # Windows: no life locks, the beats alone count
 
 from ..config import STORE_BUSY_TIMEOUT_S
 from ..errors import StorageError
-from .connector import load_queries, statements
+from .connector import load_queries, statements, unexpected
 from .manager import StoreManager
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def _disk_full(path: str) -> bool:
 
 
 def storage_error(path: str, e: sqlite3.Error, busy_timeout_s: float) -> StorageError | None:
-    """What an SQLite error means for the person running prelabel, or None for one that is a bug."""
+    """What an SQLite error means for the person running prelabel, or None for one it does not know
+    (a bug, most likely: it leaves the store as ``connector.unexpected``'s)."""
     code, detail = _sqlite_code(e), " ".join(str(e).split())
     if code == "SQLITE_FULL" or (code == "SQLITE_IOERR" and _disk_full(path)):
         return StorageError(path, "the disk is full", "free space there (or move the store with --db) and run "
@@ -368,7 +369,7 @@ class SQLiteStore(StoreManager):
         except sqlite3.Error as e:
             if connector is not None:
                 connector.close()
-            raise (storage_error(self.path, e, busy_timeout_s) or e) from e
+            raise (storage_error(self.path, e, busy_timeout_s) or unexpected(self.path, e)) from e
         except StorageError:
             if connector is not None:
                 connector.close()
