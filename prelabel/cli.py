@@ -154,6 +154,16 @@ def _say(outcome) -> None:
     print(f"  outputs in {outcome.out_dir}")
 
 
+def _say_ended(job) -> None:
+    """A job this worker left to others, ended by them (``work`` polling)."""
+    if job.status == JobStatus.CANCELLED:
+        print(f"{job.id}: cancelled (`prelabel cancel`)")
+        return
+    how = "done" if job.status == JobStatus.DONE else "stopped by a budget cap"
+    print(f"{job.id}: {how}: another worker finished the job and wrote its outputs to {job.spec['output']['dir']} "
+          f"on its host (`prelabel export {job.id}` writes them here)")
+
+
 def _utc(t: float) -> str:
     return time.strftime("%H:%M:%S UTC", time.gmtime(t))
 
@@ -398,6 +408,7 @@ def cmd_work(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK
     from .queue.submit import submit_spool
     from .worker.coordinator import StoreCoordinator
+    from .worker.notices import Notices
     from .worker.runs import drain
     from .store.owners import worker_id
 
@@ -406,6 +417,12 @@ def cmd_work(args) -> int:
     store = _open_store(args.db)
     coordinator = StoreCoordinator(store)  # the rate limit is shared with every worker of this store
     settings = _settings()
+    notices = Notices()  # a poll says of a job only what the last did not
+
+    def say(outcome) -> None:
+        if notices.fresh(outcome):
+            _say(outcome)
+
     try:
         async def go():
             _install_sigterm()
@@ -422,11 +439,13 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, endpoint, settings, worker_id(), on_start, _say, roots,
+                    lambda on_start: drain(store, endpoint, settings, worker_id(), on_start, say, roots,
                                            coordinator=coordinator, batch_checkpoint=_batch_checkpoint()), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return _tick_code(codes)
+                for job in notices.ended(store):
+                    _say_ended(job)
                 await asyncio.sleep(settings.poll_s)
 
         return asyncio.run(go())
