@@ -154,15 +154,39 @@ def _say(outcome) -> None:
     print(f"  outputs in {outcome.out_dir}")
 
 
+def _say_ended(job) -> None:
+    """A job this worker left to others, ended by them (``work`` polling)."""
+    if job.status == JobStatus.CANCELLED:
+        print(f"{job.id}: cancelled (`prelabel cancel`)")
+        return
+    how = "done" if job.status == JobStatus.DONE else "stopped by a budget cap"
+    print(f"{job.id}: {how}: another worker finished the job and wrote its outputs to {job.spec['output']['dir']} "
+          f"on its host (`prelabel export {job.id}` writes them here)")
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(t))
+
+
+def _comeback(worker, gone: bool) -> str:
+    """When the items of a worker that stopped beating go back to the queue (``status``)."""
+    if gone:
+        return "its process is gone; the next `prelabel work` on this host takes its items at once"
+    if worker.leases_end is None or worker.leases_end <= time.time():
+        lapsed = "" if worker.leases_end is None else f" at {_utc(worker.leases_end)}"
+        return f"its leases lapsed{lapsed}; the next `prelabel work` takes its items"
+    return (f"its leases lapse by {_utc(worker.leases_end)} unless renewed, then the next `prelabel work` "
+            "takes its items")
+
+
 def _elsewhere(outcome) -> str:
     """Where the rest of a job is: leased to workers that write the outputs when they finish, or,
     if they stopped, back in the queue when their leases lapse (the next run takes them then)."""
     leased, until = outcome.elsewhere or (0, None)
     if not leased or until is None:
         return ""
-    when = time.strftime("%H:%M:%S UTC", time.gmtime(until))
     return (f" ({_plural(leased, 'item')} leased to other workers; if those stopped, the items go back to the "
-            f"queue when their leases lapse, by {when} unless renewed, and the next `prelabel work` takes them)")
+            f"queue when their leases lapse, by {_utc(until)} unless renewed, and the next `prelabel work` takes them)")
 
 
 # What became of the lines a batch did not answer, by how it ended (``prelabel.batch.results.failed_lines``).
@@ -384,6 +408,7 @@ def cmd_work(args) -> int:
     from .config import EXIT_JOB_ERROR, EXIT_OK
     from .queue.submit import submit_spool
     from .worker.coordinator import StoreCoordinator
+    from .worker.notices import Notices
     from .worker.runs import drain
     from .store.owners import worker_id
 
@@ -392,6 +417,12 @@ def cmd_work(args) -> int:
     store = _open_store(args.db)
     coordinator = StoreCoordinator(store)  # the rate limit is shared with every worker of this store
     settings = _settings()
+    notices = Notices()  # a poll says of a job only what the last did not
+
+    def say(outcome) -> None:
+        if notices.fresh(outcome):
+            _say(outcome)
+
     try:
         async def go():
             _install_sigterm()
@@ -408,11 +439,13 @@ def cmd_work(args) -> int:
                         else:
                             print(f"spool: {entry.path.name} -> {entry.job_id}", file=sys.stderr)
                 outcomes = await _with_progress(
-                    lambda on_start: drain(store, endpoint, settings, worker_id(), on_start, _say, roots,
+                    lambda on_start: drain(store, endpoint, settings, worker_id(), on_start, say, roots,
                                            coordinator=coordinator, batch_checkpoint=_batch_checkpoint()), args.quiet)
                 codes += [o.exit_code for o in outcomes]
                 if args.once:
                     return _tick_code(codes)
+                for job in notices.ended(store):
+                    _say_ended(job)
                 await asyncio.sleep(settings.poll_s)
 
         return asyncio.run(go())
@@ -441,6 +474,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from dataclasses import replace
+
     from .config import EXIT_JOB_ERROR, EXIT_OK, EngineSettings
     from .outputs.report import work_counts
     from .queue.ingest import reader_is_dead
@@ -475,10 +510,17 @@ def cmd_status(args) -> int:
                                        "alive": not reader_is_dead(loading, time.time())}
         # Spool files whose latest try failed, while they are still there to fix.
         failed = [] if args.job_id else [f for f in store.spool_failures() if Path(f.path).exists()]
-        # A worker of this host whose process is gone is not live, whatever its last beat says.
-        beating = store.live_workers(EngineSettings().share_stale_s)
-        dead = set(dead_local_owners([w.worker for w in beating]))
-        workers = [w for w in beating if (not args.job_id or w.job_id == args.job_id) and w.worker not in dead]
+        # The live workers, then those holding leases without beating (stopped, dead, cut off): what
+        # no live worker can take until their leases lapse. A worker of this host whose process is
+        # gone is not live, whatever its last beat says, and its items are taken at once.
+        stale_s = EngineSettings().share_stale_s
+        beating = store.live_workers(stale_s)
+        listed = {w.worker for w in beating}  # one that went stale between the two queries is listed once
+        silent = [w for w in store.silent_workers(stale_s) if w.worker not in listed]
+        dead = set(dead_local_owners([w.worker for w in beating + silent]))
+        workers = [w for w in beating if w.worker not in dead] + \
+                  [replace(w, live=False) for w in beating if w.worker in dead and w.leased] + silent
+        workers = [w for w in workers if not args.job_id or w.job_id == args.job_id]
         holds = store.holds()
         for row in rows:
             if row["status"] == JobStatus.HELD and row["job_id"] in holds:
@@ -487,7 +529,9 @@ def cmd_status(args) -> int:
             print(json.dumps({"jobs": rows,
                               "spool_failures": [{"path": f.path, "error": f.error} for f in failed],
                               "workers": [{"host": w.host, "pid": w.pid, "worker": w.worker, "job_id": w.job_id,
-                                           "items_leased": w.leased, "last_heartbeat_s_ago": w.age_s}
+                                           "items_leased": w.leased, "last_heartbeat_s_ago": w.age_s,
+                                           "live": w.live, "process_gone": w.worker in dead,
+                                           "leases_end": None if w.leases_end is None else round(w.leases_end, 3)}
                                           for w in workers]}, indent=2))
             return EXIT_OK
         if not rows:
@@ -521,11 +565,18 @@ def cmd_status(args) -> int:
             if "loading" in row and not row["loading"]["alive"]:
                 print(f"  its loader is gone after line {row['loading']['line']:,}: the next submit, run "
                       "or work tick reads the input on from there")
-        if workers:
-            print(f"{len(workers)} live worker{'s' if len(workers) != 1 else ''}:")
-            for w in workers:
-                print(f"  {w.host} pid {w.pid}  {w.job_id}  {w.leased:,} items leased  "
-                      f"last heartbeat {w.age_s:.0f} s ago")
+        live = [w for w in workers if w.live]
+        if live:
+            print(f"{len(live)} live worker{'s' if len(live) != 1 else ''}:")
+        for w in live:
+            print(f"  {w.host} pid {w.pid}  {w.job_id}  {w.leased:,} items leased  last heartbeat {w.age_s:.0f} s ago")
+        if silent := [w for w in workers if not w.live]:
+            print(f"{len(silent)} worker{'s' if len(silent) != 1 else ''} not beating (stopped, dead or cut off) "
+                  "holding leases:")
+        for w in silent:
+            beat = "never beat" if w.age_s is None else f"last heartbeat {w.age_s:.0f} s ago"
+            print(f"  {w.host} pid {w.pid}  {w.job_id}  {w.leased:,} items leased  {beat}  "
+                  f"not beating: {_comeback(w, w.worker in dead)}")
         for entry in failed:
             print(f"spool file failed: {entry.error} (tried again when it, or a file it names, changes)")
         return EXIT_OK

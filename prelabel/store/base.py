@@ -140,16 +140,19 @@ class ReviewRow:
 
 @dataclass(frozen=True, slots=True)
 class WorkerView:
-    """A live worker as ``prelabel status`` shows it (times on the database's clock)."""
+    """A worker as ``prelabel status`` shows it: a live one, or one holding leases that has not beaten
+    lately (stopped, dead, cut off). Times on the database's clock, but ``leases_end``'s."""
 
     worker: str     # host:pid:nonce
     host: str
     pid: int
     job_id: str
     leased: int     # items it holds leased now
-    joined: float
-    beat: float     # its last heartbeat
-    age_s: float    # how long ago that was
+    joined: float | None
+    beat: float | None   # its last heartbeat (None: it never beat, or its row is gone)
+    age_s: float | None  # how long ago that was
+    live: bool = True    # it beat within the stale window
+    leases_end: float | None = None  # when the last of its leases lapses unless renewed (this host's clock)
 
 
 class Store(Protocol):
@@ -235,6 +238,7 @@ class Store(Protocol):
     def worker_drop_life(self, worker: str) -> None: ...
     def workers_life_held(self, workers: list[str]) -> dict[str, bool] | None: ...
     def live_workers(self, stale_s: float) -> list[WorkerView]: ...
+    def silent_workers(self, stale_s: float) -> list[WorkerView]: ...  # holding leases, no beat within stale_s
 
     # spool
     def spool_record(self, path: str, sha256: str, job_id: str | None, error: str | None,

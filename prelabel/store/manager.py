@@ -158,6 +158,11 @@ def _host_pid(worker: str) -> tuple[str, int]:
     return worker, 0
 
 
+def _host_time(db_time, skew: float) -> float | None:
+    """A time on the database's clock (a lease's expiry) on this host's."""
+    return None if db_time is None else float(db_time) - skew
+
+
 def _json(value) -> str:
     return json.dumps(redact_error(value), ensure_ascii=False)
 
@@ -468,7 +473,7 @@ class StoreManager(BatchRules):
         """The job's items leased now, and when the last of those leases lapses (on this host's
         clock: leases are reckoned on the database's) unless its worker renews it."""
         n, until = self._c.one("lease_ends", job_id=job_id)
-        return int(n), None if until is None else float(until) - self._skew()
+        return int(n), _host_time(until, self._skew())
 
     def complete(self, job_id: str, owner: str, results: list[ItemResult],
                  side_usage: Iterable[UsageRow] = ()) -> list[int]:
@@ -794,11 +799,26 @@ class StoreManager(BatchRules):
     def live_workers(self, stale_s: float) -> list[WorkerView]:
         """The workers that beat within ``stale_s``, with the items each holds leased."""
         (now,) = self._c.one("db_now")
-        now = float(now)
+        now, skew = float(now), self._skew()
         return [WorkerView(worker, host, int(pid), job_id, int(leased), float(joined), float(beat),
-                           round(max(0.0, now - float(beat)), 1))
-                for worker, host, pid, job_id, joined, beat, leased
+                           round(max(0.0, now - float(beat)), 1), True, _host_time(until, skew))
+                for worker, host, pid, job_id, joined, beat, leased, until
                 in self._c.all("live_workers", now=now, stale_s=stale_s)]
+
+    def silent_workers(self, stale_s: float) -> list[WorkerView]:
+        """The owners of leases that have not beaten within ``stale_s`` (stopped, dead, cut off; or
+        never beat), one per job they hold items of, with when those leases lapse unless renewed:
+        the items a live worker cannot take until then."""
+        (now,) = self._c.one("db_now")
+        now, skew = float(now), self._skew()
+        views = []
+        for worker, job_id, joined, beat, leased, until in self._c.all("silent_workers", now=now, stale_s=stale_s):
+            host, pid = _host_pid(worker)
+            views.append(WorkerView(worker, host, pid, job_id, int(leased),
+                                    None if joined is None else float(joined), None if beat is None else float(beat),
+                                    None if beat is None else round(max(0.0, now - float(beat)), 1),
+                                    False, _host_time(until, skew)))
+        return sorted(views, key=lambda v: (v.host, v.pid, v.worker, v.job_id))
 
     # spool --------------------------------------------------------------------------------------
 

@@ -540,8 +540,18 @@ DELETE FROM workers WHERE worker = :worker;
 
 -- name: live_workers
 SELECT w.worker, w.host, w.pid, w.job_id, w.joined, w.beat,
-       (SELECT count(*) FROM items i WHERE i.lease_owner = w.worker AND i.state = 'leased')
+       (SELECT count(*) FROM items i WHERE i.lease_owner = w.worker AND i.state = 'leased'),
+       (SELECT max(i.lease_expires) FROM items i WHERE i.lease_owner = w.worker AND i.state = 'leased')
 FROM workers w WHERE w.beat > :now - :stale_s ORDER BY w.host, w.pid, w.worker;
+
+-- name: silent_workers
+-- Owners of leases that have not beaten within stale_s (stopped, dead, cut off) or have no row (never
+-- beat, or forgotten), per job they hold items of: how many, and when the last of those leases lapses.
+SELECT i.lease_owner, i.job_id, w.joined, w.beat, count(*), max(i.lease_expires)
+FROM items i LEFT JOIN workers w ON w.worker = i.lease_owner
+WHERE i.state = 'leased' AND i.lease_owner IS NOT NULL AND (w.beat IS NULL OR w.beat <= :now - :stale_s)
+GROUP BY i.lease_owner, i.job_id, w.joined, w.beat
+ORDER BY i.lease_owner, i.job_id;
 
 -- name: item_epochs
 -- Where a commit's refused items stand: a result its own lease already committed is not billed again.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,89 @@ async def test_exit_8_writes_what_finished_and_does_not_log_items_as_failed(tmp_
     finally:
         store.close()
     assert "failed for good" not in caplog.text and "goes back to the queue" in caplog.text
+
+
+# --- a long-running `work` (no --once) says each thing once ---------------------------------------
+
+def _polls(monkeypatch, stop_after) -> list:
+    """`work` polling every 20 ms; ``stop_after(polls)`` True ends it as Ctrl-C would."""
+    from prelabel.config import EngineSettings
+    from prelabel.worker import runs
+
+    monkeypatch.setattr("prelabel.cli._settings", lambda: EngineSettings(poll_s=0.02))
+    polls, drain = [], runs.drain
+
+    async def counted(*args, **kwargs):
+        polls.append(await drain(*args, **kwargs))
+        if stop_after(polls):
+            raise KeyboardInterrupt
+        return polls[-1]
+
+    monkeypatch.setattr(runs, "drain", counted)
+    return polls
+
+
+def test_a_polling_work_without_a_key_says_so_once_per_job(no_endpoint, tmp_path, monkeypatch, capsys):
+    spool = tmp_path / "spool"
+    first = write_job(spool, name="first")
+    (spool / "second.yaml").write_text(first.read_text().replace("name: first", "name: second"))
+    polls = _polls(monkeypatch, lambda polls: len(polls) == 6)
+    assert main(["work", "--spool", str(spool), "-q"]) == 130
+    err = capsys.readouterr().err
+    assert len(polls) == 6 and err.count("spool: ") == 2
+    said = [line for line in err.splitlines() if "error: no API key for https://api.openai.com/v1" in line]
+    assert len(said) == 2 and said[0].split(":")[0] != said[1].split(":")[0]  # each job once, not at every poll
+
+
+@pytest.fixture
+def sim_url():
+    from tests.acceptance.clitools import sim_processes
+
+    with sim_processes(("--latency-ms", "5")) as (sim,):
+        yield sim.url
+
+
+def test_a_polling_work_says_its_share_is_done_once_and_then_that_the_job_is_done(
+        no_endpoint, tmp_path, monkeypatch, capsys, sim_url):
+    from prelabel.store import ItemResult, open_store
+    from prelabel.worker import runs
+
+    monkeypatch.setenv("OPENAI_BASE_URL", sim_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert main(["submit", str(write_job(tmp_path / "job"))]) == 0
+    peers = open_store(no_endpoint)  # two other workers, on other hosts, holding leases of the job
+    [job] = peers.list_jobs()
+    b_items = peers.lease(job.id, "host-b:2:bbbbbb", 2, time.time(), 600)
+    peers.lease(job.id, "host-c:3:cccccc", 1, time.time(), 600)
+    shares, run_job = [], runs.run_job
+
+    async def peers_move(*args, **kwargs):
+        outcome = await run_job(*args, **kwargs)
+        if outcome.report is None:  # this worker's share is done; the others hold the rest
+            shares.append(outcome)
+            if len(shares) == 1:  # C hands its item back: the next poll runs the job again, its share again done
+                peers.release("host-c:3:cccccc")
+            else:  # B finishes the job
+                peers.complete(job.id, "host-b:2:bbbbbb", [ItemResult(i.seq, "done", 0.5, [{"id": i.item_id, "review_priority": 0.5}],
+                                                                      epoch=i.epoch) for i in b_items])
+                peers.set_status(job.id, "done")
+        return outcome
+
+    monkeypatch.setattr(runs, "run_job", peers_move)
+    since_done = []  # the polls after B finished the job
+
+    def stop_after(polls) -> bool:
+        if len(shares) == 2:
+            since_done.append(len(polls))
+        return len(since_done) == 4
+
+    _polls(monkeypatch, stop_after)
+    try:
+        assert main(["work", "-q"]) == 130
+    finally:
+        peers.close()
+    out = capsys.readouterr().out
+    assert len(shares) == 2
+    assert out.count("this worker's share is done; another worker is finishing the job") == 1
+    assert out.count(f"{job.id}: done: another worker finished the job and wrote its outputs to "
+                     f"{tmp_path / 'job' / 'out'} on its host") == 1

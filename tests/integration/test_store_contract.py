@@ -1253,6 +1253,30 @@ def test_a_worker_counted_out_joins_again_and_stale_ones_are_not_live(store):
     assert [w.worker for w in store.live_workers(stale_s=stale)] == [OWNER_A]
 
 
+def test_a_worker_holding_leases_without_beating_is_silent_with_its_leases_end_and_one_without_is_not(store):
+    stale = 0.4  # the database's clock decides, as above
+    store.create_job(job_record(), raw_items(10))
+    start = time.time()
+    store.lease("job-1", OWNER_B, 3, start, 60)
+    store.worker_beat(OWNER_B, "job-1", "key-1", 6000, 1e6, stale_s=stale)  # then stopped: it beats no more
+    store.lease("job-1", "host-c:3:cccccc", 2, start, 90)  # never beat (its row gone, or none made)
+    store.worker_beat("host-d:4:dddddd", "job-1", "key-1", 6000, 1e6, stale_s=stale)  # stale, holding nothing
+    time.sleep(2 * stale)
+    store.lease("job-1", OWNER_A, 1, time.time(), 60)
+    store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=stale)
+    [live] = store.live_workers(stale_s=stale)
+    assert (live.worker, live.live, live.leased) == (OWNER_A, True, 1) and live.leases_end > start + 59
+    silent = store.silent_workers(stale_s=stale)
+    assert [(w.worker, w.host, w.pid, w.job_id, w.leased, w.live) for w in silent] == [
+        (OWNER_B, "host-b", 2, "job-1", 3, False), ("host-c:3:cccccc", "host-c", 3, "job-1", 2, False)]
+    b, c = silent
+    assert b.age_s >= stale and b.beat is not None and c.age_s is None and c.beat is None
+    # When their leases lapse, on this host's clock (the lease's own `now` plus its length).
+    assert abs(b.leases_end - (start + 60)) < 5 and abs(c.leases_end - (start + 90)) < 5
+    store.release(OWNER_B)
+    assert [w.worker for w in store.silent_workers(stale_s=stale)] == ["host-c:3:cccccc"]
+
+
 def test_a_rejoining_worker_joins_again_now_though_its_last_beat_is_fresh(store):
     first, _ = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60)
     _, peers = store.worker_beat(OWNER_A, "job-1", "key-1", 6000, 1e6, stale_s=60)
