@@ -348,6 +348,7 @@ class EngineSettings(BaseModel):
     lease_work_share: float = 0.25
     augment_ahead: int = 2
     hold_ahead: int = 2  # a budget hold asked of the store covers this many requests per slot: fewer trips
+    budget_recheck_s: float = 1.0  # refused a hold while others hold the rest of the budget: ask again this often
     read_threads: int = 4  # cache look-ups in flight at once when the store is a server (PostgreSQL)
 
 

@@ -32,6 +32,10 @@ def live_marker(key: str) -> str:
 
 
 class TickLive(LiveExecutor):
+    # A tick's live requests never wait on held budget: the other holds are its job's chunks in
+    # flight, given back only when a later tick collects them.
+    waits_for_held_budget = False
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._kept: tuple[str, dict] | None = None  # the answer _account is about to bill, and its cache key

@@ -59,6 +59,14 @@ class BudgetSession:
     def grant(self, tokens: int, cost: float) -> None:
         self.gate.grant(tokens, cost)
 
+    def give_back(self) -> tuple[int, float]:
+        """What is granted and neither reserved nor spent, given up here: (tokens, cost) to take off
+        this worker's hold in the store."""
+        gate = self.gate
+        tokens, cost = max(0, gate.granted_tokens - gate.used_tokens), max(0.0, gate.granted_cost - gate.used_cost)
+        gate.forfeit()
+        return tokens, cost
+
     def forfeit(self) -> None:
         """The holds lapsed with the lease: nothing more is spent of them (see ``BudgetGate.forfeit``)."""
         self.gate.forfeit()

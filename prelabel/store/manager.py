@@ -454,6 +454,13 @@ class StoreManager(BatchRules):
         tokens, cost = self._c.one("holds_of_others", job_id=job_id, owner=owner, now=self._db_time(now))
         return int(tokens), float(cost)
 
+    def give_back_hold(self, job_id: str, owner: str, tokens: int, cost: float) -> None:
+        """Take (tokens, cost) off ``owner``'s hold on the job: what it was granted and will not use.
+        Made again after a lost acknowledgement, it takes nothing more off."""
+        def give_back() -> None:
+            self._c.run("give_back_hold", job_id=job_id, owner=owner, tokens=tokens, cost=cost)
+        self._done_once(give_back)
+
     def reclaim(self, owners: Iterable[str]) -> int:
         """Leases of owners known dead (same-host workers whose process is gone) back to pending now.
         One statement for all the owners, locking their items in (job, seq) order and then their

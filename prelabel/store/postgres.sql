@@ -468,6 +468,11 @@ SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds WHERE 
 SELECT coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_holds
 WHERE job_id = :job_id AND owner <> :owner AND expires >= :now;
 
+-- name: give_back_hold
+-- A worker's hold, less what it was granted and will not use (its spending not yet committed stays).
+UPDATE budget_holds SET tokens = greatest(0, tokens - :tokens), cost = greatest(0, cost - :cost)
+WHERE job_id = :job_id AND owner = :owner;
+
 -- name: add_hold
 INSERT INTO budget_holds (job_id, owner, tokens, cost, expires) VALUES (:job_id, :owner, :tokens, :cost, :expires)
 ON CONFLICT (job_id, owner) DO UPDATE SET tokens = budget_holds.tokens + excluded.tokens,

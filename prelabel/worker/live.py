@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 
 class LiveExecutor:
+    # Refused a hold while other workers hold some of what is left: wait for them (``_reserve``).
+    waits_for_held_budget = True
+
     def __init__(self, store: Store, job: JobRecord, ctx: JobContext, engine: LLMEngine, settings, owner: str,
                  writer: StoreWriter, progress) -> None:
         self.store, self.job, self.ctx, self.engine, self.settings, self.owner = store, job, ctx, engine, settings, owner
@@ -45,9 +48,7 @@ class LiveExecutor:
         self.outage = Outage(settings.outage_after)
         self.endpoint_down = asyncio.Event()
         self.budget_hit = asyncio.Event()  # set here by embeddings, by the loop for an item sent back
-        # No hold to be had, but other workers hold some of the budget: not spent, theirs to spend
-        # (or give back when they end). This worker leaves the job to them; nothing is stopped.
-        self.budget_elsewhere = asyncio.Event()
+        self._said_elsewhere = False  # logged once a run: waiting on what other workers hold
         self.last_error: str | None = None
         self.rate_limit_stop = False
         self._settled = asyncio.Event()  # a reservation was settled or released: room may have freed
@@ -294,9 +295,13 @@ class LiveExecutor:
     async def _reserve(self, prompt_tokens: int, max_out: int):
         """Reserve a request's worst case, taking another slice of the job's budget when needed.
 
-        None means the budget is spent, or (``budget_elsewhere``) held by other workers: nothing
-        in flight here will free room for this request."""
+        None means the budget is spent: nothing in flight will free room for this request, and no
+        other worker holds any of what is left. While others do, this worker gives back what it holds
+        unused and asks again every ``budget_recheck_s``: they spend it, or give it back when they
+        end (or it lapses with their leases, if they died). Before, the first worker refused
+        stopped every waiting item as spent while half the cap could be in a peer's hold."""
         session = self.session
+        asked_again = False
         while True:
             if self._holds_lapsed():
                 session.forfeit()
@@ -312,21 +317,40 @@ class LiveExecutor:
                         self.renewed(asked)
             decision = session.reserve(prompt_tokens, max_out)
             if decision is SPENT:
-                if not self.budget_elsewhere.is_set() and await self._held_elsewhere():
-                    log.info("%s: what is left of the budget is held by other workers: this worker leaves the "
-                             "job to them", self.job.id)
-                    self.budget_elsewhere.set()
+                if self.waits_for_held_budget and await self._held_elsewhere(prompt_tokens, max_out):
+                    if not self._said_elsewhere:
+                        self._said_elsewhere = True
+                        log.info("%s: what is left of the budget is held by other workers: waiting for them "
+                                 "to spend it or give it back", self.job.id)
+                    await self._give_back()
+                    await asyncio.sleep(self.settings.budget_recheck_s)
+                    asked_again = False
+                    continue
+                if not asked_again:  # no one holds any: ask once more (a peer may have let its hold go just now)
+                    asked_again = True
+                    continue
                 return None
             if decision is not WAIT:
                 return decision
             self._settled.clear()
             await self._settled.wait()
 
-    async def _held_elsewhere(self) -> bool:
-        """Whether other owners hold what this worker lacks of a capped budget (tokens or cost)."""
-        budget = self.spec.budget
+    async def _held_elsewhere(self, prompt_tokens: int, max_out: int) -> bool:
+        """Whether other owners hold some of each part of the budget this request lacks (tokens,
+        cost: a token hold is no use to a request refused for its cost)."""
+        short = self.session.gate.shortfall(prompt_tokens, max_out)
+        if short is None:
+            return False
         tokens, cost = await self.writer.write(self.store.budget_held_elsewhere, self.job.id, self.owner, time.time())
-        return (budget.max_total_tokens is not None and tokens > 0) or (budget.max_cost_usd is not None and cost > 0)
+        lacking = [(short.tokens > 0, tokens > 0), (short.cost > 1e-12, cost > 0)]
+        return any(lacks for lacks, _ in lacking) and all(held for lacks, held in lacking if lacks)
+
+    async def _give_back(self) -> None:
+        """What this worker was granted and has not reserved nor spent, back to the job (nothing is
+        in flight here): its store hold keeps only what it spent and has not committed yet."""
+        tokens, cost = self.session.give_back()
+        if tokens or cost:
+            await self.writer.write(self.store.give_back_hold, self.job.id, self.owner, tokens, cost)
 
     # --- embeddings (few-shot selection), job-level ------------------------------------------------
 
@@ -337,8 +361,7 @@ class LiveExecutor:
         if prepared.tokens_to_send:
             reservation = await self._reserve(prepared.tokens_to_send, 0)
             if reservation is None:
-                if not self.budget_elsewhere.is_set():
-                    self.budget_hit.set()
+                self.budget_hit.set()
                 return None, True
         try:
             result = await self.engine.embed(prepared)

@@ -6,9 +6,8 @@ a time through the live executor (``prelabel.worker.live``: each item's pipeline
 the budget); finished items are group-committed with their usage. Every answer is written to the
 response cache as it arrives (by the executor), so a kill -9 costs only the requests in flight; an
 answer its item could not use is taken out of the cache when the item is committed. A budget refusal
-stops the leasing, hands unstarted items back, and marks the rest of the job as stopped by budget;
-unless other workers hold what is left of the budget: then this worker leaves the job to them (they
-give back what they do not spend when they end), and nothing is stopped.
+stops the leasing, hands unstarted items back, and marks the rest of the job as stopped by budget
+(a worker waits instead while other workers hold some of what is left: ``live.LiveExecutor._reserve``).
 
 What a worker holds is bounded by what it can send: the items its share of the rate (the limiter's
 pace, set by the coordinator's share) sends in ``lease_work_share`` of a lease, never fewer than keep
@@ -173,9 +172,7 @@ class JobRunner:
                          live.last_error if live.endpoint_down.is_set() else None, live.rate_limit_stop)
 
     def _stopping(self) -> bool:
-        live = self.live
-        return (live.budget_hit.is_set() or live.budget_elsewhere.is_set() or live.endpoint_down.is_set()
-                or self.storage_error is not None)
+        return self.live.budget_hit.is_set() or self.live.endpoint_down.is_set() or self.storage_error is not None
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         while not self._stopping():
@@ -348,8 +345,6 @@ class JobRunner:
             self._finished(item)
             if result.release and (item.seq, item.epoch) in self._lost:
                 pass  # given up because another worker has it, not for the budget
-            elif result.release and self.live.budget_elsewhere.is_set():
-                pass  # given up because other workers hold the rest of the budget: back to the queue
             elif result.release and not self.live.endpoint_down.is_set():
                 self.live.budget_hit.set()
             elif not result.release:
