@@ -342,8 +342,8 @@ class LiveExecutor:
         if short is None:
             return False
         tokens, cost = await self.writer.write(self.store.budget_held_elsewhere, self.job.id, self.owner, time.time())
-        lacking = [(short.tokens > 0, tokens > 0), (short.cost > 1e-12, cost > 0)]
-        return any(lacks for lacks, _ in lacking) and all(held for lacks, held in lacking if lacks)
+        # A shortfall lacks one part at least: others must hold some of each part it lacks.
+        return all(held for lacks, held in ((short.tokens > 0, tokens > 0), (short.cost > 1e-12, cost > 0)) if lacks)
 
     async def _give_back(self) -> None:
         """What this worker was granted and has not reserved nor spent, back to the job (nothing is

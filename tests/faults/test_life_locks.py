@@ -59,6 +59,34 @@ def beat_until_free(coordinator: StoreCoordinator, worker: str, other: str):
     return until(check)
 
 
+
+def counted_out_by_its_connection(url: str, ca: StoreCoordinator, cb: StoreCoordinator, a: str, b: str) -> None:
+    """a and b beat and count each other; then the server drops a's life connection (as it would a
+    dead host's), and b counts a out at its next beats."""
+    import psycopg
+
+    beat(ca, a)
+    roll = beat(cb, b)
+    seen_by_b = {p.worker for p in roll.peers if p.held}
+    roll = beat(ca, a)  # b counted: a beat after b joined
+    assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
+    (pid,) = ca.store._c._lives[a].execute("SELECT pg_backend_pid()").fetchone()
+    with psycopg.connect(url.split("?")[0], autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # a's life lock goes with its connection
+    roll = beat_until_free(cb, b, a)
+    assert roll and decide_share(b, roll.peers, roll.now, STALE_S, 0.1, seen_by_b).live == 1  # b counts a out
+
+
+def rejoins_as_a_newcomer(ca: StoreCoordinator, cb: StoreCoordinator, a: str, b: str) -> None:
+    """a's beat (its life lock held again): a newcomer, it waits until b has beaten again."""
+    roll = beat(ca, a)
+    assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
+    decision = decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b})
+    assert decision.wait_s > 0 and decision.live == 2
+    beat(cb, b)
+    roll = beat(ca, a)
+    assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
+
 VICTIM = """
 import sys
 from prelabel.store import open_store
@@ -104,23 +132,8 @@ def test_a_worker_that_lost_its_life_connection_comes_back_as_a_newcomer(url):
     first, second = open_store(url), open_store(url)
     try:
         ca, cb = StoreCoordinator(first), StoreCoordinator(second)
-        beat(ca, a)
-        roll = beat(cb, b)
-        seen_by_b = {p.worker for p in roll.peers if p.held}
-        roll = beat(ca, a)  # b counted: a beat after b joined
-        assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
-        (pid,) = first._c._lives[a].execute("SELECT pg_backend_pid()").fetchone()
-        with __import__("psycopg").connect(url.split("?")[0], autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # a's life lock goes with its connection
-        roll = beat_until_free(cb, b, a)
-        assert roll and decide_share(b, roll.peers, roll.now, STALE_S, 0.1, seen_by_b).live == 1  # b counts a out
-        roll = beat(ca, a)  # a takes its lock again, and joins again: b may have handed out its share
-        assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
-        decision = decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b})
-        assert decision.wait_s > 0 and decision.live == 2  # a newcomer: it waits until b has beaten again
-        beat(cb, b)
-        roll = beat(ca, a)
-        assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
+        counted_out_by_its_connection(url, ca, cb, a, b)
+        rejoins_as_a_newcomer(ca, cb, a, b)  # it takes its lock again: b may have handed out its share
     finally:
         first.close()
         second.close()
@@ -137,15 +150,7 @@ def test_a_worker_whose_beat_failed_after_it_took_its_life_lock_again_still_come
     first, second = open_store(url), open_store(url)
     try:
         ca, cb = StoreCoordinator(first), StoreCoordinator(second)
-        beat(ca, a)
-        roll = beat(cb, b)
-        seen_by_b = {p.worker for p in roll.peers if p.held}
-        beat(ca, a)  # b counted: a beat after b joined
-        (pid,) = first._c._lives[a].execute("SELECT pg_backend_pid()").fetchone()
-        with psycopg.connect(url.split("?")[0], autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        roll = beat_until_free(cb, b, a)
-        assert roll and decide_share(b, roll.peers, roll.now, STALE_S, 0.1, seen_by_b).live == 1  # b counts a out
+        counted_out_by_its_connection(url, ca, cb, a, b)
         write = first._c.commit_with
 
         def failing(query, /, **params):  # the beat's write, the first after the lock is taken again
@@ -155,13 +160,7 @@ def test_a_worker_whose_beat_failed_after_it_took_its_life_lock_again_still_come
         with pytest.raises(StoreError):
             beat(ca, a)
         assert first._c.commit_with is write
-        roll = beat(ca, a)  # its lock is held already by now
-        assert {p.worker: p.held for p in roll.peers} == {a: True, b: True}
-        decision = decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b})
-        assert decision.wait_s > 0 and decision.live == 2  # a newcomer still: it waits until b has beaten again
-        beat(cb, b)
-        roll = beat(ca, a)
-        assert decide_share(a, roll.peers, roll.now, STALE_S, 0.1, {a, b}).wait_s == 0
+        rejoins_as_a_newcomer(ca, cb, a, b)  # its lock is held already by now: a newcomer still
     finally:
         first.close()
         second.close()

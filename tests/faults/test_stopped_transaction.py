@@ -81,12 +81,39 @@ def _stopped_and_other(url, monkeypatch, method: str, query: str = "", idle_s: f
     return stopped, other, faults
 
 
-def _commit(store, owner, seq, key, outcome):
+def _commit(store, owner, seq, key, outcome, spawn: bool = False):
     try:
-        store.complete("job-1", owner, [result(seq, usage=[usage(100, 5, 0.01)])])
+        done = result(seq, usage=[usage(100, 5, 0.01)])
+        if spawn:  # an augmentation unit: numbered under the job row, over several statements
+            done.spawn = [Spawn(f"id{seq}~1", f"text {seq}", AUGMENT, {"step": 0})]
+        store.complete("job-1", owner, [done])
         outcome[key] = time.monotonic()
     except Exception as e:  # noqa: BLE001 - reported by the asserts
         outcome[key] = e
+
+
+def _commit_beside_a_stopped_one(stopped, other, faults, within_s: float, spawn: bool = False) -> dict:
+    """Two items of one job, one leased to each store: the stopped store commits its own (and stops
+    where ``faults`` says), then the other commits while it is stopped, within ``within_s``; then the
+    stopped one resumes and ends its call. What each commit ended with (its time, or its error)."""
+    outcome: dict[str, object] = {}
+    other.create_job(job_record(), raw_items(2))
+    other.lease("job-1", B, 1, T0, 600)
+    stopped.lease("job-1", A, 1, T0, 600)
+    first = threading.Thread(target=_commit, args=(stopped, A, 1, "stopped", outcome, spawn))
+    faults.armed = True
+    first.start()
+    assert faults.inside.wait(20)
+    started = time.monotonic()
+    second = threading.Thread(target=_commit, args=(other, B, 0, "other", outcome))
+    second.start()
+    second.join(2 * within_s)
+    assert isinstance(outcome.get("other"), float), outcome  # done while the first is still stopped
+    assert outcome["other"] - started < within_s
+    faults.resume.set()
+    first.join(30)
+    assert isinstance(outcome.get("stopped"), float), outcome  # its call made again, where it lost its session
+    return outcome
 
 
 # Where a commit can be stopped: after its fence (its items' rows locked), after its item writes, after
@@ -102,24 +129,8 @@ def test_a_worker_stopped_anywhere_in_a_commit_holds_nothing_its_peers_commits_n
     the job row, and every commit on the job waited for the timeout (a 0.7 s stall of the whole
     fleet, seen in the stop scenario)."""
     stopped, other, faults = _stopped_and_other(url, monkeypatch, method, query, idle_s=30.0)
-    outcome: dict[str, object] = {}
     try:
-        other.create_job(job_record(), raw_items(2))
-        other.lease("job-1", B, 1, T0, 600)
-        stopped.lease("job-1", A, 1, T0, 600)
-        first = threading.Thread(target=_commit, args=(stopped, A, 1, "stopped", outcome))
-        faults.armed = True
-        first.start()
-        assert faults.inside.wait(20)
-        started = time.monotonic()
-        second = threading.Thread(target=_commit, args=(other, B, 0, "other", outcome))
-        second.start()
-        second.join(10)
-        assert isinstance(outcome.get("other"), float), outcome  # done while the first is still stopped
-        assert outcome["other"] - started < 5
-        faults.resume.set()
-        first.join(30)
-        assert isinstance(outcome.get("stopped"), float), outcome
+        _commit_beside_a_stopped_one(stopped, other, faults, within_s=5)
         assert other.counts("job-1") == {"done": 2}
         assert other.get_job("job-1").spent_tokens == 210  # each result billed once
     finally:
@@ -133,34 +144,8 @@ def test_a_worker_stopped_in_a_commit_that_spawns_is_let_go_by_the_server(url, m
     statements: a worker stopped there holds it until the server ends its idle transaction (here
     0.3 s), and, resumed, makes its call again on a new session: its result is committed once."""
     stopped, other, faults = _stopped_and_other(url, monkeypatch, "one", "lock_job")
-    outcome: dict[str, object] = {}
-
-    def spawning(store, owner, seq, key):
-        try:
-            done = result(seq, usage=[usage(100, 5, 0.01)])
-            done.spawn = [Spawn(f"id{seq}~1", f"text {seq}", AUGMENT, {"step": 0})]
-            store.complete("job-1", owner, [done])
-            outcome[key] = time.monotonic()
-        except Exception as e:  # noqa: BLE001 - reported by the asserts
-            outcome[key] = e
-
     try:
-        other.create_job(job_record(), raw_items(2))
-        other.lease("job-1", B, 1, T0, 600)
-        stopped.lease("job-1", A, 1, T0, 600)
-        first = threading.Thread(target=spawning, args=(stopped, A, 1, "stopped"))
-        faults.armed = True
-        first.start()
-        assert faults.inside.wait(20)
-        started = time.monotonic()
-        second = threading.Thread(target=_commit, args=(other, B, 0, "other", outcome))
-        second.start()
-        second.join(20)
-        assert isinstance(outcome.get("other"), float), outcome  # done while the first is still stopped
-        assert outcome["other"] - started < 10
-        faults.resume.set()
-        first.join(30)
-        assert isinstance(outcome.get("stopped"), float), outcome  # its call made again, on a new session
+        _commit_beside_a_stopped_one(stopped, other, faults, within_s=10, spawn=True)
         counts = other.counts("job-1")
         assert counts["done"] == 2 and sum(counts.values()) == 3  # the spawned unit numbered once
         assert other.get_job("job-1").spent_tokens == 210  # each result billed once

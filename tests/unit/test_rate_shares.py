@@ -365,9 +365,8 @@ async def test_a_dead_workers_share_goes_to_the_others_and_one_that_leaves_gives
     assert a.last.share == 1.0 and a.limiter.pace(clock.t) == pytest.approx(6000)
 
 
-async def test_a_worker_that_cannot_beat_holds_its_requests_before_the_others_count_it_out():
-    clock = Clock()
-    coordinator = MemoryCoordinator(clock)
+async def two_running(coordinator, clock) -> tuple[ShareKeeper, ShareKeeper]:
+    """Keepers a and b started, each counted by the other (b no longer paused)."""
     a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
     await a.start()
     await b.start()
@@ -376,14 +375,27 @@ async def test_a_worker_that_cannot_beat_holds_its_requests_before_the_others_co
         a.step(), b.step()
         await settle()
     assert b.limiter.paused_until < clock.t
+    return a, b
+
+
+def fail_beats_of(coordinator, worker: str, error: str):
+    """``worker``'s beats raise from now on (the store gone, for it alone); the beat to put back."""
     beat = coordinator.beat
 
-    def down(worker, *args):
-        if worker == "b":
-            raise OSError("the database is gone")
-        return beat(worker, *args)
+    def down(who, *args):
+        if who == worker:
+            raise OSError(error)
+        return beat(who, *args)
 
     coordinator.beat = down
+    return beat
+
+
+async def test_a_worker_that_cannot_beat_holds_its_requests_before_the_others_count_it_out():
+    clock = Clock()
+    coordinator = MemoryCoordinator(clock)
+    a, b = await two_running(coordinator, clock)
+    beat = fail_beats_of(coordinator, "b", "the database is gone")
     clock.t += 1.0
     a.step(), b.step()
     await settle()
@@ -461,22 +473,8 @@ async def test_a_killed_workers_share_goes_to_the_others_at_their_next_beat_wher
 async def test_a_worker_with_a_life_lock_whose_beat_fails_holds_at_once():
     clock = Clock()
     coordinator = LifeCoordinator(clock)
-    a, b = keeper(coordinator, clock, "a"), keeper(coordinator, clock, "b")
-    await a.start()
-    await b.start()
-    for _ in range(2):
-        clock.t += 1.0
-        a.step(), b.step()
-        await settle()
-    assert b.limiter.paused_until < clock.t
-    beat = coordinator.beat
-
-    def down(worker, *args):
-        if worker == "b":
-            raise OSError("the connection to the database was lost")
-        return beat(worker, *args)
-
-    coordinator.beat = down
+    a, b = await two_running(coordinator, clock)
+    beat = fail_beats_of(coordinator, "b", "the connection to the database was lost")
     clock.t += 0.1
     b.step()
     await settle()
